@@ -1,0 +1,39 @@
+"""The Python API: restore one image (a file or a tensor) in a few lines.
+
+>>> from dip import restore
+>>> result = restore("photo.png", task="denoising", overrides=["trainer.max_steps=500"])
+>>> result.metrics["psnr"], result.restored.shape
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from dip.config import compose_config
+from dip.pipeline import Result, run
+
+
+def restore(
+    image: str | Path | torch.Tensor | None = None,
+    *,
+    task: str = "denoising",
+    arch: str | None = None,
+    observation: str | Path | torch.Tensor | None = None,
+    overrides: Sequence[str] = (),
+    output_dir: str | Path | None = None,
+) -> Result:
+    """Restore ``image`` (the clean image, degraded synthetically by ``task``) or a real
+    ``observation`` (then ``image``, if given, is its ground truth).
+
+    ``overrides`` are Hydra overrides as on the command line (``"optim.lr=0.001"``). Outputs go to
+    ``output_dir`` when given (and the W&B logger with them); without it nothing is written and no
+    logger runs unless ``overrides`` names one.
+    """
+    options = [f"task={task}"] + ([f"arch={arch}"] if arch else [])
+    if output_dir is None and not any(o.startswith("logger=") for o in overrides):
+        options.append("logger=none")
+    cfg = compose_config([*options, *overrides], output_dir=output_dir or Path.cwd())
+    return run(cfg, Path(output_dir) if output_dir is not None else None, clean=image, observation=observation)

@@ -1,0 +1,92 @@
+"""The command line: ``python run.py [overrides]``, a thin Hydra app around :func:`dip.pipeline.run`."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+
+from dip.config import CONF_DIR, compose_config, config_groups, register_resolvers
+from dip.errors import DipError
+from dip.pipeline import OUTPUT_FILES, describe, run
+
+log = logging.getLogger("dip")
+OPTIONS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
+                      "--config-dir", "-cd", "--experimental-rerun"}
+
+
+def fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def check_overrides(arguments: list[str]) -> None:
+    """Reject unknown config options and keys with one line, before Hydra starts a job.
+
+    Hydra's own messages span several lines; each value of a sweep is checked like a single run.
+    """
+    overrides, skip_next = [], False
+    for argument in arguments:
+        if skip_next or argument.startswith("hydra") or argument.startswith("-"):
+            skip_next = argument in OPTIONS_WITH_VALUE
+            continue
+        overrides.append(argument)
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as error:
+        fail(f"cannot parse overrides: {str(error).splitlines()[0]}")
+    groups = config_groups()
+    fixed, sweeps = [], []
+    for override, text in zip(parsed, overrides):
+        if not override.is_sweep_override():
+            fixed.append(text)
+        elif override.is_choice_sweep():
+            sweeps.append([f"{override.get_key_element()}={v}" for v in override.sweep_string_iterator()])
+    checks = [fixed] + [fixed + [choice] for sweep in sweeps for choice in sweep]
+    for check in checks:
+        for option in check:
+            key, _, value = option.lstrip("+~").partition("=")
+            if key in groups and value not in groups[key]:
+                fail(f"unknown {key} '{value}' (choose from: {', '.join(groups[key])})")
+        try:
+            OmegaConf.to_container(compose_config(check), resolve=False)
+        except HydraException as error:
+            fail(str(error).strip().splitlines()[0])
+
+
+def discard_run_dir(output_dir: Path) -> None:
+    """Remove what this failed job left: its outputs, Hydra's record and log, then the folder if empty."""
+    for name in OUTPUT_FILES:
+        (output_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(output_dir / ".hydra", ignore_errors=True)
+    for log_file in output_dir.glob("*.log"):
+        log_file.unlink(missing_ok=True)
+    if output_dir.is_dir() and not any(output_dir.iterdir()):
+        output_dir.rmdir()
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def hydra_main(cfg: DictConfig) -> float | None:
+    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        result = run(cfg, output_dir)
+    except DipError as error:
+        discard_run_dir(output_dir)
+        fail(str(error))
+    print(describe(result))
+    metrics = result.metrics
+    return metrics["psnr"] if metrics["psnr"] is not None else metrics["psnr_fit"]
+
+
+def main() -> None:
+    register_resolvers()
+    if not any(a in ("--help", "-h", "--hydra-help", "--info", "--shell-completion") for a in sys.argv[1:]):
+        check_overrides(sys.argv[1:])
+    hydra_main()

@@ -1,0 +1,96 @@
+"""The generator's input ``z``: how it is made, perturbed at each step, and optionally learnt."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from dip.images import load_image
+
+
+class InputCode:
+    """Base for the ways of making ``z``.
+
+    ``reg_noise_std`` adds fresh Gaussian noise of that std to ``z`` at every step (the authors'
+    regulariser); ``optimize`` makes ``z`` a parameter optimised with the network.
+    """
+
+    channels: int
+
+    def __init__(self, reg_noise_std: float = 0.0, optimize: bool = False):
+        self.reg_noise_std = reg_noise_std
+        self.optimize = optimize
+
+    def make(self, height: int, width: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """A ``1 x channels x height x width`` code."""
+        raise NotImplementedError
+
+    def prepare(self, channels: int, height: int, width: int) -> None:
+        """Check the code fits an image of this many channels and this size; load what it needs."""
+
+
+class NoiseCode(InputCode):
+    """``channels`` maps of i.i.d. noise: uniform in ``[0, scale)`` or normal with std ``scale``."""
+
+    def __init__(self, channels: int = 32, scale: float = 0.1, distribution: str = "uniform", **kwargs):
+        super().__init__(**kwargs)
+        if distribution not in ("uniform", "normal"):
+            raise ValueError(f"unknown noise distribution '{distribution}' (choose from: uniform, normal)")
+        self.channels, self.scale, self.distribution = channels, scale, distribution
+
+    def make(self, height, width, generator=None):
+        shape = (1, self.channels, height, width)
+        sample = torch.rand if self.distribution == "uniform" else torch.randn
+        return sample(shape, generator=generator) * self.scale
+
+
+class MeshgridCode(InputCode):
+    """Two maps holding the x and y coordinates in [0, 1] (the authors' choice for large holes)."""
+
+    channels = 2
+
+    def make(self, height, width, generator=None):
+        ys = torch.linspace(0, 1, height).view(height, 1).expand(height, width)
+        xs = torch.linspace(0, 1, width).view(1, width).expand(height, width)
+        return torch.stack([xs, ys])[None].clone()
+
+
+class ImageCode(InputCode):
+    """A given image as ``z`` (flash / no-flash: the flash photo), padded by replication if needed.
+
+    Must match the restored image's size after the same centre crop.
+    """
+
+    def __init__(self, path: str, mode: str = "RGB", **kwargs):
+        super().__init__(**kwargs)
+        self.path, self.mode = path, mode
+        self.image: torch.Tensor | None = None
+        self.channels = 3 if mode == "RGB" else 1
+
+    def prepare(self, channels, height, width):
+        from dip.errors import DipError
+        from dip.images import centre_crop
+
+        image = load_image(self.path, mode=self.mode, what="input image")
+        if image.shape[-2] < height or image.shape[-1] < width:
+            raise DipError(
+                f"input image {self.path} is {image.shape[-1]}x{image.shape[-2]}, smaller than the "
+                f"{width}x{height} image to restore"
+            )
+        self.image = centre_crop(image, height, width)[None]
+
+    def make(self, height, width, generator=None):
+        image = self.image
+        pad_h, pad_w = height - image.shape[-2], width - image.shape[-1]
+        padding = (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)
+        return F.pad(image, padding, mode="replicate") if any(padding) else image.clone()
+
+
+def padded_size(height: int, width: int, multiple: int) -> tuple[int, int]:
+    """The smallest size >= (``height``, ``width``) that a network halving ``log2(multiple)`` times
+    accepts, with more than one pixel at its coarsest scale (BatchNorm needs two values)."""
+    padded_h = -(-height // multiple) * multiple
+    padded_w = -(-width // multiple) * multiple
+    if padded_h == padded_w == multiple:
+        padded_w *= 2
+    return padded_h, padded_w

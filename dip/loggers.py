@@ -1,0 +1,69 @@
+"""Experiment loggers: Weights & Biases (offline unless credentials exist) and image logging."""
+
+from __future__ import annotations
+
+import netrc
+import os
+from pathlib import Path
+
+import pytorch_lightning as pl
+from pytorch_lightning.loggers import WandbLogger
+
+from dip.images import to_pil
+
+
+def wandb_credentials_present() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def wandb_logger(
+    save_dir: str,
+    project: str = "dip",
+    mode: str = "auto",
+    group: str | None = None,
+    job_type: str | None = None,
+    tags: list[str] | None = None,
+    name: str | None = None,
+) -> WandbLogger:
+    """A ``WandbLogger`` that never waits on the network unless asked to.
+
+    ``mode=auto`` logs online only when credentials exist (``WANDB_API_KEY`` or a netrc entry) and
+    otherwise writes an offline run under ``save_dir/wandb`` (upload it later with ``wandb sync``).
+    An explicit ``WANDB_MODE`` in the environment wins.
+    """
+    if mode == "auto":
+        mode = os.environ.get("WANDB_MODE") or ("online" if wandb_credentials_present() else "offline")
+    Path(save_dir).mkdir(parents=True, exist_ok=True)
+    return WandbLogger(
+        save_dir=save_dir,
+        project=project,
+        mode=mode,
+        group=group,
+        job_type=job_type,
+        tags=[str(tag) for tag in tags or []],
+        name=name,
+        settings={"console": "off", "silent": True},
+    )
+
+
+class ImageLogger(pl.Callback):
+    """Every ``every_n_steps`` steps, sends the observation, the latest output and the EMA to W&B."""
+
+    def __init__(self, every_n_steps: int = 500):
+        self.every_n_steps = every_n_steps
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        last = step == trainer.max_steps
+        if not isinstance(trainer.logger, WandbLogger) or (step % self.every_n_steps and not last):
+            return
+        images = [pl_module.observation[0], pl_module.latest_output[0], pl_module.ema[0]]
+        trainer.logger.log_image(
+            key="images", images=[to_pil(image) for image in images],
+            caption=["observation", "restored", "restored_ema"], step=step,
+        )

@@ -1,0 +1,99 @@
+"""Building blocks shared by the generators: padded convolutions, downsamplers, activations."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dip.physics.downsample import LanczosDownsample
+
+PADDINGS = ("zero", "reflection")
+DOWNSAMPLERS = ("stride", "avg", "max", "lanczos2")
+UPSAMPLERS = ("nearest", "bilinear")
+ACTIVATIONS = ("LeakyReLU", "Swish", "ELU", "ReLU", "none")
+
+
+def check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"unknown {name} '{value}' (choose from: {', '.join(choices)})")
+    return value
+
+
+class ReflectionPad(nn.Module):
+    """Reflection padding by ``pad`` pixels on each side.
+
+    Reflection needs ``pad < size``; on a side too small for that (the deepest scales of a deep
+    network on a tiny image) it falls back to replicating the border, so any image size runs.
+    """
+
+    def __init__(self, pad: int):
+        super().__init__()
+        self.pad = pad
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mode = "reflect" if min(x.shape[-2:]) > self.pad else "replicate"
+        return F.pad(x, (self.pad,) * 4, mode=mode)
+
+
+def activation(name: str) -> nn.Module:
+    check_choice("activation", name, ACTIVATIONS)
+    return {
+        "LeakyReLU": lambda: nn.LeakyReLU(0.2, inplace=True),
+        "Swish": nn.SiLU,
+        "ELU": nn.ELU,
+        "ReLU": nn.ReLU,
+        "none": nn.Identity,
+    }[name]()
+
+
+def conv(
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int,
+    stride: int = 1,
+    bias: bool = True,
+    pad: str = "zero",
+    downsample_mode: str = "stride",
+) -> nn.Sequential:
+    """A 'same'-padded convolution; ``stride > 1`` downsamples with ``downsample_mode``.
+
+    ``stride`` strides the convolution itself; ``avg``/``max``/``lanczos2`` run a stride-1
+    convolution and then pool by ``stride``.
+    """
+    check_choice("padding", pad, PADDINGS)
+    check_choice("downsample mode", downsample_mode, DOWNSAMPLERS)
+    layers: list[nn.Module] = []
+    to_pad = (kernel_size - 1) // 2
+    if pad == "reflection" and to_pad > 0:
+        layers.append(ReflectionPad(to_pad))
+        to_pad = 0
+    downsampler: nn.Module | None = None
+    if stride != 1 and downsample_mode != "stride":
+        downsampler = {
+            "avg": lambda: nn.AvgPool2d(stride, stride),
+            "max": lambda: nn.MaxPool2d(stride, stride),
+            "lanczos2": lambda: LanczosDownsample(stride, channels=out_channels),
+        }[downsample_mode]()
+        stride = 1
+    layers.append(nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding=to_pad, bias=bias))
+    if downsampler is not None:
+        layers.append(downsampler)
+    return nn.Sequential(*layers)
+
+
+def conv_bn_act(in_channels: int, out_channels: int, kernel_size: int, act: str, **conv_kwargs) -> nn.Sequential:
+    return nn.Sequential(
+        conv(in_channels, out_channels, kernel_size, **conv_kwargs),
+        nn.BatchNorm2d(out_channels),
+        activation(act),
+    )
+
+
+def per_scale(value, scales: int, name: str) -> list:
+    """Broadcast a scalar setting to every scale, or check that a list has one entry per scale."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != scales:
+            raise ValueError(f"{name} has {len(value)} entries but the network has {scales} scales")
+        return list(value)
+    return [value] * scales

@@ -1,0 +1,54 @@
+"""The degradation ("physics") interface: a forward model ``A`` and a synthetic observation."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Degradation(nn.Module):
+    """A forward model ``y = A(x)`` (plus noise, for synthetic observations).
+
+    The data term Deep Image Prior minimises is ``E(x; y) = mean (A(x) - y)^2``. Subclasses
+    implement ``A``; operators whose state depends on the image size (masks) build it in
+    ``prepare``, which is called once the size of the solution is known.
+    """
+
+    def prepare(self, height: int, width: int, generator: torch.Generator | None = None) -> None:
+        """Build size-dependent state for a solution of ``height`` x ``width`` pixels."""
+
+    def A(self, x: torch.Tensor) -> torch.Tensor:  # noqa: N802 (the operator's usual name)
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.A(x)
+
+    def observe(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """A synthetic observation of the clean image ``x``; noise-free unless overridden."""
+        return self.A(x)
+
+    def data_term(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(self.A(x), y)
+
+    def A_adjoint(self, y: torch.Tensor, x_shape: torch.Size) -> torch.Tensor:  # noqa: N802
+        """``A^T y`` for a linear ``A``, as the vector-Jacobian product at zero."""
+        x = torch.zeros(x_shape, dtype=y.dtype, device=y.device, requires_grad=True)
+        with torch.enable_grad():
+            (adjoint,) = torch.autograd.grad(self.A(x), x, grad_outputs=y)
+        return adjoint
+
+    def observation_size(self, height: int, width: int) -> tuple[int, int]:
+        """Size of the observation of a ``height`` x ``width`` image."""
+        return height, width
+
+    def solution_size(self, height: int, width: int) -> tuple[int, int]:
+        """Size of the image to restore from an observation of ``height`` x ``width``."""
+        return height, width
+
+    def baseline(self, y: torch.Tensor) -> torch.Tensor:
+        """The naive estimate of ``x`` from ``y`` that a restoration has to beat."""
+        return y
+
+    def check_fits(self, height: int, width: int) -> None:
+        """Raise ``ValueError`` naming the problem when an image of this size cannot be degraded."""

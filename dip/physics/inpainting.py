@@ -1,0 +1,27 @@
+"""Inpainting: ``A(x) = m * x`` with a binary mask ``m`` of known pixels."""
+
+from __future__ import annotations
+
+import torch
+
+from dip.physics.base import Degradation
+from dip.physics.masks import FileMask, MaskSource
+
+
+class Inpainting(Degradation):
+    """Masking by ``m`` (1 = known); the data term only sees known pixels: ``|(x - y) * m|^2``.
+
+    ``mask`` makes the mask once the image size is known; a ``mask_file`` takes precedence (the
+    ``data.mask=FILE`` override).
+    """
+
+    def __init__(self, mask: MaskSource, mask_file: str | None = None):
+        super().__init__()
+        self.source = FileMask(mask_file) if mask_file else mask
+        self.register_buffer("mask", torch.ones(1, 1, 1, 1))
+
+    def prepare(self, height, width, generator=None):
+        self.mask = self.source(height, width, generator)
+
+    def A(self, x: torch.Tensor) -> torch.Tensor:  # noqa: N802
+        return x * self.mask

@@ -1,0 +1,87 @@
+"""The inverse problem to solve: an observation, its degradation, and the ground truth if known."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from dip.errors import DipError
+from dip.images import centre_crop, load_image
+from dip.physics import Degradation
+
+
+@dataclass
+class Problem:
+    observation: torch.Tensor  # 1 x C x h x w
+    physics: Degradation  # prepared for the solution's size
+    solution_size: tuple[int, int]
+    ground_truth: torch.Tensor | None = None  # 1 x C x H x W
+
+    @property
+    def channels(self) -> int:
+        return self.observation.shape[1]
+
+
+def _crop_to(image: torch.Tensor, size: int | None) -> torch.Tensor:
+    return image if not size else centre_crop(image, size, size)
+
+
+def _check_fits(physics: Degradation, height: int, width: int, source) -> None:
+    try:
+        physics.check_fits(height, width)
+    except ValueError as error:
+        raise DipError(f"{source}: {error}") from None
+
+
+def _prepare(physics: Degradation, height: int, width: int, generator: torch.Generator) -> None:
+    try:
+        physics.prepare(height, width, generator)
+    except ValueError as error:
+        raise DipError(str(error)) from None
+
+
+def build_problem(
+    physics: Degradation,
+    path: str | None = None,
+    observation: str | None = None,
+    default_image: str = "skimage:astronaut",
+    size: int | None = None,
+    mode: str = "auto",
+    seed: int = 0,
+) -> Problem:
+    """Load or synthesise the observation.
+
+    With ``observation`` (a degraded file) the problem is blind and ``path``, if given, is the
+    ground truth. Otherwise the clean image ``path`` (or ``default_image``) is centre-cropped to
+    ``size`` x ``size``, trimmed from the top-left to a size the operator maps exactly (multiples of
+    the super-resolution factor), and degraded with a generator seeded by ``seed``.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    mode = "L" if mode in ("grey", "gray") else mode
+    if observation is not None:
+        y = load_image(observation, mode=mode, what="observation")[None]
+        scale_h, scale_w = physics.solution_size(1, 1)
+        if size:
+            y = centre_crop(y, max(1, size // scale_h), max(1, size // scale_w))
+        height, width = physics.solution_size(*y.shape[-2:])
+        _check_fits(physics, height, width, observation)
+        truth = None
+        if path is not None:
+            truth = load_image(path, mode="L" if y.shape[1] == 1 else "RGB", what="ground-truth image")[None]
+            truth = _crop_to(truth, size)
+            if tuple(truth.shape[-2:]) != (height, width):
+                raise DipError(
+                    f"ground truth {path} is {truth.shape[-1]}x{truth.shape[-2]} but the observation "
+                    f"{observation} restores to {width}x{height}"
+                )
+        _prepare(physics, height, width, generator)
+        return Problem(y, physics, (height, width), truth)
+
+    source = path if path is not None else default_image
+    clean = _crop_to(load_image(source, mode=mode)[None], size)
+    _check_fits(physics, *clean.shape[-2:], source)
+    height, width = physics.solution_size(*physics.observation_size(*clean.shape[-2:]))
+    clean = clean[..., :height, :width]
+    _prepare(physics, height, width, generator)
+    return Problem(physics.observe(clean, generator), physics, (height, width), clean)
