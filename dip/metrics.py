@@ -17,8 +17,8 @@ def psnr_from_mse(mse: torch.Tensor) -> torch.Tensor:
 
 
 def ssim(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """SSIM with the usual 11-pixel Gaussian window, shrunk to fit images smaller than that."""
+    """SSIM with the usual Gaussian window (sigma 1.5, 11 taps), narrowed to fit smaller images."""
     window = min(11, *(size - 1 + size % 2 for size in reference.shape[-2:]))
     return structural_similarity_index_measure(
-        x.clamp(0, 1).float(), reference.float(), data_range=1.0, kernel_size=max(window, 1)
+        x.clamp(0, 1).float(), reference.float(), data_range=1.0, sigma=1.5 * window / 11
     )

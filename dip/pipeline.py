@@ -144,9 +144,13 @@ def run(cfg: DictConfig, output_dir: Path | None, clean=None, observation=None) 
     problem, module = prepare(cfg, clean, observation)
     logger = instantiate(cfg.logger) if cfg.logger and cfg.logger.get("_target_") else False
     timer = FitTimer()
-    callbacks = [TQDMProgressBar(refresh_rate=cfg.metrics_every), timer, ImageLogger(cfg.image_log_every)]
+    callbacks = [timer, ImageLogger(cfg.image_log_every)]
+    if cfg.trainer.get("enable_progress_bar", True):
+        callbacks.append(TQDMProgressBar(refresh_rate=cfg.metrics_every))  # refreshing reads metrics: a sync
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
     loader = DataLoader(StepDataset(trainer.max_steps), batch_size=None)
+    if isinstance(logger, WandbLogger):
+        _ = logger.experiment  # start the W&B run now, not inside the timed loop at its first log
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         trainer.fit(module, train_dataloaders=loader)

@@ -1,0 +1,48 @@
+"""Shared fixtures: tiny images made on the fly, and a way to run ``run.py`` as a user would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def make_png(path: Path, width: int, height: int, mode: str = "RGB", seed: int = 0) -> Path:
+    """A smooth image with some edges (so that restoration has structure to find)."""
+    rng = np.random.default_rng(seed)
+    ys, xs = np.mgrid[0:height, 0:width]
+    base = 0.5 + 0.3 * np.sin(xs / 5.0) * np.cos(ys / 7.0) + 0.2 * (xs > width // 2)
+    channels = 1 if mode == "L" else 3
+    array = np.stack([np.roll(base, 3 * c, axis=1) for c in range(channels)], axis=-1)
+    array = np.clip(array + 0.02 * rng.standard_normal(array.shape), 0, 1)
+    pixels = (array * 255).astype(np.uint8)
+    Image.fromarray(pixels[..., 0] if channels == 1 else pixels).convert(mode).save(path)
+    return path
+
+
+@pytest.fixture
+def rgb_png(tmp_path) -> Path:
+    return make_png(tmp_path / "rgb.png", 48, 40)
+
+
+@pytest.fixture
+def grey_png(tmp_path) -> Path:
+    return make_png(tmp_path / "grey.png", 61, 47, mode="L")
+
+
+def run_cli(*args: str, script: str = "run.py", timeout: int = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HYDRA_FULL_ERROR="", PYTHONWARNINGS="ignore")
+    env.pop("HYDRA_FULL_ERROR")
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+    )

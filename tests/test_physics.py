@@ -1,0 +1,114 @@
+"""Operator math: Lanczos kernel, downsampling shapes, adjoints, masks, noise."""
+
+import pytest
+import torch
+
+from dip.physics import (
+    BernoulliMask,
+    FileMask,
+    GaussianNoise,
+    Inpainting,
+    LanczosDownsample,
+    RegionMask,
+    TextMask,
+    lanczos2_kernel,
+)
+from tests.conftest import make_png
+
+
+@pytest.mark.parametrize("factor", [2, 3, 4, 8])
+def test_lanczos_kernel_is_normalised_symmetric_and_4t_wide(factor):
+    kernel = lanczos2_kernel(factor)
+    assert kernel.shape == (4 * factor, 4 * factor)
+    assert kernel.sum().item() == pytest.approx(1.0, abs=1e-6)
+    assert torch.allclose(kernel, kernel.flip(0)) and torch.allclose(kernel, kernel.T)
+    # Lanczos-2 has negative lobes near the edge of its support
+    assert kernel.min() < 0 < kernel.max()
+
+
+@pytest.mark.parametrize("factor", [2, 3, 4, 8])
+@pytest.mark.parametrize("size", [(64, 64), (48, 40), (24, 72)])
+def test_downsampling_keeps_constants_and_divides_the_size(factor, size):
+    op = LanczosDownsample(factor)
+    x = torch.full((1, 3, size[0] - size[0] % factor, size[1] - size[1] % factor), 0.37)
+    y = op.A(x)
+    assert y.shape == (1, 3, x.shape[2] // factor, x.shape[3] // factor)
+    assert torch.allclose(y, torch.full_like(y, 0.37), atol=1e-6)
+    assert op.observation_size(61, 47) == (61 // factor, 47 // factor)
+    assert op.solution_size(*y.shape[-2:]) == tuple(x.shape[-2:])
+
+
+def test_downsampling_is_a_low_pass_filter():
+    stripes = torch.zeros(1, 1, 32, 32)
+    stripes[..., ::2] = 1.0  # highest horizontal frequency aliases to a constant, not to stripes
+    y = LanczosDownsample(4).A(stripes)[..., 2:-2]  # the borders see replicated stripes
+    assert y.std() < 0.01 and y.mean().item() == pytest.approx(0.5, abs=0.05)
+
+
+@pytest.mark.parametrize(
+    "op, shape",
+    [
+        (LanczosDownsample(4), (1, 3, 32, 24)),
+        (LanczosDownsample(3), (1, 1, 27, 18)),
+        (GaussianNoise(25), (1, 3, 9, 7)),
+    ],
+)
+def test_adjoint_satisfies_the_inner_product_identity(op, shape):
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(shape, generator=generator, dtype=torch.float64)
+    y = torch.rand(op.A(x).shape, generator=generator, dtype=torch.float64)
+    op = op.double()
+    lhs = (op.A(x) * y).sum()
+    rhs = (x * op.A_adjoint(y, x.shape)).sum()
+    assert lhs.item() == pytest.approx(rhs.item(), rel=1e-10)
+
+
+def test_inpainting_only_sees_known_pixels_and_is_self_adjoint():
+    op = Inpainting(BernoulliMask(0.5))
+    op.prepare(16, 16, torch.Generator().manual_seed(0))
+    x = torch.rand(1, 3, 16, 16)
+    y = op.observe(x)
+    assert torch.equal(y, x * op.mask)
+    changed = x + (1 - op.mask) * 5.0  # change only the missing pixels
+    assert op.data_term(changed, y).item() == 0.0
+    assert torch.equal(op.A_adjoint(y, x.shape), y)
+
+
+def test_bernoulli_mask_fraction_and_seed():
+    first = BernoulliMask(0.5)(64, 64, torch.Generator().manual_seed(1))
+    again = BernoulliMask(0.5)(64, 64, torch.Generator().manual_seed(1))
+    assert torch.equal(first, again)
+    assert set(first.unique().tolist()) <= {0.0, 1.0}
+    assert first.mean().item() == pytest.approx(0.5, abs=0.05)
+    with pytest.raises(ValueError):
+        BernoulliMask(1.5)
+
+
+def test_region_mask_hole_size():
+    mask = RegionMask(fraction=0.25)(40, 64)
+    assert mask.shape == (1, 1, 40, 64)
+    assert (mask == 0).sum().item() == 10 * 16
+    assert mask[..., 20, 32].item() == 0 and mask[..., 0, 0].item() == 1
+
+
+def test_text_mask_hides_some_pixels_at_any_size():
+    for height, width in [(64, 64), (47, 61), (512, 384)]:
+        mask = TextMask()(height, width)
+        assert mask.shape == (1, 1, height, width)
+        assert 0.01 < 1 - mask.mean().item() < 0.5
+
+
+def test_file_mask_white_is_known_and_size_must_match(tmp_path):
+    path = make_png(tmp_path / "mask.png", 20, 10, mode="L")
+    mask = FileMask(path)(10, 20)
+    assert mask.shape == (1, 1, 10, 20) and set(mask.unique().tolist()) <= {0.0, 1.0}
+    with pytest.raises(ValueError, match="mask.png is 20x10 but the image is 30x10"):
+        FileMask(path)(10, 30)
+
+
+def test_gaussian_noise_has_the_right_std_and_is_clipped():
+    x = torch.full((1, 3, 128, 128), 0.5)
+    noisy = GaussianNoise(25, clip=False).observe(x, torch.Generator().manual_seed(0))
+    assert (noisy - x).std().item() == pytest.approx(25 / 255, rel=0.03)
+    clipped = GaussianNoise(100, clip=True).observe(x, torch.Generator().manual_seed(0))
+    assert clipped.min() >= 0 and clipped.max() <= 1
