@@ -81,8 +81,9 @@ class DeepImagePrior(pl.LightningModule):
             if self.backtrack_db is not None:
                 self._remember_or_flag_divergence(loss.detach())
         self.latest_output = x.detach()
-        if (self.global_step + 1) % self.metrics_every == 0:
-            self.log_dict(self.quality(x.detach(), loss.detach()), prog_bar=True)
+        step = self.global_step + 1
+        if step % self.metrics_every == 0 or step == self.trainer.max_steps:
+            self._log_quality(self.quality(x.detach(), loss.detach()))
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
@@ -96,6 +97,18 @@ class DeepImagePrior(pl.LightningModule):
             metrics["psnr"] = psnr(x, self.ground_truth)
             metrics["psnr_ema"] = psnr(self.ema, self.ground_truth)
         return metrics
+
+    def _log_quality(self, metrics: dict[str, torch.Tensor]) -> None:
+        """To the progress bar and, as numbers (the one host sync of every N steps), to the loggers.
+
+        Going around ``self.log`` for the loggers puts the last step on the curves even when it is
+        not a multiple of the trainer's ``log_every_n_steps``.
+        """
+        self.log_dict(metrics, prog_bar=True, logger=False)
+        if self.loggers:
+            values = {name: value.item() for name, value in metrics.items()}
+            for logger in self.loggers:
+                logger.log_metrics(values, step=self.global_step)
 
     @torch.no_grad()
     def restored(self) -> torch.Tensor:

@@ -1,0 +1,109 @@
+"""``run.py`` as a user runs it: files written, exit codes, one-line errors."""
+
+import json
+
+import pytest
+from PIL import Image
+
+from tests.conftest import make_png, run_cli
+from tests.wandb_records import run_info, summary
+
+TINY = ["trainer.max_steps=3", "data.size=64", "logger=csv"]
+
+
+def test_inpainting_with_skip_depth6_writes_every_output(tmp_path):
+    out = tmp_path / "out"
+    done = run_cli("task=inpainting", "arch=skip_depth6", *TINY, f"hydra.run.dir={out}")
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("psnr", "psnr_ema", "ssim", "psnr_observation", "steps", "seconds", "steps_per_second", "device"):
+        assert key in metrics
+    assert metrics["steps"] == 3 and metrics["device"] == "cpu"
+    for name in ("observation.png", "restored.png", "restored_ema.png"):
+        assert Image.open(out / name).size == (64, 64)
+    assert "PSNR observation" in done.stdout
+    assert (out / "csv" / "metrics.csv").is_file()
+
+
+def test_real_observation_without_ground_truth(tmp_path):
+    noisy = make_png(tmp_path / "noisy.png", 40, 36, seed=3)
+    out = tmp_path / "out"
+    done = run_cli(f"data.observation={noisy}", "trainer.max_steps=2", "logger=none", f"hydra.run.dir={out}")
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["psnr"] is None and metrics["psnr_fit"] is not None
+    assert Image.open(out / "restored.png").size == (40, 36)
+
+
+def test_sr_on_a_grey_file_restores_the_full_size(tmp_path):
+    clean = make_png(tmp_path / "clean.png", 61, 47, mode="L")
+    out = tmp_path / "out"
+    done = run_cli("task=sr_x4", f"data.path={clean}", "data.size=null", "trainer.max_steps=2", "logger=none",
+                   f"hydra.run.dir={out}")
+    assert done.returncode == 0, done.stderr
+    restored = Image.open(out / "restored.png")
+    assert restored.mode == "L" and restored.size == (60, 44)  # trimmed to a multiple of the factor
+    assert Image.open(out / "observation.png").size == (15, 11)
+
+
+def assert_one_line_error(done, *needles):
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, done.stderr
+    for needle in needles:
+        assert needle in lines[0]
+
+
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (["data.path=missing.png"], ["missing.png", "not found"]),
+        (["task=deblurring"], ["unknown task 'deblurring'", "denoising"]),
+        (["arch=vgg"], ["unknown arch 'vgg'"]),
+        (["task=sr_x8", "task.physics.factor=64", "data.size=64"], ["too small for x64"]),
+        (["arch.upsample_mode=cubic"], ["upsample mode 'cubic'"]),
+        (["input.distribution=poisson"], ["noise distribution 'poisson'"]),
+    ],
+)
+def test_bad_input_gets_one_line_and_no_outputs(tmp_path, args, needles):
+    out = tmp_path / "out"
+    done = run_cli(*args, "trainer.max_steps=1", "logger=none", f"hydra.run.dir={out}")
+    assert_one_line_error(done, *needles)
+    assert not out.exists()
+
+
+def test_mask_of_the_wrong_size_and_corrupt_files(tmp_path):
+    image = make_png(tmp_path / "image.png", 32, 32)
+    mask = make_png(tmp_path / "mask.png", 16, 32, mode="L")
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    out = tmp_path / "out"
+    done = run_cli("task=inpainting", f"data.path={image}", f"data.mask={mask}", "logger=none",
+                   f"hydra.run.dir={out}")
+    assert_one_line_error(done, "mask.png is 16x32 but the image is 32x32")
+    done = run_cli(f"data.path={corrupt}", "logger=none", f"hydra.run.dir={out}")
+    assert_one_line_error(done, "cannot read image file", "corrupt.png")
+    assert not out.exists()
+
+
+def test_wandb_offline_run_holds_the_psnr(tmp_path):
+    out = tmp_path / "out"
+    done = run_cli("trainer.max_steps=2", "data.size=32", "logger=wandb", f"hydra.run.dir={out}")
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    logged = summary(out)
+    assert logged["psnr"] == pytest.approx(metrics["psnr"]) and logged["steps"] == 2
+    info = run_info(out)
+    assert info.run_group == "denoising" and list(info.tags) == ["skip"]
+
+
+def test_print_config_and_sweep(tmp_path):
+    done = run_cli("--cfg", "job", "task=sr_x4")
+    assert done.returncode == 0 and "LanczosDownsample" in done.stdout
+    sweep = tmp_path / "sweep"
+    done = run_cli("-m", "arch=skip_depth2,resnet", "trainer.max_steps=1", "data.size=32", "logger=none",
+                   f"hydra.sweep.dir={sweep}")
+    assert done.returncode == 0, done.stderr
+    assert sorted(json.loads((sweep / str(i) / "metrics.json").read_text())["arch"] for i in (0, 1)) == [
+        "resnet", "skip_depth2"]
