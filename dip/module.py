@@ -11,7 +11,7 @@ from torch import nn
 
 from dip.images import centre_crop
 from dip.inputs import InputCode, padded_size
-from dip.metrics import psnr, psnr_from_mse
+from dip.metrics import psnr, psnr_from_mse, ssim
 from dip.physics import Degradation
 
 
@@ -92,10 +92,12 @@ class DeepImagePrior(pl.LightningModule):
 
     def quality(self, x: torch.Tensor, loss: torch.Tensor) -> dict[str, torch.Tensor]:
         """Device-side metrics of output ``x`` whose data term is ``loss``."""
-        metrics = {"psnr_fit": psnr_from_mse(loss)}
+        metrics = {"psnr_fit": psnr_from_mse(loss), "psnr_fit_ema": psnr(self.physics.A(self.ema), self.observation)}
         if self.ground_truth is not None:
             metrics["psnr"] = psnr(x, self.ground_truth)
             metrics["psnr_ema"] = psnr(self.ema, self.ground_truth)
+            metrics["ssim"] = ssim(x, self.ground_truth)
+            metrics["ssim_ema"] = ssim(self.ema, self.ground_truth)
         return metrics
 
     def _log_quality(self, metrics: dict[str, torch.Tensor]) -> None:
@@ -104,7 +106,8 @@ class DeepImagePrior(pl.LightningModule):
         Going around ``self.log`` for the loggers puts the last step on the curves even when it is
         not a multiple of the trainer's ``log_every_n_steps``.
         """
-        self.log_dict(metrics, prog_bar=True, logger=False)
+        self.log_dict({k: v for k, v in metrics.items() if k in ("psnr", "psnr_ema", "psnr_fit")},
+                      prog_bar=True, logger=False)
         if self.loggers:
             values = {name: value.item() for name, value in metrics.items()}
             for logger in self.loggers:

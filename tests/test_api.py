@@ -1,0 +1,26 @@
+"""The Python API that run.py and notebooks share."""
+
+import json
+
+import torch
+
+from dip import restore
+
+
+def test_restore_a_tensor_without_writing_anything(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    image = torch.rand(3, 24, 40)
+    result = restore(image, task="denoising", arch="resnet",
+                     overrides=["trainer.max_steps=2", "trainer.enable_progress_bar=false"])
+    assert result.restored.shape == result.restored_ema.shape == (1, 3, 24, 40)
+    assert torch.equal(result.ground_truth[0], image)
+    assert result.metrics["steps"] == 2 and result.output_dir is None
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_restore_a_grey_file_into_a_directory(tmp_path, grey_png):
+    out = tmp_path / "out"
+    result = restore(grey_png, task="inpainting", arch="skip_depth2", output_dir=out,
+                     overrides=["trainer.max_steps=2", "logger=csv", "mask=bernoulli"])
+    assert result.restored.shape == (1, 1, 47, 61)
+    assert json.loads((out / "metrics.json").read_text())["psnr"] == result.metrics["psnr"]
