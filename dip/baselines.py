@@ -38,12 +38,13 @@ def _from_numpy(array: np.ndarray, like: torch.Tensor) -> torch.Tensor:
 
 
 def non_local_means(y: torch.Tensor, physics: GaussianNoise) -> torch.Tensor:
-    """scikit-image's non-local means with the known noise level ``sigma`` and filter strength
-    ``h = 0.8 sigma`` (5x5 patches searched within 13x13, the settings of its documentation)."""
+    """scikit-image's non-local means given the noise level ``sigma``: 5x5 patches searched within
+    13x13 and filter strength ``h = 0.6 sigma``, the best of a few settings on CSet9 at sigma 25
+    (29.76 dB; ``0.8 sigma`` gave 29.08)."""
     from skimage.restoration import denoise_nl_means
 
     sigma = physics.sigma / 255.0
-    denoised = denoise_nl_means(_to_numpy(y), h=0.8 * sigma, sigma=sigma, patch_size=5, patch_distance=6,
+    denoised = denoise_nl_means(_to_numpy(y), h=0.6 * sigma, sigma=sigma, patch_size=5, patch_distance=6,
                                 fast_mode=True, channel_axis=-1)
     return _from_numpy(denoised, y)
 

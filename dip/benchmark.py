@@ -39,7 +39,6 @@ from dip.metrics import psnr, psnr_y
 from dip.pipeline import problem_from_config, run, write_outputs
 
 log = logging.getLogger("dip.benchmark")
-TABLE_FILES = ("table.md", "table.csv")
 
 
 @dataclass(frozen=True)
