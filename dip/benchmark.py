@@ -89,7 +89,7 @@ def restore_image(job: ImageJob) -> dict:
         metrics.update({key + suffix: value for key, value in
                         score(image, result.ground_truth, job.protocol, job.shave).items()})
     height, width = result.ground_truth.shape[-2:]
-    metrics.update(image=job.name, width=width, height=height,
+    metrics.update(image=job.name, width=width, height=height, gpus_visible=os.environ.get("CUDA_VISIBLE_DEVICES"),
                    device_name=torch.cuda.get_device_name() if metrics["device"].startswith("cuda") else "CPU")
     write_outputs(result, job.output_dir)
     return metrics

@@ -150,18 +150,19 @@ def test_sr_table_has_a_row_per_image_a_mean_row_and_resumes(tmp_path):
     assert read_csv(run_dir / "table.csv")[0]["seed"] == "1"
 
 
-def test_denoising_runs_concurrent_worker_processes_and_classical_baselines(tmp_path):
+def test_denoising_runs_worker_processes_pinned_to_gpus_and_classical_baselines(tmp_path, monkeypatch):
     root, run_dir = tmp_path / "data", tmp_path / "run"
     make_dataset(root, "bm3d_color", ["one.png", "two.png"])
-    run_benchmark(compose("cset9_denoise25", root, run_dir, "cpu_jobs=2", "data.size=32"), run_dir)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,7")  # two "GPUs": workers pin to them, then find no CUDA
+    run_benchmark(compose("cset9_denoise25", root, run_dir, "jobs_per_gpu=1", "data.size=32"), run_dir)
     rows = read_csv(run_dir / "table.csv")
     assert [row["image"] for row in rows] == ["one.png", "two.png", "mean"]
-    noisy = [json.loads((run_dir / "images" / name / "metrics.json").read_text())["psnr_observation"]
-             for name in ("one", "two")]
-    for row, observation in zip(rows, noisy):
-        assert float(row["nlm_psnr"]) > observation + 3
+    metrics = [json.loads((run_dir / "images" / name / "metrics.json").read_text()) for name in ("one", "two")]
+    assert {m["gpus_visible"] for m in metrics} == {"4", "7"}  # one worker process per GPU
+    for row, m in zip(rows, metrics):
+        assert float(row["nlm_psnr"]) > m["psnr_observation"] + 3
     table = (run_dir / "table.md").read_text()
-    assert "2 process(es) on the CPU" in table and "| NLM |" in table and "paper (EMA)" in table
+    assert "2 process(es) on 2 GPU(s)" in table and "| NLM |" in table and "paper (EMA)" in table
     try:
         import bm3d  # noqa: F401
     except ImportError:
