@@ -27,7 +27,7 @@ def fail(message: str) -> None:
     raise SystemExit(2)
 
 
-def check_overrides(arguments: list[str]) -> None:
+def check_overrides(arguments: list[str], config_name: str = "config") -> None:
     """Reject unknown config options and keys with one line, before Hydra starts a job.
 
     Hydra's own messages span several lines; each value of a sweep is checked like a single run.
@@ -56,7 +56,7 @@ def check_overrides(arguments: list[str]) -> None:
             if key in groups and value not in groups[key]:
                 fail(f"unknown {key} '{value}' (choose from: {', '.join(groups[key])})")
         try:
-            OmegaConf.to_container(compose_config(check), resolve=False)
+            OmegaConf.to_container(compose_config(check, config_name=config_name), resolve=False)
         except HydraException as error:
             fail(str(error).strip().splitlines()[0])
 

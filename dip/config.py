@@ -38,8 +38,10 @@ def config_groups() -> dict[str, list[str]]:
     }
 
 
-def compose_config(overrides: Sequence[str] = (), output_dir: str | Path | None = None) -> DictConfig:
-    """Compose ``conf/config.yaml`` with ``overrides`` as ``run.py`` would, outside a Hydra app.
+def compose_config(overrides: Sequence[str] = (), output_dir: str | Path | None = None,
+                   config_name: str = "config") -> DictConfig:
+    """Compose ``conf/<config_name>.yaml`` with ``overrides`` as ``run.py`` (or, with ``benchmark``,
+    ``experiments/benchmark.py``) would, outside a Hydra app.
 
     The result carries the ``hydra`` node (so that ``${hydra:...}`` interpolations resolve);
     ``output_dir`` fills ``paths.output_dir``, which a Hydra run takes from its run directory.
@@ -47,7 +49,7 @@ def compose_config(overrides: Sequence[str] = (), output_dir: str | Path | None 
     register_resolvers()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
+        cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir) if output_dir is not None else None

@@ -22,3 +22,21 @@ def ssim(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     return structural_similarity_index_measure(
         x.clamp(0, 1).float(), reference.float(), data_range=1.0, sigma=1.5 * window / 11
     )
+
+
+def luma(x: torch.Tensor) -> torch.Tensor:
+    """The Y channel on the 0-255 scale: ITU-R BT.601 as MATLAB's ``rgb2ycbcr`` computes it,
+    ``Y = 16 + 65.481 R + 128.553 G + 24.966 B`` for RGB in [0, 1]. A one-channel image is its own
+    luma, ``255 x`` (super-resolution evaluation scripts score greyscale images as they are)."""
+    if x.shape[-3] == 1:
+        return 255.0 * x
+    weights = x.new_tensor([65.481, 128.553, 24.966]).view(3, 1, 1)
+    return 16.0 + (x * weights).sum(dim=-3, keepdim=True)
+
+
+def psnr_y(x: torch.Tensor, reference: torch.Tensor, shave: int = 4) -> torch.Tensor:
+    """PSNR of the luma (see ``luma``) with ``shave`` pixels cut from every border, peak 255: the
+    super-resolution protocol of the paper (and of LapSRN, whose ground truths it used)."""
+    window = (..., slice(shave, -shave or None), slice(shave, -shave or None))
+    difference = luma(x.clamp(0, 1))[window] - luma(reference)[window]
+    return 10.0 * torch.log10(255.0**2 / difference.double().pow(2).mean()).to(x.dtype)

@@ -81,12 +81,11 @@ def _instantiate(node: DictConfig, what: str, **kwargs):
         raise DipError(f"invalid {what} settings: {cause}") from None
 
 
-def prepare(cfg: DictConfig, clean=None, observation=None) -> tuple[Problem, DeepImagePrior]:
-    """Everything that can fail on the user's input, before any file is written."""
-    pl.seed_everything(cfg.seed, verbose=False)
+def problem_from_config(cfg: DictConfig, clean=None, observation=None) -> Problem:
+    """The task's degradation and the observation ``cfg`` describes (the same for the same seed)."""
     physics = _instantiate(cfg.task.physics, "task")
     data = cfg.data
-    problem = build_problem(
+    return build_problem(
         physics,
         path=clean if clean is not None else data.path,
         observation=observation if observation is not None else data.observation,
@@ -95,6 +94,12 @@ def prepare(cfg: DictConfig, clean=None, observation=None) -> tuple[Problem, Dee
         mode=data.mode,
         seed=cfg.seed,
     )
+
+
+def prepare(cfg: DictConfig, clean=None, observation=None) -> tuple[Problem, DeepImagePrior]:
+    """Everything that can fail on the user's input, before any file is written."""
+    pl.seed_everything(cfg.seed, verbose=False)
+    problem = problem_from_config(cfg, clean, observation)
     code = _instantiate(cfg.input, "input")
     code.prepare(problem.channels, *problem.solution_size)
     generator = _instantiate(cfg.arch, "arch", in_channels=code.channels, out_channels=problem.channels)

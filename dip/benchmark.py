@@ -1,0 +1,326 @@
+"""Benchmarks: restore every image of a dataset with one config and tabulate PSNR against the paper.
+
+``run_benchmark(cfg, run_dir)`` takes a config composed from ``conf/benchmark.yaml`` (the base
+config, a ``benchmark/NAME`` file and overrides). Each image is one ordinary restoration
+(``dip.pipeline.run``) with ``data.path`` pointing at it, written to ``run_dir/images/<stem>/``.
+Restorations run in a pool of processes, ``jobs_per_gpu`` per visible GPU, each process pinned to
+its GPU; meanwhile threads of the main process compute the classical baselines on the CPU, so a
+slow CBM3D never holds a GPU. An image whose sub-run already finished with the same config (its
+``config.yaml`` and ``metrics.json``) is not run again, so a benchmark cut short resumes when
+started again with the same ``hydra.run.dir``.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import logging
+import multiprocessing
+import os
+import statistics
+import time
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import torch
+import yaml
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from dip.baselines import BASELINES, BaselineUnavailableError
+from dip.datasets import DatasetImage, open_dataset
+from dip.errors import DipError
+from dip.gpus import pin_to_gpu, visible_gpus, worker_count
+from dip.images import save_image, write_atomically
+from dip.metrics import psnr, psnr_y
+from dip.pipeline import problem_from_config, run, write_outputs
+
+log = logging.getLogger("dip.benchmark")
+
+
+@dataclass(frozen=True)
+class ImageJob:
+    """One image of a benchmark: its restoration config (resolved, so that a fresh process can run
+    it without Hydra) and where its outputs go."""
+
+    name: str  # file name in the dataset manifest
+    config: dict
+    output_dir: Path
+    protocol: str
+    shave: int
+
+
+def score(x: torch.Tensor, truth: torch.Tensor, protocol: str, shave: int) -> dict[str, float]:
+    """The protocol's PSNRs of ``x``: ``y`` gives the luma PSNR (``psnr_y``, border shaved) and the
+    RGB PSNR over the whole image (``psnr``); ``rgb`` gives ``psnr`` over all channels, shaved."""
+    if protocol == "y":
+        return {"psnr_y": float(psnr_y(x, truth, shave)), "psnr": float(psnr(x, truth))}
+    window = (..., slice(shave, -shave or None), slice(shave, -shave or None))
+    return {"psnr": float(psnr(x[window], truth[window]))}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    write_atomically(path, lambda handle: handle.write(text.encode()))
+
+
+def _config_text(config: dict) -> str:
+    return yaml.safe_dump(config, sort_keys=True)
+
+
+def _finished(job: ImageJob, result_file: str) -> dict | None:
+    """The saved result of ``job`` if an earlier run finished it with the same config."""
+    config_file, result = job.output_dir / "config.yaml", job.output_dir / result_file
+    if not (config_file.is_file() and result.is_file()) or config_file.read_text() != _config_text(job.config):
+        return None
+    return json.loads(result.read_text())
+
+
+def restore_image(job: ImageJob) -> dict:
+    """Restore one image (in a worker process or in-process) and score the last output and the EMA
+    with the benchmark's protocol; outputs, ``config.yaml`` and ``metrics.json`` go to its sub-run."""
+    write_atomically(job.output_dir / "config.yaml", lambda handle: handle.write(_config_text(job.config).encode()))
+    result = run(OmegaConf.create(job.config), None)
+    metrics = result.metrics
+    for suffix, image in (("", result.restored), ("_ema", result.restored_ema)):
+        metrics.update({key + suffix: value for key, value in
+                        score(image, result.ground_truth, job.protocol, job.shave).items()})
+    height, width = result.ground_truth.shape[-2:]
+    metrics.update(image=job.name, width=width, height=height, gpus_visible=os.environ.get("CUDA_VISIBLE_DEVICES"),
+                   device_name=torch.cuda.get_device_name() if metrics["device"].startswith("cuda") else "CPU")
+    write_outputs(result, job.output_dir)
+    return metrics
+
+
+def compute_baselines(job: ImageJob, names: list[str]) -> dict:
+    """Rebuild the image's observation (same seed, so the same noise or mask as its restoration),
+    run each classical baseline on it and score it; each estimate is saved as ``baseline_NAME.png``
+    and the scores in ``baselines.json`` (an unavailable optional baseline records why)."""
+    key = {"task": job.config["task"], "data": job.config["data"], "seed": job.config["seed"]}
+    saved_file = job.output_dir / "baselines.json"
+    if saved_file.is_file():
+        saved = json.loads(saved_file.read_text())
+        if saved.get("observation") == key and set(names) <= set(saved["scores"]):
+            return saved["scores"]
+    problem = problem_from_config(OmegaConf.create(job.config))
+    scores = {}
+    for name in names:
+        try:
+            estimate = BASELINES[name].estimate(problem.observation, problem.physics)
+        except BaselineUnavailableError as error:
+            scores[name] = {"unavailable": str(error)}
+            continue
+        save_image(estimate[0], job.output_dir / f"baseline_{name}.png")
+        scores[name] = score(estimate, problem.ground_truth, job.protocol, job.shave)
+    _write_json(saved_file, {"observation": key, "scores": scores})
+    return scores
+
+
+def check_baselines(names: list[str], job: ImageJob) -> None:
+    """Each baseline named must exist and undo the benchmark's kind of degradation (checked on the
+    problem of the first image, which also proves the images load)."""
+    physics = problem_from_config(OmegaConf.create(job.config)).physics
+    for name in names:
+        if name not in BASELINES:
+            raise DipError(f"unknown baseline '{name}' (choose from: {', '.join(BASELINES)})")
+        if not isinstance(physics, BASELINES[name].physics):
+            raise DipError(f"baseline '{name}' undoes {BASELINES[name].physics.__name__}, "
+                           f"not this benchmark's {type(physics).__name__}")
+
+
+def image_job(cfg: DictConfig, image: DatasetImage, output_dir: Path) -> ImageJob:
+    job = copy.deepcopy(cfg)
+    with open_dict(job):
+        job.pop("hydra", None)
+        job.data.path = str(image.path.resolve())
+        job.paths.output_dir = str(output_dir)
+        if "group" in job.logger:  # W&B: one run per image, grouped by benchmark
+            job.logger.group = cfg.benchmark.name
+            job.logger.name = f"{cfg.benchmark.name}/{image.stem}"
+    return ImageJob(image.name, OmegaConf.to_container(job, resolve=True), output_dir,
+                    cfg.benchmark.protocol, cfg.benchmark.shave)
+
+
+def _start_worker(slots, gpus: list[str], cpu_threads: int) -> None:
+    """Pool initialiser: take a worker slot and pin this process to its GPU before CUDA starts."""
+    if pin_to_gpu(slots.get(), gpus) is None:
+        torch.set_num_threads(cpu_threads)
+
+
+def restore_all(jobs: list[ImageJob], gpus: list[str], workers: int) -> dict[str, dict]:
+    """Restore every job not finished before, ``workers`` at a time (in this process when 1)."""
+    results = {job.name: saved for job in jobs if (saved := _finished(job, "metrics.json")) is not None}
+    pending = [job for job in jobs if job.name not in results]
+    if results:
+        log.info(f"reusing {len(results)} finished image(s): {', '.join(results)}")
+
+    def report(metrics: dict) -> None:
+        results[metrics["image"]] = metrics
+        key = "psnr_y" if "psnr_y" in metrics else "psnr"
+        log.info(f"[{len(results)}/{len(jobs)}] {metrics['image']}: {key} {metrics[key]:.2f} dB "
+                 f"(EMA {metrics[key + '_ema']:.2f}) in {metrics['seconds']:.1f} s on {metrics['device']}")
+
+    if workers <= 1:
+        for job in pending:
+            report(restore_image(job))
+        return results
+    context = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked children
+    slots = context.Queue()
+    for slot in range(workers):
+        slots.put(slot)
+    cpu_threads = max(1, (os.cpu_count() or 1) // workers)
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
+                               initargs=(slots, gpus, cpu_threads))
+    try:
+        for future in as_completed([pool.submit(restore_image, job) for job in pending]):
+            report(future.result())
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return results
+
+
+def run_benchmark(cfg: DictConfig, run_dir: Path) -> dict:
+    """Restore every image of ``cfg.benchmark``, write ``table.md`` and ``table.csv`` into
+    ``run_dir``, and return the mean row."""
+    spec = cfg.benchmark
+    if spec.protocol not in ("rgb", "y"):
+        raise DipError(f"unknown benchmark protocol '{spec.protocol}' (choose from: rgb, y)")
+    images = open_dataset(cfg.data.root, spec.dataset, list(spec.images) if spec.images is not None else None,
+                          spec.verify_checksums)
+    jobs = [image_job(cfg, image, run_dir / "images" / image.stem) for image in images]
+    check_baselines(list(spec.baselines), jobs[0])
+    gpus = [] if cfg.trainer.accelerator == "cpu" else visible_gpus()
+    workers = min(len(jobs), worker_count(gpus, cfg.jobs_per_gpu, cfg.cpu_jobs))
+    log.info(f"{spec.name}: {len(jobs)} images from {Path(cfg.data.root) / spec.dataset}, "
+             f"{workers} at a time on {', '.join(f'GPU {gpu}' for gpu in gpus) or 'the CPU'}")
+    start = time.perf_counter()
+    threads = ThreadPoolExecutor(max(1, cfg.baseline_jobs))
+    try:
+        baselines: dict[str, Future] = {job.name: threads.submit(compute_baselines, job, list(spec.baselines))
+                                        for job in jobs}
+        restored = restore_all(jobs, gpus, workers)
+        baseline_scores = {name: future.result() for name, future in baselines.items()}
+    finally:
+        threads.shutdown(wait=True, cancel_futures=True)
+    run_info = {"wall_seconds": time.perf_counter() - start, "workers": workers, "gpus": len(gpus),
+                "date": datetime.now().strftime("%Y-%m-%d %H:%M"), "dataset": str(Path(cfg.data.root) / spec.dataset),
+                "all_images": spec.images is None}
+    table = Table(cfg, [restored[job.name] for job in jobs], [baseline_scores[job.name] for job in jobs], run_info)
+    write_atomically(run_dir / "table.csv", lambda handle: handle.write(table.csv().encode()))
+    write_atomically(run_dir / "table.md", lambda handle: handle.write(table.markdown().encode()))
+    return table.mean
+
+
+class Table:
+    """One row per image and a mean row: our PSNRs (last output, EMA), the paper's, a published
+    reference column, the baselines', then (``y`` protocol) the RGB PSNRs, steps and fit time."""
+
+    def __init__(self, cfg: DictConfig, metrics: list[dict], baselines: list[dict], run_info: dict):
+        spec = cfg.benchmark
+        self.cfg, self.spec, self.info = cfg, spec, run_info
+        key = "psnr_y" if spec.protocol == "y" else "psnr"
+        self.unavailable = {name: reason for scores in baselines for name, value in scores.items()
+                            if (reason := value.get("unavailable"))}
+        usable = [name for name in spec.baselines if name not in self.unavailable]
+        published = [("paper", spec.paper)] + ([("reference", spec.reference)] if spec.reference else [])
+        metric_label = "PSNR-Y" if spec.protocol == "y" else "PSNR"
+        # (CSV key, markdown heading, function of the row's metrics and baselines)
+        self.columns = [
+            ("image", "image", lambda m, b: m["image"]),
+            ("width", None, lambda m, b: m["width"]),
+            ("height", None, lambda m, b: m["height"]),
+            ("size", "size", lambda m, b: f"{m['width']}x{m['height']}"),
+            (key, metric_label, lambda m, b: m[key]),
+            (f"{key}_ema", f"{metric_label} EMA", lambda m, b: m[f"{key}_ema"]),
+            *[(column, node.label, lambda m, b, node=node: node.images.get(m["image"]))
+              for column, node in published],
+            *[(f"{name}_{key}", BASELINES[name].label, lambda m, b, name=name: b[name][key]) for name in usable],
+        ]
+        if spec.protocol == "y":
+            self.columns += [
+                ("psnr", "PSNR RGB", lambda m, b: m["psnr"]),
+                ("psnr_ema", "PSNR RGB EMA", lambda m, b: m["psnr_ema"]),
+                *[(f"{name}_psnr", f"{BASELINES[name].label} RGB", lambda m, b, name=name: b[name]["psnr"])
+                  for name in usable],
+            ]
+        self.columns += [
+            ("seed", None, lambda m, b: m["seed"]),
+            ("steps", None, lambda m, b: m["steps"]),
+            ("seconds", "fit s", lambda m, b: m["seconds"]),
+        ]
+        self.rows = [{column: value(m, b) for column, _, value in self.columns} for m, b in zip(metrics, baselines)]
+        self.metrics = metrics
+        self.mean = {"image": "mean"}
+        for column, _, _ in self.columns[4:]:
+            values = [row[column] for row in self.rows]
+            if column in dict(published):
+                self.mean[column] = self._published_mean(dict(published)[column], values)
+            elif column in ("seed", "steps"):
+                self.mean[column] = values[0] if len(set(values)) == 1 else None
+            elif all(isinstance(value, (int, float)) for value in values):
+                self.mean[column] = statistics.fmean(values)
+
+    def _published_mean(self, node, values: list) -> float | None:
+        """The published mean when this run covers the images it was taken over (the dataset, or
+        those with published numbers), else the mean of the published numbers of the images run."""
+        covered = set(node.images) <= {row["image"] for row in self.rows} if node.images else self.info["all_images"]
+        if node.mean is not None and covered:
+            return node.mean
+        return statistics.fmean(values) if values and all(value is not None for value in values) else None
+
+    def csv(self) -> str:
+        keys = [column for column, _, _ in self.columns if column != "size"]
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=keys, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        for row in [*self.rows, self.mean]:
+            writer.writerow({key: f"{value:.4f}" if isinstance(value, float) else value
+                             for key, value in row.items() if value is not None})
+        return out.getvalue()
+
+    def markdown(self) -> str:
+        cfg, spec, info, first = self.cfg, self.spec, self.info, self.metrics[0]
+        shown = [(column, heading) for column, heading, _ in self.columns if heading]
+        shaved = f", {spec.shave}-pixel border shaved" if spec.shave else ""
+        protocol = ("PSNR in dB of the Y channel (ITU-R BT.601, MATLAB rgb2ycbcr scaling; greyscale images as "
+                    f"they are){shaved}; RGB PSNR over the whole image" if spec.protocol == "y"
+                    else f"PSNR in dB over all channels in [0, 1]{shaved}")
+        steps = sum(m["steps"] for m in self.metrics)
+        workers = (f"{info['workers']} process(es) on {info['gpus']} GPU(s)" if info["gpus"]
+                   else f"{info['workers']} process(es) on the CPU")
+        lines = [
+            f"# {spec.name}: {spec.title}",
+            "",
+            f"- dataset: `{info['dataset']}`, {len(self.rows)} images"
+            + (", sha256 verified against MANIFEST.tsv" if spec.verify_checksums else ""),
+            f"- settings: task {first['task']}, arch {first['arch']}, {self.mean['steps'] or 'varying'} steps, "
+            f"lr {cfg.optim.lr}, reg_noise_std {cfg.input.reg_noise_std}, EMA weight {cfg.ema_weight}, "
+            f"seed {self.mean['seed']} for every image",
+            f"- protocol: {protocol}",
+            f"- run: {info['date']} on {first['device_name']} ({workers}), wall {info['wall_seconds']:.1f} s, "
+            f"{steps / max(info['wall_seconds'], 1e-9):.1f} image-steps/s",
+            "",
+            "| " + " | ".join(heading for _, heading in shown) + " |",
+            "|" + "|".join("---" if column in ("image", "size") else "---:" for column, _ in shown) + "|",
+        ]
+        for row in [*self.rows, self.mean]:
+            cells = [_cell(row.get(column), column) for column, _ in shown]
+            if row is self.mean:
+                cells[0] = "**mean**"
+            lines.append("| " + " | ".join(cells) + " |")
+        notes = list(spec.notes) + [f"{BASELINES[name].label} skipped: {reason}"
+                                    for name, reason in self.unavailable.items()]
+        if notes:
+            lines += ["", *[f"- {note}" for note in notes]]
+        return "\n".join(lines) + "\n"
+
+
+def _cell(value, column: str) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.1f}" if column == "seconds" else f"{value:.2f}"
+    return str(value)

@@ -1,0 +1,41 @@
+"""Reproduce a table of the paper: ``python experiments/benchmark.py benchmark=set5_x4``.
+
+Restores every image of the benchmark's dataset (under ``$DIP_DATA``) with the paper's settings and
+writes ``table.md`` and ``table.csv`` into the run directory, with one sub-run per image under
+``images/``. Any option of ``run.py`` can be overridden too (``trainer.max_steps=2 data.size=64``).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's dip, wherever it is installed
+
+import hydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from dip.benchmark import run_benchmark  # noqa: E402
+from dip.cli import check_overrides, discard_run_dir, fail  # noqa: E402
+from dip.config import CONF_DIR, register_resolvers  # noqa: E402
+from dip.errors import DipError  # noqa: E402
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="benchmark")
+def benchmark(cfg: DictConfig) -> None:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        run_benchmark(cfg, run_dir)
+    except DipError as error:
+        discard_run_dir(run_dir)
+        fail(str(error))
+    print((run_dir / "table.md").read_text(), end="")
+    print(f"tables in {run_dir}")
+
+
+if __name__ == "__main__":
+    register_resolvers()
+    if not any(a in ("--help", "-h", "--hydra-help", "--info", "--shell-completion") for a in sys.argv[1:]):
+        check_overrides(sys.argv[1:], config_name="benchmark")
+    benchmark()

@@ -1,0 +1,216 @@
+"""The benchmark runner: datasets, protocol metrics, baselines, concurrency, tables, the CLI."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage import data as skdata
+
+from dip.baselines import BASELINES, normalised_fill
+from dip.benchmark import run_benchmark
+from dip.config import compose_config
+from dip.datasets import open_dataset
+from dip.errors import DipError
+from dip.metrics import psnr, psnr_y
+from dip.physics import BernoulliMask, GaussianNoise, Inpainting, RegionMask
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "experiments" / "benchmark.py"
+SHARED = Path(os.environ.get("DIP_DATA", ROOT.parent / "shared" / "datasets"))
+FAST = ["trainer.max_steps=2", "data.size=48", "logger=none", "metrics_every=1"]
+
+
+def make_dataset(root: Path, folder: str, names: list[str], mode: str = "RGB", size: int = 48) -> Path:
+    """A tiny dataset: crops of scikit-image's astronaut, with a MANIFEST.tsv like the shared ones."""
+    directory = root / folder
+    directory.mkdir(parents=True)
+    rows = ["file\twidth\theight\tmode\tsha256\tsource\tnotes"]
+    for index, name in enumerate(names):
+        crop = skdata.astronaut()[100 + 40 * index : 100 + 40 * index + size, 150 : 150 + size + 4 * index]
+        image = Image.fromarray(crop).convert(mode)
+        image.save(directory / name)
+        digest = hashlib.sha256((directory / name).read_bytes()).hexdigest()
+        rows.append(f"{name}\t{image.width}\t{image.height}\t{mode}\t{digest}\ttest\tsynthetic")
+    (directory / "MANIFEST.tsv").write_text("\n".join(rows) + "\n")
+    return directory
+
+
+def read_csv(path: Path) -> list[dict]:
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+# --- metrics -------------------------------------------------------------------------------------
+
+def test_psnr_y_follows_matlab_rgb2ycbcr_and_shaves_the_border():
+    truth = torch.rand(1, 3, 24, 20, generator=torch.Generator().manual_seed(0)) * 0.8
+    shifted = truth + 0.01  # Y moves by (65.481 + 128.553 + 24.966) * 0.01 = 2.19 on the 0-255 scale
+    assert float(psnr_y(shifted, truth, shave=0)) == pytest.approx(20 * np.log10(255 / 2.19), abs=1e-3)
+    rgb = truth.numpy()[0].transpose(1, 2, 0)
+    luma = 16 + rgb @ np.array([65.481, 128.553, 24.966])
+    noisy = (truth + 0.05 * torch.randn_like(truth)).clamp(0, 1)
+    noisy_luma = 16 + noisy.numpy()[0].transpose(1, 2, 0) @ np.array([65.481, 128.553, 24.966])
+    mse = ((luma - noisy_luma)[4:-4, 4:-4] ** 2).mean()
+    assert float(psnr_y(noisy, truth, shave=4)) == pytest.approx(10 * np.log10(255**2 / mse), abs=1e-3)
+    border_only = truth.clone()
+    border_only[..., :4, :] = 0
+    assert float(psnr_y(border_only, truth, shave=4)) > 100  # the shaved border does not count
+    assert float(psnr_y(border_only, truth, shave=0)) < 40
+    grey = truth[:, :1]
+    assert float(psnr_y(grey + 0.01, grey, shave=0)) == pytest.approx(40.0, abs=1e-3)  # grey is its own luma
+
+
+# --- datasets -------------------------------------------------------------------------------------
+
+def test_dataset_checks_name_what_is_missing_or_wrong(tmp_path):
+    with pytest.raises(DipError, match=r"dataset Set5 not found: expected the folder .*Set5"):
+        open_dataset(tmp_path, "Set5")
+    folder = make_dataset(tmp_path, "Set5", ["a.png", "b.png", "c.png"])
+    assert [image.name for image in open_dataset(tmp_path, "Set5", ["c.png", "a.png"])] == ["a.png", "c.png"]
+    with pytest.raises(DipError, match="nope.png not in"):
+        open_dataset(tmp_path, "Set5", ["nope.png"])
+    Image.new("RGB", (8, 8)).save(folder / "b.png")
+    with pytest.raises(DipError, match=r"checksum mismatch for .*b\.png"):
+        open_dataset(tmp_path, "Set5")
+    assert len(open_dataset(tmp_path, "Set5", verify_checksums=False)) == 3
+    (folder / "c.png").unlink()
+    with pytest.raises(DipError, match=r"incomplete: .*c\.png is missing"):
+        open_dataset(tmp_path, "Set5", verify_checksums=False)
+    (folder / "MANIFEST.tsv").write_text("name\tsize\nx.png\t3\n")
+    with pytest.raises(DipError, match="bad dataset manifest .*no column file"):
+        open_dataset(tmp_path, "Set5")
+
+
+# --- baselines ------------------------------------------------------------------------------------
+
+def test_fill_keeps_known_pixels_and_fills_scattered_and_large_holes():
+    camera = torch.from_numpy(skdata.camera()[200:264, 200:264] / 255.0).float()[None, None]
+    ramp = torch.linspace(0.2, 0.8, 64).expand(1, 1, 64, 64)
+    for truth, mask in ((camera, BernoulliMask(0.5)), (ramp, RegionMask(0.5))):
+        physics = Inpainting(mask)
+        physics.prepare(64, 64, torch.Generator().manual_seed(0))
+        observation = physics.observe(truth)
+        filled = normalised_fill(observation, physics)
+        known = physics.mask.bool().expand_as(truth)
+        assert torch.equal(filled[known], observation[known])
+        assert float(psnr(filled, truth)) > float(psnr(observation, truth)) + 10
+
+
+def test_denoising_baselines_beat_the_noisy_image():
+    truth = torch.from_numpy(skdata.astronaut()[:40, :40] / 255.0).float().permute(2, 0, 1)[None]
+    physics = GaussianNoise(25)
+    noisy = physics.observe(truth, torch.Generator().manual_seed(0))
+    pytest.importorskip("bm3d")
+    for name in ("nlm", "cbm3d"):
+        assert float(psnr(BASELINES[name].estimate(noisy, physics), truth)) > float(psnr(noisy, truth)) + 3
+
+
+# --- the runner -----------------------------------------------------------------------------------
+
+def compose(benchmark: str, root: Path, run_dir: Path, *overrides: str):
+    return compose_config([f"benchmark={benchmark}", *FAST, f"data.root={root}", *overrides], output_dir=run_dir,
+                          config_name="benchmark")
+
+
+def test_sr_table_has_a_row_per_image_a_mean_row_and_resumes(tmp_path):
+    root, run_dir = tmp_path / "data", tmp_path / "run"
+    make_dataset(root, "Set5", ["baby.png", "bird.png", "woman.png"])
+    mean = run_benchmark(compose("set5_x4", root, run_dir), run_dir)
+
+    rows = read_csv(run_dir / "table.csv")
+    assert [row["image"] for row in rows] == ["baby.png", "bird.png", "woman.png", "mean"]
+    for row in rows[:3]:
+        metrics = json.loads((run_dir / "images" / Path(row["image"]).stem / "metrics.json").read_text())
+        assert float(row["psnr_y"]) == pytest.approx(metrics["psnr_y"], abs=1e-4)
+        assert float(row["bicubic_psnr_y"]) > float(row["psnr_y"])  # two steps do not beat bicubic
+        assert (row["seed"], row["steps"], row["width"], row["height"]) == ("0", "2", "48", "48")
+        assert row["psnr"] and row["psnr_ema"] and row["bicubic_psnr"] and not row["paper"]
+    assert float(rows[3]["psnr_y"]) == pytest.approx(np.mean([float(row["psnr_y"]) for row in rows[:3]]), abs=1e-3)
+    assert float(rows[3]["paper"]) == mean["paper"] == 29.9
+    table = (run_dir / "table.md").read_text()
+    assert "| image | size | PSNR-Y | PSNR-Y EMA | paper | bicubic | PSNR RGB |" in table
+    assert "| **mean** |" in table and "| 29.90 |" in table and "4-pixel border shaved" in table
+
+    finished = run_dir / "images" / "bird" / "metrics.json"
+    before = finished.stat().st_mtime_ns
+    run_benchmark(compose("set5_x4", root, run_dir), run_dir)  # same config: nothing restored again
+    assert finished.stat().st_mtime_ns == before
+    run_benchmark(compose("set5_x4", root, run_dir, "seed=1"), run_dir)  # another config: restored again
+    assert finished.stat().st_mtime_ns != before
+    assert read_csv(run_dir / "table.csv")[0]["seed"] == "1"
+
+
+def test_denoising_runs_worker_processes_pinned_to_gpus_and_classical_baselines(tmp_path, monkeypatch):
+    root, run_dir = tmp_path / "data", tmp_path / "run"
+    make_dataset(root, "bm3d_color", ["one.png", "two.png"])
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,7")  # two "GPUs": workers pin to them, then find no CUDA
+    run_benchmark(compose("cset9_denoise25", root, run_dir, "jobs_per_gpu=1", "data.size=32"), run_dir)
+    rows = read_csv(run_dir / "table.csv")
+    assert [row["image"] for row in rows] == ["one.png", "two.png", "mean"]
+    metrics = [json.loads((run_dir / "images" / name / "metrics.json").read_text()) for name in ("one", "two")]
+    assert {m["gpus_visible"] for m in metrics} == {"4", "7"}  # one worker process per GPU
+    for row, m in zip(rows, metrics):
+        assert float(row["nlm_psnr"]) > m["psnr_observation"] + 3
+    table = (run_dir / "table.md").read_text()
+    assert "2 process(es) on 2 GPU(s)" in table and "| NLM |" in table and "paper (EMA)" in table
+    try:
+        import bm3d  # noqa: F401
+    except ImportError:
+        assert "CBM3D skipped: the bm3d package is not installed" in table
+    else:
+        assert all(float(row["cbm3d_psnr"]) > float(row["nlm_psnr"]) - 3 for row in rows)
+
+
+def test_inpainting_table_quotes_the_paper_and_csc_per_image(tmp_path):
+    root, run_dir = tmp_path / "data", tmp_path / "run"
+    make_dataset(root, "inpainting_heide", ["barbara.png", "boat.png"], mode="L")
+    run_benchmark(compose("heide11_inpaint50", root, run_dir, "benchmark.images=[boat.png]"), run_dir)
+    rows = read_csv(run_dir / "table.csv")
+    assert [(row["image"], row["paper"], row["reference"]) for row in rows] == [
+        ("boat.png", "33.0600", "31.4400"), ("mean", "33.0600", "31.4400")]
+    assert float(rows[0]["fill_psnr"]) > 20
+    metrics = json.loads((run_dir / "images" / "boat" / "metrics.json").read_text())
+    assert metrics["task"] == "inpainting" and metrics["arch"] == "skip"
+    assert Image.open(run_dir / "images" / "boat" / "restored.png").mode == "L"  # one output channel
+    assert "| image | size | PSNR | PSNR EMA | paper | CSC | fill |" in (run_dir / "table.md").read_text()
+
+
+# --- the command line -----------------------------------------------------------------------------
+
+def run_script(*arguments: str, data: Path) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "DIP_DATA": str(data), "WANDB_MODE": "offline"}
+    return subprocess.run([sys.executable, str(SCRIPT), *arguments], capture_output=True, text=True,
+                          env=environment, cwd=ROOT, timeout=300)
+
+
+def test_missing_dataset_is_one_line_naming_the_folder(tmp_path):
+    with pytest.raises(DipError) as error:
+        run_benchmark(compose("set14_x8", tmp_path / "nowhere", tmp_path / "run"), tmp_path / "run")
+    assert str(error.value) == (f"dataset Set14 not found: expected the folder {tmp_path / 'nowhere' / 'Set14'} "
+                                "(set DIP_DATA to the folder holding the datasets)")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(not (SHARED / "Set5" / "MANIFEST.tsv").is_file(), reason=f"no shared datasets at {SHARED}")
+def test_cli_set5_x4_on_the_shared_dataset(tmp_path):
+    out = tmp_path / "out"
+    result = run_script("benchmark=set5_x4", "trainer.max_steps=2", "data.size=64", f"hydra.run.dir={out}",
+                        data=SHARED)
+    assert result.returncode == 0, result.stderr[-2000:]
+    table = (out / "table.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| image")]
+    assert [row.split(" | ")[0] for row in rows] == [
+        "| baby.png", "| bird.png", "| butterfly.png", "| head.png", "| woman.png", "| **mean**"]
+    assert "| 29.90 |" in rows[-1]
+    assert len(list(out.glob("images/*/metrics.json"))) == 5
+    assert len(list(out.glob("images/*/wandb/offline-run-*"))) == 5  # one W&B run per image
