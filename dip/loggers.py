@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import netrc
 import os
-import struct
 from pathlib import Path
 
 import pytorch_lightning as pl
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from pytorch_lightning.loggers import WandbLogger
 
 from dip.images import to_pil
-
-WANDB_BLOCK = 32 * 1024
 
 
 def flat_config(cfg: DictConfig, skip: tuple[str, ...] = ("hydra", "paths")) -> dict:
@@ -29,8 +25,9 @@ def flat_config(cfg: DictConfig, skip: tuple[str, ...] = ("hydra", "paths")) -> 
             else:
                 flat[f"{prefix}{key}"] = value
 
-    container = OmegaConf.to_container(cfg, resolve=True)
-    walk({key: value for key, value in container.items() if key not in skip}, "")
+    kept = {key: cfg[key] for key in cfg if key not in skip}  # resolving `hydra` outside a job would fail
+    walk({key: OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig | ListConfig) else value
+          for key, value in kept.items()}, "")
     return flat
 
 
@@ -90,42 +87,3 @@ class ImageLogger(pl.Callback):
             caption=["observation", "restored", "restored_ema"], step=step,
         )
 
-
-def offline_run_records(run_file: Path):
-    """The ``wandb_internal_pb2.Record`` messages of an offline run file (``run-*.wandb``).
-
-    The file is a 7-byte header (``:W&B``, magic, version), then a LevelDB log: 32 KiB blocks of
-    chunks, each ``crc32c (4) | length (2, little-endian) | type (1: full, 2: first, 3: middle,
-    4: last) | data``; a block's tail shorter than a chunk header is padding.
-    """
-    from wandb.proto import wandb_internal_pb2
-
-    data = Path(run_file).read_bytes()
-    if data[:4] != b":W&B":
-        raise ValueError(f"{run_file} is not a W&B run file")
-    offset, pending = 7, b""
-    while offset + 7 <= len(data):
-        room = WANDB_BLOCK - offset % WANDB_BLOCK
-        if room < 7:
-            offset += room
-            continue
-        length, kind = struct.unpack("<HB", data[offset + 4 : offset + 7])
-        chunk = data[offset + 7 : offset + 7 + length]
-        offset += 7 + length
-        if kind == 0 and length == 0:  # zero padding
-            continue
-        pending = chunk if kind in (1, 2) else pending + chunk
-        if kind in (1, 4):
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(pending)
-            yield record
-
-
-def offline_history(run_file: Path) -> list[dict]:
-    """The rows an offline run logged with ``log`` / ``log_metrics``, values decoded from JSON."""
-    rows = []
-    for record in offline_run_records(run_file):
-        if record.WhichOneof("record_type") == "history":
-            rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                         for item in record.history.item})
-    return rows

@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from dip.config import image_name  # noqa: E402
 from dip.errors import DipError  # noqa: E402
-from dip.loggers import offline_history  # noqa: E402
+from dip.wandb_files import offline_history  # noqa: E402
 
 STEP_KEYS = ("step", "trainer/global_step")
 
