@@ -9,7 +9,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
+
+from dip.gpus import visible_gpus, worker_count
+from dip.images import BUILTIN_PREFIX
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 PROFILES = ("auto", "full", "quick")
@@ -25,8 +29,29 @@ def _profile(full, quick, *, _root_):
     return full if use_full_settings(_root_.get("profile", "auto")) else quick
 
 
+def image_name(path: str | None, observation: str | None, default_image: str) -> str:
+    """A short name for the image a run restores (a W&B tag, a dashboard row): the file's stem."""
+    source = str(observation or path or default_image)
+    return Path(source.removeprefix(BUILTIN_PREFIX)).stem
+
+
+def sweep_name(single_run_name: str) -> str:
+    """The name of the multirun this job belongs to (its sweep folder's name), else ``single_run_name``."""
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return Path(HydraConfig.get().sweep.dir).name
+    return single_run_name
+
+
+def _gpu_workers(jobs_per_gpu: int, cpu_jobs: int = 1) -> int:
+    return worker_count(visible_gpus(), int(jobs_per_gpu), int(cpu_jobs))
+
+
 def register_resolvers() -> None:
+    """Registered on import too: launchers run jobs in fresh processes that import this module."""
     OmegaConf.register_new_resolver("profile", _profile, replace=True)
+    OmegaConf.register_new_resolver("image_name", image_name, replace=True)
+    OmegaConf.register_new_resolver("sweep_name", sweep_name, replace=True)
+    OmegaConf.register_new_resolver("gpu_workers", _gpu_workers, replace=True)
 
 
 def config_groups() -> dict[str, list[str]]:
@@ -54,3 +79,6 @@ def compose_config(overrides: Sequence[str] = (), output_dir: str | Path | None 
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir) if output_dir is not None else None
     return cfg
+
+
+register_resolvers()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import resource
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -18,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from dip.errors import DipError
 from dip.images import save_image, write_atomically
-from dip.loggers import ImageLogger
+from dip.loggers import ImageLogger, flat_config
 from dip.metrics import psnr, ssim
 from dip.module import DeepImagePrior
 from dip.problem import Problem, build_problem
@@ -55,6 +57,23 @@ class FitTimer(pl.Callback):
     def _sync(pl_module):
         if pl_module.device.type == "cuda":
             torch.cuda.synchronize(pl_module.device)
+
+
+class PeakMemory(pl.Callback):
+    """Peak memory of the fit in MiB: the most CUDA memory tensors held (``max_memory_allocated``) on
+    a GPU; on a CPU the process's peak resident set, which includes start-up and earlier jobs of the
+    same process."""
+
+    def on_train_start(self, trainer, pl_module):
+        if pl_module.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(pl_module.device)
+
+    def on_train_end(self, trainer, pl_module):
+        if pl_module.device.type == "cuda":
+            self.source, self.mib = "cuda_max_allocated", torch.cuda.max_memory_allocated(pl_module.device) / 2**20
+        else:  # ru_maxrss is in KiB on Linux, in bytes on macOS
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            self.source, self.mib = "process_max_rss", rss / (2**20 if sys.platform == "darwin" else 2**10)
 
 
 @dataclass
@@ -148,8 +167,10 @@ def run(cfg: DictConfig, output_dir: Path | None, clean=None, observation=None) 
     """Restore one image as ``cfg`` says; write the outputs into ``output_dir`` unless it is None."""
     problem, module = prepare(cfg, clean, observation)
     logger = instantiate(cfg.logger) if cfg.logger and cfg.logger.get("_target_") else False
-    timer = FitTimer()
-    callbacks = [timer, ImageLogger(cfg.image_log_every)]
+    if logger:
+        logger.log_hyperparams(flat_config(cfg))
+    timer, memory = FitTimer(), PeakMemory()
+    callbacks = [timer, memory, ImageLogger(cfg.image_log_every)]
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(TQDMProgressBar(refresh_rate=cfg.metrics_every))  # refreshing reads metrics: a sync
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
@@ -166,6 +187,8 @@ def run(cfg: DictConfig, output_dir: Path | None, clean=None, observation=None) 
         steps=steps,
         seconds=round(timer.seconds, 3),
         steps_per_second=round(steps / max(timer.seconds, 1e-9), 3),
+        peak_mem_mb=round(memory.mib, 1),
+        peak_mem_source=memory.source,
         device=str(module.device),
         task=cfg.task.name,
         arch=cfg.arch_name,

@@ -95,7 +95,7 @@ def test_wandb_offline_run_holds_the_psnr(tmp_path):
     logged = summary(out)
     assert logged["psnr"] == pytest.approx(metrics["psnr"]) and logged["steps"] == 2
     info = run_info(out)
-    assert info.run_group == "denoising" and list(info.tags) == ["skip"]
+    assert info.run_group == "denoising" and list(info.tags) == ["skip", "astronaut"]
 
 
 def test_print_config_and_sweep(tmp_path):

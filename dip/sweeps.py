@@ -1,0 +1,112 @@
+"""Hydra callbacks for multiruns: pin each job to a GPU, and say how to upload offline W&B runs.
+
+Registered in ``conf/hydra/``: :class:`SweepSummary` always, :class:`PinToGPU` by the ``gpus``
+launcher (``hydra/launcher=gpus``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+from pathlib import Path
+from typing import IO, Any
+
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+import dip.config  # noqa: F401  (registers the config resolvers in the launcher's worker processes)
+from dip.gpus import pin_to_gpu, visible_gpus
+
+log = logging.getLogger(__name__)
+_held_slot: tuple[int, IO] | None = None  # (slot, its locked file): this process's place on a GPU
+
+
+def claim_slot(directory: Path, slots: int) -> int:
+    """Claim one of ``slots`` places for this process and hold it until the process ends.
+
+    Each place is an exclusive ``flock`` on ``directory/slot-N.lock``; the kernel drops it when its
+    holder exits, so a worker that died frees its place. A process keeps the place it claimed first.
+    """
+    global _held_slot
+    if _held_slot is not None:
+        return _held_slot[0]
+    directory.mkdir(parents=True, exist_ok=True)
+    for slot in range(slots):
+        handle = open(directory / f"slot-{slot}.lock", "w")  # noqa: SIM115 (held for the process's life)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        _held_slot = (slot, handle)
+        return slot
+    raise RuntimeError(f"all {slots} GPU slots in {directory} are held: more workers than slots")
+
+
+def release_slot() -> None:
+    """Give up this process's place (the next :func:`claim_slot` takes a fresh one)."""
+    global _held_slot
+    if _held_slot is not None:
+        _held_slot[1].close()
+        _held_slot = None
+
+
+class PinToGPU(Callback):
+    """Runs each job of a multirun on one GPU, at most ``jobs_per_gpu`` jobs on a GPU at a time.
+
+    Pinning goes by worker process, not by job number: a launcher's pool keeps its workers for
+    several jobs, and CUDA reads ``CUDA_VISIBLE_DEVICES`` only once per process. The pool has
+    ``len(gpus) * jobs_per_gpu`` workers (``hydra.launcher.n_jobs``); each claims a slot ``s``
+    (:func:`claim_slot`) and is pinned to ``gpus[s mod len(gpus)]`` before CUDA starts, so however
+    long the jobs take, no GPU has more than ``jobs_per_gpu`` of them at once. Without GPUs jobs run
+    on the CPU.
+    """
+
+    def __init__(self, jobs_per_gpu: int = 1):
+        if int(jobs_per_gpu) < 1:
+            raise ValueError(f"jobs_per_gpu must be >= 1, got {jobs_per_gpu}")
+        self.jobs_per_gpu = int(jobs_per_gpu)
+        self.gpus: list[str] | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Read once in the launching process: a worker's own CUDA_VISIBLE_DEVICES is already narrowed.
+        self.gpus = visible_gpus()
+        log.info("GPUs %s, %d job(s) per GPU", ",".join(self.gpus) or "none (CPU)", self.jobs_per_gpu)
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.hydra.mode != RunMode.MULTIRUN:
+            return
+        gpus = self.gpus if self.gpus is not None else visible_gpus()
+        if not gpus:
+            log.info("job %s runs on the CPU (no GPU visible)", config.hydra.job.num)
+            return
+        slots = len(gpus) * self.jobs_per_gpu
+        slot = claim_slot(Path(config.hydra.sweep.dir) / ".gpu_slots", slots)
+        gpu = pin_to_gpu(slot, gpus)
+        log.info("job %s runs on GPU %s (worker slot %d of %d, pid %d)",
+                 config.hydra.job.num, gpu, slot, slots, os.getpid())
+
+
+class SweepSummary(Callback):
+    """At the end of a multirun, prints where the runs are, how to build the dashboard, and the
+    ``wandb sync`` command for the offline W&B runs it left."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        print(sweep_summary(Path(config.hydra.sweep.dir)))
+
+
+def sweep_summary(sweep_dir: Path) -> str:
+    runs = sorted(path.parent for path in sweep_dir.glob("**/metrics.json"))
+    lines = [f"sweep: {len(runs)} finished run(s) in {sweep_dir}",
+             f"dashboard: python experiments/compare.py {sweep_dir}"]
+    offline = sorted(sweep_dir.glob("**/wandb/offline-run-*"))
+    if offline:  # one glob per depth of run folder: <sweep>/*/wandb/offline-run-*
+        patterns = sorted({str(sweep_dir.joinpath(*["*"] * (len(path.relative_to(sweep_dir).parts) - 2),
+                                                  "wandb", "offline-run-*")) for path in offline})
+        lines += [f"W&B: {len(offline)} offline run(s), one group named '{sweep_dir.name}'; upload them with",
+                  f"  wandb sync {' '.join(patterns)}"]
+    return "\n".join(lines)

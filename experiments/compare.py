@@ -1,0 +1,336 @@
+"""Compare the runs of a sweep in a static dashboard: ``python experiments/compare.py SWEEP_DIR``.
+
+Reads what each run wrote (``metrics.json``, ``.hydra/``, the PSNR curve from the CSV logger's
+``csv/metrics.csv`` or else the offline W&B run file, ``restored.png``), wherever it ran, and writes
+into SWEEP_DIR (or ``--out``):
+
+- ``psnr_curves.png``: PSNR against the optimisation step per group (mean line, min-max band over
+  the group's images and seeds);
+- ``image_grid.png``: each image's restorations side by side, the best one per image framed;
+- ``dashboard.html``: both figures, a table per group (final and best PSNR, steps/s, peak memory)
+  and a table of every run. It opens from disk: no server, no network, images by relative path.
+
+Groups are architectures unless ``--by KEY`` names another setting (``--by optim.lr``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import html
+import json
+import os
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import yaml  # noqa: E402
+from PIL import Image  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from dip.config import image_name  # noqa: E402
+from dip.errors import DipError  # noqa: E402
+from dip.wandb_files import offline_history  # noqa: E402
+
+STEP_KEYS = ("step", "trainer/global_step")
+
+
+@dataclass
+class Run:
+    """One run folder of the sweep."""
+
+    path: Path
+    name: str  # the folder, relative to the sweep
+    overrides: list[str]
+    config: dict  # flat, as saved in .hydra/config.yaml (interpolations unresolved)
+    choices: dict  # the config-group options Hydra picked (arch, task, ...)
+    metrics: dict | None  # metrics.json; None while unfinished
+    curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # metric -> [(step, value)]
+    curve_source: str = "none"
+
+    @property
+    def finished(self) -> bool:
+        return self.metrics is not None
+
+    @property
+    def image(self) -> str:
+        data = {key: self.config.get(f"data.{key}") for key in ("path", "observation", "default_image")}
+        return image_name(data["path"], data["observation"], data["default_image"] or "image")
+
+    def value(self, key: str):
+        """A setting or result by name: metrics.json, then the config, then Hydra's group choices."""
+        if key == "image":
+            return self.image
+        for source in (self.metrics or {}, self.config, self.choices):
+            if key in source:
+                return source[key]
+        return None
+
+
+def flatten(node, prefix: str = "") -> dict:
+    if not isinstance(node, dict):
+        return {prefix.rstrip("."): node}
+    flat: dict = {}
+    for key, value in node.items():
+        flat.update(flatten(value, f"{prefix}{key}."))
+    return flat
+
+
+def read_yaml(path: Path):
+    return yaml.safe_load(path.read_text()) if path.is_file() else None
+
+
+def read_csv_curves(path: Path) -> dict[str, list[tuple[int, float]]]:
+    """Lightning's CSVLogger file: a ``step`` column and one column per metric, blanks elsewhere."""
+    curves: dict[str, list[tuple[int, float]]] = {}
+    with path.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            add_row(curves, row)
+    return curves
+
+
+def add_row(curves: dict, row: dict) -> None:
+    step = next((row[key] for key in STEP_KEYS if row.get(key) not in (None, "")), None)
+    if step is None:
+        return
+    for key, value in row.items():
+        if key.startswith("psnr") and value not in (None, ""):
+            # Lightning logs the step count before the step; the value is that of step count + 1
+            curves.setdefault(key, []).append((int(float(step)) + 1, float(value)))
+
+
+def read_curves(run_dir: Path) -> tuple[dict, str]:
+    csv_file = run_dir / "csv" / "metrics.csv"
+    if csv_file.is_file():
+        return read_csv_curves(csv_file), "csv"
+    for run_file in sorted(run_dir.glob("wandb/*run-*/run-*.wandb")):
+        curves: dict = {}
+        for row in offline_history(run_file):
+            add_row(curves, row)
+        return curves, "wandb"
+    return {}, "none"
+
+
+def find_runs(sweep_dir: Path) -> list[Run]:
+    runs = []
+    for config_file in sorted(sweep_dir.glob("**/.hydra/config.yaml")):
+        run_dir = config_file.parent.parent
+        metrics_file = run_dir / "metrics.json"
+        hydra_cfg = read_yaml(run_dir / ".hydra" / "hydra.yaml") or {}
+        run = Run(
+            path=run_dir,
+            name=str(run_dir.relative_to(sweep_dir)),
+            overrides=read_yaml(run_dir / ".hydra" / "overrides.yaml") or [],
+            config=flatten(read_yaml(config_file) or {}),
+            choices=hydra_cfg.get("hydra", {}).get("runtime", {}).get("choices", {}) or {},
+            metrics=json.loads(metrics_file.read_text()) if metrics_file.is_file() else None,
+        )
+        run.curves, run.curve_source = read_curves(run_dir)
+        runs.append(run)
+    runs.sort(key=lambda run: [int(part) if part.isdigit() else part for part in Path(run.name).parts])
+    return runs
+
+
+def quality_key(runs: list[Run]) -> str:
+    """PSNR against the ground truth when every run has one, else the fit to the observation."""
+    return "psnr" if all(run.metrics.get("psnr") is not None for run in runs) else "psnr_fit"
+
+
+def best_value(run: Run, key: str) -> float:
+    return max([value for _, value in run.curves.get(key, [])] + [run.metrics[key]])
+
+
+def mean(values) -> float | None:
+    values = [value for value in values if value is not None]
+    return statistics.fmean(values) if values else None
+
+
+def fmt(value, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def plot_curves(groups: dict[str, list[Run]], key: str, path: Path) -> None:
+    figure, axes = plt.subplots(figsize=(7, 4.2), dpi=110)
+    for label, runs in groups.items():
+        by_step: dict[int, list[float]] = {}
+        for run in runs:
+            points = run.curves.get(key) or [(run.metrics["steps"], run.metrics[key])]
+            for step, value in points:
+                by_step.setdefault(step, []).append(value)
+        steps = sorted(by_step)
+        line = axes.plot(steps, [statistics.fmean(by_step[s]) for s in steps], marker="." if len(steps) < 30 else None,
+                         label=f"{label} ({len(runs)} run{'s' * (len(runs) > 1)})")[0]
+        axes.fill_between(steps, [min(by_step[s]) for s in steps], [max(by_step[s]) for s in steps],
+                          color=line.get_color(), alpha=0.2, linewidth=0)
+    axes.set_xlabel("step")
+    axes.set_ylabel(f"{key} (dB)")
+    axes.set_title("mean per group; band: min-max over its runs")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def best_per_image(runs: list[Run], key: str) -> dict[str, Run]:
+    best: dict[str, Run] = {}
+    for run in runs:
+        if run.image not in best or run.metrics[key] > best[run.image].metrics[key]:
+            best[run.image] = run
+    return best
+
+
+def show(ax, picture: Path, title: str, winner: bool = False) -> None:
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if picture.is_file():
+        with Image.open(picture) as image:
+            ax.imshow(image.convert("RGB"))
+    ax.set_title(title, fontsize=7, color="darkgreen" if winner else "black")
+    for spine in ax.spines.values():
+        spine.set_edgecolor("limegreen" if winner else "lightgrey")
+        spine.set_linewidth(4 if winner else 1)
+
+
+def plot_grid(runs: list[Run], key: str, by: str, best: dict[str, Run], path: Path) -> None:
+    """One row per image: its observation, then every run's restoration; the best one framed."""
+    rows: dict[str, list[Run]] = {}
+    for run in runs:
+        rows.setdefault(run.image, []).append(run)
+    columns = 1 + max(len(row) for row in rows.values())
+    figure, axes = plt.subplots(len(rows), columns, figsize=(2.1 * columns, 2.5 * len(rows)), dpi=100,
+                                squeeze=False, layout="constrained")
+    for axes_row, (image, image_runs) in zip(axes, rows.items()):
+        show(axes_row[0], image_runs[0].path / "observation.png", f"{image}\nobservation")
+        for ax, run in zip(axes_row[1:], image_runs):
+            winner = best[image] is run
+            show(ax, run.path / "restored.png",
+                 f"{'* ' if winner else ''}{run.value(by)}: {run.metrics[key]:.2f} dB\nrun {run.name}", winner)
+        for ax in axes_row[1 + len(image_runs):]:
+            ax.axis("off")
+    figure.suptitle(f"restored images ({key}); framed: the best run per image", fontsize=9)
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def group_table(groups: dict[str, list[Run]], key: str, by: str) -> str:
+    rows = []
+    for label, runs in groups.items():
+        finals = [run.metrics[key] for run in runs]
+        spread = f" &plusmn; {statistics.stdev(finals):.2f}" if len(finals) > 1 else ""
+        memory = [run.metrics.get("peak_mem_mb") for run in runs if run.metrics.get("peak_mem_mb") is not None]
+        sources = sorted({run.metrics.get("peak_mem_source", "?") for run in runs if run.metrics.get("peak_mem_mb")})
+        rows.append(
+            f"<tr><td>{html.escape(str(label))}</td><td>{len(runs)}</td>"
+            f"<td>{statistics.fmean(finals):.2f}{spread}</td>"
+            f"<td>{fmt(mean(best_value(run, key) for run in runs))}</td>"
+            f"<td>{fmt(max(best_value(run, key) for run in runs))}</td>"
+            f"<td>{fmt(mean(run.metrics.get('psnr_ema') for run in runs))}</td>"
+            f"<td>{fmt(mean(run.metrics.get('steps_per_second') for run in runs), 1)}</td>"
+            f"<td>{fmt(max(memory) if memory else None, 0)} {html.escape(', '.join(sources))}</td></tr>"
+        )
+    return (f"<table><tr><th>{html.escape(by)}</th><th>runs</th><th>final {key} (mean &plusmn; sd)</th>"
+            f"<th>best {key} during the run (mean)</th><th>best {key} (max)</th><th>final psnr_ema (mean)</th>"
+            "<th>steps/s (mean)</th><th>peak memory MiB (max)</th></tr>" + "".join(rows) + "</table>")
+
+
+def run_table(runs: list[Run], unfinished: list[Run], key: str, by: str, best: dict[str, Run], out: Path) -> str:
+    rows = []
+    for run in runs:
+        link = html.escape(Path(os.path.relpath(run.path, out)).as_posix())
+        mark = " class='best'" if best[run.image] is run else ""
+        rows.append(
+            f"<tr{mark}><td><a href='{link}/'>{html.escape(run.name)}</a></td>"
+            f"<td>{html.escape(str(run.value(by)))}</td><td>{html.escape(run.image)}</td>"
+            f"<td>{html.escape(str(run.metrics.get('seed')))}</td>"
+            f"<td>{fmt(run.metrics[key])}</td><td>{fmt(best_value(run, key))}</td>"
+            f"<td>{fmt(run.metrics.get('psnr_ema'))}</td><td>{run.metrics.get('steps')}</td>"
+            f"<td>{fmt(run.metrics.get('steps_per_second'), 1)}</td>"
+            f"<td>{fmt(run.metrics.get('peak_mem_mb'), 0)}</td><td>{html.escape(run.metrics.get('device', '?'))}</td>"
+            f"<td>{run.curve_source}</td><td><code>{html.escape(' '.join(run.overrides))}</code></td>"
+            f"<td><img src='{link}/restored.png' alt='{html.escape(run.name)}' height='64'></td></tr>"
+        )
+    rows += [f"<tr class='unfinished'><td>{html.escape(run.name)}</td><td colspan='13'>unfinished: no metrics.json "
+             f"(<code>{html.escape(' '.join(run.overrides))}</code>)</td></tr>" for run in unfinished]
+    return (f"<table><tr><th>run</th><th>{html.escape(by)}</th><th>image</th><th>seed</th><th>final {key}</th>"
+            f"<th>best {key}</th><th>psnr_ema</th><th>steps</th><th>steps/s</th><th>peak MiB</th><th>device</th>"
+            "<th>curve</th><th>overrides</th><th>restored</th></tr>" + "".join(rows) + "</table>")
+
+
+STYLE = """body{font-family:sans-serif;margin:1.5em;max-width:1400px}table{border-collapse:collapse;margin:1em 0}
+td,th{border:1px solid #ccc;padding:3px 7px;font-size:13px;text-align:left}th{background:#eee}
+tr.best{background:#e6f7e6}tr.unfinished{color:#a00}img{max-width:100%}code{font-size:11px}"""
+
+
+def write_dashboard(sweep_dir: Path, out: Path, by: str = "arch") -> Path:
+    """Write the figures and ``dashboard.html`` for the sweep in ``sweep_dir`` into ``out``."""
+    if not sweep_dir.is_dir():
+        raise DipError(f"{sweep_dir}: no such sweep folder")
+    everything = find_runs(sweep_dir)
+    runs = [run for run in everything if run.finished]
+    unfinished = [run for run in everything if not run.finished]
+    if not runs:
+        raise DipError(f"{sweep_dir}: no finished run (no */metrics.json under it)")
+    out.mkdir(parents=True, exist_ok=True)
+    key = quality_key(runs)
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(str(run.value(by)), []).append(run)
+    best = best_per_image(runs, key)
+    plot_curves(groups, key, out / "psnr_curves.png")
+    plot_grid(runs, key, by, best, out / "image_grid.png")
+
+    notes = []
+    if any(run.curve_source == "none" for run in runs):
+        notes.append("Some runs logged no curve (set <code>metrics_every</code> below <code>trainer.max_steps</code> "
+                     "with <code>logger=csv</code> or <code>logger=wandb</code>); they show their final value only.")
+    memory_sources = {run.metrics.get("peak_mem_source") for run in runs}
+    if "process_max_rss" in memory_sources:
+        notes.append("Peak memory on the CPU is the process's peak resident set (start-up and earlier jobs of the "
+                     "same worker included); on a GPU it is <code>torch.cuda.max_memory_allocated</code>.")
+    search = read_yaml(sweep_dir / "optimization_results.yaml")
+    if search:
+        notes.append(f"Optuna: best value {search.get('best_value')} with "
+                     f"<code>{html.escape(json.dumps(search.get('best_params')))}</code>.")
+    rel = Path(os.path.relpath(sweep_dir, out)).as_posix()
+    page = f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>dip sweep {html.escape(sweep_dir.name)}</title><style>{STYLE}</style></head>
+<body><h1>Sweep <code>{html.escape(sweep_dir.name)}</code></h1>
+<p>{len(runs)} finished run(s){f", {len(unfinished)} unfinished" if unfinished else ""} in
+<a href="{html.escape(rel)}/">{html.escape(str(sweep_dir))}</a>, grouped by <code>{html.escape(by)}</code>;
+quality: <code>{key}</code> ({'against the ground truth' if key == 'psnr' else 'fit to the observation'}).</p>
+{''.join(f'<p>{note}</p>' for note in notes)}
+<h2>Per {html.escape(by)}</h2>{group_table(groups, key, by)}
+<h2>PSNR during the optimisation</h2><img src="psnr_curves.png" alt="PSNR curves">
+<h2>Restored images</h2><img src="image_grid.png" alt="image grid">
+<h2>Runs</h2>{run_table(runs, unfinished, key, by, best, out)}
+</body></html>
+"""
+    dashboard = out / "dashboard.html"
+    dashboard.write_text(page)
+    return dashboard
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dir", type=Path, help="a multirun folder (hydra.sweep.dir)")
+    parser.add_argument("--out", type=Path, help="where to write the dashboard (default: SWEEP_DIR)")
+    parser.add_argument("--by", default="arch", help="group runs by this setting (default: arch), e.g. optim.lr")
+    args = parser.parse_args(argv)
+    try:
+        dashboard = write_dashboard(args.sweep_dir, args.out or args.sweep_dir, args.by)
+    except DipError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(f"dashboard: {dashboard}")
+
+
+if __name__ == "__main__":
+    main()

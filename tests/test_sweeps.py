@@ -1,0 +1,236 @@
+"""Sweeps: grid and Optuna multiruns, the GPU-pinning joblib launcher, submitit's local executor, the
+cluster configs, W&B sweep groups, and the compare.py dashboard. Real runs at 32 px, 2-3 steps."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra.types import RunMode
+from omegaconf import OmegaConf
+
+from dip import sweeps
+from dip.config import compose_config, sweep_name
+from dip.loggers import flat_config
+from dip.wandb_files import offline_run_records
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["trainer.max_steps=3", "metrics_every=1", "data.size=32"]
+sys.path.insert(0, str(ROOT / "experiments"))
+import compare  # noqa: E402
+
+
+def multirun(sweep_dir: Path, *overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    environment = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", PYTHONWARNINGS="ignore", **(env or {}))
+    environment.pop("HYDRA_FULL_ERROR", None)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), "-m", *overrides, *TINY, f"hydra.sweep.dir={sweep_dir}"],
+        cwd=ROOT, env=environment, capture_output=True, text=True, timeout=400,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return result
+
+
+def metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+# --- GPU assignment, on the CPU -------------------------------------------------------------------
+
+@pytest.fixture
+def fresh_slot(monkeypatch):
+    """Each claim acts as a new worker process: forget the slot held, keep its lock file open."""
+    held, claim_slot = [], sweeps.claim_slot
+
+    def claim(directory: Path, slots: int) -> int:
+        monkeypatch.setattr(sweeps, "_held_slot", None)
+        slot = claim_slot(directory, slots)
+        held.append(sweeps._held_slot)
+        return slot
+
+    claim.held = held
+    yield claim
+    for _, handle in held:
+        handle.close()
+    monkeypatch.setattr(sweeps, "_held_slot", None)
+
+
+def test_claim_slot_gives_each_worker_its_own_slot_until_it_exits(tmp_path, fresh_slot):
+    assert [fresh_slot(tmp_path, 3) for _ in range(3)] == [0, 1, 2]
+    with pytest.raises(RuntimeError, match="all 3 GPU slots"):
+        fresh_slot(tmp_path, 3)
+    fresh_slot.held[-1][1].close()  # the last worker exits: the kernel drops its lock
+    assert fresh_slot(tmp_path, 3) == 2
+
+
+def test_a_worker_keeps_its_slot_across_jobs(tmp_path, monkeypatch):
+    monkeypatch.setattr(sweeps, "_held_slot", None)
+    try:
+        assert sweeps.claim_slot(tmp_path, 4) == sweeps.claim_slot(tmp_path, 4) == 0
+    finally:
+        sweeps.release_slot()
+
+
+def job_config(sweep_dir: Path, num: int, mode=RunMode.MULTIRUN):
+    return OmegaConf.create({"hydra": {"mode": mode, "job": {"num": num}, "sweep": {"dir": str(sweep_dir)}}})
+
+
+def test_pin_to_gpu_puts_jobs_per_gpu_workers_on_each_gpu(tmp_path, monkeypatch, fresh_slot):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    monkeypatch.setattr(sweeps, "claim_slot", fresh_slot)
+    pin = sweeps.PinToGPU(jobs_per_gpu=2)
+    pin.on_multirun_start(job_config(tmp_path, 0))
+    assert pin.gpus == ["3", "5"]
+    pinned = []
+    for job in range(4):  # four workers, each starting its first job
+        pin.on_job_start(job_config(tmp_path, job))
+        pinned.append(os.environ["CUDA_VISIBLE_DEVICES"])
+    assert sorted(pinned) == ["3", "3", "5", "5"]
+    with pytest.raises(RuntimeError):  # a fifth concurrent worker would overload a GPU
+        pin.on_job_start(job_config(tmp_path, 4))
+
+
+def test_pin_to_gpu_leaves_single_runs_and_cpu_jobs_alone(tmp_path, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    sweeps.PinToGPU().on_job_start(job_config(tmp_path, 1, RunMode.RUN))
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "0,1"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    sweeps.PinToGPU().on_job_start(job_config(tmp_path, 1))
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "" and not (tmp_path / ".gpu_slots").exists()
+    with pytest.raises(ValueError, match="jobs_per_gpu"):
+        sweeps.PinToGPU(jobs_per_gpu=0)
+
+
+# --- configs ------------------------------------------------------------------------------------
+
+def test_gpus_launcher_runs_jobs_per_gpu_times_gpus_workers(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2")
+    cfg = compose_config(["hydra/launcher=gpus", "jobs_per_gpu=2"])
+    assert cfg.hydra.launcher._target_.endswith("JoblibLauncher")
+    assert cfg.hydra.launcher.n_jobs == 6
+    assert cfg.hydra.callbacks.pin_to_gpu.jobs_per_gpu == 2
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert compose_config(["hydra/launcher=gpus"]).hydra.launcher.n_jobs == 1
+
+
+def test_cluster_launcher_configs_compose_with_overrides():
+    slurm = compose_config(["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=30",
+                            "hydra.launcher.mem_gb=32"]).hydra.launcher
+    assert slurm._target_.endswith("SlurmLauncher")
+    assert (slurm.partition, slurm.timeout_min, slurm.mem_gb) == ("gpu", 30, 32)
+    assert (slurm.gpus_per_node, slurm.tasks_per_node, slurm.nodes) == (1, 1, 1)
+    local = compose_config(["hydra/launcher=local"]).hydra.launcher
+    assert local._target_.endswith("submitit_launcher.LocalLauncher")
+    ray = compose_config(["hydra/launcher=ray_cluster", "hydra.launcher.ray.init.address=auto"]).hydra.launcher
+    assert ray._target_ == "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher"
+    assert (ray.ray.init.address, ray.ray.remote.num_gpus) == ("auto", 1)
+
+
+def test_optuna_search_config_maximises_over_lr_and_noise():
+    cfg = compose_config(["+hparams_search=optuna_lr"])
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "maximize"
+    assert set(sweeper.params) == {"optim.lr", "input.reg_noise_std"}
+    assert cfg.hydra.mode == RunMode.MULTIRUN
+
+
+def test_wandb_logger_config_outside_a_sweep_and_flat_config(tmp_path):
+    cfg = compose_config(["task=denoising", "data.default_image=skimage:camera"], output_dir=tmp_path)
+    logger = OmegaConf.to_container(cfg.logger, resolve=True)
+    assert logger["group"] == "denoising" and logger["job_type"] == "denoising"
+    assert logger["tags"] == ["skip", "camera"]
+    flat = flat_config(cfg)
+    assert flat["optim.lr"] == 0.01 and flat["arch.channels_down"] == [128] * 5
+    assert not any(key.startswith(("hydra.", "paths.")) for key in flat)
+    assert sweep_name("fallback") == "fallback"  # compose() is not a multirun
+
+
+# --- real multiruns -----------------------------------------------------------------------------
+
+def test_grid_multirun_then_dashboard(tmp_path):
+    sweep = tmp_path / "grid"
+    result = multirun(sweep, "arch=skip,unet,resnet", "logger=csv")
+    assert f"sweep: 3 finished run(s) in {sweep}" in result.stdout
+    assert f"dashboard: python experiments/compare.py {sweep}" in result.stdout
+    runs = {metrics(sweep / str(job))["arch"]: metrics(sweep / str(job)) for job in range(3)}
+    assert set(runs) == {"skip", "unet", "resnet"}
+    assert all(run["peak_mem_mb"] > 0 and run["peak_mem_source"] == "process_max_rss" for run in runs.values())
+
+    compare.main([str(sweep)])
+    page = (sweep / "dashboard.html").read_text()
+    for job in range(3):
+        assert f"<a href='{job}/'>{job}</a>" in page and f"src='{job}/restored.png'" in page
+    for arch in runs:
+        assert f"<tr><td>{arch}</td><td>1</td>" in page  # one row per architecture in the summary table
+    assert page.count("class='best'") == 1  # one image, one best run
+    best = max(runs.values(), key=lambda run: run["psnr"])
+    assert re.search(rf"<tr class='best'><td><a href='\d/'>\d</a></td><td>{best['arch']}</td>", page)
+    for figure in ("psnr_curves.png", "image_grid.png"):
+        assert f'src="{figure}"' in page and (sweep / figure).read_bytes()[:4] == b"\x89PNG"
+    assert "http" not in page  # opens from disk: nothing to fetch
+    curves = compare.read_csv_curves(sweep / "0" / "csv" / "metrics.csv")
+    assert [step for step, _ in curves["psnr"]] == [1, 2, 3]
+
+
+def test_compare_refuses_a_folder_without_runs(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        compare.main([str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"error: {tmp_path}: no finished run (no */metrics.json under it)\n"
+
+
+def test_optuna_search_of_two_trials(tmp_path):
+    sweep = tmp_path / "optuna"
+    result = multirun(sweep, "+hparams_search=optuna_lr", "hydra.sweeper.n_trials=2", "logger=none")
+    assert "setup plugin" not in result.stdout
+    trials = [metrics(sweep / str(job)) for job in range(2)]
+    found = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert found["best_value"] == pytest.approx(max(trial["psnr"] for trial in trials), abs=1e-3)
+    assert 1e-4 <= found["best_params"]["optim.lr"] <= 0.05
+    lrs = [yaml.safe_load((sweep / str(job) / ".hydra" / "overrides.yaml").read_text()) for job in range(2)]
+    assert lrs[0] != lrs[1]
+
+
+def test_joblib_gpus_launcher_two_jobs_with_wandb(tmp_path):
+    """Two fake GPUs (no CUDA here: the jobs run on the CPU), one job per GPU, W&B offline."""
+    sweep = tmp_path / "lr_sweep"
+    result = multirun(sweep, "hydra/launcher=gpus", "optim.lr=0.01,0.001", "logger=wandb",
+                      env={"CUDA_VISIBLE_DEVICES": "0,1"})
+    pins = {}
+    for job in range(2):
+        log = (sweep / str(job) / "cli.log").read_text()
+        gpu, pid = re.search(r"runs on GPU (\d) \(worker slot \d of 2, pid (\d+)\)", log).groups()
+        pins[job] = (gpu, pid)
+    (gpu0, pid0), (gpu1, pid1) = pins[0], pins[1]
+    assert (gpu0 == gpu1) == (pid0 == pid1)  # a worker keeps its GPU; two workers never share one
+
+    for job, lr in enumerate((0.01, 0.001)):
+        (run_file,) = (sweep / str(job)).glob("wandb/offline-run-*/run-*.wandb")
+        records = list(offline_run_records(run_file))
+        (run,) = [record.run for record in records if record.WhichOneof("record_type") == "run"]
+        assert (run.run_group, run.job_type, list(run.tags)) == ("lr_sweep", "denoising", ["skip", "astronaut"])
+        config = {item.key: json.loads(item.value_json) for record in records
+                  if record.WhichOneof("record_type") == "config" for item in record.config.update}
+        config.update({item.key: json.loads(item.value_json) for item in run.config.update})
+        assert config["optim.lr"] == lr and config["arch._target_"] == "dip.nets.Skip"
+    assert f"wandb sync {sweep}/*/wandb/offline-run-*" in result.stdout
+    assert "W&B: 2 offline run(s), one group named 'lr_sweep'" in result.stdout
+
+    compare.main([str(sweep), "--by", "optim.lr", "--out", str(tmp_path / "report")])
+    page = (tmp_path / "report" / "dashboard.html").read_text()
+    assert "<td>wandb</td>" in page  # curves read from the offline W&B run files
+    assert "<tr><td>0.01</td><td>1</td>" in page and "<tr><td>0.001</td><td>1</td>" in page
+    assert "src='../lr_sweep/0/restored.png'" in page
+
+
+def test_submitit_local_launcher_two_jobs(tmp_path):
+    sweep = tmp_path / "submitit"
+    multirun(sweep, "hydra/launcher=local", "arch=skip,unet", "logger=csv")
+    assert {metrics(sweep / str(job))["arch"] for job in range(2)} == {"skip", "unet"}
+    assert len([path for path in (sweep / ".submitit").iterdir() if path.name.isdigit()]) == 2  # one process each
