@@ -5,8 +5,8 @@ import json
 import pytest
 from PIL import Image
 
+from dip.wandb_files import offline_run_file, offline_run_info, offline_summary
 from tests.conftest import make_png, run_cli
-from tests.wandb_records import run_info, summary
 
 TINY = ["trainer.max_steps=3", "data.size=64", "logger=csv"]
 
@@ -92,9 +92,9 @@ def test_wandb_offline_run_holds_the_psnr(tmp_path):
     done = run_cli("trainer.max_steps=2", "data.size=32", "logger=wandb", f"hydra.run.dir={out}")
     assert done.returncode == 0, done.stderr
     metrics = json.loads((out / "metrics.json").read_text())
-    logged = summary(out)
+    logged = offline_summary(offline_run_file(out))
     assert logged["psnr"] == pytest.approx(metrics["psnr"]) and logged["steps"] == 2
-    info = run_info(out)
+    info = offline_run_info(offline_run_file(out))
     assert info.run_group == "denoising" and list(info.tags) == ["skip", "astronaut"]
 
 

@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from dip import sweeps
 from dip.config import compose_config, sweep_name
 from dip.loggers import flat_config
-from dip.wandb_files import offline_run_records
+from dip.wandb_files import offline_run_file, offline_run_records
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["trainer.max_steps=3", "metrics_every=1", "data.size=32"]
@@ -211,7 +211,7 @@ def test_joblib_gpus_launcher_two_jobs_with_wandb(tmp_path):
     assert (gpu0 == gpu1) == (pid0 == pid1)  # a worker keeps its GPU; two workers never share one
 
     for job, lr in enumerate((0.01, 0.001)):
-        (run_file,) = (sweep / str(job)).glob("wandb/offline-run-*/run-*.wandb")
+        run_file = offline_run_file(sweep / str(job))
         records = list(offline_run_records(run_file))
         (run,) = [record.run for record in records if record.WhichOneof("record_type") == "run"]
         assert (run.run_group, run.job_type, list(run.tags)) == ("lr_sweep", "denoising", ["skip", "astronaut"])
