@@ -84,6 +84,8 @@ def _instantiate(node: DictConfig, what: str, **kwargs):
         raise
     except Exception as error:  # Hydra wraps the constructor's error: report the constructor's own
         cause = error.__cause__ or error
+        if isinstance(cause, DipError):  # already says what is wrong (a missing weight file)
+            raise cause from None
         raise DipError(f"invalid {what} settings: {cause}") from None
 
 
