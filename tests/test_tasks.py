@@ -210,6 +210,8 @@ def test_alexnet_weights_load_in_torchvisions_format_and_absent_weights_say_wher
     path.write_bytes(b"not a state dict")
     with pytest.raises(DipError, match="cannot load AlexNet weights"):
         load_alexnet(path)
+    with pytest.raises(DipError, match="^AlexNet ImageNet weights not found"):  # as is, not as "invalid settings"
+        prepare(compose_config(["task=preimage", f"task.physics.weights={tmp_path / 'absent.pth'}", *TINY]))
 
 
 def test_feature_inversion_is_frozen_in_eval_mode_and_zero_at_the_original():
