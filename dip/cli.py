@@ -75,7 +75,13 @@ def discard_run_dir(output_dir: Path) -> None:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def hydra_main(cfg: DictConfig) -> float | None:
     output_dir = Path(HydraConfig.get().runtime.output_dir)
+    runner = OmegaConf.select(cfg, "experiment.runner")
     try:
+        if runner:  # +experiment=NAME: a figure made of several runs
+            from dip.experiments import run_experiment
+
+            print(run_experiment(cfg, output_dir))
+            return None
         result = run(cfg, output_dir)
     except DipError as error:
         discard_run_dir(output_dir)

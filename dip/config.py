@@ -72,9 +72,11 @@ def compose_config(overrides: Sequence[str] = (), output_dir: str | Path | None 
     ``output_dir`` fills ``paths.output_dir``, which a Hydra run takes from its run directory.
     """
     register_resolvers()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    if GlobalHydra.instance().is_initialized():  # inside run.py (an experiment's sub-runs): keep its state
         cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
+    else:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir) if output_dir is not None else None

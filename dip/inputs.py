@@ -86,6 +86,22 @@ class ImageCode(InputCode):
         return F.pad(image, padding, mode="replicate") if any(padding) else image.clone()
 
 
+class PixelCode(InputCode):
+    """The image itself as the code, one channel per image channel, starting as uniform noise in
+    ``mean +- scale / 2``; optimised, with the ``Pixels`` generator, for explicit priors (``prior=tv``)."""
+
+    def __init__(self, mean: float = 0.5, scale: float = 0.1, optimize: bool = True, **kwargs):
+        super().__init__(optimize=optimize, **kwargs)
+        self.mean, self.scale = mean, scale
+        self.channels = 3
+
+    def prepare(self, channels, height, width):
+        self.channels = channels
+
+    def make(self, height, width, generator=None):
+        return self.mean + self.scale * (torch.rand((1, self.channels, height, width), generator=generator) - 0.5)
+
+
 def padded_size(height: int, width: int, multiple: int) -> tuple[int, int]:
     """The smallest size >= (``height``, ``width``) that a network halving ``log2(multiple)`` times
     accepts, with more than one pixel at its coarsest scale (BatchNorm needs two values)."""

@@ -81,7 +81,8 @@ class ImageLogger(pl.Callback):
         last = step == trainer.max_steps
         if not isinstance(trainer.logger, WandbLogger) or (step % self.every_n_steps and not last):
             return
-        images = [pl_module.observation[0], pl_module.latest_output[0], pl_module.ema[0]]
+        observed = pl_module.observation if pl_module.physics.observation_is_image else pl_module.ground_truth
+        images = [observed[0], pl_module.latest_output[0], pl_module.ema[0]]
         trainer.logger.log_image(
             key="images", images=[to_pil(image) for image in images],
             caption=["observation", "restored", "restored_ema"], step=step,

@@ -16,7 +16,11 @@ from dip.physics import Degradation
 
 
 class DeepImagePrior(pl.LightningModule):
-    """Minimises ``E(f(z + reg_noise_std * n); y)`` over the generator's weights (and ``z``).
+    """Minimises ``E(f(z + reg_noise_std * n); y) [+ R(f(...))]`` over the generator's weights (and ``z``).
+
+    ``regularizer`` ``R`` is an explicit prior added to the data term (the TV prior the paper compares
+    against, with the generator replaced by the pixels themselves); None for Deep Image Prior.
+    Only parameters that require gradients are optimised (a feature extractor in ``physics`` is frozen).
 
     The generator runs on ``z`` padded to a size its depth accepts and its output is centre-cropped
     back to the image. Keeps an exponential moving average of the outputs
@@ -38,10 +42,13 @@ class DeepImagePrior(pl.LightningModule):
         ema_weight: float = 0.99,
         backtrack_db: float | None = 5.0,
         metrics_every: int = 50,
+        channels: int | None = None,
+        regularizer: nn.Module | None = None,
     ):
         super().__init__()
         self.generator = generator
         self.physics = physics
+        self.regularizer = regularizer
         self.code = code
         self.optimizer_factory = optimizer
         self.output_size = tuple(output_size)
@@ -57,34 +64,38 @@ class DeepImagePrior(pl.LightningModule):
             self.register_buffer("z", z)
         self.register_buffer("observation", observation)
         self.register_buffer("ground_truth", ground_truth)
-        self.register_buffer("ema", torch.zeros(1, observation.shape[1], *self.output_size))
+        channels = observation.shape[1] if channels is None else channels  # features are not an image
+        self.register_buffer("ema", torch.zeros(1, channels, *self.output_size))
         self.register_buffer("last_good_psnr", torch.tensor(-math.inf))
         self.good_weights: list[torch.Tensor] = []
 
     def forward(self, z: torch.Tensor | None = None) -> torch.Tensor:
         return centre_crop(self.generator(self.z if z is None else z), *self.output_size)
 
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
     def configure_optimizers(self):
-        return self.optimizer_factory(self.parameters())
+        return self.optimizer_factory(self.trainable_parameters())
 
     def on_train_start(self) -> None:
-        self.good_weights = [p.detach().clone() for p in self.parameters()]
+        self.good_weights = [p.detach().clone() for p in self.trainable_parameters()]
 
     def training_step(self, batch, batch_idx):
         z = self.z
         if self.code.reg_noise_std > 0:
             z = z + self.code.reg_noise_std * torch.randn_like(z)
         x = self(z)
-        loss = self.physics.data_term(x, self.observation)
+        data_term = self.physics.data_term(x, self.observation)
         with torch.no_grad():
             self._update_ema(x.detach())
             if self.backtrack_db is not None:
-                self._remember_or_flag_divergence(loss.detach())
+                self._remember_or_flag_divergence(data_term.detach())
         self.latest_output = x.detach()
         step = self.global_step + 1
         if step % self.metrics_every == 0 or step == self.trainer.max_steps:
-            self._log_quality(self.quality(x.detach(), loss.detach()))
-        return loss
+            self._log_quality(self.quality(x.detach(), data_term.detach()))
+        return data_term if self.regularizer is None else data_term + self.regularizer(x)
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         if self.backtrack_db is not None:
@@ -128,11 +139,11 @@ class DeepImagePrior(pl.LightningModule):
     def _remember_or_flag_divergence(self, loss: torch.Tensor) -> None:
         fit = psnr_from_mse(loss)
         self.diverged = ~torch.isfinite(fit) | (self.last_good_psnr - fit > self.backtrack_db)
-        for good, current in zip(self.good_weights, self.parameters()):
+        for good, current in zip(self.good_weights, self.trainable_parameters()):
             good.copy_(torch.where(self.diverged, good, current.detach()))
         self.last_good_psnr = torch.where(self.diverged, self.last_good_psnr, fit)
 
     def _roll_back_if_diverged(self) -> None:
         with torch.no_grad():
-            for good, current in zip(self.good_weights, self.parameters()):
+            for good, current in zip(self.good_weights, self.trainable_parameters()):
                 current.copy_(torch.where(self.diverged, good, current))

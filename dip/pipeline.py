@@ -21,11 +21,11 @@ from torch.utils.data import DataLoader, Dataset
 from dip.errors import DipError
 from dip.images import save_image, write_atomically
 from dip.loggers import ImageLogger, flat_config
-from dip.metrics import psnr, ssim
+from dip.metrics import psnr, psnr_from_mse, ssim
 from dip.module import DeepImagePrior
 from dip.problem import Problem, build_problem
 
-OUTPUT_FILES = ("observation.png", "restored.png", "restored_ema.png", "metrics.json")
+OUTPUT_FILES = ("observation.png", "restored.png", "restored_ema.png", "bicubic.png", "metrics.json")
 
 
 class StepDataset(Dataset):
@@ -78,7 +78,11 @@ class PeakMemory(pl.Callback):
 
 @dataclass
 class Result:
-    """What a restoration returns: images as ``1 x C x H x W`` tensors and the final metrics."""
+    """What a restoration returns: images as ``1 x C x H x W`` tensors and the final metrics.
+
+    ``observation`` is the observation as a picture (the original image when the observation is a
+    feature tensor); ``baseline`` the naive estimate when it differs from the observation (bicubic).
+    """
 
     restored: torch.Tensor
     restored_ema: torch.Tensor
@@ -86,6 +90,8 @@ class Result:
     ground_truth: torch.Tensor | None
     metrics: dict = field(default_factory=dict)
     output_dir: Path | None = None
+    baseline: torch.Tensor | None = None
+    baseline_name: str | None = None
 
 
 def _instantiate(node: DictConfig, what: str, **kwargs):
@@ -97,30 +103,46 @@ def _instantiate(node: DictConfig, what: str, **kwargs):
         raise
     except Exception as error:  # Hydra wraps the constructor's error: report the constructor's own
         cause = error.__cause__ or error
+        if isinstance(cause, DipError):  # already says what is wrong (a missing weight file)
+            raise cause from None
         raise DipError(f"invalid {what} settings: {cause}") from None
+
+
+def _with_dataset_hint(error: DipError, root: str) -> DipError:
+    """A missing file under the datasets folder: say how that folder is found."""
+    message = str(error)
+    if "not found" in message and str(root) in message:
+        message += f" (datasets are looked up under DIP_DATA, now '{root}': set it to the datasets folder)"
+    return DipError(message)
 
 
 def problem_from_config(cfg: DictConfig, clean=None, observation=None) -> Problem:
     """The task's degradation and the observation ``cfg`` describes (the same for the same seed)."""
     physics = _instantiate(cfg.task.physics, "task")
     data = cfg.data
-    return build_problem(
-        physics,
-        path=clean if clean is not None else data.path,
-        observation=observation if observation is not None else data.observation,
-        default_image=data.default_image,
-        size=data.size,
-        mode=data.mode,
-        seed=cfg.seed,
-    )
+    try:
+        return build_problem(
+            physics,
+            path=clean if clean is not None else data.path,
+            observation=observation if observation is not None else data.observation,
+            default_image=data.default_image,
+            size=data.size,
+            mode=data.mode,
+            seed=cfg.seed,
+        )
+    except DipError as error:
+        raise _with_dataset_hint(error, data.root) from None
 
 
 def prepare(cfg: DictConfig, clean=None, observation=None) -> tuple[Problem, DeepImagePrior]:
     """Everything that can fail on the user's input, before any file is written."""
     pl.seed_everything(cfg.seed, verbose=False)
-    problem = problem_from_config(cfg, clean, observation)
     code = _instantiate(cfg.input, "input")
-    code.prepare(problem.channels, *problem.solution_size)
+    problem = problem_from_config(cfg, clean, observation)
+    try:
+        code.prepare(problem.channels, *problem.solution_size)
+    except DipError as error:
+        raise _with_dataset_hint(error, cfg.data.root) from None
     generator = _instantiate(cfg.arch, "arch", in_channels=code.channels, out_channels=problem.channels)
     module = DeepImagePrior(
         generator=generator,
@@ -133,21 +155,26 @@ def prepare(cfg: DictConfig, clean=None, observation=None) -> tuple[Problem, Dee
         ema_weight=cfg.ema_weight,
         backtrack_db=cfg.backtrack_db,
         metrics_every=cfg.metrics_every,
+        channels=problem.channels,
+        regularizer=_instantiate(cfg.regularizer, "regularizer") if cfg.get("regularizer") else None,
     )
     return problem, module
 
 
 def final_metrics(module: DeepImagePrior, problem: Problem) -> dict:
     """PSNR / SSIM of the final output and the EMA against the ground truth (null without one), and
-    of the naive estimate from the observation (bicubic for super-resolution)."""
+    of the naive estimate from the observation (``psnr_observation``: the observation itself, bicubic
+    upsampling for super-resolution, null when the observation is not an image). ``psnr_fit`` is
+    ``-10 log10`` of the data term."""
     restored, ema, truth = module.restored(), module.ema.clamp(0, 1), module.ground_truth
-    fit = psnr(problem.physics.A(restored), module.observation)
+    with torch.no_grad():
+        fit = psnr_from_mse(problem.physics.data_term(restored, module.observation))
     metrics = {"psnr": None, "psnr_ema": None, "ssim": None, "ssim_ema": None, "psnr_observation": None}
     if truth is not None:
         baseline = problem.physics.baseline(module.observation)
         metrics.update(
             psnr=psnr(restored, truth), psnr_ema=psnr(ema, truth), ssim=ssim(restored, truth),
-            ssim_ema=ssim(ema, truth), psnr_observation=psnr(baseline, truth),
+            ssim_ema=ssim(ema, truth), psnr_observation=None if baseline is None else psnr(baseline, truth),
         )
     metrics["psnr_fit"] = fit
     return {key: None if value is None else round(float(value), 4) for key, value in metrics.items()}
@@ -159,18 +186,23 @@ def write_outputs(result: Result, output_dir: Path) -> None:
     save_image(result.observation[0], output_dir / "observation.png")
     save_image(result.restored[0], output_dir / "restored.png")
     save_image(result.restored_ema[0], output_dir / "restored_ema.png")
+    if result.baseline_name is not None:
+        save_image(result.baseline[0], output_dir / f"{result.baseline_name}.png")
     text = json.dumps(result.metrics, indent=2, sort_keys=True) + "\n"
     write_atomically(output_dir / "metrics.json", lambda handle: handle.write(text.encode()))
 
 
-def run(cfg: DictConfig, output_dir: Path | None, clean=None, observation=None) -> Result:
-    """Restore one image as ``cfg`` says; write the outputs into ``output_dir`` unless it is None."""
+def run(cfg: DictConfig, output_dir: Path | None, clean=None, observation=None, callbacks=()) -> Result:
+    """Restore one image as ``cfg`` says; write the outputs into ``output_dir`` unless it is None.
+
+    ``callbacks`` are extra Lightning callbacks (an experiment's recorders of curves or snapshots).
+    """
     problem, module = prepare(cfg, clean, observation)
     logger = instantiate(cfg.logger) if cfg.logger and cfg.logger.get("_target_") else False
     if logger:
         logger.log_hyperparams(flat_config(cfg))
     timer, memory = FitTimer(), PeakMemory()
-    callbacks = [timer, memory, ImageLogger(cfg.image_log_every)]
+    callbacks = [timer, memory, ImageLogger(cfg.image_log_every), *callbacks]
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(TQDMProgressBar(refresh_rate=cfg.metrics_every))  # refreshing reads metrics: a sync
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
@@ -179,6 +211,8 @@ def run(cfg: DictConfig, output_dir: Path | None, clean=None, observation=None) 
         _ = logger.experiment  # start the W&B run now, not inside the timed loop at its first log
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        # a frozen feature extractor (pre-images) stays in eval mode on purpose
+        warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
         trainer.fit(module, train_dataloaders=loader)
 
     steps = trainer.global_step
@@ -194,13 +228,16 @@ def run(cfg: DictConfig, output_dir: Path | None, clean=None, observation=None) 
         arch=cfg.arch_name,
         seed=cfg.seed,
     )
+    physics = problem.physics
     result = Result(
         restored=module.restored().cpu(),
         restored_ema=module.ema.clamp(0, 1).cpu(),
-        observation=problem.observation,
+        observation=problem.observation_image,
         ground_truth=problem.ground_truth,
         metrics=metrics,
         output_dir=output_dir,
+        baseline=physics.baseline(module.observation).cpu() if physics.baseline_name is not None else None,
+        baseline_name=physics.baseline_name,
     )
     if isinstance(logger, WandbLogger):
         logger.experiment.summary.update({k: v for k, v in metrics.items() if v is not None})
@@ -217,9 +254,11 @@ def describe(result: Result) -> str:
     m = result.metrics
     lines = [f"{m['task']} with {m['arch']}: {m['steps']} steps in {m['seconds']:.1f} s "
              f"({m['steps_per_second']:.1f} steps/s on {m['device']})"]
-    if m["psnr"] is not None:
+    if m["psnr"] is not None and m["psnr_observation"] is not None:
         lines.append(f"PSNR observation {m['psnr_observation']:.2f} dB -> restored {m['psnr']:.2f} dB "
                      f"(EMA {m['psnr_ema']:.2f} dB), gain {m['psnr'] - m['psnr_observation']:+.2f} dB")
+    elif m["psnr"] is not None:
+        lines.append(f"PSNR restored {m['psnr']:.2f} dB (EMA {m['psnr_ema']:.2f} dB)")
     else:
         lines.append(f"no ground truth: PSNR of the fit to the observation {m['psnr_fit']:.2f} dB")
     if result.output_dir is not None:

@@ -19,8 +19,14 @@ class Problem:
     ground_truth: torch.Tensor | None = None  # 1 x C x H x W
 
     @property
+    def observation_image(self) -> torch.Tensor:
+        """The observation as a picture: itself, or the ground truth when it is not an image (features)."""
+        return self.observation if self.physics.observation_is_image else self.ground_truth
+
+    @property
     def channels(self) -> int:
-        return self.observation.shape[1]
+        """Channels of the image to restore."""
+        return self.observation_image.shape[1]
 
 
 def _crop_to(image: torch.Tensor, size: int | None) -> torch.Tensor:
@@ -60,6 +66,9 @@ def build_problem(
     generator = torch.Generator().manual_seed(seed)
     mode = "L" if mode in ("grey", "gray") else mode
     if observation is not None:
+        if not physics.observation_is_image:
+            raise DipError(f"this task observes features of a clean image: give data.path, not data.observation "
+                           f"({observation})")
         y = load_image(observation, mode=mode, what="observation")[None]
         scale_h, scale_w = physics.solution_size(1, 1)
         if size:

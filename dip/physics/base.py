@@ -13,7 +13,14 @@ class Degradation(nn.Module):
     The data term Deep Image Prior minimises is ``E(x; y) = mean (A(x) - y)^2``. Subclasses
     implement ``A``; operators whose state depends on the image size (masks) build it in
     ``prepare``, which is called once the size of the solution is known.
+
+    ``observation_is_image`` is False for operators whose observation is not a picture (features);
+    ``baseline_name`` names the naive estimate when it is not the observation itself (written as
+    ``<baseline_name>.png`` beside the result).
     """
+
+    observation_is_image = True
+    baseline_name: str | None = None
 
     def prepare(self, height: int, width: int, generator: torch.Generator | None = None) -> None:
         """Build size-dependent state for a solution of ``height`` x ``width`` pixels."""
@@ -46,8 +53,8 @@ class Degradation(nn.Module):
         """Size of the image to restore from an observation of ``height`` x ``width``."""
         return height, width
 
-    def baseline(self, y: torch.Tensor) -> torch.Tensor:
-        """The naive estimate of ``x`` from ``y`` that a restoration has to beat."""
+    def baseline(self, y: torch.Tensor) -> torch.Tensor | None:
+        """The naive estimate of ``x`` from ``y`` that a restoration has to beat (None: there is none)."""
         return y
 
     def check_fits(self, height: int, width: int) -> None:

@@ -35,6 +35,8 @@ class LanczosDownsample(Degradation):
     inside a generator, where the number of channels is known up front, but any count works.
     """
 
+    baseline_name = "bicubic"
+
     def __init__(self, factor: int = 4, channels: int | None = None):
         super().__init__()
         self.factor = int(factor)

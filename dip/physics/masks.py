@@ -67,17 +67,21 @@ class TextMask(MaskSource):
 
 
 class FileMask(MaskSource):
-    """A mask read from an image file: white (>= 128) marks a known pixel. Its size must match."""
+    """A mask read from an image file: white (>= 128) marks a known pixel.
+
+    A mask larger than the image is centre-cropped, as the image is by ``data.size``; otherwise its
+    size must match.
+    """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
 
     def __call__(self, height, width, generator=None):
-        from dip.images import load_image
+        from dip.images import centre_crop, load_image
 
         mask = load_image(self.path, mode="L", what="mask")
-        if tuple(mask.shape[-2:]) != (height, width):
+        if mask.shape[-2] < height or mask.shape[-1] < width:
             raise ValueError(
                 f"mask {self.path} is {mask.shape[-1]}x{mask.shape[-2]} but the image is {width}x{height}"
             )
-        return (mask >= 0.5).float()[None]
+        return (centre_crop(mask, height, width) >= 0.5).float()[None]

@@ -1,0 +1,142 @@
+"""What the experiments share: sub-run configs, recorders of a run's progress, plots and tables."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from matplotlib.figure import Figure
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from dip.config import compose_config
+from dip.images import write_atomically
+from dip.metrics import psnr
+from dip.pipeline import Result
+from dip.pipeline import run as restore
+
+
+def sub_config(overrides: Sequence[str], output_dir: Path) -> DictConfig:
+    """The config of one sub-run: the command line's overrides followed by ``overrides``, composed as
+    ``run.py`` would, with every interpolation resolved now (``${hydra:...}`` reads whichever Hydra
+    config is current, and the experiment's own is restored afterwards)."""
+    previous = HydraConfig.instance().cfg
+    command_line = list(previous.hydra.overrides.task) if previous is not None else []
+    try:
+        cfg = compose_config([*command_line, *overrides], output_dir)
+        with open_dict(cfg):
+            cfg.pop("hydra")
+        OmegaConf.resolve(cfg)
+    finally:
+        HydraConfig.instance().cfg = previous
+    return cfg
+
+
+def restore_in(directory: Path, overrides: Sequence[str] = (), **kwargs) -> Result:
+    """One sub-run in ``directory``: its config, saved there as ``config.yaml``, then the restoration
+    (``kwargs`` go to :func:`dip.pipeline.run`: an observation, callbacks)."""
+    cfg = sub_config(overrides, directory)
+    text = OmegaConf.to_yaml(cfg)
+    write_atomically(directory / "config.yaml", lambda handle: handle.write(text.encode()))
+    return restore(cfg, directory, **kwargs)
+
+
+class LossRecorder(pl.Callback):
+    """The training loss every ``every`` steps, kept on the device until the run ends (no host sync)."""
+
+    def __init__(self, every: int = 1):
+        self.every = max(1, int(every))
+        self.steps: list[int] = []
+        self._losses: list[torch.Tensor] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step % self.every == 0:
+            self.steps.append(trainer.global_step)
+            self._losses.append(outputs["loss"].detach())
+
+    def losses(self) -> list[float]:
+        return torch.stack(self._losses).cpu().tolist() if self._losses else []
+
+
+class Snapshots(pl.Callback):
+    """The output ``f(z)`` after each of ``steps`` steps (those the run reaches)."""
+
+    def __init__(self, steps: Iterable[int]):
+        self.steps = set(int(step) for step in steps)
+        self.images: dict[int, torch.Tensor] = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step in self.steps:
+            self.images[trainer.global_step] = pl_module.restored().detach().clone()
+
+
+def psnr_or_none(image: torch.Tensor, reference: torch.Tensor | None) -> float | None:
+    return None if reference is None else round(float(psnr(image.cpu(), reference.cpu())), 4)
+
+
+def titled(name: str, value: float | None) -> str:
+    """A grid title: the name and, when known, the PSNR."""
+    return name if value is None else f"{name}\n{value:.2f} dB"
+
+
+def _save_figure(figure: Figure, path: Path) -> None:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120)
+    write_atomically(path, lambda handle: handle.write(buffer.getvalue()))
+
+
+def plot_curves(curves: dict[str, tuple[Sequence[int], Sequence[float]]], path: Path, *, title: str,
+                xlabel: str = "step", ylabel: str = "loss", logx: bool = True, logy: bool = False) -> None:
+    """One line per curve (label -> (x, y)) in one plot, written as a PNG."""
+    figure = Figure(figsize=(6, 4), layout="constrained")
+    axes = figure.subplots()
+    for label, (x, y) in curves.items():
+        axes.plot(x, y, label=label)
+    axes.set_xscale("log" if logx else "linear")
+    axes.set_yscale("log" if logy else "linear")
+    axes.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    axes.grid(True, alpha=0.3)
+    axes.legend()
+    _save_figure(figure, path)
+
+
+def image_grid(rows: Sequence[Sequence[tuple[torch.Tensor | None, str]]], path: Path, *, title: str) -> None:
+    """Images (``C x H x W`` or ``1 x C x H x W`` in [0, 1]) in rows, each with its title; None
+    leaves a cell empty. Written as a PNG."""
+    columns = max(len(row) for row in rows)
+    figure = Figure(figsize=(2.4 * columns, 2.6 * len(rows)), layout="constrained")
+    axes = figure.subplots(len(rows), columns, squeeze=False)
+    for row, cells in zip(axes, rows):
+        for ax in row:
+            ax.axis("off")
+        for ax, (image, label) in zip(row, cells):
+            if image is None:
+                continue
+            image = image.detach().float().cpu().clamp(0, 1)
+            image = image[0] if image.dim() == 4 else image
+            if image.shape[0] == 1:
+                ax.imshow(image[0].numpy(), cmap="gray", vmin=0, vmax=1)
+            else:
+                ax.imshow(image.permute(1, 2, 0).numpy())
+            ax.set_title(label, fontsize=9)
+    figure.suptitle(title)
+    _save_figure(figure, path)
+
+
+def write_csv(rows: Sequence[dict], path: Path) -> None:
+    """Rows of equal keys as CSV (empty cells for None), written atomically."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomically(path, lambda handle: handle.write(text.getvalue().encode()))
+
+
+def write_json(data, path: Path) -> None:
+    text = json.dumps(data, indent=2) + "\n"
+    write_atomically(path, lambda handle: handle.write(text.encode()))

@@ -1,0 +1,28 @@
+"""Fig. 8, the architecture matters: inpainting with skip networks of depth 2, 4, 6, a U-Net and a ResNet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from dip.experiments.common import image_grid, restore_in, titled, write_csv
+
+
+def run(cfg: DictConfig, output_dir: Path) -> str:
+    settings = cfg.experiment
+    rows, cells = [], []
+    for arch in settings.archs:
+        extra = list(settings.arch_overrides.get(arch) or [])
+        result = restore_in(output_dir / arch, [f"arch={arch}", *extra])
+        if not cells:
+            cells.append((result.observation, "observation"))
+        metrics = result.metrics
+        rows.append({"arch": arch, "overrides": " ".join(extra), "psnr": metrics["psnr"],
+                     "psnr_ema": metrics["psnr_ema"], "ssim": metrics["ssim"], "steps": metrics["steps"],
+                     "seconds": metrics["seconds"]})
+        cells.append((result.restored, titled(arch, metrics["psnr"])))
+    write_csv(rows, output_dir / "fig8_architectures.csv")
+    image_grid([cells], output_dir / "fig8_architectures.png", title="Inpainting with different generators (Fig. 8)")
+    lines = ", ".join(f"{row['arch']} {row['psnr']} dB" for row in rows)
+    return f"fig8_architectures: {lines}\ngrid and numbers in {output_dir}"

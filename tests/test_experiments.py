@@ -1,0 +1,121 @@
+"""Every figure of the paper composes and runs at tiny size, writing its plot and numbers."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+from PIL import Image
+
+from dip.config import compose_config
+from dip.experiments import run_experiment
+from dip.images import load_image
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["logger=none", "trainer.max_steps=2", "metrics_every=1"]
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def experiment(name: str, overrides: list[str], output_dir: Path) -> str:
+    return run_experiment(compose_config([f"+experiment={name}", *overrides], output_dir), output_dir)
+
+
+@pytest.fixture(scope="module")
+def image_and_mask(tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("inpainting")
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.uniform(0, 255, (4, 4, 3)).astype(np.uint8)).resize((40, 40), Image.BICUBIC)
+    mask = np.full((40, 40), 255, np.uint8)
+    mask[12:28, 12:28] = 0
+    image.save(folder / "image.png")
+    Image.fromarray(mask).save(folder / "mask.png")
+    return folder / "image.png", folder / "mask.png"
+
+
+def test_fig2_from_the_command_line_plots_one_point_per_step(tmp_path):
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "run.py", "+experiment=fig2_noise_impedance", "trainer.max_steps=5", "data.size=64",
+         "logger=csv", f"hydra.run.dir={out}"],
+        cwd=ROOT, capture_output=True, text=True, env={**os.environ}, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert Image.open(out / "fig2_noise_impedance.png").format == "PNG"
+    rows = read_csv(out / "curves.csv")
+    assert [int(row["step"]) for row in rows] == [1, 2, 3, 4, 5]
+    assert set(rows[0]) == {"step", "natural", "noisy", "shuffled", "noise"}
+    assert all(float(value) > 0 for row in rows for value in row.values())
+    for name in ("natural", "noisy", "shuffled", "noise"):  # each curve is a full run of its own
+        assert json.loads((out / name / "metrics.json").read_text())["steps"] == 5
+    observations = [load_image(out / name / "observation.png") for name in ("natural", "shuffled")]
+    assert observations[0].shape == observations[1].shape == (3, 64, 64)
+    assert observations[0].mean().item() == pytest.approx(observations[1].mean().item(), abs=1e-3)  # a permutation
+
+
+def test_fig3_keeps_the_output_at_each_snapshot(tmp_path):
+    summary = experiment("fig3_jpeg_progress", ["data.observation=null", "data.size=32", "experiment.snapshots=[1,2,9]",
+                                                "trainer.max_steps=3", "logger=none"], tmp_path)
+    progress = json.loads((tmp_path / "fig3_jpeg_progress.json").read_text())
+    assert [p["step"] for p in progress["snapshots"]] == [1, 2, 3]  # 9 is never reached; the last step is kept
+    assert all(p["psnr"] is not None for p in progress["snapshots"]) and progress["psnr_observation"] is not None
+    assert (tmp_path / "fig3_jpeg_progress.png").is_file() and "3:" in summary
+
+
+def test_fig6_inpaints_at_each_learning_rate(tmp_path, image_and_mask):
+    image, mask = image_and_mask
+    experiment("fig6_inpainting_lr", [f"data.path={image}", f"data.mask={mask}", "experiment.lrs=[0.1,0.001]",
+                                      "data.size=32", "arch=skip_depth2", *TINY], tmp_path)
+    rows = read_csv(tmp_path / "fig6_inpainting_lr.csv")
+    assert [float(row["lr"]) for row in rows] == [0.1, 0.001]
+    for lr in ("0.1", "0.001"):
+        assert OmegaConf.load(tmp_path / f"lr_{lr}" / "config.yaml").optim.lr == float(lr)
+        assert load_image(tmp_path / f"lr_{lr}" / "restored.png").shape == (3, 32, 32)
+    assert (tmp_path / "fig6_inpainting_lr.png").is_file()
+
+
+def test_fig8_compares_architectures_with_their_own_settings(tmp_path, image_and_mask):
+    image, mask = image_and_mask
+    experiment("fig8_architectures", [f"data.path={image}", f"data.mask={mask}", "data.size=32",
+                                      "experiment.archs=[skip_depth2,unet,resnet]", *TINY], tmp_path)
+    rows = read_csv(tmp_path / "fig8_architectures.csv")
+    assert [row["arch"] for row in rows] == ["skip_depth2", "unet", "resnet"]
+    assert all(float(row["psnr"]) > 0 for row in rows)
+    configs = {arch: OmegaConf.load(tmp_path / arch / "config.yaml") for arch in ("skip_depth2", "resnet")}
+    assert configs["skip_depth2"].optim.lr == 0.01 and configs["resnet"].optim.lr == 0.001
+    assert configs["resnet"].arch_name == "resnet" and configs["skip_depth2"].input.channels == 1
+    assert (tmp_path / "fig8_architectures.png").is_file()
+
+
+def test_fig9_inverts_each_layer_with_both_priors(tmp_path):
+    experiment("fig9_preimage", ["task.physics.weights=random", "data.size=64", "experiment.layers=[conv1,fc8]",
+                                 *TINY], tmp_path)
+    rows = read_csv(tmp_path / "fig9_preimage.csv")
+    assert [(row["layer"], row["prior"]) for row in rows] == [("conv1", "dip"), ("fc8", "dip"), ("conv1", "tv"),
+                                                             ("fc8", "tv")]
+    assert OmegaConf.load(tmp_path / "fc8_tv" / "config.yaml").arch_name == "pixels"
+    assert OmegaConf.load(tmp_path / "fc8_dip" / "config.yaml").arch_name == "skip_preimage"
+    assert (tmp_path / "fig9_preimage.png").is_file()
+
+
+def test_two_run_average_averages_runs_on_the_same_observation(tmp_path):
+    experiment("two_run_average", ["data.size=32", "arch=skip_depth2", *TINY], tmp_path)
+    summary = json.loads((tmp_path / "two_run_average.json").read_text())
+    assert [run["seed"] for run in summary["runs"]] == [0, 1]
+    runs = [load_image(tmp_path / f"run{i}" / "restored.png") for i in (0, 1)]
+    assert not np.array_equal(runs[0], runs[1])  # independent runs
+    observations = [load_image(tmp_path / f"run{i}" / "observation.png") for i in (0, 1)]
+    assert np.array_equal(observations[0], observations[1])  # of the same noisy image
+    average = load_image(tmp_path / "average.png")
+    assert np.abs(average - (runs[0] + runs[1]) / 2).max() <= 1.5 / 255  # up to 8-bit rounding
+    assert summary["psnr_average"] is not None and (tmp_path / "two_run_average.png").is_file()

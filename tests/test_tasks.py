@@ -1,0 +1,243 @@
+"""Every task of the paper runs from the command line; the JPEG and AlexNet operators behave."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dip.config import compose_config
+from dip.errors import DipError
+from dip.images import load_image
+from dip.metrics import psnr
+from dip.nets.alexnet import MIN_SIZE, WEIGHTS_URL, AlexNet, load_alexnet
+from dip.physics import FeatureInversion, JpegCompression
+from dip.physics.jpeg import jpeg_round_trip
+from dip.pipeline import prepare, run
+from dip.priors import TotalVariation
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["trainer.max_steps=2", "logger=none", "metrics_every=1"]
+SMALL_NET = "arch=skip_depth2"  # where the generator is not what a test is about
+
+
+def smooth_image(size: int, seed: int = 0, grey: bool = False) -> np.ndarray:
+    """A smooth random colour image (uint8, ``size`` x ``size``), so that JPEG and upsampling behave as on photos."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.uniform(0, 255, (4, 4, 1 if grey else 3)).astype(np.uint8)
+    image = Image.fromarray(coarse[..., 0] if grey else coarse).resize((size, size), Image.BICUBIC)
+    return np.asarray(image)
+
+
+def save(array: np.ndarray, path: Path) -> Path:
+    Image.fromarray(array).save(path)
+    return path
+
+
+def run_cli(*arguments: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "run.py", *arguments], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def flash_pair(tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("flash")
+    flash = smooth_image(64, seed=1)
+    no_flash = (flash * 0.4).astype(np.uint8)
+    return save(flash, folder / "flash.png"), save(no_flash, folder / "noflash.png")
+
+
+TASK_ARGUMENTS = {
+    "denoising": [],
+    "jpeg": [],
+    "sr_x4": [],
+    "sr_x8": [],
+    "inpainting": [],
+    "flash_no_flash": ["data.observation={noflash}", "input.path={flash}"],
+    "preimage": ["task.physics.weights=random"],
+}
+
+
+@pytest.mark.parametrize("task", list(TASK_ARGUMENTS))
+def test_every_task_runs_from_the_command_line(task, tmp_path, flash_pair):
+    flash, noflash = flash_pair
+    extra = [argument.format(flash=flash, noflash=noflash) for argument in TASK_ARGUMENTS[task]]
+    out = tmp_path / "out"
+    done = run_cli(f"task={task}", "trainer.max_steps=3", "data.size=64", "logger=csv", f"hydra.run.dir={out}", *extra)
+    assert done.returncode == 0, done.stderr[-2000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["task"] == task and metrics["steps"] == 3
+    assert (out / "restored.png").is_file() and (out / "observation.png").is_file()
+    restored = load_image(out / "restored.png")
+    if task == "flash_no_flash":  # a real observation: no ground truth, only the fit
+        assert metrics["psnr"] is None and metrics["psnr_fit"] is not None
+    else:
+        assert restored.shape[-2:] == (64, 64) and metrics["psnr"] is not None
+    if task.startswith("sr_"):  # the baseline: bicubic upsampling, written beside the result, PSNR kept
+        factor = int(task[-1])
+        bicubic = load_image(out / "bicubic.png")
+        assert bicubic.shape[-2:] == (64, 64)
+        assert load_image(out / "observation.png").shape[-2:] == (64 // factor, 64 // factor)
+        assert metrics["psnr_observation"] is not None
+    else:
+        assert not (out / "bicubic.png").exists()
+    if task == "preimage":  # the observation is features: observation.png shows the original image
+        assert metrics["psnr_observation"] is None
+        assert load_image(out / "observation.png").shape == (3, 64, 64)
+
+
+def test_flash_no_flash_without_the_dataset_says_so_in_one_line(tmp_path):
+    out = tmp_path / "out"
+    done = run_cli("task=flash_no_flash", "trainer.max_steps=1", "logger=none", f"hydra.run.dir={out}",
+                   env={"DIP_DATA": str(tmp_path / "no-datasets")})
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cave01_01_noflash.jpg" in lines[0] and "DIP_DATA" in lines[0], done.stderr
+    assert not out.exists()
+
+
+def test_denoising_sigma_is_configurable_and_a_real_noisy_file_is_restored_blind(tmp_path):
+    overrides = ["task=denoising", "task.physics.sigma=50", "task.physics.clip=false", "data.size=64", *TINY]
+    problem, _ = prepare(compose_config(overrides))
+    assert (problem.observation - problem.ground_truth).std().item() == pytest.approx(50 / 255, rel=0.05)
+
+    noisy = save(smooth_image(48, seed=3), tmp_path / "noisy.png")
+    cfg = compose_config(["task=denoising", f"data.observation={noisy}", "data.size=64", SMALL_NET, *TINY])
+    result = run(cfg, None)
+    assert result.ground_truth is None and result.metrics["psnr"] is None
+    assert result.restored.shape[-2:] == (48, 48) and result.metrics["psnr_fit"] is not None
+
+
+def test_jpeg_round_trip_quantises_and_loses_more_at_lower_quality():
+    clean = torch.from_numpy(smooth_image(40, seed=2).transpose(2, 0, 1).copy()).float()[None] / 255
+    clean = clean + 0.05 * torch.rand(clean.shape, generator=torch.Generator().manual_seed(0))  # some texture
+    clean = clean.clamp(0, 1)
+    low, high = jpeg_round_trip(clean, 5), jpeg_round_trip(clean, 95)
+    assert low.shape == high.shape == clean.shape
+    assert torch.allclose(low * 255, (low * 255).round(), atol=1e-4)  # 8-bit values
+    assert psnr(low, clean) < psnr(high, clean) - 5
+    grey = jpeg_round_trip(clean[:, :1], 30)
+    assert grey.shape == (1, 1, 40, 40)
+    jpeg = JpegCompression(quality=20)
+    assert torch.equal(jpeg.A(clean), clean) and torch.equal(jpeg.observe(clean), jpeg_round_trip(clean, 20))
+    with pytest.raises(ValueError, match="quality"):
+        JpegCompression(quality=0)
+
+
+def test_jpeg_task_restores_a_real_jpeg_blind(tmp_path):
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(smooth_image(48, seed=4)).save(path, quality=15)
+    result = run(compose_config(["task=jpeg", f"data.observation={path}", SMALL_NET, *TINY]), None)
+    assert result.metrics["psnr"] is None and result.restored.shape == (1, 3, 48, 48)
+
+
+def test_super_resolution_takes_any_factor(tmp_path):
+    result = run(compose_config(["task=sr_x4", "task.physics.factor=3", "data.size=50", SMALL_NET, *TINY]), tmp_path)
+    assert result.observation.shape[-2:] == (16, 16) and result.restored.shape[-2:] == (48, 48)
+    bicubic = load_image(tmp_path / "bicubic.png")[None]
+    assert bicubic.shape[-2:] == (48, 48)
+    # psnr_observation is the bicubic baseline's PSNR (up to the PNG's 8-bit rounding)
+    assert float(psnr(bicubic, result.ground_truth)) == pytest.approx(result.metrics["psnr_observation"], abs=0.1)
+
+
+def test_inpainting_variants_carry_the_authors_settings(tmp_path):
+    cfg = compose_config(["task=inpainting_region", "data.size=64", *TINY])
+    assert cfg.input._target_ == "dip.inputs.MeshgridCode" and cfg.arch.upsample_mode == "nearest"
+    assert set(cfg.arch.channels_skip) == {0} and cfg.task.physics.mask._target_ == "dip.physics.RegionMask"
+    result = run(cfg, None)
+    assert result.restored.shape == (1, 3, 64, 64)
+
+    cfg = compose_config(["task=inpainting_bernoulli", "data.size=32", *TINY])
+    assert cfg.optim.lr == 0.001 and cfg.task.physics.mask.fraction == 0.5
+    problem, _ = prepare(cfg)
+    assert problem.channels == 1  # greyscale, one output channel
+    assert problem.physics.mask.mean().item() == pytest.approx(0.5, abs=0.1)
+
+
+def test_a_mask_file_larger_than_the_crop_is_cropped_with_the_image(tmp_path):
+    mask = np.full((96, 96), 255, np.uint8)
+    mask[40:56, 40:56] = 0  # a hole in the centre
+    path = save(mask, tmp_path / "mask.png")
+    problem, _ = prepare(compose_config(["task=inpainting", f"data.mask={path}", "data.size=32", *TINY]))
+    assert problem.physics.mask.shape[-2:] == (32, 32)
+    assert problem.physics.mask[..., 8:24, 8:24].sum() == 0 and problem.physics.mask.mean() == 0.75
+
+
+@pytest.fixture(scope="module")
+def alexnet() -> AlexNet:
+    torch.manual_seed(0)
+    return load_alexnet("random").eval()
+
+
+def test_alexnet_layers_have_torchvisions_shapes(alexnet):
+    x = torch.rand(1, 3, 227, 227)
+    expected = {"conv1": (64, 56, 56), "conv2": (192, 27, 27), "conv3": (384, 13, 13), "conv4": (256, 13, 13),
+                "conv5": (256, 13, 13), "fc6": (4096,), "fc7": (4096,), "fc8": (1000,)}
+    with torch.no_grad():
+        for layer, shape in expected.items():
+            assert alexnet.truncated(layer)(x).shape[1:] == shape, layer
+        assert torch.equal(alexnet(x), alexnet.truncated("fc8")(x))
+        assert alexnet.truncated("conv5")(torch.rand(1, 3, 99, 131)).shape[1:] == (256, 5, 7)  # odd sizes
+
+
+@pytest.mark.parametrize("layer", ["conv1", "conv2", "conv3", "fc6"])
+def test_alexnet_minimum_sizes_are_exact(alexnet, layer):
+    with torch.no_grad():
+        alexnet.truncated(layer)(torch.rand(1, 3, MIN_SIZE[layer], MIN_SIZE[layer]))
+        with pytest.raises(RuntimeError):
+            alexnet.truncated(layer)(torch.rand(1, 3, MIN_SIZE[layer] - 1, MIN_SIZE[layer] - 1))
+
+
+def test_alexnet_weights_load_in_torchvisions_format_and_absent_weights_say_where(alexnet, tmp_path):
+    keys = {f"{part}.{index}.{kind}" for part, indices in (("features", (0, 3, 6, 8, 10)), ("classifier", (1, 4, 6)))
+            for index in indices for kind in ("weight", "bias")}
+    assert set(alexnet.state_dict()) == keys
+    path = tmp_path / "alexnet.pth"
+    torch.save(alexnet.state_dict(), path)
+    loaded = load_alexnet(path)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), alexnet.state_dict().values()))
+
+    with pytest.raises(DipError, match="not found") as error:
+        load_alexnet(tmp_path / "absent.pth")
+    assert WEIGHTS_URL in str(error.value) and "\n" not in str(error.value)
+    path.write_bytes(b"not a state dict")
+    with pytest.raises(DipError, match="cannot load AlexNet weights"):
+        load_alexnet(path)
+    with pytest.raises(DipError, match="^AlexNet ImageNet weights not found"):  # as is, not as "invalid settings"
+        prepare(compose_config(["task=preimage", f"task.physics.weights={tmp_path / 'absent.pth'}", *TINY]))
+
+
+def test_feature_inversion_is_frozen_in_eval_mode_and_zero_at_the_original():
+    torch.manual_seed(0)
+    physics = FeatureInversion(layer="fc6", weights="random", normalization="caffe")
+    physics.train()
+    assert not physics.extractor.training and not any(p.requires_grad for p in physics.parameters())
+    x = torch.rand(1, 3, 64, 64)
+    y = physics.observe(x)
+    assert y.shape == (1, 4096) and physics.data_term(x, y).item() == 0
+    assert physics.data_term(torch.rand(1, 1, 64, 64), y).item() > 0  # grey images are fed as RGB
+    with pytest.raises(ValueError, match="too small"):
+        physics.check_fits(62, 80)
+
+
+def test_tv_prior_swaps_the_generator_for_the_pixels():
+    cfg = compose_config(["task=preimage", "prior=tv", "task.physics.weights=random", "task.physics.layer=conv2",
+                          "data.size=32", *TINY])
+    _, module = prepare(cfg)
+    assert module.regularizer is not None and module.trainable_parameters() == [module.z]
+    assert module.z.shape == (1, 3, 32, 32)
+    result = run(cfg, None)  # the same seed: starts from the same pixels, which the optimiser moves
+    assert result.metrics["arch"] == "pixels" and result.restored.shape == (1, 3, 32, 32)
+    assert not torch.allclose(result.restored, module.z.detach().clamp(0, 1))
+    tv = TotalVariation(weight=2.0, beta=1.0)
+    assert tv(torch.full((1, 3, 8, 8), 0.3)).item() == pytest.approx(0, abs=1e-3)
+    steps = torch.zeros(1, 1, 8, 8)
+    steps[..., 4:] = 1
+    assert TotalVariation(weight=1.0, beta=2.0)(steps).item() == pytest.approx(7 / 49)
