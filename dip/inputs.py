@@ -88,9 +88,14 @@ class ImageCode(InputCode):
 
 class PixelCode(InputCode):
     """The image itself as the code, one channel per image channel, starting as uniform noise in
-    ``mean +- scale / 2``; optimised, with the ``Pixels`` generator, for explicit priors (``prior=tv``)."""
+    ``mean +- scale / 2``; optimised, with the ``Pixels`` generator, for explicit priors (``prior=tv``).
 
-    def __init__(self, mean: float = 0.5, scale: float = 0.1, optimize: bool = True, **kwargs):
+    ``channels`` is accepted and ignored (they follow the image), so that a task's ``input.channels``
+    for its generator does not break ``prior=tv``.
+    """
+
+    def __init__(self, mean: float = 0.5, scale: float = 0.1, optimize: bool = True, channels: int | None = None,
+                 **kwargs):
         super().__init__(optimize=optimize, **kwargs)
         self.mean, self.scale = mean, scale
         self.channels = 3
