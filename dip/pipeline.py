@@ -22,6 +22,7 @@ from dip.loggers import ImageLogger
 from dip.metrics import psnr, ssim
 from dip.module import DeepImagePrior
 from dip.problem import Problem, build_problem
+from dip.speed import Speed
 
 OUTPUT_FILES = ("observation.png", "restored.png", "restored_ema.png", "metrics.json")
 
@@ -55,6 +56,19 @@ class FitTimer(pl.Callback):
     def _sync(pl_module):
         if pl_module.device.type == "cuda":
             torch.cuda.synchronize(pl_module.device)
+
+
+class MetricsProgressBar(TQDMProgressBar):
+    """The progress bar, showing the latest device-side metrics read only when it refreshes.
+
+    (Logging with ``prog_bar=True`` instead makes Lightning copy each metric to the host after
+    every step, a device synchronisation per step.)
+    """
+
+    def get_metrics(self, trainer, pl_module):
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.update({name: f"{float(value):.2f}" for name, value in trainer.callback_metrics.items()})
+        return metrics
 
 
 @dataclass
@@ -97,13 +111,15 @@ def prepare(cfg: DictConfig, clean=None, observation=None) -> tuple[Problem, Dee
     )
     code = _instantiate(cfg.input, "input")
     code.prepare(problem.channels, *problem.solution_size)
+    speed: Speed = _instantiate(cfg.speed, "speed")
     generator = _instantiate(cfg.arch, "arch", in_channels=code.channels, out_channels=problem.channels)
+    generator = speed.prepare_generator(generator)
     module = DeepImagePrior(
         generator=generator,
         physics=problem.physics,
         observation=problem.observation,
         code=code,
-        optimizer=_instantiate(cfg.optim, "optim"),
+        optimizer=speed.optimizer(_instantiate(cfg.optim, "optim")),
         output_size=problem.solution_size,
         ground_truth=problem.ground_truth,
         ema_weight=cfg.ema_weight,
@@ -139,17 +155,25 @@ def write_outputs(result: Result, output_dir: Path) -> None:
     write_atomically(output_dir / "metrics.json", lambda handle: handle.write(text.encode()))
 
 
+def fit(cfg: DictConfig, module: DeepImagePrior, callbacks: list[pl.Callback] = ()) -> pl.Trainer:
+    """Optimise ``module`` with the Trainer ``cfg`` describes (and ``callbacks``)."""
+    logger = instantiate(cfg.logger) if cfg.logger and cfg.logger.get("_target_") else False
+    callbacks = [MetricsProgressBar(refresh_rate=cfg.metrics_every), *callbacks, ImageLogger(cfg.image_log_every)]
+    trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
+    loader = DataLoader(StepDataset(trainer.max_steps), batch_size=None)
+    speed: Speed = _instantiate(cfg.speed, "speed")
+    with warnings.catch_warnings(), speed.backends():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        trainer.fit(module, train_dataloaders=loader)
+    return trainer
+
+
 def run(cfg: DictConfig, output_dir: Path | None, clean=None, observation=None) -> Result:
     """Restore one image as ``cfg`` says; write the outputs into ``output_dir`` unless it is None."""
     problem, module = prepare(cfg, clean, observation)
-    logger = instantiate(cfg.logger) if cfg.logger and cfg.logger.get("_target_") else False
     timer = FitTimer()
-    callbacks = [TQDMProgressBar(refresh_rate=cfg.metrics_every), timer, ImageLogger(cfg.image_log_every)]
-    trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
-    loader = DataLoader(StepDataset(trainer.max_steps), batch_size=None)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        trainer.fit(module, train_dataloaders=loader)
+    trainer = fit(cfg, module, [timer])
+    logger = trainer.logger
 
     steps = trainer.global_step
     metrics = final_metrics(module, problem)
