@@ -26,7 +26,8 @@ class Speed:
     - ``tf32``: float32 convolutions and matrix products on the tensor cores' TF32 mode (CUDA);
       torch's own default for convolutions.
     - ``cudnn_benchmark``: let cuDNN time its algorithms once per shape (the shapes never change
-      during a fit); off also makes cuDNN deterministic.
+      during a fit).
+    - ``deterministic``: only cuDNN's deterministic algorithms (same weights, same result).
     - ``fused_optimizer``: the optimizer's single-kernel CUDA implementation (``fused=True``),
       where the optimizer has one and the weights are on a GPU.
     - ``channels_last``: the generator's weights (hence its activations) in NHWC layout.
@@ -36,6 +37,7 @@ class Speed:
 
     tf32: bool = True
     cudnn_benchmark: bool = True
+    deterministic: bool = False
     fused_optimizer: bool = True
     channels_last: bool = False
     compile: bool = False
@@ -74,7 +76,7 @@ class Speed:
         saved = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
                  torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision)
         torch.backends.cudnn.benchmark = self.cudnn_benchmark
-        torch.backends.cudnn.deterministic = not self.cudnn_benchmark
+        torch.backends.cudnn.deterministic = self.deterministic
         torch.backends.cudnn.conv.fp32_precision = precision
         torch.backends.cuda.matmul.fp32_precision = precision
         try:
