@@ -107,6 +107,7 @@ class DeepImagePrior(pl.LightningModule):
         return self().clamp(0, 1)
 
     def _update_ema(self, x: torch.Tensor) -> None:
+        x = x.to(self.ema.dtype)  # under mixed precision the output is bf16/fp16, the average float32
         if self.global_step == 0:
             self.ema.copy_(x)
         else:

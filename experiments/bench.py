@@ -48,6 +48,7 @@ from skimage.metrics import peak_signal_noise_ratio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dip.config import compose_config  # noqa: E402
+from dip.images import load_image  # noqa: E402
 from dip.metrics import psnr, psnr_from_mse  # noqa: E402
 from dip.nets.packed import unpack_images  # noqa: E402
 from dip.pipeline import fit, prepare  # noqa: E402
@@ -64,6 +65,7 @@ class Measurement:
     psnr: float  # of the final output against the clean image (mean over copies when packed)
     peak_mem_mb: float | None  # GPU memory at the peak of the run; None on a CPU
     psnr_of_average: float | None = None  # packed restarts: PSNR of the copies' mean output
+    host_syncs: int | None = None  # --sync-check on a GPU: synchronisations over the timed steps
 
 
 def sync(device: torch.device) -> None:
@@ -81,10 +83,20 @@ def peak_memory(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
 
 
+def clean_image(cfg) -> torch.Tensor | None:
+    """The config's image, upscaled (bicubic) when it is smaller than ``data.size`` (the built-in
+    images are at most 640 px); None when the config's own crop fits."""
+    image = load_image(cfg.data.default_image)
+    if min(image.shape[-2:]) >= cfg.data.size:
+        return None
+    size = (cfg.data.size, cfg.data.size)
+    return F.interpolate(image[None], size=size, mode="bicubic", align_corners=False).clamp(0, 1)[0]
+
+
 def prepare_like_trainer(cfg):
     """``prepare(cfg)``, then the one draw from the CPU generator that the Trainer's DataLoader makes
     (its base seed), so that a reference loop perturbs the code with the framework's noise on a CPU."""
-    problem, module = prepare(cfg)
+    problem, module = prepare(cfg, clean_image(cfg))
     torch.empty((), dtype=torch.int64).random_()
     return problem, module
 
@@ -111,13 +123,37 @@ class StepTimer(pl.Callback):
         self.ms = (time.perf_counter() - self.start) * 1e3 / (trainer.global_step - self.warmup)
 
 
-def run_framework(cfg, warmup: int, steps: int) -> Measurement:
-    _, module = prepare(cfg)
+class SyncCounter(pl.Callback):
+    """Counts the host-device synchronisations CUDA reports (``torch.cuda.set_sync_debug_mode``)
+    over the timed steps. Lightning's callbacks run in order: put it after the ``StepTimer``, whose
+    own synchronisations then fall outside the counted window."""
+
+    def __init__(self, warmup: int):
+        self.warmup, self.count = warmup, 0
+        self.record = warnings.catch_warnings(record=True)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == self.warmup:
+            self.caught = self.record.__enter__()
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        torch.cuda.set_sync_debug_mode("default")
+        self.record.__exit__(None, None, None)
+        self.count = sum("synchroniz" in str(w.message) for w in self.caught)
+
+
+def run_framework(cfg, warmup: int, steps: int, sync_check: bool = False) -> Measurement:
+    _, module = prepare(cfg, clean_image(cfg))
     device = target_device()
     start_memory(device)
     timer = StepTimer(warmup)
-    fit(cfg, module, [timer])
-    return Measurement(timer.ms, float(psnr(module.restored(), module.ground_truth)), peak_memory(device))
+    counter = SyncCounter(warmup) if sync_check and device.type == "cuda" else None
+    fit(cfg, module, [timer] + ([counter] if counter else []))
+    result = Measurement(timer.ms, float(psnr(module.restored(), module.ground_truth)), peak_memory(device))
+    result.host_syncs = counter.count if counter else None
+    return result
 
 
 def run_eager(cfg, warmup: int, steps: int, copies: int = 1) -> Measurement:
@@ -235,11 +271,17 @@ def summarise(runs: list[Measurement]) -> dict:
     return dict(first, ms=statistics.median(r.ms for r in runs), ms_all=[round(r.ms, 3) for r in runs])
 
 
+def paired_ratio(numerator: dict, denominator: dict) -> float:
+    """Median over repeats of the ratio of two loops' times in the same repeat (run back to back):
+    steadier than a ratio of medians when the machine's load drifts."""
+    return statistics.median(a / b for a, b in zip(numerator["ms_all"], denominator["ms_all"]))
+
+
 def bench_size(size, args, overrides, variants) -> dict:
     print(f"{size}x{size}: {args.warmup} + {args.steps} steps x {args.repeats} repeats", flush=True)
     cfg = compose(size, args.warmup, args.steps, overrides)
     loops = {
-        "framework": lambda: run_framework(cfg, args.warmup, args.steps),
+        "framework": lambda: run_framework(cfg, args.warmup, args.steps, args.sync_check),
         "eager": lambda: run_eager(cfg, args.warmup, args.steps),
     }
     if not args.no_official:
@@ -257,9 +299,11 @@ def bench_size(size, args, overrides, variants) -> dict:
         "psnr_eager": loops_summary["eager"]["psnr"],
         "psnr_official": loops_summary.get("official", {}).get("psnr"),
         "steps": args.warmup + args.steps,
+        "host_syncs": loops_summary["framework"]["host_syncs"],
         "loops": loops_summary,
     }
     row["speedup_vs_eager"] = row["eager_ms"] / row["framework_ms"]
+    row["paired_speedup_vs_eager"] = paired_ratio(loops_summary["eager"], loops_summary["framework"])
     row["speedup_vs_official"] = row["official_ms"] / row["framework_ms"] if row["official_ms"] else None
     return row
 
@@ -278,13 +322,15 @@ def bench_packed(size, copies, args, overrides) -> dict:
         "size": size, "copies": copies, "eager_ms": single["ms"], "packed_ms": packed["ms"],
         "image_steps_per_s": 1e3 * copies / packed["ms"], "eager_image_steps_per_s": 1e3 / single["ms"],
         "throughput_vs_eager": copies * single["ms"] / packed["ms"],
+        "paired_throughput_vs_eager": copies * paired_ratio(single, packed),
         "peak_mem_mb": packed["peak_mem_mb"], "psnr_eager": single["psnr"], "psnr_packed_mean": packed["psnr"],
         "psnr_packed_average": packed["psnr_of_average"], "loops": {"eager": single, "packed": packed},
     }
 
 
 def table(results: dict) -> str:
-    lines = ["size   framework ms  eager ms  official ms  fw steps/s  eager/fw  official/fw  peak MB  "
+    lines = [f"{results['date']}  {results['device']}  torch {results['torch']}  {results['command']}",
+             "size   framework ms  eager ms  official ms  fw steps/s  eager/fw  official/fw  peak MB  "
              "PSNR fw / eager / official"]
     for size, row in results["sizes"].items():
         def fmt(value, spec):
@@ -295,6 +341,10 @@ def table(results: dict) -> str:
             f"{fmt(row['speedup_vs_official'], '11.3f')}  {fmt(row['peak_mem_mb'], '7.0f')}  "
             f"{row['psnr_framework']:.2f} / {row['psnr_eager']:.2f} / {fmt(row['psnr_official'], '.2f')}"
         )
+        lines.append(f"       eager/framework paired by repeat (median): {row['paired_speedup_vs_eager']:.3f}")
+        if row.get("host_syncs") is not None:
+            lines.append(f"       framework host syncs over {row['steps'] - results.get('warmup', 0)} timed steps: "
+                         f"{row['host_syncs']}")
         for name, loop in row["loops"].items():
             if name not in ("framework", "eager", "official"):
                 lines.append(f"       variant {name}: {loop['ms']:.2f} ms ({row['eager_ms'] / loop['ms']:.3f}x eager), "
@@ -332,10 +382,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-official", action="store_true", help="skip the official-style loop")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=OVERRIDE,...",
                         help="another framework loop with these config overrides")
+    parser.add_argument("--sync-check", action="store_true",
+                        help="count the framework's host-device synchronisations over the timed steps (CUDA)")
+    parser.add_argument("--show", metavar="BENCH_JSON", help="print the table of an earlier run and exit")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
     parser.add_argument("--output", default="bench.json", help="where to write the figures (default bench.json)")
     parser.add_argument("overrides", nargs="*", help="config overrides for every loop, e.g. speed=exact")
     args = parser.parse_args(argv)
+    if args.show:
+        print(table(json.loads(Path(args.show).read_text())))
+        return {}
     quick = dict(sizes=[32], steps=2, warmup=1, repeats=2, pack=2)
     full = dict(sizes=[256, 512, 1024], steps=200, warmup=20, repeats=3, pack=4)
     for key, value in (quick if args.quick else full).items():
@@ -358,6 +414,7 @@ def main(argv: list[str] | None = None) -> dict:
         "torch": torch.__version__,
         "lightning": pl.__version__,
         "numpy": np.__version__,
+        "warmup": args.warmup,
         "overrides": args.overrides,
         "variants": variants,
         "sizes": {},
