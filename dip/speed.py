@@ -72,15 +72,20 @@ class Speed:
     @contextlib.contextmanager
     def backends(self) -> Iterator[None]:
         """Set the process-wide cuDNN / TF32 flags for the duration of a fit, then restore them."""
-        precision = "tf32" if self.tf32 else "ieee"
-        saved = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
-                 torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision)
-        torch.backends.cudnn.benchmark = self.cudnn_benchmark
-        torch.backends.cudnn.deterministic = self.deterministic
-        torch.backends.cudnn.conv.fp32_precision = precision
-        torch.backends.cuda.matmul.fp32_precision = precision
+        flags = [(torch.backends.cudnn, "benchmark", self.cudnn_benchmark),
+                 (torch.backends.cudnn, "deterministic", self.deterministic)]
+        if hasattr(torch.backends.cudnn, "conv"):  # torch >= 2.9: not to be mixed with the older flags
+            precision = "tf32" if self.tf32 else "ieee"
+            flags += [(torch.backends.cudnn.conv, "fp32_precision", precision),
+                      (torch.backends.cuda.matmul, "fp32_precision", precision)]
+        else:
+            flags += [(torch.backends.cudnn, "allow_tf32", self.tf32),
+                      (torch.backends.cuda.matmul, "allow_tf32", self.tf32)]
+        saved = [(owner, name, getattr(owner, name)) for owner, name, _ in flags]
+        for owner, name, value in flags:
+            setattr(owner, name, value)
         try:
             yield
         finally:
-            (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
-             torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision) = saved
+            for owner, name, value in saved:
+                setattr(owner, name, value)
