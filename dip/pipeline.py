@@ -24,6 +24,7 @@ from dip.loggers import ImageLogger, flat_config
 from dip.metrics import psnr, psnr_from_mse, ssim
 from dip.module import DeepImagePrior
 from dip.problem import Problem, build_problem
+from dip.speed import Speed
 
 OUTPUT_FILES = ("observation.png", "restored.png", "restored_ema.png", "bicubic.png", "metrics.json")
 
@@ -74,6 +75,19 @@ class PeakMemory(pl.Callback):
         else:  # ru_maxrss is in KiB on Linux, in bytes on macOS
             rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
             self.source, self.mib = "process_max_rss", rss / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+class MetricsProgressBar(TQDMProgressBar):
+    """The progress bar, showing the latest device-side metrics read only when it refreshes.
+
+    (Logging with ``prog_bar=True`` instead makes Lightning copy each metric to the host after
+    every step, a device synchronisation per step.)
+    """
+
+    def get_metrics(self, trainer, pl_module):
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.update({name: f"{float(value):.2f}" for name, value in trainer.callback_metrics.items()})
+        return metrics
 
 
 @dataclass
@@ -143,13 +157,15 @@ def prepare(cfg: DictConfig, clean=None, observation=None) -> tuple[Problem, Dee
         code.prepare(problem.channels, *problem.solution_size)
     except DipError as error:
         raise _with_dataset_hint(error, cfg.data.root) from None
+    speed: Speed = _instantiate(cfg.speed, "speed")
     generator = _instantiate(cfg.arch, "arch", in_channels=code.channels, out_channels=problem.channels)
+    generator = speed.prepare_generator(generator)
     module = DeepImagePrior(
         generator=generator,
         physics=problem.physics,
         observation=problem.observation,
         code=code,
-        optimizer=_instantiate(cfg.optim, "optim"),
+        optimizer=speed.optimizer(_instantiate(cfg.optim, "optim")),
         output_size=problem.solution_size,
         ground_truth=problem.ground_truth,
         ema_weight=cfg.ema_weight,
@@ -192,28 +208,36 @@ def write_outputs(result: Result, output_dir: Path) -> None:
     write_atomically(output_dir / "metrics.json", lambda handle: handle.write(text.encode()))
 
 
+def fit(cfg: DictConfig, module: DeepImagePrior, callbacks=()) -> pl.Trainer:
+    """Optimise ``module`` with the Trainer and logger ``cfg`` describes (and extra ``callbacks``)."""
+    logger = instantiate(cfg.logger) if cfg.logger and cfg.logger.get("_target_") else False
+    if logger:
+        logger.log_hyperparams(flat_config(cfg))
+    callbacks = [*callbacks, ImageLogger(cfg.image_log_every)]
+    if cfg.trainer.get("enable_progress_bar", True):
+        callbacks.append(MetricsProgressBar(refresh_rate=cfg.metrics_every))
+    trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
+    loader = DataLoader(StepDataset(trainer.max_steps), batch_size=None)
+    if isinstance(logger, WandbLogger):
+        _ = logger.experiment  # start the W&B run now, not inside the timed loop at its first log
+    speed: Speed = _instantiate(cfg.speed, "speed")
+    with warnings.catch_warnings(), speed.backends():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        # a frozen feature extractor (pre-images) stays in eval mode on purpose
+        warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
+        trainer.fit(module, train_dataloaders=loader)
+    return trainer
+
+
 def run(cfg: DictConfig, output_dir: Path | None, clean=None, observation=None, callbacks=()) -> Result:
     """Restore one image as ``cfg`` says; write the outputs into ``output_dir`` unless it is None.
 
     ``callbacks`` are extra Lightning callbacks (an experiment's recorders of curves or snapshots).
     """
     problem, module = prepare(cfg, clean, observation)
-    logger = instantiate(cfg.logger) if cfg.logger and cfg.logger.get("_target_") else False
-    if logger:
-        logger.log_hyperparams(flat_config(cfg))
     timer, memory = FitTimer(), PeakMemory()
-    callbacks = [timer, memory, ImageLogger(cfg.image_log_every), *callbacks]
-    if cfg.trainer.get("enable_progress_bar", True):
-        callbacks.append(TQDMProgressBar(refresh_rate=cfg.metrics_every))  # refreshing reads metrics: a sync
-    trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
-    loader = DataLoader(StepDataset(trainer.max_steps), batch_size=None)
-    if isinstance(logger, WandbLogger):
-        _ = logger.experiment  # start the W&B run now, not inside the timed loop at its first log
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        # a frozen feature extractor (pre-images) stays in eval mode on purpose
-        warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
-        trainer.fit(module, train_dataloaders=loader)
+    trainer = fit(cfg, module, [timer, memory, *callbacks])
+    logger = trainer.logger
 
     steps = trainer.global_step
     metrics = final_metrics(module, problem)

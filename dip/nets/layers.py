@@ -55,11 +55,12 @@ def conv(
     bias: bool = True,
     pad: str = "zero",
     downsample_mode: str = "stride",
+    groups: int = 1,
 ) -> nn.Sequential:
     """A 'same'-padded convolution; ``stride > 1`` downsamples with ``downsample_mode``.
 
     ``stride`` strides the convolution itself; ``avg``/``max``/``lanczos2`` run a stride-1
-    convolution and then pool by ``stride``.
+    convolution and then pool by ``stride``. ``groups`` splits the channels into independent groups.
     """
     check_choice("padding", pad, PADDINGS)
     check_choice("downsample mode", downsample_mode, DOWNSAMPLERS)
@@ -76,7 +77,7 @@ def conv(
             "lanczos2": lambda: LanczosDownsample(stride, channels=out_channels),
         }[downsample_mode]()
         stride = 1
-    layers.append(nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding=to_pad, bias=bias))
+    layers.append(nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding=to_pad, bias=bias, groups=groups))
     if downsampler is not None:
         layers.append(downsampler)
     return nn.Sequential(*layers)
@@ -88,6 +89,14 @@ def conv_bn_act(in_channels: int, out_channels: int, kernel_size: int, act: str,
         nn.BatchNorm2d(out_channels),
         activation(act),
     )
+
+
+def cat_channels(tensors: list[torch.Tensor], groups: int = 1) -> torch.Tensor:
+    """Concatenate along channels within each of ``groups`` channel groups: ``[a_1 b_1 a_2 b_2 ...]``
+    (plain concatenation for one group), so that packed networks keep each copy's channels together."""
+    if groups == 1:
+        return torch.cat(tensors, dim=1)
+    return torch.cat([t.unflatten(1, (groups, -1)) for t in tensors], dim=2).flatten(1, 2)
 
 
 def per_scale(value, scales: int, name: str) -> list:

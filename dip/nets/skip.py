@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dip.nets.layers import UPSAMPLERS, activation, check_choice, conv, conv_bn_act, per_scale
+from dip.nets.layers import UPSAMPLERS, activation, cat_channels, check_choice, conv, conv_bn_act, per_scale
 
 
 class SkipLevel(nn.Module):
@@ -14,12 +14,15 @@ class SkipLevel(nn.Module):
 
     ``down`` halves the resolution (two conv-BN-act blocks, the first downsampling), ``inner`` is
     the next coarser level (absent at the coarsest), ``skip`` is an optional 1x1-style branch at
-    this resolution, and ``up`` mixes the concatenation back to ``up_channels``.
+    this resolution, and ``up`` mixes the concatenation back to ``up_channels``. With
+    ``groups > 1`` in ``conv_kwargs`` every convolution is grouped and the concatenation keeps
+    each group's channels together (packed copies, see ``Skip``).
     """
 
     def __init__(self, in_channels, down_channels, up_channels, skip_channels, inner_channels, inner,
                  kernel_down, kernel_up, kernel_skip, upsample_mode, need1x1_up, act, **conv_kwargs):
         super().__init__()
+        self.groups = conv_kwargs.get("groups", 1)
         self.skip = (
             conv_bn_act(in_channels, skip_channels, kernel_skip, act, **conv_kwargs) if skip_channels else None
         )
@@ -44,7 +47,7 @@ class SkipLevel(nn.Module):
         deeper = F.interpolate(deeper, size=x.shape[-2:], mode=self.upsample_mode,
                                **({"align_corners": False} if self.upsample_mode == "bilinear" else {}))
         if self.skip is not None:
-            deeper = torch.cat([self.skip(x), deeper], dim=1)
+            deeper = cat_channels([self.skip(x), deeper], self.groups)
         return self.up(deeper)
 
 
@@ -54,6 +57,11 @@ class Skip(nn.Module):
     Per-scale settings (``channels_down``, ``channels_up``, ``channels_skip``, kernel sizes,
     ``upsample_mode``, ``downsample_mode``) take a list with one entry per scale or a scalar for
     all. Each scale halves the resolution, so inputs must be multiples of ``size_multiple``.
+
+    ``copies > 1`` packs that many independent networks into one: every convolution is grouped
+    by copy and every BatchNorm channel belongs to one copy, so copy ``k`` maps input channels
+    ``[k in_channels, (k + 1) in_channels)`` to output channels ``[k out_channels, ...)`` exactly as a
+    separate network would, and all copies share each kernel launch (``dip.nets.packed``).
     """
 
     def __init__(
@@ -73,11 +81,16 @@ class Skip(nn.Module):
         need_bias: bool = True,
         need_sigmoid: bool = True,
         need1x1_up: bool = True,
+        copies: int = 1,
     ):
         super().__init__()
+        if copies < 1:
+            raise ValueError(f"copies must be >= 1, got {copies}")
         scales = len(channels_down)
-        channels_up = per_scale(channels_up, scales, "channels_up")
-        channels_skip = per_scale(channels_skip, scales, "channels_skip")
+        channels_down = [copies * c for c in channels_down]
+        channels_up = [copies * c for c in per_scale(channels_up, scales, "channels_up")]
+        channels_skip = [copies * c for c in per_scale(channels_skip, scales, "channels_skip")]
+        in_channels, out_channels = copies * in_channels, copies * out_channels
         kernel_down = per_scale(kernel_down, scales, "kernel_down")
         kernel_up = per_scale(kernel_up, scales, "kernel_up")
         upsample_mode = per_scale(upsample_mode, scales, "upsample_mode")
@@ -86,6 +99,7 @@ class Skip(nn.Module):
             check_choice("upsample mode", mode, UPSAMPLERS)
         activation(act)  # validate early, with a clear message
         self.size_multiple = 2**scales
+        self.copies = copies
 
         level = None
         for i in reversed(range(scales)):
@@ -105,8 +119,9 @@ class Skip(nn.Module):
                 bias=need_bias,
                 pad=pad,
                 downsample_mode=downsample_mode[i],
+                groups=copies,
             )
-        head: list[nn.Module] = [conv(channels_up[0], out_channels, 1, bias=need_bias, pad=pad)]
+        head: list[nn.Module] = [conv(channels_up[0], out_channels, 1, bias=need_bias, pad=pad, groups=copies)]
         if need_sigmoid:
             head.append(nn.Sigmoid())
         self.body = level

@@ -1,0 +1,91 @@
+"""Speed switches: how a fit uses the hardware, not what it computes (beyond rounding).
+
+Each switch is a key of the ``speed`` config group; ``speed=exact`` turns every one off (IEEE
+float32 convolutions, deterministic cuDNN algorithms, torch's default optimizer implementation),
+which is the paper's numerics. Mixed precision is Lightning's own switch, ``trainer.precision``
+(``bf16-mixed``); ``docs/speed.md`` lists what each switch was measured to give.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+@dataclass
+class Speed:
+    """The switches, each a no-op where its hardware is absent.
+
+    - ``tf32``: float32 convolutions and matrix products on the tensor cores' TF32 mode (CUDA);
+      torch's own default for convolutions.
+    - ``cudnn_benchmark``: let cuDNN time its algorithms once per shape (the shapes never change
+      during a fit).
+    - ``deterministic``: only cuDNN's deterministic algorithms (same weights, same result).
+    - ``fused_optimizer``: the optimizer's single-kernel CUDA implementation (``fused=True``),
+      where the optimizer has one and the weights are on a GPU.
+    - ``channels_last``: the generator's weights (hence its activations) in NHWC layout.
+    - ``compile``: ``torch.compile`` the generator (forward and backward); ``compile_mode``
+      ``reduce-overhead`` also replays the step's kernels as a CUDA graph.
+    """
+
+    tf32: bool = True
+    cudnn_benchmark: bool = True
+    deterministic: bool = False
+    fused_optimizer: bool = True
+    channels_last: bool = False
+    compile: bool = False
+    compile_mode: str = "default"
+
+    def __post_init__(self):
+        if self.compile_mode not in COMPILE_MODES:
+            raise ValueError(f"unknown compile mode '{self.compile_mode}' (choose from: {', '.join(COMPILE_MODES)})")
+
+    def prepare_generator(self, generator: nn.Module) -> nn.Module:
+        """The generator in the chosen memory layout, compiled if asked (in place: the state dict's
+        keys stay those of the plain network)."""
+        if self.channels_last:
+            generator.to(memory_format=torch.channels_last)
+        if self.compile:
+            generator.compile(mode=self.compile_mode)
+        return generator
+
+    def optimizer(self, factory: Callable[..., torch.optim.Optimizer]) -> Callable[..., torch.optim.Optimizer]:
+        """``factory`` (``params -> optimizer``), asking for the fused implementation where it applies."""
+        fused_exists = "fused" in inspect.signature(factory).parameters
+
+        def build(params: Iterable[torch.Tensor]) -> torch.optim.Optimizer:
+            params = list(params)
+            on_gpu = bool(params) and all(p.is_cuda for p in params)
+            if self.fused_optimizer and fused_exists and on_gpu:
+                return factory(params, fused=True)
+            return factory(params)
+
+        return build
+
+    @contextlib.contextmanager
+    def backends(self) -> Iterator[None]:
+        """Set the process-wide cuDNN / TF32 flags for the duration of a fit, then restore them."""
+        flags = [(torch.backends.cudnn, "benchmark", self.cudnn_benchmark),
+                 (torch.backends.cudnn, "deterministic", self.deterministic)]
+        if hasattr(torch.backends.cudnn, "conv"):  # torch >= 2.9: not to be mixed with the older flags
+            precision = "tf32" if self.tf32 else "ieee"
+            flags += [(torch.backends.cudnn.conv, "fp32_precision", precision),
+                      (torch.backends.cuda.matmul, "fp32_precision", precision)]
+        else:
+            flags += [(torch.backends.cudnn, "allow_tf32", self.tf32),
+                      (torch.backends.cuda.matmul, "allow_tf32", self.tf32)]
+        saved = [(owner, name, getattr(owner, name)) for owner, name, _ in flags]
+        for owner, name, value in flags:
+            setattr(owner, name, value)
+        try:
+            yield
+        finally:
+            for owner, name, value in saved:
+                setattr(owner, name, value)

@@ -1,0 +1,434 @@
+"""Time the framework's training step against two reference loops, side by side in one process.
+
+Loops, each on the same denoising problem, network, seed and settings (``dip.pipeline.prepare``):
+- ``framework``: ``DeepImagePrior`` fitted by the Lightning Trainer exactly as ``dip.pipeline.run``
+  does (``dip.pipeline.fit``), with the config's ``speed`` switches;
+- ``eager``: a clean PyTorch loop: no host synchronisation per step, EMA and backtracking on the
+  device, fused Adam on a GPU, torch's default backend flags, float32;
+- ``official``: the authors' notebook style: three PSNRs on the CPU and the weights copied to the
+  CPU (for backtracking) at every step;
+- ``packed``: ``--pack N`` restarts of the same problem in one ``Skip(copies=N)`` (eager loop);
+- ``--variant NAME=OVERRIDE,...``: further framework loops with other overrides
+  (``--variant bf16=trainer.precision=bf16-mixed,speed.channels_last=true``).
+
+Runs are interleaved (every loop once, then every loop again, ``--repeats`` times, in rotating
+order) so that a slow spell of a shared machine hits all loops alike; ms/step is the median over
+repeats of each run's mean over its timed steps (after ``--warmup`` untimed ones). PSNR is that of
+the final output (unperturbed code) against the clean image after ``warmup + steps`` steps.
+
+    python experiments/bench.py                       # 256, 512, 1024 px: meant for a GPU
+    python experiments/bench.py --quick               # seconds on a CPU
+    python experiments/bench.py --sizes 128 --steps 10 --repeats 5 --pack 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import math
+import platform
+import shlex
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from skimage.metrics import peak_signal_noise_ratio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from dip.config import compose_config  # noqa: E402
+from dip.images import load_image  # noqa: E402
+from dip.metrics import psnr, psnr_from_mse  # noqa: E402
+from dip.nets.packed import unpack_images  # noqa: E402
+from dip.pipeline import fit, prepare  # noqa: E402
+from dip.speed import Speed  # noqa: E402
+
+# The reference loops run under torch's default backend flags (TF32 convolutions, no cuDNN
+# autotuning) with the fused optimizer on a GPU, as a careful user would write them.
+EAGER_SPEED = Speed(tf32=True, cudnn_benchmark=False, deterministic=False, fused_optimizer=True)
+
+
+@dataclass
+class Measurement:
+    ms: float  # per step
+    psnr: float  # of the final output against the clean image (mean over copies when packed)
+    peak_mem_mb: float | None  # GPU memory at the peak of the run; None on a CPU
+    psnr_of_average: float | None = None  # packed restarts: PSNR of the copies' mean output
+    host_syncs: int | None = None  # --sync-check on a GPU: synchronisations over the timed steps
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def start_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+
+
+def clean_image(cfg) -> torch.Tensor | None:
+    """The config's image, upscaled (bicubic) when it is smaller than ``data.size`` (the built-in
+    images are at most 640 px); None when the config's own crop fits."""
+    image = load_image(cfg.data.default_image)
+    if min(image.shape[-2:]) >= cfg.data.size:
+        return None
+    size = (cfg.data.size, cfg.data.size)
+    return F.interpolate(image[None], size=size, mode="bicubic", align_corners=False).clamp(0, 1)[0]
+
+
+def prepare_like_trainer(cfg):
+    """``prepare(cfg)``, then the one draw from the CPU generator that the Trainer's DataLoader makes
+    (its base seed), so that a reference loop perturbs the code with the framework's noise on a CPU."""
+    problem, module = prepare(cfg, clean_image(cfg))
+    torch.empty((), dtype=torch.int64).random_()
+    return problem, module
+
+
+def target_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+class StepTimer(pl.Callback):
+    """Wall time of the steps after the first ``warmup``, synchronised with the device: from the
+    start of step ``warmup`` to the end of the epoch's last step (the module's own end-of-step
+    hook included, the Trainer's end-of-fit work not)."""
+
+    def __init__(self, warmup: int):
+        self.warmup = warmup
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == self.warmup:
+            sync(pl_module.device)
+            self.start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        sync(pl_module.device)
+        self.ms = (time.perf_counter() - self.start) * 1e3 / (trainer.global_step - self.warmup)
+
+
+class SyncCounter(pl.Callback):
+    """Counts the host-device synchronisations CUDA reports (``torch.cuda.set_sync_debug_mode``)
+    over the timed steps. Lightning's callbacks run in order: put it after the ``StepTimer``, whose
+    own synchronisations then fall outside the counted window."""
+
+    def __init__(self, warmup: int):
+        self.warmup, self.count = warmup, 0
+        self.record = warnings.catch_warnings(record=True)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == self.warmup:
+            self.caught = self.record.__enter__()
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        torch.cuda.set_sync_debug_mode("default")
+        self.record.__exit__(None, None, None)
+        self.count = sum("synchroniz" in str(w.message) for w in self.caught)
+
+
+def run_framework(cfg, warmup: int, steps: int, sync_check: bool = False) -> Measurement:
+    _, module = prepare(cfg, clean_image(cfg))
+    device = target_device()
+    start_memory(device)
+    timer = StepTimer(warmup)
+    counter = SyncCounter(warmup) if sync_check and device.type == "cuda" else None
+    fit(cfg, module, [timer] + ([counter] if counter else []))
+    result = Measurement(timer.ms, float(psnr(module.restored(), module.ground_truth)), peak_memory(device))
+    result.host_syncs = counter.count if counter else None
+    return result
+
+
+def run_eager(cfg, warmup: int, steps: int, copies: int = 1) -> Measurement:
+    """The clean loop; with ``copies > 1``, that many restarts in one packed network, each with
+    its own code, BatchNorm, EMA and backtracking (the weights' first dimension is copy-major)."""
+    device = target_device()
+    _, module = prepare_like_trainer(cfg)
+    generator = module.generator.to(device)
+    height, width = module.z.shape[-2:]
+    z = torch.cat([module.z] + [module.code.make(height, width) for _ in range(copies - 1)], dim=1).to(device)
+    y, truth = module.observation.to(device), module.ground_truth.to(device)
+    reg_noise_std, ema_weight, backtrack_db = module.code.reg_noise_std, cfg.ema_weight, cfg.backtrack_db
+    params = list(generator.parameters())
+    start_memory(device)
+    with EAGER_SPEED.backends():
+        optimizer = EAGER_SPEED.optimizer(instantiate(cfg.optim))(params)
+        good = [p.detach().clone() for p in params]
+        last_good = torch.full((copies,), -math.inf, device=device)
+        ema = None
+
+        def output(code):
+            return unpack_images(module(code), copies)
+
+        for step in range(warmup + steps):
+            if step == warmup:
+                sync(device)
+                start = time.perf_counter()
+            x = output(z + reg_noise_std * torch.randn_like(z))
+            mse = ((x - y) ** 2).flatten(1).mean(1)  # one per copy
+            optimizer.zero_grad(set_to_none=True)
+            mse.sum().backward()
+            with torch.no_grad():
+                x = x.detach()
+                ema = x.clone() if ema is None else torch.where(x.isfinite(), torch.lerp(x, ema, ema_weight), ema)
+                if backtrack_db is not None:
+                    fit_psnr = psnr_from_mse(mse.detach())
+                    diverged = (~fit_psnr.isfinite() | (last_good - fit_psnr > backtrack_db))[:, None]
+                    for g, p in zip(good, params):
+                        g.view(copies, -1).copy_(torch.where(diverged, g.view(copies, -1), p.view(copies, -1)))
+                    last_good = torch.where(diverged[:, 0], last_good, fit_psnr)
+            optimizer.step()
+            if backtrack_db is not None:
+                with torch.no_grad():
+                    for g, p in zip(good, params):
+                        p.view(copies, -1).copy_(torch.where(diverged, g.view(copies, -1), p.view(copies, -1)))
+        sync(device)
+        ms = (time.perf_counter() - start) * 1e3 / steps
+        with torch.no_grad():
+            restored = output(z).clamp(0, 1)
+    per_copy = [float(psnr(image[None], truth)) for image in restored]
+    average = float(psnr(restored.mean(0, keepdim=True), truth)) if copies > 1 else None
+    return Measurement(ms, statistics.fmean(per_copy), peak_memory(device), average)
+
+
+def run_official(cfg, warmup: int, steps: int) -> Measurement:
+    """The notebooks' loop: the output, the EMA and the weights go to the CPU at every step."""
+    device = target_device()
+    _, module = prepare_like_trainer(cfg)
+    generator = module.generator.to(device)
+    z, y = module.z.to(device), module.observation.to(device)
+    y_np, truth_np = module.observation[0].numpy(), module.ground_truth[0].numpy()
+    reg_noise_std, ema_weight, backtrack_db = module.code.reg_noise_std, cfg.ema_weight, cfg.backtrack_db
+    start_memory(device)
+    with EAGER_SPEED.backends():
+        optimizer = instantiate(cfg.optim)(generator.parameters())
+        out_avg, last_net, psnr_noisy_last = None, None, 0.0
+        for step in range(warmup + steps):
+            if step == warmup:
+                sync(device)
+                start = time.perf_counter()
+            optimizer.zero_grad()
+            out = module(z + reg_noise_std * torch.randn_like(z))
+            out_avg = out.detach() if out_avg is None else out_avg * ema_weight + out.detach() * (1 - ema_weight)
+            F.mse_loss(out, y).backward()
+            out_np = out.detach().cpu().numpy()[0]
+            psnr_noisy = peak_signal_noise_ratio(y_np, out_np, data_range=1)
+            peak_signal_noise_ratio(truth_np, out_np, data_range=1)
+            peak_signal_noise_ratio(truth_np, out_avg.cpu().numpy()[0], data_range=1)
+            if backtrack_db is not None:
+                if last_net is not None and psnr_noisy - psnr_noisy_last < -backtrack_db:
+                    for saved, param in zip(last_net, generator.parameters()):
+                        param.data.copy_(saved.to(device))
+                else:
+                    last_net = [param.detach().cpu() for param in generator.parameters()]
+                    psnr_noisy_last = psnr_noisy
+            optimizer.step()
+        sync(device)
+        ms = (time.perf_counter() - start) * 1e3 / steps
+        with torch.no_grad():
+            restored = module(z).clamp(0, 1)
+    return Measurement(ms, float(psnr(restored.cpu(), module.ground_truth)), peak_memory(device))
+
+
+def compose(size: int, warmup: int, steps: int, overrides: list[str]):
+    return compose_config([
+        "task=denoising", "logger=none", f"data.size={size}", f"trainer.max_steps={warmup + steps}",
+        f"metrics_every={max(1, min(50, warmup + steps))}", *overrides,
+    ])
+
+
+def interleave(loops: dict[str, Callable[[], Measurement]], repeats: int) -> dict[str, list[Measurement]]:
+    names = list(loops)
+    runs: dict[str, list[Measurement]] = {name: [] for name in names}
+    for repeat in range(repeats):
+        for name in names[repeat % len(names):] + names[: repeat % len(names)]:
+            runs[name].append(loops[name]())
+            print(f"  {name:<12} repeat {repeat + 1}/{repeats}: {runs[name][-1].ms:9.2f} ms/step, "
+                  f"PSNR {runs[name][-1].psnr:6.2f} dB", flush=True)
+    return runs
+
+
+def summarise(runs: list[Measurement]) -> dict:
+    """Median time over repeats; PSNR and memory of the first run (the same seed every time)."""
+    first = asdict(runs[0])
+    return dict(first, ms=statistics.median(r.ms for r in runs), ms_all=[round(r.ms, 3) for r in runs])
+
+
+def paired_ratio(numerator: dict, denominator: dict) -> float:
+    """Median over repeats of the ratio of two loops' times in the same repeat (run back to back):
+    steadier than a ratio of medians when the machine's load drifts."""
+    return statistics.median(a / b for a, b in zip(numerator["ms_all"], denominator["ms_all"]))
+
+
+def bench_size(size, args, overrides, variants) -> dict:
+    print(f"{size}x{size}: {args.warmup} + {args.steps} steps x {args.repeats} repeats", flush=True)
+    cfg = compose(size, args.warmup, args.steps, overrides)
+    loops = {
+        "framework": lambda: run_framework(cfg, args.warmup, args.steps, args.sync_check),
+        "eager": lambda: run_eager(cfg, args.warmup, args.steps),
+    }
+    if not args.no_official:
+        loops["official"] = lambda: run_official(cfg, args.warmup, args.steps)
+    for name, extra in variants.items():
+        variant_cfg = compose(size, args.warmup, args.steps, overrides + extra)
+        loops[name] = lambda variant_cfg=variant_cfg: run_framework(variant_cfg, args.warmup, args.steps)
+    loops_summary = {name: summarise(runs) for name, runs in interleave(loops, args.repeats).items()}
+    row = {
+        "framework_ms": loops_summary["framework"]["ms"],
+        "eager_ms": loops_summary["eager"]["ms"],
+        "official_ms": loops_summary.get("official", {}).get("ms"),
+        "peak_mem_mb": loops_summary["framework"]["peak_mem_mb"],
+        "psnr_framework": loops_summary["framework"]["psnr"],
+        "psnr_eager": loops_summary["eager"]["psnr"],
+        "psnr_official": loops_summary.get("official", {}).get("psnr"),
+        "steps": args.warmup + args.steps,
+        "host_syncs": loops_summary["framework"]["host_syncs"],
+        "loops": loops_summary,
+    }
+    row["speedup_vs_eager"] = row["eager_ms"] / row["framework_ms"]
+    row["paired_speedup_vs_eager"] = paired_ratio(loops_summary["eager"], loops_summary["framework"])
+    row["speedup_vs_official"] = row["official_ms"] / row["framework_ms"] if row["official_ms"] else None
+    return row
+
+
+def bench_packed(size, copies, args, overrides) -> dict:
+    print(f"{size}x{size}, {copies} restarts packed vs one: {args.warmup} + {args.steps} steps x {args.repeats}",
+          flush=True)
+    cfg = compose(size, args.warmup, args.steps, overrides)
+    packed_cfg = compose(size, args.warmup, args.steps, overrides + [f"+arch.copies={copies}"])
+    runs = interleave({
+        "eager": lambda: run_eager(cfg, args.warmup, args.steps),
+        "packed": lambda: run_eager(packed_cfg, args.warmup, args.steps, copies=copies),
+    }, args.repeats)
+    single, packed = summarise(runs["eager"]), summarise(runs["packed"])
+    return {
+        "size": size, "copies": copies, "eager_ms": single["ms"], "packed_ms": packed["ms"],
+        "image_steps_per_s": 1e3 * copies / packed["ms"], "eager_image_steps_per_s": 1e3 / single["ms"],
+        "throughput_vs_eager": copies * single["ms"] / packed["ms"],
+        "paired_throughput_vs_eager": copies * paired_ratio(single, packed),
+        "peak_mem_mb": packed["peak_mem_mb"], "psnr_eager": single["psnr"], "psnr_packed_mean": packed["psnr"],
+        "psnr_packed_average": packed["psnr_of_average"], "loops": {"eager": single, "packed": packed},
+    }
+
+
+def table(results: dict) -> str:
+    lines = [f"{results['date']}  {results['device']}  torch {results['torch']}  {results['command']}",
+             "size   framework ms  eager ms  official ms  fw steps/s  eager/fw  official/fw  peak MB  "
+             "PSNR fw / eager / official"]
+    for size, row in results["sizes"].items():
+        def fmt(value, spec):
+            return format(value, spec) if value is not None else "-".rjust(len(format(0.0, spec)))
+        lines.append(
+            f"{size:>5}  {row['framework_ms']:12.2f}  {row['eager_ms']:8.2f}  {fmt(row['official_ms'], '11.2f')}  "
+            f"{1e3 / row['framework_ms']:10.1f}  {row['speedup_vs_eager']:8.3f}  "
+            f"{fmt(row['speedup_vs_official'], '11.3f')}  {fmt(row['peak_mem_mb'], '7.0f')}  "
+            f"{row['psnr_framework']:.2f} / {row['psnr_eager']:.2f} / {fmt(row['psnr_official'], '.2f')}"
+        )
+        lines.append(f"       eager/framework paired by repeat (median): {row['paired_speedup_vs_eager']:.3f}")
+        if row.get("host_syncs") is not None:
+            lines.append(f"       framework host syncs over {row['steps'] - results.get('warmup', 0)} timed steps: "
+                         f"{row['host_syncs']}")
+        for name, loop in row["loops"].items():
+            if name not in ("framework", "eager", "official"):
+                lines.append(f"       variant {name}: {loop['ms']:.2f} ms ({row['eager_ms'] / loop['ms']:.3f}x eager), "
+                             f"PSNR {loop['psnr']:.2f}, peak {fmt(loop['peak_mem_mb'], '.0f')} MB")
+    if "packed" in results:
+        p = results["packed"]
+        lines.append(
+            f"packed {p['copies']} x {p['size']}^2: {p['packed_ms']:.2f} ms/step = {p['image_steps_per_s']:.1f} "
+            f"image-steps/s vs eager {p['eager_image_steps_per_s']:.1f} ({p['throughput_vs_eager']:.2f}x); PSNR mean "
+            f"{p['psnr_packed_mean']:.2f}, of the average {p['psnr_packed_average']:.2f} "
+            f"(one run {p['psnr_eager']:.2f})"
+        )
+    return "\n".join(lines)
+
+
+def parse_variants(texts: list[str]) -> dict[str, list[str]]:
+    variants = {}
+    for text in texts:
+        name, _, overrides = text.partition("=")
+        if not name or not overrides:
+            raise SystemExit(f"error: --variant takes NAME=OVERRIDE[,OVERRIDE...], got '{text}'")
+        variants[name] = overrides.split(",")
+    return variants
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a few steps on a 32 px image (seconds on a CPU)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=None, help="image sizes (default 256 512 1024)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per run (default 200)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 20)")
+    parser.add_argument("--repeats", type=int, default=None, help="interleaved runs per loop (default 3)")
+    parser.add_argument("--pack", type=int, default=None, help="restarts packed into one network (default 4; 0 = skip)")
+    parser.add_argument("--pack-size", type=int, default=None, help="image size for --pack (default: the middle size)")
+    parser.add_argument("--no-official", action="store_true", help="skip the official-style loop")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=OVERRIDE,...",
+                        help="another framework loop with these config overrides")
+    parser.add_argument("--sync-check", action="store_true",
+                        help="count the framework's host-device synchronisations over the timed steps (CUDA)")
+    parser.add_argument("--show", metavar="BENCH_JSON", help="print the table of an earlier run and exit")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
+    parser.add_argument("--output", default="bench.json", help="where to write the figures (default bench.json)")
+    parser.add_argument("overrides", nargs="*", help="config overrides for every loop, e.g. speed=exact")
+    args = parser.parse_args(argv)
+    if args.show:
+        print(table(json.loads(Path(args.show).read_text())))
+        return {}
+    quick = dict(sizes=[32], steps=2, warmup=1, repeats=2, pack=2)
+    full = dict(sizes=[256, 512, 1024], steps=200, warmup=20, repeats=3, pack=4)
+    for key, value in (quick if args.quick else full).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    variants = parse_variants(args.variant)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.quick:  # a narrower network too, so that a CPU runs every loop in seconds
+        args.overrides = [f"arch.{key}=[16,16,16,16,16]" for key in ("channels_down", "channels_up")] + args.overrides
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*(LeafSpec|does not have many workers|logging interval).*")
+
+    device = target_device()
+    results = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": shlex.join(["python", "experiments/bench.py", *(sys.argv[1:] if argv is None else argv)]),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "cpu_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "lightning": pl.__version__,
+        "numpy": np.__version__,
+        "warmup": args.warmup,
+        "overrides": args.overrides,
+        "variants": variants,
+        "sizes": {},
+    }
+    for size in args.sizes:
+        results["sizes"][str(size)] = bench_size(size, args, args.overrides, variants)
+    if args.pack and args.pack > 1:
+        pack_size = args.pack_size or args.sizes[len(args.sizes) // 2]
+        results["packed"] = bench_packed(pack_size, args.pack, args, args.overrides)
+    Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+    print(table(results))
+    print(f"figures in {args.output}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Issue 5's GPU measurements in one call (about 8 minutes on an H100; each phase has its own time
+# limit and writes its figures as soon as it ends, so a cut-off run still returns the earlier ones).
+#
+# On the development machine, from the repository root, first fetch the wheels the GPU machine
+# lacks (hydra, omegaconf, wandb):   bash ../shared/device/wheels.sh
+# then ask the device tool for:       run(command="bash experiments/gpu_session.sh", carry=[".whl"], timeout_s=600)
+# and copy what comes back (files_at/*) into results/gpu-<date>/ with the reply's device line.
+#
+# Phases, in order of importance:
+#   1. main     256/512/1024 px: framework vs clean eager vs official-style loop, with variants
+#               (channels_last; bf16 autocast + channels_last), and 8 restarts packed into one network
+#               at 256 px (where a single image leaves the GPU launch-bound)
+#   2. memory   2048 px: peak GPU memory (framework default, bf16 + channels_last, eager)
+#   3. sync     host-device synchronisations per step of the framework (torch.cuda.set_sync_debug_mode)
+#   4. quality  512 px, 1800 steps (the paper's table; its notebook runs 3000): PSNR of the framework
+#               (default; bf16 + channels_last) against the fp32 eager loop, same seed (target: 0.1 dB)
+#   5. compile  512 px: torch.compile of the generator, and with CUDA graphs (reduce-overhead)
+# SMOKE=1 PY=.venv/bin/python bash experiments/gpu_session.sh   runs every phase for a few steps on
+# 32 px images on a CPU (compile phase skipped), to check the script before spending device time on it.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-python3}
+OUT=${OUT:-results/gpu-$(date -u +%Y%m%d)}
+mkdir -p "$OUT"
+if ! $PY -c "import hydra, omegaconf" 2>/dev/null; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD
+fi
+export WANDB_MODE=disabled PYTHONUNBUFFERED=1
+{
+  date -u +%Y-%m-%dT%H:%M:%SZ
+  echo "command: bash experiments/gpu_session.sh   (git $(git rev-parse --short HEAD 2>/dev/null || echo '?'))"
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv || echo "no nvidia-smi"
+  $PY -c "import torch, pytorch_lightning as pl; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
+'cudnn', torch.backends.cudnn.version(), 'lightning', pl.__version__)"
+} > "$OUT/env.txt" 2>&1
+cat "$OUT/env.txt"
+
+VARIANTS=(--variant "cl=speed.channels_last=true"
+          --variant "bf16_cl=trainer.precision=bf16-mixed,speed.channels_last=true")
+phase() {  # phase NAME SECONDS ARGS...: one bench.py run, its log and JSON in $OUT
+  local name=$1 seconds=$2; shift 2
+  [ -n "${SMOKE:-}" ] && [ "$name" = compile ] && return  # minutes of compiling on a CPU (slow test instead)
+  [ -n "${SMOKE:-}" ] && set -- "$@" --quick --sizes 32 --pack-size 32 --warmup 1 --steps 2 --repeats 1 --threads 1 \
+    && seconds=$((seconds * 3))
+  echo "=== $name (limit ${seconds}s): bench.py $*"
+  timeout "$seconds" $PY experiments/bench.py --output "$OUT/bench-$name.json" "$@" >> "$OUT/log.txt" 2>&1
+  echo "=== $name exit $?"
+}
+phase main 220 --sizes 256 512 1024 --warmup 10 --steps 50 --repeats 3 --pack 8 --pack-size 256 "${VARIANTS[@]}"
+phase memory 50 --sizes 2048 --warmup 2 --steps 5 --repeats 1 --pack 0 --no-official \
+  --variant "bf16_cl=trainer.precision=bf16-mixed,speed.channels_last=true"
+phase sync 30 --sizes 256 --warmup 10 --steps 100 --repeats 1 --pack 0 --no-official --sync-check metrics_every=50
+phase quality 140 --sizes 512 --warmup 20 --steps 1780 --repeats 1 --pack 0 --no-official \
+  --variant "bf16_cl=trainer.precision=bf16-mixed,speed.channels_last=true"
+phase compile 90 --sizes 512 --warmup 20 --steps 50 --repeats 1 --pack 0 --no-official \
+  --variant "compiled=speed.compile=true" --variant "graphs=speed.compile=true,speed.compile_mode=reduce-overhead"
+
+for name in main memory sync quality compile; do
+  [ -f "$OUT/bench-$name.json" ] && $PY experiments/bench.py --show "$OUT/bench-$name.json"
+done
+echo "files in $OUT: $(ls "$OUT" | tr '\n' ' ')"

@@ -1,0 +1,47 @@
+"""experiments/bench.py --quick: every loop runs, bench.json holds the figures, and the framework's
+step computes what the clean eager and the official-style loops compute."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parent.parent / "experiments" / "bench.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench"] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quick_bench_writes_every_figure(bench, tmp_path):
+    output = tmp_path / "bench.json"
+    threads = torch.get_num_threads()
+    try:  # one thread: two oversubscribe a shared CPU badly
+        bench.main(["--quick", "--repeats", "1", "--threads", "1", "--variant", "cl=speed.channels_last=true",
+                    "--output", str(output)])
+    finally:
+        torch.set_num_threads(threads)
+    results = json.loads(output.read_text())
+    row = results["sizes"]["32"]
+    for key in ("framework_ms", "eager_ms", "official_ms", "psnr_framework", "psnr_eager", "psnr_official"):
+        assert row[key] > 0, key
+    assert "peak_mem_mb" in row and results["device"] and "--quick" in results["command"]
+    # Same seed, same network, same noise: the three loops agree to rounding.
+    assert row["psnr_framework"] == pytest.approx(row["psnr_eager"], abs=1e-3)
+    assert row["psnr_official"] == pytest.approx(row["psnr_eager"], abs=1e-3)
+    assert row["loops"]["cl"]["psnr"] == pytest.approx(row["psnr_eager"], abs=1e-2)
+    packed = results["packed"]
+    assert packed["copies"] == 2 and packed["image_steps_per_s"] > 0 and packed["psnr_packed_average"] > 0
+
+
+def test_variant_needs_a_name_and_overrides(bench):
+    with pytest.raises(SystemExit, match="NAME=OVERRIDE"):
+        bench.parse_variants(["bf16"])

@@ -1,0 +1,133 @@
+"""Speed switches and the step's own costs: no host sync per step, cheap NaN-safe backtracking, and
+switches that change the speed but not the result."""
+
+import math
+
+import pytest
+import torch
+
+from dip.config import compose_config
+from dip.pipeline import prepare, run
+from dip.speed import Speed
+
+SMALL = ["task=denoising", "logger=none", "data.size=32", "arch.channels_down=[8,8,8,8,8]",
+         "arch.channels_up=[8,8,8,8,8]"]
+
+
+def small_config(*overrides):
+    return compose_config([*SMALL, *overrides])
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny convolutions gain nothing from a second thread, and a shared CPU makes it thrash."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_no_host_sync_between_metric_steps(monkeypatch):
+    """Only the metric steps read device values (Lightning copies ``prog_bar`` metrics to the host
+    after every step, so the module must not log with it)."""
+    reads = []
+    for name in ("item", "__float__", "__bool__", "tolist"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, **kwargs):
+            import traceback
+
+            frames = [frame.filename for frame in traceback.extract_stack(limit=12)]
+            # on a CPU the optimizer reads its (host-side) step counter; that is no device sync
+            if not any("torch/optim" in f or "torch/utils/data" in f for f in frames):
+                reads.append(frames)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    steps, every = 24, 12
+    run(small_config(f"trainer.max_steps={steps}", f"metrics_every={every}"), None)
+    # per metric step: three metrics for the progress bar; then the final metrics after the fit
+    assert len(reads) < steps, f"{len(reads)} host reads in {steps} steps"
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_backtracking_restores_the_last_good_weights_even_over_nan(channels_last):
+    _, module = prepare(small_config(f"speed.channels_last={channels_last}"))
+    module.on_train_start()
+    params = list(module.parameters())
+
+    def snapshot():
+        return [p.detach().clone() for p in params]
+
+    def step(loss, change):
+        module._remember_or_flag_divergence(torch.tensor(loss))
+        with torch.no_grad():  # what the optimizer would do
+            for p in params:
+                p.copy_(change(p))
+        module._roll_back_if_diverged()
+
+    # the loss passed at a step is that of the weights before the step's change
+    good = snapshot()
+    step(0.01, lambda p: p + 1)  # 20 dB: good, the change is kept
+    good = snapshot()
+    step(0.01 * 1.1, lambda p: p * 2)  # 19.6 dB: within 5 dB, kept
+    assert not torch.equal(params[0], good[0])
+    step(math.nan, lambda p: torch.full_like(p, math.nan))  # diverged: back to the last good weights
+    assert all(torch.equal(p, g) for p, g in zip(params, good))
+    step(0.011 * 10**0.6, lambda p: p + 3)  # 6 dB below the last good fit: rolled back too
+    assert all(torch.equal(p, g) for p, g in zip(params, good))
+
+
+def test_exact_profile_is_one_override_away():
+    """On a CPU the GPU switches are no-ops: ``speed=exact`` restores the same image."""
+    default = run(small_config("trainer.max_steps=4"), None).metrics["psnr"]
+    assert run(small_config("trainer.max_steps=4", "speed=exact"), None).metrics["psnr"] == default
+
+
+def same_function(overrides, common=()):
+    """Outputs and gradients of the generator as ``overrides`` prepare it, relative to the plain one.
+
+    (Whole fits are no test: Adam turns the rounding noise in near-zero gradients, such as those of
+    the biases feeding BatchNorm, into full steps, so trajectories part after a few steps.)"""
+    _, plain = prepare(small_config(*common))
+    _, fast = prepare(small_config(*common, *overrides))
+    fast.load_state_dict(plain.state_dict())
+    z = plain.z + 0.03 * torch.randn_like(plain.z)
+    outputs = [module(z) for module in (plain, fast)]
+    for output in outputs:
+        (output**2).mean().backward()
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-4, atol=1e-5)
+    grads = [torch.cat([p.grad.flatten() for p in module.parameters()]) for module in (plain, fast)]
+    assert (grads[1] - grads[0]).norm() / grads[0].norm() < 1e-3
+
+
+def test_channels_last_generator_computes_the_same_function():
+    same_function(["speed.channels_last=true"])
+
+
+def test_backends_are_restored_after_a_fit():
+    before = (torch.backends.cudnn.benchmark, torch.backends.cudnn.conv.fp32_precision)
+    with Speed(tf32=False, cudnn_benchmark=not before[0]).backends():
+        assert torch.backends.cudnn.conv.fp32_precision == "ieee"
+        assert torch.backends.cudnn.benchmark is not before[0]
+    assert (torch.backends.cudnn.benchmark, torch.backends.cudnn.conv.fp32_precision) == before
+
+
+def test_fused_optimizer_only_where_it_exists_and_on_a_gpu():
+    build = Speed(fused_optimizer=True).optimizer(torch.optim.Adam)
+    optimizer = build([torch.nn.Parameter(torch.zeros(3))])
+    assert not optimizer.defaults.get("fused")  # CPU weights: torch's default implementation
+    assert isinstance(Speed().optimizer(torch.optim.LBFGS)([torch.nn.Parameter(torch.zeros(3))]), torch.optim.LBFGS)
+
+
+def test_unknown_compile_mode_is_refused():
+    with pytest.raises(ValueError, match="compile mode"):
+        Speed(compile_mode="fastest")
+
+
+@pytest.mark.slow
+def test_compiled_generator_computes_the_same_function():
+    # three scales, so that every padding reflects: on a CPU (torch 2.13) inductor mis-strides the
+    # backward of the replicate fallback that the deepest scales of tiny images use
+    same_function(["speed.compile=true"],
+                  common=["arch.channels_down=[8,8,8]", "arch.channels_up=[8,8,8]", "arch.channels_skip=[4,4,4]"])
