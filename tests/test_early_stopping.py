@@ -46,6 +46,9 @@ class ScriptedOutputs(pl.LightningModule):
     def restored(self):
         return self.latest_output
 
+    def trainable_parameters(self):
+        return [self.weight]
+
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
