@@ -105,9 +105,9 @@ def find_checkpoint(resume: str | None, output_dir: Path | None) -> Path | None:
     return None
 
 
-def check_resumable(path: Path, settings: dict) -> int:
-    """The step the checkpoint ``path`` holds; ``DipError`` if it is unreadable or was made with other
-    settings than ``settings`` (see ``result_settings``)."""
+def check_resumable(path: Path, settings: dict, max_steps: int) -> int:
+    """The step the checkpoint ``path`` holds; ``DipError`` if it is unreadable, was made with other
+    settings than ``settings`` (see ``result_settings``) or already holds ``max_steps`` steps."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         saved, step = checkpoint["dip"]["settings"], int(checkpoint["global_step"])
@@ -123,17 +123,22 @@ def check_resumable(path: Path, settings: dict) -> int:
         shown = "; ".join(differences[:4]) + ("; ..." if len(differences) > 4 else "")
         raise DipError(f"checkpoint {path} was made with other settings ({shown}): use the same settings "
                        f"or another run directory")
+    if step >= max_steps:
+        raise DipError(f"checkpoint {path} already holds {step} steps (trainer.max_steps={max_steps}): raise "
+                       f"trainer.max_steps to continue it, or use another run directory")
     return step
 
 
 class RunCheckpoint(pl.Callback):
-    """Writes ``path`` atomically every ``every_n_steps`` steps (0 or None: never) and, on the first
-    SIGINT or SIGTERM, at the end of the step under way, then stops the run (``interrupted`` holds
-    the signal). A second SIGINT aborts at once. Restores the RNG states of a resumed run just
-    before its first step."""
+    """Writes ``path`` atomically every ``every_n_steps`` steps (0 or None: never), after the last
+    step if ``keep_final`` (so that a larger ``trainer.max_steps`` continues the run later) and, on
+    the first SIGINT or SIGTERM, at the end of the step under way, then stops the run
+    (``interrupted`` holds the signal). A second SIGINT aborts at once. Restores the RNG states of a
+    resumed run just before its first step."""
 
-    def __init__(self, path: Path, every_n_steps: int | None, settings: dict):
+    def __init__(self, path: Path, every_n_steps: int | None, settings: dict, keep_final: bool = False):
         self.path, self.every_n_steps, self.settings = Path(path), every_n_steps or 0, settings
+        self.keep_final = keep_final
         self.interrupted: int | None = None
         self._signal: int | None = None
         self._previous_handlers: dict = {}
@@ -164,6 +169,8 @@ class RunCheckpoint(pl.Callback):
             self.save(trainer)
             self.interrupted = self._signal
             trainer.should_stop = True
+        elif self.keep_final and (step >= trainer.max_steps or trainer.should_stop):
+            self.save(trainer)
         elif self.every_n_steps and step % self.every_n_steps == 0 and step < trainer.max_steps:
             self.save(trainer)
 

@@ -220,7 +220,7 @@ def run(cfg: DictConfig, output_dir: Path | None, clean=None, observation=None, 
         check_fits(module, run_device(cfg.trainer.accelerator), cfg.trainer.precision, window)
     settings = result_settings(cfg)
     resume = find_checkpoint(cfg.resume, output_dir)
-    start_step = check_resumable(resume, settings) if resume else 0
+    start_step = check_resumable(resume, settings, cfg.trainer.max_steps) if resume else 0
     logger = instantiate(cfg.logger) if cfg.logger and cfg.logger.get("_target_") else False
     if logger:
         logger.log_hyperparams(flat_config(cfg))
@@ -231,7 +231,8 @@ def run(cfg: DictConfig, output_dir: Path | None, clean=None, observation=None, 
     callbacks += [early_stopping] if early_stopping else []
     saver = None
     if output_dir is not None:  # last: it saves the other callbacks' state after their step
-        saver = RunCheckpoint(Path(output_dir) / CHECKPOINT_NAME, cfg.checkpoint.every_n_steps, settings)
+        saver = RunCheckpoint(Path(output_dir) / CHECKPOINT_NAME, cfg.checkpoint.every_n_steps, settings,
+                              keep_final=cfg.checkpoint.keep)
         callbacks.append(saver)
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
     loader = StepLoader(StepDataset(trainer.max_steps))

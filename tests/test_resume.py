@@ -113,7 +113,13 @@ def test_sigterm_on_the_command_line_then_resume(image, tmp_path):
     resumed = restore(image, out, step + 2, "checkpoint.keep=true")
     assert resumed.metrics["resumed_from_step"] == step
     assert_same_result(resumed, restore(image, tmp_path / "uninterrupted", step + 2))
-    assert (out / CHECKPOINT_NAME).is_file()
+
+    # checkpoint.keep=true leaves the final state: a larger max_steps continues the finished run.
+    with pytest.raises(DipError, match=f"already holds {step + 2} steps"):
+        restore(image, out, step + 2)
+    extended = restore(image, out, step + 4)
+    assert extended.metrics["resumed_from_step"] == step + 2
+    assert_same_result(extended, restore(image, tmp_path / "longer", step + 4))
 
 
 def test_damaged_or_missing_checkpoint_is_one_clear_line(image, tmp_path):
