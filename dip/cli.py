@@ -13,6 +13,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
+from dip.checkpoint import RunInterruptedError
 from dip.config import CONF_DIR, compose_config, config_groups, register_resolvers
 from dip.errors import DipError
 from dip.pipeline import OUTPUT_FILES, describe, run
@@ -86,6 +87,13 @@ def hydra_main(cfg: DictConfig) -> float | None:
     except DipError as error:
         discard_run_dir(output_dir)
         fail(str(error))
+    except RunInterruptedError as interruption:  # the checkpoint stays, for the next run to resume
+        print(interruption, file=sys.stderr)
+        raise SystemExit(128 + interruption.signum) from None
+    except KeyboardInterrupt:  # before training started: nothing worth keeping
+        discard_run_dir(output_dir)
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
     print(describe(result))
     metrics = result.metrics
     return metrics["psnr"] if metrics["psnr"] is not None else metrics["psnr_fit"]

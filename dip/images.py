@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+import torch.nn.functional as F
+from PIL import Image, ImageOps
 
 from dip.errors import DipError
 
@@ -25,16 +27,47 @@ def _builtin(name: str) -> np.ndarray:
     return loader()
 
 
-def _from_pil(image: Image.Image, mode: str) -> torch.Tensor:
+SIXTEEN_BIT_MODES = {"I", "I;16", "I;16B", "I;16L"}
+
+
+@dataclass
+class LoadedImage:
+    """An image file's pixels (``C x H x W`` in [0, 1], C = 1 or 3) and what the outputs must keep of
+    it: the alpha channel (``1 x H x W``, set aside: Deep Image Prior restores colour only), the bit
+    depth (8 or 16) and the file's own mode."""
+
+    pixels: torch.Tensor
+    alpha: torch.Tensor | None = None
+    bits: int = 8
+    source_mode: str = "RGB"
+
+
+def _has_alpha(image: Image.Image) -> bool:
+    return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+
+
+def _from_pil(image: Image.Image, mode: str) -> LoadedImage:
     image = ImageOps.exif_transpose(image)
+    source_mode = image.mode
+    grey = image.mode in GREY_MODES or (image.mode in ("P", "PA") and _palette_is_grey(image))
     if mode == "auto":
-        mode = "L" if image.mode in GREY_MODES or (image.mode == "P" and _palette_is_grey(image)) else "RGB"
-    if image.mode in {"I", "I;16", "I;16B", "I;16L"}:
-        array = np.asarray(image, dtype=np.float64) / 65535.0
+        mode = "L" if grey else "RGB"
+    alpha = None
+    if _has_alpha(image):
+        with_alpha = image.convert("LA" if grey else "RGBA")
+        alpha = _to_tensor(np.asarray(with_alpha.getchannel("A"), dtype=np.float64) / 255.0)
+        image = with_alpha.convert("L" if grey else "RGB")
+    if image.mode in SIXTEEN_BIT_MODES or image.mode == "F":
+        scale = 1.0 if image.mode == "F" else 65535.0
+        array = np.clip(np.asarray(image, dtype=np.float64) / scale, 0.0, 1.0)
         if mode == "RGB":
             array = np.repeat(array[..., None], 3, axis=-1)
-    else:
-        array = np.asarray(image.convert(mode), dtype=np.float64) / 255.0
+        return LoadedImage(_to_tensor(array), alpha, bits=16, source_mode=source_mode)
+    array = np.asarray(image.convert(mode), dtype=np.float64) / 255.0
+    return LoadedImage(_to_tensor(array), alpha, bits=8, source_mode=source_mode)
+
+
+def _to_tensor(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.atleast_3d(array).transpose(2, 0, 1).copy()).float()
 
 
@@ -44,29 +77,43 @@ def _palette_is_grey(image: Image.Image) -> bool:
 
 
 def load_image(path: str | Path | torch.Tensor, mode: str = "auto", what: str = "image") -> torch.Tensor:
-    """Read an image file (or ``skimage:NAME``) as a ``C x H x W`` tensor in [0, 1].
+    """Read an image file (or ``skimage:NAME``) as a ``C x H x W`` tensor in [0, 1] (see ``read_image``)."""
+    return read_image(path, mode, what).pixels
+
+
+def read_image(path: str | Path | torch.Tensor, mode: str = "auto", what: str = "image") -> LoadedImage:
+    """Read an image file (or ``skimage:NAME``): its pixels as a ``C x H x W`` tensor in [0, 1] and its
+    alpha channel, bit depth and mode.
 
     A tensor (``C x H x W`` or ``H x W``, values in [0, 1]) passes through, so that the Python API
     takes images already in memory.
 
-    ``mode`` is ``auto`` (grey stays grey, everything else becomes RGB), ``L`` or ``RGB``.
-    EXIF orientation is applied. Raises ``DipError`` naming the file for anything unreadable.
+    ``mode`` is ``auto`` (grey stays grey, everything else becomes RGB), ``L`` or ``RGB``. EXIF
+    orientation is applied; 16-bit images keep their precision; an alpha channel (RGBA, LA, a
+    palette or PNG with transparency) is set aside. Any file that cannot be decoded raises a
+    one-line ``DipError`` naming it.
     """
     if isinstance(path, torch.Tensor):
-        return _from_tensor(path, what)
+        return LoadedImage(_from_tensor(path, what))
     path_text = str(path)
     if path_text.startswith(BUILTIN_PREFIX):
         array = _builtin(path_text[len(BUILTIN_PREFIX):])
         return _from_pil(Image.fromarray(array), mode)
     file = Path(path_text).expanduser()
+    if file.is_dir():
+        raise DipError(f"{what} file {file} is a directory")
     if not file.is_file():
         raise DipError(f"{what} file not found: {file}")
     try:
         with Image.open(file) as image:
             image.load()
-            return _from_pil(image, mode)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
-        raise DipError(f"cannot read {what} file {file}: {error}") from None
+            loaded = _from_pil(image, mode)
+    except Exception as error:  # decoders raise anything on a malformed file: one line for all of them
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise DipError(f"cannot read {what} file {file}: {reason}") from None
+    if min(loaded.pixels.shape[-2:]) < 1:
+        raise DipError(f"{what} file {file} has no pixels")
+    return loaded
 
 
 def _from_tensor(image: torch.Tensor, what: str) -> torch.Tensor:
@@ -78,16 +125,31 @@ def _from_tensor(image: torch.Tensor, what: str) -> torch.Tensor:
     return image.clamp(0, 1)
 
 
-def to_pil(image: torch.Tensor) -> Image.Image:
-    """``C x H x W`` in [0, 1] (C = 1 or 3) to an 8-bit PIL image."""
+def to_pil(image: torch.Tensor, alpha: torch.Tensor | None = None, bits: int = 8) -> Image.Image:
+    """``C x H x W`` in [0, 1] (C = 1 or 3), with an optional ``1 x H x W`` alpha channel, to a PIL image:
+    L, RGB, LA or RGBA with 8 bits per channel, or 16-bit grey (``I;16``) for ``bits=16`` without alpha."""
+    if bits == 16 and image.shape[0] == 1 and alpha is None:
+        array = (image[0].detach().float().clamp(0, 1).cpu().numpy() * 65535.0 + 0.5).astype(np.uint16)
+        return Image.fromarray(array)  # uint16 -> I;16
+    if alpha is not None:
+        image = torch.cat([image.detach().float().cpu(), resize_alpha(alpha, image.shape[-2:])])
     array = (image.detach().float().clamp(0, 1).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
     array = array.transpose(1, 2, 0)
-    return Image.fromarray(array[..., 0], "L") if array.shape[-1] == 1 else Image.fromarray(array, "RGB")
+    return Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)  # L, LA, RGB or RGBA
 
 
-def save_image(image: torch.Tensor, path: str | Path) -> None:
-    """Write a PNG atomically: a reader never sees a half-written file."""
-    write_atomically(Path(path), lambda handle: to_pil(image).save(handle, format="PNG"))
+def resize_alpha(alpha: torch.Tensor, size) -> torch.Tensor:
+    """A ``1 x H x W`` alpha channel resampled to ``size`` (the observation of a super-resolution
+    problem is smaller than its solution)."""
+    alpha = alpha.detach().float().cpu()
+    if tuple(alpha.shape[-2:]) == tuple(size):
+        return alpha
+    return F.interpolate(alpha[None], size=tuple(size), mode="bilinear", antialias=True, align_corners=False)[0]
+
+
+def save_image(image: torch.Tensor, path: str | Path, alpha: torch.Tensor | None = None, bits: int = 8) -> None:
+    """Write a PNG atomically (a reader never sees a half-written file); see ``to_pil`` for the mode."""
+    write_atomically(Path(path), lambda handle: to_pil(image, alpha, bits).save(handle, format="PNG"))
 
 
 def write_atomically(path: Path, write) -> None:

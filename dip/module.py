@@ -26,9 +26,12 @@ class DeepImagePrior(pl.LightningModule):
     back to the image. Keeps an exponential moving average of the outputs
     (``ema = w ema + (1 - w) x``). Backtracking (the authors' rule): when the data-term PSNR drops
     by more than ``backtrack_db`` from the last good step, or the loss is not finite, the weights
-    roll back to the last good ones. Every check happens on the device, so no step waits for the
-    host; metrics are logged every ``metrics_every`` steps. The last good weights live in one flat
-    buffer, so that remembering or restoring them costs a few kernel launches, not a few per tensor.
+    roll back to the last good ones, and that step's output is left out of the EMA. After
+    ``max_rollbacks`` rollbacks without two good steps in a row (an update that keeps the fit) the run
+    stops with the last good weights (``stop_reason`` says so). Every check happens on the device, so
+    no step waits for the host; metrics are logged (and the rollback count read) every
+    ``metrics_every`` steps. The last good weights live in one flat buffer, so that remembering or
+    restoring them costs a few kernel launches, not a few per tensor.
     """
 
     def __init__(
@@ -45,6 +48,7 @@ class DeepImagePrior(pl.LightningModule):
         metrics_every: int = 50,
         channels: int | None = None,
         regularizer: nn.Module | None = None,
+        max_rollbacks: int | None = 20,
     ):
         super().__init__()
         self.generator = generator
@@ -56,6 +60,8 @@ class DeepImagePrior(pl.LightningModule):
         self.ema_weight = ema_weight
         self.backtrack_db = backtrack_db
         self.metrics_every = max(1, int(metrics_every))
+        self.max_rollbacks = max_rollbacks
+        self.stop_reason: str | None = None
 
         height, width = padded_size(*self.output_size, getattr(generator, "size_multiple", 1))
         z = code.make(height, width)
@@ -68,6 +74,11 @@ class DeepImagePrior(pl.LightningModule):
         channels = observation.shape[1] if channels is None else channels  # features are not an image
         self.register_buffer("ema", torch.zeros(1, channels, *self.output_size))
         self.register_buffer("last_good_psnr", torch.tensor(-math.inf))
+        self.register_buffer("last_good_step", torch.tensor(-1))
+        self.register_buffer("diverged", torch.tensor(False))
+        self.register_buffer("failed_in_a_row", torch.tensor(0))
+        self.good_weights: torch.Tensor | None = None  # flat; made at the start of training
+        self.restored_good_weights: torch.Tensor | None = None
 
     def forward(self, z: torch.Tensor | None = None) -> torch.Tensor:
         return centre_crop(self.generator(self.z if z is None else z), *self.output_size)
@@ -80,10 +91,21 @@ class DeepImagePrior(pl.LightningModule):
 
     def on_train_start(self) -> None:
         weights = [p.detach() for p in self.trainable_parameters()]
-        self.good_weights = torch.cat([w.flatten() for w in weights])
+        restored, self.restored_good_weights = self.restored_good_weights, None
+        if restored is not None:
+            self.good_weights = restored.to(weights[0].device)
+        else:
+            self.good_weights = torch.cat([w.flatten() for w in weights])
         self.scratch = torch.empty_like(self.good_weights)
-        pieces = self.scratch.split([w.numel() for w in weights])
-        self.scratch_views = [piece.view_as(w) for piece, w in zip(pieces, weights)]
+        sizes = [w.numel() for w in weights]
+        self.scratch_views = [piece.view_as(w) for piece, w in zip(self.scratch.split(sizes), weights)]
+        self.good_views = [piece.view_as(w) for piece, w in zip(self.good_weights.split(sizes), weights)]
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["good_weights"] = self.good_weights
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.restored_good_weights = checkpoint.get("good_weights")
 
     def training_step(self, batch, batch_idx):
         z = self.z
@@ -92,18 +114,33 @@ class DeepImagePrior(pl.LightningModule):
         x = self(z)
         data_term = self.physics.data_term(x, self.observation)
         with torch.no_grad():
-            self._update_ema(x.detach())
             if self.backtrack_db is not None:
                 self._remember_or_flag_divergence(data_term.detach())
+            self._update_ema(x.detach())
         self.latest_output = x.detach()
         step = self.global_step + 1
         if step % self.metrics_every == 0 or step == self.trainer.max_steps:
             self._log_quality(self.quality(x.detach(), data_term.detach()))
         return data_term if self.regularizer is None else data_term + self.regularizer(x)
 
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        if self.backtrack_db is not None:
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        if self.backtrack_db is not None:  # right after the update: every later hook sees the final state
             self._roll_back_if_diverged()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        step = self.global_step
+        if self.backtrack_db is None or self.max_rollbacks is None or step % self.metrics_every:
+            return
+        if int(self.failed_in_a_row) >= self.max_rollbacks:
+            with torch.no_grad():
+                torch._foreach_copy_([p.detach() for p in self.trainable_parameters()], self.good_views)
+            self.stop_reason = (
+                f"diverged: {int(self.failed_in_a_row)} rollbacks without recovering (max_rollbacks="
+                f"{self.max_rollbacks}) by step {step}; the outputs are from the last good weights "
+                f"(those of step {int(self.last_good_step) + 1})"
+            )
+            self.trainer.should_stop = True
 
     def quality(self, x: torch.Tensor, loss: torch.Tensor) -> dict[str, torch.Tensor]:
         """Device-side metrics of output ``x`` whose data term is ``loss``."""
@@ -140,14 +177,19 @@ class DeepImagePrior(pl.LightningModule):
             self.ema.copy_(x)
         else:
             blended = torch.lerp(x, self.ema, self.ema_weight)
-            self.ema.copy_(torch.where(torch.isfinite(blended), blended, self.ema))
+            self.ema.copy_(torch.where(torch.isfinite(blended) & ~self.diverged, blended, self.ema))
 
     def _remember_or_flag_divergence(self, loss: torch.Tensor) -> None:
         fit = psnr_from_mse(loss)
-        self.diverged = ~torch.isfinite(fit) | (self.last_good_psnr - fit > self.backtrack_db)
+        diverged = ~torch.isfinite(fit) | (self.last_good_psnr - fit > self.backtrack_db)
+        # A good step right after a rollback only re-evaluates the old weights: not yet a recovery.
+        recovered = ~diverged & ~self.diverged
+        self.failed_in_a_row.copy_(torch.where(diverged, self.failed_in_a_row + 1, self.failed_in_a_row * ~recovered))
+        self.diverged.copy_(diverged)
         torch._foreach_copy_(self.scratch_views, [p.detach() for p in self.trainable_parameters()])
-        torch.where(self.diverged, self.good_weights, self.scratch, out=self.good_weights)
-        self.last_good_psnr = torch.where(self.diverged, self.last_good_psnr, fit)
+        torch.where(diverged, self.good_weights, self.scratch, out=self.good_weights)
+        self.last_good_psnr = torch.where(diverged, self.last_good_psnr, fit)
+        self.last_good_step.copy_(torch.where(diverged, self.last_good_step, self.global_step))
 
     def _roll_back_if_diverged(self) -> None:
         with torch.no_grad():

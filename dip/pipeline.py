@@ -16,11 +16,21 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import TQDMProgressBar
 from pytorch_lightning.loggers import WandbLogger
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
+from dip.checkpoint import (
+    CHECKPOINT_NAME,
+    RunCheckpoint,
+    RunInterruptedError,
+    StepLoader,
+    check_resumable,
+    find_checkpoint,
+    result_settings,
+)
 from dip.errors import DipError
 from dip.images import save_image, write_atomically
 from dip.loggers import ImageLogger, flat_config
+from dip.memory import check_fits, run_device
 from dip.metrics import psnr, psnr_from_mse, ssim
 from dip.module import DeepImagePrior
 from dip.problem import Problem, build_problem
@@ -106,6 +116,8 @@ class Result:
     output_dir: Path | None = None
     baseline: torch.Tensor | None = None
     baseline_name: str | None = None
+    alpha: torch.Tensor | None = None  # 1 x H x W: the input's alpha channel, copied into the outputs
+    bits: int = 8  # bit depth of the written images (16 for a 16-bit grey input)
 
 
 def _instantiate(node: DictConfig, what: str, **kwargs):
@@ -173,6 +185,7 @@ def prepare(cfg: DictConfig, clean=None, observation=None) -> tuple[Problem, Dee
         metrics_every=cfg.metrics_every,
         channels=problem.channels,
         regularizer=_instantiate(cfg.regularizer, "regularizer") if cfg.get("regularizer") else None,
+        max_rollbacks=cfg.max_rollbacks,
     )
     return problem, module
 
@@ -199,17 +212,18 @@ def final_metrics(module: DeepImagePrior, problem: Problem) -> dict:
 def write_outputs(result: Result, output_dir: Path) -> None:
     """Images first, ``metrics.json`` last, each written atomically: a run directory with
     ``metrics.json`` holds a finished run."""
-    save_image(result.observation[0], output_dir / "observation.png")
-    save_image(result.restored[0], output_dir / "restored.png")
-    save_image(result.restored_ema[0], output_dir / "restored_ema.png")
+    save_image(result.observation[0], output_dir / "observation.png", result.alpha, result.bits)
+    save_image(result.restored[0], output_dir / "restored.png", result.alpha, result.bits)
+    save_image(result.restored_ema[0], output_dir / "restored_ema.png", result.alpha, result.bits)
     if result.baseline_name is not None:
-        save_image(result.baseline[0], output_dir / f"{result.baseline_name}.png")
+        save_image(result.baseline[0], output_dir / f"{result.baseline_name}.png", result.alpha, result.bits)
     text = json.dumps(result.metrics, indent=2, sort_keys=True) + "\n"
     write_atomically(output_dir / "metrics.json", lambda handle: handle.write(text.encode()))
 
 
-def fit(cfg: DictConfig, module: DeepImagePrior, callbacks=()) -> pl.Trainer:
-    """Optimise ``module`` with the Trainer and logger ``cfg`` describes (and extra ``callbacks``)."""
+def fit(cfg: DictConfig, module: DeepImagePrior, callbacks=(), ckpt_path: str | None = None) -> pl.Trainer:
+    """Optimise ``module`` with the Trainer and logger ``cfg`` describes (and extra ``callbacks``),
+    from the checkpoint ``ckpt_path`` if given."""
     logger = instantiate(cfg.logger) if cfg.logger and cfg.logger.get("_target_") else False
     if logger:
         logger.log_hyperparams(flat_config(cfg))
@@ -217,7 +231,7 @@ def fit(cfg: DictConfig, module: DeepImagePrior, callbacks=()) -> pl.Trainer:
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(MetricsProgressBar(refresh_rate=cfg.metrics_every))
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
-    loader = DataLoader(StepDataset(trainer.max_steps), batch_size=None)
+    loader = StepLoader(StepDataset(trainer.max_steps))
     if isinstance(logger, WandbLogger):
         _ = logger.experiment  # start the W&B run now, not inside the timed loop at its first log
     speed: Speed = _instantiate(cfg.speed, "speed")
@@ -225,7 +239,7 @@ def fit(cfg: DictConfig, module: DeepImagePrior, callbacks=()) -> pl.Trainer:
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         # a frozen feature extractor (pre-images) stays in eval mode on purpose
         warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
-        trainer.fit(module, train_dataloaders=loader)
+        trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path)
     return trainer
 
 
@@ -233,25 +247,48 @@ def run(cfg: DictConfig, output_dir: Path | None, clean=None, observation=None, 
     """Restore one image as ``cfg`` says; write the outputs into ``output_dir`` unless it is None.
 
     ``callbacks`` are extra Lightning callbacks (an experiment's recorders of curves or snapshots).
+    With ``output_dir``, a checkpoint is written there every ``checkpoint.every_n_steps`` steps and
+    on SIGINT / SIGTERM (then ``RunInterruptedError`` is raised); a checkpoint already there, or
+    ``resume=PATH``, is resumed from.
     """
     problem, module = prepare(cfg, clean, observation)
+    early_stopping = _instantiate(cfg.early_stop, "early_stop") if cfg.get("early_stop") else None
+    window = early_stopping.window if early_stopping else 0
+    if cfg.check_memory:
+        check_fits(module, run_device(cfg.trainer.accelerator), cfg.trainer.precision, window)
+    settings = result_settings(cfg)
+    resume = find_checkpoint(cfg.resume, output_dir)
+    start_step = check_resumable(resume, settings, cfg.trainer.max_steps) if resume else 0
     timer, memory = FitTimer(), PeakMemory()
-    trainer = fit(cfg, module, [timer, memory, *callbacks])
+    callbacks = [timer, memory, *callbacks] + ([early_stopping] if early_stopping else [])
+    saver = None
+    if output_dir is not None:  # after the others: it saves their state once their step is done
+        saver = RunCheckpoint(Path(output_dir) / CHECKPOINT_NAME, cfg.checkpoint.every_n_steps, settings,
+                              keep_final=cfg.checkpoint.keep)
+        callbacks.append(saver)
+    trainer = fit(cfg, module, callbacks, ckpt_path=resume)
     logger = trainer.logger
 
     steps = trainer.global_step
-    metrics = final_metrics(module, problem)
+    metrics = final_metrics(module, problem)  # with early stopping, the module is at the chosen step
     metrics.update(
         steps=steps,
         seconds=round(timer.seconds, 3),
-        steps_per_second=round(steps / max(timer.seconds, 1e-9), 3),
+        steps_per_second=round((steps - start_step) / max(timer.seconds, 1e-9), 3),
         peak_mem_mb=round(memory.mib, 1),
         peak_mem_source=memory.source,
         device=str(module.device),
         task=cfg.task.name,
         arch=cfg.arch_name,
         seed=cfg.seed,
+        stop_reason=module.stop_reason or ("early stopping" if early_stopping and early_stopping.stopped_at else None),
     )
+    if resume:
+        metrics["resumed_from_step"] = start_step
+    if early_stopping:
+        metrics.update(early_stopping.summary())
+    if problem.alpha is not None:
+        metrics["alpha"] = f"the {problem.source_mode} input's alpha channel was set aside and copied to the outputs"
     physics = problem.physics
     result = Result(
         restored=module.restored().cpu(),
@@ -262,14 +299,20 @@ def run(cfg: DictConfig, output_dir: Path | None, clean=None, observation=None, 
         output_dir=output_dir,
         baseline=physics.baseline(module.observation).cpu() if physics.baseline_name is not None else None,
         baseline_name=physics.baseline_name,
+        alpha=problem.alpha,
+        bits=problem.bits,
     )
     if isinstance(logger, WandbLogger):
         logger.experiment.summary.update({k: v for k, v in metrics.items() if v is not None})
         import wandb
 
         wandb.finish()
+    if saver is not None and saver.interrupted:
+        raise RunInterruptedError(saver.interrupted, steps, trainer.max_steps, saver.path)
     if output_dir is not None:
         write_outputs(result, Path(output_dir))
+        if not cfg.checkpoint.keep:
+            saver.path.unlink(missing_ok=True)
     return result
 
 
@@ -285,6 +328,12 @@ def describe(result: Result) -> str:
         lines.append(f"PSNR restored {m['psnr']:.2f} dB (EMA {m['psnr_ema']:.2f} dB)")
     else:
         lines.append(f"no ground truth: PSNR of the fit to the observation {m['psnr_fit']:.2f} dB")
+    if m.get("early_stop_step") is not None:
+        gap = m.get("early_stop_gap_db")
+        gap = f", {gap:.2f} dB below the run's best ({m['psnr_max']:.2f} dB)" if gap is not None else ""
+        lines.append(f"early stopping chose step {m['early_stop_step']}{gap}")
+    if m.get("stop_reason"):
+        lines.append(f"stopped: {m['stop_reason']}")
     if result.output_dir is not None:
         lines.append(f"outputs in {result.output_dir}")
     return "\n".join(lines)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from dip.errors import DipError
-from dip.images import centre_crop, load_image
+from dip.images import centre_crop, load_image, read_image, resize_alpha
 from dip.physics import Degradation
 
 
@@ -17,6 +17,9 @@ class Problem:
     physics: Degradation  # prepared for the solution's size
     solution_size: tuple[int, int]
     ground_truth: torch.Tensor | None = None  # 1 x C x H x W
+    alpha: torch.Tensor | None = None  # 1 x H x W: the input's alpha channel, set aside for the outputs
+    bits: int = 8  # bit depth of the input, kept by the outputs where PNG allows
+    source_mode: str = "RGB"  # the input file's mode (PIL's name)
 
     @property
     def observation_image(self) -> torch.Tensor:
@@ -69,10 +72,12 @@ def build_problem(
         if not physics.observation_is_image:
             raise DipError(f"this task observes features of a clean image: give data.path, not data.observation "
                            f"({observation})")
-        y = load_image(observation, mode=mode, what="observation")[None]
+        loaded = read_image(observation, mode=mode, what="observation")
+        y, alpha = loaded.pixels[None], loaded.alpha
         scale_h, scale_w = physics.solution_size(1, 1)
         if size:
             y = centre_crop(y, max(1, size // scale_h), max(1, size // scale_w))
+            alpha = None if alpha is None else centre_crop(alpha, *y.shape[-2:])
         height, width = physics.solution_size(*y.shape[-2:])
         _check_fits(physics, height, width, observation)
         truth = None
@@ -85,12 +90,17 @@ def build_problem(
                     f"{observation} restores to {width}x{height}"
                 )
         _prepare(physics, height, width, generator)
-        return Problem(y, physics, (height, width), truth)
+        alpha = None if alpha is None else resize_alpha(alpha, (height, width))
+        return Problem(y, physics, (height, width), truth, alpha, loaded.bits, loaded.source_mode)
 
     source = path if path is not None else default_image
-    clean = _crop_to(load_image(source, mode=mode)[None], size)
+    loaded = read_image(source, mode=mode)
+    clean = _crop_to(loaded.pixels[None], size)
     _check_fits(physics, *clean.shape[-2:], source)
     height, width = physics.solution_size(*physics.observation_size(*clean.shape[-2:]))
     clean = clean[..., :height, :width]
     _prepare(physics, height, width, generator)
-    return Problem(physics.observe(clean, generator), physics, (height, width), clean)
+    alpha = None if loaded.alpha is None else _crop_to(loaded.alpha, size)[..., :height, :width]
+    return Problem(
+        physics.observe(clean, generator), physics, (height, width), clean, alpha, loaded.bits, loaded.source_mode
+    )

@@ -1,0 +1,206 @@
+"""Never lose a run: a checkpoint written atomically every N steps and on SIGINT / SIGTERM, and
+resuming from it to exactly the result an uninterrupted run gives.
+
+The checkpoint is Lightning's own (weights, ``z``, EMA and the other buffers, optimiser state, loop
+progress, callback states such as early stopping's) plus what Lightning does not keep: the RNG
+states (CPU and CUDA: ``reg_noise_std`` draws from them), the backtracking weights (the module's
+``on_save_checkpoint``) and the settings, so that a resume with other settings is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import Container, DictConfig, OmegaConf
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from dip.errors import DipError
+
+CHECKPOINT_NAME = "checkpoint.ckpt"
+# Settings that change the result; the others (steps, logging, paths, device) may differ on resume.
+RESULT_SETTINGS = ("seed", "task", "arch", "input", "optim", "data", "regularizer", "ema_weight", "backtrack_db",
+                   "max_rollbacks", "early_stop", "trainer.precision")
+IGNORED_SETTINGS = ("data.root",)
+
+
+class RunInterruptedError(Exception):
+    """The run stopped on a signal after writing a checkpoint; re-running resumes it."""
+
+    def __init__(self, signum: int, step: int, max_steps: int, checkpoint: Path):
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        super().__init__(
+            f"interrupted by {signal.Signals(signum).name} at step {step} of {max_steps}; checkpoint written to "
+            f"{checkpoint}: run the same command again with hydra.run.dir={checkpoint.parent} "
+            f"(or resume={checkpoint}) to continue"
+        )
+
+
+class _StepSampler(Sampler):
+    """Indices ``start, ..., steps - 1``; remembers the next one so a checkpoint can record it."""
+
+    def __init__(self, steps: int):
+        self.steps, self.start, self.next = steps, 0, 0
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self):
+        start, self.start = self.start, 0
+        for index in range(start, self.steps):
+            self.next = index + 1
+            yield index
+
+
+class StepLoader(DataLoader):
+    """The items of ``dataset`` (one per optimisation step) in order, resumable mid-epoch: Lightning
+    saves ``state_dict`` in its checkpoints and, on resume, this loader continues at the saved step
+    (a plain DataLoader would start the epoch again)."""
+
+    def __init__(self, dataset: Dataset):
+        super().__init__(dataset, batch_size=None, sampler=_StepSampler(len(dataset)))
+
+    def state_dict(self) -> dict:
+        return {"next_step": self.sampler.next}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.sampler.start = state_dict["next_step"]
+
+
+def result_settings(cfg: DictConfig) -> dict:
+    """The resolved settings that decide the result, flattened to ``{"optim.lr": 0.01, ...}``."""
+    flat: dict = {}
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(f"{prefix}.{key}", item)
+        else:
+            flat[prefix] = value
+
+    for key in RESULT_SETTINGS:
+        node = OmegaConf.select(cfg, key)
+        walk(key, OmegaConf.to_container(node, resolve=True) if isinstance(node, Container) else node)
+    return {key: value for key, value in flat.items() if key not in IGNORED_SETTINGS}
+
+
+def find_checkpoint(resume: str | None, output_dir: Path | None) -> Path | None:
+    """The checkpoint to resume from: ``resume`` (a file, or a run directory holding one), else the
+    one a previous run left in ``output_dir``, else None."""
+    if resume:
+        path = Path(resume).expanduser()
+        if path.is_dir():
+            path = path / CHECKPOINT_NAME
+        if not path.is_file():
+            raise DipError(f"checkpoint not found: {path}")
+        return path
+    if output_dir is not None and (Path(output_dir) / CHECKPOINT_NAME).is_file():
+        return Path(output_dir) / CHECKPOINT_NAME
+    return None
+
+
+def check_resumable(path: Path, settings: dict, max_steps: int) -> int:
+    """The step the checkpoint ``path`` holds; ``DipError`` if it is unreadable, was made with other
+    settings than ``settings`` (see ``result_settings``) or already holds ``max_steps`` steps."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        saved, step = checkpoint["dip"]["settings"], int(checkpoint["global_step"])
+    except Exception as error:  # torch.load raises many kinds on a damaged file
+        reason = " ".join(str(error).split())[:200] or type(error).__name__
+        raise DipError(f"cannot read checkpoint {path}: {reason}") from None
+    differences = [
+        f"{key}: {saved.get(key)!r} -> {settings.get(key)!r}"
+        for key in sorted(set(saved) | set(settings))
+        if saved.get(key) != settings.get(key)
+    ]
+    if differences:
+        shown = "; ".join(differences[:4]) + ("; ..." if len(differences) > 4 else "")
+        raise DipError(f"checkpoint {path} was made with other settings ({shown}): use the same settings "
+                       f"or another run directory")
+    if step >= max_steps:
+        raise DipError(f"checkpoint {path} already holds {step} steps (trainer.max_steps={max_steps}): raise "
+                       f"trainer.max_steps to continue it, or use another run directory")
+    return step
+
+
+class RunCheckpoint(pl.Callback):
+    """Writes ``path`` atomically every ``every_n_steps`` steps (0 or None: never), after the last
+    step if ``keep_final`` (so that a larger ``trainer.max_steps`` continues the run later) and, on
+    the first SIGINT or SIGTERM, at the end of the step under way, then stops the run
+    (``interrupted`` holds the signal). A second SIGINT aborts at once. Restores the RNG states of a
+    resumed run just before its first step."""
+
+    def __init__(self, path: Path, every_n_steps: int | None, settings: dict, keep_final: bool = False):
+        self.path, self.every_n_steps, self.settings = Path(path), every_n_steps or 0, settings
+        self.keep_final = keep_final
+        self.interrupted: int | None = None
+        self._signal: int | None = None
+        self._previous_handlers: dict = {}
+        self._rng_to_restore: dict | None = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        # After Lightning's own SIGTERM handler (installed when fit starts), which would only raise.
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        if self._signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self._signal = signum
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._rng_to_restore is not None:
+            torch.set_rng_state(self._rng_to_restore["cpu"])
+            if torch.cuda.is_available() and self._rng_to_restore["cuda"]:
+                torch.cuda.set_rng_state_all(self._rng_to_restore["cuda"])
+            self._rng_to_restore = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if self._signal is not None:
+            print(f"\n{signal.Signals(self._signal).name}: writing a checkpoint at step {step}", file=sys.stderr)
+            self.save(trainer)
+            self.interrupted = self._signal
+            trainer.should_stop = True
+        elif self.keep_final and (step >= trainer.max_steps or trainer.should_stop):
+            self.save(trainer)
+        elif self.every_n_steps and step % self.every_n_steps == 0 and step < trainer.max_steps:
+            self.save(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._restore_handlers()
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self._restore_handlers()
+
+    def _restore_handlers(self) -> None:
+        for signum, handler in self._previous_handlers.items():
+            signal.signal(signum, handler)
+        self._previous_handlers = {}
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+        checkpoint["dip"] = {"settings": self.settings, "rng": {"cpu": torch.get_rng_state(), "cuda": cuda}}
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        self._rng_to_restore = checkpoint["dip"]["rng"]
+
+    def save(self, trainer: pl.Trainer) -> None:
+        """Write the checkpoint next to its final name, then rename: a reader (or a resume after a
+        crash mid-write) only ever sees a whole checkpoint."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            trainer.save_checkpoint(tmp)
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise

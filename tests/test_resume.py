@@ -1,0 +1,142 @@
+"""An interrupted run resumes to exactly the result of an uninterrupted one; same seed, same result."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dip.checkpoint import CHECKPOINT_NAME, RunInterruptedError, StepLoader
+from dip.config import compose_config
+from dip.errors import DipError
+from dip.module import DeepImagePrior
+from dip.pipeline import StepDataset, run
+from tests.conftest import ROOT
+
+# Small and quick, with everything that carries state: reg-noise draws, EMA, early stopping, and
+# backtracking (this step size and threshold roll back steps 2 to 4).
+SETTINGS = ["logger=none", "arch=skip_depth2", "input.reg_noise_std=0.05", "optim.lr=0.1", "backtrack_db=0.05",
+            "early_stop=wmv", "early_stop.window=3", "early_stop.patience=1000", "early_stop.check_every=1",
+            "checkpoint.every_n_steps=2"]
+COMPARED = ("psnr", "psnr_ema", "psnr_fit", "ssim", "early_stop_step", "psnr_max", "psnr_final")
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("image") / "image.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def restore(image: Path, out: Path, steps: int, *extra: str):
+    cfg = compose_config([f"data.path={image}", f"trainer.max_steps={steps}", *SETTINGS, *extra], output_dir=out)
+    return run(cfg, out)
+
+
+def assert_same_result(result, reference) -> None:
+    for key in COMPARED:
+        assert result.metrics[key] == pytest.approx(reference.metrics[key], abs=1e-5), key
+    assert torch.allclose(result.restored, reference.restored, atol=1e-5)
+    assert torch.allclose(result.restored_ema, reference.restored_ema, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def reference(image, tmp_path_factory):
+    """An uninterrupted run of 8 steps."""
+    return restore(image, tmp_path_factory.mktemp("reference"), 8)
+
+
+def test_same_seed_same_result_and_the_seed_is_recorded(image, reference, tmp_path):
+    again = restore(image, tmp_path / "again", 8)
+    assert_same_result(again, reference)
+    assert json.loads((tmp_path / "again" / "metrics.json").read_text())["seed"] == 0
+    other = restore(image, tmp_path / "other", 8, "seed=1")
+    assert abs(other.metrics["psnr"] - reference.metrics["psnr"]) > 1e-3
+
+
+def test_ctrl_c_writes_a_checkpoint_and_rerunning_resumes_to_the_same_result(image, reference, tmp_path,
+                                                                              monkeypatch):
+    step_of_training = DeepImagePrior.training_step
+
+    def press_ctrl_c_during_step_1(self, batch, batch_idx):
+        if self.global_step == 0:
+            os.kill(os.getpid(), signal.SIGINT)
+        return step_of_training(self, batch, batch_idx)
+
+    # Step 1 is good and step 2 rolls back: the resumed run needs step 1's weights, not the current ones.
+    monkeypatch.setattr(DeepImagePrior, "training_step", press_ctrl_c_during_step_1)
+    out = tmp_path / "run"
+    with pytest.raises(RunInterruptedError) as interruption:
+        restore(image, out, 8)
+    assert interruption.value.step == 1 and interruption.value.signum == signal.SIGINT
+    assert (out / CHECKPOINT_NAME).is_file() and not (out / "metrics.json").exists()
+    assert not list(out.glob(".*.tmp"))  # written atomically: no temporary left behind
+    monkeypatch.undo()
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        resumed = restore(image, out, 8)  # re-running into the same run directory
+    assert not [w for w in caught if "not resumable" in str(w.message)]  # Lightning knows the loader resumes
+    assert resumed.metrics["resumed_from_step"] == 1 and resumed.metrics["steps"] == 8
+    assert_same_result(resumed, reference)
+    assert not (out / CHECKPOINT_NAME).exists()  # a finished run drops it (checkpoint.keep=false)
+
+
+def test_sigterm_on_the_command_line_then_resume(image, tmp_path):
+    out = tmp_path / "cli"
+    command = [sys.executable, "run.py", f"data.path={image}", "trainer.max_steps=100000", f"hydra.run.dir={out}",
+               *SETTINGS, "checkpoint.every_n_steps=3"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while not (out / CHECKPOINT_NAME).exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=180)
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert "Traceback" not in stderr and "SIGTERM" in stderr and f"hydra.run.dir={out}" in stderr
+    assert not (out / "metrics.json").exists()
+    step = int(torch.load(out / CHECKPOINT_NAME, weights_only=True)["global_step"])
+
+    # Continue two steps past the checkpoint (max_steps may change on resume) and compare.
+    with pytest.raises(DipError, match="other settings.*seed: 0 -> 1"):
+        restore(image, tmp_path / "elsewhere", step + 2, "seed=1", f"resume={out}")
+    resumed = restore(image, out, step + 2, "checkpoint.keep=true")
+    assert resumed.metrics["resumed_from_step"] == step
+    assert_same_result(resumed, restore(image, tmp_path / "uninterrupted", step + 2))
+
+    # checkpoint.keep=true leaves the final state: a larger max_steps continues the finished run.
+    with pytest.raises(DipError, match=f"already holds {step + 2} steps"):
+        restore(image, out, step + 2)
+    extended = restore(image, out, step + 4)
+    assert extended.metrics["resumed_from_step"] == step + 2
+    assert_same_result(extended, restore(image, tmp_path / "longer", step + 4))
+
+
+def test_damaged_or_missing_checkpoint_is_one_clear_line(image, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / CHECKPOINT_NAME).write_bytes(b"not a checkpoint")
+    with pytest.raises(DipError, match="cannot read checkpoint"):
+        restore(image, tmp_path / "run", 4)
+    with pytest.raises(DipError, match="checkpoint not found"):
+        restore(image, tmp_path / "new", 4, f"resume={tmp_path / 'nowhere.ckpt'}")
+
+
+def test_step_loader_continues_at_the_saved_step():
+    loader = StepLoader(StepDataset(6))
+    iterator = iter(loader)
+    assert [next(iterator), next(iterator), next(iterator)] == [0, 1, 2]
+    state = loader.state_dict()
+    resumed = StepLoader(StepDataset(6))
+    resumed.load_state_dict(state)
+    assert len(resumed) == 6 and list(resumed) == [3, 4, 5]
+    assert list(resumed) == list(range(6))  # a later epoch starts from the beginning

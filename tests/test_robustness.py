@@ -1,0 +1,245 @@
+"""Any input image works or fails with one clear line; divergence and memory limits stop cleanly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from dip.config import compose_config
+from dip.errors import DipError
+from dip.images import read_image, save_image
+from dip.memory import check_fits, estimate
+from dip.pipeline import OUTPUT_FILES, prepare, run
+from tests.conftest import make_png, run_cli
+
+FAST = ["logger=none", "arch=skip_depth2", "checkpoint.every_n_steps=0"]
+
+
+def rgb(height: int, width: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def restore_file(path: Path, out: Path, *overrides: str) -> dict:
+    cfg = compose_config([f"data.path={path}", "trainer.max_steps=2", *FAST, *overrides], output_dir=out)
+    return run(cfg, out).metrics
+
+
+# --- every kind of image file ------------------------------------------------------------------
+
+def test_grey_rgb_palette_bilevel_jpeg_tiff(tmp_path):
+    pixels = rgb(9, 13)
+    Image.fromarray(pixels[..., 0], "L").save(tmp_path / "grey.png")
+    Image.fromarray(pixels).save(tmp_path / "rgb.jpg", quality=95)
+    Image.fromarray(pixels).save(tmp_path / "rgb.tif")
+    Image.fromarray(pixels).convert("P").save(tmp_path / "palette.png")
+    Image.fromarray(pixels[..., 0], "L").convert("P").save(tmp_path / "grey_palette.png")
+    Image.fromarray(pixels[..., 0] > 127).save(tmp_path / "bilevel.png")
+    expected = {"grey.png": 1, "rgb.jpg": 3, "rgb.tif": 3, "palette.png": 3, "grey_palette.png": 1, "bilevel.png": 1}
+    for name, channels in expected.items():
+        loaded = read_image(tmp_path / name)
+        assert loaded.pixels.shape == (channels, 9, 13), name
+        assert loaded.alpha is None and loaded.bits == 8
+        assert 0 <= float(loaded.pixels.min()) and float(loaded.pixels.max()) <= 1
+
+
+def test_alpha_is_set_aside_for_rgba_la_and_transparent_palette(tmp_path):
+    pixels, alpha = rgb(6, 5), np.linspace(0, 255, 30, dtype=np.uint8).reshape(6, 5)
+    Image.fromarray(np.dstack([pixels, alpha]), "RGBA").save(tmp_path / "rgba.png")
+    Image.fromarray(np.dstack([pixels[..., 0], alpha]), "LA").save(tmp_path / "la.png")
+    palette = Image.fromarray(pixels).convert("P")
+    palette.save(tmp_path / "transparent.png", transparency=palette.getpixel((0, 0)))
+    rgba = read_image(tmp_path / "rgba.png")
+    assert rgba.pixels.shape == (3, 6, 5) and rgba.source_mode == "RGBA"
+    assert torch.allclose(rgba.alpha[0], torch.from_numpy(alpha / 255.0).float())
+    assert torch.allclose(rgba.pixels, torch.from_numpy(pixels.transpose(2, 0, 1) / 255.0).float())
+    la = read_image(tmp_path / "la.png")
+    assert la.pixels.shape == (1, 6, 5) and la.alpha.shape == (1, 6, 5)
+    transparent = read_image(tmp_path / "transparent.png")
+    assert transparent.alpha is not None and float(transparent.alpha.min()) == 0.0
+
+
+def test_sixteen_bit_grey_keeps_its_precision(tmp_path):
+    values = np.array([[0, 1, 257, 65535]], dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / "deep.png")
+    loaded = read_image(tmp_path / "deep.png")
+    assert loaded.bits == 16 and loaded.pixels.shape == (1, 1, 4)
+    assert torch.allclose(loaded.pixels[0, 0], torch.tensor([0, 1, 257, 65535]) / 65535.0)
+    save_image(loaded.pixels, tmp_path / "copy.png", bits=16)
+    with Image.open(tmp_path / "copy.png") as copy:
+        assert copy.mode.startswith("I") and np.array_equal(np.asarray(copy), values)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: rotate 90 degrees clockwise to display
+    Image.fromarray(rgb(4, 10)).save(tmp_path / "sideways.jpg", exif=exif)
+    assert read_image(tmp_path / "sideways.jpg").pixels.shape == (3, 10, 4)
+
+
+def test_rgba_input_gives_rgba_outputs_with_the_same_alpha(tmp_path):
+    alpha = np.full((12, 10), 255, dtype=np.uint8)
+    alpha[:, :5] = 40
+    Image.fromarray(np.dstack([rgb(12, 10), alpha]), "RGBA").save(tmp_path / "in.png")
+    metrics = restore_file(tmp_path / "in.png", tmp_path / "out")
+    for name in ("restored.png", "restored_ema.png", "observation.png"):
+        with Image.open(tmp_path / "out" / name) as output:
+            assert output.mode == "RGBA" and output.size == (10, 12)
+            assert np.array_equal(np.asarray(output)[..., 3], alpha)
+    assert "alpha" in metrics and "RGBA" in metrics["alpha"]
+
+
+def test_sixteen_bit_grey_input_gives_sixteen_bit_grey_output(tmp_path):
+    Image.fromarray((np.random.default_rng(1).random((11, 9)) * 65535).astype(np.uint16)).save(tmp_path / "in.png")
+    restore_file(tmp_path / "in.png", tmp_path / "out")
+    with Image.open(tmp_path / "out" / "restored.png") as output:
+        assert output.mode.startswith("I") and output.size == (9, 11)
+
+
+# --- any size ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("task,arch,height,width", [
+    ("denoising", "skip", 1, 1), ("denoising", "skip", 2, 3), ("denoising", "skip", 7, 7),
+    ("denoising", "unet", 1, 7), ("denoising", "resnet", 1, 1), ("inpainting", "skip", 3, 3),
+])
+def test_tiny_images_restore_at_their_size(tmp_path, task, arch, height, width):
+    Image.fromarray(rgb(height, width)).save(tmp_path / "tiny.png")
+    cfg = compose_config([f"task={task}", f"arch={arch}", f"data.path={tmp_path / 'tiny.png'}",
+                          "trainer.max_steps=1", "logger=none"])
+    result = run(cfg, None)
+    assert result.restored.shape == (1, 3, height, width)
+    assert all(np.isfinite(v) for v in (result.metrics["psnr"], result.metrics["ssim"]))
+
+
+def test_too_small_for_super_resolution_is_one_clear_line(tmp_path):
+    Image.fromarray(rgb(5, 5)).save(tmp_path / "tiny.png")
+    with pytest.raises(DipError, match=r"tiny.png.*too small for x4") as error:
+        prepare(compose_config(["task=sr_x4", f"data.path={tmp_path / 'tiny.png'}", "logger=none"]))
+    assert "\n" not in str(error.value)
+
+
+def test_cli_odd_sized_grey_png_keeps_size_and_mode(tmp_path):
+    odd = make_png(tmp_path / "ODD.png", 61, 47, mode="L")
+    done = run_cli(f"data.path={odd}", "trainer.max_steps=2", "logger=csv", f"hydra.run.dir={tmp_path / 'OUT'}")
+    assert done.returncode == 0, done.stderr
+    with Image.open(tmp_path / "OUT" / "restored.png") as restored:
+        assert restored.size == (61, 47) and restored.mode == "L"
+
+
+# --- bad input never gets a traceback ----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def valid_png(tmp_path_factory) -> bytes:
+    path = tmp_path_factory.mktemp("seed") / "seed.png"
+    Image.fromarray(rgb(8, 8)).save(path)
+    return path.read_bytes()
+
+
+def assert_clear_failure(path: Path, what: str = "image", mode: str = "auto") -> None:
+    try:
+        read_image(path, mode=mode, what=what)
+    except DipError as error:
+        message = str(error)
+        assert "\n" not in message and str(path) in message, message
+    # Some byte strings are valid images (a truncated PNG may still decode): no failure is fine too.
+
+
+FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@FUZZ
+@given(data=st.binary(max_size=300), suffix=st.sampled_from([".png", ".jpg", ".tif", ".gif", ".bmp", ".txt", ""]))
+def test_fuzz_random_bytes(tmp_path, data, suffix):
+    path = tmp_path / f"random{suffix}"
+    path.write_bytes(data)
+    assert_clear_failure(path)
+
+
+@FUZZ
+@given(cut=st.integers(min_value=0, max_value=400), flip=st.integers(min_value=0, max_value=400))
+def test_fuzz_truncated_and_corrupted_png(tmp_path, valid_png, cut, flip):
+    data = bytearray(valid_png[: max(0, len(valid_png) - cut)])
+    if data and flip < len(data):
+        data[flip] ^= 0xFF
+    path = tmp_path / "broken.png"
+    path.write_bytes(bytes(data))
+    assert_clear_failure(path)
+    assert_clear_failure(path, what="mask", mode="L")
+
+
+def test_empty_file_directory_and_wrong_extension(tmp_path, valid_png):
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "folder.png").mkdir()
+    (tmp_path / "really_png.jpg").write_bytes(valid_png)
+    for name in ("empty.png", "folder.png"):
+        with pytest.raises(DipError, match=name):
+            read_image(tmp_path / name)
+    assert read_image(tmp_path / "really_png.jpg").pixels.shape == (3, 8, 8)  # the content decides, not the name
+
+
+@pytest.mark.parametrize("problem", ["bad image", "bad mask", "mismatched mask"])
+def test_bad_input_leaves_no_outputs(tmp_path, problem):
+    Image.fromarray(rgb(16, 16)).save(tmp_path / "image.png")
+    Image.fromarray(np.full((8, 8), 255, dtype=np.uint8)).save(tmp_path / "small_mask.png")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    image, mask = {
+        "bad image": ("broken.png", None),
+        "bad mask": ("image.png", "broken.png"),
+        "mismatched mask": ("image.png", "small_mask.png"),
+    }[problem]
+    out = tmp_path / "out"
+    with pytest.raises(DipError, match=(mask or image).replace(".", r"\.")) as error:
+        restore_file(tmp_path / image, out, "task=inpainting", *([f"data.mask={tmp_path / mask}"] if mask else []))
+    assert "\n" not in str(error.value)
+    assert not any((out / name).exists() for name in OUTPUT_FILES)
+
+
+# --- divergence --------------------------------------------------------------------------------
+
+def test_repeated_divergence_stops_with_the_last_good_weights(tmp_path):
+    Image.fromarray(rgb(16, 16)).save(tmp_path / "image.png")
+    # A huge step size and a strict rule: every update is rolled back.
+    metrics = restore_file(tmp_path / "image.png", tmp_path / "out", "trainer.max_steps=50", "optim.lr=1e4",
+                           "backtrack_db=0.5", "max_rollbacks=3", "metrics_every=2")
+    assert metrics["stop_reason"].startswith("diverged: 3 rollbacks")
+    assert metrics["steps"] < 50 and np.isfinite(metrics["psnr"])
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["stop_reason"] == metrics["stop_reason"]
+
+
+def test_non_finite_loss_is_rolled_back_then_stops(tmp_path, monkeypatch):
+    from dip.physics import GaussianNoise
+
+    def poisoned(self, x, y):  # finite on the first two steps, NaN from then on
+        loss = torch.nn.functional.mse_loss(x, y)
+        poisoned.calls += 1
+        return loss * float("nan") if poisoned.calls > 2 else loss
+
+    poisoned.calls = 0
+    monkeypatch.setattr(GaussianNoise, "data_term", poisoned)
+    Image.fromarray(rgb(16, 16)).save(tmp_path / "image.png")
+    cfg = compose_config([f"data.path={tmp_path / 'image.png'}", "trainer.max_steps=40", "max_rollbacks=4",
+                          "metrics_every=1", *FAST])
+    result = run(cfg, None)
+    assert result.metrics["stop_reason"].startswith("diverged: 4 rollbacks")
+    assert torch.isfinite(result.restored).all() and torch.isfinite(result.restored_ema).all()
+
+
+# --- memory ------------------------------------------------------------------------------------
+
+def test_memory_estimate_grows_with_the_image_and_refuses_what_cannot_fit(tmp_path):
+    small = prepare(compose_config(["data.size=32", "logger=none"]))[1]
+    large = prepare(compose_config(["data.size=128", "logger=none"]))[1]
+    assert estimate(large).activations > 3 * estimate(small).activations
+    assert estimate(large, "bf16-mixed").activations < estimate(large).activations
+    need = estimate(large).total
+    with pytest.raises(DipError) as error:
+        check_fits(large, torch.device("cpu"), available=int(need * 0.5))
+    message = str(error.value)
+    assert "128x128" in message and "GiB" in message and "data.size=" in message and "\n" not in message
+    assert check_fits(large, torch.device("cpu"), available=need * 2).total == need
