@@ -99,8 +99,14 @@ def hydra_main(cfg: DictConfig) -> float | None:
     return metrics["psnr"] if metrics["psnr"] is not None else metrics["psnr_fit"]
 
 
-def main() -> None:
+def launch(app, config_name: str = "config") -> None:
+    """Start the Hydra ``app`` composing ``config_name``, its overrides checked first (unless the
+    user asked for Hydra's help)."""
     register_resolvers()
     if not any(a in ("--help", "-h", "--hydra-help", "--info", "--shell-completion") for a in sys.argv[1:]):
-        check_overrides(sys.argv[1:])
-    hydra_main()
+        check_overrides(sys.argv[1:], config_name=config_name)
+    app()
+
+
+def main() -> None:
+    launch(hydra_main)

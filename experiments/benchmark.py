@@ -17,8 +17,8 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from dip.benchmark import run_benchmark  # noqa: E402
-from dip.cli import check_overrides, discard_run_dir, fail  # noqa: E402
-from dip.config import CONF_DIR, register_resolvers  # noqa: E402
+from dip.cli import discard_run_dir, fail, launch  # noqa: E402
+from dip.config import CONF_DIR  # noqa: E402
 from dip.errors import DipError  # noqa: E402
 
 
@@ -35,7 +35,4 @@ def benchmark(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    register_resolvers()
-    if not any(a in ("--help", "-h", "--hydra-help", "--info", "--shell-completion") for a in sys.argv[1:]):
-        check_overrides(sys.argv[1:], config_name="benchmark")
-    benchmark()
+    launch(benchmark, config_name="benchmark")

@@ -39,10 +39,9 @@ def grey_png(tmp_path) -> Path:
     return make_png(tmp_path / "grey.png", 61, 47, mode="L")
 
 
-def run_cli(*args: str, script: str = "run.py", timeout: int = 300) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HYDRA_FULL_ERROR="", PYTHONWARNINGS="ignore")
-    env.pop("HYDRA_FULL_ERROR")
-    return subprocess.run(
-        [sys.executable, str(ROOT / script), *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
-    )
+def run_cli(*args: str, script: str = "run.py", env: dict | None = None, timeout: int = 600):
+    """Run a script of the project as a user would, from the repository root."""
+    environment = dict(os.environ, PYTHONWARNINGS="ignore", **(env or {}))
+    environment.pop("HYDRA_FULL_ERROR", None)  # the user-facing errors are what is tested
+    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, env=environment,
+                          capture_output=True, text=True, timeout=timeout)

@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ from dip.datasets import open_dataset
 from dip.errors import DipError
 from dip.metrics import psnr, psnr_y
 from dip.physics import BernoulliMask, GaussianNoise, Inpainting, RegionMask
+from tests.conftest import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "experiments" / "benchmark.py"
@@ -188,9 +188,7 @@ def test_inpainting_table_quotes_the_paper_and_csc_per_image(tmp_path):
 # --- the command line -----------------------------------------------------------------------------
 
 def run_script(*arguments: str, data: Path) -> subprocess.CompletedProcess:
-    environment = {**os.environ, "DIP_DATA": str(data), "WANDB_MODE": "offline"}
-    return subprocess.run([sys.executable, str(SCRIPT), *arguments], capture_output=True, text=True,
-                          env=environment, cwd=ROOT, timeout=300)
+    return run_cli(*arguments, script="experiments/benchmark.py", env={"DIP_DATA": str(data), "WANDB_MODE": "offline"})
 
 
 def test_missing_dataset_is_one_line_naming_the_folder(tmp_path):

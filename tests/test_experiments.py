@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +14,7 @@ from PIL import Image
 from dip.config import compose_config
 from dip.experiments import run_experiment
 from dip.images import load_image
+from tests.conftest import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["logger=none", "trainer.max_steps=2", "metrics_every=1"]
@@ -45,11 +43,8 @@ def image_and_mask(tmp_path_factory) -> tuple[Path, Path]:
 
 def test_fig2_from_the_command_line_plots_one_point_per_step(tmp_path):
     out = tmp_path / "out"
-    done = subprocess.run(
-        [sys.executable, "run.py", "+experiment=fig2_noise_impedance", "trainer.max_steps=5", "data.size=64",
-         "logger=csv", f"hydra.run.dir={out}"],
-        cwd=ROOT, capture_output=True, text=True, env={**os.environ}, timeout=600,
-    )
+    done = run_cli("+experiment=fig2_noise_impedance", "trainer.max_steps=5", "data.size=64", "logger=csv",
+                   f"hydra.run.dir={out}")
     assert done.returncode == 0, done.stderr[-2000:]
     assert Image.open(out / "fig2_noise_impedance.png").format == "PNG"
     rows = read_csv(out / "curves.csv")

@@ -19,6 +19,7 @@ from dip import sweeps
 from dip.config import compose_config, sweep_name
 from dip.loggers import flat_config
 from dip.wandb_files import offline_run_file, offline_run_records
+from tests.conftest import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["trainer.max_steps=3", "metrics_every=1", "data.size=32"]
@@ -27,12 +28,8 @@ import compare  # noqa: E402
 
 
 def multirun(sweep_dir: Path, *overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    environment = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", PYTHONWARNINGS="ignore", **(env or {}))
-    environment.pop("HYDRA_FULL_ERROR", None)
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "run.py"), "-m", *overrides, *TINY, f"hydra.sweep.dir={sweep_dir}"],
-        cwd=ROOT, env=environment, capture_output=True, text=True, timeout=400,
-    )
+    result = run_cli("-m", *overrides, *TINY, f"hydra.sweep.dir={sweep_dir}",
+                     env={"WANDB_MODE": "offline", "WANDB_SILENT": "true", **(env or {})})
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     return result
 

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +19,7 @@ from dip.physics import FeatureInversion, JpegCompression
 from dip.physics.jpeg import jpeg_round_trip
 from dip.pipeline import prepare, run
 from dip.priors import TotalVariation
+from tests.conftest import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["trainer.max_steps=2", "logger=none", "metrics_every=1"]
@@ -39,11 +37,6 @@ def smooth_image(size: int, seed: int = 0, grey: bool = False) -> np.ndarray:
 def save(array: np.ndarray, path: Path) -> Path:
     Image.fromarray(array).save(path)
     return path
-
-
-def run_cli(*arguments: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "run.py", *arguments], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=600)
 
 
 @pytest.fixture(scope="module")
