@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e ".[dev,sweeps]"
+	$(PY) -m pip install -q -e ".[dev,sweeps,bm3d]"
 	touch $@
 
 run: install
