@@ -190,17 +190,19 @@ def prepare(cfg: DictConfig, clean=None, observation=None) -> tuple[Problem, Dee
     return problem, module
 
 
-def final_metrics(module: DeepImagePrior, problem: Problem) -> dict:
+def final_metrics(
+    module: DeepImagePrior, problem: Problem, restored: torch.Tensor, baseline: torch.Tensor | None
+) -> dict:
     """PSNR / SSIM of the final output and the EMA against the ground truth (null without one), and
     of the naive estimate from the observation (``psnr_observation``: the observation itself, bicubic
     upsampling for super-resolution, null when the observation is not an image). ``psnr_fit`` is
-    ``-10 log10`` of the data term."""
-    restored, ema, truth = module.restored(), module.ema.clamp(0, 1), module.ground_truth
+    ``-10 log10`` of the data term. ``restored`` is ``module.restored()`` and ``baseline`` the
+    physics' baseline of the observation, computed once by the caller."""
+    ema, truth = module.ema.clamp(0, 1), module.ground_truth
     with torch.no_grad():
         fit = psnr_from_mse(problem.physics.data_term(restored, module.observation))
     metrics = {"psnr": None, "psnr_ema": None, "ssim": None, "ssim_ema": None, "psnr_observation": None}
     if truth is not None:
-        baseline = problem.physics.baseline(module.observation)
         metrics.update(
             psnr=psnr(restored, truth), psnr_ema=psnr(ema, truth), ssim=ssim(restored, truth),
             ssim_ema=ssim(ema, truth), psnr_observation=None if baseline is None else psnr(baseline, truth),
@@ -270,7 +272,10 @@ def run(cfg: DictConfig, output_dir: Path | None, clean=None, observation=None, 
     logger = trainer.logger
 
     steps = trainer.global_step
-    metrics = final_metrics(module, problem)  # with early stopping, the module is at the chosen step
+    physics = problem.physics
+    restored = module.restored()  # with early stopping, the module is at the chosen step
+    baseline = physics.baseline(module.observation)
+    metrics = final_metrics(module, problem, restored, baseline)
     metrics.update(
         steps=steps,
         seconds=round(timer.seconds, 3),
@@ -289,15 +294,14 @@ def run(cfg: DictConfig, output_dir: Path | None, clean=None, observation=None, 
         metrics.update(early_stopping.summary())
     if problem.alpha is not None:
         metrics["alpha"] = f"the {problem.source_mode} input's alpha channel was set aside and copied to the outputs"
-    physics = problem.physics
     result = Result(
-        restored=module.restored().cpu(),
+        restored=restored.cpu(),
         restored_ema=module.ema.clamp(0, 1).cpu(),
         observation=problem.observation_image,
         ground_truth=problem.ground_truth,
         metrics=metrics,
         output_dir=output_dir,
-        baseline=physics.baseline(module.observation).cpu() if physics.baseline_name is not None else None,
+        baseline=baseline.cpu() if physics.baseline_name is not None else None,
         baseline_name=physics.baseline_name,
         alpha=problem.alpha,
         bits=problem.bits,
