@@ -56,7 +56,7 @@ def traced_activations(generator: torch.nn.Module, z_shape: tuple[int, ...]) -> 
 
 def estimate(module, precision: str = "32-true", early_stopping_window: int = 0) -> MemoryEstimate:
     """The memory a run of ``module`` (a ``DeepImagePrior``) needs, by the formula above."""
-    copies = PARAMETER_COPIES + (2 if early_stopping_window else 0)  # early stopping's copy and its staging
+    copies = PARAMETER_COPIES + (1 if early_stopping_window else 0)  # early stopping's best weights
     trainable = sum(p.numel() for p in module.trainable_parameters())
     frozen = sum(p.numel() for p in module.parameters()) - trainable  # a fixed feature extractor: weights only
     parameters = (trainable * copies + frozen) * 4

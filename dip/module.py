@@ -15,6 +15,26 @@ from dip.metrics import psnr, psnr_from_mse, ssim
 from dip.physics import Degradation
 
 
+def share_one_buffer(parameters: list[nn.Parameter]) -> torch.Tensor:
+    """Move ``parameters`` into one new flat buffer and return it.
+
+    Each parameter stays the same object (optimizers and hooks keep working) with the same values,
+    shape and strides (NCHW or channels_last), but its data becomes a view of the buffer, so that a
+    change to the buffer is a change to the weights and the other way round.
+    """
+    first = parameters[0]
+    flat = torch.empty(sum(p.numel() for p in parameters), dtype=first.dtype, device=first.device)
+    offset = 0
+    for parameter in parameters:
+        if not (parameter.is_contiguous() or parameter.is_contiguous(memory_format=torch.channels_last)):
+            raise ValueError(f"cannot pack a weight with strides {parameter.stride()} into a flat buffer")
+        view = flat.as_strided(parameter.shape, parameter.stride(), offset)
+        view.copy_(parameter.detach())
+        parameter.data = view
+        offset += parameter.numel()
+    return flat
+
+
 class DeepImagePrior(pl.LightningModule):
     """Minimises ``E(f(z + reg_noise_std * n); y) [+ R(f(...))]`` over the generator's weights (and ``z``).
 
@@ -30,8 +50,9 @@ class DeepImagePrior(pl.LightningModule):
     ``max_rollbacks`` rollbacks without two good steps in a row (an update that keeps the fit) the run
     stops with the last good weights (``stop_reason`` says so). Every check happens on the device, so
     no step waits for the host; metrics are logged (and the rollback count read) every
-    ``metrics_every`` steps. The last good weights live in one flat buffer, so that remembering or
-    restoring them costs a few kernel launches, not a few per tensor.
+    ``metrics_every`` steps. During a fit the trainable weights are views of one flat buffer
+    (``flat_weights``), so that remembering or restoring all of them is one ``where`` each: one
+    kernel and one pass over the weights, not a few per tensor.
     """
 
     def __init__(
@@ -77,7 +98,7 @@ class DeepImagePrior(pl.LightningModule):
         self.register_buffer("last_good_step", torch.tensor(-1))
         self.register_buffer("diverged", torch.tensor(False))
         self.register_buffer("failed_in_a_row", torch.tensor(0))
-        self.good_weights: torch.Tensor | None = None  # flat; made at the start of training
+        self.good_weights: torch.Tensor | None = None  # flat; made at the start of the fit
         self.restored_good_weights: torch.Tensor | None = None
 
     def forward(self, z: torch.Tensor | None = None) -> torch.Tensor:
@@ -89,17 +110,17 @@ class DeepImagePrior(pl.LightningModule):
     def configure_optimizers(self):
         return self.optimizer_factory(self.trainable_parameters())
 
-    def on_train_start(self) -> None:
-        weights = [p.detach() for p in self.trainable_parameters()]
+    def on_fit_start(self) -> None:
+        """Once the weights are on their device: gather them into one flat buffer and remember them.
+
+        (Before any callback's ``on_train_start``, so that callbacks may use ``flat_weights``.)
+        """
+        self.flat_weights = share_one_buffer(self.trainable_parameters())
         restored, self.restored_good_weights = self.restored_good_weights, None
         if restored is not None:
-            self.good_weights = restored.to(weights[0].device)
+            self.good_weights = restored.to(self.flat_weights.device)
         else:
-            self.good_weights = torch.cat([w.flatten() for w in weights])
-        self.scratch = torch.empty_like(self.good_weights)
-        sizes = [w.numel() for w in weights]
-        self.scratch_views = [piece.view_as(w) for piece, w in zip(self.scratch.split(sizes), weights)]
-        self.good_views = [piece.view_as(w) for piece, w in zip(self.good_weights.split(sizes), weights)]
+            self.good_weights = self.flat_weights.clone()
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["good_weights"] = self.good_weights
@@ -134,7 +155,7 @@ class DeepImagePrior(pl.LightningModule):
             return
         if int(self.failed_in_a_row) >= self.max_rollbacks:
             with torch.no_grad():
-                torch._foreach_copy_([p.detach() for p in self.trainable_parameters()], self.good_views)
+                self.flat_weights.copy_(self.good_weights)
             self.stop_reason = (
                 f"diverged: {int(self.failed_in_a_row)} rollbacks without recovering (max_rollbacks="
                 f"{self.max_rollbacks}) by step {step}; the outputs are from the last good weights "
@@ -186,14 +207,10 @@ class DeepImagePrior(pl.LightningModule):
         recovered = ~diverged & ~self.diverged
         self.failed_in_a_row.copy_(torch.where(diverged, self.failed_in_a_row + 1, self.failed_in_a_row * ~recovered))
         self.diverged.copy_(diverged)
-        torch._foreach_copy_(self.scratch_views, [p.detach() for p in self.trainable_parameters()])
-        torch.where(diverged, self.good_weights, self.scratch, out=self.good_weights)
+        torch.where(diverged, self.good_weights, self.flat_weights, out=self.good_weights)
         self.last_good_psnr = torch.where(diverged, self.last_good_psnr, fit)
         self.last_good_step.copy_(torch.where(diverged, self.last_good_step, self.global_step))
 
     def _roll_back_if_diverged(self) -> None:
         with torch.no_grad():
-            weights = [p.detach() for p in self.trainable_parameters()]
-            torch._foreach_copy_(self.scratch_views, weights)
-            torch.where(self.diverged, self.good_weights, self.scratch, out=self.scratch)
-            torch._foreach_copy_(weights, self.scratch_views)
+            torch.where(self.diverged, self.good_weights, self.flat_weights, out=self.flat_weights)

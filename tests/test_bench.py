@@ -25,8 +25,8 @@ def test_quick_bench_writes_every_figure(bench, tmp_path):
     output = tmp_path / "bench.json"
     threads = torch.get_num_threads()
     try:  # one thread: two oversubscribe a shared CPU badly
-        bench.main(["--quick", "--repeats", "1", "--threads", "1", "--variant", "cl=speed.channels_last=true",
-                    "--output", str(output)])
+        bench.main(["--quick", "--repeats", "1", "--threads", "1", "--clock", "cpu",
+                    "--variant", "cl=speed.channels_last=true", "--output", str(output)])
     finally:
         torch.set_num_threads(threads)
     results = json.loads(output.read_text())
@@ -34,6 +34,7 @@ def test_quick_bench_writes_every_figure(bench, tmp_path):
     for key in ("framework_ms", "eager_ms", "official_ms", "psnr_framework", "psnr_eager", "psnr_official"):
         assert row[key] > 0, key
     assert "peak_mem_mb" in row and results["device"] and "--quick" in results["command"]
+    assert results["clock"] == "cpu"
     # Same seed, same network, same noise: the three loops agree to rounding.
     assert row["psnr_framework"] == pytest.approx(row["psnr_eager"], abs=1e-3)
     assert row["psnr_official"] == pytest.approx(row["psnr_eager"], abs=1e-3)

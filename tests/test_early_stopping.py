@@ -16,6 +16,7 @@ from dip.checkpoint import StepLoader
 from dip.config import compose_config
 from dip.images import to_pil
 from dip.metrics import psnr
+from dip.module import share_one_buffer
 from dip.pipeline import StepDataset, run
 from tests.conftest import make_png
 
@@ -46,8 +47,8 @@ class ScriptedOutputs(pl.LightningModule):
     def restored(self):
         return self.latest_output
 
-    def trainable_parameters(self):
-        return [self.weight]
+    def on_fit_start(self):
+        self.flat_weights = share_one_buffer([self.weight])
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)

@@ -1,6 +1,7 @@
 """Speed switches and the step's own costs: no host sync per step, cheap NaN-safe backtracking, and
 switches that change the speed but not the result."""
 
+import functools
 import math
 
 import pytest
@@ -53,7 +54,7 @@ def test_no_host_sync_between_metric_steps(monkeypatch):
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_backtracking_restores_the_last_good_weights_even_over_nan(channels_last):
     _, module = prepare(small_config(f"speed.channels_last={channels_last}"))
-    module.on_train_start()
+    module.on_fit_start()
     params = list(module.parameters())
 
     def snapshot():
@@ -113,11 +114,26 @@ def test_backends_are_restored_after_a_fit():
     assert (torch.backends.cudnn.benchmark, torch.backends.cudnn.conv.fp32_precision) == before
 
 
-def test_fused_optimizer_only_where_it_exists_and_on_a_gpu():
-    build = Speed(fused_optimizer=True).optimizer(torch.optim.Adam)
-    optimizer = build([torch.nn.Parameter(torch.zeros(3))])
-    assert not optimizer.defaults.get("fused")  # CPU weights: torch's default implementation
-    assert isinstance(Speed().optimizer(torch.optim.LBFGS)([torch.nn.Parameter(torch.zeros(3))]), torch.optim.LBFGS)
+def test_fused_optimizer_only_where_it_exists_and_when_asked():
+    weights = [torch.nn.Parameter(torch.zeros(3))]
+    assert Speed(fused_optimizer=True).optimizer(torch.optim.Adam)(weights).defaults["fused"]
+    assert not Speed(fused_optimizer=False).optimizer(torch.optim.Adam)(weights).defaults.get("fused")
+    assert isinstance(Speed().optimizer(torch.optim.LBFGS)(weights), torch.optim.LBFGS)
+
+
+def test_fused_adam_takes_the_same_steps_as_the_default_one():
+    torch.manual_seed(0)
+    start, gradients = torch.randn(1000), [torch.randn(1000) for _ in range(5)]
+    weights = {}
+    for fused in (False, True):
+        weight = torch.nn.Parameter(start.clone())
+        optimizer = Speed(fused_optimizer=fused).optimizer(functools.partial(torch.optim.Adam, lr=0.01))([weight])
+        for gradient in gradients:
+            weight.grad = gradient.clone()
+            optimizer.step()
+        weights[fused] = weight.detach()
+    assert not torch.equal(weights[False], start)
+    torch.testing.assert_close(weights[True], weights[False], rtol=1e-5, atol=1e-6)
 
 
 def test_unknown_compile_mode_is_refused():
@@ -131,3 +147,21 @@ def test_compiled_generator_computes_the_same_function():
     # backward of the replicate fallback that the deepest scales of tiny images use
     same_function(["speed.compile=true"],
                   common=["arch.channels_down=[8,8,8]", "arch.channels_up=[8,8,8]", "arch.channels_skip=[4,4,4]"])
+
+
+def test_weights_become_views_of_one_buffer_in_their_own_layout():
+    _, module = prepare(small_config("speed.channels_last=true"))
+    before = [p.detach().clone() for p in module.trainable_parameters()]
+    module.on_fit_start()
+    weights = module.trainable_parameters()
+    assert any(w.dim() == 4 and not w.is_contiguous() for w in weights)  # channels_last kept
+    assert all(torch.equal(w, b) and w.stride() == b.stride() for w, b in zip(weights, before))
+    module.flat_weights.zero_()
+    assert not any(w.any() for w in weights)
+
+
+def test_early_stopping_with_channels_last_weights():
+    # Early stopping keeps the best weights as one vector: with NHWC weights that used to fail.
+    result = run(small_config("speed.channels_last=true", "trainer.max_steps=12", "early_stop=wmv",
+                              "early_stop.window=3", "early_stop.patience=2", "early_stop.check_every=1"), None)
+    assert result.metrics["early_stop_step"] is not None

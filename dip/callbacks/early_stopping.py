@@ -7,7 +7,6 @@ import math
 
 import pytorch_lightning as pl
 import torch
-from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from dip.metrics import psnr
 
@@ -47,7 +46,7 @@ class VarianceEarlyStopping(pl.Callback):
             "outputs": torch.zeros(self.window, *x.shape[1:], device=device),
             "best_variance": torch.tensor(math.inf, device=device),
             "best_step": torch.tensor(-1, device=device),
-            "best_weights": parameters_to_vector(pl_module.trainable_parameters()).detach().clone(),
+            "best_weights": pl_module.flat_weights.clone(),
             "best_ema": torch.zeros_like(x),
         }
         if pl_module.ground_truth is not None:
@@ -76,8 +75,7 @@ class VarianceEarlyStopping(pl.Callback):
         lower = variance < s["best_variance"]
         s["best_variance"].copy_(torch.where(lower, variance, s["best_variance"]))
         s["best_step"].copy_(torch.where(lower, step, s["best_step"]))
-        weights = parameters_to_vector(pl_module.trainable_parameters())
-        s["best_weights"].copy_(torch.where(lower, weights, s["best_weights"]))
+        torch.where(lower, pl_module.flat_weights, s["best_weights"], out=s["best_weights"])
         s["best_ema"].copy_(torch.where(lower, pl_module.ema, s["best_ema"]))
         if "max_psnr" in s:
             s["psnr_at_best"].copy_(torch.where(lower, quality, s["psnr_at_best"]))
@@ -96,7 +94,7 @@ class VarianceEarlyStopping(pl.Callback):
             return
         if pl_module.ground_truth is not None:
             self.psnr_final = float(psnr(pl_module.restored(), pl_module.ground_truth))
-        vector_to_parameters(self.state["best_weights"], pl_module.trainable_parameters())
+        pl_module.flat_weights.copy_(self.state["best_weights"])
         pl_module.ema.copy_(self.state["best_ema"])
 
     @property
