@@ -5,15 +5,19 @@ config, a ``benchmark/NAME`` file and overrides). Each image is one ordinary res
 (``dip.pipeline.run``) with ``data.path`` pointing at it, written to ``run_dir/images/<stem>/``.
 Restorations run in a pool of processes, ``jobs_per_gpu`` per visible GPU, each process pinned to
 its GPU; meanwhile threads of the main process compute the classical baselines on the CPU, so a
-slow CBM3D never holds a GPU. An image whose sub-run already finished with the same config (its
-``config.yaml`` and ``metrics.json``) is not run again, so a benchmark cut short resumes when
-started again with the same ``hydra.run.dir``.
+slow CBM3D never holds a GPU. With ``benchmark.runs=N`` each image is restored N times (seeds
+``seed`` to ``seed + N - 1``, one observation: ``observation_seed`` stays) into
+``images/<stem>/seed<S>/``, and the table adds the PSNR of the runs' averaged outputs (the paper's
+31.00 dB denoising protocol). A sub-run already finished with the same config (its ``config.yaml``
+and ``metrics.json``) is not run again, so a benchmark cut short resumes when started again with
+the same ``hydra.run.dir``.
 """
 
 from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -51,6 +55,10 @@ class ImageJob:
     output_dir: Path
     protocol: str
     shave: int
+    keep_outputs: bool = False  # save the float outputs (OUTPUTS_FILE) for averaging runs
+
+
+OUTPUTS_FILE = "outputs.pt"
 
 
 def score(x: torch.Tensor, truth: torch.Tensor, protocol: str, shave: int) -> dict[str, float]:
@@ -76,6 +84,8 @@ def _finished(job: ImageJob, result_file: str) -> dict | None:
     config_file, result = job.output_dir / "config.yaml", job.output_dir / result_file
     if not (config_file.is_file() and result.is_file()) or config_file.read_text() != _config_text(job.config):
         return None
+    if job.keep_outputs and not (job.output_dir / OUTPUTS_FILE).is_file():
+        return None
     return json.loads(result.read_text())
 
 
@@ -91,7 +101,24 @@ def restore_image(job: ImageJob) -> dict:
     height, width = result.ground_truth.shape[-2:]
     metrics.update(image=job.name, width=width, height=height, gpus_visible=os.environ.get("CUDA_VISIBLE_DEVICES"),
                    device_name=torch.cuda.get_device_name() if metrics["device"].startswith("cuda") else "CPU")
+    if job.keep_outputs:
+        outputs = {"restored": result.restored, "restored_ema": result.restored_ema}
+        write_atomically(job.output_dir / OUTPUTS_FILE, lambda handle: torch.save(outputs, handle))
     write_outputs(result, job.output_dir)
+    return metrics
+
+
+def average_runs(jobs: list[ImageJob], runs: list[dict], directory: Path) -> dict:
+    """The first run's metrics, plus the protocol's PSNRs of the runs' averaged outputs
+    (``<metric>_average``, ``<metric>_average_ema``), saved as ``average.png`` / ``average_ema.png``."""
+    truth = problem_from_config(OmegaConf.create(jobs[0].config)).ground_truth
+    outputs = [torch.load(job.output_dir / OUTPUTS_FILE) for job in jobs]
+    metrics = dict(runs[0], seeds=[run["seed"] for run in runs])
+    for suffix, key in (("", "restored"), ("_ema", "restored_ema")):
+        average = torch.stack([output[key] for output in outputs]).mean(0)
+        save_image(average[0], directory / f"average{suffix}.png")
+        metrics.update({f"{name}_average{suffix}": value for name, value in
+                        score(average, truth, jobs[0].protocol, jobs[0].shave).items()})
     return metrics
 
 
@@ -131,17 +158,28 @@ def check_baselines(names: list[str], job: ImageJob) -> None:
                            f"not this benchmark's {type(physics).__name__}")
 
 
-def image_job(cfg: DictConfig, image: DatasetImage, output_dir: Path) -> ImageJob:
-    job = copy.deepcopy(cfg)
-    with open_dict(job):
-        job.pop("hydra", None)
-        job.data.path = str(image.path.resolve())
-        job.paths.output_dir = str(output_dir)
-        if "group" in job.logger:  # W&B: one run per image, grouped by benchmark
-            job.logger.group = cfg.benchmark.name
-            job.logger.name = f"{cfg.benchmark.name}/{image.stem}"
-    return ImageJob(image.name, OmegaConf.to_container(job, resolve=True), output_dir,
-                    cfg.benchmark.protocol, cfg.benchmark.shave)
+def image_jobs(cfg: DictConfig, image: DatasetImage, directory: Path) -> list[ImageJob]:
+    """The restorations of one image: one into ``directory``, or ``benchmark.runs`` of them (seeds
+    ``seed``, ``seed + 1``, ...; one observation) into ``directory/seed<S>``."""
+    runs = cfg.benchmark.runs
+    if runs < 1:
+        raise DipError(f"benchmark.runs must be at least 1, got {runs}")
+    jobs = []
+    for seed in range(cfg.seed, cfg.seed + runs):
+        output_dir = directory if runs == 1 else directory / f"seed{seed}"
+        job = copy.deepcopy(cfg)
+        with open_dict(job):
+            job.pop("hydra", None)
+            job.observation_seed = cfg.observation_seed
+            job.seed = seed
+            job.data.path = str(image.path.resolve())
+            job.paths.output_dir = str(output_dir)
+            if "group" in job.logger:  # W&B: one run per restoration, grouped by benchmark
+                job.logger.group = cfg.benchmark.name
+                job.logger.name = f"{cfg.benchmark.name}/{image.stem}" + (f"/seed{seed}" if runs > 1 else "")
+        jobs.append(ImageJob(image.name, OmegaConf.to_container(job, resolve=True), output_dir,
+                             cfg.benchmark.protocol, cfg.benchmark.shave, keep_outputs=runs > 1))
+    return jobs
 
 
 def _start_worker(slots, gpus: list[str], cpu_threads: int) -> None:
@@ -150,22 +188,24 @@ def _start_worker(slots, gpus: list[str], cpu_threads: int) -> None:
         torch.set_num_threads(cpu_threads)
 
 
-def restore_all(jobs: list[ImageJob], gpus: list[str], workers: int) -> dict[str, dict]:
-    """Restore every job not finished before, ``workers`` at a time (in this process when 1)."""
-    results = {job.name: saved for job in jobs if (saved := _finished(job, "metrics.json")) is not None}
-    pending = [job for job in jobs if job.name not in results]
+def restore_all(jobs: list[ImageJob], gpus: list[str], workers: int) -> dict[Path, dict]:
+    """Restore every job not finished before, ``workers`` at a time (in this process when 1); the
+    metrics by output directory."""
+    results = {job.output_dir: saved for job in jobs if (saved := _finished(job, "metrics.json")) is not None}
+    pending = [job for job in jobs if job.output_dir not in results]
     if results:
-        log.info(f"reusing {len(results)} finished image(s): {', '.join(results)}")
+        log.info(f"reusing {len(results)} finished restoration(s): {', '.join(m['image'] for m in results.values())}")
 
-    def report(metrics: dict) -> None:
-        results[metrics["image"]] = metrics
+    def report(job: ImageJob, metrics: dict) -> None:
+        results[job.output_dir] = metrics
         key = "psnr_y" if "psnr_y" in metrics else "psnr"
-        log.info(f"[{len(results)}/{len(jobs)}] {metrics['image']}: {key} {metrics[key]:.2f} dB "
-                 f"(EMA {metrics[key + '_ema']:.2f}) in {metrics['seconds']:.1f} s on {metrics['device']}")
+        log.info(f"[{len(results)}/{len(jobs)}] {metrics['image']} (seed {metrics['seed']}): {key} "
+                 f"{metrics[key]:.2f} dB (EMA {metrics[key + '_ema']:.2f}) in {metrics['seconds']:.1f} s "
+                 f"on {metrics['device']}")
 
     if workers <= 1:
         for job in pending:
-            report(restore_image(job))
+            report(job, restore_image(job))
         return results
     context = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked children
     slots = context.Queue()
@@ -175,8 +215,9 @@ def restore_all(jobs: list[ImageJob], gpus: list[str], workers: int) -> dict[str
     pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
                                initargs=(slots, gpus, cpu_threads))
     try:
-        for future in as_completed([pool.submit(restore_image, job) for job in pending]):
-            report(future.result())
+        futures = {pool.submit(restore_image, job): job for job in pending}
+        for future in as_completed(futures):
+            report(futures[future], future.result())
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return results
@@ -190,25 +231,33 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> dict:
         raise DipError(f"unknown benchmark protocol '{spec.protocol}' (choose from: rgb, y)")
     images = open_dataset(cfg.data.root, spec.dataset, list(spec.images) if spec.images is not None else None,
                           spec.verify_checksums)
-    jobs = [image_job(cfg, image, run_dir / "images" / image.stem) for image in images]
+    per_image = [(run_dir / "images" / image.stem, image_jobs(cfg, image, run_dir / "images" / image.stem))
+                 for image in images]
+    jobs = [job for _, image_runs in per_image for job in image_runs]
     check_baselines(list(spec.baselines), jobs[0])
     gpus = [] if cfg.trainer.accelerator == "cpu" else visible_gpus()
     workers = min(len(jobs), worker_count(gpus, cfg.jobs_per_gpu, cfg.cpu_jobs))
-    log.info(f"{spec.name}: {len(jobs)} images from {Path(cfg.data.root) / spec.dataset}, "
+    log.info(f"{spec.name}: {len(images)} images x {spec.runs} run(s) from {Path(cfg.data.root) / spec.dataset}, "
              f"{workers} at a time on {', '.join(f'GPU {gpu}' for gpu in gpus) or 'the CPU'}")
     start = time.perf_counter()
     threads = ThreadPoolExecutor(max(1, cfg.baseline_jobs))
     try:
-        baselines: dict[str, Future] = {job.name: threads.submit(compute_baselines, job, list(spec.baselines))
-                                        for job in jobs}
+        # one observation per image whatever the run's seed: the baselines once, in the image's folder
+        baselines: list[Future] = [
+            threads.submit(compute_baselines, dataclasses.replace(image_runs[0], output_dir=directory),
+                           list(spec.baselines))
+            for directory, image_runs in per_image]
         restored = restore_all(jobs, gpus, workers)
-        baseline_scores = {name: future.result() for name, future in baselines.items()}
+        baseline_scores = [future.result() for future in baselines]
     finally:
         threads.shutdown(wait=True, cancel_futures=True)
+    metrics = [restored[image_runs[0].output_dir] if spec.runs == 1 else
+               average_runs(image_runs, [restored[job.output_dir] for job in image_runs], directory)
+               for directory, image_runs in per_image]
     run_info = {"wall_seconds": time.perf_counter() - start, "workers": workers, "gpus": len(gpus),
                 "date": datetime.now().strftime("%Y-%m-%d %H:%M"), "dataset": str(Path(cfg.data.root) / spec.dataset),
-                "all_images": spec.images is None}
-    table = Table(cfg, [restored[job.name] for job in jobs], [baseline_scores[job.name] for job in jobs], run_info)
+                "all_images": spec.images is None, "image_steps": sum(m["steps"] for m in restored.values())}
+    table = Table(cfg, metrics, baseline_scores, run_info)
     write_atomically(run_dir / "table.csv", lambda handle: handle.write(table.csv().encode()))
     write_atomically(run_dir / "table.md", lambda handle: handle.write(table.markdown().encode()))
     return table.mean
@@ -235,6 +284,9 @@ class Table:
             ("size", "size", lambda m, b: f"{m['width']}x{m['height']}"),
             (key, metric_label, lambda m, b: m[key]),
             (f"{key}_ema", f"{metric_label} EMA", lambda m, b: m[f"{key}_ema"]),
+            *([(f"{key}_average{suffix}", f"{metric_label}{label} avg of {spec.runs}",
+                lambda m, b, column=f"{key}_average{suffix}": m[column])
+               for suffix, label in (("", ""), ("_ema", " EMA"))] if spec.runs > 1 else []),
             *[(column, node.label, lambda m, b, node=node: node.images.get(m["image"]))
               for column, node in published],
             *[(f"{name}_{key}", BASELINES[name].label, lambda m, b, name=name: b[name][key]) for name in usable],
@@ -288,7 +340,6 @@ class Table:
         protocol = ("PSNR in dB of the Y channel (ITU-R BT.601, MATLAB rgb2ycbcr scaling; greyscale images as "
                     f"they are){shaved}; RGB PSNR over the whole image" if spec.protocol == "y"
                     else f"PSNR in dB over all channels in [0, 1]{shaved}")
-        steps = sum(m["steps"] for m in self.metrics)
         workers = (f"{info['workers']} process(es) on {info['gpus']} GPU(s)" if info["gpus"]
                    else f"{info['workers']} process(es) on the CPU")
         lines = [
@@ -298,10 +349,13 @@ class Table:
             + (", sha256 verified against MANIFEST.tsv" if spec.verify_checksums else ""),
             f"- settings: task {first['task']}, arch {first['arch']}, {self.mean['steps'] or 'varying'} steps, "
             f"lr {cfg.optim.lr}, reg_noise_std {cfg.input.reg_noise_std}, EMA weight {cfg.ema_weight}, "
-            f"seed {self.mean['seed']} for every image",
+            + (f"seed {self.mean['seed']} for every image" if spec.runs == 1 else
+               f"{spec.runs} runs per image (seeds {cfg.seed} to {cfg.seed + spec.runs - 1}, one observation: "
+               f"observation seed {cfg.observation_seed}); the PSNR and EMA columns are the first run's, "
+               f"the 'avg' columns those of the runs' averaged outputs"),
             f"- protocol: {protocol}",
             f"- run: {info['date']} on {first['device_name']} ({workers}), wall {info['wall_seconds']:.1f} s, "
-            f"{steps / max(info['wall_seconds'], 1e-9):.1f} image-steps/s",
+            f"{info['image_steps'] / max(info['wall_seconds'], 1e-9):.1f} image-steps/s",
             "",
             "| " + " | ".join(heading for _, heading in shown) + " |",
             "|" + "|".join("---" if column in ("image", "size") else "---:" for column, _ in shown) + "|",

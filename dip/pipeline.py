@@ -143,7 +143,8 @@ def _with_dataset_hint(error: DipError, root: str) -> DipError:
 
 
 def problem_from_config(cfg: DictConfig, clean=None, observation=None) -> Problem:
-    """The task's degradation and the observation ``cfg`` describes (the same for the same seed)."""
+    """The task's degradation and the observation ``cfg`` describes (the same for the same
+    ``observation_seed``)."""
     physics = _instantiate(cfg.task.physics, "task")
     data = cfg.data
     try:
@@ -154,7 +155,7 @@ def problem_from_config(cfg: DictConfig, clean=None, observation=None) -> Proble
             default_image=data.default_image,
             size=data.size,
             mode=data.mode,
-            seed=cfg.seed,
+            seed=cfg.observation_seed,
         )
     except DipError as error:
         raise _with_dataset_hint(error, data.root) from None
@@ -286,6 +287,7 @@ def run(cfg: DictConfig, output_dir: Path | None, clean=None, observation=None, 
         task=cfg.task.name,
         arch=cfg.arch_name,
         seed=cfg.seed,
+        observation_seed=cfg.observation_seed,
         stop_reason=module.stop_reason or ("early stopping" if early_stopping and early_stopping.stopped_at else None),
     )
     if resume:

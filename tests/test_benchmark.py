@@ -172,6 +172,31 @@ def test_denoising_runs_worker_processes_pinned_to_gpus_and_classical_baselines(
         assert all(float(row["cbm3d_psnr"]) > float(row["nlm_psnr"]) - 3 for row in rows)
 
 
+def test_runs_on_one_observation_and_their_average(tmp_path):
+    root, run_dir = tmp_path / "data", tmp_path / "run"
+    make_dataset(root, "bm3d_color", ["one.png"])
+    run_benchmark(compose("cset9_denoise25", root, run_dir, "benchmark.runs=2", "data.size=32",
+                          "benchmark.baselines=[]"), run_dir)
+    image_dir = run_dir / "images" / "one"
+    runs = [image_dir / f"seed{seed}" for seed in (0, 1)]
+    observations = [np.asarray(Image.open(run / "observation.png")) for run in runs]
+    assert np.array_equal(*observations)  # one noisy image
+    outputs = [torch.load(run / "outputs.pt") for run in runs]
+    assert not torch.equal(outputs[0]["restored"], outputs[1]["restored"])  # two independent restorations
+    truth = torch.from_numpy(np.asarray(Image.open(root / "bm3d_color" / "one.png"))).permute(2, 0, 1)[None] / 255
+    truth = truth[..., 8:40, 8:40]  # the centre crop of data.size=32 from 48 x 48
+    row = read_csv(run_dir / "table.csv")[0]
+    for suffix in ("", "_ema"):
+        average = (outputs[0]["restored" + suffix] + outputs[1]["restored" + suffix]) / 2
+        assert float(row["psnr_average" + suffix]) == pytest.approx(float(psnr(average, truth)), abs=1e-3)
+        assert (image_dir / f"average{suffix}.png").is_file()
+    assert row["seed"] == "0" and float(row["psnr"]) == pytest.approx(
+        json.loads((runs[0] / "metrics.json").read_text())["psnr"], abs=1e-4)
+    table = (run_dir / "table.md").read_text()
+    assert "| PSNR avg of 2 | PSNR EMA avg of 2 |" in table and "2 runs per image (seeds 0 to 1" in table
+    assert "paper (avg of 2)" in table and "31.00" in table
+
+
 def test_inpainting_table_quotes_the_paper_and_csc_per_image(tmp_path):
     root, run_dir = tmp_path / "data", tmp_path / "run"
     make_dataset(root, "inpainting_heide", ["barbara.png", "boat.png"], mode="L")

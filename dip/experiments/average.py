@@ -1,5 +1,5 @@
 """The paper's averaging protocol (31.00 dB in denoising): independent runs on the same observation
-(different seeds: other ``z`` and initial weights), their outputs averaged."""
+(``seed`` varies: other ``z`` and initial weights; ``observation_seed`` stays), their outputs averaged."""
 
 from __future__ import annotations
 
@@ -13,15 +13,10 @@ from dip.images import save_image
 
 
 def run(cfg: DictConfig, output_dir: Path) -> str:
-    results = []
-    for index in range(cfg.experiment.runs):
-        directory, seed = output_dir / f"run{index}", [f"seed={cfg.seed + index}"]
-        if not results:
-            results.append(restore_in(directory, seed))
-            continue
-        first = results[0]  # the same observation (and ground truth) for every run
-        clean = first.ground_truth[0] if first.ground_truth is not None else None
-        results.append(restore_in(directory, seed, clean=clean, observation=first.observation[0]))
+    # observation_seed fixed: the same noise (or mask) for every run
+    results = [restore_in(output_dir / f"run{index}", [f"seed={cfg.seed + index}",
+                                                       f"observation_seed={cfg.observation_seed}"])
+               for index in range(cfg.experiment.runs)]
 
     truth = results[0].ground_truth
     average = torch.stack([r.restored for r in results]).mean(0)
