@@ -19,23 +19,7 @@
 # SMOKE=1 PY=.venv/bin/python bash experiments/gpu_session.sh   runs every phase for a few steps on
 # 32 px images on a CPU (compile phase skipped), to check the script before spending device time on it.
 set -uo pipefail
-cd "$(dirname "$0")/.."
-PY=${PY:-python3}
-OUT=${OUT:-results/gpu-$(date -u +%Y%m%d)}
-mkdir -p "$OUT"
-if ! $PY -c "import hydra, omegaconf" 2>/dev/null; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD
-fi
-export WANDB_MODE=disabled PYTHONUNBUFFERED=1
-{
-  date -u +%Y-%m-%dT%H:%M:%SZ
-  echo "command: bash experiments/gpu_session.sh   (git $(git rev-parse --short HEAD 2>/dev/null || echo '?'))"
-  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv || echo "no nvidia-smi"
-  $PY -c "import torch, pytorch_lightning as pl; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
-'cudnn', torch.backends.cudnn.version(), 'lightning', pl.__version__)"
-} > "$OUT/env.txt" 2>&1
-cat "$OUT/env.txt"
+source "$(dirname "$0")/gpu_env.sh" gpu_session.sh
 
 VARIANTS=(--variant "cl=speed.channels_last=true"
           --variant "bf16_cl=trainer.precision=bf16-mixed,speed.channels_last=true")
