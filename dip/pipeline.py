@@ -243,6 +243,9 @@ def fit(cfg: DictConfig, module: DeepImagePrior, callbacks=(), ckpt_path: str | 
         # a frozen feature extractor (pre-images) stays in eval mode on purpose
         warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
         trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path)
+    # Lightning's teardown moves the module to the CPU: back to where it ran, so that the final
+    # outputs and metrics are computed (and reported) on the GPU, not in minutes on the CPU.
+    module.to(trainer.strategy.root_device)
     return trainer
 
 
