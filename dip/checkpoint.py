@@ -26,7 +26,7 @@ from dip.errors import DipError
 CHECKPOINT_NAME = "checkpoint.ckpt"
 # Settings that change the result; the others (steps, logging, paths, device) may differ on resume.
 RESULT_SETTINGS = ("seed", "observation_seed", "task", "arch", "input", "optim", "data", "regularizer", "ema_weight",
-                   "backtrack_db", "max_rollbacks", "early_stop", "trainer.precision")
+                   "backtrack_db", "max_rollbacks", "early_stop", "trainer.precision", "restarts")
 IGNORED_SETTINGS = ("data.root",)
 
 

@@ -16,6 +16,11 @@ def psnr_from_mse(mse: torch.Tensor) -> torch.Tensor:
     return -10.0 * torch.log10(mse)
 
 
+def per_image_psnr(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """The PSNR of each of ``N`` images (``N x C x H x W``, clamped to [0, 1]) against one reference."""
+    return psnr_from_mse((images.clamp(0, 1) - reference).square().flatten(1).mean(1))
+
+
 def ssim(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """SSIM with the usual Gaussian window (sigma 1.5, 11 taps), narrowed to fit smaller images."""
     window = min(11, *(size - 1 + size % 2 for size in reference.shape[-2:]))

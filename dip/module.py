@@ -11,7 +11,8 @@ from torch import nn
 
 from dip.images import centre_crop
 from dip.inputs import InputCode, padded_size
-from dip.metrics import psnr, psnr_from_mse, ssim
+from dip.metrics import per_image_psnr, psnr, psnr_from_mse, ssim
+from dip.nets.packed import unpack_images
 from dip.physics import Degradation
 
 
@@ -53,6 +54,13 @@ class DeepImagePrior(pl.LightningModule):
     ``metrics_every`` steps. During a fit the trainable weights are views of one flat buffer
     (``flat_weights``), so that remembering or restoring all of them is one ``where`` each: one
     kernel and one pass over the weights, not a few per tensor.
+
+    ``restarts = N > 1`` fits N independent restorations of the one observation at once, in a
+    generator that packs N copies (``Skip(copies=N)``, ``dip.nets.packed``): each restart has its
+    own code, weights, EMA, data term and backtracking, the loss is the sum of their data terms (so
+    each copy gets its own gradient), and the restoration is the average of their outputs (the
+    paper's averaging of runs, every kernel launch shared). ``restored`` and ``ema_output`` give
+    that average; ``restart_outputs`` the restarts' own outputs.
     """
 
     def __init__(
@@ -70,6 +78,7 @@ class DeepImagePrior(pl.LightningModule):
         channels: int | None = None,
         regularizer: nn.Module | None = None,
         max_rollbacks: int | None = 20,
+        restarts: int = 1,
     ):
         super().__init__()
         self.generator = generator
@@ -82,10 +91,11 @@ class DeepImagePrior(pl.LightningModule):
         self.backtrack_db = backtrack_db
         self.metrics_every = max(1, int(metrics_every))
         self.max_rollbacks = max_rollbacks
+        self.restarts = restarts
         self.stop_reason: str | None = None
 
         height, width = padded_size(*self.output_size, getattr(generator, "size_multiple", 1))
-        z = code.make(height, width)
+        z = torch.cat([code.make(height, width) for _ in range(restarts)], dim=1)  # packed: copies along channels
         if code.optimize:
             self.z = nn.Parameter(z)
         else:
@@ -93,16 +103,19 @@ class DeepImagePrior(pl.LightningModule):
         self.register_buffer("observation", observation)
         self.register_buffer("ground_truth", ground_truth)
         channels = observation.shape[1] if channels is None else channels  # features are not an image
-        self.register_buffer("ema", torch.zeros(1, channels, *self.output_size))
-        self.register_buffer("last_good_psnr", torch.tensor(-math.inf))
-        self.register_buffer("last_good_step", torch.tensor(-1))
-        self.register_buffer("diverged", torch.tensor(False))
-        self.register_buffer("failed_in_a_row", torch.tensor(0))
+        self.register_buffer("ema", torch.zeros(restarts, channels, *self.output_size))
+        # one per restart
+        self.register_buffer("last_good_psnr", torch.full((restarts,), -math.inf))
+        self.register_buffer("last_good_step", torch.full((restarts,), -1))
+        self.register_buffer("diverged", torch.zeros(restarts, dtype=torch.bool))
+        self.register_buffer("failed_in_a_row", torch.zeros(restarts, dtype=torch.long))
         self.good_weights: torch.Tensor | None = None  # flat; made at the start of the fit
         self.restored_good_weights: torch.Tensor | None = None
 
     def forward(self, z: torch.Tensor | None = None) -> torch.Tensor:
-        return centre_crop(self.generator(self.z if z is None else z), *self.output_size)
+        """The restarts' outputs, ``restarts x C x H x W``."""
+        packed = self.generator(self.z if z is None else z)
+        return centre_crop(unpack_images(packed, self.restarts), *self.output_size)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
@@ -115,7 +128,12 @@ class DeepImagePrior(pl.LightningModule):
 
         (Before any callback's ``on_train_start``, so that callbacks may use ``flat_weights``.)
         """
-        self.flat_weights = share_one_buffer(self.trainable_parameters())
+        weights = self.trainable_parameters()
+        self.flat_weights = share_one_buffer(weights)
+        # Which restart each element of flat_weights belongs to: every weight of a packed generator
+        # is copy-major (rows [k n, (k + 1) n) are copy k's), so it splits into equal runs per restart.
+        runs = [w.numel() // self.restarts for w in weights for _ in range(self.restarts)]
+        self.restart_runs = torch.tensor(runs, device=self.flat_weights.device)
         restored, self.restored_good_weights = self.restored_good_weights, None
         if restored is not None:
             self.good_weights = restored.to(self.flat_weights.device)
@@ -133,16 +151,17 @@ class DeepImagePrior(pl.LightningModule):
         if self.code.reg_noise_std > 0:
             z = z + self.code.reg_noise_std * torch.randn_like(z)
         x = self(z)
-        data_term = self.physics.data_term(x, self.observation)
+        data_terms = self.physics.data_term(x, self.observation)  # one per restart
         with torch.no_grad():
             if self.backtrack_db is not None:
-                self._remember_or_flag_divergence(data_term.detach())
+                self._remember_or_flag_divergence(data_terms.detach())
             self._update_ema(x.detach())
         self.latest_output = x.detach()
         step = self.global_step + 1
         if step % self.metrics_every == 0 or step == self.trainer.max_steps:
-            self._log_quality(self.quality(x.detach(), data_term.detach()))
-        return data_term if self.regularizer is None else data_term + self.regularizer(x)
+            self._log_quality(self.quality(x.detach(), data_terms.detach()))
+        loss = data_terms.sum()  # restarts share no weight: each gets the gradient of its own term
+        return loss if self.regularizer is None else loss + self.regularizer(x)
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
@@ -153,24 +172,30 @@ class DeepImagePrior(pl.LightningModule):
         step = self.global_step
         if self.backtrack_db is None or self.max_rollbacks is None or step % self.metrics_every:
             return
-        if int(self.failed_in_a_row) >= self.max_rollbacks:
+        failed = int(self.failed_in_a_row.max())
+        if failed >= self.max_rollbacks:
             with torch.no_grad():
                 self.flat_weights.copy_(self.good_weights)
             self.stop_reason = (
-                f"diverged: {int(self.failed_in_a_row)} rollbacks without recovering (max_rollbacks="
-                f"{self.max_rollbacks}) by step {step}; the outputs are from the last good weights "
-                f"(those of step {int(self.last_good_step) + 1})"
+                f"diverged: {failed} rollbacks without recovering (max_rollbacks={self.max_rollbacks}) by "
+                f"step {step}; the outputs are from the last good weights (those of step "
+                f"{int(self.last_good_step.min()) + 1})"
             )
             self.trainer.should_stop = True
 
-    def quality(self, x: torch.Tensor, loss: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Device-side metrics of output ``x`` whose data term is ``loss``."""
-        metrics = {"psnr_fit": psnr_from_mse(loss), "psnr_fit_ema": psnr(self.physics.A(self.ema), self.observation)}
+    def quality(self, x: torch.Tensor, losses: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Device-side metrics of the restarts' outputs ``x`` whose data terms are ``losses``: those
+        of their average (the restoration), and with several restarts the mean of their own PSNRs."""
+        average, ema = x.clamp(0, 1).mean(0, keepdim=True), self.ema_output()
+        metrics = {"psnr_fit": psnr_from_mse(losses.mean()),
+                   "psnr_fit_ema": psnr(self.physics.A(ema), self.observation)}
         if self.ground_truth is not None:
-            metrics["psnr"] = psnr(x, self.ground_truth)
-            metrics["psnr_ema"] = psnr(self.ema, self.ground_truth)
-            metrics["ssim"] = ssim(x, self.ground_truth)
-            metrics["ssim_ema"] = ssim(self.ema, self.ground_truth)
+            metrics["psnr"] = psnr(average, self.ground_truth)
+            metrics["psnr_ema"] = psnr(ema, self.ground_truth)
+            metrics["ssim"] = ssim(average, self.ground_truth)
+            metrics["ssim_ema"] = ssim(ema, self.ground_truth)
+            if self.restarts > 1:
+                metrics["psnr_restart_mean"] = per_image_psnr(x, self.ground_truth).mean()
         return metrics
 
     def _log_quality(self, metrics: dict[str, torch.Tensor]) -> None:
@@ -188,9 +213,17 @@ class DeepImagePrior(pl.LightningModule):
                 logger.log_metrics(values, step=self.global_step)
 
     @torch.no_grad()
-    def restored(self) -> torch.Tensor:
-        """``f(z)`` with the final weights and the unperturbed code."""
+    def restart_outputs(self) -> torch.Tensor:
+        """``f(z)`` of every restart (``restarts x C x H x W``), final weights, unperturbed code."""
         return self().clamp(0, 1)
+
+    def restored(self) -> torch.Tensor:
+        """The restoration, ``1 x C x H x W``: ``f(z)`` (averaged over the restarts)."""
+        return self.restart_outputs().mean(0, keepdim=True)
+
+    def ema_output(self) -> torch.Tensor:
+        """The EMA of the outputs (averaged over the restarts), ``1 x C x H x W``."""
+        return self.ema.clamp(0, 1).mean(0, keepdim=True)
 
     def _update_ema(self, x: torch.Tensor) -> None:
         x = x.to(self.ema.dtype)  # under mixed precision the output is bf16/fp16, the average float32
@@ -198,7 +231,8 @@ class DeepImagePrior(pl.LightningModule):
             self.ema.copy_(x)
         else:
             blended = torch.lerp(x, self.ema, self.ema_weight)
-            self.ema.copy_(torch.where(torch.isfinite(blended) & ~self.diverged, blended, self.ema))
+            kept = torch.isfinite(blended) & ~self.diverged.view(-1, 1, 1, 1)
+            self.ema.copy_(torch.where(kept, blended, self.ema))
 
     def _remember_or_flag_divergence(self, loss: torch.Tensor) -> None:
         fit = psnr_from_mse(loss)
@@ -207,10 +241,17 @@ class DeepImagePrior(pl.LightningModule):
         recovered = ~diverged & ~self.diverged
         self.failed_in_a_row.copy_(torch.where(diverged, self.failed_in_a_row + 1, self.failed_in_a_row * ~recovered))
         self.diverged.copy_(diverged)
-        torch.where(diverged, self.good_weights, self.flat_weights, out=self.good_weights)
+        torch.where(self._per_weight(diverged), self.good_weights, self.flat_weights, out=self.good_weights)
         self.last_good_psnr = torch.where(diverged, self.last_good_psnr, fit)
         self.last_good_step.copy_(torch.where(diverged, self.last_good_step, self.global_step))
 
     def _roll_back_if_diverged(self) -> None:
         with torch.no_grad():
-            torch.where(self.diverged, self.good_weights, self.flat_weights, out=self.flat_weights)
+            torch.where(self._per_weight(self.diverged), self.good_weights, self.flat_weights, out=self.flat_weights)
+
+    def _per_weight(self, per_restart: torch.Tensor) -> torch.Tensor:
+        """A per-restart flag spread over ``flat_weights`` (one restart: it broadcasts as it is)."""
+        if self.restarts == 1:
+            return per_restart
+        flags = per_restart.repeat(len(self.restart_runs) // self.restarts)
+        return flags.repeat_interleave(self.restart_runs, output_size=self.flat_weights.numel())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import resource
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import TQDMProgressBar
 from pytorch_lightning.loggers import WandbLogger
@@ -31,7 +32,7 @@ from dip.errors import DipError
 from dip.images import save_image, write_atomically
 from dip.loggers import ImageLogger, flat_config
 from dip.memory import check_fits, run_device
-from dip.metrics import psnr, psnr_from_mse, ssim
+from dip.metrics import per_image_psnr, psnr, psnr_from_mse, ssim
 from dip.module import DeepImagePrior
 from dip.problem import Problem, build_problem
 from dip.speed import Speed
@@ -171,7 +172,9 @@ def prepare(cfg: DictConfig, clean=None, observation=None) -> tuple[Problem, Dee
     except DipError as error:
         raise _with_dataset_hint(error, cfg.data.root) from None
     speed: Speed = _instantiate(cfg.speed, "speed")
-    generator = _instantiate(cfg.arch, "arch", in_channels=code.channels, out_channels=problem.channels)
+    restarts = check_restarts(cfg)
+    packing = {"copies": restarts} if restarts > 1 else {}
+    generator = _instantiate(cfg.arch, "arch", in_channels=code.channels, out_channels=problem.channels, **packing)
     generator = speed.prepare_generator(generator)
     module = DeepImagePrior(
         generator=generator,
@@ -187,8 +190,23 @@ def prepare(cfg: DictConfig, clean=None, observation=None) -> tuple[Problem, Dee
         channels=problem.channels,
         regularizer=_instantiate(cfg.regularizer, "regularizer") if cfg.get("regularizer") else None,
         max_rollbacks=cfg.max_rollbacks,
+        restarts=restarts,
     )
     return problem, module
+
+
+def check_restarts(cfg: DictConfig) -> int:
+    """``cfg.restarts``, refused (one line) where several restarts cannot be packed into one fit."""
+    restarts = cfg.restarts
+    if restarts < 1:
+        raise DipError(f"restarts must be at least 1, got {restarts}")
+    if restarts > 1:
+        if "copies" not in inspect.signature(get_class(cfg.arch._target_)).parameters:
+            raise DipError(f"restarts={restarts} packs copies of the generator into one network, which arch "
+                           f"'{cfg.arch_name}' ({cfg.arch._target_}) cannot do: use a skip architecture")
+        if cfg.get("early_stop"):
+            raise DipError(f"restarts={restarts} does not combine with early stopping (early_stop=none)")
+    return restarts
 
 
 def final_metrics(
@@ -199,7 +217,7 @@ def final_metrics(
     upsampling for super-resolution, null when the observation is not an image). ``psnr_fit`` is
     ``-10 log10`` of the data term. ``restored`` is ``module.restored()`` and ``baseline`` the
     physics' baseline of the observation, computed once by the caller."""
-    ema, truth = module.ema.clamp(0, 1), module.ground_truth
+    ema, truth = module.ema_output(), module.ground_truth
     with torch.no_grad():
         fit = psnr_from_mse(problem.physics.data_term(restored, module.observation))
     metrics = {"psnr": None, "psnr_ema": None, "ssim": None, "ssim_ema": None, "psnr_observation": None}
@@ -209,7 +227,11 @@ def final_metrics(
             ssim_ema=ssim(ema, truth), psnr_observation=None if baseline is None else psnr(baseline, truth),
         )
     metrics["psnr_fit"] = fit
-    return {key: None if value is None else round(float(value), 4) for key, value in metrics.items()}
+    metrics = {key: None if value is None else round(float(value), 4) for key, value in metrics.items()}
+    if module.restarts > 1 and truth is not None:  # each restart's own figures, beside their average's
+        for key, images in (("psnr_restarts", module.restart_outputs()), ("psnr_ema_restarts", module.ema)):
+            metrics[key] = [round(float(value), 4) for value in per_image_psnr(images, truth)]
+    return metrics
 
 
 def write_outputs(result: Result, output_dir: Path) -> None:
@@ -301,7 +323,7 @@ def run(cfg: DictConfig, output_dir: Path | None, clean=None, observation=None, 
         metrics["alpha"] = f"the {problem.source_mode} input's alpha channel was set aside and copied to the outputs"
     result = Result(
         restored=restored.cpu(),
-        restored_ema=module.ema.clamp(0, 1).cpu(),
+        restored_ema=module.ema_output().cpu(),
         observation=problem.observation_image,
         ground_truth=problem.ground_truth,
         metrics=metrics,

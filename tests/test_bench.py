@@ -41,6 +41,10 @@ def test_quick_bench_writes_every_figure(bench, tmp_path):
     assert row["loops"]["cl"]["psnr"] == pytest.approx(row["psnr_eager"], abs=1e-2)
     packed = results["packed"]
     assert packed["copies"] == 2 and packed["image_steps_per_s"] > 0 and packed["psnr_packed_average"] > 0
+    # restarts=2 through the framework: the packed eager loop's restoration, as fast or faster
+    assert packed["framework_packed_ms"] > 0 and packed["framework_throughput_vs_eager"] > 0
+    assert packed["psnr_framework_packed_mean"] == pytest.approx(packed["psnr_packed_mean"], abs=1e-3)
+    assert packed["psnr_framework_packed_average"] == pytest.approx(packed["psnr_packed_average"], abs=1e-3)
 
 
 def test_variant_needs_a_name_and_overrides(bench):

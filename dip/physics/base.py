@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -36,7 +35,8 @@ class Degradation(nn.Module):
         return self.A(x)
 
     def data_term(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.mse_loss(self.A(x), y)
+        """``E(x; y)`` of each image of the batch ``x`` against the one observation ``y``: shape ``N``."""
+        return (self.A(x) - y).square().flatten(1).mean(1)
 
     def A_adjoint(self, y: torch.Tensor, x_shape: torch.Size) -> torch.Tensor:  # noqa: N802
         """``A^T y`` for a linear ``A``, as the vector-Jacobian product at zero."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from dip.nets.alexnet import LAYERS, MIN_SIZE, load_alexnet
 from dip.physics.base import Degradation
@@ -54,7 +53,7 @@ class FeatureInversion(Degradation):
         return self.extractor(x)
 
     def data_term(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.mse_loss(self.A(x), y) / y.square().mean().clamp_min(1e-12)
+        return super().data_term(x, y) / y.square().mean().clamp_min(1e-12)
 
     def baseline(self, y: torch.Tensor) -> None:
         """Features have no naive image estimate."""
