@@ -28,11 +28,12 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def test_no_host_sync_between_metric_steps(monkeypatch):
+@pytest.mark.parametrize("restarts", [1, 2])
+def test_no_host_sync_between_metric_steps(monkeypatch, restarts):
     """Only the metric steps read device values (Lightning copies ``prog_bar`` metrics to the host
     after every step, so the module must not log with it)."""
     reads = []
-    for name in ("item", "__float__", "__bool__", "tolist"):
+    for name in ("item", "__float__", "__bool__", "__int__", "tolist"):
         original = getattr(torch.Tensor, name)
 
         def counted(self, *args, _original=original, **kwargs):
@@ -45,8 +46,8 @@ def test_no_host_sync_between_metric_steps(monkeypatch):
             return _original(self, *args, **kwargs)
 
         monkeypatch.setattr(torch.Tensor, name, counted)
-    steps, every = 24, 12
-    run(small_config(f"trainer.max_steps={steps}", f"metrics_every={every}"), None)
+    steps, every = 36, 18
+    run(small_config(f"trainer.max_steps={steps}", f"metrics_every={every}", f"restarts={restarts}"), None)
     # per metric step: three metrics for the progress bar; then the final metrics after the fit
     assert len(reads) < steps, f"{len(reads)} host reads in {steps} steps"
 
