@@ -38,8 +38,8 @@ def image(tmp_path_factory) -> Path:
     return path
 
 
-def restore(image: Path, out: Path, steps: int, *extra: str):
-    cfg = compose_config([f"data.path={image}", f"trainer.max_steps={steps}", *SETTINGS, *extra], output_dir=out)
+def restore(image: Path, out: Path, steps: int, *extra: str, settings: list[str] = SETTINGS):
+    cfg = compose_config([f"data.path={image}", f"trainer.max_steps={steps}", *settings, *extra], output_dir=out)
     return run(cfg, out)
 
 
@@ -90,6 +90,30 @@ def test_ctrl_c_writes_a_checkpoint_and_rerunning_resumes_to_the_same_result(ima
     assert resumed.metrics["resumed_from_step"] == 1 and resumed.metrics["steps"] == 8
     assert_same_result(resumed, reference)
     assert not (out / CHECKPOINT_NAME).exists()  # a finished run drops it (checkpoint.keep=false)
+
+
+def test_packed_restarts_resume_to_the_same_result(image, tmp_path, monkeypatch):
+    # each restart rolls back on its own; early stopping does not combine with restarts
+    packed = [setting for setting in SETTINGS if not setting.startswith("early_stop")] + ["restarts=2"]
+    reference = restore(image, tmp_path / "reference", 8, settings=packed)
+    step_of_training = DeepImagePrior.training_step
+
+    def press_ctrl_c_during_step_1(self, batch, batch_idx):
+        if self.global_step == 0:
+            os.kill(os.getpid(), signal.SIGINT)
+        return step_of_training(self, batch, batch_idx)
+
+    monkeypatch.setattr(DeepImagePrior, "training_step", press_ctrl_c_during_step_1)
+    out = tmp_path / "run"
+    with pytest.raises(RunInterruptedError):
+        restore(image, out, 8, settings=packed)
+    monkeypatch.undo()
+    resumed = restore(image, out, 8, settings=packed)
+    assert resumed.metrics["resumed_from_step"] == 1
+    for key in ("psnr", "psnr_ema", "psnr_fit", "ssim"):
+        assert resumed.metrics[key] == pytest.approx(reference.metrics[key], abs=1e-5), key
+    assert resumed.metrics["psnr_restarts"] == pytest.approx(reference.metrics["psnr_restarts"], abs=1e-5)
+    assert torch.allclose(resumed.restored, reference.restored, atol=1e-5)
 
 
 def test_sigterm_on_the_command_line_then_resume(image, tmp_path):
