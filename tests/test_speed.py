@@ -166,3 +166,13 @@ def test_early_stopping_with_channels_last_weights():
     result = run(small_config("speed.channels_last=true", "trainer.max_steps=12", "early_stop=wmv",
                               "early_stop.window=3", "early_stop.patience=2", "early_stop.check_every=1"), None)
     assert result.metrics["early_stop_step"] is not None
+
+
+@pytest.mark.parametrize("restarts", [1, 2])
+def test_bf16_autocast_runs_on_the_cpu_with_a_float32_average(restarts):
+    # The GPU's mixed-precision path, exercised where it can be: bf16 autocast on the CPU.
+    fp32 = run(small_config("trainer.max_steps=20", f"restarts={restarts}"), None)
+    bf16 = run(small_config("trainer.max_steps=20", f"restarts={restarts}", "trainer.precision=bf16-mixed"), None)
+    assert bf16.restored_ema.dtype == torch.float32 and torch.isfinite(bf16.restored).all()
+    assert bf16.metrics["psnr"] == pytest.approx(fp32.metrics["psnr"], abs=2.0)
+    assert bf16.metrics["psnr"] != fp32.metrics["psnr"]  # autocast did change the arithmetic
