@@ -64,8 +64,8 @@ def test_same_seed_same_result_and_the_seed_is_recorded(image, reference, tmp_pa
     assert abs(other.metrics["psnr"] - reference.metrics["psnr"]) > 1e-3
 
 
-def test_ctrl_c_writes_a_checkpoint_and_rerunning_resumes_to_the_same_result(image, reference, tmp_path,
-                                                                              monkeypatch):
+def interrupted_at_step_1(image: Path, out: Path, monkeypatch, settings: list[str] = SETTINGS) -> RunInterruptedError:
+    """An 8-step run into ``out`` stopped by Ctrl-C during its first step; the interruption."""
     step_of_training = DeepImagePrior.training_step
 
     def press_ctrl_c_during_step_1(self, batch, batch_idx):
@@ -73,15 +73,21 @@ def test_ctrl_c_writes_a_checkpoint_and_rerunning_resumes_to_the_same_result(ima
             os.kill(os.getpid(), signal.SIGINT)
         return step_of_training(self, batch, batch_idx)
 
-    # Step 1 is good and step 2 rolls back: the resumed run needs step 1's weights, not the current ones.
     monkeypatch.setattr(DeepImagePrior, "training_step", press_ctrl_c_during_step_1)
-    out = tmp_path / "run"
     with pytest.raises(RunInterruptedError) as interruption:
-        restore(image, out, 8)
-    assert interruption.value.step == 1 and interruption.value.signum == signal.SIGINT
+        restore(image, out, 8, settings=settings)
+    monkeypatch.undo()
+    return interruption.value
+
+
+def test_ctrl_c_writes_a_checkpoint_and_rerunning_resumes_to_the_same_result(image, reference, tmp_path,
+                                                                              monkeypatch):
+    # Step 1 is good and step 2 rolls back: the resumed run needs step 1's weights, not the current ones.
+    out = tmp_path / "run"
+    interruption = interrupted_at_step_1(image, out, monkeypatch)
+    assert interruption.step == 1 and interruption.signum == signal.SIGINT
     assert (out / CHECKPOINT_NAME).is_file() and not (out / "metrics.json").exists()
     assert not list(out.glob(".*.tmp"))  # written atomically: no temporary left behind
-    monkeypatch.undo()
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -96,18 +102,8 @@ def test_packed_restarts_resume_to_the_same_result(image, tmp_path, monkeypatch)
     # each restart rolls back on its own; early stopping does not combine with restarts
     packed = [setting for setting in SETTINGS if not setting.startswith("early_stop")] + ["restarts=2"]
     reference = restore(image, tmp_path / "reference", 8, settings=packed)
-    step_of_training = DeepImagePrior.training_step
-
-    def press_ctrl_c_during_step_1(self, batch, batch_idx):
-        if self.global_step == 0:
-            os.kill(os.getpid(), signal.SIGINT)
-        return step_of_training(self, batch, batch_idx)
-
-    monkeypatch.setattr(DeepImagePrior, "training_step", press_ctrl_c_during_step_1)
     out = tmp_path / "run"
-    with pytest.raises(RunInterruptedError):
-        restore(image, out, 8, settings=packed)
-    monkeypatch.undo()
+    interrupted_at_step_1(image, out, monkeypatch, packed)
     resumed = restore(image, out, 8, settings=packed)
     assert resumed.metrics["resumed_from_step"] == 1
     for key in ("psnr", "psnr_ema", "psnr_fit", "ssim"):
