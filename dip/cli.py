@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from dip.checkpoint import RunInterruptedError
 from dip.config import CONF_DIR, compose_config, config_groups, register_resolvers
 from dip.errors import DipError
-from dip.pipeline import OUTPUT_FILES, describe, run
+from dip.pipeline import OUTPUT_FILES, RESTART_OUTPUT, describe, run
 
 log = logging.getLogger("dip")
 OPTIONS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
@@ -66,6 +66,8 @@ def discard_run_dir(output_dir: Path) -> None:
     """Remove what this failed job left: its outputs, Hydra's record and log, then the folder if empty."""
     for name in OUTPUT_FILES:
         (output_dir / name).unlink(missing_ok=True)
+    for path in output_dir.glob(RESTART_OUTPUT.format("*")):
+        path.unlink()
     shutil.rmtree(output_dir / ".hydra", ignore_errors=True)
     for log_file in output_dir.glob("*.log"):
         log_file.unlink(missing_ok=True)

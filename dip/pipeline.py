@@ -38,6 +38,7 @@ from dip.problem import Problem, build_problem
 from dip.speed import Speed
 
 OUTPUT_FILES = ("observation.png", "restored.png", "restored_ema.png", "bicubic.png", "metrics.json")
+RESTART_OUTPUT = "restored_restart{}.png"  # with restarts=N, restart k's own output
 
 
 class StepDataset(Dataset):
@@ -119,6 +120,7 @@ class Result:
     baseline_name: str | None = None
     alpha: torch.Tensor | None = None  # 1 x H x W: the input's alpha channel, copied into the outputs
     bits: int = 8  # bit depth of the written images (16 for a 16-bit grey input)
+    restarts: torch.Tensor | None = None  # N x C x H x W: with restarts=N, each restart's own output
 
 
 def _instantiate(node: DictConfig, what: str, **kwargs):
@@ -210,14 +212,15 @@ def check_restarts(cfg: DictConfig) -> int:
 
 
 def final_metrics(
-    module: DeepImagePrior, problem: Problem, restored: torch.Tensor, baseline: torch.Tensor | None
+    module: DeepImagePrior, problem: Problem, outputs: torch.Tensor, baseline: torch.Tensor | None
 ) -> dict:
     """PSNR / SSIM of the final output and the EMA against the ground truth (null without one), and
     of the naive estimate from the observation (``psnr_observation``: the observation itself, bicubic
     upsampling for super-resolution, null when the observation is not an image). ``psnr_fit`` is
-    ``-10 log10`` of the data term. ``restored`` is ``module.restored()`` and ``baseline`` the
-    physics' baseline of the observation, computed once by the caller."""
-    ema, truth = module.ema_output(), module.ground_truth
+    ``-10 log10`` of the data term. ``outputs`` is ``module.restart_outputs()`` (the restoration is
+    their average) and ``baseline`` the physics' baseline of the observation, computed once by the
+    caller."""
+    restored, ema, truth = outputs.mean(0, keepdim=True), module.ema_output(), module.ground_truth
     with torch.no_grad():
         fit = psnr_from_mse(problem.physics.data_term(restored, module.observation))
     metrics = {"psnr": None, "psnr_ema": None, "ssim": None, "ssim_ema": None, "psnr_observation": None}
@@ -229,7 +232,7 @@ def final_metrics(
     metrics["psnr_fit"] = fit
     metrics = {key: None if value is None else round(float(value), 4) for key, value in metrics.items()}
     if module.restarts > 1 and truth is not None:  # each restart's own figures, beside their average's
-        for key, images in (("psnr_restarts", module.restart_outputs()), ("psnr_ema_restarts", module.ema)):
+        for key, images in (("psnr_restarts", outputs), ("psnr_ema_restarts", module.ema)):
             metrics[key] = [round(float(value), 4) for value in per_image_psnr(images, truth)]
     return metrics
 
@@ -242,6 +245,8 @@ def write_outputs(result: Result, output_dir: Path) -> None:
     save_image(result.restored_ema[0], output_dir / "restored_ema.png", result.alpha, result.bits)
     if result.baseline_name is not None:
         save_image(result.baseline[0], output_dir / f"{result.baseline_name}.png", result.alpha, result.bits)
+    for index, image in enumerate(result.restarts if result.restarts is not None else []):
+        save_image(image, output_dir / RESTART_OUTPUT.format(index), result.alpha, result.bits)
     text = json.dumps(result.metrics, indent=2, sort_keys=True) + "\n"
     write_atomically(output_dir / "metrics.json", lambda handle: handle.write(text.encode()))
 
@@ -299,9 +304,9 @@ def run(cfg: DictConfig, output_dir: Path | None, clean=None, observation=None, 
 
     steps = trainer.global_step
     physics = problem.physics
-    restored = module.restored()  # with early stopping, the module is at the chosen step
+    outputs = module.restart_outputs()  # with early stopping, the module is at the chosen step
     baseline = physics.baseline(module.observation)
-    metrics = final_metrics(module, problem, restored, baseline)
+    metrics = final_metrics(module, problem, outputs, baseline)
     metrics.update(
         steps=steps,
         seconds=round(timer.seconds, 3),
@@ -322,8 +327,9 @@ def run(cfg: DictConfig, output_dir: Path | None, clean=None, observation=None, 
     if problem.alpha is not None:
         metrics["alpha"] = f"the {problem.source_mode} input's alpha channel was set aside and copied to the outputs"
     result = Result(
-        restored=restored.cpu(),
+        restored=outputs.mean(0, keepdim=True).cpu(),
         restored_ema=module.ema_output().cpu(),
+        restarts=outputs.cpu() if module.restarts > 1 else None,
         observation=problem.observation_image,
         ground_truth=problem.ground_truth,
         metrics=metrics,

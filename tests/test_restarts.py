@@ -9,6 +9,7 @@ import torch
 
 from dip.config import compose_config
 from dip.errors import DipError
+from dip.images import load_image
 from dip.metrics import per_image_psnr, psnr
 from dip.pipeline import prepare, run
 
@@ -55,8 +56,8 @@ def test_backtracking_rolls_back_only_the_restart_that_diverged():
     assert module.diverged.tolist() == [False, True] and module.failed_in_a_row.tolist() == [0, 1]
 
 
-def test_a_packed_fit_reports_the_average_and_each_restart():
-    result = run(small("restarts=2", "trainer.max_steps=4", "metrics_every=2"), None)
+def test_a_packed_fit_reports_the_average_and_each_restart(tmp_path):
+    result = run(small("restarts=2", "trainer.max_steps=4", "metrics_every=2"), tmp_path)
     metrics = result.metrics
     assert len(metrics["psnr_restarts"]) == 2 and len(metrics["psnr_ema_restarts"]) == 2
     assert metrics["psnr_restarts"][0] != metrics["psnr_restarts"][1]
@@ -64,6 +65,8 @@ def test_a_packed_fit_reports_the_average_and_each_restart():
     assert metrics["psnr"] == pytest.approx(float(psnr(result.restored, result.ground_truth)), abs=1e-3)
     assert float(per_image_psnr(result.restored_ema, result.ground_truth)[0]) == pytest.approx(
         metrics["psnr_ema"], abs=1e-3)
+    written = [load_image(tmp_path / f"restored_restart{k}.png") for k in (0, 1)]
+    assert torch.allclose(load_image(tmp_path / "restored.png"), (written[0] + written[1]) / 2, atol=1.5 / 255)
 
 
 @pytest.mark.parametrize("overrides, message", [
