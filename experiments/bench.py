@@ -49,7 +49,7 @@ from skimage.metrics import peak_signal_noise_ratio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dip.config import compose_config  # noqa: E402
-from dip.images import load_image  # noqa: E402
+from dip.images import load_image, write_atomically  # noqa: E402
 from dip.metrics import per_image_psnr, psnr, psnr_from_mse  # noqa: E402
 from dip.nets.packed import unpack_images  # noqa: E402
 from dip.pipeline import fit, prepare  # noqa: E402
@@ -456,12 +456,18 @@ def main(argv: list[str] | None = None) -> dict:
         "variants": variants,
         "sizes": {},
     }
+    output = Path(args.output)
+
+    def save() -> None:  # after every size: a run cut short by a time limit keeps what it measured
+        write_atomically(output, lambda handle: handle.write((json.dumps(results, indent=2) + "\n").encode()))
+
     for size in args.sizes:
         results["sizes"][str(size)] = bench_size(size, args, args.overrides, variants)
+        save()
     if args.pack and args.pack > 1:
         pack_size = args.pack_size or args.sizes[len(args.sizes) // 2]
         results["packed"] = bench_packed(pack_size, args.pack, args, args.overrides)
-    Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+        save()
     print(table(results))
     print(f"figures in {args.output}")
     return results
