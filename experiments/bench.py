@@ -352,9 +352,10 @@ def bench_packed(size, copies, args, overrides) -> dict:
 
 def table(results: dict) -> str:
     lines = [f"{results['date']}  {results['device']}  torch {results['torch']}  {results.get('clock', 'wall')} clock  "
-             f"{results['command']}",
-             "size   framework ms  eager ms  official ms  fw steps/s  eager/fw  official/fw  peak MB  "
-             "PSNR fw / eager / official"]
+             f"{results['command']}"]
+    if results["sizes"]:
+        lines.append("size   framework ms  eager ms  official ms  fw steps/s  eager/fw  official/fw  peak MB  "
+                     "PSNR fw / eager / official")
     for size, row in results["sizes"].items():
         def fmt(value, spec):
             return format(value, spec) if value is not None else "-".rjust(len(format(0.0, spec)))
@@ -403,7 +404,8 @@ def parse_variants(texts: list[str]) -> dict[str, list[str]]:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few steps on a 32 px image (seconds on a CPU)")
-    parser.add_argument("--sizes", type=int, nargs="+", default=None, help="image sizes (default 256 512 1024)")
+    parser.add_argument("--sizes", type=int, nargs="*", default=None,
+                        help="image sizes (default 256 512 1024; none: only the packed comparison)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per run (default 200)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 20)")
     parser.add_argument("--repeats", type=int, default=None, help="interleaved runs per loop (default 3)")
@@ -465,7 +467,7 @@ def main(argv: list[str] | None = None) -> dict:
         results["sizes"][str(size)] = bench_size(size, args, args.overrides, variants)
         save()
     if args.pack and args.pack > 1:
-        pack_size = args.pack_size or args.sizes[len(args.sizes) // 2]
+        pack_size = args.pack_size or (args.sizes[len(args.sizes) // 2] if args.sizes else 256)
         results["packed"] = bench_packed(pack_size, args.pack, args, args.overrides)
         save()
     print(table(results))

@@ -9,8 +9,9 @@
 #
 # Phases, in order of importance:
 #   1. main     256/512/1024 px: framework vs clean eager vs official-style loop, with variants
-#               (channels_last; bf16 autocast + channels_last), and 8 restarts packed into one network
-#               at 256 px (where a single image leaves the GPU launch-bound)
+#               (channels_last; bf16 autocast + channels_last); bench.json is written after each size
+#   1b. packed  8 restarts packed into one network at 256 px (where a single image leaves the GPU
+#               launch-bound): the eager loop and the framework (restarts=8) against one image
 #   2. memory   2048 px: peak GPU memory (framework default, bf16 + channels_last, eager)
 #   3. sync     host-device synchronisations per step of the framework (torch.cuda.set_sync_debug_mode)
 #   4. quality  512 px, 1800 steps (the paper's table; its notebook runs 3000): PSNR of the framework
@@ -32,16 +33,17 @@ phase() {  # phase NAME SECONDS ARGS...: one bench.py run, its log and JSON in $
   timeout "$seconds" $PY experiments/bench.py --output "$OUT/bench-$name.json" "$@" >> "$OUT/log.txt" 2>&1
   echo "=== $name exit $?"
 }
-phase main 220 --sizes 256 512 1024 --warmup 10 --steps 50 --repeats 3 --pack 8 --pack-size 256 "${VARIANTS[@]}"
+phase main 170 --sizes 256 512 1024 --warmup 10 --steps 50 --repeats 2 --pack 0 "${VARIANTS[@]}"
+phase packed 60 --sizes --warmup 10 --steps 50 --repeats 2 --pack 8 --pack-size 256 --no-official
 phase memory 50 --sizes 2048 --warmup 2 --steps 5 --repeats 1 --pack 0 --no-official \
   --variant "bf16_cl=trainer.precision=bf16-mixed,speed.channels_last=true"
 phase sync 30 --sizes 256 --warmup 10 --steps 100 --repeats 1 --pack 0 --no-official --sync-check metrics_every=50
 phase quality 140 --sizes 512 --warmup 20 --steps 1780 --repeats 1 --pack 0 --no-official \
   --variant "bf16_cl=trainer.precision=bf16-mixed,speed.channels_last=true"
-phase compile 90 --sizes 512 --warmup 20 --steps 50 --repeats 1 --pack 0 --no-official \
+phase compile 70 --sizes 512 --warmup 20 --steps 50 --repeats 1 --pack 0 --no-official \
   --variant "compiled=speed.compile=true" --variant "graphs=speed.compile=true,speed.compile_mode=reduce-overhead"
 
-for name in main memory sync quality compile; do
+for name in main packed memory sync quality compile; do
   [ -f "$OUT/bench-$name.json" ] && $PY experiments/bench.py --show "$OUT/bench-$name.json"
 done
 echo "files in $OUT: $(ls "$OUT" | tr '\n' ' ')"
