@@ -241,13 +241,15 @@ class DeepImagePrior(pl.LightningModule):
         recovered = ~diverged & ~self.diverged
         self.failed_in_a_row.copy_(torch.where(diverged, self.failed_in_a_row + 1, self.failed_in_a_row * ~recovered))
         self.diverged.copy_(diverged)
-        torch.where(self._per_weight(diverged), self.good_weights, self.flat_weights, out=self.good_weights)
+        # spread over the weights once a step: the rollback after the update uses the same flags
+        self.diverged_weights = self._per_weight(diverged)
+        torch.where(self.diverged_weights, self.good_weights, self.flat_weights, out=self.good_weights)
         self.last_good_psnr = torch.where(diverged, self.last_good_psnr, fit)
         self.last_good_step.copy_(torch.where(diverged, self.last_good_step, self.global_step))
 
     def _roll_back_if_diverged(self) -> None:
         with torch.no_grad():
-            torch.where(self._per_weight(self.diverged), self.good_weights, self.flat_weights, out=self.flat_weights)
+            torch.where(self.diverged_weights, self.good_weights, self.flat_weights, out=self.flat_weights)
 
     def _per_weight(self, per_restart: torch.Tensor) -> torch.Tensor:
         """A per-restart flag spread over ``flat_weights`` (one restart: it broadcasts as it is)."""
