@@ -123,10 +123,11 @@ def average_runs(jobs: list[ImageJob], runs: list[dict], directory: Path) -> dic
 
 
 def compute_baselines(job: ImageJob, names: list[str]) -> dict:
-    """Rebuild the image's observation (same seed, so the same noise or mask as its restoration),
-    run each classical baseline on it and score it; each estimate is saved as ``baseline_NAME.png``
-    and the scores in ``baselines.json`` (an unavailable optional baseline records why)."""
-    key = {"task": job.config["task"], "data": job.config["data"], "seed": job.config["seed"]}
+    """Rebuild the image's observation (same observation seed, so the same noise or mask as its
+    restorations), run each classical baseline on it and score it; each estimate is saved as
+    ``baseline_NAME.png`` and the scores in ``baselines.json`` (an unavailable optional baseline
+    records why)."""
+    key = {"task": job.config["task"], "data": job.config["data"], "observation_seed": job.config["observation_seed"]}
     saved_file = job.output_dir / "baselines.json"
     if saved_file.is_file():
         saved = json.loads(saved_file.read_text())
