@@ -21,6 +21,7 @@ import torch
 from omegaconf import Container, DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from dip.config import dotted
 from dip.errors import DipError
 
 CHECKPOINT_NAME = "checkpoint.ckpt"
@@ -75,19 +76,10 @@ class StepLoader(DataLoader):
 
 def result_settings(cfg: DictConfig) -> dict:
     """The resolved settings that decide the result, flattened to ``{"optim.lr": 0.01, ...}``."""
-    flat: dict = {}
-
-    def walk(prefix: str, value) -> None:
-        if isinstance(value, dict):
-            for key, item in value.items():
-                walk(f"{prefix}.{key}", item)
-        else:
-            flat[prefix] = value
-
-    for key in RESULT_SETTINGS:
-        node = OmegaConf.select(cfg, key)
-        walk(key, OmegaConf.to_container(node, resolve=True) if isinstance(node, Container) else node)
-    return {key: value for key, value in flat.items() if key not in IGNORED_SETTINGS}
+    nodes = {key: OmegaConf.select(cfg, key) for key in RESULT_SETTINGS}
+    selected = {key: OmegaConf.to_container(node, resolve=True) if isinstance(node, Container) else node
+                for key, node in nodes.items()}
+    return {key: value for key, value in dotted(selected).items() if key not in IGNORED_SETTINGS}
 
 
 def find_checkpoint(resume: str | None, output_dir: Path | None) -> Path | None:

@@ -46,6 +46,18 @@ def _gpu_workers(jobs_per_gpu: int, cpu_jobs: int = 1) -> int:
     return worker_count(visible_gpus(), int(jobs_per_gpu), int(cpu_jobs))
 
 
+def dotted(values: dict, prefix: str = "") -> dict:
+    """Nested dicts as one level of dotted keys (``{"optim": {"lr": 0.01}}`` -> ``{"optim.lr": 0.01}``);
+    lists stay values."""
+    flat: dict = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat |= dotted(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def register_resolvers() -> None:
     """Registered on import too: launchers run jobs in fresh processes that import this module."""
     OmegaConf.register_new_resolver("profile", _profile, replace=True)

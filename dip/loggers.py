@@ -10,25 +10,16 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from pytorch_lightning.loggers import WandbLogger
 
+from dip.config import dotted
 from dip.images import to_pil
 
 
 def flat_config(cfg: DictConfig, skip: tuple[str, ...] = ("hydra", "paths")) -> dict:
     """The resolved config as one level of dotted keys (``{"optim.lr": 0.01, ...}``), so that an
     experiment tracker can filter and group runs by any setting; lists stay values."""
-    flat: dict = {}
-
-    def walk(node, prefix: str) -> None:
-        for key, value in node.items():
-            if isinstance(value, dict):
-                walk(value, f"{prefix}{key}.")
-            else:
-                flat[f"{prefix}{key}"] = value
-
     kept = {key: cfg[key] for key in cfg if key not in skip}  # resolving `hydra` outside a job would fail
-    walk({key: OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig | ListConfig) else value
-          for key, value in kept.items()}, "")
-    return flat
+    return dotted({key: OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig | ListConfig)
+                   else value for key, value in kept.items()})
 
 
 def wandb_credentials_present() -> bool:
