@@ -1,7 +1,7 @@
 """Will the run fit? An estimate of its memory before it starts, and a clear refusal if not.
 
 ``bytes = trainable parameters x 4 x 5`` (weights, gradients, two Adam moments, the backtracking
-copy; two more with early stopping) ``+ frozen parameters x 4``
+copy; one more with early stopping: its best weights) ``+ frozen parameters x 4``
 ``+ activations`` (the tensors the generator saves for its backward pass, traced on the meta
 device at the padded size, so nothing is computed or allocated; halved under 16-bit precision;
 plus twice the largest one for the transient buffers of the backward pass)
