@@ -13,7 +13,9 @@ from pathlib import Path
 import torch
 
 from dip.config import compose_config
-from dip.pipeline import Result, run
+from dip.outputs import Result
+from dip.pipeline import run
+from dip.problem import problem_from_config
 
 
 def restore(
@@ -36,4 +38,5 @@ def restore(
     if output_dir is None and not any(o.startswith("logger=") for o in overrides):
         options.append("logger=none")
     cfg = compose_config([*options, *overrides], output_dir=output_dir or Path.cwd())
-    return run(cfg, Path(output_dir) if output_dir is not None else None, clean=image, observation=observation)
+    problem = problem_from_config(cfg, clean=image, observation=observation)
+    return run(cfg, Path(output_dir) if output_dir is not None else None, problem)

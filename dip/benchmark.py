@@ -40,7 +40,9 @@ from dip.errors import DipError
 from dip.gpus import pin_to_gpu, visible_gpus, worker_count
 from dip.images import save_image, write_atomically
 from dip.metrics import psnr, psnr_y
-from dip.pipeline import problem_from_config, run, write_outputs
+from dip.outputs import write_outputs
+from dip.pipeline import run
+from dip.problem import problem_from_config
 
 log = logging.getLogger("dip.benchmark")
 

@@ -31,18 +31,6 @@ RESULT_SETTINGS = ("seed", "observation_seed", "task", "arch", "input", "optim",
 IGNORED_SETTINGS = ("data.root",)
 
 
-class RunInterruptedError(Exception):
-    """The run stopped on a signal after writing a checkpoint; re-running resumes it."""
-
-    def __init__(self, signum: int, step: int, max_steps: int, checkpoint: Path):
-        self.signum, self.step, self.checkpoint = signum, step, checkpoint
-        super().__init__(
-            f"interrupted by {signal.Signals(signum).name} at step {step} of {max_steps}; checkpoint written to "
-            f"{checkpoint}: run the same command again with hydra.run.dir={checkpoint.parent} "
-            f"(or resume={checkpoint}) to continue"
-        )
-
-
 class _StepSampler(Sampler):
     """Indices ``start, ..., steps - 1``; remembers the next one so a checkpoint can record it."""
 

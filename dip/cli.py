@@ -13,10 +13,10 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
-from dip.checkpoint import RunInterruptedError
 from dip.config import CONF_DIR, compose_config, config_groups, register_resolvers
-from dip.errors import DipError
-from dip.pipeline import OUTPUT_FILES, RESTART_OUTPUT, describe, run
+from dip.errors import DipError, RunInterruptedError
+from dip.outputs import OUTPUT_FILES, RESTART_OUTPUT, describe
+from dip.problem import problem_from_config
 
 log = logging.getLogger("dip")
 OPTIONS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
@@ -85,7 +85,10 @@ def hydra_main(cfg: DictConfig) -> float | None:
 
             print(run_experiment(cfg, output_dir))
             return None
-        result = run(cfg, output_dir)
+        problem = problem_from_config(cfg)  # before importing Lightning: a bad input fails in seconds
+        from dip.pipeline import run
+
+        result = run(cfg, output_dir, problem)
     except DipError as error:
         discard_run_dir(output_dir)
         fail(str(error))

@@ -10,8 +10,10 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from dip.errors import DipError
 from dip.gpus import visible_gpus, worker_count
 from dip.images import BUILTIN_PREFIX
 
@@ -93,6 +95,19 @@ def compose_config(overrides: Sequence[str] = (), output_dir: str | Path | None 
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir) if output_dir is not None else None
     return cfg
+
+def instantiate_settings(node: DictConfig, what: str, **kwargs):
+    """Build ``node``; a constructor that rejects its settings becomes a one-line ``DipError``."""
+    try:
+        built = instantiate(node, _convert_="all")
+        return built(**kwargs) if kwargs else built
+    except DipError:
+        raise
+    except Exception as error:  # Hydra wraps the constructor's error: report the constructor's own
+        cause = error.__cause__ or error
+        if isinstance(cause, DipError):  # already says what is wrong (a missing weight file)
+            raise cause from None
+        raise DipError(f"invalid {what} settings: {cause}") from None
 
 
 register_resolvers()

@@ -1,5 +1,22 @@
 """Errors that reach the user as one line, without a traceback."""
 
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
 
 class DipError(Exception):
     """A problem with the user's input or options; the message names it (and the file)."""
+
+
+class RunInterruptedError(Exception):
+    """The run stopped on a signal after writing a checkpoint; re-running resumes it."""
+
+    def __init__(self, signum: int, step: int, max_steps: int, checkpoint: Path):
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        super().__init__(
+            f"interrupted by {signal.Signals(signum).name} at step {step} of {max_steps}; checkpoint written to "
+            f"{checkpoint}: run the same command again with hydra.run.dir={checkpoint.parent} "
+            f"(or resume={checkpoint}) to continue"
+        )

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import inspect
-import json
 import resource
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -22,23 +20,20 @@ from torch.utils.data import Dataset
 from dip.checkpoint import (
     CHECKPOINT_NAME,
     RunCheckpoint,
-    RunInterruptedError,
     StepLoader,
     check_resumable,
     find_checkpoint,
     result_settings,
 )
-from dip.errors import DipError
-from dip.images import save_image, write_atomically
+from dip.config import instantiate_settings
+from dip.errors import DipError, RunInterruptedError
 from dip.loggers import ImageLogger, flat_config
 from dip.memory import check_fits, run_device
 from dip.metrics import per_image_psnr, psnr, psnr_from_mse, ssim
 from dip.module import DeepImagePrior
-from dip.problem import Problem, build_problem
+from dip.outputs import Result, write_outputs
+from dip.problem import Problem, problem_from_config, with_dataset_hint
 from dip.speed import Speed
-
-OUTPUT_FILES = ("observation.png", "restored.png", "restored_ema.png", "bicubic.png", "metrics.json")
-RESTART_OUTPUT = "restored_restart{}.png"  # with restarts=N, restart k's own output
 
 
 class StepDataset(Dataset):
@@ -102,95 +97,35 @@ class MetricsProgressBar(TQDMProgressBar):
         return metrics
 
 
-@dataclass
-class Result:
-    """What a restoration returns: images as ``1 x C x H x W`` tensors and the final metrics.
-
-    ``observation`` is the observation as a picture (the original image when the observation is a
-    feature tensor); ``baseline`` the naive estimate when it differs from the observation (bicubic).
-    """
-
-    restored: torch.Tensor
-    restored_ema: torch.Tensor
-    observation: torch.Tensor
-    ground_truth: torch.Tensor | None
-    metrics: dict = field(default_factory=dict)
-    output_dir: Path | None = None
-    baseline: torch.Tensor | None = None
-    baseline_name: str | None = None
-    alpha: torch.Tensor | None = None  # 1 x H x W: the input's alpha channel, copied into the outputs
-    bits: int = 8  # bit depth of the written images (16 for a 16-bit grey input)
-    restarts: torch.Tensor | None = None  # N x C x H x W: with restarts=N, each restart's own output
-
-
-def _instantiate(node: DictConfig, what: str, **kwargs):
-    """Build ``node``; a constructor that rejects its settings becomes a one-line ``DipError``."""
-    try:
-        built = instantiate(node, _convert_="all")
-        return built(**kwargs) if kwargs else built
-    except DipError:
-        raise
-    except Exception as error:  # Hydra wraps the constructor's error: report the constructor's own
-        cause = error.__cause__ or error
-        if isinstance(cause, DipError):  # already says what is wrong (a missing weight file)
-            raise cause from None
-        raise DipError(f"invalid {what} settings: {cause}") from None
-
-
-def _with_dataset_hint(error: DipError, root: str) -> DipError:
-    """A missing file under the datasets folder: say how that folder is found."""
-    message = str(error)
-    if "not found" in message and str(root) in message:
-        message += f" (datasets are looked up under DIP_DATA, now '{root}': set it to the datasets folder)"
-    return DipError(message)
-
-
-def problem_from_config(cfg: DictConfig, clean=None, observation=None) -> Problem:
-    """The task's degradation and the observation ``cfg`` describes (the same for the same
-    ``observation_seed``)."""
-    physics = _instantiate(cfg.task.physics, "task")
-    data = cfg.data
-    try:
-        return build_problem(
-            physics,
-            path=clean if clean is not None else data.path,
-            observation=observation if observation is not None else data.observation,
-            default_image=data.default_image,
-            size=data.size,
-            mode=data.mode,
-            seed=cfg.observation_seed,
-        )
-    except DipError as error:
-        raise _with_dataset_hint(error, data.root) from None
-
-
-def prepare(cfg: DictConfig, clean=None, observation=None) -> tuple[Problem, DeepImagePrior]:
-    """Everything that can fail on the user's input, before any file is written."""
+def prepare(cfg: DictConfig, problem: Problem | None = None) -> tuple[Problem, DeepImagePrior]:
+    """Everything that can fail on the user's input, before any file is written: the problem (unless
+    given, built by ``problem_from_config(cfg)``) and the module that solves it."""
+    problem = problem if problem is not None else problem_from_config(cfg)
     pl.seed_everything(cfg.seed, verbose=False)
-    code = _instantiate(cfg.input, "input")
-    problem = problem_from_config(cfg, clean, observation)
+    code = instantiate_settings(cfg.input, "input")
     try:
         code.prepare(problem.channels, *problem.solution_size)
     except DipError as error:
-        raise _with_dataset_hint(error, cfg.data.root) from None
-    speed: Speed = _instantiate(cfg.speed, "speed")
+        raise with_dataset_hint(error, cfg.data.root) from None
+    speed: Speed = instantiate_settings(cfg.speed, "speed")
     restarts = check_restarts(cfg)
     packing = {"copies": restarts} if restarts > 1 else {}
-    generator = _instantiate(cfg.arch, "arch", in_channels=code.channels, out_channels=problem.channels, **packing)
+    generator = instantiate_settings(cfg.arch, "arch", in_channels=code.channels, out_channels=problem.channels,
+                                     **packing)
     generator = speed.prepare_generator(generator)
     module = DeepImagePrior(
         generator=generator,
         physics=problem.physics,
         observation=problem.observation,
         code=code,
-        optimizer=speed.optimizer(_instantiate(cfg.optim, "optim")),
+        optimizer=speed.optimizer(instantiate_settings(cfg.optim, "optim")),
         output_size=problem.solution_size,
         ground_truth=problem.ground_truth,
         ema_weight=cfg.ema_weight,
         backtrack_db=cfg.backtrack_db,
         metrics_every=cfg.metrics_every,
         channels=problem.channels,
-        regularizer=_instantiate(cfg.regularizer, "regularizer") if cfg.get("regularizer") else None,
+        regularizer=instantiate_settings(cfg.regularizer, "regularizer") if cfg.get("regularizer") else None,
         max_rollbacks=cfg.max_rollbacks,
         restarts=restarts,
     )
@@ -237,20 +172,6 @@ def final_metrics(
     return metrics
 
 
-def write_outputs(result: Result, output_dir: Path) -> None:
-    """Images first, ``metrics.json`` last, each written atomically: a run directory with
-    ``metrics.json`` holds a finished run."""
-    save_image(result.observation[0], output_dir / "observation.png", result.alpha, result.bits)
-    save_image(result.restored[0], output_dir / "restored.png", result.alpha, result.bits)
-    save_image(result.restored_ema[0], output_dir / "restored_ema.png", result.alpha, result.bits)
-    if result.baseline_name is not None:
-        save_image(result.baseline[0], output_dir / f"{result.baseline_name}.png", result.alpha, result.bits)
-    for index, image in enumerate(result.restarts if result.restarts is not None else []):
-        save_image(image, output_dir / RESTART_OUTPUT.format(index), result.alpha, result.bits)
-    text = json.dumps(result.metrics, indent=2, sort_keys=True) + "\n"
-    write_atomically(output_dir / "metrics.json", lambda handle: handle.write(text.encode()))
-
-
 def fit(cfg: DictConfig, module: DeepImagePrior, callbacks=(), ckpt_path: str | None = None) -> pl.Trainer:
     """Optimise ``module`` with the Trainer and logger ``cfg`` describes (and extra ``callbacks``),
     from the checkpoint ``ckpt_path`` if given."""
@@ -264,7 +185,7 @@ def fit(cfg: DictConfig, module: DeepImagePrior, callbacks=(), ckpt_path: str | 
     loader = StepLoader(StepDataset(trainer.max_steps))
     if isinstance(logger, WandbLogger):
         _ = logger.experiment  # start the W&B run now, not inside the timed loop at its first log
-    speed: Speed = _instantiate(cfg.speed, "speed")
+    speed: Speed = instantiate_settings(cfg.speed, "speed")
     with warnings.catch_warnings(), speed.backends():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         # a frozen feature extractor (pre-images) stays in eval mode on purpose
@@ -276,16 +197,17 @@ def fit(cfg: DictConfig, module: DeepImagePrior, callbacks=(), ckpt_path: str | 
     return trainer
 
 
-def run(cfg: DictConfig, output_dir: Path | None, clean=None, observation=None, callbacks=()) -> Result:
-    """Restore one image as ``cfg`` says; write the outputs into ``output_dir`` unless it is None.
+def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None, callbacks=()) -> Result:
+    """Restore one image as ``cfg`` says (or ``problem``, built from it); write the outputs into
+    ``output_dir`` unless it is None.
 
     ``callbacks`` are extra Lightning callbacks (an experiment's recorders of curves or snapshots).
     With ``output_dir``, a checkpoint is written there every ``checkpoint.every_n_steps`` steps and
     on SIGINT / SIGTERM (then ``RunInterruptedError`` is raised); a checkpoint already there, or
     ``resume=PATH``, is resumed from.
     """
-    problem, module = prepare(cfg, clean, observation)
-    early_stopping = _instantiate(cfg.early_stop, "early_stop") if cfg.get("early_stop") else None
+    problem, module = prepare(cfg, problem)
+    early_stopping = instantiate_settings(cfg.early_stop, "early_stop") if cfg.get("early_stop") else None
     window = early_stopping.window if early_stopping else 0
     if cfg.check_memory:
         check_fits(module, run_device(cfg.trainer.accelerator), cfg.trainer.precision, window)
@@ -351,28 +273,3 @@ def run(cfg: DictConfig, output_dir: Path | None, clean=None, observation=None, 
         if not cfg.checkpoint.keep:
             saver.path.unlink(missing_ok=True)
     return result
-
-
-def describe(result: Result) -> str:
-    """The one-paragraph summary printed at the end of a run."""
-    m = result.metrics
-    lines = [f"{m['task']} with {m['arch']}: {m['steps']} steps in {m['seconds']:.1f} s "
-             f"({m['steps_per_second']:.1f} steps/s on {m['device']})"]
-    if m["psnr"] is not None and m["psnr_observation"] is not None:
-        lines.append(f"PSNR observation {m['psnr_observation']:.2f} dB -> restored {m['psnr']:.2f} dB "
-                     f"(EMA {m['psnr_ema']:.2f} dB), gain {m['psnr'] - m['psnr_observation']:+.2f} dB")
-    elif m["psnr"] is not None:
-        lines.append(f"PSNR restored {m['psnr']:.2f} dB (EMA {m['psnr_ema']:.2f} dB)")
-    else:
-        lines.append(f"no ground truth: PSNR of the fit to the observation {m['psnr_fit']:.2f} dB")
-    if m.get("early_stop_step") is not None:
-        gap = m.get("early_stop_gap_db")
-        gap = f", {gap:.2f} dB below the run's best ({m['psnr_max']:.2f} dB)" if gap is not None else ""
-        lines.append(f"early stopping chose step {m['early_stop_step']}{gap}")
-    if m.get("stop_reason"):
-        lines.append(f"stopped: {m['stop_reason']}")
-    if result.output_dir is not None:
-        lines.append(f"outputs in {result.output_dir}")
-    return "\n".join(lines)
-
-

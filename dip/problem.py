@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from omegaconf import DictConfig
 
+from dip.config import instantiate_settings
 from dip.errors import DipError
 from dip.images import centre_crop, load_image, read_image, resize_alpha
 from dip.physics import Degradation
@@ -104,3 +106,30 @@ def build_problem(
     return Problem(
         physics.observe(clean, generator), physics, (height, width), clean, alpha, loaded.bits, loaded.source_mode
     )
+
+
+def with_dataset_hint(error: DipError, root: str) -> DipError:
+    """A missing file under the datasets folder: say how that folder is found."""
+    message = str(error)
+    if "not found" in message and str(root) in message:
+        message += f" (datasets are looked up under DIP_DATA, now '{root}': set it to the datasets folder)"
+    return DipError(message)
+
+
+def problem_from_config(cfg: DictConfig, clean=None, observation=None) -> Problem:
+    """The task's degradation and the observation ``cfg`` describes (the same for the same
+    ``observation_seed``)."""
+    physics = instantiate_settings(cfg.task.physics, "task")
+    data = cfg.data
+    try:
+        return build_problem(
+            physics,
+            path=clean if clean is not None else data.path,
+            observation=observation if observation is not None else data.observation,
+            default_image=data.default_image,
+            size=data.size,
+            mode=data.mode,
+            seed=cfg.observation_seed,
+        )
+    except DipError as error:
+        raise with_dataset_hint(error, data.root) from None

@@ -53,6 +53,7 @@ from dip.images import load_image, write_atomically  # noqa: E402
 from dip.metrics import per_image_psnr, psnr, psnr_from_mse  # noqa: E402
 from dip.nets.packed import unpack_images  # noqa: E402
 from dip.pipeline import fit, prepare  # noqa: E402
+from dip.problem import problem_from_config  # noqa: E402
 from dip.speed import Speed  # noqa: E402
 
 # The reference loops run under torch's default backend flags (TF32 convolutions, no cuDNN
@@ -106,7 +107,7 @@ def clean_image(cfg) -> torch.Tensor | None:
 def prepare_like_trainer(cfg):
     """``prepare(cfg)``, then the one draw from the CPU generator that the Trainer's DataLoader makes
     (its base seed), so that a reference loop perturbs the code with the framework's noise on a CPU."""
-    problem, module = prepare(cfg, clean_image(cfg))
+    problem, module = prepare(cfg, problem_from_config(cfg, clean_image(cfg)))
     torch.empty((), dtype=torch.int64).random_()
     return problem, module
 
@@ -155,7 +156,7 @@ class SyncCounter(pl.Callback):
 
 
 def run_framework(cfg, warmup: int, steps: int, sync_check: bool = False) -> Measurement:
-    _, module = prepare(cfg, clean_image(cfg))
+    _, module = prepare(cfg, problem_from_config(cfg, clean_image(cfg)))
     device = target_device()
     start_memory(device)
     timer = StepTimer(warmup)

@@ -16,9 +16,9 @@ import pytest
 import torch
 from PIL import Image
 
-from dip.checkpoint import CHECKPOINT_NAME, RunInterruptedError, StepLoader
+from dip.checkpoint import CHECKPOINT_NAME, StepLoader
 from dip.config import compose_config
-from dip.errors import DipError
+from dip.errors import DipError, RunInterruptedError
 from dip.module import DeepImagePrior
 from dip.pipeline import StepDataset, run
 from tests.conftest import ROOT

@@ -16,7 +16,8 @@ from dip.config import compose_config
 from dip.errors import DipError
 from dip.images import read_image, save_image
 from dip.memory import check_fits, estimate
-from dip.pipeline import OUTPUT_FILES, prepare, run
+from dip.outputs import OUTPUT_FILES
+from dip.pipeline import prepare, run
 from tests.conftest import make_png, run_cli
 
 FAST = ["logger=none", "arch=skip_depth2", "checkpoint.every_n_steps=0"]

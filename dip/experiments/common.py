@@ -17,8 +17,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from dip.config import compose_config
 from dip.images import write_atomically
 from dip.metrics import psnr
-from dip.pipeline import Result
+from dip.outputs import Result
 from dip.pipeline import run as restore
+from dip.problem import problem_from_config
 
 
 def sub_config(overrides: Sequence[str], output_dir: Path) -> DictConfig:
@@ -37,13 +38,14 @@ def sub_config(overrides: Sequence[str], output_dir: Path) -> DictConfig:
     return cfg
 
 
-def restore_in(directory: Path, overrides: Sequence[str] = (), **kwargs) -> Result:
+def restore_in(directory: Path, overrides: Sequence[str] = (), observation: torch.Tensor | None = None,
+               callbacks: Sequence[pl.Callback] = ()) -> Result:
     """One sub-run in ``directory``: its config, saved there as ``config.yaml``, then the restoration
-    (``kwargs`` go to :func:`dip.pipeline.run`: an observation, callbacks)."""
+    (of ``observation`` when given, with extra Lightning ``callbacks``)."""
     cfg = sub_config(overrides, directory)
     text = OmegaConf.to_yaml(cfg)
     write_atomically(directory / "config.yaml", lambda handle: handle.write(text.encode()))
-    return restore(cfg, directory, **kwargs)
+    return restore(cfg, directory, problem_from_config(cfg, observation=observation), callbacks)
 
 
 class LossRecorder(pl.Callback):

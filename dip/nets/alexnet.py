@@ -86,10 +86,13 @@ def default_weights_path() -> Path:
 
 def load_alexnet(weights: str | Path | None = None) -> AlexNet:
     """AlexNet with ImageNet weights from ``weights`` (a torchvision-format state dict), from the
-    torch hub cache when None, or randomly initialised (from torch's global seed) for ``"random"``."""
-    net = AlexNet()
+    torch hub cache when None, or randomly initialised for ``"random"``: the same weights every time,
+    drawn without touching torch's global random state (so building a problem never depends on it)."""
     if weights == "random":
-        return net
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return AlexNet()
+    net = AlexNet()
     path = Path(weights).expanduser() if weights is not None else default_weights_path()
     if not path.is_file():
         raise DipError(

@@ -1,0 +1,76 @@
+"""What a restoration returns and writes: the ``Result``, its files, its one-paragraph summary.
+
+Kept apart from :mod:`dip.pipeline` (and free of Lightning) so that the command line can clean up
+after a failed run without importing the training stack.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from dip.images import save_image, write_atomically
+
+OUTPUT_FILES = ("observation.png", "restored.png", "restored_ema.png", "bicubic.png", "metrics.json")
+RESTART_OUTPUT = "restored_restart{}.png"  # with restarts=N, restart k's own output
+
+
+@dataclass
+class Result:
+    """What a restoration returns: images as ``1 x C x H x W`` tensors and the final metrics.
+
+    ``observation`` is the observation as a picture (the original image when the observation is a
+    feature tensor); ``baseline`` the naive estimate when it differs from the observation (bicubic).
+    """
+
+    restored: torch.Tensor
+    restored_ema: torch.Tensor
+    observation: torch.Tensor
+    ground_truth: torch.Tensor | None
+    metrics: dict = field(default_factory=dict)
+    output_dir: Path | None = None
+    baseline: torch.Tensor | None = None
+    baseline_name: str | None = None
+    alpha: torch.Tensor | None = None  # 1 x H x W: the input's alpha channel, copied into the outputs
+    bits: int = 8  # bit depth of the written images (16 for a 16-bit grey input)
+    restarts: torch.Tensor | None = None  # N x C x H x W: with restarts=N, each restart's own output
+
+
+def write_outputs(result: Result, output_dir: Path) -> None:
+    """Images first, ``metrics.json`` last, each written atomically: a run directory with
+    ``metrics.json`` holds a finished run."""
+    save_image(result.observation[0], output_dir / "observation.png", result.alpha, result.bits)
+    save_image(result.restored[0], output_dir / "restored.png", result.alpha, result.bits)
+    save_image(result.restored_ema[0], output_dir / "restored_ema.png", result.alpha, result.bits)
+    if result.baseline_name is not None:
+        save_image(result.baseline[0], output_dir / f"{result.baseline_name}.png", result.alpha, result.bits)
+    for index, image in enumerate(result.restarts if result.restarts is not None else []):
+        save_image(image, output_dir / RESTART_OUTPUT.format(index), result.alpha, result.bits)
+    text = json.dumps(result.metrics, indent=2, sort_keys=True) + "\n"
+    write_atomically(output_dir / "metrics.json", lambda handle: handle.write(text.encode()))
+
+
+def describe(result: Result) -> str:
+    """The one-paragraph summary printed at the end of a run."""
+    m = result.metrics
+    lines = [f"{m['task']} with {m['arch']}: {m['steps']} steps in {m['seconds']:.1f} s "
+             f"({m['steps_per_second']:.1f} steps/s on {m['device']})"]
+    if m["psnr"] is not None and m["psnr_observation"] is not None:
+        lines.append(f"PSNR observation {m['psnr_observation']:.2f} dB -> restored {m['psnr']:.2f} dB "
+                     f"(EMA {m['psnr_ema']:.2f} dB), gain {m['psnr'] - m['psnr_observation']:+.2f} dB")
+    elif m["psnr"] is not None:
+        lines.append(f"PSNR restored {m['psnr']:.2f} dB (EMA {m['psnr_ema']:.2f} dB)")
+    else:
+        lines.append(f"no ground truth: PSNR of the fit to the observation {m['psnr_fit']:.2f} dB")
+    if m.get("early_stop_step") is not None:
+        gap = m.get("early_stop_gap_db")
+        gap = f", {gap:.2f} dB below the run's best ({m['psnr_max']:.2f} dB)" if gap is not None else ""
+        lines.append(f"early stopping chose step {m['early_stop_step']}{gap}")
+    if m.get("stop_reason"):
+        lines.append(f"stopped: {m['stop_reason']}")
+    if result.output_dir is not None:
+        lines.append(f"outputs in {result.output_dir}")
+    return "\n".join(lines)
