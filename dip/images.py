@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import struct
+import sys
 import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +31,9 @@ def _builtin(name: str) -> np.ndarray:
 
 
 SIXTEEN_BIT_MODES = {"I", "I;16", "I;16B", "I;16L"}
+SWAPPED_BYTE_ORDER = {"B": "L", "L": "B", "N": "B" if sys.byteorder == "little" else "L"}  # of a raw mode
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_COLOUR_TYPES = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> grey, grey + alpha, RGB, RGBA
 
 
 @dataclass
@@ -46,7 +52,33 @@ def _has_alpha(image: Image.Image) -> bool:
     return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
 
 
-def _from_pil(image: Image.Image, mode: str) -> LoadedImage:
+def _low_bytes(file: Path, image: Image.Image) -> Image.Image | None:
+    """For a file with 16 bits per colour channel (RGB or RGBA PNG or TIFF), the same file decoded to
+    the low byte of each sample; None for any other image.
+
+    Pillow has no 16-bit colour mode: it decodes such a file to the high bytes. Its unpacker keeps the
+    high byte of the byte order it is told, so told the opposite order it keeps the low bytes of
+    the same decoded (decompressed, unfiltered) stream. ``image`` must not be loaded yet.
+    """
+    rawmodes = {tile.args[0] if isinstance(tile.args, tuple) else tile.args for tile in image.tile}
+    if image.mode not in ("RGB", "RGBA") or "transparency" in image.info or len(rawmodes) != 1:
+        return None
+    rawmode = rawmodes.pop()
+    if not (isinstance(rawmode, str) and rawmode.startswith(f"{image.mode};16") and rawmode[-1] in SWAPPED_BYTE_ORDER):
+        return None
+    swapped = rawmode[:-1] + SWAPPED_BYTE_ORDER[rawmode[-1]]
+    with Image.open(file) as low:
+        low.tile = [tile._replace(args=(swapped, *tile.args[1:]) if isinstance(tile.args, tuple) else swapped)
+                    for tile in low.tile]
+        low.load()
+        return low
+
+
+def _from_pil(image: Image.Image, mode: str, low_bytes: Image.Image | None = None) -> LoadedImage:
+    """``image`` as a ``LoadedImage``; ``low_bytes`` (from ``_low_bytes``) completes a 16-bit colour
+    image that Pillow holds as its high bytes."""
+    if low_bytes is not None:
+        return _from_sixteen_bit_colour(image, low_bytes, mode)
     image = ImageOps.exif_transpose(image)
     source_mode = image.mode
     grey = image.mode in GREY_MODES or (image.mode in ("P", "PA") and _palette_is_grey(image))
@@ -65,6 +97,17 @@ def _from_pil(image: Image.Image, mode: str) -> LoadedImage:
         return LoadedImage(_to_tensor(array), alpha, bits=16, source_mode=source_mode)
     array = np.asarray(image.convert(mode), dtype=np.float64) / 255.0
     return LoadedImage(_to_tensor(array), alpha, bits=8, source_mode=source_mode)
+
+
+def _from_sixteen_bit_colour(high_bytes: Image.Image, low_bytes: Image.Image, mode: str) -> LoadedImage:
+    source_mode = f"{high_bytes.mode};16"
+    high_bytes, low_bytes = ImageOps.exif_transpose(high_bytes), ImageOps.exif_transpose(low_bytes)
+    samples = (np.asarray(high_bytes, dtype=np.float64) * 256.0 + np.asarray(low_bytes, dtype=np.float64)) / 65535.0
+    alpha = _to_tensor(samples[..., 3]) if samples.shape[-1] == 4 else None
+    colour = samples[..., :3]
+    if mode == "L":  # ITU-R 601-2 luma, as Pillow's own RGB -> L conversion
+        colour = colour @ np.array([0.299, 0.587, 0.114])
+    return LoadedImage(_to_tensor(colour), alpha, bits=16, source_mode=source_mode)
 
 
 def _to_tensor(array: np.ndarray) -> torch.Tensor:
@@ -106,8 +149,9 @@ def read_image(path: str | Path | torch.Tensor, mode: str = "auto", what: str = 
         raise DipError(f"{what} file not found: {file}")
     try:
         with Image.open(file) as image:
+            low_bytes = _low_bytes(file, image)
             image.load()
-            loaded = _from_pil(image, mode)
+            loaded = _from_pil(image, mode, low_bytes)
     except Exception as error:  # decoders raise anything on a malformed file: one line for all of them
         reason = " ".join(str(error).split()) or type(error).__name__
         raise DipError(f"cannot read {what} file {file}: {reason}") from None
@@ -125,17 +169,33 @@ def _from_tensor(image: torch.Tensor, what: str) -> torch.Tensor:
     return image.clamp(0, 1)
 
 
-def to_pil(image: torch.Tensor, alpha: torch.Tensor | None = None, bits: int = 8) -> Image.Image:
-    """``C x H x W`` in [0, 1] (C = 1 or 3), with an optional ``1 x H x W`` alpha channel, to a PIL image:
-    L, RGB, LA or RGBA with 8 bits per channel, or 16-bit grey (``I;16``) for ``bits=16`` without alpha."""
-    if bits == 16 and image.shape[0] == 1 and alpha is None:
-        array = (image[0].detach().float().clamp(0, 1).cpu().numpy() * 65535.0 + 0.5).astype(np.uint16)
-        return Image.fromarray(array)  # uint16 -> I;16
+def _with_alpha(image: torch.Tensor, alpha: torch.Tensor | None) -> np.ndarray:
+    """``C x H x W`` in [0, 1] and an optional ``1 x H x W`` alpha channel as one ``H x W x C'`` array."""
+    image = image.detach().float().cpu()
     if alpha is not None:
-        image = torch.cat([image.detach().float().cpu(), resize_alpha(alpha, image.shape[-2:])])
-    array = (image.detach().float().clamp(0, 1).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
-    array = array.transpose(1, 2, 0)
-    return Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)  # L, LA, RGB or RGBA
+        image = torch.cat([image, resize_alpha(alpha, image.shape[-2:])])
+    return image.clamp(0, 1).numpy().transpose(1, 2, 0)
+
+
+def to_pil(image: torch.Tensor, alpha: torch.Tensor | None = None) -> Image.Image:
+    """``C x H x W`` in [0, 1] (C = 1 or 3), with an optional ``1 x H x W`` alpha channel, to an 8-bit
+    PIL image: L, RGB, LA or RGBA."""
+    array = (_with_alpha(image, alpha) * 255.0 + 0.5).astype(np.uint8)
+    return Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+
+
+def sixteen_bit_png(image: torch.Tensor, alpha: torch.Tensor | None = None) -> bytes:
+    """``C x H x W`` in [0, 1] (with an optional ``1 x H x W`` alpha channel) as a PNG file with 16
+    bits per channel: grey, grey + alpha, RGB or RGBA (Pillow writes 16-bit grey only)."""
+    array = (_with_alpha(image, alpha) * 65535.0 + 0.5).astype(">u2")
+    height, width, channels = array.shape
+    scanlines = np.concatenate(  # each row: filter type 0 (none), then its big-endian samples
+        [np.zeros((height, 1), np.uint8), array.reshape(height, width * channels).view(np.uint8)], axis=1)
+    header = struct.pack(">IIBBBBB", width, height, 16, PNG_COLOUR_TYPES[channels], 0, 0, 0)
+    chunks = ((b"IHDR", header), (b"IDAT", zlib.compress(scanlines.tobytes())), (b"IEND", b""))
+    return PNG_SIGNATURE + b"".join(
+        struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data)) for kind, data in chunks
+    )
 
 
 def resize_alpha(alpha: torch.Tensor, size) -> torch.Tensor:
@@ -148,8 +208,13 @@ def resize_alpha(alpha: torch.Tensor, size) -> torch.Tensor:
 
 
 def save_image(image: torch.Tensor, path: str | Path, alpha: torch.Tensor | None = None, bits: int = 8) -> None:
-    """Write a PNG atomically (a reader never sees a half-written file); see ``to_pil`` for the mode."""
-    write_atomically(Path(path), lambda handle: to_pil(image, alpha, bits).save(handle, format="PNG"))
+    """Write a PNG atomically (a reader never sees a half-written file), with 8 or 16 ``bits`` per
+    channel (``to_pil``, ``sixteen_bit_png``)."""
+    if bits == 16:
+        data = sixteen_bit_png(image, alpha)
+        write_atomically(Path(path), lambda handle: handle.write(data))
+    else:
+        write_atomically(Path(path), lambda handle: to_pil(image, alpha).save(handle, format="PNG"))
 
 
 def write_atomically(path: Path, write) -> None:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -102,6 +105,70 @@ def test_sixteen_bit_grey_input_gives_sixteen_bit_grey_output(tmp_path):
     with Image.open(tmp_path / "out" / "restored.png") as output:
         assert output.mode.startswith("I") and output.size == (9, 11)
 
+
+
+def png_with_filters(samples: np.ndarray) -> bytes:
+    """A 16-bit RGB or RGBA PNG of ``samples`` (H x W x C uint16) written here, independently of
+    dip's writer, with its rows cycling through the filter types none, Sub, Up, Average and Paeth."""
+    height, width, channels = samples.shape
+    raw = samples.astype(">u2").reshape(height, -1).view(np.uint8).astype(np.int32)
+    step = 2 * channels  # bytes per pixel
+    left = np.pad(raw, ((0, 0), (step, 0)))[:, :-step]
+    up = np.pad(raw, ((1, 0), (0, 0)))[:-1]
+    up_left = np.pad(up, ((0, 0), (step, 0)))[:, :-step]
+    estimate = left + up - up_left
+    distances = [np.abs(estimate - neighbour) for neighbour in (left, up, up_left)]
+    paeth = np.where((distances[0] <= distances[1]) & (distances[0] <= distances[2]), left,
+                     np.where(distances[1] <= distances[2], up, up_left))
+    predictions = [np.zeros_like(raw), left, up, (left + up) // 2, paeth]
+    rows = b"".join(bytes([row % 5]) + ((raw[row] - predictions[row % 5][row]) % 256).astype(np.uint8).tobytes()
+                    for row in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, {3: 2, 4: 6}[channels], 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("channels", [3, 4])
+def test_sixteen_bit_colour_png_keeps_its_precision(tmp_path, channels):
+    samples = np.random.default_rng(channels).integers(0, 65536, (7, 6, channels), dtype=np.uint16)
+    samples[0, :2, :3] = [[0, 1, 255], [256, 65534, 65535]]
+    (tmp_path / "deep.png").write_bytes(png_with_filters(samples))
+    loaded = read_image(tmp_path / "deep.png")
+    assert loaded.bits == 16 and loaded.pixels.shape == (3, 7, 6)
+    expected = torch.from_numpy(samples.transpose(2, 0, 1) / 65535.0).float()
+    assert torch.equal(loaded.pixels, expected[:3])
+    assert (loaded.alpha is None) == (channels == 3)
+    if channels == 4:
+        assert torch.equal(loaded.alpha, expected[3:])
+    save_image(loaded.pixels, tmp_path / "copy.png", loaded.alpha, bits=16)
+    with Image.open(tmp_path / "copy.png") as copy:  # a valid PNG, which Pillow reads as the high bytes
+        assert np.array_equal(np.asarray(copy), (samples >> 8).astype(np.uint8))
+    again = read_image(tmp_path / "copy.png")
+    assert torch.equal(again.pixels, loaded.pixels) and again.bits == 16
+
+
+@pytest.mark.parametrize("compression", [None, "zlib"])
+def test_sixteen_bit_colour_tiff_keeps_its_precision(tmp_path, compression):
+    samples = np.random.default_rng(2).integers(0, 65536, (5, 9, 3), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "deep.tif", samples, photometric="rgb", compression=compression)
+    loaded = read_image(tmp_path / "deep.tif")
+    assert loaded.bits == 16
+    assert torch.equal(loaded.pixels, torch.from_numpy(samples.transpose(2, 0, 1) / 65535.0).float())
+    grey = read_image(tmp_path / "deep.tif", mode="L")
+    luma = samples / 65535.0 @ np.array([0.299, 0.587, 0.114])
+    assert grey.pixels.shape == (1, 5, 9) and torch.allclose(grey.pixels[0], torch.from_numpy(luma).float())
+
+
+def test_sixteen_bit_colour_input_gives_sixteen_bit_colour_output(tmp_path):
+    samples = np.random.default_rng(3).integers(0, 65536, (11, 9, 3), dtype=np.uint16)
+    (tmp_path / "in.png").write_bytes(png_with_filters(samples))
+    restore_file(tmp_path / "in.png", tmp_path / "out")
+    for name in ("restored.png", "observation.png"):
+        written = read_image(tmp_path / "out" / name)
+        assert written.bits == 16 and written.source_mode == "RGB;16" and written.pixels.shape == (3, 11, 9)
 
 # --- any size ----------------------------------------------------------------------------------
 
