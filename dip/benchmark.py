@@ -41,7 +41,6 @@ from dip.gpus import pin_to_gpu, visible_gpus, worker_count
 from dip.images import save_image, write_atomically
 from dip.metrics import psnr, psnr_y
 from dip.outputs import write_outputs
-from dip.pipeline import run
 from dip.problem import problem_from_config
 
 log = logging.getLogger("dip.benchmark")
@@ -94,6 +93,8 @@ def _finished(job: ImageJob, result_file: str) -> dict | None:
 def restore_image(job: ImageJob) -> dict:
     """Restore one image (in a worker process or in-process) and score the last output and the EMA
     with the benchmark's protocol; outputs, ``config.yaml`` and ``metrics.json`` go to its sub-run."""
+    from dip.pipeline import run  # here, not at the top: a missing dataset is reported before Lightning loads
+
     write_atomically(job.output_dir / "config.yaml", lambda handle: handle.write(_config_text(job.config).encode()))
     result = run(OmegaConf.create(job.config), None)
     metrics = result.metrics

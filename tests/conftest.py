@@ -45,3 +45,20 @@ def run_cli(*args: str, script: str = "run.py", env: dict | None = None, timeout
     environment.pop("HYDRA_FULL_ERROR", None)  # the user-facing errors are what is tested
     return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, env=environment,
                           capture_output=True, text=True, timeout=timeout)
+
+
+LIGHTNING_PROBE = """import runpy, sys
+sys.argv[0] = {script!r}
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+finally:
+    print("lightning imported:", "pytorch_lightning" in sys.modules)
+"""
+
+
+def run_cli_probing_lightning(folder: Path, *args: str, script: str = "run.py", env: dict | None = None):
+    """``run_cli`` through a probe (written into ``folder``) that prints at exit whether the script
+    imported Lightning: ``lightning imported: True`` or ``False``."""
+    probe = folder / "probe.py"
+    probe.write_text(LIGHTNING_PROBE.format(script=str(ROOT / script)))
+    return run_cli(*args, script=str(probe), env=env)

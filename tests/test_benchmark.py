@@ -22,7 +22,7 @@ from dip.datasets import open_dataset
 from dip.errors import DipError
 from dip.metrics import psnr, psnr_y
 from dip.physics import BernoulliMask, GaussianNoise, Inpainting, RegionMask
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_cli_probing_lightning
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "experiments" / "benchmark.py"
@@ -223,6 +223,18 @@ def test_missing_dataset_is_one_line_naming_the_folder(tmp_path):
     assert str(error.value) == (f"dataset Set14 not found: expected the folder {tmp_path / 'nowhere' / 'Set14'} "
                                 "(set DIP_DATA to the folder holding the datasets)")
     assert not (tmp_path / "run").exists()
+
+
+def test_cli_missing_dataset_fails_before_lightning_is_imported(tmp_path):
+    out = tmp_path / "out"
+    done = run_cli_probing_lightning(tmp_path, "benchmark=set5_x4", f"hydra.run.dir={out}",
+                                     script="experiments/benchmark.py", env={"DIP_DATA": str(tmp_path / "nowhere")})
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    expected = tmp_path / "nowhere" / "Set5"
+    assert done.stderr.strip() == (f"error: dataset Set5 not found: expected the folder {expected} "
+                                   "(set DIP_DATA to the folder holding the datasets)")
+    assert "lightning imported: False" in done.stdout
+    assert not out.exists()
 
 
 @pytest.mark.skipif(not (SHARED / "Set5" / "MANIFEST.tsv").is_file(), reason=f"no shared datasets at {SHARED}")

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from dip.wandb_files import offline_run_file, offline_run_info, offline_summary
-from tests.conftest import ROOT, make_png, run_cli
+from tests.conftest import make_png, run_cli, run_cli_probing_lightning
 
 TINY = ["trainer.max_steps=3", "data.size=64", "logger=csv"]
 
@@ -75,13 +75,9 @@ def test_bad_input_gets_one_line_and_no_outputs(tmp_path, args, needles):
 
 def test_a_missing_image_is_reported_before_lightning_is_imported(tmp_path):
     """The input is read first, so a mistyped path costs seconds, not the training stack's import."""
-    probe = tmp_path / "probe.py"
-    probe.write_text("import runpy, sys\n"
-                     f"sys.argv[0] = {str(ROOT / 'run.py')!r}\n"
-                     "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
-                     "finally:\n    print('lightning imported:', 'pytorch_lightning' in sys.modules)\n")
     out = tmp_path / "out"
-    done = run_cli(f"data.path={tmp_path / 'missing.png'}", "logger=none", f"hydra.run.dir={out}", script=str(probe))
+    done = run_cli_probing_lightning(tmp_path, f"data.path={tmp_path / 'missing.png'}", "logger=none",
+                                     f"hydra.run.dir={out}")
     assert_one_line_error(done, "missing.png", "not found")
     assert "lightning imported: False" in done.stdout
     assert not out.exists()
