@@ -118,7 +118,8 @@ def with_dataset_hint(error: DipError, root: str) -> DipError:
 
 def problem_from_config(cfg: DictConfig, clean=None, observation=None) -> Problem:
     """The task's degradation and the observation ``cfg`` describes (the same for the same
-    ``observation_seed``)."""
+    ``observation_seed``); ``clean`` and ``observation`` (files or tensors) stand in for
+    ``data.path`` and ``data.observation``. Uses no global random state."""
     physics = instantiate_settings(cfg.task.physics, "task")
     data = cfg.data
     try:
