@@ -119,7 +119,7 @@ def with_dataset_hint(error: DipError, root: str) -> DipError:
 def problem_from_config(cfg: DictConfig, clean=None, observation=None) -> Problem:
     """The task's degradation and the observation ``cfg`` describes (the same for the same
     ``observation_seed``); ``clean`` and ``observation`` (files or tensors) stand in for
-    ``data.path`` and ``data.observation``. Uses no global random state."""
+    ``data.path`` and ``data.observation``. The result does not depend on torch's global random state."""
     physics = instantiate_settings(cfg.task.physics, "task")
     data = cfg.data
     try:
