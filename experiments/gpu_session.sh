@@ -19,31 +19,54 @@
 #   5. compile  512 px: torch.compile of the generator, and with CUDA graphs (reduce-overhead)
 # SMOKE=1 PY=.venv/bin/python bash experiments/gpu_session.sh   runs every phase for a few steps on
 # 32 px images on a CPU (compile phase skipped), to check the script before spending device time on it.
+# Arguments NAME[:SECONDS] run only those phases, in that order, with other time limits; e.g. both
+# issues' key figures in one call (with a data/ copy of the datasets carried too, see gpu_benchmarks.sh):
+#   bash experiments/gpu_session.sh main:120 quality memory packed; bash experiments/gpu_benchmarks.sh set5_x4:180
+# (550 s of limits, so timeout_s=600 holds it).
 set -uo pipefail
-source "$(dirname "$0")/gpu_env.sh" gpu_session.sh
 
-VARIANTS=(--variant "cl=speed.channels_last=true"
-          --variant "bf16_cl=trainer.precision=bf16-mixed,speed.channels_last=true")
-phase() {  # phase NAME SECONDS ARGS...: one bench.py run, its log and JSON in $OUT
-  local name=$1 seconds=$2; shift 2
+declare -A LIMIT=([main]=170 [packed]=60 [memory]=50 [sync]=30 [quality]=140 [compile]=70)
+declare -A ARGS=(
+  [main]="--sizes 256 512 1024 --warmup 10 --steps 50 --repeats 2 --pack 0"
+  [packed]="--sizes --warmup 10 --steps 50 --repeats 2 --pack 8 --pack-size 256 --no-official"
+  [memory]="--sizes 2048 --warmup 2 --steps 5 --repeats 1 --pack 0 --no-official"
+  [sync]="--sizes 256 --warmup 10 --steps 100 --repeats 1 --pack 0 --no-official --sync-check metrics_every=50"
+  [quality]="--sizes 512 --warmup 20 --steps 1780 --repeats 1 --pack 0 --no-official"
+  [compile]="--sizes 512 --warmup 20 --steps 50 --repeats 1 --pack 0 --no-official"
+)
+declare -A EXTRA=(  # variants, whose values hold commas and spaces
+  [main]="cl=speed.channels_last=true;bf16_cl=trainer.precision=bf16-mixed,speed.channels_last=true"
+  [memory]="bf16_cl=trainer.precision=bf16-mixed,speed.channels_last=true"
+  [quality]="bf16_cl=trainer.precision=bf16-mixed,speed.channels_last=true"
+  [compile]="compiled=speed.compile=true;graphs=speed.compile=true,speed.compile_mode=reduce-overhead"
+)
+phase() {  # phase NAME SECONDS: one bench.py run, its log and JSON in $OUT
+  local name=$1 seconds=$2 variants=() variant
+  IFS=';' read -r -a pieces <<< "${EXTRA[$name]:-}"
+  for variant in "${pieces[@]}"; do variants+=(--variant "$variant"); done
+  # shellcheck disable=SC2206  # the phase's arguments are words
+  local args=(${ARGS[$name]} "${variants[@]}")
   [ -n "${SMOKE:-}" ] && [ "$name" = compile ] && return  # minutes of compiling on a CPU (slow test instead)
-  [ -n "${SMOKE:-}" ] && set -- "$@" --quick --sizes 32 --pack-size 32 --warmup 1 --steps 2 --repeats 1 --threads 1 \
+  [ -n "${SMOKE:-}" ] && args+=(--quick --sizes 32 --pack-size 32 --warmup 1 --steps 2 --repeats 1 --threads 1) \
     && seconds=$((seconds * 3))
-  echo "=== $name (limit ${seconds}s): bench.py $*"
-  timeout "$seconds" $PY experiments/bench.py --output "$OUT/bench-$name.json" "$@" >> "$OUT/log.txt" 2>&1
+  echo "=== $name (limit ${seconds}s): bench.py ${args[*]}"
+  timeout "$seconds" $PY experiments/bench.py --output "$OUT/bench-$name.json" "${args[@]}" >> "$OUT/log.txt" 2>&1
   echo "=== $name exit $?"
 }
-phase main 170 --sizes 256 512 1024 --warmup 10 --steps 50 --repeats 2 --pack 0 "${VARIANTS[@]}"
-phase packed 60 --sizes --warmup 10 --steps 50 --repeats 2 --pack 8 --pack-size 256 --no-official
-phase memory 50 --sizes 2048 --warmup 2 --steps 5 --repeats 1 --pack 0 --no-official \
-  --variant "bf16_cl=trainer.precision=bf16-mixed,speed.channels_last=true"
-phase sync 30 --sizes 256 --warmup 10 --steps 100 --repeats 1 --pack 0 --no-official --sync-check metrics_every=50
-phase quality 140 --sizes 512 --warmup 20 --steps 1780 --repeats 1 --pack 0 --no-official \
-  --variant "bf16_cl=trainer.precision=bf16-mixed,speed.channels_last=true"
-phase compile 70 --sizes 512 --warmup 20 --steps 50 --repeats 1 --pack 0 --no-official \
-  --variant "compiled=speed.compile=true" --variant "graphs=speed.compile=true,speed.compile_mode=reduce-overhead"
+[ $# -eq 0 ] && set -- main packed memory sync quality compile
+names=()
+for spec in "$@"; do
+  names+=("${spec%%:*}")
+  [ -z "${ARGS[${names[-1]}]:-}" ] && { echo "error: unknown phase '${names[-1]}' (${!ARGS[*]})" >&2; exit 2; }
+done
 
-for name in main packed memory sync quality compile; do
+source "$(dirname "$0")/gpu_env.sh" gpu_session.sh "$@"
+for spec in "$@"; do
+  IFS=: read -r name seconds <<< "$spec"
+  phase "$name" "${seconds:-${LIMIT[$name]}}"
+done
+
+for name in "${names[@]}"; do
   [ -f "$OUT/bench-$name.json" ] && $PY experiments/bench.py --show "$OUT/bench-$name.json"
 done
 echo "files in $OUT: $(ls "$OUT" | tr '\n' ' ')"
