@@ -35,7 +35,7 @@ class Result:
     baseline: torch.Tensor | None = None
     baseline_name: str | None = None
     alpha: torch.Tensor | None = None  # 1 x H x W: the input's alpha channel, copied into the outputs
-    bits: int = 8  # bit depth of the written images (16 for a 16-bit grey input)
+    bits: int = 8  # bit depth of the written images (16 for a 16-bit input)
     restarts: torch.Tensor | None = None  # N x C x H x W: with restarts=N, each restart's own output
 
 

@@ -20,7 +20,7 @@ class Problem:
     solution_size: tuple[int, int]
     ground_truth: torch.Tensor | None = None  # 1 x C x H x W
     alpha: torch.Tensor | None = None  # 1 x H x W: the input's alpha channel, set aside for the outputs
-    bits: int = 8  # bit depth of the input, kept by the outputs where PNG allows
+    bits: int = 8  # bit depth of the input, kept by the outputs
     source_mode: str = "RGB"  # the input file's mode (PIL's name)
 
     @property
