@@ -96,6 +96,7 @@ def compose_config(overrides: Sequence[str] = (), output_dir: str | Path | None 
         cfg.paths.output_dir = str(output_dir) if output_dir is not None else None
     return cfg
 
+
 def instantiate_settings(node: DictConfig, what: str, **kwargs):
     """Build ``node``; a constructor that rejects its settings becomes a one-line ``DipError``."""
     try:

@@ -74,11 +74,7 @@ def _low_bytes(file: Path, image: Image.Image) -> Image.Image | None:
         return low
 
 
-def _from_pil(image: Image.Image, mode: str, low_bytes: Image.Image | None = None) -> LoadedImage:
-    """``image`` as a ``LoadedImage``; ``low_bytes`` (from ``_low_bytes``) completes a 16-bit colour
-    image that Pillow holds as its high bytes."""
-    if low_bytes is not None:
-        return _from_sixteen_bit_colour(image, low_bytes, mode)
+def _from_pil(image: Image.Image, mode: str) -> LoadedImage:
     image = ImageOps.exif_transpose(image)
     source_mode = image.mode
     grey = image.mode in GREY_MODES or (image.mode in ("P", "PA") and _palette_is_grey(image))
@@ -100,6 +96,8 @@ def _from_pil(image: Image.Image, mode: str, low_bytes: Image.Image | None = Non
 
 
 def _from_sixteen_bit_colour(high_bytes: Image.Image, low_bytes: Image.Image, mode: str) -> LoadedImage:
+    """A 16-bit colour image that Pillow holds as its high bytes, completed by ``low_bytes`` (from
+    ``_low_bytes``)."""
     source_mode = f"{high_bytes.mode};16"
     high_bytes, low_bytes = ImageOps.exif_transpose(high_bytes), ImageOps.exif_transpose(low_bytes)
     samples = (np.asarray(high_bytes, dtype=np.float64) * 256.0 + np.asarray(low_bytes, dtype=np.float64)) / 65535.0
@@ -151,7 +149,7 @@ def read_image(path: str | Path | torch.Tensor, mode: str = "auto", what: str = 
         with Image.open(file) as image:
             low_bytes = _low_bytes(file, image)
             image.load()
-            loaded = _from_pil(image, mode, low_bytes)
+            loaded = _from_pil(image, mode) if low_bytes is None else _from_sixteen_bit_colour(image, low_bytes, mode)
     except Exception as error:  # decoders raise anything on a malformed file: one line for all of them
         reason = " ".join(str(error).split()) or type(error).__name__
         raise DipError(f"cannot read {what} file {file}: {reason}") from None
