@@ -76,18 +76,20 @@ class Speed:
         """Set the process-wide cuDNN / TF32 flags for the duration of a fit, then restore them."""
         flags = [(torch.backends.cudnn, "benchmark", self.cudnn_benchmark),
                  (torch.backends.cudnn, "deterministic", self.deterministic)]
-        if hasattr(torch.backends.cudnn, "conv"):  # torch >= 2.9: not to be mixed with the older flags
-            precision = "tf32" if self.tf32 else "ieee"
-            flags += [(torch.backends.cudnn.conv, "fp32_precision", precision),
-                      (torch.backends.cuda.matmul, "fp32_precision", precision)]
+        if hasattr(torch.backends.cudnn, "conv"):  # torch >= 2.9
+            flags.append((torch.backends.cudnn.conv, "fp32_precision", "tf32" if self.tf32 else "ieee"))
         else:
-            flags += [(torch.backends.cudnn, "allow_tf32", self.tf32),
-                      (torch.backends.cuda.matmul, "allow_tf32", self.tf32)]
+            flags.append((torch.backends.cudnn, "allow_tf32", self.tf32))
         saved = [(owner, name, getattr(owner, name)) for owner, name, _ in flags]
+        # Matmuls go through the older API, which Lightning reads on CUDA: since torch 2.9 that reader
+        # raises once torch.backends.cuda.matmul.fp32_precision has been set directly.
+        saved_matmul = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision("high" if self.tf32 else "highest")
         for owner, name, value in flags:
             setattr(owner, name, value)
         try:
             yield
         finally:
+            torch.set_float32_matmul_precision(saved_matmul)
             for owner, name, value in saved:
                 setattr(owner, name, value)

@@ -116,6 +116,16 @@ def test_backends_are_restored_after_a_fit():
     assert (torch.backends.cudnn.benchmark, torch.backends.cudnn.conv.fp32_precision) == before
 
 
+def test_tf32_leaves_the_matmul_precision_readable_by_lightning():
+    """Lightning reads torch.get_float32_matmul_precision() when a fit starts on CUDA; it raises if
+    the newer per-backend matmul flag was set directly (as a first version of Speed did)."""
+    before = torch.get_float32_matmul_precision()
+    with Speed(tf32=True).backends():
+        assert torch.get_float32_matmul_precision() == "high"
+        assert torch.backends.cudnn.conv.fp32_precision == "tf32"
+    assert torch.get_float32_matmul_precision() == before
+
+
 def test_fused_optimizer_only_where_it_exists_and_when_asked():
     weights = [torch.nn.Parameter(torch.zeros(3))]
     assert Speed(fused_optimizer=True).optimizer(torch.optim.Adam)(weights).defaults["fused"]
