@@ -3,14 +3,15 @@
 #   NAME[:SECONDS[:OVERRIDE,OVERRIDE...]]    (default: set5_x4:240 cset9_denoise25:300)
 # run by experiments/benchmark.py with logger=csv into outputs/bench/<label>/ (ignored, kept while the
 # machine stays warm: repeating a cut-off command resumes its finished images). Its table.md/csv, log
-# and each finished image's metrics.json come back in $OUT/<label>/ even when the time limit cut it.
+# and each finished image's metrics.json go to $RESULTS/<label>/ even when the time limit cut it, and
+# come back in results.tar.gz (see gpu_env.sh).
 #
 # On the development machine, from the repository root, first:
 #   bash ../shared/device/wheels.sh && mkdir -p data && cp -r ../shared/datasets/{Set5,Set14,bm3d_color} data/
 # then ask the device tool for
 #   run(command="bash experiments/gpu_benchmarks.sh", carry=[".whl", "data"], timeout_s=600)
 # e.g. with arguments "set5_x4:100:trainer.max_steps=300,jobs_per_gpu=1" "set5_x4:100:trainer.max_steps=300"
-# to measure how many jobs per GPU pay. Copy what comes back into results/ with the reply's device line.
+# to measure how many jobs per GPU pay. Unpack what comes back into results/gpu-<date>-<device>/.
 # SMOKE=1 PY=.venv/bin/python bash experiments/gpu_benchmarks.sh   checks the script on a CPU in seconds.
 set -uo pipefail
 source "$(dirname "$0")/gpu_env.sh" gpu_benchmarks.sh "$@"
@@ -25,14 +26,15 @@ for spec in "$@"; do
     "$DIP_DATA/$(sed -n 's/^  dataset: *//p' "conf/benchmark/$name.yaml")/MANIFEST.tsv")]" trainer.accelerator=cpu)
   label=$name${overrides:+_$(tr ',=[]' '_-__' <<< "$overrides")}
   run_dir=outputs/bench/$label
-  mkdir -p "$OUT/$label"
+  mkdir -p "$RESULTS/$label"
   echo "=== $label (limit ${seconds}s): benchmark.py benchmark=$name ${extra[*]}"
   timeout "$seconds" $PY experiments/benchmark.py "benchmark=$name" logger=csv "hydra.run.dir=$run_dir" "${extra[@]}" \
-    > "$OUT/$label/log.txt" 2>&1
+    > "$RESULTS/$label/log.txt" 2>&1
   echo "=== $label exit $?"
-  cp "$run_dir"/table.* "$OUT/$label/" 2>/dev/null && cat "$OUT/$label/table.md"
+  cp "$run_dir"/table.* "$RESULTS/$label/" 2>/dev/null && cat "$RESULTS/$label/table.md"
   for metrics in "$run_dir"/images/*/metrics.json "$run_dir"/images/*/seed*/metrics.json; do
-    [ -f "$metrics" ] && cp "$metrics" "$OUT/$label/$(tr / _ <<< "${metrics#"$run_dir"/images/}")"
+    [ -f "$metrics" ] && cp "$metrics" "$RESULTS/$label/$(tr / _ <<< "${metrics#"$run_dir"/images/}")"
   done
+  archive
 done
-echo "files in $OUT: $(ls "$OUT" | tr '\n' ' ')"
+echo "files in $RESULTS: $(ls "$RESULTS" | tr '\n' ' ')"

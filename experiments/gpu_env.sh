@@ -1,11 +1,22 @@
 # Sourced by the device scripts (gpu_session.sh, gpu_benchmarks.sh): the Python to use, the packages
 # the GPU machine lacks (hydra, omegaconf, wandb: wheels fetched beforehand into .whl/ by
-# ../shared/device/wheels.sh), the results folder $OUT and its env.txt (date, command, GPU, versions).
-# Usage: source experiments/gpu_env.sh SCRIPT_NAME
+# ../shared/device/wheels.sh), the folder $RESULTS the figures go to, its env-*.txt (date, command,
+# GPU, versions), and `archive`.
+# The device tool sets $OUT and returns at most 8 files from it, so there the scripts write into
+# /tmp/dip-results and `archive` packs that into $OUT/results.tar.gz after every run (a call cut off
+# by its limit keeps the last archive). Without $OUT they write into results/gpu-<date>/.
+# Usage: source experiments/gpu_env.sh SCRIPT_NAME ARGUMENTS...
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
 PY=${PY:-python3}
-OUT=${OUT:-results/gpu-$(date -u +%Y%m%d)}
-mkdir -p "$OUT"
+if [ -n "${OUT:-}" ]; then
+  RESULTS=/tmp/dip-results ARCHIVE=$OUT/results.tar.gz && mkdir -p "$OUT"
+else
+  RESULTS=results/gpu-$(date -u +%Y%m%d) ARCHIVE=
+fi
+mkdir -p "$RESULTS"
+archive() {
+  [ -z "$ARCHIVE" ] || { tar czf "$ARCHIVE.part" -C "$RESULTS" . && mv "$ARCHIVE.part" "$ARCHIVE"; }
+}
 if ! $PY -c "import hydra, omegaconf" 2>/dev/null; then
   $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site:$PWD
@@ -13,9 +24,12 @@ fi
 export WANDB_MODE=disabled PYTHONUNBUFFERED=1
 {
   date -u +%Y-%m-%dT%H:%M:%SZ
-  echo "command: bash experiments/$1 ${*:2}   (git $(git rev-parse --short HEAD 2>/dev/null || echo '?'))"
+  # The device's copy of .git can lag behind the tree it runs: the digest of the sources tells.
+  echo "command: bash experiments/$1 ${*:2}   (git $(git rev-parse --short HEAD 2>/dev/null || echo '?'), sources \
+$(find dip conf experiments run.py -type f \( -name '*.py' -o -name '*.yaml' -o -name '*.sh' \) | LC_ALL=C sort \
+| xargs cat | sha256sum | cut -c1-12))"
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv || echo "no nvidia-smi"
   $PY -c "import torch, pytorch_lightning as pl; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
 'cudnn', torch.backends.cudnn.version(), 'lightning', pl.__version__)"
-} > "$OUT/env-${1%.sh}.txt" 2>&1
-cat "$OUT/env-${1%.sh}.txt"
+} > "$RESULTS/env-${1%.sh}.txt" 2>&1
+cat "$RESULTS/env-${1%.sh}.txt"

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Issue 5's GPU measurements in one call (about 8 minutes on an H100; each phase has its own time
-# limit and writes its figures as soon as it ends, so a cut-off run still returns the earlier ones).
+# Issue 5's GPU measurements (all phases: about 12 minutes of limits on an H100, so more than one
+# call; each phase has its own time limit and writes its figures as soon as it ends, so a cut-off run
+# still returns the earlier ones). The limits come from the first H100 run (results/gpu-20261126-h100).
 #
 # On the development machine, from the repository root, first fetch the wheels the GPU machine
 # lacks (hydra, omegaconf, wandb):   bash ../shared/device/wheels.sh
-# then ask the device tool for:       run(command="bash experiments/gpu_session.sh", carry=[".whl"], timeout_s=600)
-# and copy what comes back (files_at/*) into results/gpu-<date>/ with the reply's device line.
+# then ask the device tool for:       run(command="bash experiments/gpu_session.sh PHASES", carry=[".whl"], timeout_s=600)
+# with PHASES whose limits add up to less than the call's 600 s (see the end of this comment)
+# and unpack what comes back (files_at/results.tar.gz) into results/gpu-<date>-<device>/.
 #
 # Phases, in order of importance:
 #   1. main     256/512/1024 px: framework vs clean eager vs official-style loop, with variants
@@ -19,13 +21,12 @@
 #   5. compile  512 px: torch.compile of the generator, and with CUDA graphs (reduce-overhead)
 # SMOKE=1 PY=.venv/bin/python bash experiments/gpu_session.sh   runs every phase for a few steps on
 # 32 px images on a CPU (compile phase skipped), to check the script before spending device time on it.
-# Arguments NAME[:SECONDS] run only those phases, in that order, with other time limits; e.g. both
-# issues' key figures in one call (with a data/ copy of the datasets carried too, see gpu_benchmarks.sh):
-#   bash experiments/gpu_session.sh main:120 quality memory packed; bash experiments/gpu_benchmarks.sh set5_x4:180
-# (550 s of limits, so timeout_s=600 holds it).
+# Arguments NAME[:SECONDS] run only those phases, in that order, with other time limits, e.g. what the
+# first H100 run left unmeasured, in one call of 570 s of limits:
+#   bash experiments/gpu_session.sh compile quality main:200
 set -uo pipefail
 
-declare -A LIMIT=([main]=170 [packed]=60 [memory]=50 [sync]=30 [quality]=140 [compile]=70)
+declare -A LIMIT=([main]=220 [packed]=60 [memory]=50 [sync]=30 [quality]=180 [compile]=190)
 declare -A ARGS=(
   [main]="--sizes 256 512 1024 --warmup 10 --steps 50 --repeats 2 --pack 0"
   [packed]="--sizes --warmup 10 --steps 50 --repeats 2 --pack 8 --pack-size 256 --no-official"
@@ -40,7 +41,7 @@ declare -A EXTRA=(  # variants, whose values hold commas and spaces
   [quality]="bf16_cl=trainer.precision=bf16-mixed,speed.channels_last=true"
   [compile]="compiled=speed.compile=true;graphs=speed.compile=true,speed.compile_mode=reduce-overhead"
 )
-phase() {  # phase NAME SECONDS: one bench.py run, its log and JSON in $OUT
+phase() {  # phase NAME SECONDS: one bench.py run, its log and JSON in $RESULTS
   local name=$1 seconds=$2 variants=() variant
   IFS=';' read -r -a pieces <<< "${EXTRA[$name]:-}"
   for variant in "${pieces[@]}"; do variants+=(--variant "$variant"); done
@@ -50,8 +51,10 @@ phase() {  # phase NAME SECONDS: one bench.py run, its log and JSON in $OUT
   [ -n "${SMOKE:-}" ] && args+=(--quick --sizes 32 --pack-size 32 --warmup 1 --steps 2 --repeats 1 --threads 1) \
     && seconds=$((seconds * 3))
   echo "=== $name (limit ${seconds}s): bench.py ${args[*]}"
-  timeout "$seconds" $PY experiments/bench.py --output "$OUT/bench-$name.json" "${args[@]}" >> "$OUT/log.txt" 2>&1
+  timeout "$seconds" $PY experiments/bench.py --output "$RESULTS/bench-$name.json" "${args[@]}" \
+    >> "$RESULTS/log.txt" 2>&1
   echo "=== $name exit $?"
+  archive
 }
 [ $# -eq 0 ] && set -- main packed memory sync quality compile
 names=()
@@ -67,6 +70,6 @@ for spec in "$@"; do
 done
 
 for name in "${names[@]}"; do
-  [ -f "$OUT/bench-$name.json" ] && $PY experiments/bench.py --show "$OUT/bench-$name.json"
+  [ -f "$RESULTS/bench-$name.json" ] && $PY experiments/bench.py --show "$RESULTS/bench-$name.json"
 done
-echo "files in $OUT: $(ls "$OUT" | tr '\n' ' ')"
+echo "files in $RESULTS: $(ls "$RESULTS" | tr '\n' ' ')"
