@@ -10,11 +10,13 @@ slow CBM3D never holds a GPU. With ``benchmark.runs=N`` each image is restored N
 ``images/<stem>/seed<S>/``, and the table adds the PSNR of the runs' averaged outputs (the paper's
 31.00 dB denoising protocol). A sub-run already finished with the same config (its ``config.yaml``
 and ``metrics.json``) is not run again, so a benchmark cut short resumes when started again with
-the same ``hydra.run.dir``.
+the same ``hydra.run.dir``, and one can span machines: finished sub-runs copied into the run
+folder count wherever they ran (``_restoration_key``).
 """
 
 from __future__ import annotations
 
+import collections
 import copy
 import csv
 import dataclasses
@@ -80,10 +82,47 @@ def _config_text(config: dict) -> str:
     return yaml.safe_dump(config, sort_keys=True)
 
 
+# Keys that spread a benchmark over processes, choose its images or its logger: a restoration is
+# the same whatever they say.
+ORCHESTRATION_KEYS = ("jobs_per_gpu", "cpu_jobs", "baseline_jobs", "logger")
+
+
+def _restoration_key(config: dict) -> dict:
+    """What decides a sub-run's restoration in its ``config``: paths under the sub-run's folder become
+    relative to ``{output_dir}``, the data root drops out, the image is named by its dataset folder
+    and file, and ``ORCHESTRATION_KEYS`` and ``benchmark.images`` drop out. So a restoration finished
+    in another checkout or on another machine, and carried here, counts as finished (the images
+    themselves are checked against their manifest's sha256)."""
+    output_dir = config.get("paths", {}).get("output_dir")
+
+    def relocate(value):
+        if isinstance(value, dict):
+            return {key: relocate(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [relocate(item) for item in value]
+        if isinstance(value, str) and output_dir and value.startswith(output_dir):
+            return "{output_dir}" + value[len(output_dir):]
+        return value
+
+    key = {name: value for name, value in relocate(config).items() if name not in ORCHESTRATION_KEYS}
+    key.get("benchmark", {}).pop("images", None)
+    data = key.get("data", {})
+    data.pop("root", None)
+    if data.get("path"):
+        data["path"] = "/".join(Path(data["path"]).parts[-2:])
+    return key
+
+
 def _finished(job: ImageJob, result_file: str) -> dict | None:
-    """The saved result of ``job`` if an earlier run finished it with the same config."""
+    """The saved result of ``job`` if an earlier run, here or elsewhere, finished it with the same config."""
     config_file, result = job.output_dir / "config.yaml", job.output_dir / result_file
-    if not (config_file.is_file() and result.is_file()) or config_file.read_text() != _config_text(job.config):
+    if not (config_file.is_file() and result.is_file()):
+        return None
+    try:
+        saved = yaml.safe_load(config_file.read_text())
+    except yaml.YAMLError:
+        return None
+    if not isinstance(saved, dict) or _restoration_key(saved) != _restoration_key(job.config):
         return None
     if job.keep_outputs and not (job.output_dir / OUTPUTS_FILE).is_file():
         return None
@@ -130,7 +169,8 @@ def compute_baselines(job: ImageJob, names: list[str]) -> dict:
     restorations), run each classical baseline on it and score it; each estimate is saved as
     ``baseline_NAME.png`` and the scores in ``baselines.json`` (an unavailable optional baseline
     records why)."""
-    key = {"task": job.config["task"], "data": job.config["data"], "observation_seed": job.config["observation_seed"]}
+    restoration = _restoration_key(job.config)
+    key = {name: restoration[name] for name in ("task", "data", "observation_seed")}
     saved_file = job.output_dir / "baselines.json"
     if saved_file.is_file():
         saved = json.loads(saved_file.read_text())
@@ -192,10 +232,11 @@ def _start_worker(slots, gpus: list[str], cpu_threads: int) -> None:
         torch.set_num_threads(cpu_threads)
 
 
-def restore_all(jobs: list[ImageJob], gpus: list[str], workers: int) -> dict[Path, dict]:
+def restore_all(jobs: list[ImageJob], gpus: list[str], workers: int) -> tuple[dict[Path, dict], set[Path]]:
     """Restore every job not finished before, ``workers`` at a time (in this process when 1); the
-    metrics by output directory."""
+    metrics by output directory, and the output directories of those finished before."""
     results = {job.output_dir: saved for job in jobs if (saved := _finished(job, "metrics.json")) is not None}
+    reused = set(results)
     pending = [job for job in jobs if job.output_dir not in results]
     if results:
         log.info(f"reusing {len(results)} finished restoration(s): {', '.join(m['image'] for m in results.values())}")
@@ -210,7 +251,7 @@ def restore_all(jobs: list[ImageJob], gpus: list[str], workers: int) -> dict[Pat
     if workers <= 1:
         for job in pending:
             report(job, restore_image(job))
-        return results
+        return results, reused
     context = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked children
     slots = context.Queue()
     for slot in range(workers):
@@ -224,7 +265,7 @@ def restore_all(jobs: list[ImageJob], gpus: list[str], workers: int) -> dict[Pat
             report(futures[future], future.result())
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-    return results
+    return results, reused
 
 
 def run_benchmark(cfg: DictConfig, run_dir: Path) -> dict:
@@ -251,7 +292,7 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> dict:
             threads.submit(compute_baselines, dataclasses.replace(image_runs[0], output_dir=directory),
                            list(spec.baselines))
             for directory, image_runs in per_image]
-        restored = restore_all(jobs, gpus, workers)
+        restored, reused = restore_all(jobs, gpus, workers)
         baseline_scores = [future.result() for future in baselines]
     finally:
         threads.shutdown(wait=True, cancel_futures=True)
@@ -260,7 +301,8 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> dict:
                for directory, image_runs in per_image]
     run_info = {"wall_seconds": time.perf_counter() - start, "workers": workers, "gpus": len(gpus),
                 "date": datetime.now().strftime("%Y-%m-%d %H:%M"), "dataset": str(Path(cfg.data.root) / spec.dataset),
-                "all_images": spec.images is None, "image_steps": sum(m["steps"] for m in restored.values())}
+                "all_images": spec.images is None, "reused": len(reused),
+                "image_steps": sum(m["steps"] for path, m in restored.items() if path not in reused)}
     table = Table(cfg, metrics, baseline_scores, run_info)
     write_atomically(run_dir / "table.csv", lambda handle: handle.write(table.csv().encode()))
     write_atomically(run_dir / "table.md", lambda handle: handle.write(table.markdown().encode()))
@@ -358,8 +400,9 @@ class Table:
                f"observation seed {cfg.observation_seed}); the PSNR and EMA columns are the first run's, "
                f"the 'avg' columns those of the runs' averaged outputs"),
             f"- protocol: {protocol}",
-            f"- run: {info['date']} on {first['device_name']} ({workers}), wall {info['wall_seconds']:.1f} s, "
-            f"{info['image_steps'] / max(info['wall_seconds'], 1e-9):.1f} image-steps/s",
+            f"- run: {info['date']} on {self._devices()} ({workers}), wall {info['wall_seconds']:.1f} s, "
+            f"{info['image_steps'] / max(info['wall_seconds'], 1e-9):.1f} image-steps/s"
+            + (f"; {info['reused']} restoration(s) reused, finished by an earlier run" if info["reused"] else ""),
             "",
             "| " + " | ".join(heading for _, heading in shown) + " |",
             "|" + "|".join("---" if column in ("image", "size") else "---:" for column, _ in shown) + "|",
@@ -374,6 +417,14 @@ class Table:
         if notes:
             lines += ["", *[f"- {note}" for note in notes]]
         return "\n".join(lines) + "\n"
+
+
+    def _devices(self) -> str:
+        """The device of the rows, or each device with its number of rows (rows carried from runs elsewhere)."""
+        devices = collections.Counter(m["device_name"] for m in self.metrics)
+        if len(devices) == 1:
+            return next(iter(devices))
+        return ", ".join(f"{name} ({count} image{'s' if count > 1 else ''})" for name, count in devices.items())
 
 
 def _cell(value, column: str) -> str:

@@ -12,6 +12,10 @@
 #   run(command="bash experiments/gpu_benchmarks.sh", carry=[".whl", "data"], timeout_s=600)
 # e.g. with arguments "set5_x4:100:trainer.max_steps=300,jobs_per_gpu=1" "set5_x4:100:trainer.max_steps=300"
 # to measure how many jobs per GPU pay. Unpack what comes back into results/gpu-<date>-<device>/.
+# A benchmark can span sessions: RESUME_FROM=FOLDER (e.g. results/benchmark-progress, committed, so it
+# travels) seeds outputs/bench/<label>/images from FOLDER/<label>/images, and the images finished there
+# (same config, wherever it ran) are not run again. The archive holds each image's config.yaml,
+# metrics.json and baselines.json in the same layout, to merge into FOLDER after the call.
 # SMOKE=1 PY=.venv/bin/python bash experiments/gpu_benchmarks.sh   checks the script on a CPU in seconds.
 set -uo pipefail
 source "$(dirname "$0")/gpu_env.sh" gpu_benchmarks.sh "$@"
@@ -26,15 +30,16 @@ for spec in "$@"; do
     "$DIP_DATA/$(sed -n 's/^  dataset: *//p' "conf/benchmark/$name.yaml")/MANIFEST.tsv")]" trainer.accelerator=cpu)
   label=$name${overrides:+_$(tr ',=[]' '_-__' <<< "$overrides")}
   run_dir=outputs/bench/$label
-  mkdir -p "$RESULTS/$label"
+  mkdir -p "$RESULTS/$label" "$run_dir"
+  [ -n "${RESUME_FROM:-}" ] && [ -d "$RESUME_FROM/$label/images" ] && cp -rn "$RESUME_FROM/$label/images" "$run_dir/"
   echo "=== $label (limit ${seconds}s): benchmark.py benchmark=$name ${extra[*]}"
   timeout "$seconds" $PY experiments/benchmark.py "benchmark=$name" logger=csv "hydra.run.dir=$run_dir" "${extra[@]}" \
     > "$RESULTS/$label/log.txt" 2>&1
   echo "=== $label exit $?"
   cp "$run_dir"/table.* "$RESULTS/$label/" 2>/dev/null && cat "$RESULTS/$label/table.md"
-  for metrics in "$run_dir"/images/*/metrics.json "$run_dir"/images/*/seed*/metrics.json; do
-    [ -f "$metrics" ] && cp "$metrics" "$RESULTS/$label/$(tr / _ <<< "${metrics#"$run_dir"/images/}")"
-  done
+  dest=$(cd "$RESULTS/$label" && pwd)
+  (cd "$run_dir" && find images \( -name config.yaml -o -name metrics.json -o -name baselines.json \) -print0 \
+    | xargs -0 -r cp --parents -t "$dest")
   archive
 done
 echo "files in $RESULTS: $(ls "$RESULTS" | tr '\n' ' ')"

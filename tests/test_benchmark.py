@@ -6,6 +6,7 @@ import csv
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -148,6 +149,34 @@ def test_sr_table_has_a_row_per_image_a_mean_row_and_resumes(tmp_path):
     run_benchmark(compose("set5_x4", root, run_dir, "seed=1"), run_dir)  # another config: restored again
     assert finished.stat().st_mtime_ns != before
     assert read_csv(run_dir / "table.csv")[0]["seed"] == "1"
+
+
+def test_restorations_carried_from_another_machine_are_reused(tmp_path):
+    """A sub-run's config, metrics and baselines, copied from a run with another data root, run
+    folder (another checkout or machine), image selection and thread count, count as finished: only
+    the missing image is restored."""
+    root, run_dir = tmp_path / "data", tmp_path / "run"
+    make_dataset(root, "Set5", ["baby.png", "bird.png"])
+    run_benchmark(compose("set5_x4", root, run_dir), run_dir)
+    other_root, other_run = tmp_path / "elsewhere" / "datasets", tmp_path / "elsewhere" / "run"
+    shutil.copytree(root, other_root)
+    carried = other_run / "images" / "bird"
+    carried.mkdir(parents=True)
+    for name in ("config.yaml", "metrics.json", "baselines.json"):
+        shutil.copy2(run_dir / "images" / "bird" / name, carried / name)
+    metrics = json.loads((carried / "metrics.json").read_text())
+    (carried / "metrics.json").write_text(json.dumps(dict(metrics, device_name="NVIDIA H100 80GB HBM3")))
+    before = (carried / "metrics.json").stat().st_mtime_ns
+
+    run_benchmark(compose("set5_x4", other_root, other_run, "benchmark.images=[baby.png,bird.png]", "baseline_jobs=2"),
+                  other_run)
+    assert (carried / "metrics.json").stat().st_mtime_ns == before
+    assert not (carried / "restored.png").exists() and not (carried / "baseline_bicubic.png").exists()
+    assert (other_run / "images" / "baby" / "restored.png").is_file()
+    assert [row["image"] for row in read_csv(other_run / "table.csv")] == ["baby.png", "bird.png", "mean"]
+    table = (other_run / "table.md").read_text()
+    assert "on CPU (1 image), NVIDIA H100 80GB HBM3 (1 image)" in table
+    assert "1 restoration(s) reused, finished by an earlier run" in table
 
 
 def test_denoising_runs_worker_processes_pinned_to_gpus_and_classical_baselines(tmp_path, monkeypatch):
