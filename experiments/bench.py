@@ -269,30 +269,58 @@ def compose(size: int, warmup: int, steps: int, overrides: list[str]):
     ])
 
 
-def interleave(loops: dict[str, Callable[[], Measurement]], repeats: int) -> dict[str, list[Measurement]]:
+def interleave(loops: dict[str, Callable[[], Measurement]], repeats: int,
+               report: Callable[[dict, dict], None] = lambda runs, errors: None) -> tuple[dict, dict]:
+    """Each loop's measurements, and the error of each loop that failed (which then runs no more):
+    one broken switch costs its own figures, not the other loops'. ``report(runs, errors)`` after
+    every run, so that a time limit keeps what was measured."""
     names = list(loops)
     runs: dict[str, list[Measurement]] = {name: [] for name in names}
+    errors: dict[str, str] = {}
     for repeat in range(repeats):
         for name in names[repeat % len(names):] + names[: repeat % len(names)]:
-            runs[name].append(loops[name]())
-            print(f"  {name:<12} repeat {repeat + 1}/{repeats}: {runs[name][-1].ms:9.2f} ms/step, "
-                  f"PSNR {runs[name][-1].psnr:6.2f} dB", flush=True)
-    return runs
+            if name in errors:
+                continue
+            try:
+                runs[name].append(loops[name]())
+            except Exception as error:  # noqa: BLE001  (any failure of a loop is a figure: its message)
+                message = str(error).strip().splitlines()
+                errors[name] = f"{type(error).__name__}: {message[0] if message else ''}"
+                print(f"  {name:<12} repeat {repeat + 1}/{repeats}: failed: {errors[name]}", flush=True)
+            else:
+                print(f"  {name:<12} repeat {repeat + 1}/{repeats}: {runs[name][-1].ms:9.2f} ms/step, "
+                      f"PSNR {runs[name][-1].psnr:6.2f} dB", flush=True)
+            report(runs, errors)
+    return runs, errors
 
 
-def summarise(runs: list[Measurement]) -> dict:
-    """Median time over repeats; PSNR and memory of the first run (the same seed every time)."""
-    first = asdict(runs[0])
-    return dict(first, ms=statistics.median(r.ms for r in runs), ms_all=[round(r.ms, 3) for r in runs])
+def summarise(runs: dict[str, list[Measurement]], errors: dict[str, str]) -> dict[str, dict]:
+    """Per loop: median time over repeats, PSNR and memory of the first run (the same seed every
+    time); or the loop's error when it never finished a run."""
+    summary = {}
+    for name, measured in runs.items():
+        if measured:
+            first = asdict(measured[0])
+            summary[name] = dict(first, ms=statistics.median(r.ms for r in measured),
+                                 ms_all=[round(r.ms, 3) for r in measured])
+        elif name in errors:
+            summary[name] = {"error": errors[name]}
+    return summary
 
 
-def paired_ratio(numerator: dict, denominator: dict) -> float:
+def paired_ratio(numerator: dict, denominator: dict) -> float | None:
     """Median over repeats of the ratio of two loops' times in the same repeat (run back to back):
-    steadier than a ratio of medians when the machine's load drifts."""
-    return statistics.median(a / b for a, b in zip(numerator["ms_all"], denominator["ms_all"]))
+    steadier than a ratio of medians when the machine's load drifts. None when a loop has no times."""
+    pairs = list(zip(numerator.get("ms_all", []), denominator.get("ms_all", [])))
+    return statistics.median(a / b for a, b in pairs) if pairs else None
 
 
-def bench_size(size, args, overrides, variants) -> dict:
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    return numerator / denominator if numerator is not None and denominator else None
+
+
+def bench_size(size, args, overrides, variants, report: Callable[[dict], None]) -> dict:
+    """The row of one size; ``report(row)`` gets the row so far after every run."""
     print(f"{size}x{size}: {args.warmup} + {args.steps} steps x {args.repeats} repeats", flush=True)
     cfg = compose(size, args.warmup, args.steps, overrides)
     loops = {
@@ -304,50 +332,78 @@ def bench_size(size, args, overrides, variants) -> dict:
     for name, extra in variants.items():
         variant_cfg = compose(size, args.warmup, args.steps, overrides + extra)
         loops[name] = lambda variant_cfg=variant_cfg: run_framework(variant_cfg, args.warmup, args.steps)
-    loops_summary = {name: summarise(runs) for name, runs in interleave(loops, args.repeats).items()}
-    row = {
-        "framework_ms": loops_summary["framework"]["ms"],
-        "eager_ms": loops_summary["eager"]["ms"],
-        "official_ms": loops_summary.get("official", {}).get("ms"),
-        "peak_mem_mb": loops_summary["framework"]["peak_mem_mb"],
-        "psnr_framework": loops_summary["framework"]["psnr"],
-        "psnr_eager": loops_summary["eager"]["psnr"],
-        "psnr_official": loops_summary.get("official", {}).get("psnr"),
-        "steps": args.warmup + args.steps,
-        "host_syncs": loops_summary["framework"]["host_syncs"],
-        "loops": loops_summary,
+    steps = args.warmup + args.steps
+    runs, errors = interleave(loops, args.repeats, lambda runs, errors: report(size_row(runs, errors, steps)))
+    return size_row(runs, errors, steps)
+
+
+def size_row(runs: dict[str, list[Measurement]], errors: dict[str, str], steps: int) -> dict:
+    loops = summarise(runs, errors)
+    framework, eager, official = (loops.get(name, {}) for name in ("framework", "eager", "official"))
+    return {
+        "framework_ms": framework.get("ms"),
+        "eager_ms": eager.get("ms"),
+        "official_ms": official.get("ms"),
+        "peak_mem_mb": framework.get("peak_mem_mb"),
+        "psnr_framework": framework.get("psnr"),
+        "psnr_eager": eager.get("psnr"),
+        "psnr_official": official.get("psnr"),
+        "steps": steps,
+        "host_syncs": framework.get("host_syncs"),
+        "loops": loops,
+        "speedup_vs_eager": ratio(eager.get("ms"), framework.get("ms")),
+        "paired_speedup_vs_eager": paired_ratio(eager, framework),
+        "speedup_vs_official": ratio(official.get("ms"), framework.get("ms")),
     }
-    row["speedup_vs_eager"] = row["eager_ms"] / row["framework_ms"]
-    row["paired_speedup_vs_eager"] = paired_ratio(loops_summary["eager"], loops_summary["framework"])
-    row["speedup_vs_official"] = row["official_ms"] / row["framework_ms"] if row["official_ms"] else None
-    return row
 
 
-def bench_packed(size, copies, args, overrides) -> dict:
+def bench_packed(size, copies, args, overrides, report: Callable[[dict], None]) -> dict:
+    """The packed comparison; ``report(row)`` gets the row so far after every run."""
     print(f"{size}x{size}, {copies} restarts packed vs one: {args.warmup} + {args.steps} steps x {args.repeats}",
           flush=True)
     cfg = compose(size, args.warmup, args.steps, overrides)
     packed_cfg = compose(size, args.warmup, args.steps, overrides + [f"restarts={copies}"])
-    runs = interleave({
+    runs, errors = interleave({
         "eager": lambda: run_eager(cfg, args.warmup, args.steps),
         "packed": lambda: run_eager(packed_cfg, args.warmup, args.steps),
         "framework_packed": lambda: run_framework(packed_cfg, args.warmup, args.steps),
-    }, args.repeats)
-    single, packed, framework = (summarise(runs[name]) for name in ("eager", "packed", "framework_packed"))
+    }, args.repeats, lambda runs, errors: report(packed_row(runs, errors, size, copies)))
+    return packed_row(runs, errors, size, copies)
+
+
+def packed_row(runs: dict[str, list[Measurement]], errors: dict[str, str], size: int, copies: int) -> dict:
+    loops = summarise(runs, errors)
+    single, packed, framework = (loops.get(name, {}) for name in ("eager", "packed", "framework_packed"))
+
+    def per_second(loop: dict, images: int) -> float | None:
+        return ratio(1e3 * images, loop.get("ms"))
+
+    def throughput(loop: dict) -> float | None:
+        return ratio(copies * single["ms"], loop.get("ms")) if single.get("ms") else None
+
+    def paired(loop: dict) -> float | None:
+        pairs = paired_ratio(single, loop)
+        return copies * pairs if pairs is not None else None
+
     return {
-        "size": size, "copies": copies, "eager_ms": single["ms"], "packed_ms": packed["ms"],
-        "image_steps_per_s": 1e3 * copies / packed["ms"], "eager_image_steps_per_s": 1e3 / single["ms"],
-        "throughput_vs_eager": copies * single["ms"] / packed["ms"],
-        "paired_throughput_vs_eager": copies * paired_ratio(single, packed),
-        "peak_mem_mb": packed["peak_mem_mb"], "psnr_eager": single["psnr"], "psnr_packed_mean": packed["psnr"],
-        "psnr_packed_average": packed["psnr_of_average"],
-        "framework_packed_ms": framework["ms"],
-        "framework_throughput_vs_eager": copies * single["ms"] / framework["ms"],
-        "paired_framework_throughput_vs_eager": copies * paired_ratio(single, framework),
-        "psnr_framework_packed_mean": framework["psnr"], "psnr_framework_packed_average": framework["psnr_of_average"],
-        "framework_packed_peak_mem_mb": framework["peak_mem_mb"],
-        "loops": {"eager": single, "packed": packed, "framework_packed": framework},
+        "size": size, "copies": copies, "eager_ms": single.get("ms"), "packed_ms": packed.get("ms"),
+        "image_steps_per_s": per_second(packed, copies), "eager_image_steps_per_s": per_second(single, 1),
+        "throughput_vs_eager": throughput(packed), "paired_throughput_vs_eager": paired(packed),
+        "peak_mem_mb": packed.get("peak_mem_mb"), "psnr_eager": single.get("psnr"),
+        "psnr_packed_mean": packed.get("psnr"), "psnr_packed_average": packed.get("psnr_of_average"),
+        "framework_packed_ms": framework.get("ms"),
+        "framework_throughput_vs_eager": throughput(framework),
+        "paired_framework_throughput_vs_eager": paired(framework),
+        "psnr_framework_packed_mean": framework.get("psnr"),
+        "psnr_framework_packed_average": framework.get("psnr_of_average"),
+        "framework_packed_peak_mem_mb": framework.get("peak_mem_mb"),
+        "loops": loops,
     }
+
+
+def fmt(value: float | None, spec: str) -> str:
+    """``value`` formatted, or a dash as wide where there is none (a loop that failed or did not run)."""
+    return format(value, spec) if value is not None else "-".rjust(len(format(0.0, spec)))
 
 
 def table(results: dict) -> str:
@@ -357,37 +413,40 @@ def table(results: dict) -> str:
         lines.append("size   framework ms  eager ms  official ms  fw steps/s  eager/fw  official/fw  peak MB  "
                      "PSNR fw / eager / official")
     for size, row in results["sizes"].items():
-        def fmt(value, spec):
-            return format(value, spec) if value is not None else "-".rjust(len(format(0.0, spec)))
         lines.append(
-            f"{size:>5}  {row['framework_ms']:12.2f}  {row['eager_ms']:8.2f}  {fmt(row['official_ms'], '11.2f')}  "
-            f"{1e3 / row['framework_ms']:10.1f}  {row['speedup_vs_eager']:8.3f}  "
-            f"{fmt(row['speedup_vs_official'], '11.3f')}  {fmt(row['peak_mem_mb'], '7.0f')}  "
-            f"{row['psnr_framework']:.2f} / {row['psnr_eager']:.2f} / {fmt(row['psnr_official'], '.2f')}"
+            f"{size:>5}  {fmt(row['framework_ms'], '12.2f')}  {fmt(row['eager_ms'], '8.2f')}  "
+            f"{fmt(row['official_ms'], '11.2f')}  {fmt(ratio(1e3, row['framework_ms']), '10.1f')}  "
+            f"{fmt(row['speedup_vs_eager'], '8.3f')}  {fmt(row['speedup_vs_official'], '11.3f')}  "
+            f"{fmt(row['peak_mem_mb'], '7.0f')}  "
+            + " / ".join(fmt(row[f"psnr_{name}"], ".2f") for name in ("framework", "eager", "official"))
         )
-        lines.append(f"       eager/framework paired by repeat (median): {row['paired_speedup_vs_eager']:.3f}")
+        lines.append(f"       eager/framework paired by repeat (median): {fmt(row['paired_speedup_vs_eager'], '.3f')}")
         if row.get("host_syncs") is not None:
             lines.append(f"       framework host syncs over {row['steps'] - results.get('warmup', 0)} timed steps: "
                          f"{row['host_syncs']}")
         for name, loop in row["loops"].items():
-            if name not in ("framework", "eager", "official"):
-                lines.append(f"       variant {name}: {loop['ms']:.2f} ms ({row['eager_ms'] / loop['ms']:.3f}x eager), "
+            if "error" in loop:
+                lines.append(f"       {name} failed: {loop['error']}")
+            elif name not in ("framework", "eager", "official"):
+                vs_eager = fmt(ratio(row["eager_ms"], loop["ms"]), ".3f")
+                lines.append(f"       variant {name}: {loop['ms']:.2f} ms ({vs_eager}x eager), "
                              f"PSNR {loop['psnr']:.2f}, peak {fmt(loop['peak_mem_mb'], '.0f')} MB")
     if "packed" in results:
         p = results["packed"]
         lines.append(
-            f"packed {p['copies']} x {p['size']}^2: {p['packed_ms']:.2f} ms/step = {p['image_steps_per_s']:.1f} "
-            f"image-steps/s vs eager {p['eager_image_steps_per_s']:.1f} ({p['throughput_vs_eager']:.2f}x); PSNR mean "
-            f"{p['psnr_packed_mean']:.2f}, of the average {p['psnr_packed_average']:.2f} "
-            f"(one run {p['psnr_eager']:.2f})"
+            f"packed {p['copies']} x {p['size']}^2: {fmt(p['packed_ms'], '.2f')} ms/step = "
+            f"{fmt(p['image_steps_per_s'], '.1f')} image-steps/s vs eager {fmt(p['eager_image_steps_per_s'], '.1f')} "
+            f"({fmt(p['throughput_vs_eager'], '.2f')}x); PSNR mean {fmt(p['psnr_packed_mean'], '.2f')}, of the average "
+            f"{fmt(p['psnr_packed_average'], '.2f')} (one run {fmt(p['psnr_eager'], '.2f')})"
         )
-        if "framework_packed_ms" in p:
-            lines.append(
-                f"  through the framework (restarts={p['copies']}): {p['framework_packed_ms']:.2f} ms/step, "
-                f"{p['framework_throughput_vs_eager']:.2f}x eager's image-steps/s (paired "
-                f"{p['paired_framework_throughput_vs_eager']:.2f}x); PSNR mean {p['psnr_framework_packed_mean']:.2f}, "
-                f"of the average {p['psnr_framework_packed_average']:.2f}"
-            )
+        lines.append(
+            f"  through the framework (restarts={p['copies']}): {fmt(p['framework_packed_ms'], '.2f')} ms/step, "
+            f"{fmt(p['framework_throughput_vs_eager'], '.2f')}x eager's image-steps/s (paired "
+            f"{fmt(p['paired_framework_throughput_vs_eager'], '.2f')}x); PSNR mean "
+            f"{fmt(p['psnr_framework_packed_mean'], '.2f')}, "
+            f"of the average {fmt(p['psnr_framework_packed_average'], '.2f')}"
+        )
+        lines += [f"  {name} failed: {loop['error']}" for name, loop in p.get("loops", {}).items() if "error" in loop]
     return "\n".join(lines)
 
 
@@ -460,16 +519,20 @@ def main(argv: list[str] | None = None) -> dict:
     }
     output = Path(args.output)
 
-    def save() -> None:  # after every size: a run cut short by a time limit keeps what it measured
+    def save() -> None:  # after every run: a run cut short by a time limit keeps what it measured
         write_atomically(output, lambda handle: handle.write((json.dumps(results, indent=2) + "\n").encode()))
 
+    def record(place: dict, key: str) -> Callable[[dict], None]:
+        def report(row: dict) -> None:
+            place[key] = row
+            save()
+        return report
+
     for size in args.sizes:
-        results["sizes"][str(size)] = bench_size(size, args, args.overrides, variants)
-        save()
+        bench_size(size, args, args.overrides, variants, record(results["sizes"], str(size)))
     if args.pack and args.pack > 1:
         pack_size = args.pack_size or (args.sizes[len(args.sizes) // 2] if args.sizes else 256)
-        results["packed"] = bench_packed(pack_size, args.pack, args, args.overrides)
-        save()
+        bench_packed(pack_size, args.pack, args, args.overrides, record(results, "packed"))
     print(table(results))
     print(f"figures in {args.output}")
     return results

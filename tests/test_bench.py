@@ -50,3 +50,22 @@ def test_quick_bench_writes_every_figure(bench, tmp_path):
 def test_variant_needs_a_name_and_overrides(bench):
     with pytest.raises(SystemExit, match="NAME=OVERRIDE"):
         bench.parse_variants(["bf16"])
+
+
+def test_a_failing_loop_costs_only_its_own_figures(bench, tmp_path, capsys):
+    """A loop that fails at run time (here Adam refuses a negative learning rate) is
+    recorded with its error; the other loops of the size are still measured and written."""
+    output = tmp_path / "bench.json"
+    threads = torch.get_num_threads()
+    try:
+        bench.main(["--quick", "--repeats", "2", "--threads", "1", "--pack", "0", "--no-official",
+                    "--variant", "broken=optim.lr=-1", "--output", str(output)])
+    finally:
+        torch.set_num_threads(threads)
+    row = json.loads(output.read_text())["sizes"]["32"]
+    assert "learning rate" in row["loops"]["broken"]["error"] and "ms" not in row["loops"]["broken"]
+    assert len(row["loops"]["framework"]["ms_all"]) == len(row["loops"]["eager"]["ms_all"]) == 2
+    assert row["speedup_vs_eager"] > 0 and row["official_ms"] is None
+    printed = capsys.readouterr().out
+    assert printed.count("broken       repeat") == 1  # not tried again after failing
+    assert "broken failed: ValueError" in printed
