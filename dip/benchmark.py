@@ -418,7 +418,6 @@ class Table:
             lines += ["", *[f"- {note}" for note in notes]]
         return "\n".join(lines) + "\n"
 
-
     def _devices(self) -> str:
         """The device of the rows, or each device with its number of rows (rows carried from runs elsewhere)."""
         devices = collections.Counter(m["device_name"] for m in self.metrics)

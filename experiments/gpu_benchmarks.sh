@@ -3,8 +3,8 @@
 #   NAME[:SECONDS[:OVERRIDE,OVERRIDE...]]    (default: set5_x4:240 cset9_denoise25:300)
 # run by experiments/benchmark.py with logger=csv into outputs/bench/<label>/ (ignored, kept while the
 # machine stays warm: repeating a cut-off command resumes its finished images). Its table.md/csv, log
-# and each finished image's metrics.json go to $RESULTS/<label>/ even when the time limit cut it, and
-# come back in results.tar.gz (see gpu_env.sh).
+# and each finished image's config, metrics and baselines go to $RESULTS/<label>/ even when the time
+# limit cut it, and come back in results.tar.gz (see gpu_env.sh).
 #
 # On the development machine, from the repository root, first:
 #   bash ../shared/device/wheels.sh && mkdir -p data && cp -r ../shared/datasets/{Set5,Set14,bm3d_color} data/
@@ -14,8 +14,8 @@
 # to measure how many jobs per GPU pay. Unpack what comes back into results/gpu-<date>-<device>/.
 # A benchmark can span sessions: RESUME_FROM=FOLDER (e.g. results/benchmark-progress, committed, so it
 # travels) seeds outputs/bench/<label>/images from FOLDER/<label>/images, and the images finished there
-# (same config, wherever it ran) are not run again. The archive holds each image's config.yaml,
-# metrics.json and baselines.json in the same layout, to merge into FOLDER after the call.
+# (same config, wherever it ran) are not run again. Merge the archive's <label>/images into FOLDER
+# after the call.
 # SMOKE=1 PY=.venv/bin/python bash experiments/gpu_benchmarks.sh   checks the script on a CPU in seconds.
 set -uo pipefail
 source "$(dirname "$0")/gpu_env.sh" gpu_benchmarks.sh "$@"
