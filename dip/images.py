@@ -53,25 +53,35 @@ def _has_alpha(image: Image.Image) -> bool:
 
 
 def _low_bytes(file: Path, image: Image.Image) -> Image.Image | None:
-    """For a file with 16 bits per colour channel (RGB or RGBA PNG or TIFF), the same file decoded to
-    the low byte of each sample; None for any other image.
+    """For a file with 16 bits per sample that Pillow decodes to 8 bits (RGB or RGBA PNG or TIFF,
+    grey + alpha PNG), the same file decoded to the low byte of each sample: RGB, RGBA, or LA for
+    grey + alpha; None for any other image.
 
-    Pillow has no 16-bit colour mode: it decodes such a file to the high bytes. Its unpacker keeps the
-    high byte of the byte order it is told, so told the opposite order it keeps the low bytes of
-    the same decoded (decompressed, unfiltered) stream. ``image`` must not be loaded yet.
+    Pillow has no 16-bit colour mode: it decodes such a file to the high bytes (grey + alpha widened
+    to RGBA). Its unpacker keeps the high byte of the byte order it is told, so told the opposite
+    order it keeps the low bytes of the same decoded (decompressed, unfiltered) stream. Grey + alpha
+    has no unpacker of the other order, but 8-bit RGBA has the same 4 bytes per pixel: decoded so,
+    each pixel is (grey high, grey low, alpha high, alpha low). ``image`` must not be loaded yet.
     """
     rawmodes = {tile.args[0] if isinstance(tile.args, tuple) else tile.args for tile in image.tile}
     if image.mode not in ("RGB", "RGBA") or "transparency" in image.info or len(rawmodes) != 1:
         return None
     rawmode = rawmodes.pop()
+    if rawmode == "LA;16B":
+        both = _decoded_as(file, "RGBA")
+        return Image.merge("LA", (both.getchannel("G"), both.getchannel("A")))
     if not (isinstance(rawmode, str) and rawmode.startswith(f"{image.mode};16") and rawmode[-1] in SWAPPED_BYTE_ORDER):
         return None
-    swapped = rawmode[:-1] + SWAPPED_BYTE_ORDER[rawmode[-1]]
-    with Image.open(file) as low:
-        low.tile = [tile._replace(args=(swapped, *tile.args[1:]) if isinstance(tile.args, tuple) else swapped)
-                    for tile in low.tile]
-        low.load()
-        return low
+    return _decoded_as(file, rawmode[:-1] + SWAPPED_BYTE_ORDER[rawmode[-1]])
+
+
+def _decoded_as(file: Path, rawmode: str) -> Image.Image:
+    """``file`` decoded with Pillow's unpacker for ``rawmode`` in place of its own."""
+    with Image.open(file) as image:
+        image.tile = [tile._replace(args=(rawmode, *tile.args[1:]) if isinstance(tile.args, tuple) else rawmode)
+                      for tile in image.tile]
+        image.load()
+        return image
 
 
 def _from_pil(image: Image.Image, mode: str) -> LoadedImage:
@@ -95,17 +105,23 @@ def _from_pil(image: Image.Image, mode: str) -> LoadedImage:
     return LoadedImage(_to_tensor(array), alpha, bits=8, source_mode=source_mode)
 
 
-def _from_sixteen_bit_colour(high_bytes: Image.Image, low_bytes: Image.Image, mode: str) -> LoadedImage:
-    """A 16-bit colour image that Pillow holds as its high bytes, completed by ``low_bytes`` (from
-    ``_low_bytes``)."""
-    source_mode = f"{high_bytes.mode};16"
+def _from_sixteen_bit(high_bytes: Image.Image, low_bytes: Image.Image, mode: str) -> LoadedImage:
+    """A 16-bit image that Pillow holds as its high bytes, completed by ``low_bytes`` (from
+    ``_low_bytes``, whose mode is the file's: RGB, RGBA or LA)."""
+    source_mode = f"{low_bytes.mode};16"
     high_bytes, low_bytes = ImageOps.exif_transpose(high_bytes), ImageOps.exif_transpose(low_bytes)
-    samples = (np.asarray(high_bytes, dtype=np.float64) * 256.0 + np.asarray(low_bytes, dtype=np.float64)) / 65535.0
-    alpha = _to_tensor(samples[..., 3]) if samples.shape[-1] == 4 else None
-    colour = samples[..., :3]
-    if mode == "L":  # ITU-R 601-2 luma, as Pillow's own RGB -> L conversion
-        colour = colour @ np.array([0.299, 0.587, 0.114])
-    return LoadedImage(_to_tensor(colour), alpha, bits=16, source_mode=source_mode)
+    high = np.asarray(high_bytes, dtype=np.float64)
+    grey = low_bytes.mode == "LA"
+    if grey:  # Pillow widened grey + alpha to RGBA: (grey, grey, grey, alpha)
+        high = high[..., [0, 3]]
+    samples = (high * 256.0 + np.asarray(low_bytes, dtype=np.float64)) / 65535.0
+    alpha = _to_tensor(samples[..., -1]) if low_bytes.mode in ("RGBA", "LA") else None
+    values = samples[..., :1] if grey else samples[..., :3]
+    if grey and mode == "RGB":
+        values = np.repeat(values, 3, axis=-1)
+    elif not grey and mode == "L":  # ITU-R 601-2 luma, as Pillow's own RGB -> L conversion
+        values = values @ np.array([0.299, 0.587, 0.114])
+    return LoadedImage(_to_tensor(values), alpha, bits=16, source_mode=source_mode)
 
 
 def _to_tensor(array: np.ndarray) -> torch.Tensor:
@@ -149,7 +165,7 @@ def read_image(path: str | Path | torch.Tensor, mode: str = "auto", what: str = 
         with Image.open(file) as image:
             low_bytes = _low_bytes(file, image)
             image.load()
-            loaded = _from_pil(image, mode) if low_bytes is None else _from_sixteen_bit_colour(image, low_bytes, mode)
+            loaded = _from_pil(image, mode) if low_bytes is None else _from_sixteen_bit(image, low_bytes, mode)
     except Exception as error:  # decoders raise anything on a malformed file: one line for all of them
         reason = " ".join(str(error).split()) or type(error).__name__
         raise DipError(f"cannot read {what} file {file}: {reason}") from None

@@ -108,8 +108,9 @@ def test_sixteen_bit_grey_input_gives_sixteen_bit_grey_output(tmp_path):
 
 
 def png_with_filters(samples: np.ndarray) -> bytes:
-    """A 16-bit RGB or RGBA PNG of ``samples`` (H x W x C uint16) written here, independently of
-    dip's writer, with its rows cycling through the filter types none, Sub, Up, Average and Paeth."""
+    """A 16-bit grey + alpha, RGB or RGBA PNG of ``samples`` (H x W x C uint16) written here,
+    independently of dip's writer, with its rows cycling through the filter types none, Sub, Up,
+    Average and Paeth."""
     height, width, channels = samples.shape
     raw = samples.astype(">u2").reshape(height, -1).view(np.uint8).astype(np.int32)
     step = 2 * channels  # bytes per pixel
@@ -127,7 +128,7 @@ def png_with_filters(samples: np.ndarray) -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    header = struct.pack(">IIBBBBB", width, height, 16, {3: 2, 4: 6}[channels], 0, 0, 0)
+    header = struct.pack(">IIBBBBB", width, height, 16, {2: 4, 3: 2, 4: 6}[channels], 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
 
 
@@ -148,6 +149,20 @@ def test_sixteen_bit_colour_png_keeps_its_precision(tmp_path, channels):
         assert np.array_equal(np.asarray(copy), (samples >> 8).astype(np.uint8))
     again = read_image(tmp_path / "copy.png")
     assert torch.equal(again.pixels, loaded.pixels) and again.bits == 16
+
+
+def test_sixteen_bit_grey_and_alpha_png_keeps_its_precision(tmp_path):
+    samples = np.random.default_rng(5).integers(0, 65536, (7, 6, 2), dtype=np.uint16)
+    samples[0, :3] = [[0, 65535], [1, 255], [256, 65534]]
+    (tmp_path / "deep.png").write_bytes(png_with_filters(samples))
+    loaded = read_image(tmp_path / "deep.png")
+    expected = torch.from_numpy(samples.transpose(2, 0, 1) / 65535.0).float()
+    assert loaded.bits == 16 and loaded.source_mode == "LA;16"
+    assert torch.equal(loaded.pixels, expected[:1]) and torch.equal(loaded.alpha, expected[1:])
+    assert torch.equal(read_image(tmp_path / "deep.png", mode="RGB").pixels, expected[:1].expand(3, -1, -1))
+    save_image(loaded.pixels, tmp_path / "copy.png", loaded.alpha, bits=16)
+    again = read_image(tmp_path / "copy.png")
+    assert torch.equal(again.pixels, loaded.pixels) and torch.equal(again.alpha, loaded.alpha)
 
 
 @pytest.mark.parametrize("compression", [None, "zlib"])
