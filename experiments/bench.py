@@ -270,10 +270,10 @@ def compose(size: int, warmup: int, steps: int, overrides: list[str]):
 
 
 def interleave(loops: dict[str, Callable[[], Measurement]], repeats: int,
-               report: Callable[[dict, dict], None] = lambda runs, errors: None) -> tuple[dict, dict]:
-    """Each loop's measurements, and the error of each loop that failed (which then runs no more):
-    one broken switch costs its own figures, not the other loops'. ``report(runs, errors)`` after
-    every run, so that a time limit keeps what was measured."""
+               report: Callable[[dict, dict], None]) -> None:
+    """Run the loops; after every run, ``report(runs, errors)``: each loop's measurements so far and
+    the error of each loop that failed (which then runs no more), so that one broken switch costs
+    its own figures, not the other loops', and a time limit keeps what was measured."""
     names = list(loops)
     runs: dict[str, list[Measurement]] = {name: [] for name in names}
     errors: dict[str, str] = {}
@@ -291,7 +291,6 @@ def interleave(loops: dict[str, Callable[[], Measurement]], repeats: int,
                 print(f"  {name:<12} repeat {repeat + 1}/{repeats}: {runs[name][-1].ms:9.2f} ms/step, "
                       f"PSNR {runs[name][-1].psnr:6.2f} dB", flush=True)
             report(runs, errors)
-    return runs, errors
 
 
 def summarise(runs: dict[str, list[Measurement]], errors: dict[str, str]) -> dict[str, dict]:
@@ -319,8 +318,8 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
     return numerator / denominator if numerator is not None and denominator else None
 
 
-def bench_size(size, args, overrides, variants, report: Callable[[dict], None]) -> dict:
-    """The row of one size; ``report(row)`` gets the row so far after every run."""
+def bench_size(size, args, overrides, variants, report: Callable[[dict], None]) -> None:
+    """Measure one size; ``report(row)`` gets its row after every run, the last time complete."""
     print(f"{size}x{size}: {args.warmup} + {args.steps} steps x {args.repeats} repeats", flush=True)
     cfg = compose(size, args.warmup, args.steps, overrides)
     loops = {
@@ -333,8 +332,7 @@ def bench_size(size, args, overrides, variants, report: Callable[[dict], None]) 
         variant_cfg = compose(size, args.warmup, args.steps, overrides + extra)
         loops[name] = lambda variant_cfg=variant_cfg: run_framework(variant_cfg, args.warmup, args.steps)
     steps = args.warmup + args.steps
-    runs, errors = interleave(loops, args.repeats, lambda runs, errors: report(size_row(runs, errors, steps)))
-    return size_row(runs, errors, steps)
+    interleave(loops, args.repeats, lambda runs, errors: report(size_row(runs, errors, steps)))
 
 
 def size_row(runs: dict[str, list[Measurement]], errors: dict[str, str], steps: int) -> dict:
@@ -357,18 +355,17 @@ def size_row(runs: dict[str, list[Measurement]], errors: dict[str, str], steps: 
     }
 
 
-def bench_packed(size, copies, args, overrides, report: Callable[[dict], None]) -> dict:
-    """The packed comparison; ``report(row)`` gets the row so far after every run."""
+def bench_packed(size, copies, args, overrides, report: Callable[[dict], None]) -> None:
+    """The packed comparison; ``report(row)`` gets its row after every run, the last time complete."""
     print(f"{size}x{size}, {copies} restarts packed vs one: {args.warmup} + {args.steps} steps x {args.repeats}",
           flush=True)
     cfg = compose(size, args.warmup, args.steps, overrides)
     packed_cfg = compose(size, args.warmup, args.steps, overrides + [f"restarts={copies}"])
-    runs, errors = interleave({
+    interleave({
         "eager": lambda: run_eager(cfg, args.warmup, args.steps),
         "packed": lambda: run_eager(packed_cfg, args.warmup, args.steps),
         "framework_packed": lambda: run_framework(packed_cfg, args.warmup, args.steps),
     }, args.repeats, lambda runs, errors: report(packed_row(runs, errors, size, copies)))
-    return packed_row(runs, errors, size, copies)
 
 
 def packed_row(runs: dict[str, list[Measurement]], errors: dict[str, str], size: int, copies: int) -> dict:
