@@ -84,7 +84,8 @@ def _config_text(config: dict) -> str:
 
 # Keys that spread a benchmark over processes, choose its images or its logger: a restoration is
 # the same whatever they say.
-ORCHESTRATION_KEYS = ("jobs_per_gpu", "cpu_jobs", "baseline_jobs", "logger")
+# How the images are spread and logged, and how the hardware is used (the same restoration up to rounding)
+ORCHESTRATION_KEYS = ("jobs_per_gpu", "cpu_jobs", "baseline_jobs", "logger", "speed")
 
 
 def _restoration_key(config: dict) -> dict:

@@ -27,7 +27,9 @@ from dip.errors import DipError
 CHECKPOINT_NAME = "checkpoint.ckpt"
 # Settings that change the result; the others (steps, logging, paths, device) may differ on resume.
 RESULT_SETTINGS = ("seed", "observation_seed", "task", "arch", "input", "optim", "data", "regularizer", "ema_weight",
-                   "backtrack_db", "max_rollbacks", "early_stop", "trainer.precision", "restarts")
+                   "backtrack_db", "max_rollbacks", "early_stop", "trainer.precision", "restarts",
+                   # not the result, but which weights and buffers the checkpoint holds
+                   "speed.conv_bias_before_norm", "speed.batchnorm_running_stats")
 IGNORED_SETTINGS = ("data.root",)
 
 

@@ -10,14 +10,16 @@
 # and unpack what comes back (files_at/results.tar.gz) into results/gpu-<date>-<device>/.
 #
 # Phases, in order of importance:
-#   1. main     256/512/1024 px: framework vs clean eager vs official-style loop, with variants
-#               (channels_last; bf16 autocast + channels_last); bench.json is written after each size
+#   1. main     256/512/1024 px: framework vs clean eager vs official-style loop, and the framework
+#               with the paper's layers (conv biases before BatchNorm, running statistics); bench.json
+#               is written after each size
 #   1b. packed  8 restarts packed into one network at 256 px (where a single image leaves the GPU
 #               launch-bound): the eager loop and the framework (restarts=8) against one image
 #   2. memory   2048 px: peak GPU memory (framework default, bf16 + channels_last, eager)
 #   3. sync     host-device synchronisations per step of the framework (torch.cuda.set_sync_debug_mode)
 #   4. quality  512 px, 1800 steps (the paper's table; its notebook runs 3000): PSNR of the framework
-#               (default; bf16 + channels_last) against the fp32 eager loop, same seed (target: 0.1 dB)
+#               (default; bf16 + channels_last; the paper's layers) against the fp32 eager loop, same
+#               seed (target: 0.1 dB)
 #   5. compile  512 px: torch.compile of the generator, and with CUDA graphs (reduce-overhead)
 # SMOKE=1 PY=.venv/bin/python bash experiments/gpu_session.sh   runs every phase for a few steps on
 # 32 px images on a CPU (compile phase skipped), to check the script before spending device time on it.
@@ -35,10 +37,12 @@ declare -A ARGS=(
   [quality]="--sizes 512 --warmup 20 --steps 1780 --repeats 1 --pack 0 --no-official"
   [compile]="--sizes 512 --warmup 20 --steps 50 --repeats 1 --pack 0 --no-official"
 )
-declare -A EXTRA=(  # variants, whose values hold commas and spaces
-  [main]="cl=speed.channels_last=true;bf16_cl=trainer.precision=bf16-mixed,speed.channels_last=true"
+PAPER_LAYERS="paper_layers=speed.conv_bias_before_norm=true,speed.batchnorm_running_stats=true"
+declare -A EXTRA=(  # variants, whose values hold commas and spaces (channels_last and bf16 at 256-1024
+  # px: measured in results/gpu-20261126-h100, no faster)
+  [main]="$PAPER_LAYERS"
   [memory]="bf16_cl=trainer.precision=bf16-mixed,speed.channels_last=true"
-  [quality]="bf16_cl=trainer.precision=bf16-mixed,speed.channels_last=true"
+  [quality]="bf16_cl=trainer.precision=bf16-mixed,speed.channels_last=true;$PAPER_LAYERS"
   [compile]="compiled=speed.compile=true;graphs=speed.compile=true,speed.compile_mode=reduce-overhead"
 )
 phase() {  # phase NAME SECONDS: one bench.py run, its log and JSON in $RESULTS

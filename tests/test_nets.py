@@ -1,4 +1,5 @@
-"""Generators: output shapes on odd sizes, every knob of skip, parameter counts."""
+"""Generators: output shapes on odd sizes, every knob of skip, parameter counts, and what their
+BatchNorms make redundant."""
 
 import pytest
 import torch
@@ -6,6 +7,7 @@ import torch
 from dip.inputs import MeshgridCode, NoiseCode, padded_size
 from dip.module import DeepImagePrior
 from dip.nets import ResNet, Skip, UNet
+from dip.nets.normalised import drop_cancelled_biases, drop_running_statistics
 from dip.physics import GaussianNoise
 
 
@@ -71,3 +73,31 @@ def test_meshgrid_code_spans_the_unit_square():
     z = MeshgridCode().make(5, 9)
     assert z.shape == (1, 2, 5, 9)
     assert z[0, 0, 0, 0] == 0 and z[0, 0, 0, -1] == 1 and z[0, 1, -1, 0] == 1
+
+
+@pytest.mark.parametrize(("name", "cancelled", "batchnorms"), [
+    ("skip", 25, 30),  # per scale: skip, 2 down, up and 1x1 up convolutions feed BatchNorms; the head does not
+    ("skip_depth6", 24, 30),  # no skip branch: 4 per scale
+    ("unet", 14, 14),  # the 7 double convolutions; the deconvolutions and the head feed no norm
+    ("resnet", 5, 5),  # 2 per block and the one before the last; the first and last feed none
+])
+def test_normalisation_makes_biases_and_running_statistics_redundant(name, cancelled, batchnorms):
+    torch.manual_seed(0)
+    generator = make_generators(3, 3)[name].double()
+    z = torch.rand(1, 3, 128, 128, dtype=torch.float64)  # 2 x 2 at skip_depth6's coarsest scale
+    before, weights = generator(z), sum(1 for _ in generator.parameters())
+    assert drop_cancelled_biases(generator) == cancelled
+    assert drop_running_statistics(generator) == batchnorms
+    assert sum(1 for _ in generator.parameters()) == weights - cancelled
+    assert not any("running" in key or "num_batches" in key for key in generator.state_dict())
+    torch.testing.assert_close(generator(z), before, rtol=0, atol=1e-12)
+    generator.eval()  # batch statistics now, as in training: there are no others
+    torch.testing.assert_close(generator(z), before, rtol=0, atol=1e-12)
+
+
+def test_a_bias_that_no_norm_cancels_stays():
+    # A pooled convolution feeds BatchNorm through the pooling; the head feeds the sigmoid.
+    generator = Skip(3, 3, channels_down=[8, 8], channels_up=[8, 8], channels_skip=2, downsample_mode="max")
+    assert drop_cancelled_biases(generator) == 8  # of 5 convolutions per scale, the pooled one keeps its bias
+    assert generator.head[0][-1].bias is not None
+    assert all(level.down[0][0][1].bias is not None for level in (generator.body, generator.body.inner))

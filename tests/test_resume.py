@@ -130,6 +130,8 @@ def test_sigterm_on_the_command_line_then_resume(image, tmp_path):
     # Continue two steps past the checkpoint (max_steps may change on resume) and compare.
     with pytest.raises(DipError, match="other settings.*seed: 0 -> 1"):
         restore(image, tmp_path / "elsewhere", step + 2, "seed=1", f"resume={out}")
+    with pytest.raises(DipError, match="other settings.*speed.batchnorm_running_stats: False -> True"):
+        restore(image, tmp_path / "elsewhere", step + 2, "speed=exact", f"resume={out}")  # other weights and buffers
     resumed = restore(image, out, step + 2, "checkpoint.keep=true")
     assert resumed.metrics["resumed_from_step"] == step
     assert_same_result(resumed, restore(image, tmp_path / "uninterrupted", step + 2))

@@ -81,27 +81,55 @@ def test_backtracking_restores_the_last_good_weights_even_over_nan(channels_last
     assert all(torch.equal(p, g) for p, g in zip(params, good))
 
 
-def test_exact_profile_is_one_override_away():
-    """On a CPU the GPU switches are no-ops: ``speed=exact`` restores the same image."""
-    default = run(small_config("trainer.max_steps=4"), None).metrics["psnr"]
-    assert run(small_config("trainer.max_steps=4", "speed=exact"), None).metrics["psnr"] == default
-
-
 def same_function(overrides, common=()):
     """Outputs and gradients of the generator as ``overrides`` prepare it, relative to the plain one.
 
     (Whole fits are no test: Adam turns the rounding noise in near-zero gradients, such as those of
-    the biases feeding BatchNorm, into full steps, so trajectories part after a few steps.)"""
+    the conv biases that feed BatchNorm in the paper's layers, into full steps, so trajectories
+    part after a few steps.)"""
     _, plain = prepare(small_config(*common))
     _, fast = prepare(small_config(*common, *overrides))
     fast.load_state_dict(plain.state_dict())
+    assert_same_function(plain, fast)
+
+
+def assert_same_function(plain, fast):
+    """``fast`` computes ``plain``'s outputs, and the same gradients for each of its own weights."""
     z = plain.z + 0.03 * torch.randn_like(plain.z)
     outputs = [module(z) for module in (plain, fast)]
     for output in outputs:
         (output**2).mean().backward()
     torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-4, atol=1e-5)
-    grads = [torch.cat([p.grad.flatten() for p in module.parameters()]) for module in (plain, fast)]
+    names = [name for name, _ in fast.named_parameters()]
+    grads = [torch.cat([module.get_parameter(name).grad.flatten() for name in names]) for module in (plain, fast)]
     assert (grads[1] - grads[0]).norm() / grads[0].norm() < 1e-3
+
+
+PAPER_LAYERS = ("speed.conv_bias_before_norm=true", "speed.batchnorm_running_stats=true")
+TRIMMED_LAYERS = ("speed.conv_bias_before_norm=false", "speed.batchnorm_running_stats=false")
+
+
+def test_exact_profile_is_one_override_away():
+    """``speed=exact`` builds the paper's layers; its other switches are GPU switches, no-ops on a CPU,
+    so with the default layers it restores the same image."""
+    default = run(small_config("trainer.max_steps=4"), None).metrics["psnr"]
+    assert run(small_config("trainer.max_steps=4", "speed=exact", *TRIMMED_LAYERS), None).metrics["psnr"] == default
+    _, exact = prepare(small_config("speed=exact"))
+    _, paper = prepare(small_config(*PAPER_LAYERS))
+    assert exact.state_dict().keys() == paper.state_dict().keys()
+
+
+def test_trimmed_layers_compute_the_same_function_with_fewer_weights():
+    """The default drops the conv biases that BatchNorm cancels and its running statistics: the
+    other weights start the same (the same seed), and the outputs and their gradients agree."""
+    _, paper = prepare(small_config(*PAPER_LAYERS))
+    _, trimmed = prepare(small_config())
+    paper_weights, trimmed_weights = dict(paper.named_parameters()), dict(trimmed.named_parameters())
+    assert len(paper_weights) - len(trimmed_weights) == 25 and trimmed_weights.keys() < paper_weights.keys()
+    assert not any("running" in key for key in trimmed.state_dict())
+    for name, weight in trimmed_weights.items():
+        assert torch.equal(weight, paper_weights[name])
+    assert_same_function(paper, trimmed)
 
 
 def test_channels_last_generator_computes_the_same_function():
