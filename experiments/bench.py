@@ -12,6 +12,9 @@ Loops, each on the same denoising problem, network, seed and settings (``dip.pip
 - ``--variant NAME=OVERRIDE,...``: further framework loops with other overrides
   (``--variant bf16=trainer.precision=bf16-mixed,speed.channels_last=true``).
 
+``--count-ops`` also counts the operations the host dispatches in one step of each framework loop
+(torch.profiler): on a GPU, a step of small kernels costs about that many launches of host time.
+
 Runs are interleaved (every loop once, then every loop again, ``--repeats`` times, in rotating
 order) so that a slow spell of a shared machine hits all loops alike; ms/step is the median over
 repeats of each run's mean over its timed steps (after ``--warmup`` untimed ones). PSNR is that of
@@ -35,6 +38,7 @@ import statistics
 import sys
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -68,6 +72,8 @@ class Measurement:
     peak_mem_mb: float | None  # GPU memory at the peak of the run; None on a CPU
     psnr_of_average: float | None = None  # packed restarts: PSNR of the copies' mean output
     host_syncs: int | None = None  # --sync-check on a GPU: synchronisations over the timed steps
+    host_ops: int | None = None  # --count-ops: operations the host dispatched in one step
+    host_op_names: dict[str, int] | None = None  # --count-ops: how many of each
 
 
 def clock() -> float:
@@ -155,13 +161,51 @@ class SyncCounter(pl.Callback):
         self.count = sum("synchroniz" in str(w.message) for w in self.caught)
 
 
-def run_framework(cfg, warmup: int, steps: int, sync_check: bool = False) -> Measurement:
+AUTOGRAD_NODE = "autograd::engine::evaluate_function"  # the profiler's name prefix for a backward node
+
+
+def outermost_operations(events) -> Counter:
+    """How many times the host dispatched each ATen operator or autograd node itself, from profiler
+    ``events``: calls made inside another operation (a convolution's own inner calls) do not count."""
+    def is_operation(event) -> bool:
+        return event.name.startswith(("aten::", AUTOGRAD_NODE))
+
+    def outermost(event) -> bool:
+        parent = event.cpu_parent
+        while parent is not None and not is_operation(parent):
+            parent = parent.cpu_parent
+        return parent is None
+
+    return Counter(event.name.removeprefix(AUTOGRAD_NODE + ": ") for event in events
+                   if is_operation(event) and outermost(event))
+
+
+class OperationCounter(pl.Callback):
+    """The host's operations over one whole step, ``step`` (an untimed one: the profiler slows it),
+    by torch.profiler: the count that bounds a step on a GPU when its kernels are small."""
+
+    def __init__(self, step: int):
+        self.step, self.counts = step, Counter()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == self.step:
+            self.profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+            self.profiler.__enter__()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if batch_idx == self.step:
+            self.profiler.__exit__(None, None, None)
+            self.counts = outermost_operations(self.profiler.events())
+
+
+def run_framework(cfg, warmup: int, steps: int, sync_check: bool = False, count_ops: bool = False) -> Measurement:
     _, module = prepare(cfg, problem_from_config(cfg, clean_image(cfg)))
     device = target_device()
     start_memory(device)
     timer = StepTimer(warmup)
     counter = SyncCounter(warmup) if sync_check and device.type == "cuda" else None
-    fit(cfg, module, [timer] + ([counter] if counter else []))
+    operations = OperationCounter(warmup - 1) if count_ops else None
+    fit(cfg, module, [timer] + [callback for callback in (counter, operations) if callback])
     outputs, truth = module.restart_outputs(), module.ground_truth
     if module.restarts > 1:  # as the packed eager loop reports it: the restarts' mean, and their average's
         result = Measurement(timer.ms, float(per_image_psnr(outputs, truth).mean()), peak_memory(device),
@@ -169,6 +213,9 @@ def run_framework(cfg, warmup: int, steps: int, sync_check: bool = False) -> Mea
     else:
         result = Measurement(timer.ms, float(psnr(outputs, truth)), peak_memory(device))
     result.host_syncs = counter.count if counter else None
+    if operations:
+        result.host_ops = sum(operations.counts.values())
+        result.host_op_names = dict(operations.counts.most_common())
     return result
 
 
@@ -323,14 +370,15 @@ def bench_size(size, args, overrides, variants, report: Callable[[dict], None]) 
     print(f"{size}x{size}: {args.warmup} + {args.steps} steps x {args.repeats} repeats", flush=True)
     cfg = compose(size, args.warmup, args.steps, overrides)
     loops = {
-        "framework": lambda: run_framework(cfg, args.warmup, args.steps, args.sync_check),
+        "framework": lambda: run_framework(cfg, args.warmup, args.steps, args.sync_check, args.count_ops),
         "eager": lambda: run_eager(cfg, args.warmup, args.steps),
     }
     if not args.no_official:
         loops["official"] = lambda: run_official(cfg, args.warmup, args.steps)
     for name, extra in variants.items():
         variant_cfg = compose(size, args.warmup, args.steps, overrides + extra)
-        loops[name] = lambda variant_cfg=variant_cfg: run_framework(variant_cfg, args.warmup, args.steps)
+        loops[name] = lambda variant_cfg=variant_cfg: run_framework(variant_cfg, args.warmup, args.steps,
+                                                                    count_ops=args.count_ops)
     steps = args.warmup + args.steps
     interleave(loops, args.repeats, lambda runs, errors: report(size_row(runs, errors, steps)))
 
@@ -348,6 +396,7 @@ def size_row(runs: dict[str, list[Measurement]], errors: dict[str, str], steps: 
         "psnr_official": official.get("psnr"),
         "steps": steps,
         "host_syncs": framework.get("host_syncs"),
+        "host_ops": framework.get("host_ops"),
         "loops": loops,
         "speedup_vs_eager": ratio(eager.get("ms"), framework.get("ms")),
         "paired_speedup_vs_eager": paired_ratio(eager, framework),
@@ -421,13 +470,16 @@ def table(results: dict) -> str:
         if row.get("host_syncs") is not None:
             lines.append(f"       framework host syncs over {row['steps'] - results.get('warmup', 0)} timed steps: "
                          f"{row['host_syncs']}")
+        if row.get("host_ops") is not None:
+            lines.append(f"       framework host operations per step: {row['host_ops']}")
         for name, loop in row["loops"].items():
             if "error" in loop:
                 lines.append(f"       {name} failed: {loop['error']}")
             elif name not in ("framework", "eager", "official"):
                 vs_eager = fmt(ratio(row["eager_ms"], loop["ms"]), ".3f")
+                operations = f", {loop['host_ops']} host operations per step" if loop.get("host_ops") else ""
                 lines.append(f"       variant {name}: {loop['ms']:.2f} ms ({vs_eager}x eager), "
-                             f"PSNR {loop['psnr']:.2f}, peak {fmt(loop['peak_mem_mb'], '.0f')} MB")
+                             f"PSNR {loop['psnr']:.2f}, peak {fmt(loop['peak_mem_mb'], '.0f')} MB{operations}")
     if "packed" in results:
         p = results["packed"]
         lines.append(
@@ -472,6 +524,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="another framework loop with these config overrides")
     parser.add_argument("--sync-check", action="store_true",
                         help="count the framework's host-device synchronisations over the timed steps (CUDA)")
+    parser.add_argument("--count-ops", action="store_true",
+                        help="count the host's operations in the last warm-up step of each framework loop")
     parser.add_argument("--show", metavar="BENCH_JSON", help="print the table of an earlier run and exit")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="time steps by wall clock (default) or by process CPU time (steadier on a shared CPU)")
@@ -488,6 +542,8 @@ def main(argv: list[str] | None = None) -> dict:
         if getattr(args, key) is None:
             setattr(args, key, value)
     variants = parse_variants(args.variant)
+    if args.count_ops and args.warmup < 1:
+        raise SystemExit("error: --count-ops profiles the last warm-up step: use --warmup 1 or more")
     global CLOCK
     CLOCK = args.clock
     if CLOCK == "cpu" and torch.cuda.is_available():

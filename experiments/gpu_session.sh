@@ -30,7 +30,7 @@ set -uo pipefail
 
 declare -A LIMIT=([main]=220 [packed]=60 [memory]=50 [sync]=30 [quality]=180 [compile]=190)
 declare -A ARGS=(
-  [main]="--sizes 256 512 1024 --warmup 10 --steps 50 --repeats 2 --pack 0"
+  [main]="--sizes 256 512 1024 --warmup 10 --steps 50 --repeats 2 --pack 0 --count-ops"
   [packed]="--sizes --warmup 10 --steps 50 --repeats 2 --pack 8 --pack-size 256 --no-official"
   [memory]="--sizes 2048 --warmup 2 --steps 5 --repeats 1 --pack 0 --no-official"
   [sync]="--sizes 256 --warmup 10 --steps 100 --repeats 1 --pack 0 --no-official --sync-check metrics_every=50"

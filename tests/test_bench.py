@@ -47,6 +47,28 @@ def test_quick_bench_writes_every_figure(bench, tmp_path):
     assert packed["psnr_framework_packed_average"] == pytest.approx(packed["psnr_packed_average"], abs=1e-3)
 
 
+def test_operation_count_shows_what_the_trimmed_layers_save(bench, tmp_path):
+    """--count-ops profiles one untimed step of each framework loop: the paper's layers add BatchNorm's
+    30 step-counter increments and the accumulation of 25 cancelled conv biases' gradients."""
+    with pytest.raises(SystemExit, match="--count-ops profiles the last warm-up step"):
+        bench.main(["--quick", "--warmup", "0", "--count-ops"])
+    output = tmp_path / "bench.json"
+    threads = torch.get_num_threads()
+    try:
+        paper_layers = "paper=speed.conv_bias_before_norm=true,speed.batchnorm_running_stats=true"
+        bench.main(["--quick", "--warmup", "2", "--repeats", "1", "--threads", "1", "--pack", "0", "--no-official",
+                    "--count-ops", "--variant", paper_layers, "--output", str(output)])
+    finally:
+        torch.set_num_threads(threads)
+    row = json.loads(output.read_text())["sizes"]["32"]
+    trimmed, paper = row["loops"]["framework"], row["loops"]["paper"]
+    assert row["host_ops"] == trimmed["host_ops"] > 200  # forward, backward and update of 26 convolutions
+    assert paper["host_op_names"]["aten::add_"] - trimmed["host_op_names"].get("aten::add_", 0) == 30
+    accumulations = "torch::autograd::AccumulateGrad"
+    assert paper["host_op_names"][accumulations] - trimmed["host_op_names"][accumulations] == 25
+    assert paper["host_ops"] - trimmed["host_ops"] >= 55
+
+
 def test_variant_needs_a_name_and_overrides(bench):
     with pytest.raises(SystemExit, match="NAME=OVERRIDE"):
         bench.parse_variants(["bf16"])
