@@ -2,8 +2,8 @@
 
 Each switch is a key of the ``speed`` config group; ``speed=exact`` is the paper's numerics and
 network (IEEE float32 convolutions, deterministic cuDNN algorithms, torch's default optimizer
-implementation, every layer the paper's code has). Mixed precision is Lightning's own switch, ``trainer.precision``
-(``bf16-mixed``); ``docs/speed.md`` lists what each switch was measured to give.
+implementation, every layer the paper's code has). Mixed precision is Lightning's own switch,
+``trainer.precision`` (``bf16-mixed``); ``docs/speed.md`` lists what each switch was measured to give.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 
 @dataclass
 class Speed:
-    """The switches, each a no-op where its hardware is absent.
+    """The switches; those for a GPU are no-ops where it is absent, the layer switches apply anywhere.
 
     - ``tf32``: float32 convolutions and matrix products on the tensor cores' TF32 mode (CUDA);
       torch's own default for convolutions.
@@ -39,8 +39,9 @@ class Speed:
       cancels them (off: about 25 fewer kernels and weight tensors per step in "skip",
       ``dip.nets.normalised``).
     - ``batchnorm_running_stats``: keep BatchNorm's running statistics and step counter, which a fit
-      never reads (off: 30 fewer host operations per step in "skip"). Both change the state dict's
-      keys, so a checkpoint resumes only with the setting it was made with.
+      never reads (off: 30 fewer host operations per step in "skip", and no buffer that a compiled
+      step mutates, which would keep ``reduce-overhead`` from CUDA graphs). Both layer switches change
+      the state dict's keys, so a checkpoint resumes only with the setting it was made with.
     - ``compile``: ``torch.compile`` the generator (forward and backward); ``compile_mode``
       ``reduce-overhead`` also replays the step's kernels as a CUDA graph.
     """
