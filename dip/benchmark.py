@@ -82,9 +82,8 @@ def _config_text(config: dict) -> str:
     return yaml.safe_dump(config, sort_keys=True)
 
 
-# Keys that spread a benchmark over processes, choose its images or its logger: a restoration is
-# the same whatever they say.
-# How the images are spread and logged, and how the hardware is used (the same restoration up to rounding)
+# Keys that spread a benchmark over processes, choose its logger or how it uses the hardware (speed):
+# a restoration is the same whatever they say (up to rounding).
 ORCHESTRATION_KEYS = ("jobs_per_gpu", "cpu_jobs", "baseline_jobs", "logger", "speed")
 
 
