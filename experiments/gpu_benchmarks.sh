@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Issue 4's tables on a lent GPU, in one device call: each argument is a benchmark run
-#   NAME[:SECONDS[:OVERRIDE,OVERRIDE...]]    (default: set5_x4:240 cset9_denoise25:300)
+#   NAME[:SECONDS[:OVERRIDE,OVERRIDE...]]    (default: the next table to make, CSet9 at the paper's
+#   1800 steps with two runs per image: cset9_denoise25:540:trainer.max_steps=1800,benchmark.runs=2)
 # run by experiments/benchmark.py with logger=csv into outputs/bench/<label>/ (ignored, kept while the
 # machine stays warm: repeating a cut-off command resumes its finished images). Its table.md/csv, log
 # and each finished image's config, metrics and baselines go to $RESULTS/<label>/ even when the time
@@ -12,15 +13,17 @@
 #   run(command="bash experiments/gpu_benchmarks.sh", carry=[".whl", "data"], timeout_s=600)
 # e.g. with arguments "set5_x4:100:trainer.max_steps=300,jobs_per_gpu=1" "set5_x4:100:trainer.max_steps=300"
 # to measure how many jobs per GPU pay. Unpack what comes back into results/gpu-<date>-<device>/.
-# A benchmark can span sessions: RESUME_FROM=FOLDER (e.g. results/benchmark-progress, committed, so it
-# travels) seeds outputs/bench/<label>/images from FOLDER/<label>/images, and the images finished there
-# (same config, wherever it ran) are not run again. Merge the archive's <label>/images into FOLDER
-# after the call.
+# A benchmark can span sessions: RESUME_FROM=FOLDER (default results/benchmark-progress, committed, so it
+# travels; RESUME_FROM= turns it off) seeds outputs/bench/<label>/images from FOLDER/<label>/images, and
+# the images finished there (same config, wherever it ran) are not run again, nor are baselines computed
+# there (CBM3D, whose package the device lacks, was computed on the development machine). Merge the
+# archive's <label>/images into FOLDER after the call.
 # SMOKE=1 PY=.venv/bin/python bash experiments/gpu_benchmarks.sh   checks the script on a CPU in seconds.
 set -uo pipefail
 source "$(dirname "$0")/gpu_env.sh" gpu_benchmarks.sh "$@"
 export DIP_DATA=${DIP_DATA:-data}
-[ $# -eq 0 ] && set -- set5_x4:240 cset9_denoise25:300
+RESUME_FROM=${RESUME_FROM-results/benchmark-progress}
+[ $# -eq 0 ] && set -- cset9_denoise25:540:trainer.max_steps=1800,benchmark.runs=2
 
 for spec in "$@"; do
   IFS=: read -r name seconds overrides <<< "$spec"
@@ -29,7 +32,7 @@ for spec in "$@"; do
   [ -n "${SMOKE:-}" ] && extra+=(trainer.max_steps=2 data.size=32 "benchmark.images=[$(awk -F'\t' 'NR==2{print $1}' \
     "$DIP_DATA/$(sed -n 's/^  dataset: *//p' "conf/benchmark/$name.yaml")/MANIFEST.tsv")]" trainer.accelerator=cpu)
   label=$name${overrides:+_$(tr ',=[]' '_-__' <<< "$overrides")}
-  run_dir=outputs/bench/$label
+  run_dir=outputs/bench${SMOKE:+-smoke}/$label  # a smoke run never mixes with real sub-runs
   mkdir -p "$RESULTS/$label" "$run_dir"
   [ -n "${RESUME_FROM:-}" ] && [ -d "$RESUME_FROM/$label/images" ] && cp -rn "$RESUME_FROM/$label/images" "$run_dir/"
   echo "=== $label (limit ${seconds}s): benchmark.py benchmark=$name ${extra[*]}"
