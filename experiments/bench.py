@@ -9,8 +9,8 @@ Loops, each on the same denoising problem, network, seed and settings (``dip.pip
   CPU (for backtracking) at every step;
 - ``packed``: ``--pack N`` restarts of the same problem in one ``Skip(copies=N)``, in the eager loop
   and through the framework (``restarts=N``);
-- ``--variant NAME=OVERRIDE,...``: further framework loops with other overrides
-  (``--variant bf16=trainer.precision=bf16-mixed,speed.channels_last=true``).
+- ``--variant NAME=OVERRIDE,...``: further framework loops with other overrides, at each size and
+  packed (``NAME_packed``) (``--variant bf16=trainer.precision=bf16-mixed,speed.channels_last=true``).
 
 ``--count-ops`` also counts the operations the host dispatches in one step of each framework loop
 (torch.profiler): on a GPU, a step of small kernels costs about that many launches of host time.
@@ -404,17 +404,22 @@ def size_row(runs: dict[str, list[Measurement]], errors: dict[str, str], steps: 
     }
 
 
-def bench_packed(size, copies, args, overrides, report: Callable[[dict], None]) -> None:
-    """The packed comparison; ``report(row)`` gets its row after every run, the last time complete."""
+def bench_packed(size, copies, args, overrides, variants, report: Callable[[dict], None]) -> None:
+    """The packed comparison (with a framework loop ``NAME_packed`` per variant); ``report(row)`` gets
+    its row after every run, the last time complete."""
     print(f"{size}x{size}, {copies} restarts packed vs one: {args.warmup} + {args.steps} steps x {args.repeats}",
           flush=True)
     cfg = compose(size, args.warmup, args.steps, overrides)
     packed_cfg = compose(size, args.warmup, args.steps, overrides + [f"restarts={copies}"])
-    interleave({
+    loops = {
         "eager": lambda: run_eager(cfg, args.warmup, args.steps),
         "packed": lambda: run_eager(packed_cfg, args.warmup, args.steps),
         "framework_packed": lambda: run_framework(packed_cfg, args.warmup, args.steps),
-    }, args.repeats, lambda runs, errors: report(packed_row(runs, errors, size, copies)))
+    }
+    for name, extra in variants.items():
+        variant_cfg = compose(size, args.warmup, args.steps, overrides + extra + [f"restarts={copies}"])
+        loops[f"{name}_packed"] = lambda variant_cfg=variant_cfg: run_framework(variant_cfg, args.warmup, args.steps)
+    interleave(loops, args.repeats, lambda runs, errors: report(packed_row(runs, errors, size, copies)))
 
 
 def packed_row(runs: dict[str, list[Measurement]], errors: dict[str, str], size: int, copies: int) -> dict:
@@ -443,6 +448,8 @@ def packed_row(runs: dict[str, list[Measurement]], errors: dict[str, str], size:
         "psnr_framework_packed_mean": framework.get("psnr"),
         "psnr_framework_packed_average": framework.get("psnr_of_average"),
         "framework_packed_peak_mem_mb": framework.get("peak_mem_mb"),
+        "variants_throughput_vs_eager": {name: throughput(loop) for name, loop in loops.items()
+                                         if name not in ("eager", "packed", "framework_packed") and "ms" in loop},
         "loops": loops,
     }
 
@@ -495,6 +502,10 @@ def table(results: dict) -> str:
             f"{fmt(p['psnr_framework_packed_mean'], '.2f')}, "
             f"of the average {fmt(p['psnr_framework_packed_average'], '.2f')}"
         )
+        for name, speedup in p.get("variants_throughput_vs_eager", {}).items():
+            loop = p["loops"][name]
+            lines.append(f"  variant {name}: {loop['ms']:.2f} ms/step, {fmt(speedup, '.2f')}x eager's image-steps/s; "
+                         f"PSNR mean {loop['psnr']:.2f}, of the average {fmt(loop['psnr_of_average'], '.2f')}")
         lines += [f"  {name} failed: {loop['error']}" for name, loop in p.get("loops", {}).items() if "error" in loop]
     return "\n".join(lines)
 
@@ -542,8 +553,9 @@ def main(argv: list[str] | None = None) -> dict:
         if getattr(args, key) is None:
             setattr(args, key, value)
     variants = parse_variants(args.variant)
-    if args.count_ops and args.warmup < 1:
-        raise SystemExit("error: --count-ops profiles the last warm-up step: use --warmup 1 or more")
+    if args.count_ops and args.warmup < 2:  # step 0 also creates the optimizer's state: not a typical step
+        raise SystemExit("error: --count-ops profiles the last warm-up step, which must not be step 0: "
+                         "use --warmup 2 or more")
     global CLOCK
     CLOCK = args.clock
     if CLOCK == "cpu" and torch.cuda.is_available():
@@ -585,7 +597,7 @@ def main(argv: list[str] | None = None) -> dict:
         bench_size(size, args, args.overrides, variants, record(results["sizes"], str(size)))
     if args.pack and args.pack > 1:
         pack_size = args.pack_size or (args.sizes[len(args.sizes) // 2] if args.sizes else 256)
-        bench_packed(pack_size, args.pack, args, args.overrides, record(results, "packed"))
+        bench_packed(pack_size, args.pack, args, args.overrides, variants, record(results, "packed"))
     print(table(results))
     print(f"figures in {args.output}")
     return results
