@@ -1,7 +1,8 @@
 """Compare the runs of a sweep in a static dashboard: ``python experiments/compare.py SWEEP_DIR``.
 
 Reads what each run wrote (``metrics.json``, ``.hydra/``, the PSNR curve from the CSV logger's
-``csv/metrics.csv`` or else the offline W&B run file, ``restored.png``), wherever it ran, and writes
+``csv/metrics.csv`` or else the W&B run files, one per start of a resumed run, ``restored.png``),
+wherever it ran, and writes
 into SWEEP_DIR (or ``--out``):
 
 - ``psnr_curves.png``: PSNR against the optimisation step per group (mean line, min-max band over
@@ -93,7 +94,14 @@ def read_csv_curves(path: Path) -> dict[str, list[tuple[int, float]]]:
     with path.open(newline="") as handle:
         for row in csv.DictReader(handle):
             add_row(curves, row)
-    return curves
+    return latest_per_step(curves)
+
+
+def latest_per_step(curves: dict[str, list[tuple[int, float]]]) -> dict[str, list[tuple[int, float]]]:
+    """Each curve in step order with one value per step, the last one logged. A resumed run logs the
+    steps between its last checkpoint and the interruption again, and its final result continues from
+    the second pass."""
+    return {key: sorted(dict(points).items()) for key, points in curves.items()}
 
 
 def add_row(curves: dict, row: dict) -> None:
@@ -110,12 +118,16 @@ def read_curves(run_dir: Path) -> tuple[dict, str]:
     csv_file = run_dir / "csv" / "metrics.csv"
     if csv_file.is_file():
         return read_csv_curves(csv_file), "csv"
-    for run_file in sorted(run_dir.glob("wandb/*run-*/run-*.wandb")):
-        curves: dict = {}
+    # One W&B run per start of the run (a resumed run starts another): joined in the order they
+    # started, which their folders' names hold (``[offline-]run-<date>_<time>-<id>``).
+    run_files = sorted(run_dir.glob("wandb/*run-*/run-*.wandb"), key=lambda path: path.parent.name.split("-")[-2])
+    if not run_files:
+        return {}, "none"
+    curves: dict = {}
+    for run_file in run_files:
         for row in offline_history(run_file):
             add_row(curves, row)
-        return curves, "wandb"
-    return {}, "none"
+    return latest_per_step(curves), "wandb"
 
 
 def find_runs(sweep_dir: Path) -> list[Run]:

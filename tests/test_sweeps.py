@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 from dip import sweeps
 from dip.config import compose_config, sweep_name
 from dip.loggers import flat_config
+from dip.pipeline import run
 from dip.wandb_files import offline_run_file, offline_run_records
 from tests.conftest import run_cli
 
@@ -173,6 +174,28 @@ def test_grid_multirun_then_dashboard(tmp_path):
     assert "http" not in page  # opens from disk: nothing to fetch
     curves = compare.read_csv_curves(sweep / "0" / "csv" / "metrics.csv")
     assert [step for step, _ in curves["psnr"]] == [1, 2, 3]
+
+
+def test_curves_of_a_resumed_run_have_one_value_per_step(tmp_path):
+    """The CSV logger appends on resume, so the steps after the last checkpoint come twice: the later
+    pass (the one the result continued from) wins."""
+    path = tmp_path / "metrics.csv"
+    path.write_text("step,psnr,psnr_ema\n0,10.0,\n1,11.0,9.0\n2,12.0,9.5\n1,11.5,9.1\n2,12.5,9.6\n3,13.0,9.9\n")
+    curves = compare.read_csv_curves(path)
+    assert curves["psnr"] == [(1, 10.0), (2, 11.5), (3, 12.5), (4, 13.0)]
+    assert curves["psnr_ema"] == [(2, 9.1), (3, 9.6), (4, 9.9)]
+
+
+def test_dashboard_joins_the_wandb_runs_of_a_continued_run(tmp_path):
+    """W&B starts a new offline run when a run resumes: the dashboard's curve covers both."""
+    out = tmp_path / "run"
+    for steps, keep in ((3, "true"), (5, "false")):  # the second continues from the kept checkpoint
+        cfg = compose_config(["logger=wandb", f"checkpoint.keep={keep}", *TINY, f"trainer.max_steps={steps}"],
+                             output_dir=out)
+        run(cfg, out)
+    assert len(list(out.glob("wandb/offline-run-*"))) == 2
+    curves, source = compare.read_curves(out)
+    assert source == "wandb" and [step for step, _ in curves["psnr"]] == [1, 2, 3, 4, 5]
 
 
 def test_compare_refuses_a_folder_without_runs(tmp_path, capsys):
