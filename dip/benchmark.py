@@ -140,6 +140,11 @@ def restore_image(job: ImageJob) -> dict:
     for suffix, image in (("", result.restored), ("_ema", result.restored_ema)):
         metrics.update({key + suffix: value for key, value in
                         score(image, result.ground_truth, job.protocol, job.shave).items()})
+    if result.restarts is not None:  # packed restarts: the mean of what each one, a run of its own, scores
+        for suffix, images in (("", result.restarts), ("_ema", result.restarts_ema)):
+            scores = [score(image[None], result.ground_truth, job.protocol, job.shave) for image in images]
+            metrics.update({f"{key}{suffix}_restart_mean": statistics.fmean(s[key] for s in scores)
+                            for key in scores[0]})
     height, width = result.ground_truth.shape[-2:]
     metrics.update(image=job.name, width=width, height=height, gpus_visible=os.environ.get("CUDA_VISIBLE_DEVICES"),
                    device_name=torch.cuda.get_device_name() if metrics["device"].startswith("cuda") else "CPU")
@@ -333,6 +338,9 @@ class Table:
             *([(f"{key}_average{suffix}", f"{metric_label}{label} avg of {spec.runs}",
                 lambda m, b, column=f"{key}_average{suffix}": m[column])
                for suffix, label in (("", ""), ("_ema", " EMA"))] if spec.runs > 1 else []),
+            *([(f"{key}{suffix}_restart_mean", f"{metric_label}{label} one run",
+                lambda m, b, column=f"{key}{suffix}_restart_mean": m[column])
+               for suffix, label in (("", ""), ("_ema", " EMA"))] if cfg.restarts > 1 else []),
             *[(column, node.label, lambda m, b, node=node: node.images.get(m["image"]))
               for column, node in published],
             *[(f"{name}_{key}", BASELINES[name].label, lambda m, b, name=name: b[name][key]) for name in usable],
@@ -398,7 +406,10 @@ class Table:
             + (f"seed {self.mean['seed']} for every image" if spec.runs == 1 else
                f"{spec.runs} runs per image (seeds {cfg.seed} to {cfg.seed + spec.runs - 1}, one observation: "
                f"observation seed {cfg.observation_seed}); the PSNR and EMA columns are the first run's, "
-               f"the 'avg' columns those of the runs' averaged outputs"),
+               f"the 'avg' columns those of the runs' averaged outputs")
+            + (f"; {cfg.restarts} restarts packed into one network per image: the PSNR and EMA columns are "
+               f"those of their averaged outputs, the 'one run' columns the mean of each restart's own"
+               if cfg.restarts > 1 else ""),
             f"- protocol: {protocol}",
             f"- run: {info['date']} on {self._devices()} ({workers}), wall {info['wall_seconds']:.1f} s, "
             f"{info['image_steps'] / max(info['wall_seconds'], 1e-9):.1f} image-steps/s"

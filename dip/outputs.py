@@ -37,6 +37,7 @@ class Result:
     alpha: torch.Tensor | None = None  # 1 x H x W: the input's alpha channel, copied into the outputs
     bits: int = 8  # bit depth of the written images (16 for a 16-bit input)
     restarts: torch.Tensor | None = None  # N x C x H x W: with restarts=N, each restart's own output
+    restarts_ema: torch.Tensor | None = None  # N x C x H x W: with restarts=N, each restart's own EMA
 
 
 def write_outputs(result: Result, output_dir: Path) -> None:

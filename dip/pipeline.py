@@ -252,6 +252,7 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
         restored=outputs.mean(0, keepdim=True).cpu(),
         restored_ema=module.ema_output().cpu(),
         restarts=outputs.cpu() if module.restarts > 1 else None,
+        restarts_ema=module.ema.clamp(0, 1).cpu() if module.restarts > 1 else None,
         observation=problem.observation_image,
         ground_truth=problem.ground_truth,
         metrics=metrics,
