@@ -95,3 +95,20 @@ def test_a_failing_loop_costs_only_its_own_figures(bench, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert printed.count("broken       repeat") == 1  # not tried again after failing
     assert "broken failed: ValueError" in printed
+
+
+def test_step_floor_counts_bytes_written_and_convolution_arithmetic():
+    """experiments/step_floor.py: a grouped 3x3 convolution of 4 -> 6 channels in 2 groups does 2 x 9
+    multiply-adds per output; views write nothing; the default network at 512 px does the 460 GFLOP per
+    step that PAPER.md measured."""
+    spec = importlib.util.spec_from_file_location("step_floor", BENCH.parent / "step_floor.py")
+    step_floor = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(step_floor)
+    generator = torch.nn.Sequential(torch.nn.Conv2d(4, 6, 3, padding=1, groups=2), torch.nn.LeakyReLU(inplace=True),
+                                    torch.nn.Flatten())
+    written, multiply_adds = step_floor.layer_traffic(generator, (1, 4, 8, 5))
+    assert multiply_adds == 6 * 8 * 5 * 2 * 9
+    assert written == {"convolution": 6 * 8 * 5 * 4, "leaky_relu_": 6 * 8 * 5 * 4}  # the flattening is a view
+    _, module = step_floor.prepare(step_floor.compose_config(["task=denoising", "logger=none", "data.size=512"]))
+    _, multiply_adds = step_floor.layer_traffic(module.generator, tuple(module.z.shape))
+    assert 3 * 2 * multiply_adds / 1e9 == pytest.approx(465, abs=1)
