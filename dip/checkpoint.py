@@ -29,7 +29,9 @@ CHECKPOINT_NAME = "checkpoint.ckpt"
 RESULT_SETTINGS = ("seed", "observation_seed", "task", "arch", "input", "optim", "data", "regularizer", "ema_weight",
                    "backtrack_db", "max_rollbacks", "early_stop", "trainer.precision", "restarts",
                    # not the result, but which weights and buffers the checkpoint holds
-                   "speed.conv_bias_before_norm", "speed.batchnorm_running_stats")
+                   "speed.conv_bias_before_norm", "speed.batchnorm_running_stats",
+                   # nor the result, but the optimizer's state: per weight, or of the one weight tensor
+                   "speed.one_weight_tensor")
 IGNORED_SETTINGS = ("data.root",)
 
 

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import pytorch_lightning as pl
 import torch
 from torch import nn
+from torch.func import functional_call
 
 from dip.images import centre_crop
 from dip.inputs import InputCode, padded_size
@@ -36,6 +37,23 @@ def share_one_buffer(parameters: list[nn.Parameter]) -> torch.Tensor:
     return flat
 
 
+def generator_on_one_tensor(generator: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``call(weights, z)``: ``generator(z)`` with its trainable weights taken from views of the flat
+    ``weights``, laid out as ``share_one_buffer`` lays them out (NCHW, or channels_last as N H W C)."""
+    layout = [(name, p.shape, p.dim() == 4 and not p.is_contiguous())
+              for name, p in generator.named_parameters() if p.requires_grad]
+    sizes = [math.prod(shape) for _, shape, _ in layout]
+
+    def call(weights: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        views = {}
+        for (name, shape, channels_last), chunk in zip(layout, weights.split(sizes)):
+            n, c, h, w = shape if channels_last else (0, 0, 0, 0)
+            views[name] = chunk.view(n, h, w, c).permute(0, 3, 1, 2) if channels_last else chunk.view(shape)
+        return functional_call(generator, views, (z,))
+
+    return call
+
+
 class DeepImagePrior(pl.LightningModule):
     """Minimises ``E(f(z + reg_noise_std * n); y) [+ R(f(...))]`` over the generator's weights (and ``z``).
 
@@ -54,6 +72,11 @@ class DeepImagePrior(pl.LightningModule):
     ``metrics_every`` steps. During a fit the trainable weights are views of one flat buffer
     (``flat_weights``), so that remembering or restoring all of them is one ``where`` each: one
     kernel and one pass over the weights, not a few per tensor.
+
+    With ``one_weight_tensor`` (a function that wraps a callable, e.g. ``Speed.compiled``), autograd and
+    the optimizer see the generator's weights as one leaf tensor over ``flat_weights`` during a fit:
+    the generator runs through ``torch.func.functional_call`` on views of it (the wrapped call), so a
+    step accumulates one gradient, not one per weight.
 
     ``restarts = N > 1`` fits N independent restorations of the one observation at once, in a
     generator that packs N copies (``Skip(copies=N)``, ``dip.nets.packed``): each restart has its
@@ -79,6 +102,7 @@ class DeepImagePrior(pl.LightningModule):
         regularizer: nn.Module | None = None,
         max_rollbacks: int | None = 20,
         restarts: int = 1,
+        one_weight_tensor: Callable[[Callable], Callable] | None = None,
     ):
         super().__init__()
         self.generator = generator
@@ -111,25 +135,38 @@ class DeepImagePrior(pl.LightningModule):
         self.register_buffer("failed_in_a_row", torch.zeros(restarts, dtype=torch.long))
         self.good_weights: torch.Tensor | None = None  # flat; made at the start of the fit
         self.restored_good_weights: torch.Tensor | None = None
+        # one_weight_tensor: the call of the generator on the one tensor, and that tensor during a fit
+        # (a leaf over flat_weights, not registered: the state dict keeps the generator's own weights)
+        self.weights_call = one_weight_tensor(generator_on_one_tensor(generator)) if one_weight_tensor else None
+        self.one_weight: nn.Parameter | None = None
 
     def forward(self, z: torch.Tensor | None = None) -> torch.Tensor:
         """The restarts' outputs, ``restarts x C x H x W``."""
-        packed = self.generator(self.z if z is None else z)
+        z = self.z if z is None else z
+        packed = self.generator(z) if self.one_weight is None else self.weights_call(self.one_weight, z)
         return centre_crop(unpack_images(packed, self.restarts), *self.output_size)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
     def configure_optimizers(self):
-        return self.optimizer_factory(self.trainable_parameters())
+        if self.weights_call is None:
+            return self.optimizer_factory(self.trainable_parameters())
+        # the weights are on their device by now; the optimizer needs the one tensor they become
+        self.flat_weights = share_one_buffer(self.trainable_parameters())
+        # the same memory; set around nn.Module's __setattr__, which would register it
+        object.__setattr__(self, "one_weight", nn.Parameter(self.flat_weights))
+        return self.optimizer_factory([self.one_weight])
 
     def on_fit_start(self) -> None:
-        """Once the weights are on their device: gather them into one flat buffer and remember them.
+        """Once the weights are on their device: gather them into one flat buffer (unless
+        ``configure_optimizers`` did) and remember them.
 
         (Before any callback's ``on_train_start``, so that callbacks may use ``flat_weights``.)
         """
         weights = self.trainable_parameters()
-        self.flat_weights = share_one_buffer(weights)
+        if self.one_weight is None:
+            self.flat_weights = share_one_buffer(weights)
         # Which restart each element of flat_weights belongs to: every weight of a packed generator
         # is copy-major (rows [k n, (k + 1) n) are copy k's), so it splits into equal runs per restart.
         runs = [w.numel() // self.restarts for w in weights for _ in range(self.restarts)]
@@ -139,6 +176,9 @@ class DeepImagePrior(pl.LightningModule):
             self.good_weights = restored.to(self.flat_weights.device)
         else:
             self.good_weights = self.flat_weights.clone()
+
+    def on_fit_end(self) -> None:
+        self.one_weight = None  # the generator's own weights hold the final values: back to calling it
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["good_weights"] = self.good_weights

@@ -44,6 +44,10 @@ class Speed:
       the state dict's keys, so a checkpoint resumes only with the setting it was made with.
     - ``compile``: ``torch.compile`` the generator (forward and backward); ``compile_mode``
       ``reduce-overhead`` also replays the step's kernels as a CUDA graph.
+    - ``one_weight_tensor``: during a fit, autograd and the optimizer see the generator's weights as
+      one tensor (``DeepImagePrior``): one gradient accumulation per step instead of one per weight
+      (87 in "skip"), which stay outside a compiled graph. Only with ``compile`` are the weights'
+      views inside the graph; eager, they cost more host operations than they save.
     """
 
     tf32: bool = True
@@ -55,6 +59,7 @@ class Speed:
     batchnorm_running_stats: bool = False
     compile: bool = False
     compile_mode: str = "default"
+    one_weight_tensor: bool = False
 
     def __post_init__(self):
         if self.compile_mode not in COMPILE_MODES:
@@ -69,9 +74,13 @@ class Speed:
             drop_running_statistics(generator)
         if self.channels_last:
             generator.to(memory_format=torch.channels_last)
-        if self.compile:
+        if self.compile and not self.one_weight_tensor:  # else the module compiles its call over the one tensor
             generator.compile(mode=self.compile_mode)
         return generator
+
+    def compiled(self, function: Callable) -> Callable:
+        """``function`` compiled as ``compile`` and ``compile_mode`` say (itself when ``compile`` is off)."""
+        return torch.compile(function, mode=self.compile_mode) if self.compile else function
 
     def optimizer(self, factory: Callable[..., torch.optim.Optimizer]) -> Callable[..., torch.optim.Optimizer]:
         """``factory`` (``params -> optimizer``), asking for the fused implementation where it applies."""

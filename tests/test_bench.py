@@ -53,7 +53,8 @@ def test_quick_bench_writes_every_figure(bench, tmp_path):
 
 def test_operation_count_shows_what_the_trimmed_layers_save(bench, tmp_path):
     """--count-ops profiles one untimed step of each framework loop: the paper's layers add BatchNorm's
-    30 step-counter increments and the accumulation of 25 cancelled conv biases' gradients."""
+    30 step-counter increments and the accumulation of 25 cancelled conv biases' gradients; one weight
+    tensor leaves one accumulation."""
     with pytest.raises(SystemExit, match="--count-ops profiles the last warm-up step"):
         bench.main(["--quick", "--warmup", "1", "--count-ops"])
     output = tmp_path / "bench.json"
@@ -61,7 +62,8 @@ def test_operation_count_shows_what_the_trimmed_layers_save(bench, tmp_path):
     try:
         paper_layers = "paper=speed.conv_bias_before_norm=true,speed.batchnorm_running_stats=true"
         bench.main(["--quick", "--warmup", "2", "--repeats", "1", "--threads", "1", "--pack", "0", "--no-official",
-                    "--count-ops", "--variant", paper_layers, "--output", str(output)])
+                    "--count-ops", "--variant", paper_layers, "--variant", "one=speed.one_weight_tensor=true",
+                    "--output", str(output)])
     finally:
         torch.set_num_threads(threads)
     row = json.loads(output.read_text())["sizes"]["32"]
@@ -71,6 +73,8 @@ def test_operation_count_shows_what_the_trimmed_layers_save(bench, tmp_path):
     accumulations = "torch::autograd::AccumulateGrad"
     assert paper["host_op_names"][accumulations] - trimmed["host_op_names"][accumulations] == 25
     assert paper["host_ops"] - trimmed["host_ops"] >= 55
+    # one weight tensor: one accumulation (eager, each weight's view costs a view and its backward instead)
+    assert row["loops"]["one"]["host_op_names"][accumulations] == 1
 
 
 def test_variant_needs_a_name_and_overrides(bench):

@@ -112,6 +112,22 @@ def test_packed_restarts_resume_to_the_same_result(image, tmp_path, monkeypatch)
     assert torch.allclose(resumed.restored, reference.restored, atol=1e-5)
 
 
+def test_one_weight_tensor_resumes_to_the_same_result_as_the_default(image, reference, tmp_path, monkeypatch):
+    """With speed.one_weight_tensor=true the optimizer holds one tensor: its state resumes, and the fit
+    (rollbacks and early stopping included) is the default one to the bit; a checkpoint of the other
+    setting is refused."""
+    one_tensor = [*SETTINGS, "speed.one_weight_tensor=true"]
+    out = tmp_path / "run"
+    interrupted_at_step_1(image, out, monkeypatch, one_tensor)
+    with pytest.raises(DipError, match="speed.one_weight_tensor: True -> False"):
+        restore(image, tmp_path / "elsewhere", 8, f"resume={out}")
+    resumed = restore(image, out, 8, settings=one_tensor)
+    assert resumed.metrics["resumed_from_step"] == 1
+    for key in COMPARED:
+        assert resumed.metrics[key] == reference.metrics[key], key
+    assert torch.equal(resumed.restored, reference.restored)
+
+
 def test_sigterm_on_the_command_line_then_resume(image, tmp_path):
     out = tmp_path / "cli"
     command = [sys.executable, "run.py", f"data.path={image}", "trainer.max_steps=100000", f"hydra.run.dir={out}",

@@ -5,9 +5,11 @@ import functools
 import math
 
 import pytest
+import pytorch_lightning as pl
 import torch
 
 from dip.config import compose_config
+from dip.errors import DipError
 from dip.metrics import psnr
 from dip.pipeline import prepare, run
 from dip.speed import Speed
@@ -189,6 +191,33 @@ def test_compiled_generator_computes_the_same_function():
                   common=["arch.channels_down=[8,8,8]", "arch.channels_up=[8,8,8]", "arch.channels_skip=[4,4,4]"])
 
 
+class OptimizerTensors(pl.Callback):
+    """What the optimizer updates, and the module's state dict, seen during the fit."""
+
+    def on_train_start(self, trainer, pl_module):
+        self.shapes = [tuple(p.shape) for group in trainer.optimizers[0].param_groups for p in group["params"]]
+        self.weights = sum(p.numel() for p in pl_module.trainable_parameters())
+        self.keys = set(pl_module.state_dict())
+
+
+@pytest.mark.parametrize("restarts", [1, 2])
+def test_one_weight_tensor_takes_the_same_steps(restarts):
+    """speed.one_weight_tensor=true: autograd and Adam see one tensor, and the fit (with rollbacks) is
+    the default one to the bit; the state dict keeps the generator's own weights."""
+    settings = ["trainer.max_steps=8", "optim.lr=0.1", "backtrack_db=0.05", f"restarts={restarts}"]
+    default, one_tensor = OptimizerTensors(), OptimizerTensors()
+    expected = run(small_config(*settings), None, callbacks=[default])
+    result = run(small_config(*settings, "speed.one_weight_tensor=true"), None, callbacks=[one_tensor])
+    assert len(default.shapes) > 20 and one_tensor.shapes == [(one_tensor.weights,)]
+    assert one_tensor.keys == default.keys
+    assert torch.equal(result.restored, expected.restored) and torch.equal(result.restored_ema, expected.restored_ema)
+
+
+def test_one_weight_tensor_needs_a_fixed_code():
+    with pytest.raises(DipError, match="input.optimize=true"):
+        prepare(small_config("speed.one_weight_tensor=true", "input.optimize=true"))
+
+
 def test_weights_become_views_of_one_buffer_in_their_own_layout():
     _, module = prepare(small_config("speed.channels_last=true"))
     before = [p.detach().clone() for p in module.trainable_parameters()]
@@ -218,7 +247,8 @@ def test_bf16_autocast_runs_on_the_cpu_with_a_float32_average(restarts):
 
 
 @pytest.mark.slow
-def test_compiled_fit_trains_the_weights_in_one_buffer():
+@pytest.mark.parametrize("one_weight_tensor", [False, True])
+def test_compiled_fit_trains_the_weights_in_one_buffer(one_weight_tensor):
     # The weights become views of one buffer after the generator is compiled: were the compiled step
     # to use other tensors, the optimizer would not move them and the PSNR would stay where it starts.
     # (Not equal to the plain fit: Adam's first steps, about lr * sign(gradient), flip with rounding.)
@@ -227,6 +257,7 @@ def test_compiled_fit_trains_the_weights_in_one_buffer():
     _, untrained = prepare(small_config(*three_scales))
     start = float(psnr(untrained.restored(), untrained.ground_truth))
     plain = run(small_config(*three_scales), None)
-    compiled = run(small_config(*three_scales, "speed.compile=true"), None)
+    compiled = run(small_config(*three_scales, "speed.compile=true", f"speed.one_weight_tensor={one_weight_tensor}"),
+                   None)
     assert plain.metrics["psnr"] > start + 3
     assert compiled.metrics["psnr"] == pytest.approx(plain.metrics["psnr"], abs=1.0)
