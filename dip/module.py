@@ -192,14 +192,17 @@ class DeepImagePrior(pl.LightningModule):
             z = z + self.code.reg_noise_std * torch.randn_like(z)
         x = self(z)
         data_terms = self.physics.data_term(x, self.observation)  # one per restart
+        # Each operation below costs the host a dispatch every step (a GPU step at 512 px is bound by
+        # the host): one detach each, flags updated in place.
+        output, terms = x.detach(), data_terms.detach()
         with torch.no_grad():
             if self.backtrack_db is not None:
-                self._remember_or_flag_divergence(data_terms.detach())
-            self._update_ema(x.detach())
-        self.latest_output = x.detach()
+                self._remember_or_flag_divergence(terms)
+            self._update_ema(output)
+        self.latest_output = output
         step = self.global_step + 1
         if step % self.metrics_every == 0 or step == self.trainer.max_steps:
-            self._log_quality(self.quality(x.detach(), data_terms.detach()))
+            self._log_quality(self.quality(output, terms))
         loss = data_terms.sum()  # restarts share no weight: each gets the gradient of its own term
         return loss if self.regularizer is None else loss + self.regularizer(x)
 
@@ -266,20 +269,22 @@ class DeepImagePrior(pl.LightningModule):
         return self.ema.clamp(0, 1).mean(0, keepdim=True)
 
     def _update_ema(self, x: torch.Tensor) -> None:
-        x = x.to(self.ema.dtype)  # under mixed precision the output is bf16/fp16, the average float32
+        if x.dtype != self.ema.dtype:  # under mixed precision the output is bf16/fp16, the average float32
+            x = x.to(self.ema.dtype)
         if self.global_step == 0:
             self.ema.copy_(x)
         else:
             blended = torch.lerp(x, self.ema, self.ema_weight)
             kept = torch.isfinite(blended) & ~self.diverged.view(-1, 1, 1, 1)
-            self.ema.copy_(torch.where(kept, blended, self.ema))
+            torch.where(kept, blended, self.ema, out=self.ema)
 
     def _remember_or_flag_divergence(self, loss: torch.Tensor) -> None:
         fit = psnr_from_mse(loss)
         diverged = ~torch.isfinite(fit) | (self.last_good_psnr - fit > self.backtrack_db)
-        # A good step right after a rollback only re-evaluates the old weights: not yet a recovery.
-        recovered = ~diverged & ~self.diverged
-        self.failed_in_a_row.copy_(torch.where(diverged, self.failed_in_a_row + 1, self.failed_in_a_row * ~recovered))
+        # A good step right after a rollback (self.diverged still set) only re-evaluates the old
+        # weights: not yet a recovery, so the count of failures in a row is kept, not reset.
+        failed = self.failed_in_a_row
+        torch.where(diverged, failed + 1, failed * self.diverged, out=failed)
         self.diverged.copy_(diverged)
         # spread over the weights once a step: the rollback after the update uses the same flags
         self.diverged_weights = self._per_weight(diverged)

@@ -83,6 +83,18 @@ def test_backtracking_restores_the_last_good_weights_even_over_nan(channels_last
     assert all(torch.equal(p, g) for p, g in zip(params, good))
 
 
+def test_failures_in_a_row_count_until_a_good_step_follows_a_good_step():
+    """A good step right after a rollback only re-evaluates the old weights: the count of failures in a
+    row (which max_rollbacks bounds) is kept until the next good step, then reset."""
+    _, module = prepare(small_config())
+    module.on_fit_start()
+    counts = []
+    for loss in (0.01, math.nan, 0.01, math.nan, math.nan, 0.01, 0.01):
+        module._remember_or_flag_divergence(torch.tensor(loss))
+        counts.append(int(module.failed_in_a_row))
+    assert counts == [0, 1, 1, 2, 3, 3, 0]
+
+
 def same_function(overrides, common=()):
     """Outputs and gradients of the generator as ``overrides`` prepare it, relative to the plain one.
 
