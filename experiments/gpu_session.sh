@@ -50,7 +50,7 @@ declare -A EXTRA=(  # variants, whose values hold commas and spaces (channels_la
   [memory]="bf16_cl=trainer.precision=bf16-mixed,speed.channels_last=true"
   [quality]="$GRAPHS_ONE;$PAPER_LAYERS"
   # CUDA graphs first (the step is host-bound), then with the weights as one tensor (85 host operations
-  # per step instead of 171 on the CPU); bf16 and channels_last, slower in eager mode, may pay once
+  # per step instead of 163 on the CPU); bf16 and channels_last, slower in eager mode, may pay once
   # compiled (casts and layout conversions fuse into the kernels around them); compile alone last
   [compile]="graphs=speed.compile=true,speed.compile_mode=reduce-overhead;$GRAPHS_ONE;\
 graphs_bf16=speed.compile=true,speed.compile_mode=reduce-overhead,trainer.precision=bf16-mixed;\
