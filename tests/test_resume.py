@@ -114,8 +114,8 @@ def test_packed_restarts_resume_to_the_same_result(image, tmp_path, monkeypatch)
 
 def test_one_weight_tensor_resumes_to_the_same_result_as_the_default(image, reference, tmp_path, monkeypatch):
     """With speed.one_weight_tensor=true the optimizer holds one tensor: its state resumes, and the fit
-    (rollbacks and early stopping included) is the default one to the bit; a checkpoint of the other
-    setting is refused."""
+    (rollbacks and early stopping included) is the default one; a checkpoint of the other setting is
+    refused."""
     one_tensor = [*SETTINGS, "speed.one_weight_tensor=true"]
     out = tmp_path / "run"
     interrupted_at_step_1(image, out, monkeypatch, one_tensor)
@@ -123,9 +123,7 @@ def test_one_weight_tensor_resumes_to_the_same_result_as_the_default(image, refe
         restore(image, tmp_path / "elsewhere", 8, f"resume={out}")
     resumed = restore(image, out, 8, settings=one_tensor)
     assert resumed.metrics["resumed_from_step"] == 1
-    for key in COMPARED:
-        assert resumed.metrics[key] == reference.metrics[key], key
-    assert torch.equal(resumed.restored, reference.restored)
+    assert_same_result(resumed, reference)
 
 
 def test_sigterm_on_the_command_line_then_resume(image, tmp_path):

@@ -215,8 +215,11 @@ class OptimizerTensors(pl.Callback):
 @pytest.mark.parametrize("restarts", [1, 2])
 def test_one_weight_tensor_takes_the_same_steps(restarts):
     """speed.one_weight_tensor=true: autograd and Adam see one tensor, and the fit (with rollbacks) is
-    the default one to the bit; the state dict keeps the generator's own weights."""
-    settings = ["trainer.max_steps=8", "optim.lr=0.1", "backtrack_db=0.05", f"restarts={restarts}"]
+    the default one to the bit with torch's default Adam (the CPU's fused Adam rounds the elements at
+    the tails of its vectors its own way, which moves with the tensors' sizes); the state dict keeps
+    the generator's own weights."""
+    settings = ["trainer.max_steps=8", "optim.lr=0.1", "backtrack_db=0.05", f"restarts={restarts}",
+                "speed.fused_optimizer=false"]
     default, one_tensor = OptimizerTensors(), OptimizerTensors()
     expected = run(small_config(*settings), None, callbacks=[default])
     result = run(small_config(*settings, "speed.one_weight_tensor=true"), None, callbacks=[one_tensor])
