@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from dip.errors import DipError
 from dip.images import centre_crop
 from dip.inputs import InputCode, padded_size
 from dip.metrics import per_image_psnr, psnr, psnr_from_mse, ssim
@@ -153,7 +154,11 @@ class DeepImagePrior(pl.LightningModule):
         if self.weights_call is None:
             return self.optimizer_factory(self.trainable_parameters())
         # the weights are on their device by now; the optimizer needs the one tensor they become
-        self.flat_weights = share_one_buffer(self.trainable_parameters())
+        weights = self.trainable_parameters()
+        if len(weights) != sum(p.requires_grad for p in self.generator.parameters()):
+            raise DipError("speed.one_weight_tensor=true trains the generator's weights alone, but this fit has "
+                           "other trainable tensors: set it to false")
+        self.flat_weights = share_one_buffer(weights)
         # the same memory; set around nn.Module's __setattr__, which would register it
         object.__setattr__(self, "one_weight", nn.Parameter(self.flat_weights))
         return self.optimizer_factory([self.one_weight])
@@ -192,8 +197,8 @@ class DeepImagePrior(pl.LightningModule):
             z = z + self.code.reg_noise_std * torch.randn_like(z)
         x = self(z)
         data_terms = self.physics.data_term(x, self.observation)  # one per restart
-        # Each operation below costs the host a dispatch every step (a GPU step at 512 px is bound by
-        # the host): one detach each, flags updated in place.
+        # Every operation here is a host dispatch per step, and a GPU step at 512 px is bound by the
+        # host: one detach of each.
         output, terms = x.detach(), data_terms.detach()
         with torch.no_grad():
             if self.backtrack_db is not None:
