@@ -48,8 +48,11 @@ def generator_on_one_tensor(generator: nn.Module) -> Callable[[torch.Tensor, tor
     def call(weights: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         views = {}
         for (name, shape, channels_last), chunk in zip(layout, weights.split(sizes)):
-            n, c, h, w = shape if channels_last else (0, 0, 0, 0)
-            views[name] = chunk.view(n, h, w, c).permute(0, 3, 1, 2) if channels_last else chunk.view(shape)
+            if channels_last:  # stored in memory as N H W C
+                n, c, h, w = shape
+                views[name] = chunk.view(n, h, w, c).permute(0, 3, 1, 2)
+            else:
+                views[name] = chunk.view(shape)
         return functional_call(generator, views, (z,))
 
     return call
@@ -140,6 +143,10 @@ class DeepImagePrior(pl.LightningModule):
         # (a leaf over flat_weights, not registered: the state dict keeps the generator's own weights)
         self.weights_call = one_weight_tensor(generator_on_one_tensor(generator)) if one_weight_tensor else None
         self.one_weight: nn.Parameter | None = None
+        generator_weights = sum(p.requires_grad for p in generator.parameters())
+        if one_weight_tensor and len(self.trainable_parameters()) != generator_weights:
+            raise DipError("speed.one_weight_tensor=true trains the generator's weights alone, but this fit trains "
+                           "other tensors too (input.optimize=true trains z): turn one of them off")
 
     def forward(self, z: torch.Tensor | None = None) -> torch.Tensor:
         """The restarts' outputs, ``restarts x C x H x W``."""
@@ -154,11 +161,7 @@ class DeepImagePrior(pl.LightningModule):
         if self.weights_call is None:
             return self.optimizer_factory(self.trainable_parameters())
         # the weights are on their device by now; the optimizer needs the one tensor they become
-        weights = self.trainable_parameters()
-        if len(weights) != sum(p.requires_grad for p in self.generator.parameters()):
-            raise DipError("speed.one_weight_tensor=true trains the generator's weights alone, but this fit has "
-                           "other trainable tensors: set it to false")
-        self.flat_weights = share_one_buffer(weights)
+        self.flat_weights = share_one_buffer(self.trainable_parameters())
         # the same memory; set around nn.Module's __setattr__, which would register it
         object.__setattr__(self, "one_weight", nn.Parameter(self.flat_weights))
         return self.optimizer_factory([self.one_weight])

@@ -108,9 +108,6 @@ def prepare(cfg: DictConfig, problem: Problem | None = None) -> tuple[Problem, D
     except DipError as error:
         raise with_dataset_hint(error, cfg.data.root) from None
     speed: Speed = instantiate_settings(cfg.speed, "speed")
-    if speed.one_weight_tensor and code.optimize:
-        raise DipError("speed.one_weight_tensor=true gathers the generator's weights alone, but input.optimize=true "
-                       "trains the code z too: turn one of them off")
     restarts = check_restarts(cfg)
     packing = {"copies": restarts} if restarts > 1 else {}
     generator = instantiate_settings(cfg.arch, "arch", in_channels=code.channels, out_channels=problem.channels,

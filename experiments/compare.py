@@ -2,8 +2,7 @@
 
 Reads what each run wrote (``metrics.json``, ``.hydra/``, the PSNR curve from the CSV logger's
 ``csv/metrics.csv`` or else the W&B run files, one per start of a resumed run, ``restored.png``),
-wherever it ran, and writes
-into SWEEP_DIR (or ``--out``):
+wherever it ran, and writes into SWEEP_DIR (or ``--out``):
 
 - ``psnr_curves.png``: PSNR against the optimisation step per group (mean line, min-max band over
   the group's images and seeds);
