@@ -74,6 +74,7 @@ class Measurement:
     host_syncs: int | None = None  # --sync-check on a GPU: synchronisations over the timed steps
     host_ops: int | None = None  # --count-ops: operations the host dispatched in one step
     host_op_names: dict[str, int] | None = None  # --count-ops: how many of each
+    warmup_s: float | None = None  # the untimed first steps, compiling and cuDNN's autotuning included
 
 
 def clock() -> float:
@@ -131,13 +132,15 @@ class StepTimer(pl.Callback):
         self.warmup = warmup
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if batch_idx == self.warmup:
+        if batch_idx in (0, self.warmup):
             sync(pl_module.device)
-            self.start = clock()
+            now = clock()
+            self.first, self.start = (now, now) if batch_idx == 0 else (self.first, now)
 
     def on_train_epoch_end(self, trainer, pl_module):
         sync(pl_module.device)
         self.ms = (clock() - self.start) * 1e3 / (trainer.global_step - self.warmup)
+        self.warmup_s = self.start - self.first
 
 
 class SyncCounter(pl.Callback):
@@ -213,6 +216,7 @@ def run_framework(cfg, warmup: int, steps: int, sync_check: bool = False, count_
     else:
         result = Measurement(timer.ms, float(psnr(outputs, truth)), peak_memory(device))
     result.host_syncs = counter.count if counter else None
+    result.warmup_s = timer.warmup_s
     if operations:
         result.host_ops = sum(operations.counts.values())
         result.host_op_names = dict(operations.counts.most_common())
@@ -240,6 +244,8 @@ def run_eager(cfg, warmup: int, steps: int) -> Measurement:
         def output(code):
             return unpack_images(module(code), copies)
 
+        sync(device)
+        first = clock()
         for step in range(warmup + steps):
             if step == warmup:
                 sync(device)
@@ -267,7 +273,8 @@ def run_eager(cfg, warmup: int, steps: int) -> Measurement:
         with torch.no_grad():
             restored = output(z).clamp(0, 1)
     average = float(psnr(restored.mean(0, keepdim=True), truth)) if copies > 1 else None
-    return Measurement(ms, float(per_image_psnr(restored, truth).mean()), peak_memory(device), average)
+    return Measurement(ms, float(per_image_psnr(restored, truth).mean()), peak_memory(device), average,
+                       warmup_s=start - first)
 
 
 def run_official(cfg, warmup: int, steps: int) -> Measurement:
@@ -282,6 +289,8 @@ def run_official(cfg, warmup: int, steps: int) -> Measurement:
     with EAGER_SPEED.backends():
         optimizer = instantiate(cfg.optim)(generator.parameters())
         out_avg, last_net, psnr_noisy_last = None, None, 0.0
+        sync(device)
+        first = clock()
         for step in range(warmup + steps):
             if step == warmup:
                 sync(device)
@@ -306,7 +315,8 @@ def run_official(cfg, warmup: int, steps: int) -> Measurement:
         ms = (clock() - start) * 1e3 / steps
         with torch.no_grad():
             restored = module(z).clamp(0, 1)
-    return Measurement(ms, float(psnr(restored.cpu(), module.ground_truth)), peak_memory(device))
+    return Measurement(ms, float(psnr(restored.cpu(), module.ground_truth)), peak_memory(device),
+                       warmup_s=start - first)
 
 
 def compose(size: int, warmup: int, steps: int, overrides: list[str]):
@@ -474,6 +484,11 @@ def table(results: dict) -> str:
             + " / ".join(fmt(row[f"psnr_{name}"], ".2f") for name in ("framework", "eager", "official"))
         )
         lines.append(f"       eager/framework paired by repeat (median): {fmt(row['paired_speedup_vs_eager'], '.3f')}")
+        first_steps = [f"{name} {loop['warmup_s']:.1f}" for name, loop in row["loops"].items()
+                       if loop.get("warmup_s") is not None]
+        if first_steps:
+            lines.append(f"       seconds of the {results.get('warmup', 0)} untimed first steps: "
+                         + ", ".join(first_steps))
         if row.get("host_syncs") is not None:
             lines.append(f"       framework host syncs over {row['steps'] - results.get('warmup', 0)} timed steps: "
                          f"{row['host_syncs']}")

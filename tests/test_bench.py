@@ -39,6 +39,9 @@ def test_quick_bench_writes_every_figure(bench, tmp_path):
     assert row["psnr_framework"] == pytest.approx(row["psnr_eager"], abs=1e-3)
     assert row["psnr_official"] == pytest.approx(row["psnr_eager"], abs=1e-3)
     assert row["loops"]["cl"]["psnr"] == pytest.approx(row["psnr_eager"], abs=1e-2)
+    # what the untimed first step cost each loop (compiling, on a GPU also cuDNN's autotuning)
+    assert all(row["loops"][name]["warmup_s"] > 0 for name in ("framework", "eager", "official", "cl"))
+    assert "seconds of the 1 untimed first steps: framework " in bench.table(results)
     packed = results["packed"]
     assert packed["copies"] == 2 and packed["image_steps_per_s"] > 0 and packed["psnr_packed_average"] > 0
     # restarts=2 through the framework: the packed eager loop's restoration, as fast or faster

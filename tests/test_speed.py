@@ -1,12 +1,14 @@
 """Speed switches and the step's own costs: no host sync per step, cheap NaN-safe backtracking, and
 switches that change the speed but not the result."""
 
+import dataclasses
 import functools
 import math
 
 import pytest
 import pytorch_lightning as pl
 import torch
+from hydra.utils import instantiate
 
 from dip.config import compose_config
 from dip.errors import DipError
@@ -131,6 +133,12 @@ def test_exact_profile_is_one_override_away():
     _, exact = prepare(small_config("speed=exact"))
     _, paper = prepare(small_config(*PAPER_LAYERS))
     assert exact.state_dict().keys() == paper.state_dict().keys()
+
+
+def test_fast_profile_is_cuda_graphs_over_one_weight_tensor():
+    """``speed=fast`` changes only how the step runs, so every other switch stays the default's."""
+    fast, default = (instantiate(small_config(*profile).speed) for profile in (["speed=fast"], []))
+    assert fast == dataclasses.replace(default, compile=True, compile_mode="reduce-overhead", one_weight_tensor=True)
 
 
 def test_trimmed_layers_compute_the_same_function_with_fewer_weights():
