@@ -16,19 +16,20 @@
 #   1b. packed  8 restarts packed into one network at 256 px (where a single image leaves the GPU
 #               launch-bound): the eager loop and the framework (restarts=8) against one image
 #   1c. packed16 the same with 16 restarts (8 gave 4.86x on the H100, against the 6x target), also
-#               compiled with CUDA graphs
+#               with speed=fast (CUDA graphs over one weight tensor)
 #   2. memory   2048 px: peak GPU memory (framework default, bf16 + channels_last, eager)
 #   3. sync     host-device synchronisations per step of the framework (torch.cuda.set_sync_debug_mode)
 #   4. quality  512 px, 1800 steps (the paper's table; its notebook runs 3000): PSNR of the framework
-#               (default; compiled with CUDA graphs and one weight tensor; the paper's layers) against
-#               the fp32 eager loop, same seed (target: 0.1 dB)
-#   5. compile  512 px: torch.compile of the generator with CUDA graphs (reduce-overhead), also with
-#               the weights as one tensor, under bf16 autocast and in channels_last, and without CUDA graphs
+#               (default; speed=fast; speed=fast under bf16 autocast) against the fp32 eager loop, same
+#               seed (target: 0.1 dB)
+#   5. compile  512 px: speed=fast (torch.compile with CUDA graphs over one weight tensor) beside the
+#               three loops of main, also under bf16 autocast and in channels_last
 # SMOKE=1 PY=.venv/bin/python bash experiments/gpu_session.sh   runs every phase for a few steps on
 # 32 px images on a CPU (compile phase skipped), to check the script before spending device time on it.
 # Arguments NAME[:SECONDS] run only those phases, in that order, with other time limits, e.g. what the
-# first H100 run left unmeasured, in one call of 570 s of limits:
-#   bash experiments/gpu_session.sh compile quality main:130
+# seventh session left unmeasured, in one call of 420 s of limits (compiling takes 50-70 s per variant
+# on a fresh machine; docs/benchmarks.md has the whole plan of a 15-minute session):
+#   bash experiments/gpu_session.sh compile:230 quality:190
 set -uo pipefail
 
 declare -A LIMIT=([main]=220 [packed]=60 [packed16]=150 [memory]=50 [sync]=30 [quality]=200 [compile]=240)
@@ -39,29 +40,26 @@ declare -A ARGS=(
   [memory]="--sizes 2048 --warmup 2 --steps 5 --repeats 1 --pack 0 --no-official"
   [sync]="--sizes 256 --warmup 10 --steps 100 --repeats 1 --pack 0 --no-official --sync-check metrics_every=50"
   [quality]="--sizes 512 --warmup 20 --steps 1780 --repeats 1 --pack 0 --no-official"
-  [compile]="--sizes 512 --warmup 20 --steps 50 --repeats 1 --pack 0 --no-official"
+  [compile]="--sizes 512 --warmup 20 --steps 50 --repeats 1 --pack 0"
 )
 PAPER_LAYERS="paper_layers=speed.conv_bias_before_norm=true,speed.batchnorm_running_stats=true"
-GRAPHS_ONE="graphs_one=speed.compile=true,speed.compile_mode=reduce-overhead,speed.one_weight_tensor=true"
+FAST_BF16="fast_bf16=speed=fast,trainer.precision=bf16-mixed"
 declare -A EXTRA=(  # variants, whose values hold commas and spaces (channels_last and bf16 at 256-1024
-  # px: measured in results/gpu-20261126-h100, no faster)
+  # px: measured in results/gpu-20261126-h100, no faster in eager mode)
   [main]="$PAPER_LAYERS"
-  [packed16]="graphs=speed.compile=true,speed.compile_mode=reduce-overhead"
+  [packed16]="fast=speed=fast"
   [memory]="bf16_cl=trainer.precision=bf16-mixed,speed.channels_last=true"
-  [quality]="$GRAPHS_ONE;$PAPER_LAYERS"
-  # CUDA graphs first (the step is host-bound), then with the weights as one tensor (85 host operations
-  # per step instead of 163 on the CPU); bf16 and channels_last, slower in eager mode, may pay once
-  # compiled (casts and layout conversions fuse into the kernels around them); compile alone last
-  [compile]="graphs=speed.compile=true,speed.compile_mode=reduce-overhead;$GRAPHS_ONE;\
-graphs_bf16=speed.compile=true,speed.compile_mode=reduce-overhead,trainer.precision=bf16-mixed;\
-graphs_cl=speed.compile=true,speed.compile_mode=reduce-overhead,speed.channels_last=true;\
-compiled=speed.compile=true"
+  [quality]="fast=speed=fast;$FAST_BF16"
+  # speed=fast (CUDA graphs over one weight tensor: 9.4-9.7 ms at 512 px in the seventh session, the
+  # fastest measured) beside the official loop, then bf16 and channels_last, which in eager mode only
+  # add casts and layout conversions, and once compiled may fuse them into the kernels around them
+  [compile]="fast=speed=fast;$FAST_BF16;fast_cl=speed=fast,speed.channels_last=true"
 )
 phase() {  # phase NAME SECONDS: one bench.py run, its log and JSON in $RESULTS
   local name=$1 seconds=$2 variants=() variant
   IFS=';' read -r -a pieces <<< "${EXTRA[$name]:-}"
   for variant in "${pieces[@]}"; do
-    [ -n "${SMOKE:-}" ] && [[ $variant == *speed.compile=true* ]] && continue  # minutes on a CPU
+    [ -n "${SMOKE:-}" ] && [[ $variant == *speed.compile=true* || $variant == *speed=fast* ]] && continue  # minutes on a CPU
     variants+=(--variant "$variant")
   done
   # shellcheck disable=SC2206  # the phase's arguments are words
