@@ -411,9 +411,12 @@ class Table:
                f"those of their averaged outputs, the 'one run' columns the mean of each restart's own"
                if cfg.restarts > 1 else ""),
             f"- protocol: {protocol}",
-            f"- run: {info['date']} on {self._devices()} ({workers}), wall {info['wall_seconds']:.1f} s, "
-            f"{info['image_steps'] / max(info['wall_seconds'], 1e-9):.1f} image-steps/s"
-            + (f"; {info['reused']} restoration(s) reused, finished by an earlier run" if info["reused"] else ""),
+            f"- run: {info['date']} on {self._devices()}"
+            + (f"; all {info['reused']} restorations finished by earlier runs (each image's fit seconds below)"
+               if info["reused"] == len(self.rows) else
+               f" ({workers}), wall {info['wall_seconds']:.1f} s, "
+               f"{info['image_steps'] / max(info['wall_seconds'], 1e-9):.1f} image-steps/s"
+               + (f"; {info['reused']} restoration(s) reused, finished by an earlier run" if info["reused"] else "")),
             "",
             "| " + " | ".join(heading for _, heading in shown) + " |",
             "|" + "|".join("---" if column in ("image", "size") else "---:" for column, _ in shown) + "|",

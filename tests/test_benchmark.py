@@ -177,6 +177,10 @@ def test_restorations_carried_from_another_machine_are_reused(tmp_path):
     table = (other_run / "table.md").read_text()
     assert "on CPU (1 image), NVIDIA H100 80GB HBM3 (1 image)" in table
     assert "1 restoration(s) reused, finished by an earlier run" in table
+    # the table again, from what is finished: nothing runs, so the run line claims no processes or rate
+    run_benchmark(compose("set5_x4", other_root, other_run, *elsewhere), other_run)
+    run_line = next(line for line in (other_run / "table.md").read_text().splitlines() if line.startswith("- run:"))
+    assert run_line.endswith("all 2 restorations finished by earlier runs (each image's fit seconds below)")
 
 
 def test_denoising_runs_worker_processes_pinned_to_gpus_and_classical_baselines(tmp_path, monkeypatch):
