@@ -20,6 +20,7 @@ from dip.nets.normalised import drop_cancelled_biases, drop_running_statistics
 
 FUSED_DEVICES = ("cuda", "cpu")  # where torch's fused Adam, AdamW and SGD kernels exist
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+COMPILE_BACKENDS = ("inductor", "cudagraphs")
 
 
 @dataclass
@@ -43,7 +44,10 @@ class Speed:
       step mutates, which would keep ``reduce-overhead`` from CUDA graphs). Both layer switches change
       the state dict's keys, so a checkpoint resumes only with the setting it was made with.
     - ``compile``: ``torch.compile`` the generator (forward and backward); ``compile_mode``
-      ``reduce-overhead`` also replays the step's kernels as a CUDA graph.
+      ``reduce-overhead`` also replays the step's kernels as a CUDA graph. ``compile_backend``
+      ``cudagraphs`` generates no kernels: it traces the step and replays torch's own kernels as CUDA
+      graphs, which takes seconds where inductor's code generation takes about a minute (``compile_mode``
+      is inductor's; on a CPU the traced step runs as it is).
     - ``one_weight_tensor``: during a fit, autograd and the optimizer see the generator's weights as
       one tensor (``DeepImagePrior``): one gradient accumulation per step instead of one per weight
       (87 in "skip"), which stay outside a compiled graph. Only with ``compile`` are the weights'
@@ -59,11 +63,18 @@ class Speed:
     batchnorm_running_stats: bool = False
     compile: bool = False
     compile_mode: str = "default"
+    compile_backend: str = "inductor"
     one_weight_tensor: bool = False
 
     def __post_init__(self):
         if self.compile_mode not in COMPILE_MODES:
             raise ValueError(f"unknown compile mode '{self.compile_mode}' (choose from: {', '.join(COMPILE_MODES)})")
+        if self.compile_backend not in COMPILE_BACKENDS:
+            raise ValueError(f"unknown compile backend '{self.compile_backend}' "
+                             f"(choose from: {', '.join(COMPILE_BACKENDS)})")
+        if self.compile_backend != "inductor" and self.compile_mode != "default":  # torch would ignore it
+            raise ValueError(f"compile mode '{self.compile_mode}' is inductor's: the {self.compile_backend} "
+                             "backend takes only 'default'")
 
     def prepare_generator(self, generator: nn.Module) -> nn.Module:
         """The generator in the chosen memory layout, compiled if asked (in place: the state dict's
@@ -75,12 +86,14 @@ class Speed:
         if self.channels_last:
             generator.to(memory_format=torch.channels_last)
         if self.compile and not self.one_weight_tensor:  # else the module compiles its call over the one tensor
-            generator.compile(mode=self.compile_mode)
+            generator.compile(backend=self.compile_backend, mode=self.compile_mode)
         return generator
 
     def compiled(self, function: Callable) -> Callable:
-        """``function`` compiled as ``compile`` and ``compile_mode`` say (itself when ``compile`` is off)."""
-        return torch.compile(function, mode=self.compile_mode) if self.compile else function
+        """``function`` compiled as the compile switches say (itself when ``compile`` is off)."""
+        if not self.compile:
+            return function
+        return torch.compile(function, backend=self.compile_backend, mode=self.compile_mode)
 
     def optimizer(self, factory: Callable[..., torch.optim.Optimizer]) -> Callable[..., torch.optim.Optimizer]:
         """``factory`` (``params -> optimizer``), asking for the fused implementation where it applies."""

@@ -20,10 +20,11 @@
 #   2. memory   2048 px: peak GPU memory (framework default, bf16 + channels_last, eager)
 #   3. sync     host-device synchronisations per step of the framework (torch.cuda.set_sync_debug_mode)
 #   4. quality  512 px, 1800 steps (the paper's table; its notebook runs 3000): PSNR of the framework
-#               (default; speed=fast; speed=fast under bf16 autocast) against the fp32 eager loop, same
-#               seed (target: 0.1 dB)
+#               (default; the traced step as CUDA graphs; speed=fast under bf16 autocast) against the
+#               fp32 eager loop, same seed (target: 0.1 dB)
 #   5. compile  512 px: speed=fast (torch.compile with CUDA graphs over one weight tensor) beside the
-#               three loops of main, also under bf16 autocast and in channels_last
+#               three loops of main; the traced step replayed as CUDA graphs without generated kernels
+#               (speed.compile_backend=cudagraphs); speed=fast under bf16 autocast and in channels_last
 # SMOKE=1 PY=.venv/bin/python bash experiments/gpu_session.sh   runs every phase for a few steps on
 # 32 px images on a CPU (compile phase skipped), to check the script before spending device time on it.
 # Arguments NAME[:SECONDS] run only those phases, in that order, with other time limits, e.g. what the
@@ -44,16 +45,19 @@ declare -A ARGS=(
 )
 PAPER_LAYERS="paper_layers=speed.conv_bias_before_norm=true,speed.batchnorm_running_stats=true"
 FAST_BF16="fast_bf16=speed=fast,trainer.precision=bf16-mixed"
+TRACED="traced_graphs=speed.compile=true,speed.compile_backend=cudagraphs,speed.one_weight_tensor=true"
 declare -A EXTRA=(  # variants, whose values hold commas and spaces (channels_last and bf16 at 256-1024
   # px: measured in results/gpu-20261126-h100, no faster in eager mode)
   [main]="$PAPER_LAYERS"
   [packed16]="fast=speed=fast"
   [memory]="bf16_cl=trainer.precision=bf16-mixed,speed.channels_last=true"
-  [quality]="fast=speed=fast;$FAST_BF16"
+  [quality]="$TRACED;$FAST_BF16"  # speed=fast's quality: results/gpu-20261126-h100-session7
   # speed=fast (CUDA graphs over one weight tensor: 9.4-9.7 ms at 512 px in the seventh session, the
-  # fastest measured) beside the official loop, then bf16 and channels_last, which in eager mode only
-  # add casts and layout conversions, and once compiled may fuse them into the kernels around them
-  [compile]="fast=speed=fast;$FAST_BF16;fast_cl=speed=fast,speed.channels_last=true"
+  # fastest measured, after 50-70 s of compiling) beside the official loop; the traced step as CUDA
+  # graphs of torch's own kernels (seconds of tracing: a default if fast enough); then bf16 and
+  # channels_last, which in eager mode only add casts and layout conversions, and once compiled may
+  # fuse them into the kernels around them
+  [compile]="fast=speed=fast;$TRACED;$FAST_BF16;fast_cl=speed=fast,speed.channels_last=true"
 )
 phase() {  # phase NAME SECONDS: one bench.py run, its log and JSON in $RESULTS
   local name=$1 seconds=$2 variants=() variant

@@ -198,9 +198,13 @@ def test_fused_adam_takes_the_same_steps_as_the_default_one():
     torch.testing.assert_close(weights[True], weights[False], rtol=1e-5, atol=1e-6)
 
 
-def test_unknown_compile_mode_is_refused():
+def test_unknown_compile_mode_or_backend_is_refused():
     with pytest.raises(ValueError, match="compile mode"):
         Speed(compile_mode="fastest")
+    with pytest.raises(ValueError, match="compile backend 'tvm'"):
+        Speed(compile_backend="tvm")
+    with pytest.raises(ValueError, match="'reduce-overhead' is inductor's"):  # torch would drop it silently
+        Speed(compile_backend="cudagraphs", compile_mode="reduce-overhead")
 
 
 @pytest.mark.slow
@@ -234,6 +238,20 @@ def test_one_weight_tensor_takes_the_same_steps(restarts):
     assert len(default.shapes) > 20 and one_tensor.shapes == [(one_tensor.weights,)]
     assert one_tensor.keys == default.keys
     assert torch.equal(result.restored, expected.restored) and torch.equal(result.restored_ema, expected.restored_ema)
+
+
+def test_cudagraphs_backend_traces_the_step_over_one_weight_tensor():
+    """``speed.compile_backend=cudagraphs``: the traced step (replayed as CUDA graphs on a GPU; on a CPU
+    run as traced, in seconds) trains the one weight tensor to the default fit, up to the rounding of
+    the traced backward."""
+    settings = ["trainer.max_steps=8", "optim.lr=0.1", "backtrack_db=0.05", "speed.fused_optimizer=false"]
+    traced = OptimizerTensors()
+    expected = run(small_config(*settings), None)
+    result = run(small_config(*settings, "speed.compile=true", "speed.compile_backend=cudagraphs",
+                              "speed.one_weight_tensor=true"), None, callbacks=[traced])
+    assert traced.shapes == [(traced.weights,)]
+    torch.testing.assert_close(result.restored, expected.restored, rtol=0, atol=5e-3)
+    assert result.metrics["psnr"] == pytest.approx(expected.metrics["psnr"], abs=0.01)
 
 
 def test_one_weight_tensor_needs_a_fixed_code():
