@@ -14,12 +14,13 @@
 # then ask the device tool for
 #   run(command="bash experiments/gpu_benchmarks.sh", carry=[".whl", "data"], timeout_s=600)
 # e.g. with arguments "set5_x4:100:trainer.max_steps=300,jobs_per_gpu=1" "set5_x4:100:trainer.max_steps=300"
-# to measure how many jobs per GPU pay. Unpack what comes back into results/gpu-<date>-<device>/.
+# to measure how many jobs per GPU pay. Then unpack what comes back, merging the finished images into
+# results/benchmark-progress/: bash experiments/unpack_device_results.sh FILES_AT/results.tar.gz results/gpu-<date>-<device>
 # A benchmark can span sessions: RESUME_FROM=FOLDER (default results/benchmark-progress, committed, so it
 # travels; RESUME_FROM= turns it off) seeds outputs/bench/<label>/images from FOLDER/<label>/images, and
 # the images finished there (same config, wherever it ran) are not run again, nor are baselines computed
-# there (CBM3D, whose package the device lacks, was computed on the development machine). Merge the
-# archive's <label>/images into FOLDER after the call.
+# there (CBM3D, whose package the device lacks, was computed on the development machine). After the
+# call, experiments/unpack_device_results.sh merges the archive's finished images into FOLDER.
 # SMOKE=1 PY=.venv/bin/python bash experiments/gpu_benchmarks.sh   checks the script on a CPU in seconds.
 set -uo pipefail
 source "$(dirname "$0")/gpu_env.sh" gpu_benchmarks.sh "$@"

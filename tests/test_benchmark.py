@@ -301,3 +301,40 @@ def test_cli_set5_x4_on_the_shared_dataset(tmp_path):
     assert "| 29.90 |" in rows[-1]
     assert len(list(out.glob("images/*/metrics.json"))) == 5
     assert len(list(out.glob("images/*/wandb/offline-run-*"))) == 5  # one W&B run per image
+
+
+def test_device_results_merge_finished_restorations_into_progress(tmp_path):
+    """experiments/unpack_device_results.sh: a device call's archive adds the images it finished to the
+    progress folder, keeps those already there, skips unfinished ones, and writes nothing from a bad archive."""
+    call = tmp_path / "call"
+    label = call / "set5_x4" / "images"
+    for image, files in {"baby": ("config.yaml", "metrics.json", "baselines.json"), "bird": ("metrics.json",),
+                         "head": ("baselines.json",)}.items():
+        (label / image).mkdir(parents=True)
+        for name in files:
+            (label / image / name).write_text(f"{image} from the device")
+    (label / "bird" / "config.yaml").write_text("bird config")
+    (call / "bench-main.json").write_text("{}")
+    (call / "log.txt").write_text("Epoch 0:  50%|#####\r[1/2] baby.png: psnr 30.1 dB\nEpoch 0: 100%\n")
+    archive = tmp_path / "results.tar.gz"
+    subprocess.run(["tar", "czf", str(archive), "-C", str(call), "."], check=True)
+    progress = tmp_path / "progress"
+    (progress / "set5_x4" / "images" / "bird").mkdir(parents=True)
+    (progress / "set5_x4" / "images" / "bird" / "metrics.json").write_text("bird finished earlier")
+
+    script, dest = str(ROOT / "experiments" / "unpack_device_results.sh"), tmp_path / "results"
+    merged = subprocess.run(["bash", script, str(archive), str(dest), str(progress)], capture_output=True, text=True)
+    assert merged.returncode == 0 and merged.stdout == "merged set5_x4/baby\n"
+    kept = progress / "set5_x4" / "images"
+    assert (kept / "baby" / "baselines.json").read_text() == "baby from the device"
+    assert (kept / "bird" / "metrics.json").read_text() == "bird finished earlier"
+    assert not (kept / "head").exists()
+    assert (dest / "bench-main.json").is_file()
+    assert (dest / "log-summary.txt").read_text() == "[1/2] baby.png: psnr 30.1 dB\n"
+
+    broken = tmp_path / "broken.tar.gz"
+    broken.write_text("not an archive")
+    failed = subprocess.run(["bash", script, str(broken), str(tmp_path / "none"), str(progress)],
+                            capture_output=True, text=True)
+    assert failed.returncode == 1 and failed.stderr.strip() == f"error: cannot unpack {broken}"
+    assert not (tmp_path / "none").exists()
