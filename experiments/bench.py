@@ -126,7 +126,8 @@ def target_device() -> torch.device:
 class StepTimer(pl.Callback):
     """Wall time of the steps after the first ``warmup``, synchronised with the device: from the
     start of step ``warmup`` to the end of the epoch's last step (the module's own end-of-step
-    hook included, the Trainer's end-of-fit work not)."""
+    hook included, the Trainer's end-of-fit work not); and the wall time of the ``warmup`` steps before
+    them (``warmup_s``)."""
 
     def __init__(self, warmup: int):
         self.warmup = warmup
@@ -135,7 +136,10 @@ class StepTimer(pl.Callback):
         if batch_idx in (0, self.warmup):
             sync(pl_module.device)
             now = clock()
-            self.first, self.start = (now, now) if batch_idx == 0 else (self.first, now)
+            if batch_idx == 0:
+                self.first = now
+            if batch_idx == self.warmup:
+                self.start = now
 
     def on_train_epoch_end(self, trainer, pl_module):
         sync(pl_module.device)
