@@ -147,6 +147,28 @@ class StepTimer(pl.Callback):
         self.warmup_s = self.start - self.first
 
 
+class LoopTimer:
+    """The reference loops' counterpart of ``StepTimer``: call ``at(step)`` before every step."""
+
+    def __init__(self, device: torch.device, warmup: int):
+        self.device, self.warmup = device, warmup
+        sync(device)
+        self.first = clock()
+
+    def at(self, step: int) -> None:
+        if step == self.warmup:
+            sync(self.device)
+            self.start = clock()
+
+    @property
+    def warmup_s(self) -> float:
+        return self.start - self.first
+
+    def ms_per_step(self, steps: int) -> float:
+        sync(self.device)
+        return (clock() - self.start) * 1e3 / steps
+
+
 class SyncCounter(pl.Callback):
     """Counts the host-device synchronisations CUDA reports (``torch.cuda.set_sync_debug_mode``)
     over the timed steps. Lightning's callbacks run in order: put it after the ``StepTimer``, whose
@@ -248,12 +270,9 @@ def run_eager(cfg, warmup: int, steps: int) -> Measurement:
         def output(code):
             return unpack_images(module(code), copies)
 
-        sync(device)
-        first = clock()
+        timer = LoopTimer(device, warmup)
         for step in range(warmup + steps):
-            if step == warmup:
-                sync(device)
-                start = clock()
+            timer.at(step)
             x = output(z + reg_noise_std * torch.randn_like(z))
             mse = ((x - y) ** 2).flatten(1).mean(1)  # one per copy
             optimizer.zero_grad(set_to_none=True)
@@ -272,13 +291,12 @@ def run_eager(cfg, warmup: int, steps: int) -> Measurement:
                 with torch.no_grad():
                     for g, p in zip(good, params):
                         p.view(copies, -1).copy_(torch.where(diverged, g.view(copies, -1), p.view(copies, -1)))
-        sync(device)
-        ms = (clock() - start) * 1e3 / steps
+        ms = timer.ms_per_step(steps)
         with torch.no_grad():
             restored = output(z).clamp(0, 1)
     average = float(psnr(restored.mean(0, keepdim=True), truth)) if copies > 1 else None
     return Measurement(ms, float(per_image_psnr(restored, truth).mean()), peak_memory(device), average,
-                       warmup_s=start - first)
+                       warmup_s=timer.warmup_s)
 
 
 def run_official(cfg, warmup: int, steps: int) -> Measurement:
@@ -293,12 +311,9 @@ def run_official(cfg, warmup: int, steps: int) -> Measurement:
     with EAGER_SPEED.backends():
         optimizer = instantiate(cfg.optim)(generator.parameters())
         out_avg, last_net, psnr_noisy_last = None, None, 0.0
-        sync(device)
-        first = clock()
+        timer = LoopTimer(device, warmup)
         for step in range(warmup + steps):
-            if step == warmup:
-                sync(device)
-                start = clock()
+            timer.at(step)
             optimizer.zero_grad()
             out = module(z + reg_noise_std * torch.randn_like(z))
             out_avg = out.detach() if out_avg is None else out_avg * ema_weight + out.detach() * (1 - ema_weight)
@@ -315,12 +330,11 @@ def run_official(cfg, warmup: int, steps: int) -> Measurement:
                     last_net = [param.detach().cpu() for param in generator.parameters()]
                     psnr_noisy_last = psnr_noisy
             optimizer.step()
-        sync(device)
-        ms = (clock() - start) * 1e3 / steps
+        ms = timer.ms_per_step(steps)
         with torch.no_grad():
             restored = module(z).clamp(0, 1)
     return Measurement(ms, float(psnr(restored.cpu(), module.ground_truth)), peak_memory(device),
-                       warmup_s=start - first)
+                       warmup_s=timer.warmup_s)
 
 
 def compose(size: int, warmup: int, steps: int, overrides: list[str]):
