@@ -394,8 +394,6 @@ class Table:
         protocol = ("PSNR in dB of the Y channel (ITU-R BT.601, MATLAB rgb2ycbcr scaling; greyscale images as "
                     f"they are){shaved}; RGB PSNR over the whole image" if spec.protocol == "y"
                     else f"PSNR in dB over all channels in [0, 1]{shaved}")
-        workers = (f"{info['workers']} process(es) on {info['gpus']} GPU(s)" if info["gpus"]
-                   else f"{info['workers']} process(es) on the CPU")
         lines = [
             f"# {spec.name}: {spec.title}",
             "",
@@ -411,12 +409,7 @@ class Table:
                f"those of their averaged outputs, the 'one run' columns the mean of each restart's own"
                if cfg.restarts > 1 else ""),
             f"- protocol: {protocol}",
-            f"- run: {info['date']} on {self._devices()}"
-            + (f"; all {info['reused']} restorations finished by earlier runs (each image's fit seconds below)"
-               if info["reused"] == len(self.rows) else
-               f" ({workers}), wall {info['wall_seconds']:.1f} s, "
-               f"{info['image_steps'] / max(info['wall_seconds'], 1e-9):.1f} image-steps/s"
-               + (f"; {info['reused']} restoration(s) reused, finished by an earlier run" if info["reused"] else "")),
+            f"- run: {info['date']} on {self._devices()}{self._work_done()}",
             "",
             "| " + " | ".join(heading for _, heading in shown) + " |",
             "|" + "|".join("---" if column in ("image", "size") else "---:" for column, _ in shown) + "|",
@@ -431,6 +424,19 @@ class Table:
         if notes:
             lines += ["", *[f"- {note}" for note in notes]]
         return "\n".join(lines) + "\n"
+
+    def _work_done(self) -> str:
+        """The run line's account of this run's own work: its processes, wall time and rate, and how
+        many restorations it took from earlier runs (all of them: no processes or rate to speak of)."""
+        info = self.info
+        if info["reused"] == len(self.rows):
+            return f"; all {info['reused']} restorations finished by earlier runs (each image's fit seconds below)"
+        place = f"{info['gpus']} GPU(s)" if info["gpus"] else "the CPU"
+        done = (f" ({info['workers']} process(es) on {place}), wall {info['wall_seconds']:.1f} s, "
+                f"{info['image_steps'] / max(info['wall_seconds'], 1e-9):.1f} image-steps/s")
+        if info["reused"]:
+            done += f"; {info['reused']} restoration(s) reused, finished by an earlier run"
+        return done
 
     def _devices(self) -> str:
         """The device of the rows, or each device with its number of rows (rows carried from runs elsewhere)."""
