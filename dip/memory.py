@@ -1,10 +1,12 @@
-"""Will the run fit? An estimate of its memory before it starts, and a clear refusal if not.
+"""Will the run fit? An estimate of its memory before it starts, and a clear refusal if not (or,
+when a fit runs out of memory all the same, the same kind of one-line error).
 
 ``bytes = trainable parameters x 4 x 5`` (weights, gradients, two Adam moments, the backtracking
 copy; one more with early stopping: its best weights) ``+ frozen parameters x 4``
-``+ activations`` (the tensors the generator saves for its backward pass, traced on the meta
-device at the padded size, so nothing is computed or allocated; halved under 16-bit precision;
-plus twice the largest one for the transient buffers of the backward pass)
+``+ activations`` (the peak of the tensors one training step creates, from the perturbed input through
+the generator and the data term and back: simulated on a meta-device copy of the module, so nothing is
+computed or allocated, in the precision's activation dtype; plus the largest of those tensors again, for
+convolution workspaces)
 ``+ images`` (``z``, observation, ground truth, EMA and the early-stopping buffers, in float32).
 """
 
@@ -13,9 +15,12 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import weakref
 from dataclasses import dataclass
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from dip.errors import DipError
 from dip.inputs import padded_size
@@ -38,20 +43,73 @@ class MemoryEstimate:
         return self.parameters + self.activations + self.images
 
 
-def traced_activations(generator: torch.nn.Module, z_shape: tuple[int, ...]) -> tuple[int, int]:
-    """Bytes the forward pass saves for backward, and the largest single saved tensor, traced on a
-    meta-device copy of ``generator`` (no memory, no arithmetic)."""
-    meta = copy.deepcopy(generator).to("meta")
-    sizes: list[int] = []
+class LiveTensors(TorchDispatchMode):
+    """Bytes held by the tensors the operators under this mode create: each new storage counts from
+    the operator that makes it until it is freed, so views and in-place results count once, and what
+    autograd saves counts until the backward pass lets it go. ``peak`` is the most held at once."""
 
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        sizes.append(tensor.numel() * tensor.element_size())
-        return tensor
+    def __init__(self):
+        super().__init__()
+        self.live = self.peak = self.largest = 0
+        self._storages: set[int] = set()
 
-    z = torch.empty(z_shape, device="meta", requires_grad=True)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        meta(z)
-    return sum(sizes), max(sizes, default=0)
+    def _freed(self, key: int, nbytes: int) -> None:
+        self._storages.discard(key)
+        self.live -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        output = func(*args, **(kwargs or {}))
+        for tensor in tree_leaves(output):
+            if not isinstance(tensor, torch.Tensor):
+                continue
+            storage = tensor.untyped_storage()
+            if storage._cdata in self._storages:
+                continue
+            nbytes = storage.nbytes()
+            self._storages.add(storage._cdata)
+            weakref.finalize(storage, self._freed, storage._cdata, nbytes)
+            self.live += nbytes
+            self.peak, self.largest = max(self.peak, self.live), max(self.largest, nbytes)
+        return output
+
+
+def meta_copy(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """A copy of ``module`` whose tensors are shapes on the meta device (floating ones in ``dtype``):
+    the weights and images are not copied, only described."""
+    def meta_like(tensor: torch.Tensor) -> torch.Tensor:
+        return torch.empty_like(tensor, device="meta", dtype=dtype if tensor.is_floating_point() else None)
+
+    memo = {id(tensor): meta_like(tensor) for tensor in module.buffers()}
+    memo.update({id(p): torch.nn.Parameter(meta_like(p), p.requires_grad) for p in module.parameters()})
+    return copy.deepcopy(module, memo)
+
+
+def step_tensors(module) -> LiveTensors:
+    """The tensors one training step of ``module`` (a ``DeepImagePrior``) creates: its forward pass,
+    data term and backward pass, without the optimiser (whose state the parameter copies count)."""
+    with LiveTensors() as tensors:
+        x = module(module.perturbed_input())
+        loss = module.objective(x, module.physics.data_term(x, module.observation))
+        if loss.requires_grad:  # not when nothing trains (the prior is fixed)
+            loss.backward()
+    return tensors
+
+
+def simulated_step(module, dtype: torch.dtype = torch.float32) -> tuple[int, int]:
+    """Peak bytes of the tensors one training step of ``module`` creates (the weight gradients left at
+    its end excepted: the parameter copies count them), and the largest of them, simulated on a
+    meta-device copy in ``dtype``."""
+    meta = meta_copy(module, dtype)
+    tensors = step_tensors(meta)
+    return tensors.peak - tensors.live, tensors.largest  # live: the gradients, while meta holds them
+
+
+def activation_dtype(precision: str) -> torch.dtype:
+    """The dtype Lightning's ``precision`` setting computes the generator's activations in."""
+    precision = str(precision)
+    if "bf16" in precision:
+        return torch.bfloat16
+    return torch.float16 if "16" in precision else torch.float32
 
 
 def estimate(module, precision: str = "32-true", early_stopping_window: int = 0) -> MemoryEstimate:
@@ -60,13 +118,10 @@ def estimate(module, precision: str = "32-true", early_stopping_window: int = 0)
     trainable = sum(p.numel() for p in module.trainable_parameters())
     frozen = sum(p.numel() for p in module.parameters()) - trainable  # a fixed feature extractor: weights only
     parameters = (trainable * copies + frozen) * 4
-    saved, largest = traced_activations(module.generator, tuple(module.z.shape))
-    activations = saved + 2 * largest
-    if "16" in str(precision):
-        activations //= 2
+    peak, largest = simulated_step(module, activation_dtype(precision))
     image = module.ema.numel() * 4
     images = module.z.numel() * 4 + image * (3 + (early_stopping_window + 1 if early_stopping_window else 0))
-    return MemoryEstimate(parameters, activations, images, module.z.shape[-2] * module.z.shape[-1])
+    return MemoryEstimate(parameters, peak + largest, images, module.z.shape[-2] * module.z.shape[-1])
 
 
 def available_bytes(device: torch.device) -> int | None:
@@ -93,20 +148,17 @@ def run_device(accelerator: str) -> torch.device:
     return torch.device("cpu")
 
 
-def check_fits(module, device: torch.device, precision: str = "32-true", early_stopping_window: int = 0,
-               available: int | None = None) -> MemoryEstimate | None:
-    """Raise ``DipError`` naming the size and the options that would fit when the run of ``module``
-    needs more than ``HEADROOM`` of the free memory on ``device`` (``available`` overrides it)."""
+def checked_estimate(module, precision: str = "32-true", early_stopping_window: int = 0) -> MemoryEstimate | None:
+    """``estimate``, or None (with a warning) where the meta device cannot run the step."""
     try:
-        need = estimate(module, precision, early_stopping_window)
+        return estimate(module, precision, early_stopping_window)
     except (NotImplementedError, RuntimeError) as error:  # a layer the meta device does not support
         log.warning("memory not estimated (%s): the run starts unchecked", " ".join(str(error).split())[:200])
         return None
-    free = available if available is not None else available_bytes(device)
-    if free is None or need.total <= HEADROOM * free:
-        return need
-    budget = HEADROOM * free
-    height, width = module.output_size
+
+
+def options_within(module, need: MemoryEstimate, budget: float, device: torch.device, precision: str) -> str:
+    """The settings that would bring the run of ``module`` (needing ``need``) within ``budget`` bytes."""
     options = []
     per_pixel = (need.activations + need.images) / need.pixels
     multiple = getattr(module.generator, "size_multiple", 1)
@@ -122,10 +174,37 @@ def check_fits(module, device: torch.device, precision: str = "32-true", early_s
         ram = available_bytes(torch.device("cpu"))
         if ram is not None and need.total <= HEADROOM * ram:
             options.append(f"trainer.accelerator=cpu (slow; {ram / GIB:.0f} GiB of RAM free)")
-    padded = "x".join(map(str, reversed(padded_size(height, width, multiple))))
-    advice = f"options that would fit: {', '.join(options)}" if options else "nothing smaller fits: use a smaller image"
-    raise DipError(
-        f"a {width}x{height} image (generator input {padded}) needs about {need.total / GIB:.1f} GiB "
-        f"(activations {need.activations / GIB:.1f}, parameters and optimiser {need.parameters / GIB:.2f}) but "
-        f"{device} has {free / GIB:.1f} GiB free; {advice}"
-    )
+    return f"options that would fit: {', '.join(options)}" if options else "nothing smaller fits: use a smaller image"
+
+
+def describe(module, need: MemoryEstimate) -> str:
+    """``a WxH image (generator input W'xH') needs about X GiB (activations ..., parameters ...)``."""
+    height, width = module.output_size
+    padded = "x".join(map(str, reversed(padded_size(height, width, getattr(module.generator, "size_multiple", 1)))))
+    return (f"a {width}x{height} image (generator input {padded}) needs about {need.total / GIB:.1f} GiB "
+            f"(activations {need.activations / GIB:.1f}, parameters and optimiser {need.parameters / GIB:.2f})")
+
+
+def check_fits(module, device: torch.device, precision: str = "32-true", early_stopping_window: int = 0,
+               available: int | None = None) -> MemoryEstimate | None:
+    """Raise ``DipError`` naming the size and the options that would fit when the run of ``module``
+    needs more than ``HEADROOM`` of the free memory on ``device`` (``available`` overrides it)."""
+    need = checked_estimate(module, precision, early_stopping_window)
+    free = available if available is not None else available_bytes(device)
+    if need is None or free is None or need.total <= HEADROOM * free:
+        return need
+    advice = options_within(module, need, HEADROOM * free, device, precision)
+    raise DipError(f"{describe(module, need)} but {device} has {free / GIB:.1f} GiB free; {advice}")
+
+
+def out_of_memory(module, device: torch.device, step: int, precision: str = "32-true",
+                  early_stopping_window: int = 0) -> DipError:
+    """The error for a fit of ``module`` that ran out of memory on ``device`` at ``step`` although the
+    check let it start: the estimate fell short (cuDNN's workspaces, another process), so the options
+    offered are those that need a quarter less than it."""
+    need = checked_estimate(module, precision, early_stopping_window)
+    what = f"{device} ran out of memory at step {step}"
+    if need is None:
+        return DipError(f"{what}: try a smaller data.size or trainer.precision=bf16-mixed")
+    advice = options_within(module, need, 0.75 * need.total, device, precision)
+    return DipError(f"{what}: {describe(module, need)}; {advice}")

@@ -194,11 +194,20 @@ class DeepImagePrior(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.restored_good_weights = checkpoint.get("good_weights")
 
-    def training_step(self, batch, batch_idx):
-        z = self.z
+    def perturbed_input(self) -> torch.Tensor:
+        """``z``, plus this step's fresh noise of std ``reg_noise_std`` (the paper's regularising noise)."""
         if self.code.reg_noise_std > 0:
-            z = z + self.code.reg_noise_std * torch.randn_like(z)
-        x = self(z)
+            return self.z + self.code.reg_noise_std * torch.randn_like(self.z)
+        return self.z
+
+    def objective(self, x: torch.Tensor, data_terms: torch.Tensor) -> torch.Tensor:
+        """What the optimiser minimises: the restarts' data terms (they share no weight, so each gets
+        the gradient of its own term), plus the explicit prior's term if there is one."""
+        loss = data_terms.sum()
+        return loss if self.regularizer is None else loss + self.regularizer(x)
+
+    def training_step(self, batch, batch_idx):
+        x = self(self.perturbed_input())
         data_terms = self.physics.data_term(x, self.observation)  # one per restart
         # Every operation here is a host dispatch per step, and a GPU step at 512 px is bound by the
         # host: one detach of each.
@@ -211,8 +220,7 @@ class DeepImagePrior(pl.LightningModule):
         step = self.global_step + 1
         if step % self.metrics_every == 0 or step == self.trainer.max_steps:
             self._log_quality(self.quality(output, terms))
-        loss = data_terms.sum()  # restarts share no weight: each gets the gradient of its own term
-        return loss if self.regularizer is None else loss + self.regularizer(x)
+        return self.objective(x, data_terms)
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)

@@ -28,7 +28,7 @@ from dip.checkpoint import (
 from dip.config import instantiate_settings
 from dip.errors import DipError, RunInterruptedError
 from dip.loggers import ImageLogger, flat_config
-from dip.memory import check_fits, run_device
+from dip.memory import check_fits, out_of_memory, run_device
 from dip.metrics import per_image_psnr, psnr, psnr_from_mse, ssim
 from dip.module import DeepImagePrior
 from dip.outputs import Result, write_outputs
@@ -210,8 +210,9 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
     problem, module = prepare(cfg, problem)
     early_stopping = instantiate_settings(cfg.early_stop, "early_stop") if cfg.get("early_stop") else None
     window = early_stopping.window if early_stopping else 0
+    device = run_device(cfg.trainer.accelerator)
     if cfg.check_memory:
-        check_fits(module, run_device(cfg.trainer.accelerator), cfg.trainer.precision, window)
+        check_fits(module, device, cfg.trainer.precision, window)
     settings = result_settings(cfg)
     resume = find_checkpoint(cfg.resume, output_dir)
     start_step = check_resumable(resume, settings, cfg.trainer.max_steps) if resume else 0
@@ -222,7 +223,10 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
         saver = RunCheckpoint(Path(output_dir) / CHECKPOINT_NAME, cfg.checkpoint.every_n_steps, settings,
                               keep_final=cfg.checkpoint.keep)
         callbacks.append(saver)
-    trainer = fit(cfg, module, callbacks, ckpt_path=resume)
+    try:
+        trainer = fit(cfg, module, callbacks, ckpt_path=resume)
+    except torch.OutOfMemoryError:
+        raise out_of_memory(module, device, module.global_step, cfg.trainer.precision, window) from None
     logger = trainer.logger
 
     steps = trainer.global_step

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from dip.config import compose_config, config_groups
+from dip.memory import estimate
 from dip.metrics import psnr, ssim
 from dip.pipeline import prepare, run
 from tests.conftest import make_png
@@ -43,6 +44,13 @@ def test_every_task_builds_with_every_arch(task, tmp_path, flash_pair):
             continue  # its input is the flash image, not free pixels
         problem, module = prepare(tiny(task, arch, tmp_path, flash_pair))
         assert module().shape[-2:] == problem.solution_size, (task, arch)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_every_task_step_is_simulated_for_the_memory_check(task, tmp_path, flash_pair):
+    module = prepare(tiny(task, "skip_depth2", tmp_path, flash_pair))[1]
+    need = estimate(module)  # raises where the meta device cannot run the step (the check then warns)
+    assert need.activations > module.z.numel() * 4
 
 
 # every task and every arch through the real Trainer, pairing them off rather than all pairs
