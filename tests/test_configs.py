@@ -38,19 +38,14 @@ def tiny(task, arch, tmp_path, flash_pair, steps=2):
 
 
 @pytest.mark.parametrize("task", TASKS)
-def test_every_task_builds_with_every_arch(task, tmp_path, flash_pair):
+def test_every_task_builds_with_every_arch_and_its_step_is_simulated(task, tmp_path, flash_pair):
     for arch in ARCHS:
         if task == "flash_no_flash" and arch == "pixels":
             continue  # its input is the flash image, not free pixels
         problem, module = prepare(tiny(task, arch, tmp_path, flash_pair))
         assert module().shape[-2:] == problem.solution_size, (task, arch)
-
-
-@pytest.mark.parametrize("task", TASKS)
-def test_every_task_step_is_simulated_for_the_memory_check(task, tmp_path, flash_pair):
-    module = prepare(tiny(task, "skip_depth2", tmp_path, flash_pair))[1]
-    need = estimate(module)  # raises where the meta device cannot run the step (the check then warns)
-    assert need.activations > module.z.numel() * 4
+        if arch == "skip_depth2":  # the memory check simulates the task's step: it raises where it cannot
+            assert estimate(module).activations > module.z.numel() * 4, task
 
 
 # every task and every arch through the real Trainer, pairing them off rather than all pairs

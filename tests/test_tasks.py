@@ -47,24 +47,35 @@ def flash_pair(tmp_path_factory) -> tuple[Path, Path]:
     return save(flash, folder / "flash.png"), save(no_flash, folder / "noflash.png")
 
 
+CLI_RUN = ["trainer.max_steps=3", "data.size=64", "logger=csv"]
+SWEPT_TASKS = ["denoising", "jpeg", "sr_x4", "sr_x8", "inpainting"]  # need nothing beyond the defaults
 TASK_ARGUMENTS = {
-    "denoising": [],
-    "jpeg": [],
-    "sr_x4": [],
-    "sr_x8": [],
-    "inpainting": [],
     "flash_no_flash": ["data.observation={noflash}", "input.path={flash}"],
     "preimage": ["task.physics.weights=random"],
 }
 
 
-@pytest.mark.parametrize("task", list(TASK_ARGUMENTS))
-def test_every_task_runs_from_the_command_line(task, tmp_path, flash_pair):
-    flash, noflash = flash_pair
-    extra = [argument.format(flash=flash, noflash=noflash) for argument in TASK_ARGUMENTS[task]]
-    out = tmp_path / "out"
-    done = run_cli(f"task={task}", "trainer.max_steps=3", "data.size=64", "logger=csv", f"hydra.run.dir={out}", *extra)
+@pytest.fixture(scope="module")
+def task_sweep(tmp_path_factory) -> Path:
+    """One multirun over the tasks that need no extra argument (one process: Lightning is imported
+    once), each job in a folder named after its task."""
+    sweep = tmp_path_factory.mktemp("tasks")
+    done = run_cli("-m", f"task={','.join(SWEPT_TASKS)}", *CLI_RUN, f"hydra.sweep.dir={sweep}",
+                   "hydra.sweep.subdir=${task.name}")
     assert done.returncode == 0, done.stderr[-2000:]
+    return sweep
+
+
+@pytest.mark.parametrize("task", SWEPT_TASKS + list(TASK_ARGUMENTS))
+def test_every_task_runs_from_the_command_line(task, tmp_path, flash_pair, request):
+    if task in SWEPT_TASKS:
+        out = request.getfixturevalue("task_sweep") / task
+    else:
+        flash, noflash = flash_pair
+        extra = [argument.format(flash=flash, noflash=noflash) for argument in TASK_ARGUMENTS[task]]
+        out = tmp_path / "out"
+        done = run_cli(f"task={task}", *CLI_RUN, f"hydra.run.dir={out}", *extra)
+        assert done.returncode == 0, done.stderr[-2000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["task"] == task and metrics["steps"] == 3
     assert (out / "restored.png").is_file() and (out / "observation.png").is_file()
