@@ -11,12 +11,14 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from dip.config import CONF_DIR, compose_config, config_groups, register_resolvers
 from dip.errors import DipError, RunInterruptedError
 from dip.outputs import OUTPUT_FILES, RESTART_OUTPUT, describe
 from dip.problem import problem_from_config
+from dip.sweeps import record_failure
 
 log = logging.getLogger("dip")
 OPTIONS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
@@ -91,7 +93,14 @@ def hydra_main(cfg: DictConfig) -> float | None:
         result = run(cfg, output_dir, problem)
     except DipError as error:
         discard_run_dir(output_dir)
-        fail(str(error))
+        hydra_config = HydraConfig.get()
+        if hydra_config.mode != RunMode.MULTIRUN:
+            fail(str(error))
+        # one bad job of a sweep (a missing image, a size that does not fit) must not cost the others
+        line = f"job {hydra_config.job.num} ({' '.join(hydra_config.overrides.task)}): {error}"
+        print(f"error: {line}", file=sys.stderr)
+        record_failure(Path(hydra_config.sweep.dir), line)
+        return None  # to the Optuna sweeper, not a number: a failed trial
     except RunInterruptedError as interruption:  # the checkpoint stays, for the next run to resume
         print(interruption, file=sys.stderr)
         raise SystemExit(128 + interruption.signum) from None

@@ -1,4 +1,5 @@
-"""Hydra callbacks for multiruns: pin each job to a GPU, and say how to upload offline W&B runs.
+"""Hydra callbacks for multiruns: pin each job to a GPU, and say how to upload offline W&B runs and
+which jobs failed.
 
 Registered in ``conf/hydra/``: :class:`SweepSummary` always, :class:`PinToGPU` by the ``gpus``
 launcher (``hydra/launcher=gpus``).
@@ -20,6 +21,7 @@ import dip.config  # noqa: F401  (registers the config resolvers in the launcher
 from dip.gpus import pin_to_gpu, visible_gpus
 
 log = logging.getLogger(__name__)
+FAILED_JOBS = "failed_jobs.txt"  # in the sweep folder: a line per job that stopped on a DipError
 _held_slot: tuple[int, IO] | None = None  # (slot, its locked file): this process's place on a GPU
 
 
@@ -91,18 +93,39 @@ class PinToGPU(Callback):
                  config.hydra.job.num, gpu, slot, slots, os.getpid())
 
 
+def record_failure(sweep_dir: Path, line: str) -> None:
+    """Append ``line`` (one job's error) to the sweep's list of failed jobs; jobs in several worker
+    processes append under an exclusive lock."""
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    with open(sweep_dir / FAILED_JOBS, "a") as failures:
+        fcntl.flock(failures, fcntl.LOCK_EX)
+        failures.write(line.replace("\n", " ") + "\n")
+
+
 class SweepSummary(Callback):
-    """At the end of a multirun, prints where the runs are, how to build the dashboard, and the
-    ``wandb sync`` command for the offline W&B runs it left."""
+    """At the end of a multirun, prints where the runs are, how to build the dashboard, the ``wandb
+    sync`` command for the offline W&B runs it left, and the jobs that failed; then exits with status
+    2 if any did (the other jobs have run)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # a sweep run again into its folder (to finish it) starts a fresh list
+        (Path(config.hydra.sweep.dir) / FAILED_JOBS).unlink(missing_ok=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        print(sweep_summary(Path(config.hydra.sweep.dir)))
+        sweep_dir = Path(config.hydra.sweep.dir)
+        print(sweep_summary(sweep_dir))
+        if (sweep_dir / FAILED_JOBS).is_file():
+            raise SystemExit(2)
 
 
 def sweep_summary(sweep_dir: Path) -> str:
     runs = sorted(path.parent for path in sweep_dir.glob("**/metrics.json"))
+    failures_file = sweep_dir / FAILED_JOBS
+    failures = failures_file.read_text().splitlines() if failures_file.is_file() else []
     lines = [f"sweep: {len(runs)} finished run(s) in {sweep_dir}",
              f"dashboard: python experiments/compare.py {sweep_dir}"]
+    if failures:
+        lines += [f"failed: {len(failures)} job(s), listed in {failures_file}", *(f"  {line}" for line in failures)]
     offline = sorted(sweep_dir.glob("**/wandb/offline-run-*"))
     if offline:  # one glob per depth of run folder: <sweep>/*/wandb/offline-run-*
         patterns = sorted({str(sweep_dir.joinpath(*["*"] * (len(path.relative_to(sweep_dir).parts) - 2),

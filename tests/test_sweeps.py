@@ -20,7 +20,7 @@ from dip.config import compose_config, sweep_name
 from dip.loggers import flat_config
 from dip.pipeline import run
 from dip.wandb_files import offline_run_file, offline_run_records
-from tests.conftest import run_cli
+from tests.conftest import make_png, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["trainer.max_steps=3", "metrics_every=1", "data.size=32"]
@@ -149,7 +149,32 @@ def test_wandb_logger_config_outside_a_sweep_and_flat_config(tmp_path):
     assert sweep_name("fallback") == "fallback"  # compose() is not a multirun
 
 
+def test_sweep_summary_lists_failed_jobs_and_a_rerun_starts_a_fresh_list(tmp_path, capsys):
+    summary = sweeps.SweepSummary()
+    config = job_config(tmp_path, 0)
+    summary.on_multirun_start(config)
+    summary.on_multirun_end(config)  # nothing failed: no exit
+    assert "failed" not in capsys.readouterr().out
+    sweeps.record_failure(tmp_path, "job 1 (data.path=a.png): image file not found: a.png")
+    with pytest.raises(SystemExit) as exited:
+        summary.on_multirun_end(config)
+    assert exited.value.code == 2
+    assert "failed: 1 job(s)" in capsys.readouterr().out
+    summary.on_multirun_start(config)  # the same sweep folder again
+    assert not (tmp_path / sweeps.FAILED_JOBS).exists()
+
+
 # --- real multiruns -----------------------------------------------------------------------------
+
+def test_a_job_that_fails_is_reported_in_one_line_and_the_sweep_goes_on(tmp_path):
+    sweep, missing = tmp_path / "sweep", tmp_path / "missing.png"
+    result = run_cli("-m", f"data.path={missing},{make_png(tmp_path / 'good.png', 32, 32)}", "arch=skip_depth2",
+                     "logger=none", *TINY, f"hydra.sweep.dir={sweep}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: job 0 (data.path=") and str(missing) in errors[0]
+    assert not (sweep / "0").exists() and metrics(sweep / "1")["steps"] == 3
+    assert "sweep: 1 finished run(s)" in result.stdout and "failed: 1 job(s)" in result.stdout
 
 def test_grid_multirun_then_dashboard(tmp_path):
     sweep = tmp_path / "grid"
