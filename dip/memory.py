@@ -179,7 +179,7 @@ def options_within(module, need: MemoryEstimate, budget: float, device: torch.de
     return f"options that would fit: {', '.join(options)}" if options else "nothing smaller fits: use a smaller image"
 
 
-def describe(module, need: MemoryEstimate) -> str:
+def describe_need(module, need: MemoryEstimate) -> str:
     """``a WxH image (generator input W'xH') needs about X GiB (activations ..., parameters ...)``."""
     height, width = module.output_size
     padded = "x".join(map(str, reversed(padded_size(height, width, getattr(module.generator, "size_multiple", 1)))))
@@ -196,7 +196,7 @@ def check_fits(module, device: torch.device, precision: str = "32-true", early_s
     if need is None or free is None or need.total <= HEADROOM * free:
         return need
     advice = options_within(module, need, HEADROOM * free, device, precision)
-    raise DipError(f"{describe(module, need)} but {device} has {free / GIB:.1f} GiB free; {advice}")
+    raise DipError(f"{describe_need(module, need)} but {device} has {free / GIB:.1f} GiB free; {advice}")
 
 
 def out_of_memory(module, device: torch.device, step: int, precision: str = "32-true",
@@ -209,4 +209,4 @@ def out_of_memory(module, device: torch.device, step: int, precision: str = "32-
     if need is None:
         return DipError(f"{what}: try a smaller data.size or trainer.precision=bf16-mixed")
     advice = options_within(module, need, 0.75 * need.total, device, precision)
-    return DipError(f"{what}: {describe(module, need)}; {advice}")
+    return DipError(f"{what}: {describe_need(module, need)}; {advice}")
