@@ -123,6 +123,7 @@ def test_cluster_launcher_configs_compose_with_overrides():
     assert slurm._target_.endswith("SlurmLauncher")
     assert (slurm.partition, slurm.timeout_min, slurm.mem_gb) == ("gpu", 30, 32)
     assert (slurm.gpus_per_node, slurm.tasks_per_node, slurm.nodes) == (1, 1, 1)
+    assert slurm.max_num_timeout >= 1  # a timed-out job is requeued, and resumes from its checkpoint
     local = compose_config(["hydra/launcher=local"]).hydra.launcher
     assert local._target_.endswith("submitit_launcher.LocalLauncher")
     ray = compose_config(["hydra/launcher=ray_cluster", "hydra.launcher.ray.init.address=auto"]).hydra.launcher
