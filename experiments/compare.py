@@ -8,7 +8,8 @@ wherever it ran, and writes into SWEEP_DIR (or ``--out``):
   the group's images and seeds);
 - ``image_grid.png``: each image's restorations side by side, the best one per image framed;
 - ``dashboard.html``: both figures, a table per group (final and best PSNR, steps/s, peak memory)
-  and a table of every run. It opens from disk: no server, no network, images by relative path.
+  and a table of every run, and the jobs that failed (``failed_jobs.txt``). It opens from disk: no
+  server, no network, images by relative path.
 
 Groups are architectures unless ``--by KEY`` names another setting (``--by optim.lr``).
 """
@@ -37,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from dip.config import image_name  # noqa: E402
 from dip.errors import DipError  # noqa: E402
+from dip.sweeps import FAILED_JOBS  # noqa: E402
 from dip.wandb_files import offline_history  # noqa: E402
 
 STEP_KEYS = ("step", "trainer/global_step")
@@ -306,6 +308,10 @@ def write_dashboard(sweep_dir: Path, out: Path, by: str = "arch") -> Path:
     if "process_max_rss" in memory_sources:
         notes.append("Peak memory on the CPU is the process's peak resident set (start-up and earlier jobs of the "
                      "same worker included); on a GPU it is <code>torch.cuda.max_memory_allocated</code>.")
+    failures = (sweep_dir / FAILED_JOBS).read_text().splitlines() if (sweep_dir / FAILED_JOBS).is_file() else []
+    if failures:
+        notes.append(f"{len(failures)} job(s) failed (<code>{FAILED_JOBS}</code>):<ul>"
+                     + "".join(f"<li>{html.escape(line)}</li>" for line in failures) + "</ul>")
     search = read_yaml(sweep_dir / "optimization_results.yaml")
     if search:
         notes.append(f"Optuna: best value {search.get('best_value')} with "

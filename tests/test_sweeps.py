@@ -176,6 +176,8 @@ def test_a_job_that_fails_is_reported_in_one_line_and_the_sweep_goes_on(tmp_path
     assert len(errors) == 1 and errors[0].startswith("error: job 0 (data.path=") and str(missing) in errors[0]
     assert not (sweep / "0").exists() and metrics(sweep / "1")["steps"] == 3
     assert "sweep: 1 finished run(s)" in result.stdout and "failed: 1 job(s)" in result.stdout
+    page = compare.write_dashboard(sweep, sweep).read_text()
+    assert "1 job(s) failed" in page and "image file not found" in page
 
 def test_grid_multirun_then_dashboard(tmp_path):
     sweep = tmp_path / "grid"
