@@ -14,11 +14,13 @@ import signal
 import sys
 import tempfile
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 from omegaconf import Container, DictConfig, OmegaConf
+from pytorch_lightning.loggers import WandbLogger
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from dip.config import dotted
@@ -89,9 +91,18 @@ def find_checkpoint(resume: str | None, output_dir: Path | None) -> Path | None:
     return None
 
 
-def check_resumable(path: Path, settings: dict, max_steps: int) -> int:
-    """The step the checkpoint ``path`` holds; ``DipError`` if it is unreadable, was made with other
-    settings than ``settings`` (see ``result_settings``) or already holds ``max_steps`` steps."""
+@dataclass
+class Resumable:
+    """What a checkpoint to resume from holds beside the training state."""
+
+    step: int
+    wandb_run_id: str | None  # the W&B run it logged to, for an online logger to continue
+
+
+def check_resumable(path: Path, settings: dict, max_steps: int) -> Resumable:
+    """The step (and W&B run) the checkpoint ``path`` holds; ``DipError`` if it is unreadable, was
+    made with other settings than ``settings`` (see ``result_settings``) or already holds
+    ``max_steps`` steps."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         saved, step = checkpoint["dip"]["settings"], int(checkpoint["global_step"])
@@ -110,7 +121,7 @@ def check_resumable(path: Path, settings: dict, max_steps: int) -> int:
     if step >= max_steps:
         raise DipError(f"checkpoint {path} already holds {step} steps (trainer.max_steps={max_steps}): raise "
                        f"trainer.max_steps to continue it, or use another run directory")
-    return step
+    return Resumable(step, checkpoint["dip"].get("wandb_run_id"))
 
 
 class RunCheckpoint(pl.Callback):
@@ -171,7 +182,9 @@ class RunCheckpoint(pl.Callback):
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
-        checkpoint["dip"] = {"settings": self.settings, "rng": {"cpu": torch.get_rng_state(), "cuda": cuda}}
+        wandb_run_id = trainer.logger.version if isinstance(trainer.logger, WandbLogger) else None
+        checkpoint["dip"] = {"settings": self.settings, "rng": {"cpu": torch.get_rng_state(), "cuda": cuda},
+                             "wandb_run_id": wandb_run_id}
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         self._rng_to_restore = checkpoint["dip"]["rng"]

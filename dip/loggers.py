@@ -39,16 +39,20 @@ def wandb_logger(
     job_type: str | None = None,
     tags: list[str] | None = None,
     name: str | None = None,
+    continue_run: str | None = None,
 ) -> WandbLogger:
     """A ``WandbLogger`` that never waits on the network unless asked to.
 
     ``mode=auto`` logs online only when credentials exist (``WANDB_API_KEY`` or a netrc entry) and
     otherwise writes an offline run under ``save_dir/wandb`` (upload it later with ``wandb sync``).
-    An explicit ``WANDB_MODE`` in the environment wins.
+    An explicit ``WANDB_MODE`` in the environment wins. ``continue_run``, the id of the run that a
+    resumed fit logged to before, is continued online; offline, where W&B cannot resume, a new run
+    starts (the dashboard joins their files).
     """
     if mode == "auto":
         mode = os.environ.get("WANDB_MODE") or ("online" if wandb_credentials_present() else "offline")
     Path(save_dir).mkdir(parents=True, exist_ok=True)
+    continued = {"id": continue_run} if continue_run and mode == "online" else {}  # Lightning adds resume="allow"
     return WandbLogger(
         save_dir=save_dir,
         project=project,
@@ -58,6 +62,7 @@ def wandb_logger(
         tags=[str(tag) for tag in tags or []],
         name=name,
         settings={"console": "off", "silent": True},
+        **continued,
     )
 
 

@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 
 from dip.checkpoint import (
     CHECKPOINT_NAME,
+    Resumable,
     RunCheckpoint,
     StepLoader,
     check_resumable,
@@ -173,10 +174,20 @@ def final_metrics(
     return metrics
 
 
-def fit(cfg: DictConfig, module: DeepImagePrior, callbacks=(), ckpt_path: str | None = None) -> pl.Trainer:
+def make_logger(cfg: DictConfig, wandb_run_id: str | None = None):
+    """The logger ``cfg.logger`` describes (False for none); a W&B logger continues the run
+    ``wandb_run_id`` if given (a resumed fit's)."""
+    if not cfg.logger or not cfg.logger.get("_target_"):
+        return False
+    continued = {"continue_run": wandb_run_id} if cfg.logger._target_ == "dip.loggers.wandb_logger" else {}
+    return instantiate(cfg.logger, **continued)
+
+
+def fit(cfg: DictConfig, module: DeepImagePrior, callbacks=(), ckpt_path: str | None = None,
+        wandb_run_id: str | None = None) -> pl.Trainer:
     """Optimise ``module`` with the Trainer and logger ``cfg`` describes (and extra ``callbacks``),
-    from the checkpoint ``ckpt_path`` if given."""
-    logger = instantiate(cfg.logger) if cfg.logger and cfg.logger.get("_target_") else False
+    from the checkpoint ``ckpt_path`` if given (and on W&B, in the run ``wandb_run_id``)."""
+    logger = make_logger(cfg, wandb_run_id)
     if logger:
         logger.log_hyperparams(flat_config(cfg))
     callbacks = [*callbacks, ImageLogger(cfg.image_log_every)]
@@ -215,7 +226,7 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
         check_fits(module, device, cfg.trainer.precision, window)
     settings = result_settings(cfg)
     resume = find_checkpoint(cfg.resume, output_dir)
-    start_step = check_resumable(resume, settings, cfg.trainer.max_steps) if resume else 0
+    resumable = check_resumable(resume, settings, cfg.trainer.max_steps) if resume else Resumable(0, None)
     timer, memory = FitTimer(), PeakMemory()
     callbacks = [timer, memory, *callbacks] + ([early_stopping] if early_stopping else [])
     saver = None
@@ -224,7 +235,7 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
                               keep_final=cfg.checkpoint.keep)
         callbacks.append(saver)
     try:
-        trainer = fit(cfg, module, callbacks, ckpt_path=resume)
+        trainer = fit(cfg, module, callbacks, ckpt_path=resume, wandb_run_id=resumable.wandb_run_id)
     except torch.OutOfMemoryError:
         raise out_of_memory(module, device, module.global_step, cfg.trainer.precision, window) from None
     logger = trainer.logger
@@ -237,7 +248,7 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
     metrics.update(
         steps=steps,
         seconds=round(timer.seconds, 3),
-        steps_per_second=round((steps - start_step) / max(timer.seconds, 1e-9), 3),
+        steps_per_second=round((steps - resumable.step) / max(timer.seconds, 1e-9), 3),
         peak_mem_mb=round(memory.mib, 1),
         peak_mem_source=memory.source,
         device=str(module.device),
@@ -248,7 +259,7 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
         stop_reason=module.stop_reason or ("early stopping" if early_stopping and early_stopping.stopped_at else None),
     )
     if resume:
-        metrics["resumed_from_step"] = start_step
+        metrics["resumed_from_step"] = resumable.step
     if early_stopping:
         metrics.update(early_stopping.summary())
     if problem.alpha is not None:

@@ -16,9 +16,10 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from dip import sweeps
+from dip.checkpoint import CHECKPOINT_NAME, check_resumable, result_settings
 from dip.config import compose_config, sweep_name
 from dip.loggers import flat_config
-from dip.pipeline import run
+from dip.pipeline import make_logger, run
 from dip.wandb_files import offline_run_file, offline_run_records
 from tests.conftest import make_png, run_cli
 
@@ -220,10 +221,17 @@ def test_dashboard_joins_the_wandb_runs_of_a_continued_run(tmp_path):
     for steps, keep in ((3, "true"), (5, "false")):  # the second continues from the kept checkpoint
         cfg = compose_config(["logger=wandb", f"checkpoint.keep={keep}", *TINY, f"trainer.max_steps={steps}"],
                              output_dir=out)
+        if keep == "false":  # the checkpoint names the W&B run to continue online (offline W&B cannot resume)
+            run_id = check_resumable(out / CHECKPOINT_NAME, result_settings(cfg), steps).wandb_run_id
+            assert [path.name for path in out.glob(f"wandb/offline-run-*-{run_id}")]
         run(cfg, out)
     assert len(list(out.glob("wandb/offline-run-*"))) == 2
     curves, source = compare.read_curves(out)
     assert source == "wandb" and [step for step, _ in curves["psnr"]] == [1, 2, 3, 4, 5]
+    online = make_logger(compose_config(["logger=wandb", "logger.mode=online"], output_dir=out), "abc123")
+    assert (online._wandb_init["id"], online._wandb_init["resume"]) == ("abc123", "allow")
+    offline = make_logger(compose_config(["logger=wandb", "logger.mode=offline"], output_dir=out), "abc123")
+    assert offline._wandb_init["id"] is None  # a new offline run
 
 
 def test_compare_refuses_a_folder_without_runs(tmp_path, capsys):
