@@ -82,9 +82,9 @@ def _config_text(config: dict) -> str:
     return yaml.safe_dump(config, sort_keys=True)
 
 
-# Keys that spread a benchmark over processes, choose its logger or how it uses the hardware (speed):
-# a restoration is the same whatever they say (up to rounding).
-ORCHESTRATION_KEYS = ("jobs_per_gpu", "cpu_jobs", "baseline_jobs", "logger", "speed")
+# Keys that spread a benchmark over processes, choose its logger, how it uses the hardware (speed) or
+# how often it writes a checkpoint: a restoration is the same whatever they say (up to rounding).
+ORCHESTRATION_KEYS = ("jobs_per_gpu", "cpu_jobs", "baseline_jobs", "logger", "speed", "checkpoint")
 
 
 def _restoration_key(config: dict) -> dict:
@@ -135,7 +135,8 @@ def restore_image(job: ImageJob) -> dict:
     from dip.pipeline import run  # here, not at the top: a missing dataset is reported before Lightning loads
 
     write_atomically(job.output_dir / "config.yaml", lambda handle: handle.write(_config_text(job.config).encode()))
-    result = run(OmegaConf.create(job.config), None)
+    # the checkpoint in the sub-run: an interrupted benchmark, run again, continues the image it was on
+    result = run(OmegaConf.create(job.config), None, checkpoint_dir=job.output_dir)
     metrics = result.metrics
     for suffix, image in (("", result.restored), ("_ema", result.restored_ema)):
         metrics.update({key + suffix: value for key, value in

@@ -14,9 +14,12 @@ class RunInterruptedError(Exception):
     """The run stopped on a signal after writing a checkpoint; re-running resumes it."""
 
     def __init__(self, signum: int, step: int, max_steps: int, checkpoint: Path):
-        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        self.signum, self.step, self.max_steps, self.checkpoint = signum, step, max_steps, checkpoint
         super().__init__(
             f"interrupted by {signal.Signals(signum).name} at step {step} of {max_steps}; checkpoint written to "
             f"{checkpoint}: run the same command again with hydra.run.dir={checkpoint.parent} "
             f"(or resume={checkpoint}) to continue"
         )
+
+    def __reduce__(self):  # from a benchmark's worker process to the main one
+        return type(self), (self.signum, self.step, self.max_steps, self.checkpoint)

@@ -209,15 +209,17 @@ def fit(cfg: DictConfig, module: DeepImagePrior, callbacks=(), ckpt_path: str | 
     return trainer
 
 
-def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None, callbacks=()) -> Result:
+def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None, callbacks=(),
+        checkpoint_dir: Path | None = None) -> Result:
     """Restore one image as ``cfg`` says (or ``problem``, built from it); write the outputs into
     ``output_dir`` unless it is None.
 
     ``callbacks`` are extra Lightning callbacks (an experiment's recorders of curves or snapshots).
-    With ``output_dir``, a checkpoint is written there every ``checkpoint.every_n_steps`` steps and
-    on SIGINT / SIGTERM (then ``RunInterruptedError`` is raised); a checkpoint already there, or
-    ``resume=PATH``, is resumed from.
+    In ``checkpoint_dir`` (default: ``output_dir``), a checkpoint is written every
+    ``checkpoint.every_n_steps`` steps and on SIGINT / SIGTERM (then ``RunInterruptedError`` is
+    raised); a checkpoint already there, or ``resume=PATH``, is resumed from.
     """
+    checkpoint_dir = checkpoint_dir if checkpoint_dir is not None else output_dir
     problem, module = prepare(cfg, problem)
     early_stopping = instantiate_settings(cfg.early_stop, "early_stop") if cfg.get("early_stop") else None
     window = early_stopping.window if early_stopping else 0
@@ -225,13 +227,13 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
     if cfg.check_memory:
         check_fits(module, device, cfg.trainer.precision, window)
     settings = result_settings(cfg)
-    resume = find_checkpoint(cfg.resume, output_dir)
+    resume = find_checkpoint(cfg.resume, checkpoint_dir)
     resumable = check_resumable(resume, settings, cfg.trainer.max_steps) if resume else Resumable(0, None)
     timer, memory = FitTimer(), PeakMemory()
     callbacks = [timer, memory, *callbacks] + ([early_stopping] if early_stopping else [])
     saver = None
-    if output_dir is not None:  # after the others: it saves their state once their step is done
-        saver = RunCheckpoint(Path(output_dir) / CHECKPOINT_NAME, cfg.checkpoint.every_n_steps, settings,
+    if checkpoint_dir is not None:  # after the others: it saves their state once their step is done
+        saver = RunCheckpoint(Path(checkpoint_dir) / CHECKPOINT_NAME, cfg.checkpoint.every_n_steps, settings,
                               keep_final=cfg.checkpoint.keep)
         callbacks.append(saver)
     try:
@@ -287,6 +289,6 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
         raise RunInterruptedError(saver.interrupted, steps, trainer.max_steps, saver.path)
     if output_dir is not None:
         write_outputs(result, Path(output_dir))
-        if not cfg.checkpoint.keep:
-            saver.path.unlink(missing_ok=True)
+    if saver is not None and not cfg.checkpoint.keep:
+        saver.path.unlink(missing_ok=True)
     return result

@@ -7,6 +7,7 @@ writes ``table.md`` and ``table.csv`` into the run directory, with one sub-run p
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from omegaconf import DictConfig  # noqa: E402
 from dip.benchmark import run_benchmark  # noqa: E402
 from dip.cli import discard_run_dir, fail, launch  # noqa: E402
 from dip.config import CONF_DIR  # noqa: E402
-from dip.errors import DipError  # noqa: E402
+from dip.errors import DipError, RunInterruptedError  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="benchmark")
@@ -30,6 +31,12 @@ def benchmark(cfg: DictConfig) -> None:
     except DipError as error:
         discard_run_dir(run_dir)
         fail(str(error))
+    except (RunInterruptedError, KeyboardInterrupt) as interruption:
+        signum = getattr(interruption, "signum", signal.SIGINT)
+        print(f"interrupted by {signal.Signals(signum).name}: the finished images and the unfinished ones' "
+              f"checkpoints are in {run_dir / 'images'}; run the same command again with hydra.run.dir={run_dir} "
+              f"to continue", file=sys.stderr)
+        raise SystemExit(128 + signum) from None
     print((run_dir / "table.md").read_text(), end="")
     print(f"tables in {run_dir}")
 

@@ -151,6 +151,19 @@ def test_sr_table_has_a_row_per_image_a_mean_row_and_resumes(tmp_path):
     assert read_csv(run_dir / "table.csv")[0]["seed"] == "1"
 
 
+def test_an_image_cut_mid_fit_continues_from_its_checkpoint(tmp_path):
+    root, run_dir = tmp_path / "data", tmp_path / "run"
+    make_dataset(root, "Set5", ["bird.png"])
+    image_run = run_dir / "images" / "bird"
+    run_benchmark(compose("set5_x4", root, run_dir, "checkpoint.keep=true"), run_dir)
+    assert (image_run / "checkpoint.ckpt").is_file()
+    (image_run / "metrics.json").unlink()  # as if the benchmark had been stopped after step 2
+    run_benchmark(compose("set5_x4", root, run_dir, "trainer.max_steps=3"), run_dir)
+    metrics = json.loads((image_run / "metrics.json").read_text())
+    assert (metrics["resumed_from_step"], metrics["steps"]) == (2, 3)
+    assert not (image_run / "checkpoint.ckpt").exists()  # a finished image keeps none (checkpoint.keep=false)
+
+
 def test_restorations_carried_from_another_machine_are_reused(tmp_path):
     """A sub-run's config, metrics and baselines, copied from a run with another data root, run
     folder (another checkout or machine), image selection, thread count and speed switches, count as

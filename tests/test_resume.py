@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -176,3 +177,12 @@ def test_step_loader_continues_at_the_saved_step():
     resumed.load_state_dict(state)
     assert len(resumed) == 6 and list(resumed) == [3, 4, 5]
     assert list(resumed) == list(range(6))  # a later epoch starts from the beginning
+
+
+def test_an_interruption_crosses_from_a_worker_process_whole():
+    """A benchmark's worker raises it; the main process gets it through pickling."""
+    interruption = RunInterruptedError(signal.SIGTERM, 7, 10, Path("run/checkpoint.ckpt"))
+    received = pickle.loads(pickle.dumps(interruption))
+    assert (received.signum, received.step, received.max_steps, received.checkpoint) == (
+        signal.SIGTERM, 7, 10, Path("run/checkpoint.ckpt"))
+    assert str(received) == str(interruption)
