@@ -43,8 +43,8 @@ def image_and_mask(tmp_path_factory) -> tuple[Path, Path]:
 
 def test_fig2_from_the_command_line_plots_one_point_per_step(tmp_path):
     out = tmp_path / "out"
-    done = run_cli("+experiment=fig2_noise_impedance", "trainer.max_steps=5", "data.size=64", "logger=csv",
-                   f"hydra.run.dir={out}")
+    done = run_cli("+experiment=fig2_noise_impedance", "trainer.max_steps=5", "data.size=32", "arch=skip_depth2",
+                   "logger=csv", f"hydra.run.dir={out}")
     assert done.returncode == 0, done.stderr[-2000:]
     assert Image.open(out / "fig2_noise_impedance.png").format == "PNG"
     rows = read_csv(out / "curves.csv")
@@ -54,7 +54,7 @@ def test_fig2_from_the_command_line_plots_one_point_per_step(tmp_path):
     for name in ("natural", "noisy", "shuffled", "noise"):  # each curve is a full run of its own
         assert json.loads((out / name / "metrics.json").read_text())["steps"] == 5
     observations = [load_image(out / name / "observation.png") for name in ("natural", "shuffled")]
-    assert observations[0].shape == observations[1].shape == (3, 64, 64)
+    assert observations[0].shape == observations[1].shape == (3, 32, 32)
     assert observations[0].mean().item() == pytest.approx(observations[1].mean().item(), abs=1e-3)  # a permutation
 
 

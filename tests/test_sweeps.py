@@ -168,17 +168,22 @@ def test_sweep_summary_lists_failed_jobs_and_a_rerun_starts_a_fresh_list(tmp_pat
 
 # --- real multiruns -----------------------------------------------------------------------------
 
-def test_a_job_that_fails_is_reported_in_one_line_and_the_sweep_goes_on(tmp_path):
+def test_a_grid_sweep_runs_every_job_even_when_some_fail(tmp_path):
+    """2 architectures x 2 images, one of them missing: the two jobs on the missing image fail with one
+    line each and leave no folder; the two others run, each with its own architecture."""
     sweep, missing = tmp_path / "sweep", tmp_path / "missing.png"
-    result = run_cli("-m", f"data.path={missing},{make_png(tmp_path / 'good.png', 32, 32)}", "arch=skip_depth2",
+    result = run_cli("-m", "arch=skip_depth2,resnet", f"data.path={missing},{make_png(tmp_path / 'good.png', 32, 32)}",
                      "logger=none", *TINY, f"hydra.sweep.dir={sweep}")
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and errors[0].startswith("error: job 0 (data.path=") and str(missing) in errors[0]
-    assert not (sweep / "0").exists() and metrics(sweep / "1")["steps"] == 3
-    assert "sweep: 1 finished run(s)" in result.stdout and "failed: 1 job(s)" in result.stdout
+    assert len(errors) == 2 and all(str(missing) in line and "image file not found" in line for line in errors)
+    assert all(re.match(r"error: job \d \(arch=\w+ data\.path=", line) for line in errors), errors
+    finished = sorted(path.parent for path in sweep.glob("*/metrics.json"))
+    assert len(finished) == 2 and len([path for path in sweep.iterdir() if path.name.isdigit()]) == 2
+    assert sorted(metrics(run)["arch"] for run in finished) == ["resnet", "skip_depth2"]
+    assert "sweep: 2 finished run(s)" in result.stdout and "failed: 2 job(s)" in result.stdout
     page = compare.write_dashboard(sweep, sweep).read_text()
-    assert "1 job(s) failed" in page and "image file not found" in page
+    assert "2 job(s) failed" in page and "image file not found" in page
 
 def test_grid_multirun_then_dashboard(tmp_path):
     sweep = tmp_path / "grid"
