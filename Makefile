@@ -20,8 +20,9 @@ $(VENV)/.installed: pyproject.toml
 run: install
 	$(PY) run.py $(ARGS)
 
+# the test files spread over the cores (each file on one worker, so a module's fixtures run once); ARGS="-n 0" runs them in one process
 test: install
-	$(PY) -m pytest -q -m "not slow" $(ARGS)
+	$(PY) -m pytest -q -m "not slow" -n auto --dist loadfile $(ARGS)
 
 test-slow: install
 	$(PY) -m pytest -q -m slow $(ARGS)
