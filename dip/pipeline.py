@@ -224,8 +224,7 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
     early_stopping = instantiate_settings(cfg.early_stop, "early_stop") if cfg.get("early_stop") else None
     window = early_stopping.window if early_stopping else 0
     device = run_device(cfg.trainer.accelerator)
-    if cfg.check_memory:
-        check_fits(module, device, cfg.trainer.precision, window)
+    need = check_fits(module, device, cfg.trainer.precision, window) if cfg.check_memory else None
     settings = result_settings(cfg)
     resume = find_checkpoint(cfg.resume, checkpoint_dir)
     resumable = check_resumable(resume, settings, cfg.trainer.max_steps) if resume else Resumable(0, None)
@@ -253,6 +252,7 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
         steps_per_second=round((steps - resumable.step) / max(timer.seconds, 1e-9), 3),
         peak_mem_mb=round(memory.mib, 1),
         peak_mem_source=memory.source,
+        memory_estimate_mb=round(need.total / 2**20, 1) if need else None,  # beside the peak: the check's calibration
         device=str(module.device),
         task=cfg.task.name,
         arch=cfg.arch_name,

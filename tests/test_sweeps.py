@@ -185,6 +185,7 @@ def test_a_grid_sweep_runs_every_job_even_when_some_fail(tmp_path):
     page = compare.write_dashboard(sweep, sweep).read_text()
     assert "2 job(s) failed" in page and "image file not found" in page
 
+
 def test_grid_multirun_then_dashboard(tmp_path):
     sweep = tmp_path / "grid"
     result = multirun(sweep, "arch=skip,unet,resnet", "logger=csv")
@@ -193,6 +194,8 @@ def test_grid_multirun_then_dashboard(tmp_path):
     runs = {metrics(sweep / str(job))["arch"]: metrics(sweep / str(job)) for job in range(3)}
     assert set(runs) == {"skip", "unet", "resnet"}
     assert all(run["peak_mem_mb"] > 0 and run["peak_mem_source"] == "process_max_rss" for run in runs.values())
+    estimates = {arch: run["memory_estimate_mb"] for arch, run in runs.items()}  # each network's own
+    assert all(value > 0 for value in estimates.values()) and len(set(estimates.values())) == 3, estimates
 
     compare.main([str(sweep)])
     page = (sweep / "dashboard.html").read_text()
