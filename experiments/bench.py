@@ -54,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dip.config import compose_config  # noqa: E402
 from dip.images import load_image, write_atomically  # noqa: E402
+from dip.memory import checked_estimate  # noqa: E402
 from dip.metrics import per_image_psnr, psnr, psnr_from_mse  # noqa: E402
 from dip.nets.packed import unpack_images  # noqa: E402
 from dip.pipeline import fit, prepare  # noqa: E402
@@ -75,6 +76,7 @@ class Measurement:
     host_ops: int | None = None  # --count-ops: operations the host dispatched in one step
     host_op_names: dict[str, int] | None = None  # --count-ops: how many of each
     warmup_s: float | None = None  # the untimed first steps, compiling and cuDNN's autotuning included
+    memory_estimate_mb: float | None = None  # the framework's: what dip.memory estimated beforehand
 
 
 def clock() -> float:
@@ -229,6 +231,7 @@ class OperationCounter(pl.Callback):
 
 def run_framework(cfg, warmup: int, steps: int, sync_check: bool = False, count_ops: bool = False) -> Measurement:
     _, module = prepare(cfg, problem_from_config(cfg, clean_image(cfg)))
+    need = checked_estimate(module, cfg.trainer.precision)
     device = target_device()
     start_memory(device)
     timer = StepTimer(warmup)
@@ -243,6 +246,7 @@ def run_framework(cfg, warmup: int, steps: int, sync_check: bool = False, count_
         result = Measurement(timer.ms, float(psnr(outputs, truth)), peak_memory(device))
     result.host_syncs = counter.count if counter else None
     result.warmup_s = timer.warmup_s
+    result.memory_estimate_mb = round(need.total / 2**20, 1) if need else None
     if operations:
         result.host_ops = sum(operations.counts.values())
         result.host_op_names = dict(operations.counts.most_common())
@@ -519,7 +523,8 @@ def table(results: dict) -> str:
                 vs_eager = fmt(ratio(row["eager_ms"], loop["ms"]), ".3f")
                 operations = f", {loop['host_ops']} host operations per step" if loop.get("host_ops") else ""
                 lines.append(f"       variant {name}: {loop['ms']:.2f} ms ({vs_eager}x eager), "
-                             f"PSNR {loop['psnr']:.2f}, peak {fmt(loop['peak_mem_mb'], '.0f')} MB{operations}")
+                             f"PSNR {loop['psnr']:.2f}, peak {fmt(loop['peak_mem_mb'], '.0f')} MB "
+                             f"(estimated {fmt(loop.get('memory_estimate_mb'), '.0f')}){operations}")
     if "packed" in results:
         p = results["packed"]
         lines.append(

@@ -42,6 +42,9 @@ def test_quick_bench_writes_every_figure(bench, tmp_path):
     # what the untimed first step cost each loop (compiling, on a GPU also cuDNN's autotuning)
     assert all(row["loops"][name]["warmup_s"] > 0 for name in ("framework", "eager", "official", "cl"))
     assert "seconds of the 1 untimed first steps: framework " in bench.table(results)
+    # the memory check's estimate beside the peak, for calibrating it on a GPU
+    assert row["loops"]["framework"]["memory_estimate_mb"] > 0 and row["loops"]["eager"]["memory_estimate_mb"] is None
+    assert "(estimated " in bench.table(results)
     packed = results["packed"]
     assert packed["copies"] == 2 and packed["image_steps_per_s"] > 0 and packed["psnr_packed_average"] > 0
     # restarts=2 through the framework: the packed eager loop's restoration, as fast or faster
