@@ -266,15 +266,17 @@ def run_table(runs: list[Run], unfinished: list[Run], key: str, by: str, best: d
             f"<td>{fmt(run.metrics[key])}</td><td>{fmt(best_value(run, key))}</td>"
             f"<td>{fmt(run.metrics.get('psnr_ema'))}</td><td>{run.metrics.get('steps')}</td>"
             f"<td>{fmt(run.metrics.get('steps_per_second'), 1)}</td>"
-            f"<td>{fmt(run.metrics.get('peak_mem_mb'), 0)}</td><td>{html.escape(run.metrics.get('device', '?'))}</td>"
+            f"<td>{fmt(run.metrics.get('peak_mem_mb'), 0)}</td><td>{fmt(run.metrics.get('memory_estimate_mb'), 0)}</td>"
+            f"<td>{html.escape(run.metrics.get('device', '?'))}</td>"
             f"<td>{run.curve_source}</td><td><code>{html.escape(' '.join(run.overrides))}</code></td>"
             f"<td><img src='{link}/restored.png' alt='{html.escape(run.name)}' height='64'></td></tr>"
         )
-    rows += [f"<tr class='unfinished'><td>{html.escape(run.name)}</td><td colspan='13'>unfinished: no metrics.json "
+    rows += [f"<tr class='unfinished'><td>{html.escape(run.name)}</td><td colspan='14'>unfinished: no metrics.json "
              f"(<code>{html.escape(' '.join(run.overrides))}</code>)</td></tr>" for run in unfinished]
     return (f"<table><tr><th>run</th><th>{html.escape(by)}</th><th>image</th><th>seed</th><th>final {key}</th>"
-            f"<th>best {key}</th><th>psnr_ema</th><th>steps</th><th>steps/s</th><th>peak MiB</th><th>device</th>"
-            "<th>curve</th><th>overrides</th><th>restored</th></tr>" + "".join(rows) + "</table>")
+            f"<th>best {key}</th><th>psnr_ema</th><th>steps</th><th>steps/s</th><th>peak MiB</th>"
+            "<th>estimated MiB</th><th>device</th><th>curve</th><th>overrides</th><th>restored</th></tr>"
+            + "".join(rows) + "</table>")
 
 
 STYLE = """body{font-family:sans-serif;margin:1.5em;max-width:1400px}table{border-collapse:collapse;margin:1em 0}

@@ -201,6 +201,7 @@ def test_grid_multirun_then_dashboard(tmp_path):
     page = (sweep / "dashboard.html").read_text()
     for job in range(3):
         assert f"<a href='{job}/'>{job}</a>" in page and f"src='{job}/restored.png'" in page
+    assert "<th>estimated MiB</th>" in page and f"<td>{estimates['skip']:.0f}</td>" in page
     for arch in runs:
         assert f"<tr><td>{arch}</td><td>1</td>" in page  # one row per architecture in the summary table
     assert page.count("class='best'") == 1  # one image, one best run
