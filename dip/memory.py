@@ -42,6 +42,11 @@ class MemoryEstimate:
     def total(self) -> int:
         return self.parameters + self.activations + self.images
 
+    @property
+    def mib(self) -> float:
+        """``total`` in MiB, to one decimal, as runs record their measured peak (``peak_mem_mb``)."""
+        return round(self.total / 2**20, 1)
+
 
 class LiveTensors(TorchDispatchMode):
     """Bytes held by the tensors the operators under this mode create: each new storage counts from
@@ -199,12 +204,12 @@ def check_fits(module, device: torch.device, precision: str = "32-true", early_s
     raise DipError(f"{describe_need(module, need)} but {device} has {free / GIB:.1f} GiB free; {advice}")
 
 
-def out_of_memory(module, device: torch.device, step: int, precision: str = "32-true",
-                  early_stopping_window: int = 0) -> DipError:
-    """The error for a fit of ``module`` that ran out of memory on ``device`` at ``step`` although the
-    check let it start: the estimate fell short (cuDNN's workspaces, another process), so the options
-    offered are those that need a quarter less than it."""
-    need = checked_estimate(module, precision, early_stopping_window)
+def out_of_memory(module, need: MemoryEstimate | None, device: torch.device, step: int,
+                  precision: str = "32-true") -> DipError:
+    """The error for a fit of ``module`` (estimated to need ``need``; None: not estimated) that ran out
+    of memory on ``device`` at ``step`` although the check let it start: the estimate fell short
+    (cuDNN's workspaces, another process), so the options offered are those that need a quarter less
+    than it."""
     what = f"{device} ran out of memory at step {step}"
     if need is None:
         return DipError(f"{what}: try a smaller data.size or trainer.precision=bf16-mixed")

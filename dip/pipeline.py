@@ -29,7 +29,7 @@ from dip.checkpoint import (
 from dip.config import instantiate_settings
 from dip.errors import DipError, RunInterruptedError
 from dip.loggers import ImageLogger, flat_config
-from dip.memory import check_fits, out_of_memory, run_device
+from dip.memory import check_fits, checked_estimate, out_of_memory, run_device
 from dip.metrics import per_image_psnr, psnr, psnr_from_mse, ssim
 from dip.module import DeepImagePrior
 from dip.outputs import Result, write_outputs
@@ -238,7 +238,9 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
     try:
         trainer = fit(cfg, module, callbacks, ckpt_path=resume, wandb_run_id=resumable.wandb_run_id)
     except torch.OutOfMemoryError:
-        raise out_of_memory(module, device, module.global_step, cfg.trainer.precision, window) from None
+        if need is None:  # the check was off: estimate now, for the options
+            need = checked_estimate(module, cfg.trainer.precision, window)
+        raise out_of_memory(module, need, device, module.global_step, cfg.trainer.precision) from None
     logger = trainer.logger
 
     steps = trainer.global_step
@@ -252,7 +254,7 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
         steps_per_second=round((steps - resumable.step) / max(timer.seconds, 1e-9), 3),
         peak_mem_mb=round(memory.mib, 1),
         peak_mem_source=memory.source,
-        memory_estimate_mb=round(need.total / 2**20, 1) if need else None,  # beside the peak: the check's calibration
+        memory_estimate_mb=need.mib if need else None,  # beside the peak: the check's calibration
         device=str(module.device),
         task=cfg.task.name,
         arch=cfg.arch_name,

@@ -102,6 +102,12 @@ def record_failure(sweep_dir: Path, line: str) -> None:
         failures.write(line.replace("\n", " ") + "\n")
 
 
+def failed_jobs(sweep_dir: Path) -> list[str]:
+    """The lines ``record_failure`` wrote for the sweep in ``sweep_dir`` (none: an empty list)."""
+    failures = sweep_dir / FAILED_JOBS
+    return failures.read_text().splitlines() if failures.is_file() else []
+
+
 class SweepSummary(Callback):
     """At the end of a multirun, prints where the runs are, how to build the dashboard, the ``wandb
     sync`` command for the offline W&B runs it left, and the jobs that failed; then exits with status
@@ -114,18 +120,18 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         print(sweep_summary(sweep_dir))
-        if (sweep_dir / FAILED_JOBS).is_file():
+        if failed_jobs(sweep_dir):
             raise SystemExit(2)
 
 
 def sweep_summary(sweep_dir: Path) -> str:
     runs = sorted(path.parent for path in sweep_dir.glob("**/metrics.json"))
-    failures_file = sweep_dir / FAILED_JOBS
-    failures = failures_file.read_text().splitlines() if failures_file.is_file() else []
+    failures = failed_jobs(sweep_dir)
     lines = [f"sweep: {len(runs)} finished run(s) in {sweep_dir}",
              f"dashboard: python experiments/compare.py {sweep_dir}"]
     if failures:
-        lines += [f"failed: {len(failures)} job(s), listed in {failures_file}", *(f"  {line}" for line in failures)]
+        lines += [f"failed: {len(failures)} job(s), listed in {sweep_dir / FAILED_JOBS}",
+                  *(f"  {line}" for line in failures)]
     offline = sorted(sweep_dir.glob("**/wandb/offline-run-*"))
     if offline:  # one glob per depth of run folder: <sweep>/*/wandb/offline-run-*
         patterns = sorted({str(sweep_dir.joinpath(*["*"] * (len(path.relative_to(sweep_dir).parts) - 2),

@@ -246,7 +246,7 @@ def run_framework(cfg, warmup: int, steps: int, sync_check: bool = False, count_
         result = Measurement(timer.ms, float(psnr(outputs, truth)), peak_memory(device))
     result.host_syncs = counter.count if counter else None
     result.warmup_s = timer.warmup_s
-    result.memory_estimate_mb = round(need.total / 2**20, 1) if need else None
+    result.memory_estimate_mb = need.mib if need else None
     if operations:
         result.host_ops = sum(operations.counts.values())
         result.host_op_names = dict(operations.counts.most_common())

@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from dip.config import image_name  # noqa: E402
 from dip.errors import DipError  # noqa: E402
-from dip.sweeps import FAILED_JOBS  # noqa: E402
+from dip.sweeps import FAILED_JOBS, failed_jobs  # noqa: E402
 from dip.wandb_files import offline_history  # noqa: E402
 
 STEP_KEYS = ("step", "trainer/global_step")
@@ -310,7 +310,7 @@ def write_dashboard(sweep_dir: Path, out: Path, by: str = "arch") -> Path:
     if "process_max_rss" in memory_sources:
         notes.append("Peak memory on the CPU is the process's peak resident set (start-up and earlier jobs of the "
                      "same worker included); on a GPU it is <code>torch.cuda.max_memory_allocated</code>.")
-    failures = (sweep_dir / FAILED_JOBS).read_text().splitlines() if (sweep_dir / FAILED_JOBS).is_file() else []
+    failures = failed_jobs(sweep_dir)
     if failures:
         notes.append(f"{len(failures)} job(s) failed (<code>{FAILED_JOBS}</code>):<ul>"
                      + "".join(f"<li>{html.escape(line)}</li>" for line in failures) + "</ul>")
