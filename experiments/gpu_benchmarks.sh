@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 4's tables on a lent GPU, in one device call: each argument is a benchmark run
-#   NAME[:SECONDS[:OVERRIDE,OVERRIDE...]]    (default: the next table to make, CSet9 at the paper's
-#   1800 steps with two restarts packed per image, cset9_denoise25:540:trainer.max_steps=1800,restarts=2:
+#   NAME[:SECONDS[:OVERRIDE,OVERRIDE...]]    (default: the next table to make, Set14 x4, set14_x4:540;
+#   CSet9 ran as cset9_denoise25:540:trainer.max_steps=1800,restarts=2, two restarts packed per image:
 #   the 31.00 dB two-run average and the single-run figures in one sub-run per image, which a later
 #   session can carry; benchmark.runs=2 would need each run's float outputs, which do not come back)
 # run by experiments/benchmark.py with logger=csv into outputs/bench/<label>/ (ignored, kept while the
@@ -26,7 +26,7 @@ set -uo pipefail
 source "$(dirname "$0")/gpu_env.sh" gpu_benchmarks.sh "$@"
 export DIP_DATA=${DIP_DATA:-data}
 RESUME_FROM=${RESUME_FROM-results/benchmark-progress}
-[ $# -eq 0 ] && set -- cset9_denoise25:540:trainer.max_steps=1800,restarts=2
+[ $# -eq 0 ] && set -- set14_x4:540
 
 for spec in "$@"; do
   IFS=: read -r name seconds overrides <<< "$spec"
@@ -39,7 +39,7 @@ for spec in "$@"; do
   mkdir -p "$RESULTS/$label" "$run_dir"
   [ -n "${RESUME_FROM:-}" ] && [ -d "$RESUME_FROM/$label/images" ] && cp -rn "$RESUME_FROM/$label/images" "$run_dir/"
   echo "=== $label (limit ${seconds}s): benchmark.py benchmark=$name ${extra[*]}"
-  timeout "$seconds" $PY experiments/benchmark.py "benchmark=$name" logger=csv "hydra.run.dir=$run_dir" "${extra[@]}" \
+  limited "$seconds" $PY experiments/benchmark.py "benchmark=$name" logger=csv "hydra.run.dir=$run_dir" "${extra[@]}" \
     > "$RESULTS/$label/log.txt" 2>&1
   echo "=== $label exit $?"
   cp "$run_dir"/table.* "$RESULTS/$label/" 2>/dev/null && cat "$RESULTS/$label/table.md"

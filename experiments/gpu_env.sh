@@ -14,8 +14,24 @@ else
   RESULTS=results/gpu-$(date -u +%Y%m%d) ARCHIVE=
 fi
 mkdir -p "$RESULTS"
-archive() {
-  [ -z "$ARCHIVE" ] || { tar czf "$ARCHIVE.part" -C "$RESULTS" . && mv "$ARCHIVE.part" "$ARCHIVE"; }
+archive() {  # tar's status 1 is a file that changed while read: a log still being written
+  [ -z "$ARCHIVE" ] || { tar czf "$ARCHIVE.part" -C "$RESULTS" . 2>/dev/null; [ $? -le 1 ] && mv "$ARCHIVE.part" "$ARCHIVE"; }
+}
+# limited SECONDS COMMAND...: COMMAND under a time limit, archived every 30 s while it runs, so that even
+# the device call's own limit leaves the latest figures. SIGKILL follows SIGTERM after 15 s: Lightning
+# defers SIGTERM to the end of the step, and a step that compiles takes minutes (the ninth session
+# lost a whole call that way).
+limited() {
+  local seconds=$1 archiver status
+  shift
+  (while sleep 30; do archive; done) &
+  archiver=$!
+  timeout -k 15 "$seconds" "$@"
+  status=$?
+  kill "$archiver" 2>/dev/null
+  wait "$archiver" 2>/dev/null
+  archive
+  return $status
 }
 if ! $PY -c "import hydra, omegaconf" 2>/dev/null; then
   $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1

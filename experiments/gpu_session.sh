@@ -74,10 +74,9 @@ phase() {  # phase NAME SECONDS: one bench.py run, its log and JSON in $RESULTS
   [ -n "${SMOKE:-}" ] && args+=(--quick --sizes 32 --pack-size 32 --warmup 2 --steps 2 --repeats 1 --threads 1) \
     && seconds=$((seconds * 3))
   echo "=== $name (limit ${seconds}s): bench.py ${args[*]}"
-  timeout "$seconds" $PY experiments/bench.py --output "$RESULTS/bench-$name.json" "${args[@]}" \
+  limited "$seconds" $PY experiments/bench.py --output "$RESULTS/bench-$name.json" "${args[@]}" \
     >> "$RESULTS/log.txt" 2>&1
   echo "=== $name exit $?"
-  archive
 }
 [ $# -eq 0 ] && set -- main packed memory sync quality compile
 names=()
