@@ -3,13 +3,14 @@
 # ../shared/device/wheels.sh), the folder $RESULTS the figures go to, its env-*.txt (date, command,
 # GPU, versions), and `archive`.
 # The device tool sets $OUT and returns at most 8 files from it, so there the scripts write into
-# /tmp/dip-results and `archive` packs that into $OUT/results.tar.gz after every run (a call cut off
-# by its limit keeps the last archive). Without $OUT they write into results/gpu-<date>/.
+# $DIP_RESULTS (default /tmp/dip-results) and `archive` packs that into $OUT/results.tar.gz after every
+# run and every 30 s during one (a call cut off by its limit keeps the last archive). Without $OUT they
+# write into results/gpu-<date>/.
 # Usage: source experiments/gpu_env.sh SCRIPT_NAME ARGUMENTS...
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
 PY=${PY:-python3}
 if [ -n "${OUT:-}" ]; then
-  RESULTS=/tmp/dip-results ARCHIVE=$OUT/results.tar.gz && mkdir -p "$OUT"
+  RESULTS=${DIP_RESULTS:-/tmp/dip-results} ARCHIVE=$OUT/results.tar.gz && mkdir -p "$OUT"
 else
   RESULTS=results/gpu-$(date -u +%Y%m%d) ARCHIVE=
 fi
@@ -18,15 +19,17 @@ archive() {  # tar's status 1 is a file that changed while read: a log still bei
   [ -z "$ARCHIVE" ] || { tar czf "$ARCHIVE.part" -C "$RESULTS" . 2>/dev/null; [ $? -le 1 ] && mv "$ARCHIVE.part" "$ARCHIVE"; }
 }
 # limited SECONDS COMMAND...: COMMAND under a time limit, archived every 30 s while it runs, so that even
-# the device call's own limit leaves the latest figures. SIGKILL follows SIGTERM after 15 s: Lightning
+# the device call's own limit leaves the latest figures. SIGKILL follows SIGTERM after 15 s ($KILL_AFTER): Lightning
 # defers SIGTERM to the end of the step, and a step that compiles takes minutes (the ninth session
 # lost a whole call that way).
 limited() {
   local seconds=$1 archiver status
   shift
-  (while sleep 30; do archive; done) &
+  # stopped between archives, never within one (the trap waits for tar; `wait` returns at once), and
+  # with its sleep, which would otherwise hold the call's output open for up to 30 s
+  (trap 'kill $! 2>/dev/null; exit' TERM; while true; do sleep 30 & wait $!; archive; done) &
   archiver=$!
-  timeout -k 15 "$seconds" "$@"
+  timeout -k "${KILL_AFTER:-15}" "$seconds" "$@"
   status=$?
   kill "$archiver" 2>/dev/null
   wait "$archiver" 2>/dev/null

@@ -8,6 +8,8 @@ import json
 import os
 import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -351,3 +353,19 @@ def test_device_results_merge_finished_restorations_into_progress(tmp_path):
                             capture_output=True, text=True)
     assert failed.returncode == 1 and failed.stderr.strip() == f"error: cannot unpack {broken}"
     assert not (tmp_path / "none").exists()
+
+
+def test_device_phase_limit_kills_a_step_that_ignores_sigterm(tmp_path):
+    """experiments/gpu_env.sh's `limited`: a command that outlives SIGTERM (as Lightning does while a
+    step compiles) is killed after the grace, and what it wrote is in the archive the call returns."""
+    script = (f"source {ROOT / 'experiments' / 'gpu_env.sh'} test.sh > /dev/null; "
+              "limited 1 bash -c 'trap \"\" TERM; echo measured > \"$0/figures.txt\"; sleep 120' \"$RESULTS\"; "
+              "echo \"status $?\"")
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "DIP_RESULTS": str(tmp_path / "results"),
+           "KILL_AFTER": "1", "PY": sys.executable}
+    started = time.monotonic()
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env, timeout=150)
+    assert done.stdout.strip().splitlines()[-1] == "status 137", done.stderr
+    assert time.monotonic() - started < 60
+    listed = subprocess.run(["tar", "tzf", str(tmp_path / "out" / "results.tar.gz")], capture_output=True, text=True)
+    assert "./figures.txt" in listed.stdout.split()
