@@ -44,7 +44,8 @@ for spec in "$@"; do
   echo "=== $label exit $?"
   cp "$run_dir"/table.* "$RESULTS/$label/" 2>/dev/null && cat "$RESULTS/$label/table.md"
   dest=$(cd "$RESULTS/$label" && pwd)
-  (cd "$run_dir" && find images \( -name config.yaml -o -name metrics.json -o -name baselines.json \) -print0 \
+  (cd "$run_dir" && find images \( -name config.yaml -o -name metrics.json -o -name baselines.json \
+    -o -path '*/csv/metrics.csv' \) -print0 \
     | xargs -0 -r cp --parents -t "$dest")
   archive
 done

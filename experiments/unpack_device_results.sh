@@ -5,7 +5,8 @@
 #   bash experiments/unpack_device_results.sh ARCHIVE DEST [PROGRESS]
 # e.g. ARCHIVE=/work/.device/2/results.tar.gz, DEST=results/gpu-<date>-<device>-<session>, PROGRESS
 # (default results/benchmark-progress). DEST gets the bench-*.json, env-*.txt, log-summary.txt (the logs
-# without progress bars) and each benchmark's table.md/csv under <label>/. PROGRESS/<label>/images/<image>/
+# without progress bars), each benchmark's table.md/csv under <label>/, and under <label>/curves/ the PSNR
+# curve (the CSV logger's metrics.csv) of each fit the call ran. PROGRESS/<label>/images/<image>/
 # gets config.yaml, metrics.json and baselines.json of every image that finished and is not there yet
 # (an image already there is kept as it is). Nothing is written when the archive is missing or unreadable.
 set -euo pipefail
@@ -28,6 +29,9 @@ for images in "$unpacked"/*/images; do
   find "$(dirname "$images")" -maxdepth 1 -name 'table.*' -exec cp -t "$dest/$label" {} +
   for image in "$images"/*/; do
     name=$(basename "$image")
+    if [ -f "$image/csv/metrics.csv" ]; then  # the PSNR curve of a fit of this call
+      mkdir -p "$dest/$label/curves" && cp "$image/csv/metrics.csv" "$dest/$label/curves/$name.csv"
+    fi
     target=$progress/$label/images/$name
     [ -f "$image/metrics.json" ] && [ ! -f "$target/metrics.json" ] || continue
     mkdir -p "$target"

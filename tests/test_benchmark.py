@@ -320,7 +320,8 @@ def test_cli_set5_x4_on_the_shared_dataset(tmp_path):
 
 def test_device_results_merge_finished_restorations_into_progress(tmp_path):
     """experiments/unpack_device_results.sh: a device call's archive adds the images it finished to the
-    progress folder, keeps those already there, skips unfinished ones, and writes nothing from a bad archive."""
+    progress folder, keeps those already there, skips unfinished ones, files each fit's PSNR curve
+    with the call's results, and writes nothing from a bad archive."""
     call = tmp_path / "call"
     label = call / "set5_x4" / "images"
     for image, files in {"baby": ("config.yaml", "metrics.json", "baselines.json"), "bird": ("metrics.json",),
@@ -329,6 +330,8 @@ def test_device_results_merge_finished_restorations_into_progress(tmp_path):
         for name in files:
             (label / image / name).write_text(f"{image} from the device")
     (label / "bird" / "config.yaml").write_text("bird config")
+    (label / "bird" / "csv").mkdir()
+    (label / "bird" / "csv" / "metrics.csv").write_text("psnr,psnr_ema,step\n20.5,19.0,49\n")
     (call / "bench-main.json").write_text("{}")
     (call / "log.txt").write_text("Epoch 0:  50%|#####\r[1/2] baby.png: psnr 30.1 dB\nEpoch 0: 100%\n")
     archive = tmp_path / "results.tar.gz"
@@ -346,6 +349,8 @@ def test_device_results_merge_finished_restorations_into_progress(tmp_path):
     assert not (kept / "head").exists()
     assert (dest / "bench-main.json").is_file()
     assert (dest / "log-summary.txt").read_text() == "[1/2] baby.png: psnr 30.1 dB\n"
+    assert [path.name for path in (dest / "set5_x4" / "curves").iterdir()] == ["bird.csv"]
+    assert (dest / "set5_x4" / "curves" / "bird.csv").read_text().endswith("20.5,19.0,49\n")
 
     broken = tmp_path / "broken.tar.gz"
     broken.write_text("not an archive")
