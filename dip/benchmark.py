@@ -11,7 +11,9 @@ slow CBM3D never holds a GPU. With ``benchmark.runs=N`` each image is restored N
 31.00 dB denoising protocol). A sub-run already finished with the same config (its ``config.yaml``
 and ``metrics.json``) is not run again, so a benchmark cut short resumes when started again with
 the same ``hydra.run.dir``, and one can span machines: finished sub-runs copied into the run
-folder count wherever they ran (``_restoration_key``).
+folder count wherever they ran (``_restoration_key``). With ``time_budget_s`` a restoration starts
+only when it is expected to finish within the budget (``TimeBudget``); the table then covers the
+images finished, and a later run with the same ``hydra.run.dir`` does the others.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import multiprocessing
 import os
 import statistics
 import time
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -58,7 +60,40 @@ class ImageJob:
     output_dir: Path
     protocol: str
     shave: int
+    pixels: int  # of the image as restored (the manifest's size, cut to data.size)
     keep_outputs: bool = False  # save the float outputs (OUTPUTS_FILE) for averaging runs
+
+    @property
+    def work(self) -> int:
+        """Pixel-steps of the fit, restarts counted: what its time is proportional to, roughly."""
+        return self.pixels * self.config["trainer"]["max_steps"] * self.config.get("restarts", 1)
+
+
+class TimeBudget:
+    """Whether a restoration started now would finish within ``seconds`` of this budget's creation
+    (``None``: no limit). The estimate is the job's pixel-steps times the slowest rate, in seconds
+    per pixel-step, of the fits finished so far. Until one has finished, every job starts."""
+
+    def __init__(self, seconds: float | None, clock=time.monotonic):
+        self.clock = clock
+        self.deadline = None if seconds is None else clock() + seconds
+        self.rate: float | None = None
+
+    def record(self, job: ImageJob, metrics: dict) -> None:
+        """Learn from a finished fit (of the steps it ran: a resumed one ran fewer)."""
+        steps = metrics["steps"] - (metrics.get("resumed_from_step") or 0)
+        rate = metrics["seconds"] / max(1, job.work * steps // metrics["steps"])
+        self.rate = rate if self.rate is None else max(self.rate, rate)
+
+    def estimate(self, job: ImageJob) -> float | None:
+        return None if self.rate is None else self.rate * job.work
+
+    def left(self) -> float:
+        return self.deadline - self.clock()
+
+    def allows(self, job: ImageJob) -> bool:
+        estimate = self.estimate(job)
+        return self.deadline is None or estimate is None or estimate <= self.left()
 
 
 OUTPUTS_FILE = "outputs.pt"
@@ -82,9 +117,9 @@ def _config_text(config: dict) -> str:
     return yaml.safe_dump(config, sort_keys=True)
 
 
-# Keys that spread a benchmark over processes, choose its logger, how it uses the hardware (speed) or
-# how often it writes a checkpoint: a restoration is the same whatever they say (up to rounding).
-ORCHESTRATION_KEYS = ("jobs_per_gpu", "cpu_jobs", "baseline_jobs", "logger", "speed", "checkpoint")
+# Keys that spread a benchmark over processes or time, choose its logger, how it uses the hardware (speed)
+# or how often it writes a checkpoint: a restoration is the same whatever they say (up to rounding).
+ORCHESTRATION_KEYS = ("jobs_per_gpu", "cpu_jobs", "baseline_jobs", "time_budget_s", "logger", "speed", "checkpoint")
 
 
 def _restoration_key(config: dict) -> dict:
@@ -214,6 +249,8 @@ def image_jobs(cfg: DictConfig, image: DatasetImage, directory: Path) -> list[Im
     runs = cfg.benchmark.runs
     if runs < 1:
         raise DipError(f"benchmark.runs must be at least 1, got {runs}")
+    size = cfg.data.size
+    pixels = image.width * image.height if not size else min(size, image.width) * min(size, image.height)
     jobs = []
     for seed in range(cfg.seed, cfg.seed + runs):
         output_dir = directory if runs == 1 else directory / f"seed{seed}"
@@ -228,7 +265,7 @@ def image_jobs(cfg: DictConfig, image: DatasetImage, directory: Path) -> list[Im
                 job.logger.group = cfg.benchmark.name
                 job.logger.name = f"{cfg.benchmark.name}/{image.stem}" + (f"/seed{seed}" if runs > 1 else "")
         jobs.append(ImageJob(image.name, OmegaConf.to_container(job, resolve=True), output_dir,
-                             cfg.benchmark.protocol, cfg.benchmark.shave, keep_outputs=runs > 1))
+                             cfg.benchmark.protocol, cfg.benchmark.shave, pixels, keep_outputs=runs > 1))
     return jobs
 
 
@@ -238,26 +275,40 @@ def _start_worker(slots, gpus: list[str], cpu_threads: int) -> None:
         torch.set_num_threads(cpu_threads)
 
 
-def restore_all(jobs: list[ImageJob], gpus: list[str], workers: int) -> tuple[dict[Path, dict], set[Path]]:
-    """Restore every job not finished before, ``workers`` at a time (in this process when 1); the
-    metrics by output directory, and the output directories of those finished before."""
+def restore_all(jobs: list[ImageJob], gpus: list[str], workers: int,
+                budget: TimeBudget) -> tuple[dict[Path, dict], set[Path], list[ImageJob]]:
+    """Restore every job not finished before, ``workers`` at a time (in this process when 1), each
+    started only if ``budget`` allows it; the metrics by output directory, the output directories of
+    those finished before, and the jobs not started for lack of time."""
     results = {job.output_dir: saved for job in jobs if (saved := _finished(job, "metrics.json")) is not None}
     reused = set(results)
-    pending = [job for job in jobs if job.output_dir not in results]
+    pending = collections.deque(job for job in jobs if job.output_dir not in results)
+    not_started: list[ImageJob] = []
     if results:
         log.info(f"reusing {len(results)} finished restoration(s): {', '.join(m['image'] for m in results.values())}")
 
     def report(job: ImageJob, metrics: dict) -> None:
         results[job.output_dir] = metrics
+        budget.record(job, metrics)
         key = "psnr_y" if "psnr_y" in metrics else "psnr"
         log.info(f"[{len(results)}/{len(jobs)}] {metrics['image']} (seed {metrics['seed']}): {key} "
                  f"{metrics[key]:.2f} dB (EMA {metrics[key + '_ema']:.2f}) in {metrics['seconds']:.1f} s "
                  f"on {metrics['device']}")
 
+    def next_job() -> ImageJob | None:
+        while pending:
+            job = pending.popleft()
+            if budget.allows(job):
+                return job
+            not_started.append(job)
+            log.info(f"not starting {job.name} ({job.output_dir.name}): about {budget.estimate(job):.0f} s, "
+                     f"{max(0.0, budget.left()):.0f} s left of time_budget_s")
+        return None
+
     if workers <= 1:
-        for job in pending:
+        while (job := next_job()) is not None:
             report(job, restore_image(job))
-        return results, reused
+        return results, reused, not_started
     context = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked children
     slots = context.Queue()
     for slot in range(workers):
@@ -266,12 +317,19 @@ def restore_all(jobs: list[ImageJob], gpus: list[str], workers: int) -> tuple[di
     pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
                                initargs=(slots, gpus, cpu_threads))
     try:
-        futures = {pool.submit(restore_image, job): job for job in pending}
-        for future in as_completed(futures):
-            report(futures[future], future.result())
+        # one job per free worker, so that each is started only when a worker can take it at once
+        running: dict[Future, ImageJob] = {}
+        while len(running) < workers and (job := next_job()) is not None:
+            running[pool.submit(restore_image, job)] = job
+        while running:
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                report(running.pop(future), future.result())
+                if (job := next_job()) is not None:
+                    running[pool.submit(restore_image, job)] = job
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-    return results, reused
+    return results, reused, not_started
 
 
 def run_benchmark(cfg: DictConfig, run_dir: Path) -> dict:
@@ -290,7 +348,7 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> dict:
     workers = min(len(jobs), worker_count(gpus, cfg.jobs_per_gpu, cfg.cpu_jobs))
     log.info(f"{spec.name}: {len(images)} images x {spec.runs} run(s) from {Path(cfg.data.root) / spec.dataset}, "
              f"{workers} at a time on {', '.join(f'GPU {gpu}' for gpu in gpus) or 'the CPU'}")
-    start = time.perf_counter()
+    start, budget = time.perf_counter(), TimeBudget(cfg.time_budget_s)
     threads = ThreadPoolExecutor(max(1, cfg.baseline_jobs))
     try:
         # one observation per image whatever the run's seed: the baselines once, in the image's folder
@@ -298,18 +356,25 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> dict:
             threads.submit(compute_baselines, dataclasses.replace(image_runs[0], output_dir=directory),
                            list(spec.baselines))
             for directory, image_runs in per_image]
-        restored, reused = restore_all(jobs, gpus, workers)
+        restored, reused, not_started = restore_all(jobs, gpus, workers, budget)
         baseline_scores = [future.result() for future in baselines]
     finally:
         threads.shutdown(wait=True, cancel_futures=True)
+    # an image is in the table once all its runs are done (the others wait for a later run)
+    done = [(directory, image_runs, scores) for (directory, image_runs), scores in zip(per_image, baseline_scores)
+            if all(job.output_dir in restored for job in image_runs)]
     metrics = [restored[image_runs[0].output_dir] if spec.runs == 1 else
                average_runs(image_runs, [restored[job.output_dir] for job in image_runs], directory)
-               for directory, image_runs in per_image]
+               for directory, image_runs, _ in done]
+    waiting = sorted({job.name for job in not_started})
+    if waiting:
+        log.info(f"{len(waiting)} image(s) left for a later run with hydra.run.dir={run_dir}: {', '.join(waiting)}")
     run_info = {"wall_seconds": time.perf_counter() - start, "workers": workers, "gpus": len(gpus),
                 "date": datetime.now().strftime("%Y-%m-%d %H:%M"), "dataset": str(Path(cfg.data.root) / spec.dataset),
-                "all_images": spec.images is None, "reused": len(reused),
+                "all_images": spec.images is None and not waiting, "reused": len(reused), "not_started": waiting,
+                "time_budget_s": cfg.time_budget_s,
                 "image_steps": sum(m["steps"] for path, m in restored.items() if path not in reused)}
-    table = Table(cfg, metrics, baseline_scores, run_info)
+    table = Table(cfg, metrics, [scores for _, _, scores in done], run_info)
     write_atomically(run_dir / "table.csv", lambda handle: handle.write(table.csv().encode()))
     write_atomically(run_dir / "table.md", lambda handle: handle.write(table.markdown().encode()))
     return table.mean
@@ -430,14 +495,17 @@ class Table:
         """The run line's account of this run's own work: its processes, wall time and rate, and how
         many restorations it took from earlier runs (all of them: no processes or rate to speak of)."""
         info = self.info
-        if info["reused"] == len(self.rows):
-            return f"; all {info['reused']} restorations finished by earlier runs (each image's fit seconds below)"
+        waiting = (f"; not started, as they would not have finished within time_budget_s={info['time_budget_s']}: "
+                   f"{', '.join(info['not_started'])} (the same command with this run's hydra.run.dir does them)"
+                   if info["not_started"] else "")
+        if not info["image_steps"]:
+            return f"; all {info['reused']} restorations finished by earlier runs (each image's fit seconds below)" + waiting
         place = f"{info['gpus']} GPU(s)" if info["gpus"] else "the CPU"
         done = (f" ({info['workers']} process(es) on {place}), wall {info['wall_seconds']:.1f} s, "
                 f"{info['image_steps'] / max(info['wall_seconds'], 1e-9):.1f} image-steps/s")
         if info["reused"]:
             done += f"; {info['reused']} restoration(s) reused, finished by an earlier run"
-        return done
+        return done + waiting
 
     def _devices(self) -> str:
         """The device of the rows, or each device with its number of rows (rows carried from runs elsewhere)."""

@@ -19,7 +19,7 @@ from PIL import Image
 from skimage import data as skdata
 
 from dip.baselines import BASELINES, normalised_fill
-from dip.benchmark import run_benchmark
+from dip.benchmark import ImageJob, TimeBudget, run_benchmark
 from dip.config import compose_config
 from dip.datasets import open_dataset
 from dip.errors import DipError
@@ -218,6 +218,45 @@ def test_denoising_runs_worker_processes_pinned_to_gpus_and_classical_baselines(
         assert "CBM3D skipped: the bm3d package is not installed" in table
     else:
         assert all(float(row["cbm3d_psnr"]) > float(row["nlm_psnr"]) - 3 for row in rows)
+
+
+def test_time_budget_starts_what_the_slowest_rate_so_far_finishes_in_time():
+    now = [0.0]
+    budget = TimeBudget(100, clock=lambda: now[0])
+
+    def job(pixels: int, steps: int = 10, restarts: int = 1) -> ImageJob:
+        config = {"trainer": {"max_steps": steps}, "restarts": restarts}
+        return ImageJob("x.png", config, Path("x"), "rgb", 0, pixels)
+
+    assert budget.allows(job(10**9))  # nothing finished: no estimate, so it starts
+    budget.record(job(100), {"steps": 10, "seconds": 10.0})  # 0.01 s per pixel-step
+    budget.record(job(100, restarts=2), {"steps": 10, "seconds": 10.0})  # faster: the slowest rate stays
+    assert budget.estimate(job(200, restarts=2)) == pytest.approx(40.0)
+    now[0] = 60.0
+    assert budget.allows(job(400))  # 40 s of 40 left
+    assert not budget.allows(job(200, restarts=2, steps=11))
+    budget.record(job(100), {"steps": 10, "resumed_from_step": 5, "seconds": 10.0})  # 10 s for 5 steps
+    assert budget.estimate(job(100)) == pytest.approx(20.0)
+    assert TimeBudget(None).allows(job(10**9))
+
+
+def test_a_time_budget_leaves_the_images_that_would_not_finish_for_a_later_run(tmp_path, monkeypatch):
+    """With time_budget_s, the two workers start an image each (nothing measured yet); the third would
+    not finish in time, so it waits. The table covers the two and says so; the same command with no
+    budget then restores only the third."""
+    root, run_dir = tmp_path / "data", tmp_path / "run"
+    make_dataset(root, "Set5", ["baby.png", "bird.png", "woman.png"])
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,7")  # two workers
+    settings = ["jobs_per_gpu=1", "benchmark.baselines=[]"]
+    mean = run_benchmark(compose("set5_x4", root, run_dir, *settings, "time_budget_s=0.01"), run_dir)
+    assert [row["image"] for row in read_csv(run_dir / "table.csv")] == ["baby.png", "bird.png", "mean"]
+    assert mean["paper"] is None  # the paper's mean is over all five images, not these
+    table = (run_dir / "table.md").read_text()
+    assert "not started, as they would not have finished within time_budget_s=0.01: woman.png" in table
+    assert not (run_dir / "images" / "woman" / "metrics.json").exists()
+    run_benchmark(compose("set5_x4", root, run_dir, *settings), run_dir)
+    assert [row["image"] for row in read_csv(run_dir / "table.csv")] == ["baby.png", "bird.png", "woman.png", "mean"]
+    assert "2 restoration(s) reused" in (run_dir / "table.md").read_text()
 
 
 def test_runs_on_one_observation_and_their_average(tmp_path):
