@@ -64,9 +64,14 @@ class ImageJob:
     keep_outputs: bool = False  # save the float outputs (OUTPUTS_FILE) for averaging runs
 
     @property
+    def step_pixels(self) -> int:
+        """Pixels one step restores: the image's, times the restarts packed."""
+        return self.pixels * self.config.get("restarts", 1)
+
+    @property
     def work(self) -> int:
-        """Pixel-steps of the fit, restarts counted: what its time is proportional to, roughly."""
-        return self.pixels * self.config["trainer"]["max_steps"] * self.config.get("restarts", 1)
+        """Pixel-steps of the whole fit: what its time is roughly proportional to."""
+        return self.step_pixels * self.config["trainer"]["max_steps"]
 
 
 class TimeBudget:
@@ -82,7 +87,7 @@ class TimeBudget:
     def record(self, job: ImageJob, metrics: dict) -> None:
         """Learn from a finished fit (of the steps it ran: a resumed one ran fewer)."""
         steps = metrics["steps"] - (metrics.get("resumed_from_step") or 0)
-        rate = metrics["seconds"] / max(1, job.work * steps // metrics["steps"])
+        rate = metrics["seconds"] / max(1, job.step_pixels * steps)
         self.rate = rate if self.rate is None else max(self.rate, rate)
 
     def estimate(self, job: ImageJob) -> float | None:
@@ -499,7 +504,8 @@ class Table:
                    f"{', '.join(info['not_started'])} (the same command with this run's hydra.run.dir does them)"
                    if info["not_started"] else "")
         if not info["image_steps"]:
-            return f"; all {info['reused']} restorations finished by earlier runs (each image's fit seconds below)" + waiting
+            return (f"; all {info['reused']} restorations finished by earlier runs (each image's fit seconds "
+                    f"below){waiting}")
         place = f"{info['gpus']} GPU(s)" if info["gpus"] else "the CPU"
         done = (f" ({info['workers']} process(es) on {place}), wall {info['wall_seconds']:.1f} s, "
                 f"{info['image_steps'] / max(info['wall_seconds'], 1e-9):.1f} image-steps/s")
