@@ -19,9 +19,9 @@ archive() {  # tar's status 1 is a file that changed while read: a log still bei
   [ -z "$ARCHIVE" ] || { tar czf "$ARCHIVE.part" -C "$RESULTS" . 2>/dev/null; [ $? -le 1 ] && mv "$ARCHIVE.part" "$ARCHIVE"; }
 }
 # limited SECONDS COMMAND...: COMMAND under a time limit, archived every 30 s while it runs, so that even
-# the device call's own limit leaves the latest figures. SIGKILL follows SIGTERM after 15 s ($KILL_AFTER): Lightning
-# defers SIGTERM to the end of the step, and a step that compiles takes minutes (the ninth session
-# lost a whole call that way).
+# the device call's own limit leaves the latest figures. SIGKILL follows SIGTERM after $KILL_AFTER
+# (default 15) seconds: Lightning defers SIGTERM to the end of the step, and a step that compiles takes
+# minutes (the ninth session lost a whole call that way).
 limited() {
   local seconds=$1 archiver status
   shift
