@@ -15,8 +15,11 @@ else
   RESULTS=results/gpu-$(date -u +%Y%m%d) ARCHIVE=
 fi
 mkdir -p "$RESULTS"
-archive() {  # tar's status 1 is a file that changed while read: a log still being written
-  [ -z "$ARCHIVE" ] || { tar czf "$ARCHIVE.part" -C "$RESULTS" . 2>/dev/null; [ $? -le 1 ] && mv "$ARCHIVE.part" "$ARCHIVE"; }
+archive() {
+  [ -n "$ARCHIVE" ] || return 0
+  tar czf "$ARCHIVE.part" -C "$RESULTS" . 2>/dev/null
+  # status 1 is a file that changed while tar read it: a log still being written
+  [ $? -le 1 ] && mv "$ARCHIVE.part" "$ARCHIVE"
 }
 # limited SECONDS COMMAND...: COMMAND under a time limit, archived every 30 s while it runs, so that even
 # the device call's own limit leaves the latest figures. SIGKILL follows SIGTERM after $KILL_AFTER
