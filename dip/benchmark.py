@@ -80,6 +80,8 @@ class TimeBudget:
     per pixel-step, of the fits finished so far. Until one has finished, every job starts."""
 
     def __init__(self, seconds: float | None, clock=time.monotonic):
+        if seconds is not None and seconds <= 0:
+            raise DipError(f"time_budget_s must be a positive number of seconds, got {seconds}")
         self.clock = clock
         self.deadline = None if seconds is None else clock() + seconds
         self.rate: float | None = None
@@ -343,6 +345,7 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> dict:
     spec = cfg.benchmark
     if spec.protocol not in ("rgb", "y"):
         raise DipError(f"unknown benchmark protocol '{spec.protocol}' (choose from: rgb, y)")
+    budget = TimeBudget(cfg.time_budget_s)  # the whole run counts, checking the dataset included
     images = open_dataset(cfg.data.root, spec.dataset, list(spec.images) if spec.images is not None else None,
                           spec.verify_checksums)
     per_image = [(run_dir / "images" / image.stem, image_jobs(cfg, image, run_dir / "images" / image.stem))
@@ -353,7 +356,7 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> dict:
     workers = min(len(jobs), worker_count(gpus, cfg.jobs_per_gpu, cfg.cpu_jobs))
     log.info(f"{spec.name}: {len(images)} images x {spec.runs} run(s) from {Path(cfg.data.root) / spec.dataset}, "
              f"{workers} at a time on {', '.join(f'GPU {gpu}' for gpu in gpus) or 'the CPU'}")
-    start, budget = time.perf_counter(), TimeBudget(cfg.time_budget_s)
+    start = time.perf_counter()
     threads = ThreadPoolExecutor(max(1, cfg.baseline_jobs))
     try:
         # one observation per image whatever the run's seed: the baselines once, in the image's folder

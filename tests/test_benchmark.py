@@ -238,6 +238,8 @@ def test_time_budget_starts_what_the_slowest_rate_so_far_finishes_in_time():
     budget.record(job(100), {"steps": 10, "resumed_from_step": 5, "seconds": 10.0})  # 10 s for 5 steps
     assert budget.estimate(job(100)) == pytest.approx(20.0)
     assert TimeBudget(None).allows(job(10**9))
+    with pytest.raises(DipError, match="time_budget_s must be a positive number of seconds, got 0"):
+        TimeBudget(0)
 
 
 def test_a_time_budget_leaves_the_images_that_would_not_finish_for_a_later_run(tmp_path, monkeypatch):
