@@ -1,13 +1,17 @@
-"""Experiment loggers: Weights & Biases (offline unless credentials exist) and image logging."""
+"""Experiment loggers: Weights & Biases (offline unless credentials exist), CSV files that a resumed
+fit continues, and image logging."""
 
 from __future__ import annotations
 
+import csv
 import netrc
 import os
+import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from pytorch_lightning import loggers
 from pytorch_lightning.loggers import WandbLogger
 
 from dip.config import dotted
@@ -64,6 +68,39 @@ def wandb_logger(
         settings={"console": "off", "silent": True},
         **continued,
     )
+
+
+class CSVLogger(loggers.CSVLogger):
+    """Lightning's CSV logger (``csv/metrics.csv``: a ``step`` column and one per metric), except that
+    a fit resumed at step ``resumed_from_step`` keeps the rows logged before that step. Lightning's
+    writer deletes an existing ``metrics.csv``, so a resumed fit's curve would start at the resume.
+    The rows from that step on go: the resumed fit logs those steps again."""
+
+    def __init__(self, *args, resumed_from_step: int | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.resumed_from_step = resumed_from_step
+
+    @property
+    def experiment(self):
+        if self._experiment is not None or self.resumed_from_step is None:
+            return super().experiment
+        path = Path(self.log_dir) / "metrics.csv"
+        earlier = []
+        if path.is_file():
+            with path.open(newline="") as handle:
+                reader = csv.DictReader(handle)
+                columns = list(reader.fieldnames or [])
+                earlier = [row for row in reader if row.get("step") and int(row["step"]) < self.resumed_from_step]
+        with warnings.catch_warnings():  # "Previous log files ... will be deleted": not these rows
+            warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+            writer = super().experiment  # deletes the file
+        if earlier:
+            with path.open("w", newline="") as handle:
+                rows = csv.DictWriter(handle, fieldnames=columns)
+                rows.writeheader()
+                rows.writerows(earlier)
+            writer.metrics_keys = sorted(columns)  # later rows append under the same header
+        return writer
 
 
 class ImageLogger(pl.Callback):

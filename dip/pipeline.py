@@ -174,20 +174,23 @@ def final_metrics(
     return metrics
 
 
-def make_logger(cfg: DictConfig, wandb_run_id: str | None = None):
-    """The logger ``cfg.logger`` describes (False for none); a W&B logger continues the run
-    ``wandb_run_id`` if given (a resumed fit's)."""
+def make_logger(cfg: DictConfig, resumed: Resumable | None = None):
+    """The logger ``cfg.logger`` describes (False for none). For a fit ``resumed`` from a checkpoint,
+    a W&B logger continues the run the checkpoint names, and a CSV logger keeps the rows before it."""
     if not cfg.logger or not cfg.logger.get("_target_"):
         return False
-    continued = {"continue_run": wandb_run_id} if cfg.logger._target_ == "dip.loggers.wandb_logger" else {}
+    continued = {}
+    if resumed is not None:
+        continued = {"dip.loggers.wandb_logger": {"continue_run": resumed.wandb_run_id},
+                     "dip.loggers.CSVLogger": {"resumed_from_step": resumed.step}}.get(cfg.logger._target_, {})
     return instantiate(cfg.logger, **continued)
 
 
 def fit(cfg: DictConfig, module: DeepImagePrior, callbacks=(), ckpt_path: str | None = None,
-        wandb_run_id: str | None = None) -> pl.Trainer:
+        resumed: Resumable | None = None) -> pl.Trainer:
     """Optimise ``module`` with the Trainer and logger ``cfg`` describes (and extra ``callbacks``),
-    from the checkpoint ``ckpt_path`` if given (and on W&B, in the run ``wandb_run_id``)."""
-    logger = make_logger(cfg, wandb_run_id)
+    from the checkpoint ``ckpt_path`` if given (``resumed``: what it holds, for the logger)."""
+    logger = make_logger(cfg, resumed)
     if logger:
         logger.log_hyperparams(flat_config(cfg))
     callbacks = [*callbacks, ImageLogger(cfg.image_log_every)]
@@ -236,7 +239,7 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
                               keep_final=cfg.checkpoint.keep)
         callbacks.append(saver)
     try:
-        trainer = fit(cfg, module, callbacks, ckpt_path=resume, wandb_run_id=resumable.wandb_run_id)
+        trainer = fit(cfg, module, callbacks, ckpt_path=resume, resumed=resumable if resume else None)
     except torch.OutOfMemoryError:
         if need is None:  # the check was off: estimate now, for the options
             need = checked_estimate(module, cfg.trainer.precision, window)

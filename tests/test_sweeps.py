@@ -3,6 +3,7 @@ cluster configs, W&B sweep groups, and the compare.py dashboard. Real runs at 32
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -16,7 +17,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from dip import sweeps
-from dip.checkpoint import CHECKPOINT_NAME, check_resumable, result_settings
+from dip.checkpoint import CHECKPOINT_NAME, Resumable, check_resumable, result_settings
 from dip.config import compose_config, sweep_name
 from dip.loggers import flat_config
 from dip.pipeline import make_logger, run
@@ -215,8 +216,8 @@ def test_grid_multirun_then_dashboard(tmp_path):
 
 
 def test_curves_of_a_resumed_run_have_one_value_per_step(tmp_path):
-    """The CSV logger appends on resume, so the steps after the last checkpoint come twice: the later
-    pass (the one the result continued from) wins."""
+    """A log that holds the steps after the last checkpoint twice (a CSV log from before dip's logger
+    dropped them on resume; W&B runs joined): the later pass, which the result continued from, wins."""
     path = tmp_path / "metrics.csv"
     path.write_text("step,psnr,psnr_ema\n0,10.0,\n1,11.0,9.0\n2,12.0,9.5\n1,11.5,9.1\n2,12.5,9.6\n3,13.0,9.9\n")
     curves = compare.read_csv_curves(path)
@@ -237,10 +238,28 @@ def test_dashboard_joins_the_wandb_runs_of_a_continued_run(tmp_path):
     assert len(list(out.glob("wandb/offline-run-*"))) == 2
     curves, source = compare.read_curves(out)
     assert source == "wandb" and [step for step, _ in curves["psnr"]] == [1, 2, 3, 4, 5]
-    online = make_logger(compose_config(["logger=wandb", "logger.mode=online"], output_dir=out), "abc123")
+    resumed = Resumable(3, "abc123")
+    online = make_logger(compose_config(["logger=wandb", "logger.mode=online"], output_dir=out), resumed)
     assert (online._wandb_init["id"], online._wandb_init["resume"]) == ("abc123", "allow")
-    offline = make_logger(compose_config(["logger=wandb", "logger.mode=offline"], output_dir=out), "abc123")
+    offline = make_logger(compose_config(["logger=wandb", "logger.mode=offline"], output_dir=out), resumed)
     assert offline._wandb_init["id"] is None  # a new offline run
+
+
+def test_a_resumed_csv_log_keeps_the_rows_before_the_checkpoint(tmp_path):
+    """Lightning's CSV writer deletes an existing metrics.csv: dip's logger puts back the rows before
+    the step the fit resumes from, so the curve covers the whole fit, each step once."""
+    out, log = tmp_path / "run", tmp_path / "run" / "csv" / "metrics.csv"
+    run(compose_config(["logger=csv", "checkpoint.keep=true", *TINY], output_dir=out), out)  # checkpoint at 3
+    with log.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["step"] for row in rows] == ["0", "1", "2"]
+    with log.open("a") as handle:  # as if logged after the checkpoint, before the fit was stopped
+        csv.DictWriter(handle, fieldnames=list(rows[0])).writerow(dict(rows[-1], step="3", psnr="99.0"))
+    run(compose_config(["logger=csv", *TINY, "trainer.max_steps=5"], output_dir=out), out)
+    with log.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["step"] for row in rows] == ["0", "1", "2", "3", "4"]
+    assert float(rows[3]["psnr"]) != 99.0  # the resumed fit's own step 3
 
 
 def test_compare_refuses_a_folder_without_runs(tmp_path, capsys):
