@@ -95,11 +95,11 @@ class CSVLogger(loggers.CSVLogger):
             warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
             writer = super().experiment  # deletes the file
         if earlier:
+            writer.metrics_keys = sorted(columns)  # later rows append under the same header
             with path.open("w", newline="") as handle:
-                rows = csv.DictWriter(handle, fieldnames=columns)
+                rows = csv.DictWriter(handle, fieldnames=writer.metrics_keys)
                 rows.writeheader()
                 rows.writerows(earlier)
-            writer.metrics_keys = sorted(columns)  # later rows append under the same header
         return writer
 
 
