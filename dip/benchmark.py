@@ -380,7 +380,6 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> dict:
     run_info = {"wall_seconds": time.perf_counter() - start, "workers": workers, "gpus": len(gpus),
                 "date": datetime.now().strftime("%Y-%m-%d %H:%M"), "dataset": str(Path(cfg.data.root) / spec.dataset),
                 "all_images": spec.images is None and not waiting, "reused": len(reused), "not_started": waiting,
-                "time_budget_s": cfg.time_budget_s,
                 "image_steps": sum(m["steps"] for path, m in restored.items() if path not in reused)}
     table = Table(cfg, metrics, [scores for _, _, scores in done], run_info)
     write_atomically(run_dir / "table.csv", lambda handle: handle.write(table.csv().encode()))
@@ -503,7 +502,7 @@ class Table:
         """The run line's account of this run's own work: its processes, wall time and rate, and how
         many restorations it took from earlier runs (all of them: no processes or rate to speak of)."""
         info = self.info
-        waiting = (f"; not started, as they would not have finished within time_budget_s={info['time_budget_s']}: "
+        waiting = (f"; not started, as they would not have finished within time_budget_s={self.cfg.time_budget_s}: "
                    f"{', '.join(info['not_started'])} (the same command with this run's hydra.run.dir does them)"
                    if info["not_started"] else "")
         if not info["image_steps"]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from pytorch_lightning import loggers
+from pytorch_lightning.loggers import CSVLogger as LightningCSVLogger
 from pytorch_lightning.loggers import WandbLogger
 
 from dip.config import dotted
@@ -70,7 +70,7 @@ def wandb_logger(
     )
 
 
-class CSVLogger(loggers.CSVLogger):
+class CSVLogger(LightningCSVLogger):
     """Lightning's CSV logger (``csv/metrics.csv``: a ``step`` column and one per metric), except that
     a fit resumed at step ``resumed_from_step`` keeps the rows logged before that step. Lightning's
     writer deletes an existing ``metrics.csv``, so a resumed fit's curve would start at the resume.
