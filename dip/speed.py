@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from dip.nets.layers import Upsample
 from dip.nets.normalised import drop_cancelled_biases, drop_running_statistics
 
 FUSED_DEVICES = ("cuda", "cpu")  # where torch's fused Adam, AdamW and SGD kernels exist
@@ -43,6 +44,9 @@ class Speed:
       never reads (off: 30 fewer host operations per step in "skip", and no buffer that a compiled
       step mutates, which would keep ``reduce-overhead`` from CUDA graphs). Both layer switches change
       the state dict's keys, so a checkpoint resumes only with the setting it was made with.
+    - ``gather_upsampling``: the generator's exact 2x upsamplings as shifts and sums
+      (``dip.nets.layers.Upsample``), whose gradient a compiled step computes without a scatter-add;
+      eager, it is more kernels.
     - ``compile``: ``torch.compile`` the generator (forward and backward); ``compile_mode``
       ``reduce-overhead`` also replays the step's kernels as a CUDA graph. ``compile_backend``
       ``cudagraphs`` generates no kernels: it traces the step and replays torch's own kernels as CUDA
@@ -61,6 +65,7 @@ class Speed:
     channels_last: bool = False
     conv_bias_before_norm: bool = False
     batchnorm_running_stats: bool = False
+    gather_upsampling: bool = False
     compile: bool = False
     compile_mode: str = "default"
     compile_backend: str = "inductor"
@@ -83,6 +88,8 @@ class Speed:
             drop_cancelled_biases(generator)
         if not self.batchnorm_running_stats:
             drop_running_statistics(generator)
+        for upsample in (m for m in generator.modules() if isinstance(m, Upsample)):
+            upsample.gather = self.gather_upsampling
         if self.channels_last:
             generator.to(memory_format=torch.channels_last)
         if self.compile and not self.one_weight_tensor:  # else the module compiles its call over the one tensor

@@ -3,10 +3,12 @@ BatchNorms make redundant."""
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from dip.inputs import MeshgridCode, NoiseCode, padded_size
 from dip.module import DeepImagePrior
 from dip.nets import ResNet, Skip, UNet
+from dip.nets.layers import Upsample
 from dip.nets.normalised import drop_cancelled_biases, drop_running_statistics
 from dip.physics import GaussianNoise
 
@@ -40,6 +42,28 @@ def test_skip_rejects_impossible_options():
         Skip(2, 3, channels_skip=[4, 4])
     with pytest.raises(ValueError, match="activation"):
         Skip(2, 3, act="Tanhish")
+
+
+@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (1, 2, 1, 1)])
+def test_gathered_doubling_is_interpolation(mode, shape):
+    """``Upsample(gather=True)`` has ``F.interpolate``'s values and gradient, also on one-pixel sides."""
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    size = (2 * shape[2], 2 * shape[3])
+    expected = F.interpolate(x, size=size, mode=mode, **({"align_corners": False} if mode == "bilinear" else {}))
+    gathered = Upsample(mode, gather=True)(x, size)
+    weights = torch.randn_like(expected)
+    gradients = [torch.autograd.grad((y * weights).sum(), x)[0] for y in (expected, gathered)]
+    torch.testing.assert_close(gathered, expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(gradients[1], gradients[0], rtol=0, atol=1e-12)
+
+
+def test_upsample_weights_and_other_sizes():
+    row = torch.tensor([[[[0.0, 4.0]]]])
+    assert Upsample("bilinear", gather=True)(row, (2, 4)).tolist() == [[[[0.0, 1.0, 3.0, 4.0]] * 2]]
+    x = torch.rand(1, 2, 5, 7)  # not a doubling: interpolation as usual
+    expected = F.interpolate(x, size=(9, 14), mode="bilinear", align_corners=False)
+    assert torch.equal(Upsample("bilinear", gather=True)(x, (9, 14)), expected)
 
 
 def test_padded_size():

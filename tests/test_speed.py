@@ -9,10 +9,12 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
+from torch._inductor.utils import run_and_get_code
 
 from dip.config import compose_config
 from dip.errors import DipError
 from dip.metrics import psnr
+from dip.nets.layers import Upsample
 from dip.pipeline import prepare, run
 from dip.speed import Speed
 
@@ -156,6 +158,25 @@ def test_trimmed_layers_compute_the_same_function_with_fewer_weights():
 
 def test_channels_last_generator_computes_the_same_function():
     same_function(["speed.channels_last=true"])
+
+
+def test_gather_upsampling_reaches_every_upsampling_and_computes_the_same_function():
+    _, module = prepare(small_config("speed.gather_upsampling=true"))
+    upsamplings = [m for m in module.modules() if isinstance(m, Upsample)]
+    assert len(upsamplings) == 5 and all(m.gather for m in upsamplings)
+    same_function(["speed.gather_upsampling=true"])
+
+
+def test_compiled_gradient_of_a_gathered_upsampling_has_no_scatter():
+    """Why the switch exists: inductor compiles the gradient of ``F.interpolate`` to ``index_put``
+    (a scatter-add, atomic adds on a GPU), and that of the gathered form without one."""
+    def scatters_in_compiled_step(upsample):
+        x = torch.randn(1, 4, 8, 8, requires_grad=True)
+        loss = torch.compile(lambda x: upsample(x, (16, 16)).square().mean())
+        _, kernels = run_and_get_code(lambda: loss(x).backward())
+        return sum("index_put" in kernel for kernel in kernels)
+
+    assert [scatters_in_compiled_step(Upsample("bilinear", gather=gather)) for gather in (False, True)] == [1, 0]
 
 
 def test_backends_are_restored_after_a_fit():

@@ -36,6 +36,42 @@ class ReflectionPad(nn.Module):
         return F.pad(x, (self.pad,) * 4, mode=mode)
 
 
+class Upsample(nn.Module):
+    """Upsampling to a given size by ``nearest`` or ``bilinear`` interpolation (``align_corners=False``).
+
+    With ``gather=True`` an exact doubling is computed from shifted copies instead of
+    ``F.interpolate``: along each axis, nearest is ``y[2i] = y[2i+1] = x[i]`` and bilinear is
+    ``y[2i] = 0.75 x[i] + 0.25 x[i-1]``, ``y[2i+1] = 0.75 x[i] + 0.25 x[i+1]`` with the border
+    pixel repeated: the same values up to rounding. Why: inductor compiles the gradient of
+    ``F.interpolate`` to a scatter-add (``index_put``, atomic adds on a GPU), and the gradient of
+    shifts and sums to a gather that fuses with its neighbours. Eager, the shifts are more kernels.
+    Other sizes always go through ``F.interpolate``.
+    """
+
+    def __init__(self, mode: str, gather: bool = False):
+        super().__init__()
+        self.mode = check_choice("upsample mode", mode, UPSAMPLERS)
+        self.gather = gather
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        size = tuple(size)
+        if self.gather and size == (2 * x.shape[-2], 2 * x.shape[-1]):
+            return self._double(self._double(x, -1), -2)
+        corners = {"align_corners": False} if self.mode == "bilinear" else {}
+        return F.interpolate(x, size=size, mode=self.mode, **corners)
+
+    def _double(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+        """``x`` with its size along ``dim`` (negative) doubled, interleaving the even and odd outputs."""
+        if self.mode == "nearest":
+            even = odd = x
+        else:
+            n = x.shape[dim]
+            before = torch.cat([x.narrow(dim, 0, 1), x.narrow(dim, 0, n - 1)], dim)
+            after = torch.cat([x.narrow(dim, 1, n - 1), x.narrow(dim, n - 1, 1)], dim)
+            even, odd = torch.lerp(x, before, 0.25), torch.lerp(x, after, 0.25)
+        return torch.stack([even, odd], dim).flatten(dim - 1, dim)
+
+
 def activation(name: str) -> nn.Module:
     check_choice("activation", name, ACTIVATIONS)
     return {

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from dip.nets.layers import UPSAMPLERS, activation, cat_channels, check_choice, conv, conv_bn_act, per_scale
+from dip.nets.layers import UPSAMPLERS, Upsample, activation, cat_channels, check_choice, conv, conv_bn_act, per_scale
 
 
 class SkipLevel(nn.Module):
@@ -33,7 +32,7 @@ class SkipLevel(nn.Module):
             conv_bn_act(down_channels, down_channels, kernel_down, act, **plain_kwargs),
         )
         self.inner = inner
-        self.upsample_mode = upsample_mode
+        self.upsample = Upsample(upsample_mode)
         merged = skip_channels + inner_channels
         up = [nn.BatchNorm2d(merged), conv_bn_act(merged, up_channels, kernel_up, act, **plain_kwargs)]
         if need1x1_up:
@@ -44,8 +43,7 @@ class SkipLevel(nn.Module):
         deeper = self.down(x)
         if self.inner is not None:
             deeper = self.inner(deeper)
-        deeper = F.interpolate(deeper, size=x.shape[-2:], mode=self.upsample_mode,
-                               **({"align_corners": False} if self.upsample_mode == "bilinear" else {}))
+        deeper = self.upsample(deeper, x.shape[-2:])
         if self.skip is not None:
             deeper = cat_channels([self.skip(x), deeper], self.groups)
         return self.up(deeper)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dip.nets.layers import check_choice, conv
+from dip.nets.layers import UPSAMPLERS, Upsample, check_choice, conv
 
 NORMS = {"batch": nn.BatchNorm2d, "instance": nn.InstanceNorm2d, "none": None}
 
@@ -41,11 +41,11 @@ class UNet(nn.Module):
         need_sigmoid: bool = True,
     ):
         super().__init__()
-        check_choice("upsample mode", upsample_mode, ("deconv", "nearest", "bilinear"))
+        check_choice("upsample mode", upsample_mode, ("deconv", *UPSAMPLERS))
         check_choice("norm", norm, tuple(NORMS))
         channels = list(channels)
         self.size_multiple = 2 ** (len(channels) - 1)
-        self.upsample_mode = upsample_mode
+        self.upsample = None if upsample_mode == "deconv" else Upsample(upsample_mode)
         self.start = double_conv(in_channels, channels[0], norm, pad, need_bias)
         self.downs = nn.ModuleList(
             double_conv(c_in, c_out, norm, pad, need_bias) for c_in, c_out in zip(channels, channels[1:])
@@ -70,7 +70,7 @@ class UNet(nn.Module):
         x = features.pop()
         for upconv, up in zip(self.upconvs, self.ups):
             skip = features.pop()
-            if self.upsample_mode != "deconv":
-                x = F.interpolate(x, size=skip.shape[-2:], mode=self.upsample_mode)
+            if self.upsample is not None:
+                x = self.upsample(x, skip.shape[-2:])
             x = up(torch.cat([skip, upconv(x)], dim=1))
         return self.head(x)
