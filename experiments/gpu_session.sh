@@ -24,8 +24,9 @@
 #               (default; the traced step as CUDA graphs; speed=fast under bf16 autocast) against the
 #               fp32 eager loop, same seed (target: 0.1 dB)
 #   5. compile  512 px: speed=fast (torch.compile with CUDA graphs over one weight tensor) beside the
-#               three loops of main; the traced step replayed as CUDA graphs without generated kernels
-#               (speed.compile_backend=cudagraphs); speed=fast under bf16 autocast and in channels_last
+#               three loops of main; speed=fast with speed.gather_upsampling and under bf16 autocast; the
+#               traced step replayed as CUDA graphs without generated kernels
+#               (speed.compile_backend=cudagraphs); speed=fast in channels_last
 # SMOKE=1 PY=.venv/bin/python bash experiments/gpu_session.sh   runs every phase for a few steps on
 # 32 px images on a CPU (compile phase skipped), to check the script before spending device time on it.
 # Arguments NAME[:SECONDS] run only those phases, in that order, with other time limits, e.g. what the
@@ -55,11 +56,11 @@ declare -A EXTRA=(  # variants, whose values hold commas and spaces (channels_la
   [memory]="bf16_cl=trainer.precision=bf16-mixed,speed.channels_last=true"
   [quality]="$TRACED;$FAST_BF16"  # speed=fast's quality: results/gpu-20261126-h100-session7
   # speed=fast (CUDA graphs over one weight tensor: 9.4-9.7 ms at 512 px in the seventh session, the
-  # fastest measured, after 50-70 s of compiling) beside the official loop; the traced step as CUDA
-  # graphs of torch's own kernels (seconds of tracing: a default if fast enough); then bf16 and
-  # channels_last, which in eager mode only add casts and layout conversions, and once compiled may
-  # fuse them into the kernels around them
-  [compile]="fast=speed=fast;$TRACED;$FAST_BF16;fast_cl=speed=fast,speed.channels_last=true"
+  # fastest measured, after 50-70 s of compiling) beside the official loop; then the same with the
+  # upsamplings' gradients as gathers instead of inductor's scatter-adds; bf16, which in eager mode
+  # only adds casts and once compiled may fuse them into the kernels around them; the traced step as
+  # CUDA graphs of torch's own kernels (seconds of tracing: a default if fast enough); channels_last
+  [compile]="fast=speed=fast;fast_gather=speed=fast,speed.gather_upsampling=true;$FAST_BF16;$TRACED;fast_cl=speed=fast,speed.channels_last=true"
 )
 phase() {  # phase NAME SECONDS: one bench.py run, its log and JSON in $RESULTS
   local name=$1 seconds=$2 variants=() variant

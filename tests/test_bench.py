@@ -3,11 +3,16 @@ step computes what the clean eager and the official-style loops compute."""
 
 import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from hydra.utils import instantiate
+
+from dip.config import compose_config
+from dip.speed import Speed
 
 BENCH = Path(__file__).resolve().parent.parent / "experiments" / "bench.py"
 
@@ -122,3 +127,17 @@ def test_step_floor_counts_bytes_written_and_convolution_arithmetic():
     _, module = step_floor.prepare(step_floor.compose_config(["task=denoising", "logger=none", "data.size=512"]))
     _, multiply_adds = step_floor.layer_traffic(module.generator, tuple(module.z.shape))
     assert 3 * 2 * multiply_adds / 1e9 == pytest.approx(465, abs=1)
+
+
+def test_every_variant_of_the_gpu_session_composes(bench):
+    """A misspelt override in experiments/gpu_session.sh would only fail on the lent GPU, in a phase
+    that device time was spent on: compose each variant here, with the Speed it instantiates."""
+    script = BENCH.parent / "gpu_session.sh"
+    printed = subprocess.run(["bash", "-c", 'eval "$(sed -n "/^PAPER_LAYERS=/,/^)$/p" "$0")"; '
+                              'printf "%s\\n" "${EXTRA[@]}"', str(script)],
+                             capture_output=True, text=True, check=True).stdout
+    variants = bench.parse_variants([v for line in printed.splitlines() for v in line.split(";") if v])
+    assert {"paper_layers", "fast", "fast_gather", "fast_bf16", "traced_graphs", "fast_cl"} <= variants.keys()
+    for name, overrides in variants.items():
+        cfg = compose_config(overrides)
+        assert isinstance(instantiate(cfg.speed), Speed), name
