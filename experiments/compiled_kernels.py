@@ -3,8 +3,8 @@
 Compiles one forward and backward pass of the generator that the given overrides configure (the
 framework's own ``prepare``) and counts, in the code inductor wrote, the kernels it generated, those of
 them that scatter-add (``index_put``: atomic adds on a GPU), and each library call it left in (on a
-GPU, the convolutions go to cuDNN as here). Counted on the CPU, where inductor makes the same fusion
-decisions as on a GPU with other code; a few minutes of compiling (docs/speed.md).
+GPU, the convolutions go to cuDNN as here). On the CPU, inductor fuses largely as it does on a GPU,
+with C++ kernels instead of Triton ones; compiling takes a few minutes (docs/speed.md).
 
     python experiments/compiled_kernels.py --size 128 'arch.channels_down=[8,8,8,8,8]' 'arch.channels_up=[8,8,8,8,8]'
     python experiments/compiled_kernels.py --size 128 ... speed.gather_upsampling=true
@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from dip.config import compose_config  # noqa: E402
 from dip.pipeline import prepare  # noqa: E402
 
-GENERATED = re.compile(r"^\s+(?:cpp|triton)_\w+\(", re.M)
-SCATTERS = re.compile(r"^\s+(?:cpp|triton)_\w*index_put\w*\(", re.M)
+GENERATED = re.compile(r"^\s+(?:cpp|triton)_\w+(?:\.run)?\(", re.M)  # a call of a generated kernel
+SCATTERS = re.compile(r"^\s+(?:cpp|triton)_\w*index_put\w*(?:\.run)?\(", re.M)
 LIBRARY_CALLS = re.compile(r"(extern_kernels\.\w+|torch\.ops\.aten\.\w+(?:\.\w+)?)\(")
 
 
