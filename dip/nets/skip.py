@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dip.nets.layers import UPSAMPLERS, Upsample, activation, cat_channels, check_choice, conv, conv_bn_act, per_scale
+from dip.nets.layers import Upsample, activation, cat_channels, conv, conv_bn_act, per_scale
 
 
 class SkipLevel(nn.Module):
@@ -93,8 +93,6 @@ class Skip(nn.Module):
         kernel_up = per_scale(kernel_up, scales, "kernel_up")
         upsample_mode = per_scale(upsample_mode, scales, "upsample_mode")
         downsample_mode = per_scale(downsample_mode, scales, "downsample_mode")
-        for mode in upsample_mode:
-            check_choice("upsample mode", mode, UPSAMPLERS)
         activation(act)  # validate early, with a clear message
         self.size_multiple = 2**scales
         self.copies = copies
