@@ -129,9 +129,11 @@ TRIMMED_LAYERS = ("speed.conv_bias_before_norm=false", "speed.batchnorm_running_
 
 def test_exact_profile_is_one_override_away():
     """``speed=exact`` builds the paper's layers; its other switches are GPU switches, no-ops on a CPU,
-    so with the default layers it restores the same image."""
+    apart from torch's default Adam instead of the fused one, which rounds otherwise: so with the
+    default layers it restores the same image, to rounding (bitwise on some CPUs)."""
     default = run(small_config("trainer.max_steps=4"), None).metrics["psnr"]
-    assert run(small_config("trainer.max_steps=4", "speed=exact", *TRIMMED_LAYERS), None).metrics["psnr"] == default
+    exact = run(small_config("trainer.max_steps=4", "speed=exact", *TRIMMED_LAYERS), None).metrics["psnr"]
+    assert exact == pytest.approx(default, abs=1e-3)
     _, exact = prepare(small_config("speed=exact"))
     _, paper = prepare(small_config(*PAPER_LAYERS))
     assert exact.state_dict().keys() == paper.state_dict().keys()
@@ -301,10 +303,14 @@ def test_early_stopping_with_channels_last_weights():
 @pytest.mark.parametrize("restarts", [1, 2])
 def test_bf16_autocast_runs_on_the_cpu_with_a_float32_average(restarts):
     # The GPU's mixed-precision path, exercised where it can be: bf16 autocast on the CPU.
+    _, untrained = prepare(small_config(f"restarts={restarts}"))
+    start = float(psnr(untrained.restored(), untrained.ground_truth))
     fp32 = run(small_config("trainer.max_steps=20", f"restarts={restarts}"), None)
     bf16 = run(small_config("trainer.max_steps=20", f"restarts={restarts}", "trainer.precision=bf16-mixed"), None)
     assert bf16.restored_ema.dtype == torch.float32 and torch.isfinite(bf16.restored).all()
-    assert bf16.metrics["psnr"] == pytest.approx(fp32.metrics["psnr"], abs=2.0)
+    # it trains as fp32 does (about +8 dB in 20 steps); where bf16's rounding lands the 20-step result
+    # depends on the CPU's instruction set (1-2 dB either way)
+    assert bf16.metrics["psnr"] > start + 5 and fp32.metrics["psnr"] > start + 5
     assert bf16.metrics["psnr"] != fp32.metrics["psnr"]  # autocast did change the arithmetic
 
 
