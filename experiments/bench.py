@@ -33,6 +33,7 @@ import json
 import logging
 import math
 import platform
+import re
 import shlex
 import statistics
 import sys
@@ -77,6 +78,7 @@ class Measurement:
     host_op_names: dict[str, int] | None = None  # --count-ops: how many of each
     warmup_s: float | None = None  # the untimed first steps, compiling and cuDNN's autotuning included
     memory_estimate_mb: float | None = None  # the framework's: what dip.memory estimated beforehand
+    kernels: dict | None = None  # --profile-kernels: what one step's kernels took (kernel_profile)
 
 
 def clock() -> float:
@@ -211,33 +213,88 @@ def outermost_operations(events) -> Counter:
                    if is_operation(event) and outermost(event))
 
 
-class OperationCounter(pl.Callback):
-    """The host's operations over one whole step, ``step`` (an untimed one: the profiler slows it),
-    by torch.profiler: the count that bounds a step on a GPU when its kernels are small."""
+# What a kernel (on a CPU, an ATen operator) does, from its name: the first pattern that matches it.
+# Inductor's kernels come first (their names list the operations they fused), then cuDNN's and ATen's.
+KERNEL_KINDS = (
+    ("generated (inductor)", r"^(triton|cpp)_"),
+    ("convolution, backward (input)", r"dgrad"),
+    ("convolution, backward (weights)", r"wgrad"),
+    ("convolution, backward", r"convolution_backward|conv2d_backward"),
+    ("layout conversion", r"nchwtonhwc|nhwctonchw"),
+    ("convolution", r"fprop|convolution|convolve|conv2d|implicit_gemm|xmma|cutlass"),
+    ("batch norm", r"batch_norm|bn_fw|bn_bw|welford"),
+    ("padding", r"pad"),
+    ("upsampling", r"upsample|index_put"),
+    ("optimizer", r"adam|multi_tensor"),
+    ("activation", r"leaky_relu|sigmoid"),
+    ("copy, fill, concatenation", r"memcpy|memset|copy|fill|catarray|^aten::cat$"),
+)
 
-    def __init__(self, step: int):
-        self.step, self.counts = step, Counter()
+
+def kernel_kind(name: str) -> str:
+    lowered = name.lower()
+    return next((kind for kind, pattern in KERNEL_KINDS if re.search(pattern, lowered)), "other")
+
+
+def kernel_profile(averages, device: torch.device, top: int = 15) -> dict:
+    """What one profiled step's time went to, from ``profiler.key_averages()``: on a GPU the device's
+    kernels (graph replays included), on a CPU the ATen operators' own time (their children's excluded).
+    ``ms`` and ``launches`` in all, ``by_kind`` (``KERNEL_KINDS``), the ``top`` kernels by time, and the
+    CUDA graphs the host launched (``graph_launches``: their kernels count among the others)."""
+    if device.type == "cuda":
+        entries = [(e.key, e.count, e.self_device_time_total / 1e3) for e in averages
+                   if e.device_type == torch.autograd.DeviceType.CUDA and e.self_device_time_total > 0]
+    else:
+        entries = [(e.key, e.count, e.self_cpu_time_total / 1e3) for e in averages
+                   if e.key.startswith("aten::") and e.self_cpu_time_total > 0]
+    by_kind: Counter = Counter()
+    for name, _, ms in entries:
+        by_kind[kernel_kind(name)] += ms
+    ranked = sorted(entries, key=lambda entry: -entry[2])
+    return {"source": "cuda kernels" if device.type == "cuda" else "cpu operators",
+            "ms": sum(ms for *_, ms in entries), "launches": sum(count for _, count, _ in entries),
+            "graph_launches": sum(e.count for e in averages if e.key == "cudaGraphLaunch"),
+            "by_kind": {kind: round(ms, 4) for kind, ms in by_kind.most_common()},
+            "top": [[name[:160], count, round(ms, 4)] for name, count, ms in ranked[:top]]}
+
+
+class StepProfiler(pl.Callback):
+    """Profiles one whole step, ``step`` (an untimed one: the profiler slows it), with torch.profiler:
+    the operations the host dispatched (``counts``: on a GPU, a step of small kernels costs about that
+    many launches of host time) and, with ``kernels``, what the step's kernels took (``kernel_profile``):
+    beside the timed ms/step, whether the device or the host bounds the step, and by which kernels."""
+
+    def __init__(self, step: int, kernels: bool = False):
+        self.step, self.kernels = step, kernels
+        self.counts, self.profile = Counter(), None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if batch_idx == self.step:
-            self.profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            if self.kernels and pl_module.device.type == "cuda":
+                activities.append(torch.profiler.ProfilerActivity.CUDA)
+            self.profiler = torch.profiler.profile(activities=activities)
             self.profiler.__enter__()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if batch_idx == self.step:
+            sync(pl_module.device)  # the step's last kernels inside the profiled window
             self.profiler.__exit__(None, None, None)
             self.counts = outermost_operations(self.profiler.events())
+            if self.kernels:
+                self.profile = kernel_profile(self.profiler.key_averages(), pl_module.device)
 
 
-def run_framework(cfg, warmup: int, steps: int, sync_check: bool = False, count_ops: bool = False) -> Measurement:
+def run_framework(cfg, warmup: int, steps: int, sync_check: bool = False, count_ops: bool = False,
+                  profile_kernels: bool = False) -> Measurement:
     _, module = prepare(cfg, problem_from_config(cfg, clean_image(cfg)))
     need = checked_estimate(module, cfg.trainer.precision)
     device = target_device()
     start_memory(device)
     timer = StepTimer(warmup)
     counter = SyncCounter(warmup) if sync_check and device.type == "cuda" else None
-    operations = OperationCounter(warmup - 1) if count_ops else None
-    fit(cfg, module, [timer] + [callback for callback in (counter, operations) if callback])
+    profiler = StepProfiler(warmup - 1, profile_kernels) if count_ops or profile_kernels else None
+    fit(cfg, module, [timer] + [callback for callback in (counter, profiler) if callback])
     outputs, truth = module.restart_outputs(), module.ground_truth
     if module.restarts > 1:  # as the packed eager loop reports it: the restarts' mean, and their average's
         result = Measurement(timer.ms, float(per_image_psnr(outputs, truth).mean()), peak_memory(device),
@@ -247,9 +304,11 @@ def run_framework(cfg, warmup: int, steps: int, sync_check: bool = False, count_
     result.host_syncs = counter.count if counter else None
     result.warmup_s = timer.warmup_s
     result.memory_estimate_mb = need.mib if need else None
-    if operations:
-        result.host_ops = sum(operations.counts.values())
-        result.host_op_names = dict(operations.counts.most_common())
+    if count_ops:
+        result.host_ops = sum(profiler.counts.values())
+        result.host_op_names = dict(profiler.counts.most_common())
+    if profile_kernels:
+        result.kernels = profiler.profile
     return result
 
 
@@ -402,7 +461,8 @@ def bench_size(size, args, overrides, variants, report: Callable[[dict], None]) 
     print(f"{size}x{size}: {args.warmup} + {args.steps} steps x {args.repeats} repeats", flush=True)
     cfg = compose(size, args.warmup, args.steps, overrides)
     loops = {
-        "framework": lambda: run_framework(cfg, args.warmup, args.steps, args.sync_check, args.count_ops),
+        "framework": lambda: run_framework(cfg, args.warmup, args.steps, args.sync_check, args.count_ops,
+                                           args.profile_kernels),
         "eager": lambda: run_eager(cfg, args.warmup, args.steps),
     }
     if not args.no_official:
@@ -410,7 +470,8 @@ def bench_size(size, args, overrides, variants, report: Callable[[dict], None]) 
     for name, extra in variants.items():
         variant_cfg = compose(size, args.warmup, args.steps, overrides + extra)
         loops[name] = lambda variant_cfg=variant_cfg: run_framework(variant_cfg, args.warmup, args.steps,
-                                                                    count_ops=args.count_ops)
+                                                                    count_ops=args.count_ops,
+                                                                    profile_kernels=args.profile_kernels)
     steps = args.warmup + args.steps
     interleave(loops, args.repeats, lambda runs, errors: report(size_row(runs, errors, steps)))
 
@@ -491,6 +552,16 @@ def fmt(value: float | None, spec: str) -> str:
     return format(value, spec) if value is not None else "-".rjust(len(format(0.0, spec)))
 
 
+def kernel_line(name: str, loop: dict, kinds: int = 6) -> str:
+    """One loop's profiled step: its kernels' time against its timed step (near 100 %: the device
+    bounds the step; far below: the host does), and the largest kinds."""
+    kernels = loop["kernels"]
+    busy = f", {kernels['ms'] / loop['ms']:.0%} of its timed step" if loop.get("ms") else ""
+    largest = ", ".join(f"{kind} {ms:.2f}" for kind, ms in list(kernels["by_kind"].items())[:kinds])
+    return (f"       {name}: one step's {kernels['source']} {kernels['ms']:.2f} ms in {kernels['launches']} "
+            f"launches{busy}: {largest}")
+
+
 def table(results: dict) -> str:
     lines = [f"{results['date']}  {results['device']}  torch {results['torch']}  {results.get('clock', 'wall')} clock  "
              f"{results['command']}"]
@@ -516,6 +587,7 @@ def table(results: dict) -> str:
                          f"{row['host_syncs']}")
         if row.get("host_ops") is not None:
             lines.append(f"       framework host operations per step: {row['host_ops']}")
+        lines += [kernel_line(name, loop) for name, loop in row["loops"].items() if loop.get("kernels")]
         for name, loop in row["loops"].items():
             if "error" in loop:
                 lines.append(f"       {name} failed: {loop['error']}")
@@ -575,6 +647,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="count the framework's host-device synchronisations over the timed steps (CUDA)")
     parser.add_argument("--count-ops", action="store_true",
                         help="count the host's operations in the last warm-up step of each framework loop")
+    parser.add_argument("--profile-kernels", action="store_true",
+                        help="profile the last warm-up step of each framework loop: its kernels' time, by kind")
     parser.add_argument("--show", metavar="BENCH_JSON", help="print the table of an earlier run and exit")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="time steps by wall clock (default) or by process CPU time (steadier on a shared CPU)")
@@ -591,9 +665,11 @@ def main(argv: list[str] | None = None) -> dict:
         if getattr(args, key) is None:
             setattr(args, key, value)
     variants = parse_variants(args.variant)
-    if args.count_ops and args.warmup < 2:  # step 0 also creates the optimizer's state: not a typical step
-        raise SystemExit("error: --count-ops profiles the last warm-up step, which must not be step 0: "
-                         "use --warmup 2 or more")
+    profiled = [flag for flag, wanted in (("--count-ops", args.count_ops), ("--profile-kernels", args.profile_kernels))
+                if wanted]
+    if profiled and args.warmup < 2:  # step 0 also creates the optimizer's state: not a typical step
+        raise SystemExit(f"error: {' and '.join(profiled)}: the profiled step is the last warm-up step, which "
+                         "must not be step 0: use --warmup 2 or more")
     global CLOCK
     CLOCK = args.clock
     if CLOCK == "cpu" and torch.cuda.is_available():
