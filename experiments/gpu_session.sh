@@ -28,6 +28,8 @@
 #               three loops of main; speed=fast with speed.gather_upsampling and under bf16 autocast; the
 #               traced step replayed as CUDA graphs without generated kernels
 #               (speed.compile_backend=cudagraphs); speed=fast in channels_last
+# main and compile also profile one untimed step of each framework loop (--profile-kernels): the GPU
+# time of its kernels by kind (convolutions, generated, BatchNorm, ...) against the timed ms/step.
 # SMOKE=1 PY=.venv/bin/python bash experiments/gpu_session.sh   runs every phase for a few steps on
 # 32 px images on a CPU (compile phase skipped), to check the script before spending device time on it.
 # Arguments NAME[:SECONDS] run only those phases, in that order, with other time limits, e.g. what the
@@ -38,13 +40,13 @@ set -uo pipefail
 
 declare -A LIMIT=([main]=220 [packed]=140 [packed16]=150 [memory]=50 [sync]=30 [quality]=200 [compile]=240)
 declare -A ARGS=(
-  [main]="--sizes 256 512 1024 --warmup 10 --steps 50 --repeats 2 --pack 0 --count-ops"
+  [main]="--sizes 256 512 1024 --warmup 10 --steps 50 --repeats 2 --pack 0 --count-ops --profile-kernels"
   [packed]="--sizes --warmup 10 --steps 50 --repeats 2 --pack 8 --pack-size 256 --no-official"
   [packed16]="--sizes --warmup 10 --steps 50 --repeats 2 --pack 16 --pack-size 256 --no-official"
   [memory]="--sizes 2048 --warmup 2 --steps 5 --repeats 1 --pack 0 --no-official"
   [sync]="--sizes 256 --warmup 10 --steps 100 --repeats 1 --pack 0 --no-official --sync-check metrics_every=50"
   [quality]="--sizes 512 --warmup 20 --steps 1780 --repeats 1 --pack 0 --no-official"
-  [compile]="--sizes 512 --warmup 20 --steps 50 --repeats 1 --pack 0"
+  [compile]="--sizes 512 --warmup 20 --steps 50 --repeats 1 --pack 0 --profile-kernels"
 )
 PAPER_LAYERS="paper_layers=speed.conv_bias_before_norm=true,speed.batchnorm_running_stats=true"
 FAST_BF16="fast_bf16=speed=fast,trainer.precision=bf16-mixed"
