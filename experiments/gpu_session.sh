@@ -33,9 +33,9 @@
 # SMOKE=1 PY=.venv/bin/python bash experiments/gpu_session.sh   runs every phase for a few steps on
 # 32 px images on a CPU (compile phase skipped), to check the script before spending device time on it.
 # Arguments NAME[:SECONDS] run only those phases, in that order, with other time limits, e.g. what the
-# seventh session left unmeasured, in one call of 310 s of limits (compiling takes 50-70 s per variant
+# seventh session left unmeasured, in one call of 400 s of limits (compiling takes 50-70 s per variant
 # on a fresh machine; docs/benchmarks.md has the whole plan of a 15-minute session):
-#   bash experiments/gpu_session.sh compile:200 packed:140
+#   bash experiments/gpu_session.sh compile:260 packed:140
 set -uo pipefail
 
 declare -A LIMIT=([main]=220 [packed]=140 [packed16]=150 [memory]=50 [sync]=30 [quality]=200 [compile]=240)
@@ -59,11 +59,13 @@ declare -A EXTRA=(  # variants, whose values hold commas and spaces (channels_la
   [memory]="bf16_cl=trainer.precision=bf16-mixed,speed.channels_last=true"
   [quality]="$TRACED;$FAST_BF16"  # speed=fast's quality: results/gpu-20261126-h100-session7
   # speed=fast (CUDA graphs over one weight tensor: 9.4-9.7 ms at 512 px in the seventh session, the
-  # fastest measured, after 50-70 s of compiling) beside the official loop; then the same with the
-  # upsamplings' gradients as gathers instead of inductor's scatter-adds; bf16, which in eager mode
-  # only adds casts and once compiled may fuse them into the kernels around them; the traced step as
-  # CUDA graphs of torch's own kernels (seconds of tracing: a default if fast enough); channels_last
-  [compile]="fast=speed=fast;fast_gather=speed=fast,speed.gather_upsampling=true;$FAST_BF16;$TRACED;fast_cl=speed=fast,speed.channels_last=true"
+  # fastest measured, after 50-70 s of compiling) beside the official loop; then under bf16, which in
+  # eager mode only adds casts and once compiled may fuse them into the kernels around them (16-bit
+  # activations halve the bytes, and an fp32 step cannot go under 3.7 ms: docs/speed.md, "The floor");
+  # the traced step as CUDA graphs of torch's own kernels (seconds of tracing: a default if fast
+  # enough); the upsamplings' gradients as gathers instead of inductor's scatter-adds; channels_last.
+  # Each compiled variant costs about a minute: the limit decides how many of them run.
+  [compile]="fast=speed=fast;$FAST_BF16;$TRACED;fast_gather=speed=fast,speed.gather_upsampling=true;fast_cl=speed=fast,speed.channels_last=true"
 )
 phase() {  # phase NAME SECONDS: one bench.py run, its log and JSON in $RESULTS
   local name=$1 seconds=$2 variants=() variant
