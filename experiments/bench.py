@@ -238,7 +238,8 @@ def kernel_kind(name: str) -> str:
 
 def kernel_profile(averages, device: torch.device, top: int = 15) -> dict:
     """What one profiled step's time went to, from ``profiler.key_averages()``: on a GPU the device's
-    kernels (graph replays included), on a CPU the ATen operators' own time (their children's excluded).
+    kernels (graph replays included), on a CPU the ATen operators' own time (their children's excluded;
+    inductor's generated C++ kernels record no event, so a compiled step shows only its library calls).
     ``ms`` and ``launches`` in all, ``by_kind`` (``KERNEL_KINDS``), the ``top`` kernels by time, and the
     CUDA graphs the host launched (``graph_launches``: their kernels count among the others)."""
     if device.type == "cuda":
