@@ -25,9 +25,9 @@
 #               (default; the traced step as CUDA graphs; speed=fast under bf16 autocast) against the
 #               fp32 eager loop, same seed (target: 0.1 dB)
 #   5. compile  512 px: speed=fast (torch.compile with CUDA graphs over one weight tensor) beside the
-#               three loops of main; speed=fast with speed.gather_upsampling and under bf16 autocast; the
-#               traced step replayed as CUDA graphs without generated kernels
-#               (speed.compile_backend=cudagraphs); speed=fast in channels_last
+#               three loops of main; the traced step replayed as CUDA graphs without generated kernels
+#               (speed.compile_backend=cudagraphs); speed=fast under bf16 autocast, also in channels_last;
+#               speed=fast with speed.gather_upsampling; speed=fast in channels_last
 # main and compile also profile one untimed step of each framework loop (--profile-kernels): the GPU
 # time of its kernels by kind (convolutions, generated, BatchNorm, ...) against the timed ms/step.
 # SMOKE=1 PY=.venv/bin/python bash experiments/gpu_session.sh   runs every phase for a few steps on
@@ -50,6 +50,7 @@ declare -A ARGS=(
 )
 PAPER_LAYERS="paper_layers=speed.conv_bias_before_norm=true,speed.batchnorm_running_stats=true"
 FAST_BF16="fast_bf16=speed=fast,trainer.precision=bf16-mixed"
+FAST_BF16_CL="fast_bf16_cl=speed=fast,trainer.precision=bf16-mixed,speed.channels_last=true"
 TRACED="traced_graphs=speed.compile=true,speed.compile_backend=cudagraphs,speed.one_weight_tensor=true"
 declare -A EXTRA=(  # variants, whose values hold commas and spaces (channels_last and bf16 at 256-1024
   # px: measured in results/gpu-20261126-h100, no faster in eager mode)
@@ -59,13 +60,15 @@ declare -A EXTRA=(  # variants, whose values hold commas and spaces (channels_la
   [memory]="bf16_cl=trainer.precision=bf16-mixed,speed.channels_last=true"
   [quality]="$TRACED;$FAST_BF16"  # speed=fast's quality: results/gpu-20261126-h100-session7
   # speed=fast (CUDA graphs over one weight tensor: 9.4-9.7 ms at 512 px in the seventh session, the
-  # fastest measured, after 50-70 s of compiling) beside the official loop; then under bf16, which in
-  # eager mode only adds casts and once compiled may fuse them into the kernels around them (16-bit
-  # activations halve the bytes, and an fp32 step cannot go under 3.7 ms: docs/speed.md, "The floor");
-  # the traced step as CUDA graphs of torch's own kernels (seconds of tracing: a default if fast
-  # enough); the upsamplings' gradients as gathers instead of inductor's scatter-adds; channels_last.
-  # Each compiled variant costs about a minute: the limit decides how many of them run.
-  [compile]="fast=speed=fast;$FAST_BF16;$TRACED;fast_gather=speed=fast,speed.gather_upsampling=true;fast_cl=speed=fast,speed.channels_last=true"
+  # fastest measured, after 50-70 s of compiling) beside the official loop; the traced step as CUDA
+  # graphs of torch's own kernels (seconds of tracing: a default if fast enough); speed=fast under bf16,
+  # which in eager mode only adds casts and once compiled may fuse them into the kernels around them
+  # (16-bit activations halve the bytes, and an fp32 step cannot go under 3.7 ms: docs/speed.md, "The
+  # floor"), then also in channels_last, the layout of cuDNN's tensor-core kernels (no NCHW<->NHWC
+  # conversions around each convolution); the upsamplings' gradients as gathers instead of inductor's
+  # scatter-adds; fp32 channels_last. Each compiled variant costs about a minute: the limit decides how
+  # many of them run.
+  [compile]="fast=speed=fast;$TRACED;$FAST_BF16;$FAST_BF16_CL;fast_gather=speed=fast,speed.gather_upsampling=true;fast_cl=speed=fast,speed.channels_last=true"
 )
 phase() {  # phase NAME SECONDS: one bench.py run, its log and JSON in $RESULTS
   local name=$1 seconds=$2 variants=() variant
