@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -107,6 +108,27 @@ def test_operation_count_shows_what_the_trimmed_layers_save(bench, tmp_path):
 ])
 def test_kernel_kind_from_its_name(bench, name, kind):
     assert bench.kernel_kind(name) == kind
+
+
+def test_gpu_kernel_profile_sums_device_kernels_only(bench):
+    """The CUDA branch of kernel_profile, fed the shape of ``key_averages()`` a GPU profile gives: device
+    kernels count (graph replays' too), host events (launch calls, ATen operators) do not, and the CUDA
+    graphs launched are counted apart."""
+    def entry(key, count, device, self_device_us=0.0, self_cpu_us=0.0):
+        return SimpleNamespace(key=key, count=count, device_type=getattr(torch.autograd.DeviceType, device),
+                               self_device_time_total=self_device_us, self_cpu_time_total=self_cpu_us)
+    averages = [
+        entry("sm90_xmma_fprop_implicit_gemm_tf32f32_tf32f32_f32_nhwckrsc_nchw", 26, "CUDA", 2600.0),
+        entry("triton_poi_fused__native_batch_norm_legit_functional_leaky_relu_0", 40, "CUDA", 1400.0),
+        entry("sm90_xmma_dgrad_implicit_gemm_indexed_tf32f32_tf32f32_f32", 25, "CUDA", 1000.0),
+        entry("cudaGraphLaunch", 2, "CPU", self_cpu_us=30.0),
+        entry("aten::convolution", 26, "CPU", self_cpu_us=500.0),
+    ]
+    profile = bench.kernel_profile(averages, torch.device("cuda"), top=2)
+    assert profile["source"] == "cuda kernels" and profile["ms"] == pytest.approx(5.0)
+    assert profile["launches"] == 91 and profile["graph_launches"] == 2
+    assert profile["by_kind"] == {"convolution": 2.6, "generated (inductor)": 1.4, "convolution, backward (input)": 1.0}
+    assert [name for name, *_ in profile["top"]] == [averages[0].key, averages[1].key]
 
 
 def test_profiled_step_says_what_its_time_went_to(bench, tmp_path):
