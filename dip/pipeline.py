@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 import resource
 import sys
 import time
@@ -35,6 +36,10 @@ from dip.module import DeepImagePrior
 from dip.outputs import Result, write_outputs
 from dip.problem import Problem, problem_from_config, with_dataset_hint
 from dip.speed import Speed
+
+# Lightning advertises its cloud logger at every Trainer's start: a line in each run's log, no information
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
+    lambda record: "litlogger" not in record.getMessage())
 
 
 class StepDataset(Dataset):
@@ -205,6 +210,8 @@ def fit(cfg: DictConfig, module: DeepImagePrior, callbacks=(), ckpt_path: str | 
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         # a frozen feature extractor (pre-images) stays in eval mode on purpose
         warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
+        # Lightning's own call of a pytree API that torch deprecates: nothing a user can act on
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*")
         trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path)
     # Lightning's teardown moves the module to the CPU: back to where it ran, so that the final
     # outputs and metrics are computed (and reported) on the GPU, not in minutes on the CPU.

@@ -41,7 +41,7 @@ def grey_png(tmp_path) -> Path:
 
 def run_cli(*args: str, script: str = "run.py", env: dict | None = None, timeout: int = 600):
     """Run a script of the project as a user would, from the repository root."""
-    environment = dict(os.environ, PYTHONWARNINGS="ignore", **(env or {}))
+    environment = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
     environment.pop("HYDRA_FULL_ERROR", None)  # the user-facing errors are what is tested
     return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, env=environment,
                           capture_output=True, text=True, timeout=timeout)

@@ -272,7 +272,7 @@ def test_runs_on_one_observation_and_their_average(tmp_path):
     assert np.array_equal(*observations)  # one noisy image
     outputs = [torch.load(run / "outputs.pt") for run in runs]
     assert not torch.equal(outputs[0]["restored"], outputs[1]["restored"])  # two independent restorations
-    truth = torch.from_numpy(np.asarray(Image.open(root / "bm3d_color" / "one.png"))).permute(2, 0, 1)[None] / 255
+    truth = torch.from_numpy(np.array(Image.open(root / "bm3d_color" / "one.png"))).permute(2, 0, 1)[None] / 255
     truth = truth[..., 8:40, 8:40]  # the centre crop of data.size=32 from 48 x 48
     row = read_csv(run_dir / "table.csv")[0]
     for suffix in ("", "_ema"):

@@ -41,7 +41,7 @@ class ScriptedOutputs(pl.LightningModule):
         level = 0.01 + 0.01 * abs(step - LOWEST_NOISE)
         self.latest_output = self.ground_truth + level * torch.randn(1, 3, 8, 8, generator=self.noise)
         self.ema.copy_(self.latest_output / 2)
-        self.outputs[step], self.weights[step] = self.latest_output.clone(), float(self.weight)
+        self.outputs[step], self.weights[step] = self.latest_output.clone(), float(self.weight.detach())
         return (self.weight - 1) ** 2
 
     def restored(self):
@@ -71,7 +71,7 @@ def test_chooses_the_least_varying_window_and_stops_after_patience():
     assert callback.stopped_at == trainer.global_step
     assert 20 <= callback.stopped_at - chosen < 20 + 4  # read on the host every 4 steps only
     # The module ends in its state of the chosen step: the weights that made that output, and its EMA.
-    assert float(module.weight) == module.weights[chosen] != module.weights[chosen + 1]
+    assert float(module.weight.detach()) == module.weights[chosen] != module.weights[chosen + 1]
     assert torch.equal(module.ema, module.outputs[chosen] / 2)
     window = torch.stack([module.outputs[step][0] for step in range(chosen - 4, chosen + 1)])
     expected = window.var(dim=0, unbiased=False).mean()  # per-pixel variance across the window, averaged
