@@ -57,7 +57,7 @@ def wandb_logger(
         mode = os.environ.get("WANDB_MODE") or ("online" if wandb_credentials_present() else "offline")
     Path(save_dir).mkdir(parents=True, exist_ok=True)
     continued = {"id": continue_run} if continue_run and mode == "online" else {}  # Lightning adds resume="allow"
-    return WandbLogger(
+    logger = WandbLogger(
         save_dir=save_dir,
         project=project,
         mode=mode,
@@ -68,6 +68,9 @@ def wandb_logger(
         settings={"console": "off", "silent": True},
         **continued,
     )
+    # Lightning passes wandb.init anonymous=None, which recent W&B releases answer with a warning each run
+    logger._wandb_init.pop("anonymous", None)
+    return logger
 
 
 class CSVLogger(LightningCSVLogger):

@@ -212,6 +212,8 @@ def fit(cfg: DictConfig, module: DeepImagePrior, callbacks=(), ckpt_path: str | 
         warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
         # Lightning's own call of a pytree API that torch deprecates: nothing a user can act on
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+        # the metrics are logged every metrics_every steps, not at Lightning's logging interval
+        warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
         trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path)
     # Lightning's teardown moves the module to the CPU: back to where it ran, so that the final
     # outputs and metrics are computed (and reported) on the GPU, not in minutes on the CPU.
