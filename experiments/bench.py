@@ -680,7 +680,6 @@ def main(argv: list[str] | None = None) -> dict:
     if args.quick:  # a narrower network too, so that a CPU runs every loop in seconds
         args.overrides = [f"arch.{key}=[16,16,16,16,16]" for key in ("channels_down", "channels_up")] + args.overrides
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*(LeafSpec|does not have many workers|logging interval).*")
 
     device = target_device()
     results = {
