@@ -13,7 +13,10 @@ and ``metrics.json``) is not run again, so a benchmark cut short resumes when st
 the same ``hydra.run.dir``, and one can span machines: finished sub-runs copied into the run
 folder count wherever they ran (``_restoration_key``). With ``time_budget_s`` a restoration starts
 only when it is expected to finish within the budget (``TimeBudget``); the table then covers the
-images finished, and a later run with the same ``hydra.run.dir`` does the others.
+images finished, and a later run with the same ``hydra.run.dir`` does the others. ``benchmark.restore``
+names the images this run may restore: the table still covers every image of the selection finished
+before, so one new image can join a table made over many runs, and ``benchmark.restore=[]`` only
+remakes the table.
 """
 
 from __future__ import annotations
@@ -82,7 +85,7 @@ class TimeBudget:
     def __init__(self, seconds: float | None, clock=time.monotonic):
         if seconds is not None and seconds <= 0:
             raise DipError(f"time_budget_s must be a positive number of seconds, got {seconds}")
-        self.clock = clock
+        self.clock, self.seconds = clock, seconds
         self.deadline = None if seconds is None else clock() + seconds
         self.rate: float | None = None
 
@@ -132,9 +135,10 @@ ORCHESTRATION_KEYS = ("jobs_per_gpu", "cpu_jobs", "baseline_jobs", "time_budget_
 def _restoration_key(config: dict) -> dict:
     """What decides a sub-run's restoration in its ``config``: paths under the sub-run's folder become
     relative to ``{output_dir}``, the data root drops out, the image is named by its dataset folder
-    and file, and ``ORCHESTRATION_KEYS`` and ``benchmark.images`` drop out. So a restoration finished
-    in another checkout or on another machine, and carried here, counts as finished (the images
-    themselves are checked against their manifest's sha256)."""
+    and file, and ``ORCHESTRATION_KEYS`` and the image selection (``benchmark.images``,
+    ``benchmark.restore``) drop out. So a restoration finished in another checkout or on another
+    machine, and carried here, counts as finished (the images themselves are checked against their
+    manifest's sha256)."""
     output_dir = config.get("paths", {}).get("output_dir")
 
     def relocate(value):
@@ -147,7 +151,8 @@ def _restoration_key(config: dict) -> dict:
         return value
 
     key = {name: value for name, value in relocate(config).items() if name not in ORCHESTRATION_KEYS}
-    key.get("benchmark", {}).pop("images", None)
+    for selection in ("images", "restore"):
+        key.get("benchmark", {}).pop(selection, None)
     data = key.get("data", {})
     data.pop("root", None)
     if data.get("path"):
@@ -282,15 +287,17 @@ def _start_worker(slots, gpus: list[str], cpu_threads: int) -> None:
         torch.set_num_threads(cpu_threads)
 
 
-def restore_all(jobs: list[ImageJob], gpus: list[str], workers: int,
-                budget: TimeBudget) -> tuple[dict[Path, dict], set[Path], list[ImageJob]]:
-    """Restore every job not finished before, ``workers`` at a time (in this process when 1), each
-    started only if ``budget`` allows it; the metrics by output directory, the output directories of
-    those finished before, and the jobs not started for lack of time."""
+def restore_all(jobs: list[ImageJob], gpus: list[str], workers: int, budget: TimeBudget,
+                restorable: set[str] | None = None) -> tuple[dict[Path, dict], set[Path], dict[str, str]]:
+    """Restore every job not finished before whose image is ``restorable`` (``None``: any),
+    ``workers`` at a time (in this process when 1), each started only if ``budget`` allows it; the
+    metrics by output directory, the output directories of those finished before, and why each image
+    left unrestored was not started (by its name)."""
     results = {job.output_dir: saved for job in jobs if (saved := _finished(job, "metrics.json")) is not None}
     reused = set(results)
-    pending = collections.deque(job for job in jobs if job.output_dir not in results)
-    not_started: list[ImageJob] = []
+    not_started = {job.name: "they are outside benchmark.restore" for job in jobs
+                   if job.output_dir not in results and restorable is not None and job.name not in restorable}
+    pending = collections.deque(job for job in jobs if job.output_dir not in results and job.name not in not_started)
     if results:
         log.info(f"reusing {len(results)} finished restoration(s): {', '.join(m['image'] for m in results.values())}")
 
@@ -307,7 +314,7 @@ def restore_all(jobs: list[ImageJob], gpus: list[str], workers: int,
             job = pending.popleft()
             if budget.allows(job):
                 return job
-            not_started.append(job)
+            not_started[job.name] = f"they would not have finished within time_budget_s={budget.seconds}"
             log.info(f"not starting {job.name} ({job.output_dir.name}): about {budget.estimate(job):.0f} s, "
                      f"{max(0.0, budget.left()):.0f} s left of time_budget_s")
         return None
@@ -348,9 +355,17 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> dict:
     budget = TimeBudget(cfg.time_budget_s)  # the whole run counts, checking the dataset included
     images = open_dataset(cfg.data.root, spec.dataset, list(spec.images) if spec.images is not None else None,
                           spec.verify_checksums)
+    restorable = None if spec.restore is None else set(spec.restore)
+    if unknown := sorted((restorable or set()) - {image.name for image in images}):
+        raise DipError(f"benchmark.restore names {', '.join(unknown)}, not among the images of this benchmark "
+                       f"({Path(cfg.data.root) / spec.dataset}, benchmark.images)")
     per_image = [(run_dir / "images" / image.stem, image_jobs(cfg, image, run_dir / "images" / image.stem))
                  for image in images]
     jobs = [job for _, image_runs in per_image for job in image_runs]
+    if restorable == set() and not any(all(_finished(job, "metrics.json") for job in image_runs)
+                                       for _, image_runs in per_image):
+        raise DipError(f"benchmark.restore=[] only tabulates, but no image of {spec.name} is restored in "
+                       f"{run_dir / 'images'}: there is no table to write")
     check_baselines(list(spec.baselines), jobs[0])
     gpus = [] if cfg.trainer.accelerator == "cpu" else visible_gpus()
     workers = min(len(jobs), worker_count(gpus, cfg.jobs_per_gpu, cfg.cpu_jobs))
@@ -364,7 +379,7 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> dict:
             threads.submit(compute_baselines, dataclasses.replace(image_runs[0], output_dir=directory),
                            list(spec.baselines))
             for directory, image_runs in per_image]
-        restored, reused, not_started = restore_all(jobs, gpus, workers, budget)
+        restored, reused, not_started = restore_all(jobs, gpus, workers, budget, restorable)
         baseline_scores = [future.result() for future in baselines]
     finally:
         threads.shutdown(wait=True, cancel_futures=True)
@@ -374,7 +389,7 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> dict:
     metrics = [restored[image_runs[0].output_dir] if spec.runs == 1 else
                average_runs(image_runs, [restored[job.output_dir] for job in image_runs], directory)
                for directory, image_runs, _ in done]
-    waiting = sorted({job.name for job in not_started})
+    waiting = dict(sorted(not_started.items()))
     if waiting:
         log.info(f"{len(waiting)} image(s) left for a later run with hydra.run.dir={run_dir}: {', '.join(waiting)}")
     run_info = {"wall_seconds": time.perf_counter() - start, "workers": workers, "gpus": len(gpus),
@@ -502,9 +517,11 @@ class Table:
         """The run line's account of this run's own work: its processes, wall time and rate, and how
         many restorations it took from earlier runs (all of them: no processes or rate to speak of)."""
         info = self.info
-        waiting = (f"; not started, as they would not have finished within time_budget_s={self.cfg.time_budget_s}: "
-                   f"{', '.join(info['not_started'])} (the same command with this run's hydra.run.dir does them)"
-                   if info["not_started"] else "")
+        reasons = collections.defaultdict(list)
+        for name, reason in info["not_started"].items():
+            reasons[reason].append(name)
+        waiting = "".join(f"; not started, as {reason}: {', '.join(names)}" for reason, names in reasons.items())
+        waiting += " (a later run with this run's hydra.run.dir can do them)" if waiting else ""
         if not info["image_steps"]:
             return (f"; all {info['reused']} restorations finished by earlier runs (each image's fit seconds "
                     f"below){waiting}")

@@ -15,12 +15,12 @@
 #   run(command="bash experiments/gpu_benchmarks.sh", carry=[".whl", "data"], timeout_s=600)
 # e.g. with arguments "set5_x4:100:trainer.max_steps=300,jobs_per_gpu=1" "set5_x4:100:trainer.max_steps=300"
 # to measure how many jobs per GPU pay. Then unpack what comes back, merging the finished images into
-# results/benchmark-progress/: bash experiments/unpack_device_results.sh FILES_AT/results.tar.gz results/gpu-<date>-<device>
+# results/benchmark-progress/: bash experiments/file_results.sh FILES_AT/results.tar.gz results/gpu-<date>-<device>
 # A benchmark can span sessions: RESUME_FROM=FOLDER (default results/benchmark-progress, committed, so it
 # travels; RESUME_FROM= turns it off) seeds outputs/bench/<label>/images from FOLDER/<label>/images, and
 # the images finished there (same config, wherever it ran) are not run again, nor are baselines computed
 # there (CBM3D, whose package the device lacks, was computed on the development machine). After the
-# call, experiments/unpack_device_results.sh merges the archive's finished images into FOLDER.
+# call, experiments/file_results.sh merges the archive's finished images (and its table) into FOLDER.
 # SMOKE=1 PY=.venv/bin/python bash experiments/gpu_benchmarks.sh   checks the script on a CPU in seconds.
 set -uo pipefail
 source "$(dirname "$0")/gpu_env.sh" gpu_benchmarks.sh "$@"
@@ -34,7 +34,7 @@ for spec in "$@"; do
   IFS=, read -r -a extra <<< "${overrides:-}"
   [ -n "${SMOKE:-}" ] && extra+=(trainer.max_steps=2 data.size=32 "benchmark.images=[$(awk -F'\t' 'NR==2{print $1}' \
     "$DIP_DATA/$(sed -n 's/^  dataset: *//p' "conf/benchmark/$name.yaml")/MANIFEST.tsv")]" trainer.accelerator=cpu)
-  label=$name${overrides:+_$(tr ',=[]' '_-__' <<< "$overrides")}
+  label=$name${overrides:+_$(tr ',=[]' '____' <<< "$overrides")}
   # images that would not finish before the limit are not started (the budget's clock starts some 30 s
   # after the process): the call ends with a table of those finished, and a later one does the rest
   extra+=("time_budget_s=$((seconds > 90 ? seconds - 45 : seconds))")

@@ -7,7 +7,7 @@
 # lacks (hydra, omegaconf, wandb):   bash ../shared/device/wheels.sh
 # then ask the device tool for:       run(command="bash experiments/gpu_session.sh PHASES", carry=[".whl"], timeout_s=600)
 # with PHASES whose limits add up to less than the call's 600 s (see the end of this comment)
-# and unpack what comes back: bash experiments/unpack_device_results.sh FILES_AT/results.tar.gz results/gpu-<date>-<device>
+# and unpack what comes back: bash experiments/file_results.sh FILES_AT/results.tar.gz results/gpu-<date>-<device>
 #
 # Phases, in order of importance:
 #   1. main     256/512/1024 px: framework vs clean eager vs official-style loop, and the framework

@@ -261,6 +261,39 @@ def test_a_time_budget_leaves_the_images_that_would_not_finish_for_a_later_run(t
     assert "2 restoration(s) reused" in (run_dir / "table.md").read_text()
 
 
+def test_restore_adds_one_image_to_a_table_of_images_finished_elsewhere(tmp_path):
+    """benchmark.restore: a run seeded with another run's finished sub-runs restores only the images
+    named, and its table covers those finished before too; [] restores nothing and only remakes the
+    table. A name outside the selection, or nothing restored at all, is an error, not an empty table."""
+    root, elsewhere, run_dir = tmp_path / "data", tmp_path / "elsewhere", tmp_path / "run"
+    make_dataset(root, "Set5", ["baby.png", "bird.png", "woman.png"])
+    settings = ["benchmark.baselines=[]", "cpu_jobs=1"]
+    run_benchmark(compose("set5_x4", root, elsewhere, *settings, "benchmark.restore=[bird.png]"), elsewhere)
+    assert sorted(path.parent.name for path in elsewhere.glob("images/*/metrics.json")) == ["bird"]
+
+    shutil.copytree(elsewhere / "images", run_dir / "images")
+    run_benchmark(compose("set5_x4", root, run_dir, *settings, "benchmark.restore=[woman.png]"), run_dir)
+    assert [row["image"] for row in read_csv(run_dir / "table.csv")] == ["bird.png", "woman.png", "mean"]
+    table = (run_dir / "table.md").read_text()
+    assert "1 restoration(s) reused" in table
+    assert "not started, as they are outside benchmark.restore: baby.png" in table
+    assert not (run_dir / "images" / "baby" / "metrics.json").exists()
+
+    (run_dir / "table.csv").unlink()
+    fitted = (run_dir / "images" / "woman" / "metrics.json").stat().st_mtime_ns
+    run_benchmark(compose("set5_x4", root, run_dir, *settings, "benchmark.restore=[]"), run_dir)
+    assert [row["image"] for row in read_csv(run_dir / "table.csv")] == ["bird.png", "woman.png", "mean"]
+    assert "all 2 restorations finished by earlier runs" in (run_dir / "table.md").read_text()
+    assert (run_dir / "images" / "woman" / "metrics.json").stat().st_mtime_ns == fitted
+
+    with pytest.raises(DipError, match=r"benchmark.restore names head.png, not among the images of this benchmark"):
+        run_benchmark(compose("set5_x4", root, run_dir, *settings, "benchmark.restore=[head.png]"), run_dir)
+    empty = tmp_path / "empty"
+    with pytest.raises(DipError, match=r"restore=\[\] only tabulates, but no image of set5_x4 is restored in .*empty"):
+        run_benchmark(compose("set5_x4", root, empty, *settings, "benchmark.restore=[]"), empty)
+    assert not empty.exists()
+
+
 def test_runs_on_one_observation_and_their_average(tmp_path):
     root, run_dir = tmp_path / "data", tmp_path / "run"
     make_dataset(root, "bm3d_color", ["one.png"])
@@ -359,8 +392,14 @@ def test_cli_set5_x4_on_the_shared_dataset(tmp_path):
     assert len(list(out.glob("images/*/wandb/offline-run-*"))) == 5  # one W&B run per image
 
 
-def test_device_results_merge_finished_restorations_into_progress(tmp_path):
-    """experiments/unpack_device_results.sh: a device call's archive adds the images it finished to the
+def file_results(*args, **env) -> subprocess.CompletedProcess:
+    """bash experiments/file_results.sh ARGS, with ``env`` added to the environment."""
+    return subprocess.run(["bash", str(ROOT / "experiments" / "file_results.sh"), *map(str, args)],
+                          capture_output=True, text=True, env={**os.environ, **env})
+
+
+def test_filing_a_device_archive_merges_finished_restorations_into_progress(tmp_path):
+    """experiments/file_results.sh: a device call's archive adds the images it finished to the
     progress folder, keeps those already there, skips unfinished ones, files each fit's PSNR curve
     with the call's results, and writes nothing from a bad archive."""
     call = tmp_path / "call"
@@ -381,8 +420,8 @@ def test_device_results_merge_finished_restorations_into_progress(tmp_path):
     (progress / "set5_x4" / "images" / "bird").mkdir(parents=True)
     (progress / "set5_x4" / "images" / "bird" / "metrics.json").write_text("bird finished earlier")
 
-    script, dest = str(ROOT / "experiments" / "unpack_device_results.sh"), tmp_path / "results"
-    merged = subprocess.run(["bash", script, str(archive), str(dest), str(progress)], capture_output=True, text=True)
+    dest = tmp_path / "results"
+    merged = file_results(archive, dest, progress)
     assert merged.returncode == 0 and merged.stdout == "merged set5_x4/baby\n"
     kept = progress / "set5_x4" / "images"
     assert (kept / "baby" / "baselines.json").read_text() == "baby from the device"
@@ -395,9 +434,46 @@ def test_device_results_merge_finished_restorations_into_progress(tmp_path):
 
     broken = tmp_path / "broken.tar.gz"
     broken.write_text("not an archive")
-    failed = subprocess.run(["bash", script, str(broken), str(tmp_path / "none"), str(progress)],
-                            capture_output=True, text=True)
+    failed = file_results(broken, tmp_path / "none", progress)
     assert failed.returncode == 1 and failed.stderr.strip() == f"error: cannot unpack {broken}"
+    assert not (tmp_path / "none").exists()
+
+
+def test_filing_a_run_folder_adds_its_image_and_its_wider_table_to_progress(tmp_path):
+    """experiments/file_results.sh on a run folder of the runner: its label is the benchmark's name
+    plus the overrides that change the restoration; the new image joins the progress folder, and the
+    run's table replaces the progress table when it covers at least as many images, not otherwise."""
+    root, run_dir, progress = tmp_path / "data", tmp_path / "run", tmp_path / "progress"
+    make_dataset(root, "Set5", ["baby.png", "bird.png", "woman.png"])
+    settings = ["benchmark.baselines=[]", "cpu_jobs=1"]
+    run_benchmark(compose("set5_x4", root, run_dir, *settings, "benchmark.restore=[bird.png,woman.png]"), run_dir)
+    (run_dir / ".hydra").mkdir()
+    hydra_config = "task:\n  name: sr\nbenchmark:\n  name: set5_x4\nlogger:\n  name: x\n"  # the benchmark's name
+    (run_dir / ".hydra" / "config.yaml").write_text(hydra_config)
+    (run_dir / ".hydra" / "overrides.yaml").write_text(
+        "- benchmark=set5_x4\n- logger=csv\n- trainer.max_steps=2\n- '+data.size=48'\n"
+        "- 'benchmark.restore=[bird.png]'\n- checkpoint.every_n_steps=100\n")
+    (run_dir / "benchmark.log").write_text("[1/1] bird.png (seed 0): psnr_y 20.00 dB\n")
+    label = "set5_x4_trainer.max_steps_2_+data.size_48"
+    (progress / label / "images" / "bird").mkdir(parents=True)
+    (progress / label / "images" / "bird" / "metrics.json").write_text("bird finished earlier")
+    (progress / label / "table.csv").write_text("image,psnr_y\nbird.png,20.0\nmean,20.0\n")
+
+    filed = file_results(run_dir, tmp_path / "dest", progress)
+    assert filed.returncode == 0, filed.stderr
+    assert filed.stdout == f"merged {label}/woman\ntable {label}: 2 images\n"
+    assert (progress / label / "images" / "bird" / "metrics.json").read_text() == "bird finished earlier"
+    assert json.loads((progress / label / "images" / "woman" / "metrics.json").read_text())["image"] == "woman.png"
+    assert [row["image"] for row in read_csv(progress / label / "table.csv")] == ["bird.png", "woman.png", "mean"]
+    assert (tmp_path / "dest" / "log-summary.txt").read_text() == "[1/1] bird.png (seed 0): psnr_y 20.00 dB\n"
+    assert (tmp_path / "dest" / label / "table.md").is_file()
+
+    (progress / label / "table.csv").write_text("image\nbaby.png\nbird.png\nwoman.png\nmean\n")
+    again = file_results(run_dir, tmp_path / "dest", progress, LABEL=label)
+    assert again.returncode == 0 and again.stdout == ""  # nothing new, and a narrower table stays out
+    assert len(read_csv(progress / label / "table.csv")) == 4
+    not_a_run = file_results(root, tmp_path / "none")
+    assert not_a_run.returncode == 1 and "is not a run folder of experiments/benchmark.py" in not_a_run.stderr
     assert not (tmp_path / "none").exists()
 
 

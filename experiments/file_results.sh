@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# On the development machine, file what a benchmark run or a device call produced:
+#   bash experiments/file_results.sh SOURCE DEST [PROGRESS]
+# SOURCE is either the results.tar.gz that a device call of gpu_session.sh or gpu_benchmarks.sh returned,
+# or the run folder (hydra.run.dir) of experiments/benchmark.py run here. DEST (e.g. results/gpu-<date>-<device>
+# or results/benchmark-cpu-<date>-<label>-<image>) gets the bench-*.json and env-*.txt of a call,
+# log-summary.txt (the logs without progress bars), each benchmark's table.md/csv under <label>/, and under
+# <label>/curves/ the PSNR curve (the CSV logger's metrics.csv) of each fit it ran. PROGRESS (default
+# results/benchmark-progress) is where later runs resume from: PROGRESS/<label>/images/<image>/ gets
+# config.yaml, metrics.json and baselines.json of every image that finished and is not there yet (an image
+# already there is kept as it is), and PROGRESS/<label>/ the table when it covers at least as many images as
+# the one there (a run seeded from PROGRESS/<label>/images covers those too). A device call's labels are its
+# folders; a run folder's is its benchmark's name followed by the overrides that change the restoration
+# (LABEL=... names it instead), as gpu_benchmarks.sh names them. Nothing is written from a missing or
+# unreadable SOURCE.
+set -euo pipefail
+[ $# -ge 2 ] || { echo "usage: $0 SOURCE DEST [PROGRESS]" >&2; exit 2; }
+source=$1 dest=$2 progress=${3:-results/benchmark-progress}
+unpacked=$(mktemp -d)
+trap 'rm -rf "$unpacked"' EXIT
+if [ -d "$source" ]; then
+  [ -d "$source/images" ] && [ -f "$source/.hydra/config.yaml" ] \
+    || { echo "error: $source is not a run folder of experiments/benchmark.py (no images/ or .hydra/config.yaml)" >&2; exit 1; }
+  name=$(sed -n '/^benchmark:/,/^[^ ]/s/^  name: *//p' "$source/.hydra/config.yaml")
+  restoration=$(sed -n "s/^- //p" "$source/.hydra/overrides.yaml" | tr -d "'\"" | grep -v -E \
+    '^(benchmark|logger|time_budget_s|jobs_per_gpu|cpu_jobs|baseline_jobs|data\.root|benchmark\.(images|restore)|checkpoint\..*)=' \
+    | paste -sd, -) || true
+  label=${LABEL:-$name${restoration:+_$(tr ',=[]' '____' <<< "$restoration")}}
+  mkdir "$unpacked/$label"
+  ln -s "$(cd "$source" && pwd)/images" "$unpacked/$label/images"
+  cp -t "$unpacked/$label" "$source"/table.* 2>/dev/null || true
+  [ -f "$source/benchmark.log" ] && cp "$source/benchmark.log" "$unpacked/$label/log.txt"
+else
+  tar xzf "$source" -C "$unpacked" 2>/dev/null || { echo "error: cannot unpack $source" >&2; exit 1; }
+fi
+
+image_rows() {  # the image rows of a table.csv (0 when there is none)
+  [ -f "$1" ] && awk -F, 'NR > 1 && $1 != "mean"' "$1" | wc -l || echo 0
+}
+
+mkdir -p "$dest"
+find "$unpacked" -maxdepth 1 -type f \( -name 'bench-*.json' -o -name 'env-*.txt' \) -exec cp -t "$dest" {} +
+# each run's own lines, once: the progress bars redraw with carriage returns
+find "$unpacked" -name log.txt | LC_ALL=C sort | xargs -r cat | tr '\r' '\n' \
+  | grep -v -e '^Epoch' -e '^Training' -e '^ *$' | awk '!seen[$0]++' > "$dest/log-summary.txt" || true
+
+for images in "$unpacked"/*/images; do
+  [ -d "$images" ] || continue
+  run=$(dirname "$images") label=$(basename "$(dirname "$images")")
+  mkdir -p "$dest/$label"
+  find "$run" -maxdepth 1 -name 'table.*' -exec cp -t "$dest/$label" {} +
+  for image in "$images"/*/; do
+    name=$(basename "$image")
+    if [ -f "$image/csv/metrics.csv" ]; then  # the PSNR curve of a fit of this run
+      mkdir -p "$dest/$label/curves" && cp "$image/csv/metrics.csv" "$dest/$label/curves/$name.csv"
+    fi
+    target=$progress/$label/images/$name
+    [ -f "$image/metrics.json" ] && [ ! -f "$target/metrics.json" ] || continue
+    mkdir -p "$target"
+    cp -t "$target" "$image"/config.yaml "$image"/metrics.json
+    [ -f "$image/baselines.json" ] && [ ! -f "$target/baselines.json" ] && cp -t "$target" "$image/baselines.json"
+    echo "merged $label/$name"
+  done
+  rows=$(image_rows "$run/table.csv")
+  if [ "$rows" -gt 0 ] && [ "$rows" -ge "$(image_rows "$progress/$label/table.csv")" ]; then
+    mkdir -p "$progress/$label" && cp -t "$progress/$label" "$run"/table.md "$run"/table.csv
+    echo "table $label: $rows images"
+  fi
+done
