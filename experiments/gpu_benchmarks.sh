@@ -34,11 +34,12 @@ for spec in "$@"; do
   IFS=, read -r -a extra <<< "${overrides:-}"
   [ -n "${SMOKE:-}" ] && extra+=(trainer.max_steps=2 data.size=32 "benchmark.images=[$(awk -F'\t' 'NR==2{print $1}' \
     "$DIP_DATA/$(sed -n 's/^  dataset: *//p' "conf/benchmark/$name.yaml")/MANIFEST.tsv")]" trainer.accelerator=cpu)
-  label=$name${overrides:+_$(tr ',=[]' '____' <<< "$overrides")}
+  # a smoke run's label never names real sub-runs: it neither resumes them nor, filed, merges into them
+  label=$name${overrides:+_$(tr ',=[]' '____' <<< "$overrides")}${SMOKE:+_smoke}
   # images that would not finish before the limit are not started (the budget's clock starts some 30 s
   # after the process): the call ends with a table of those finished, and a later one does the rest
   extra+=("time_budget_s=$((seconds > 90 ? seconds - 45 : seconds))")
-  run_dir=outputs/bench${SMOKE:+-smoke}/$label  # a smoke run never mixes with real sub-runs
+  run_dir=outputs/bench/$label
   mkdir -p "$RESULTS/$label" "$run_dir"
   [ -n "${RESUME_FROM:-}" ] && [ -d "$RESUME_FROM/$label/images" ] && cp -rn "$RESUME_FROM/$label/images" "$run_dir/"
   echo "=== $label (limit ${seconds}s): benchmark.py benchmark=$name ${extra[*]}"
