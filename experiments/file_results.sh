@@ -8,8 +8,8 @@
 # <label>/curves/ the PSNR curve (the CSV logger's metrics.csv) of each fit it ran. PROGRESS (default
 # results/benchmark-progress) is where later runs resume from: PROGRESS/<label>/images/<image>/ gets
 # config.yaml, metrics.json and baselines.json of every image that finished and is not there yet (an image
-# already there is kept as it is), and PROGRESS/<label>/ the table when it covers at least as many images as
-# the one there (a run seeded from PROGRESS/<label>/images covers those too). A device call's labels are its
+# already there is kept as it is), and PROGRESS/<label>/ the table when it covers every image of the one
+# there (as a run seeded from PROGRESS/<label>/images does). A device call's labels are its
 # folders; a run folder's is its benchmark's name followed by the overrides that change the restoration
 # (LABEL=... names it instead), as gpu_benchmarks.sh names them. Nothing is written from a missing or
 # unreadable SOURCE.
@@ -34,8 +34,8 @@ else
   tar xzf "$source" -C "$unpacked" 2>/dev/null || { echo "error: cannot unpack $source" >&2; exit 1; }
 fi
 
-image_rows() {  # the image rows of a table.csv (0 when there is none)
-  [ -f "$1" ] && awk -F, 'NR > 1 && $1 != "mean"' "$1" | wc -l || echo 0
+table_images() {  # the images a table.csv covers, one per line, sorted (none when there is no table)
+  [ ! -f "$1" ] || awk -F, 'NR > 1 && $1 != "mean" {print $1}' "$1" | LC_ALL=C sort
 }
 
 mkdir -p "$dest"
@@ -61,9 +61,9 @@ for images in "$unpacked"/*/images; do
     [ -f "$image/baselines.json" ] && [ ! -f "$target/baselines.json" ] && cp -t "$target" "$image/baselines.json"
     echo "merged $label/$name"
   done
-  rows=$(image_rows "$run/table.csv")
-  if [ "$rows" -gt 0 ] && [ "$rows" -ge "$(image_rows "$progress/$label/table.csv")" ]; then
+  covered=$(table_images "$run/table.csv")
+  if [ -n "$covered" ] && [ -z "$(LC_ALL=C comm -23 <(table_images "$progress/$label/table.csv") - <<< "$covered")" ]; then
     mkdir -p "$progress/$label" && cp -t "$progress/$label" "$run"/table.md "$run"/table.csv
-    echo "table $label: $rows images"
+    echo "table $label: $(wc -l <<< "$covered") images"
   fi
 done

@@ -442,7 +442,7 @@ def test_filing_a_device_archive_merges_finished_restorations_into_progress(tmp_
 def test_filing_a_run_folder_adds_its_image_and_its_wider_table_to_progress(tmp_path):
     """experiments/file_results.sh on a run folder of the runner: its label is the benchmark's name
     plus the overrides that change the restoration; the new image joins the progress folder, and the
-    run's table replaces the progress table when it covers at least as many images, not otherwise."""
+    run's table replaces the progress table when it covers every image of it, not otherwise."""
     root, run_dir, progress = tmp_path / "data", tmp_path / "run", tmp_path / "progress"
     make_dataset(root, "Set5", ["baby.png", "bird.png", "woman.png"])
     settings = ["benchmark.baselines=[]", "cpu_jobs=1"]
@@ -468,10 +468,10 @@ def test_filing_a_run_folder_adds_its_image_and_its_wider_table_to_progress(tmp_
     assert (tmp_path / "dest" / "log-summary.txt").read_text() == "[1/1] bird.png (seed 0): psnr_y 20.00 dB\n"
     assert (tmp_path / "dest" / label / "table.md").is_file()
 
-    (progress / label / "table.csv").write_text("image\nbaby.png\nbird.png\nwoman.png\nmean\n")
+    (progress / label / "table.csv").write_text("image\nbaby.png\nmean\n")
     again = file_results(run_dir, tmp_path / "dest", progress, LABEL=label)
-    assert again.returncode == 0 and again.stdout == ""  # nothing new, and a narrower table stays out
-    assert len(read_csv(progress / label / "table.csv")) == 4
+    assert again.returncode == 0 and again.stdout == ""  # nothing new, and a table without baby stays out
+    assert [row["image"] for row in read_csv(progress / label / "table.csv")] == ["baby.png", "mean"]
     not_a_run = file_results(root, tmp_path / "none")
     assert not_a_run.returncode == 1 and "is not a run folder of experiments/benchmark.py" in not_a_run.stderr
     assert not (tmp_path / "none").exists()
