@@ -377,6 +377,19 @@ def test_cli_missing_dataset_fails_before_lightning_is_imported(tmp_path):
     assert not out.exists()
 
 
+def test_cli_restore_outside_the_selection_is_one_line_before_lightning(tmp_path):
+    make_dataset(tmp_path / "data", "Set5", ["baby.png", "bird.png"])
+    out = tmp_path / "out"
+    done = run_cli_probing_lightning(tmp_path, "benchmark=set5_x4", "benchmark.images=[baby.png]",
+                                     "benchmark.restore=[bird.png]", f"hydra.run.dir={out}",
+                                     script="experiments/benchmark.py", env={"DIP_DATA": str(tmp_path / "data")})
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip() == ("error: benchmark.restore names bird.png, not among the images of this benchmark "
+                                   f"({tmp_path / 'data' / 'Set5'}, benchmark.images)")
+    assert "lightning imported: False" in done.stdout
+    assert not out.exists()
+
+
 @pytest.mark.skipif(not (SHARED / "Set5" / "MANIFEST.tsv").is_file(), reason=f"no shared datasets at {SHARED}")
 def test_cli_set5_x4_on_the_shared_dataset(tmp_path):
     out = tmp_path / "out"
