@@ -287,14 +287,13 @@ def _start_worker(slots, gpus: list[str], cpu_threads: int) -> None:
         torch.set_num_threads(cpu_threads)
 
 
-def restore_all(jobs: list[ImageJob], gpus: list[str], workers: int, budget: TimeBudget,
-                restorable: set[str] | None = None) -> tuple[dict[Path, dict], set[Path], dict[str, str]]:
-    """Restore every job not finished before whose image is ``restorable`` (``None``: any),
-    ``workers`` at a time (in this process when 1), each started only if ``budget`` allows it; the
-    metrics by output directory, the output directories of those finished before, and why each image
-    left unrestored was not started (by its name)."""
-    results = {job.output_dir: saved for job in jobs if (saved := _finished(job, "metrics.json")) is not None}
-    reused = set(results)
+def restore_all(jobs: list[ImageJob], finished: dict[Path, dict], gpus: list[str], workers: int,
+                budget: TimeBudget, restorable: set[str] | None = None) -> tuple[dict[Path, dict], dict[str, str]]:
+    """Restore every job not ``finished`` before (metrics by output directory) whose image is
+    ``restorable`` (``None``: any), ``workers`` at a time (in this process when 1), each started only
+    if ``budget`` allows it; the metrics by output directory, those finished before included, and why
+    each image left unrestored was not started (by its name)."""
+    results = dict(finished)
     not_started = {job.name: "they are outside benchmark.restore" for job in jobs
                    if job.output_dir not in results and restorable is not None and job.name not in restorable}
     pending = collections.deque(job for job in jobs if job.output_dir not in results and job.name not in not_started)
@@ -322,7 +321,7 @@ def restore_all(jobs: list[ImageJob], gpus: list[str], workers: int, budget: Tim
     if workers <= 1:
         while (job := next_job()) is not None:
             report(job, restore_image(job))
-        return results, reused, not_started
+        return results, not_started
     context = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked children
     slots = context.Queue()
     for slot in range(workers):
@@ -343,7 +342,7 @@ def restore_all(jobs: list[ImageJob], gpus: list[str], workers: int, budget: Tim
                     running[pool.submit(restore_image, job)] = job
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-    return results, reused, not_started
+    return results, not_started
 
 
 def run_benchmark(cfg: DictConfig, run_dir: Path) -> dict:
@@ -362,7 +361,8 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> dict:
     per_image = [(run_dir / "images" / image.stem, image_jobs(cfg, image, run_dir / "images" / image.stem))
                  for image in images]
     jobs = [job for _, image_runs in per_image for job in image_runs]
-    if restorable == set() and not any(all(_finished(job, "metrics.json") for job in image_runs)
+    finished = {job.output_dir: saved for job in jobs if (saved := _finished(job, "metrics.json")) is not None}
+    if restorable == set() and not any(all(job.output_dir in finished for job in image_runs)
                                        for _, image_runs in per_image):
         raise DipError(f"benchmark.restore=[] only tabulates, but no image of {spec.name} is restored in "
                        f"{run_dir / 'images'}: there is no table to write")
@@ -379,7 +379,7 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> dict:
             threads.submit(compute_baselines, dataclasses.replace(image_runs[0], output_dir=directory),
                            list(spec.baselines))
             for directory, image_runs in per_image]
-        restored, reused, not_started = restore_all(jobs, gpus, workers, budget, restorable)
+        restored, not_started = restore_all(jobs, finished, gpus, workers, budget, restorable)
         baseline_scores = [future.result() for future in baselines]
     finally:
         threads.shutdown(wait=True, cancel_futures=True)
@@ -394,8 +394,8 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> dict:
         log.info(f"{len(waiting)} image(s) left for a later run with hydra.run.dir={run_dir}: {', '.join(waiting)}")
     run_info = {"wall_seconds": time.perf_counter() - start, "workers": workers, "gpus": len(gpus),
                 "date": datetime.now().strftime("%Y-%m-%d %H:%M"), "dataset": str(Path(cfg.data.root) / spec.dataset),
-                "all_images": spec.images is None and not waiting, "reused": len(reused), "not_started": waiting,
-                "image_steps": sum(m["steps"] for path, m in restored.items() if path not in reused)}
+                "all_images": spec.images is None and not waiting, "reused": len(finished), "not_started": waiting,
+                "image_steps": sum(m["steps"] for path, m in restored.items() if path not in finished)}
     table = Table(cfg, metrics, [scores for _, _, scores in done], run_info)
     write_atomically(run_dir / "table.csv", lambda handle: handle.write(table.csv().encode()))
     write_atomically(run_dir / "table.md", lambda handle: handle.write(table.markdown().encode()))
