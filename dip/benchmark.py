@@ -520,7 +520,7 @@ class Table:
         reasons = collections.defaultdict(list)
         for name, reason in info["not_started"].items():
             reasons[reason].append(name)
-        waiting = "".join(f"; not started, as {reason}: {', '.join(names)}" for reason, names in reasons.items())
+        waiting = "".join(f"; not started, as {reason}: {_some_names(names)}" for reason, names in reasons.items())
         waiting += " (a later run with this run's hydra.run.dir can do them)" if waiting else ""
         if not info["image_steps"]:
             return (f"; all {info['reused']} restorations finished by earlier runs (each image's fit seconds "
@@ -538,6 +538,14 @@ class Table:
         if len(devices) == 1:
             return next(iter(devices))
         return ", ".join(f"{name} ({count} image{'s' if count > 1 else ''})" for name, count in devices.items())
+
+
+def _some_names(names: list[str], shown: int = 3) -> str:
+    """The names, or the first ``shown`` and how many more: a run line stays one readable line
+    when most of a large benchmark is left for later runs."""
+    if len(names) <= shown + 1:
+        return ", ".join(names)
+    return f"{', '.join(names[:shown])} and {len(names) - shown} more"
 
 
 def _cell(value, column: str) -> str:

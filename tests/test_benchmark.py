@@ -19,7 +19,7 @@ from PIL import Image
 from skimage import data as skdata
 
 from dip.baselines import BASELINES, normalised_fill
-from dip.benchmark import ImageJob, TimeBudget, run_benchmark
+from dip.benchmark import ImageJob, TimeBudget, _some_names, run_benchmark
 from dip.config import compose_config
 from dip.datasets import open_dataset
 from dip.errors import DipError
@@ -292,6 +292,12 @@ def test_restore_adds_one_image_to_a_table_of_images_finished_elsewhere(tmp_path
     with pytest.raises(DipError, match=r"restore=\[\] only tabulates, but no image of set5_x4 is restored in .*empty"):
         run_benchmark(compose("set5_x4", root, empty, *settings, "benchmark.restore=[]"), empty)
     assert not empty.exists()
+
+
+def test_the_run_line_names_a_few_images_left_for_later_and_counts_the_rest():
+    names = [f"{stem}.png" for stem in ("baboon", "barbara", "bridge", "lenna", "man")]
+    assert _some_names(names[:4]) == "baboon.png, barbara.png, bridge.png, lenna.png"
+    assert _some_names(names) == "baboon.png, barbara.png, bridge.png and 2 more"
 
 
 def test_runs_on_one_observation_and_their_average(tmp_path):
