@@ -87,7 +87,11 @@ class DeepImagePrior(pl.LightningModule):
     own code, weights, EMA, data term and backtracking, the loss is the sum of their data terms (so
     each copy gets its own gradient), and the restoration is the average of their outputs (the
     paper's averaging of runs, every kernel launch shared). ``restored`` and ``ema_output`` give
-    that average; ``restart_outputs`` the restarts' own outputs.
+    that average; ``restart_outputs`` the restarts' own outputs. With an ``observation`` of N > 1
+    images (``dip.problem.stack_problems``), copy ``k`` restores image ``k`` instead (``physics``
+    maps each image with its own mask): nothing is averaged, and ``restored`` and ``ema_output``
+    give the N restorations. ``z`` gives the packed code (e.g. each copy's as a fit of its own would
+    draw it); by default each copy draws its own from ``code``.
     """
 
     def __init__(
@@ -107,6 +111,7 @@ class DeepImagePrior(pl.LightningModule):
         max_rollbacks: int | None = 20,
         restarts: int = 1,
         one_weight_tensor: Callable[[Callable], Callable] | None = None,
+        z: torch.Tensor | None = None,
     ):
         super().__init__()
         self.generator = generator
@@ -120,10 +125,15 @@ class DeepImagePrior(pl.LightningModule):
         self.metrics_every = max(1, int(metrics_every))
         self.max_rollbacks = max_rollbacks
         self.restarts = restarts
+        self.separate_images = observation.shape[0] > 1
+        if self.separate_images and observation.shape[0] != restarts:
+            raise DipError(f"{observation.shape[0]} observations need as many copies of the generator, "
+                           f"not {restarts}")
         self.stop_reason: str | None = None
 
         height, width = padded_size(*self.output_size, getattr(generator, "size_multiple", 1))
-        z = torch.cat([code.make(height, width) for _ in range(restarts)], dim=1)  # packed: copies along channels
+        if z is None:
+            z = torch.cat([code.make(height, width) for _ in range(restarts)], dim=1)  # packed: copies along channels
         if code.optimize:
             self.z = nn.Parameter(z)
         else:
@@ -244,16 +254,17 @@ class DeepImagePrior(pl.LightningModule):
 
     def quality(self, x: torch.Tensor, losses: torch.Tensor) -> dict[str, torch.Tensor]:
         """Device-side metrics of the restarts' outputs ``x`` whose data terms are ``losses``: those
-        of their average (the restoration), and with several restarts the mean of their own PSNRs."""
-        average, ema = x.clamp(0, 1).mean(0, keepdim=True), self.ema_output()
+        of their average (the restoration), and with several restarts the mean of their own PSNRs.
+        Several images packed: the mean of each image's metrics."""
+        restored, ema = self.combine(x.clamp(0, 1)), self.ema_output()
         metrics = {"psnr_fit": psnr_from_mse(losses.mean()),
                    "psnr_fit_ema": psnr(self.physics.A(ema), self.observation)}
         if self.ground_truth is not None:
-            metrics["psnr"] = psnr(average, self.ground_truth)
-            metrics["psnr_ema"] = psnr(ema, self.ground_truth)
-            metrics["ssim"] = ssim(average, self.ground_truth)
+            metrics["psnr"] = per_image_psnr(restored, self.ground_truth).mean()
+            metrics["psnr_ema"] = per_image_psnr(ema, self.ground_truth).mean()
+            metrics["ssim"] = ssim(restored, self.ground_truth)
             metrics["ssim_ema"] = ssim(ema, self.ground_truth)
-            if self.restarts > 1:
+            if self.restarts > 1 and not self.separate_images:
                 metrics["psnr_restart_mean"] = per_image_psnr(x, self.ground_truth).mean()
         return metrics
 
@@ -277,12 +288,16 @@ class DeepImagePrior(pl.LightningModule):
         return self().clamp(0, 1)
 
     def restored(self) -> torch.Tensor:
-        """The restoration, ``1 x C x H x W``: ``f(z)`` (averaged over the restarts)."""
-        return self.restart_outputs().mean(0, keepdim=True)
+        """The restoration, ``1 x C x H x W``: ``f(z)`` (averaged over the restarts); ``N x ...`` for N images."""
+        return self.combine(self.restart_outputs())
 
     def ema_output(self) -> torch.Tensor:
-        """The EMA of the outputs (averaged over the restarts), ``1 x C x H x W``."""
-        return self.ema.clamp(0, 1).mean(0, keepdim=True)
+        """The EMA of the outputs (averaged over the restarts), ``1 x C x H x W``; ``N x ...`` for N images."""
+        return self.combine(self.ema.clamp(0, 1))
+
+    def combine(self, x: torch.Tensor) -> torch.Tensor:
+        """The restorations that the copies' outputs ``x`` make: their average, or each image's own."""
+        return x if self.separate_images else x.mean(0, keepdim=True)
 
     def _update_ema(self, x: torch.Tensor) -> None:
         if x.dtype != self.ema.dtype:  # under mixed precision the output is bf16/fp16, the average float32

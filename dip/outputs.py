@@ -6,6 +6,7 @@ after a failed run without importing the training stack.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,8 @@ class Result:
 
     ``observation`` is the observation as a picture (the original image when the observation is a
     feature tensor); ``baseline`` the naive estimate when it differs from the observation (bicubic).
+    A packed fit of N images returns ``N x C x H x W`` tensors and a list of N values for each
+    per-image metric; ``image(k)`` is image ``k``'s own result.
     """
 
     restored: torch.Tensor
@@ -38,6 +41,17 @@ class Result:
     bits: int = 8  # bit depth of the written images (16 for a 16-bit input)
     restarts: torch.Tensor | None = None  # N x C x H x W: with restarts=N, each restart's own output
     restarts_ema: torch.Tensor | None = None  # N x C x H x W: with restarts=N, each restart's own EMA
+
+
+    def image(self, index: int) -> Result:
+        """Image ``index`` of a packed fit of several: its images and its value of each per-image metric."""
+        def pick(images: torch.Tensor | None) -> torch.Tensor | None:
+            return None if images is None else images[index:index + 1]
+
+        metrics = {key: value[index] if isinstance(value, list) else value for key, value in self.metrics.items()}
+        return dataclasses.replace(self, restored=pick(self.restored), restored_ema=pick(self.restored_ema),
+                                   observation=pick(self.observation), ground_truth=pick(self.ground_truth),
+                                   baseline=pick(self.baseline), metrics=metrics)
 
 
 def write_outputs(result: Result, output_dir: Path) -> None:

@@ -29,10 +29,12 @@ from dip.checkpoint import (
 )
 from dip.config import instantiate_settings
 from dip.errors import DipError, RunInterruptedError
+from dip.inputs import padded_size
 from dip.loggers import ImageLogger, flat_config
 from dip.memory import check_fits, checked_estimate, out_of_memory, run_device
 from dip.metrics import per_image_psnr, psnr, psnr_from_mse, ssim
 from dip.module import DeepImagePrior
+from dip.nets.packed import pack_state_dicts
 from dip.outputs import Result, write_outputs
 from dip.problem import Problem, problem_from_config, with_dataset_hint
 from dip.speed import Speed
@@ -103,9 +105,14 @@ class MetricsProgressBar(TQDMProgressBar):
         return metrics
 
 
-def prepare(cfg: DictConfig, problem: Problem | None = None) -> tuple[Problem, DeepImagePrior]:
+def prepare(cfg: DictConfig, problem: Problem | None = None, seeds: list[int] | None = None,
+            ) -> tuple[Problem, DeepImagePrior]:
     """Everything that can fail on the user's input, before any file is written: the problem (unless
-    given, built by ``problem_from_config(cfg)``) and the module that solves it."""
+    given, built by ``problem_from_config(cfg)``) and the module that solves it.
+
+    A problem of several images (``dip.problem.stack_problems``) gets one generator copy per image,
+    copy ``k`` initialised, with its code, as a fit of image ``k`` alone with seed ``seeds[k]``
+    (default: ``cfg.seed`` for every image) would be."""
     problem = problem if problem is not None else problem_from_config(cfg)
     pl.seed_everything(cfg.seed, verbose=False)
     code = instantiate_settings(cfg.input, "input")
@@ -114,10 +121,14 @@ def prepare(cfg: DictConfig, problem: Problem | None = None) -> tuple[Problem, D
     except DipError as error:
         raise with_dataset_hint(error, cfg.data.root) from None
     speed: Speed = instantiate_settings(cfg.speed, "speed")
-    restarts = check_restarts(cfg)
-    packing = {"copies": restarts} if restarts > 1 else {}
-    generator = instantiate_settings(cfg.arch, "arch", in_channels=code.channels, out_channels=problem.channels,
-                                     **packing)
+    copies = check_copies(cfg, problem.images)
+    z = None
+    if problem.images > 1:
+        generator, z = _seeded_copies(cfg, code, problem, seeds or [cfg.seed] * problem.images)
+    else:
+        packing = {"copies": copies} if copies > 1 else {}
+        generator = instantiate_settings(cfg.arch, "arch", in_channels=code.channels, out_channels=problem.channels,
+                                         **packing)
     generator = speed.prepare_generator(generator)
     module = DeepImagePrior(
         generator=generator,
@@ -133,24 +144,45 @@ def prepare(cfg: DictConfig, problem: Problem | None = None) -> tuple[Problem, D
         channels=problem.channels,
         regularizer=instantiate_settings(cfg.regularizer, "regularizer") if cfg.get("regularizer") else None,
         max_rollbacks=cfg.max_rollbacks,
-        restarts=restarts,
+        restarts=copies,
         one_weight_tensor=speed.compiled if speed.one_weight_tensor else None,
+        z=z,
     )
     return problem, module
 
 
-def check_restarts(cfg: DictConfig) -> int:
-    """``cfg.restarts``, refused (one line) where several restarts cannot be packed into one fit."""
+def _seeded_copies(cfg: DictConfig, code, problem: Problem, seeds: list[int]) -> tuple[torch.nn.Module, torch.Tensor]:
+    """A generator packing one copy per seed and the packed code: copy ``k``'s weights and code are
+    drawn as a fit of its own with seed ``seeds[k]`` draws them (weights first, then the code)."""
+    states, codes = [], []
+    for seed in seeds:
+        pl.seed_everything(seed, verbose=False)
+        single = instantiate_settings(cfg.arch, "arch", in_channels=code.channels, out_channels=problem.channels)
+        states.append(single.state_dict())
+        codes.append(code.make(*padded_size(*problem.solution_size, getattr(single, "size_multiple", 1))))
+    generator = instantiate_settings(cfg.arch, "arch", in_channels=code.channels, out_channels=problem.channels,
+                                     copies=len(seeds))
+    generator.load_state_dict(pack_state_dicts(states))
+    return generator, torch.cat(codes, dim=1)
+
+
+def check_copies(cfg: DictConfig, images: int = 1) -> int:
+    """How many copies of the generator the fit packs: ``cfg.restarts``, or one per image of a problem
+    of several; refused (one line) where they cannot be packed into one fit."""
     restarts = cfg.restarts
     if restarts < 1:
         raise DipError(f"restarts must be at least 1, got {restarts}")
-    if restarts > 1:
+    if images > 1 and restarts > 1:
+        raise DipError(f"restarts={restarts} does not combine with packing {images} images into one fit")
+    copies = max(restarts, images)
+    packed = f"restarts={restarts}" if restarts > 1 else f"packing {images} images"
+    if copies > 1:
         if "copies" not in inspect.signature(get_class(cfg.arch._target_)).parameters:
-            raise DipError(f"restarts={restarts} packs copies of the generator into one network, which arch "
+            raise DipError(f"{packed} packs copies of the generator into one network, which arch "
                            f"'{cfg.arch_name}' ({cfg.arch._target_}) cannot do: use a skip architecture")
         if cfg.get("early_stop"):
-            raise DipError(f"restarts={restarts} does not combine with early stopping (early_stop=none)")
-    return restarts
+            raise DipError(f"{packed} does not combine with early stopping (early_stop=none)")
+    return copies
 
 
 def final_metrics(
@@ -161,21 +193,28 @@ def final_metrics(
     upsampling for super-resolution, null when the observation is not an image). ``psnr_fit`` is
     ``-10 log10`` of the data term. ``outputs`` is ``module.restart_outputs()`` (the restoration is
     their average) and ``baseline`` the physics' baseline of the observation, computed once by the
-    caller."""
-    restored, ema, truth = outputs.mean(0, keepdim=True), module.ema_output(), module.ground_truth
+    caller. With several images packed, each of these is a list: one value per image."""
+    restored, ema, truth = module.combine(outputs), module.ema_output(), module.ground_truth
     with torch.no_grad():
-        fit = psnr_from_mse(problem.physics.data_term(restored, module.observation))
+        fit = psnr_from_mse(problem.physics.data_term(restored, module.observation))  # one per restoration
+
+    def each(metric, images: torch.Tensor) -> list[torch.Tensor]:
+        return [metric(images[k:k + 1], truth[k:k + 1]) for k in range(len(images))]
+
     metrics = {"psnr": None, "psnr_ema": None, "ssim": None, "ssim_ema": None, "psnr_observation": None}
     if truth is not None:
         metrics.update(
-            psnr=psnr(restored, truth), psnr_ema=psnr(ema, truth), ssim=ssim(restored, truth),
-            ssim_ema=ssim(ema, truth), psnr_observation=None if baseline is None else psnr(baseline, truth),
+            psnr=each(psnr, restored), psnr_ema=each(psnr, ema), ssim=each(ssim, restored),
+            ssim_ema=each(ssim, ema), psnr_observation=None if baseline is None else each(psnr, baseline),
         )
-    metrics["psnr_fit"] = fit
-    metrics = {key: None if value is None else round(float(value), 4) for key, value in metrics.items()}
-    if module.restarts > 1 and truth is not None:  # each restart's own figures, beside their average's
-        for key, images in (("psnr_restarts", outputs), ("psnr_ema_restarts", module.ema)):
-            metrics[key] = [round(float(value), 4) for value in per_image_psnr(images, truth)]
+    metrics["psnr_fit"] = list(fit)
+    metrics = {key: None if values is None else [round(float(value), 4) for value in values]
+               for key, values in metrics.items()}
+    if not module.separate_images:
+        metrics = {key: None if values is None else values[0] for key, values in metrics.items()}
+        if module.restarts > 1 and truth is not None:  # each restart's own figures, beside their average's
+            for key, images in (("psnr_restarts", outputs), ("psnr_ema_restarts", module.ema)):
+                metrics[key] = [round(float(value), 4) for value in per_image_psnr(images, truth)]
     return metrics
 
 
@@ -222,9 +261,9 @@ def fit(cfg: DictConfig, module: DeepImagePrior, callbacks=(), ckpt_path: str | 
 
 
 def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None, callbacks=(),
-        checkpoint_dir: Path | None = None) -> Result:
-    """Restore one image as ``cfg`` says (or ``problem``, built from it); write the outputs into
-    ``output_dir`` unless it is None.
+        checkpoint_dir: Path | None = None, seeds: list[int] | None = None) -> Result:
+    """Restore one image as ``cfg`` says (or ``problem``, built from it; one of several images, each
+    with its seed in ``seeds``: see ``prepare``); write the outputs into ``output_dir`` unless it is None.
 
     ``callbacks`` are extra Lightning callbacks (an experiment's recorders of curves or snapshots).
     In ``checkpoint_dir`` (default: ``output_dir``), a checkpoint is written every
@@ -232,7 +271,7 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
     raised); a checkpoint already there, or ``resume=PATH``, is resumed from.
     """
     checkpoint_dir = checkpoint_dir if checkpoint_dir is not None else output_dir
-    problem, module = prepare(cfg, problem)
+    problem, module = prepare(cfg, problem, seeds)
     early_stopping = instantiate_settings(cfg.early_stop, "early_stop") if cfg.get("early_stop") else None
     window = early_stopping.window if early_stopping else 0
     device = run_device(cfg.trainer.accelerator)
@@ -280,11 +319,12 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
         metrics.update(early_stopping.summary())
     if problem.alpha is not None:
         metrics["alpha"] = f"the {problem.source_mode} input's alpha channel was set aside and copied to the outputs"
+    restarts = module.restarts > 1 and not module.separate_images
     result = Result(
-        restored=outputs.mean(0, keepdim=True).cpu(),
+        restored=module.combine(outputs).cpu(),
         restored_ema=module.ema_output().cpu(),
-        restarts=outputs.cpu() if module.restarts > 1 else None,
-        restarts_ema=module.ema.clamp(0, 1).cpu() if module.restarts > 1 else None,
+        restarts=outputs.cpu() if restarts else None,
+        restarts_ema=module.ema.clamp(0, 1).cpu() if restarts else None,
         observation=problem.observation_image,
         ground_truth=problem.ground_truth,
         metrics=metrics,

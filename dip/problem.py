@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -15,10 +16,10 @@ from dip.physics import Degradation
 
 @dataclass
 class Problem:
-    observation: torch.Tensor  # 1 x C x h x w
+    observation: torch.Tensor  # 1 x C x h x w (N x C x h x w: N images restored by one packed fit)
     physics: Degradation  # prepared for the solution's size
     solution_size: tuple[int, int]
-    ground_truth: torch.Tensor | None = None  # 1 x C x H x W
+    ground_truth: torch.Tensor | None = None  # 1 x C x H x W (N x ...)
     alpha: torch.Tensor | None = None  # 1 x H x W: the input's alpha channel, set aside for the outputs
     bits: int = 8  # bit depth of the input, kept by the outputs
     source_mode: str = "RGB"  # the input file's mode (PIL's name)
@@ -29,9 +30,45 @@ class Problem:
         return self.observation if self.physics.observation_is_image else self.ground_truth
 
     @property
+    def images(self) -> int:
+        """How many images this problem restores: more than one for a packed fit."""
+        return self.observation.shape[0]
+
+    @property
     def channels(self) -> int:
         """Channels of the image to restore."""
         return self.observation_image.shape[1]
+
+
+def stack_problems(problems: list[Problem], names: list[str]) -> Problem:
+    """One problem of ``N`` images of one size (``names`` name them in errors), to be restored by one
+    packed fit: observations and ground truths stacked along the batch, and the first problem's
+    degradation with each per-image buffer (an inpainting mask) stacked the same way.
+
+    ``A`` of a stacked degradation maps image ``k`` of a batch with image ``k``'s buffers, so the
+    data term of copy ``k`` is that of its own observation."""
+    first = problems[0]
+    for problem, name in zip(problems, names):
+        if problem.alpha is not None:
+            raise DipError(f"cannot pack {name}: its alpha channel is kept by a fit of its own")
+    for problem, name in zip(problems[1:], names[1:]):
+        if (problem.solution_size, problem.channels, type(problem.physics)) != (
+                first.solution_size, first.channels, type(first.physics)):
+            raise DipError(f"cannot pack {name} with {names[0]}: a packed fit restores images of one size, "
+                           f"channel count and degradation")
+    physics = copy.deepcopy(first.physics)  # the problems stay as they were
+    for name, buffer in list(physics.named_buffers()):
+        others = [problem.physics.get_buffer(name) for problem in problems[1:]]
+        if all(torch.equal(buffer, other) for other in others):
+            continue
+        owner, _, attribute = name.rpartition(".")
+        setattr(physics.get_submodule(owner), attribute, torch.cat([buffer, *others]))
+    truths = [problem.ground_truth for problem in problems]
+    return Problem(
+        torch.cat([problem.observation for problem in problems]), physics, first.solution_size,
+        None if any(truth is None for truth in truths) else torch.cat(truths),
+        bits=first.bits, source_mode=first.source_mode,
+    )
 
 
 def _crop_to(image: torch.Tensor, size: int | None) -> torch.Tensor:
