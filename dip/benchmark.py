@@ -25,6 +25,7 @@ import collections
 import copy
 import csv
 import dataclasses
+import hashlib
 import io
 import json
 import logging
@@ -47,8 +48,8 @@ from dip.errors import DipError
 from dip.gpus import pin_to_gpu, visible_gpus, worker_count
 from dip.images import save_image, write_atomically
 from dip.metrics import psnr, psnr_y
-from dip.outputs import write_outputs
-from dip.problem import problem_from_config
+from dip.outputs import Result, write_outputs
+from dip.problem import problem_from_config, stack_problems
 
 log = logging.getLogger("dip.benchmark")
 
@@ -63,8 +64,12 @@ class ImageJob:
     output_dir: Path
     protocol: str
     shave: int
-    pixels: int  # of the image as restored (the manifest's size, cut to data.size)
+    size: tuple[int, int]  # (height, width) of the image as restored (the manifest's, cut to data.size)
     keep_outputs: bool = False  # save the float outputs (OUTPUTS_FILE) for averaging runs
+
+    @property
+    def pixels(self) -> int:
+        return self.size[0] * self.size[1]
 
     @property
     def step_pixels(self) -> int:
@@ -89,19 +94,19 @@ class TimeBudget:
         self.deadline = None if seconds is None else clock() + seconds
         self.rate: float | None = None
 
-    def record(self, job: ImageJob, metrics: dict) -> None:
+    def record(self, job: ImageJob | Pack, metrics: dict) -> None:
         """Learn from a finished fit (of the steps it ran: a resumed one ran fewer)."""
         steps = metrics["steps"] - (metrics.get("resumed_from_step") or 0)
         rate = metrics["seconds"] / max(1, job.step_pixels * steps)
         self.rate = rate if self.rate is None else max(self.rate, rate)
 
-    def estimate(self, job: ImageJob) -> float | None:
+    def estimate(self, job: ImageJob | Pack) -> float | None:
         return None if self.rate is None else self.rate * job.work
 
     def left(self) -> float:
         return self.deadline - self.clock()
 
-    def allows(self, job: ImageJob) -> bool:
+    def allows(self, job: ImageJob | Pack) -> bool:
         estimate = self.estimate(job)
         return self.deadline is None or estimate is None or estimate <= self.left()
 
@@ -127,9 +132,12 @@ def _config_text(config: dict) -> str:
     return yaml.safe_dump(config, sort_keys=True)
 
 
-# Keys that spread a benchmark over processes or time, choose its logger, how it uses the hardware (speed)
-# or how often it writes a checkpoint: a restoration is the same whatever they say (up to rounding).
-ORCHESTRATION_KEYS = ("jobs_per_gpu", "cpu_jobs", "baseline_jobs", "time_budget_s", "logger", "speed", "checkpoint")
+# Keys that spread a benchmark over processes or time, choose its logger, how it uses the hardware (speed
+# and how many images share a fit) or how often it writes a checkpoint: a restoration is the same whatever
+# they say, up to rounding (images_per_fit: up to the draws of the regularising noise after the first step;
+# each image's weights and code start as in a fit of its own, and metrics.json names the images packed with it).
+ORCHESTRATION_KEYS = ("jobs_per_gpu", "cpu_jobs", "baseline_jobs", "time_budget_s", "logger", "speed", "checkpoint",
+                      "images_per_fit")
 
 
 def _restoration_key(config: dict) -> dict:
@@ -140,17 +148,8 @@ def _restoration_key(config: dict) -> dict:
     machine, and carried here, counts as finished (the images themselves are checked against their
     manifest's sha256)."""
     output_dir = config.get("paths", {}).get("output_dir")
-
-    def relocate(value):
-        if isinstance(value, dict):
-            return {key: relocate(item) for key, item in value.items()}
-        if isinstance(value, list):
-            return [relocate(item) for item in value]
-        if isinstance(value, str) and output_dir and value.startswith(output_dir):
-            return "{output_dir}" + value[len(output_dir):]
-        return value
-
-    key = {name: value for name, value in relocate(config).items() if name not in ORCHESTRATION_KEYS}
+    relocated = _relocate(config, output_dir, "{output_dir}") if output_dir else config
+    key = {name: value for name, value in relocated.items() if name not in ORCHESTRATION_KEYS}
     for selection in ("images", "restore"):
         key.get("benchmark", {}).pop(selection, None)
     data = key.get("data", {})
@@ -158,6 +157,17 @@ def _restoration_key(config: dict) -> dict:
     if data.get("path"):
         data["path"] = "/".join(Path(data["path"]).parts[-2:])
     return key
+
+
+def _relocate(value, old: str, new: str):
+    """``value`` (a config, or any part of one) with each path under ``old`` moved under ``new``."""
+    if isinstance(value, dict):
+        return {key: _relocate(item, old, new) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_relocate(item, old, new) for item in value]
+    if isinstance(value, str) and value.startswith(old):
+        return new + value[len(old):]
+    return value
 
 
 def _finished(job: ImageJob, result_file: str) -> dict | None:
@@ -176,14 +186,78 @@ def _finished(job: ImageJob, result_file: str) -> dict | None:
     return json.loads(result.read_text())
 
 
-def restore_image(job: ImageJob) -> dict:
-    """Restore one image (in a worker process or in-process) and score the last output and the EMA
-    with the benchmark's protocol; outputs, ``config.yaml`` and ``metrics.json`` go to its sub-run."""
+@dataclass(frozen=True)
+class Pack:
+    """Jobs restored by one fit: one job, or up to ``images_per_fit`` images of one size packed into
+    one generator (``dip.problem.stack_problems``), whose checkpoint and curves go to ``directory``."""
+
+    jobs: tuple[ImageJob, ...]
+    directory: Path
+
+    @property
+    def step_pixels(self) -> int:
+        return sum(job.step_pixels for job in self.jobs)
+
+    @property
+    def work(self) -> int:
+        return sum(job.work for job in self.jobs)
+
+    @property
+    def names(self) -> str:
+        return ", ".join(job.name for job in self.jobs)
+
+
+def pack_jobs(jobs: list[ImageJob], images_per_fit: int, directory: Path) -> list[Pack]:
+    """``jobs`` in fits of up to ``images_per_fit`` images of one size (in the order each size first
+    comes); a fit of several gets a folder of its own under ``directory``, one job keeps its own."""
+    if images_per_fit < 1:
+        raise DipError(f"images_per_fit must be at least 1, got {images_per_fit}")
+    by_size: dict[tuple[int, int], list[ImageJob]] = {}
+    for job in jobs:
+        by_size.setdefault(job.size, []).append(job)
+    packs = []
+    for group in by_size.values():
+        for start in range(0, len(group), images_per_fit):
+            members = tuple(group[start:start + images_per_fit])
+            packs.append(Pack(members, members[0].output_dir if len(members) == 1 else directory / _pack_name(members)))
+    return packs
+
+
+def _pack_name(jobs: tuple[ImageJob, ...]) -> str:
+    """A packed fit's folder: its first sub-run, how many more, and a digest of them all (another
+    selection of images makes another fit, which must not resume this one's checkpoint)."""
+    digest = hashlib.sha1("\n".join(str(job.output_dir) for job in jobs).encode()).hexdigest()[:8]
+    first = jobs[0].output_dir
+    label = first.name if first.parent.name == "images" else f"{first.parent.name}-{first.name}"  # runs: seed<S>
+    return f"{label}+{len(jobs) - 1}-{digest}"
+
+
+def restore_pack(pack: Pack) -> list[dict]:
+    """Restore the pack's images by one fit (in a worker process or in-process) and score each one's
+    last output and EMA with the benchmark's protocol; each job's outputs, ``config.yaml`` and
+    ``metrics.json`` go to its sub-run."""
     from dip.pipeline import run  # here, not at the top: a missing dataset is reported before Lightning loads
 
-    write_atomically(job.output_dir / "config.yaml", lambda handle: handle.write(_config_text(job.config).encode()))
-    # the checkpoint in the sub-run: an interrupted benchmark, run again, continues the image it was on
-    result = run(OmegaConf.create(job.config), None, checkpoint_dir=job.output_dir)
+    for job in pack.jobs:
+        text = _config_text(job.config).encode()
+        write_atomically(job.output_dir / "config.yaml", lambda handle, text=text: handle.write(text))
+    first = pack.jobs[0]
+    # the checkpoint in the sub-run (or the pack's folder): an interrupted benchmark, run again, continues it
+    if len(pack.jobs) == 1:
+        results = [run(OmegaConf.create(first.config), None, checkpoint_dir=first.output_dir)]
+    else:
+        config = _relocate(first.config, first.config["paths"]["output_dir"], str(pack.directory))
+        if "group" in config["logger"]:  # W&B: the fit's run is named by its folder
+            config["logger"]["name"] = f"{config['benchmark']['name']}/{pack.directory.name}"
+        problem = stack_problems([problem_from_config(OmegaConf.create(job.config)) for job in pack.jobs],
+                                 [job.name for job in pack.jobs])
+        result = run(OmegaConf.create(config), None, problem, checkpoint_dir=pack.directory,
+                     seeds=[job.config["seed"] for job in pack.jobs])
+        results = [result.image(k) for k in range(len(pack.jobs))]
+    return [_score_and_write(job, result, pack) for job, result in zip(pack.jobs, results)]
+
+
+def _score_and_write(job: ImageJob, result: Result, pack: Pack) -> dict:
     metrics = result.metrics
     for suffix, image in (("", result.restored), ("_ema", result.restored_ema)):
         metrics.update({key + suffix: value for key, value in
@@ -194,8 +268,11 @@ def restore_image(job: ImageJob) -> dict:
             metrics.update({f"{key}{suffix}_restart_mean": statistics.fmean(s[key] for s in scores)
                             for key in scores[0]})
     height, width = result.ground_truth.shape[-2:]
-    metrics.update(image=job.name, width=width, height=height, gpus_visible=os.environ.get("CUDA_VISIBLE_DEVICES"),
+    metrics.update(image=job.name, seed=job.config["seed"], width=width, height=height,
+                   gpus_visible=os.environ.get("CUDA_VISIBLE_DEVICES"),
                    device_name=torch.cuda.get_device_name() if metrics["device"].startswith("cuda") else "CPU")
+    if len(pack.jobs) > 1:  # the fit's seconds and peak memory are those of all its images together
+        metrics["packed_with"] = [other.name for other in pack.jobs if other is not job]
     if job.keep_outputs:
         outputs = {"restored": result.restored, "restored_ema": result.restored_ema}
         write_atomically(job.output_dir / OUTPUTS_FILE, lambda handle: torch.save(outputs, handle))
@@ -261,8 +338,8 @@ def image_jobs(cfg: DictConfig, image: DatasetImage, directory: Path) -> list[Im
     runs = cfg.benchmark.runs
     if runs < 1:
         raise DipError(f"benchmark.runs must be at least 1, got {runs}")
-    size = cfg.data.size
-    pixels = image.width * image.height if not size else min(size, image.width) * min(size, image.height)
+    crop = cfg.data.size
+    size = (image.height, image.width) if not crop else (min(crop, image.height), min(crop, image.width))
     jobs = []
     for seed in range(cfg.seed, cfg.seed + runs):
         output_dir = directory if runs == 1 else directory / f"seed{seed}"
@@ -277,7 +354,7 @@ def image_jobs(cfg: DictConfig, image: DatasetImage, directory: Path) -> list[Im
                 job.logger.group = cfg.benchmark.name
                 job.logger.name = f"{cfg.benchmark.name}/{image.stem}" + (f"/seed{seed}" if runs > 1 else "")
         jobs.append(ImageJob(image.name, OmegaConf.to_container(job, resolve=True), output_dir,
-                             cfg.benchmark.protocol, cfg.benchmark.shave, pixels, keep_outputs=runs > 1))
+                             cfg.benchmark.protocol, cfg.benchmark.shave, size, keep_outputs=runs > 1))
     return jobs
 
 
@@ -288,39 +365,45 @@ def _start_worker(slots, gpus: list[str], cpu_threads: int) -> None:
 
 
 def restore_all(jobs: list[ImageJob], finished: dict[Path, dict], gpus: list[str], workers: int,
-                budget: TimeBudget, restorable: set[str] | None = None) -> tuple[dict[Path, dict], dict[str, str]]:
+                budget: TimeBudget, restorable: set[str] | None = None, images_per_fit: int = 1,
+                packs_dir: Path | None = None) -> tuple[dict[Path, dict], dict[str, str]]:
     """Restore every job not ``finished`` before (metrics by output directory) whose image is
-    ``restorable`` (``None``: any), ``workers`` at a time (in this process when 1), each started only
-    if ``budget`` allows it; the metrics by output directory, those finished before included, and why
+    ``restorable`` (``None``: any), up to ``images_per_fit`` images of one size per fit (folders under
+    ``packs_dir``), ``workers`` fits at a time (in this process when 1), each started only if
+    ``budget`` allows it; the metrics by output directory, those finished before included, and why
     each image left unrestored was not started (by its name)."""
     results = dict(finished)
     not_started = {job.name: "they are outside benchmark.restore" for job in jobs
                    if job.output_dir not in results and restorable is not None and job.name not in restorable}
-    pending = collections.deque(job for job in jobs if job.output_dir not in results and job.name not in not_started)
+    to_restore = [job for job in jobs if job.output_dir not in results and job.name not in not_started]
+    pending = collections.deque(pack_jobs(to_restore, images_per_fit, packs_dir or Path("packs")))
     if results:
         log.info(f"reusing {len(results)} finished restoration(s): {', '.join(m['image'] for m in results.values())}")
 
-    def report(job: ImageJob, metrics: dict) -> None:
-        results[job.output_dir] = metrics
-        budget.record(job, metrics)
-        key = "psnr_y" if "psnr_y" in metrics else "psnr"
-        log.info(f"[{len(results)}/{len(jobs)}] {metrics['image']} (seed {metrics['seed']}): {key} "
-                 f"{metrics[key]:.2f} dB (EMA {metrics[key + '_ema']:.2f}) in {metrics['seconds']:.1f} s "
-                 f"on {metrics['device']}")
+    def report(pack: Pack, pack_metrics: list[dict]) -> None:
+        budget.record(pack, pack_metrics[0])  # the fit's steps and seconds, the same for each of its images
+        for job, metrics in zip(pack.jobs, pack_metrics):
+            results[job.output_dir] = metrics
+            key = "psnr_y" if "psnr_y" in metrics else "psnr"
+            packed = f", packed with {len(pack.jobs) - 1} more" if len(pack.jobs) > 1 else ""
+            log.info(f"[{len(results)}/{len(jobs)}] {metrics['image']} (seed {metrics['seed']}): {key} "
+                     f"{metrics[key]:.2f} dB (EMA {metrics[key + '_ema']:.2f}) in {metrics['seconds']:.1f} s "
+                     f"on {metrics['device']}{packed}")
 
-    def next_job() -> ImageJob | None:
+    def next_pack() -> Pack | None:
         while pending:
-            job = pending.popleft()
-            if budget.allows(job):
-                return job
-            not_started[job.name] = f"they would not have finished within time_budget_s={budget.seconds}"
-            log.info(f"not starting {job.name} ({job.output_dir.name}): about {budget.estimate(job):.0f} s, "
+            pack = pending.popleft()
+            if budget.allows(pack):
+                return pack
+            for job in pack.jobs:
+                not_started[job.name] = f"they would not have finished within time_budget_s={budget.seconds}"
+            log.info(f"not starting {pack.names} ({pack.directory.name}): about {budget.estimate(pack):.0f} s, "
                      f"{max(0.0, budget.left()):.0f} s left of time_budget_s")
         return None
 
     if workers <= 1:
-        while (job := next_job()) is not None:
-            report(job, restore_image(job))
+        while (pack := next_pack()) is not None:
+            report(pack, restore_pack(pack))
         return results, not_started
     context = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked children
     slots = context.Queue()
@@ -330,16 +413,16 @@ def restore_all(jobs: list[ImageJob], finished: dict[Path, dict], gpus: list[str
     pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
                                initargs=(slots, gpus, cpu_threads))
     try:
-        # one job per free worker, so that each is started only when a worker can take it at once
-        running: dict[Future, ImageJob] = {}
-        while len(running) < workers and (job := next_job()) is not None:
-            running[pool.submit(restore_image, job)] = job
+        # one fit per free worker, so that each is started only when a worker can take it at once
+        running: dict[Future, Pack] = {}
+        while len(running) < workers and (pack := next_pack()) is not None:
+            running[pool.submit(restore_pack, pack)] = pack
         while running:
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in finished:
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
                 report(running.pop(future), future.result())
-                if (job := next_job()) is not None:
-                    running[pool.submit(restore_image, job)] = job
+                if (pack := next_pack()) is not None:
+                    running[pool.submit(restore_pack, pack)] = pack
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return results, not_started
@@ -367,6 +450,10 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> dict:
         raise DipError(f"benchmark.restore=[] only tabulates, but no image of {spec.name} is restored in "
                        f"{run_dir / 'images'}: there is no table to write")
     check_baselines(list(spec.baselines), jobs[0])
+    if cfg.images_per_fit > 1:
+        from dip.pipeline import check_copies  # after the dataset checks: Lightning takes seconds to load
+
+        check_copies(cfg, cfg.images_per_fit)
     gpus = [] if cfg.trainer.accelerator == "cpu" else visible_gpus()
     workers = min(len(jobs), worker_count(gpus, cfg.jobs_per_gpu, cfg.cpu_jobs))
     log.info(f"{spec.name}: {len(images)} images x {spec.runs} run(s) from {Path(cfg.data.root) / spec.dataset}, "
@@ -379,7 +466,8 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> dict:
             threads.submit(compute_baselines, dataclasses.replace(image_runs[0], output_dir=directory),
                            list(spec.baselines))
             for directory, image_runs in per_image]
-        restored, not_started = restore_all(jobs, finished, gpus, workers, budget, restorable)
+        restored, not_started = restore_all(jobs, finished, gpus, workers, budget, restorable, cfg.images_per_fit,
+                                            run_dir / "packs")
         baseline_scores = [future.result() for future in baselines]
     finally:
         threads.shutdown(wait=True, cancel_futures=True)

@@ -11,9 +11,11 @@
 # already there is kept as it is), and PROGRESS/<label>/ the table when it covers every image of the one
 # there (as a run seeded from PROGRESS/<label>/images does). A device call's labels are its
 # folders; a run folder's is its benchmark's name followed by the overrides that change the restoration
-# (LABEL=... names it instead), as gpu_benchmarks.sh names them. Nothing is written from a missing or
-# unreadable SOURCE.
+# (benchmark_label.sh; LABEL=... names it instead), as gpu_benchmarks.sh names them. A fit of several images
+# (images_per_fit) has its curve under packs/ in the run: it goes to <label>/curves/pack-<fit>.csv.
+# Nothing is written from a missing or unreadable SOURCE.
 set -euo pipefail
+source "$(dirname "$0")/benchmark_label.sh"
 [ $# -ge 2 ] || { echo "usage: $0 SOURCE DEST [PROGRESS]" >&2; exit 2; }
 source=$1 dest=$2 progress=${3:-results/benchmark-progress}
 unpacked=$(mktemp -d)
@@ -22,12 +24,10 @@ if [ -d "$source" ]; then
   [ -d "$source/images" ] && [ -f "$source/.hydra/config.yaml" ] \
     || { echo "error: $source is not a run folder of experiments/benchmark.py (no images/ or .hydra/config.yaml)" >&2; exit 1; }
   name=$(sed -n '/^benchmark:/,/^[^ ]/s/^  name: *//p' "$source/.hydra/config.yaml")
-  restoration=$(sed -n "s/^- //p" "$source/.hydra/overrides.yaml" | tr -d "'\"" | grep -v -E \
-    '^(benchmark|logger|time_budget_s|jobs_per_gpu|cpu_jobs|baseline_jobs|data\.root|benchmark\.(images|restore)|checkpoint\..*)=' \
-    | paste -sd, -) || true
-  label=${LABEL:-$name${restoration:+_$(tr ',=[]' '____' <<< "$restoration")}}
+  label=${LABEL:-$(benchmark_label "$name" "$(sed -n "s/^- //p" "$source/.hydra/overrides.yaml")")}
   mkdir "$unpacked/$label"
   ln -s "$(cd "$source" && pwd)/images" "$unpacked/$label/images"
+  [ -d "$source/packs" ] && ln -s "$(cd "$source" && pwd)/packs" "$unpacked/$label/packs"
   cp -t "$unpacked/$label" "$source"/table.* 2>/dev/null || true
   [ -f "$source/benchmark.log" ] && cp "$source/benchmark.log" "$unpacked/$label/log.txt"
 else
@@ -60,6 +60,11 @@ for images in "$unpacked"/*/images; do
     cp -t "$target" "$image"/config.yaml "$image"/metrics.json
     [ -f "$image/baselines.json" ] && [ ! -f "$target/baselines.json" ] && cp -t "$target" "$image/baselines.json"
     echo "merged $label/$name"
+  done
+  for curve in "$run"/packs/*/csv/metrics.csv; do  # the curve of a fit of several images
+    [ -f "$curve" ] || continue
+    fit=$(basename "$(dirname "$(dirname "$curve")")")
+    mkdir -p "$dest/$label/curves" && cp "$curve" "$dest/$label/curves/pack-$fit.csv"
   done
   covered=$(table_images "$run/table.csv")
   if [ -n "$covered" ] && [ -z "$(LC_ALL=C comm -23 <(table_images "$progress/$label/table.csv") - <<< "$covered")" ]; then

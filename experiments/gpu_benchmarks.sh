@@ -24,6 +24,7 @@
 # SMOKE=1 PY=.venv/bin/python bash experiments/gpu_benchmarks.sh   checks the script on a CPU in seconds.
 set -uo pipefail
 source "$(dirname "$0")/gpu_env.sh" gpu_benchmarks.sh "$@"
+source experiments/benchmark_label.sh  # gpu_env.sh went to the repository root
 export DIP_DATA=${DIP_DATA:-data}
 RESUME_FROM=${RESUME_FROM-results/benchmark-progress}
 [ $# -eq 0 ] && set -- set14_x4:540
@@ -35,7 +36,7 @@ for spec in "$@"; do
   [ -n "${SMOKE:-}" ] && extra+=(trainer.max_steps=2 data.size=32 "benchmark.images=[$(awk -F'\t' 'NR==2{print $1}' \
     "$DIP_DATA/$(sed -n 's/^  dataset: *//p' "conf/benchmark/$name.yaml")/MANIFEST.tsv")]" trainer.accelerator=cpu)
   # a smoke run's label never names real sub-runs: it neither resumes them nor, filed, merges into them
-  label=$name${overrides:+_$(tr ',=[]' '____' <<< "$overrides")}${SMOKE:+_smoke}
+  label=$(benchmark_label "$name" "$(tr ',' '\n' <<< "$overrides")")${SMOKE:+_smoke}
   # images that would not finish before the limit are not started (the budget's clock starts some 30 s
   # after the process): the call ends with a table of those finished, and a later one does the rest
   extra+=("time_budget_s=$((seconds > 90 ? seconds - 45 : seconds))")
@@ -48,8 +49,8 @@ for spec in "$@"; do
   echo "=== $label exit $?"
   cp "$run_dir"/table.* "$RESULTS/$label/" 2>/dev/null && cat "$RESULTS/$label/table.md"
   dest=$(cd "$RESULTS/$label" && pwd)
-  (cd "$run_dir" && find images \( -name config.yaml -o -name metrics.json -o -name baselines.json \
-    -o -path '*/csv/metrics.csv' \) -print0 \
+  (cd "$run_dir" && find images packs \( -name config.yaml -o -name metrics.json -o -name baselines.json \
+    -o -path '*/csv/metrics.csv' \) -print0 2>/dev/null \
     | xargs -0 -r cp --parents -t "$dest")
   archive
 done

@@ -226,7 +226,7 @@ def test_time_budget_starts_what_the_slowest_rate_so_far_finishes_in_time():
 
     def job(pixels: int, steps: int = 10, restarts: int = 1) -> ImageJob:
         config = {"trainer": {"max_steps": steps}, "restarts": restarts}
-        return ImageJob("x.png", config, Path("x"), "rgb", 0, pixels)
+        return ImageJob("x.png", config, Path("x"), "rgb", 0, (pixels, 1))
 
     assert budget.allows(job(10**9))  # nothing finished: no estimate, so it starts
     budget.record(job(100), {"steps": 10, "seconds": 10.0})  # 0.01 s per pixel-step
@@ -292,6 +292,45 @@ def test_restore_adds_one_image_to_a_table_of_images_finished_elsewhere(tmp_path
     with pytest.raises(DipError, match=r"restore=\[\] only tabulates, but no image of set5_x4 is restored in .*empty"):
         run_benchmark(compose("set5_x4", root, empty, *settings, "benchmark.restore=[]"), empty)
     assert not empty.exists()
+
+
+def test_images_of_one_size_share_a_fit_and_each_is_scored_on_its_own(tmp_path):
+    """images_per_fit=2: two of the three 48 px images are restored by one packed fit (curves in its
+    folder under packs/), the third by a fit of its own; each image's metrics come from its own
+    observation (its bicubic baseline is the one baselines.json scores) and name the images packed
+    with it. A second run, one image per fit, reuses all three."""
+    root, run_dir = tmp_path / "data", tmp_path / "run"
+    make_dataset(root, "Set5", ["baby.png", "bird.png", "woman.png"])
+    run_benchmark(compose("set5_x4", root, run_dir, "images_per_fit=2", "logger=csv"), run_dir)
+    (pack,) = (run_dir / "packs").iterdir()  # the packed fit's own folder, with its curves
+    assert pack.name.startswith("baby+1-") and (pack / "csv" / "metrics.csv").is_file()
+    assert not (run_dir / "images" / "baby" / "csv").exists()
+    assert (run_dir / "images" / "woman" / "csv" / "metrics.csv").is_file()
+    assert [row["image"] for row in read_csv(run_dir / "table.csv")] == ["baby.png", "bird.png", "woman.png", "mean"]
+    metrics = {stem: json.loads((run_dir / "images" / stem / "metrics.json").read_text())
+               for stem in ("baby", "bird", "woman")}
+    assert metrics["baby"]["packed_with"] == ["bird.png"] and metrics["bird"]["packed_with"] == ["baby.png"]
+    assert "packed_with" not in metrics["woman"]
+    for stem, image in metrics.items():
+        bicubic = json.loads((run_dir / "images" / stem / "baselines.json").read_text())["scores"]["bicubic"]
+        assert image["psnr_observation"] == pytest.approx(bicubic["psnr"], abs=1e-3)
+    assert metrics["baby"]["psnr_y"] != metrics["bird"]["psnr_y"]
+
+    run_benchmark(compose("set5_x4", root, run_dir), run_dir)  # one image per fit now: the same restorations
+    assert "all 3 restorations finished by earlier runs" in (run_dir / "table.md").read_text()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["images_per_fit=2", "restarts=2"], "restarts=2 does not combine with packing 2 images"),
+    (["images_per_fit=2", "arch=unet"], "packing 2 images packs copies of the generator"),
+    (["images_per_fit=0"], "images_per_fit must be at least 1, got 0"),
+])
+def test_impossible_packing_is_one_line_before_any_fit(tmp_path, overrides, message):
+    root, run_dir = tmp_path / "data", tmp_path / "run"
+    make_dataset(root, "Set5", ["baby.png", "bird.png"])
+    with pytest.raises(DipError, match=message):
+        run_benchmark(compose("set5_x4", root, run_dir, "benchmark.baselines=[]", *overrides), run_dir)
+    assert not list(run_dir.glob("images/*/metrics.json"))
 
 
 def test_the_run_line_names_a_few_images_left_for_later_and_counts_the_rest():
@@ -460,7 +499,8 @@ def test_filing_a_device_archive_merges_finished_restorations_into_progress(tmp_
 
 def test_filing_a_run_folder_adds_its_image_and_its_wider_table_to_progress(tmp_path):
     """experiments/file_results.sh on a run folder of the runner: its label is the benchmark's name
-    plus the overrides that change the restoration; the new image joins the progress folder, and the
+    plus the overrides that change the restoration (not speed or images_per_fit, which only orchestrate);
+    a packed fit's curve is filed beside the images'; the new image joins the progress folder, and the
     run's table replaces the progress table when it covers every image of it, not otherwise."""
     root, run_dir, progress = tmp_path / "data", tmp_path / "run", tmp_path / "progress"
     make_dataset(root, "Set5", ["baby.png", "bird.png", "woman.png"])
@@ -471,7 +511,9 @@ def test_filing_a_run_folder_adds_its_image_and_its_wider_table_to_progress(tmp_
     (run_dir / ".hydra" / "config.yaml").write_text(hydra_config)
     (run_dir / ".hydra" / "overrides.yaml").write_text(
         "- benchmark=set5_x4\n- logger=csv\n- trainer.max_steps=2\n- '+data.size=48'\n"
-        "- 'benchmark.restore=[bird.png]'\n- checkpoint.every_n_steps=100\n")
+        "- 'benchmark.restore=[bird.png]'\n- checkpoint.every_n_steps=100\n- images_per_fit=2\n- speed=fast\n")
+    (run_dir / "packs" / "bird+1-0a1b2c3d" / "csv").mkdir(parents=True)  # a packed fit's curve
+    (run_dir / "packs" / "bird+1-0a1b2c3d" / "csv" / "metrics.csv").write_text("psnr,step\n20.0,1\n")
     (run_dir / "benchmark.log").write_text("[1/1] bird.png (seed 0): psnr_y 20.00 dB\n")
     label = "set5_x4_trainer.max_steps_2_+data.size_48"
     (progress / label / "images" / "bird").mkdir(parents=True)
@@ -486,6 +528,7 @@ def test_filing_a_run_folder_adds_its_image_and_its_wider_table_to_progress(tmp_
     assert [row["image"] for row in read_csv(progress / label / "table.csv")] == ["bird.png", "woman.png", "mean"]
     assert (tmp_path / "dest" / "log-summary.txt").read_text() == "[1/1] bird.png (seed 0): psnr_y 20.00 dB\n"
     assert (tmp_path / "dest" / label / "table.md").is_file()
+    assert (tmp_path / "dest" / label / "curves" / "pack-bird+1-0a1b2c3d.csv").read_text() == "psnr,step\n20.0,1\n"
 
     (progress / label / "table.csv").write_text("image\nbaby.png\nmean\n")
     again = file_results(run_dir, tmp_path / "dest", progress, LABEL=label)
