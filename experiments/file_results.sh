@@ -4,15 +4,15 @@
 # SOURCE is either the results.tar.gz that a device call of gpu_session.sh or gpu_benchmarks.sh returned,
 # or the run folder (hydra.run.dir) of experiments/benchmark.py run here. DEST (e.g. results/gpu-<date>-<device>
 # or results/benchmark-cpu-<date>-<label>-<image>) gets the bench-*.json and env-*.txt of a call,
-# log-summary.txt (the logs without progress bars), each benchmark's table.md/csv under <label>/, and under
-# <label>/curves/ the PSNR curve (the CSV logger's metrics.csv) of each fit it ran. PROGRESS (default
-# results/benchmark-progress) is where later runs resume from: PROGRESS/<label>/images/<image>/ gets
-# config.yaml, metrics.json and baselines.json of every image that finished and is not there yet (an image
-# already there is kept as it is), and PROGRESS/<label>/ the table when it covers every image of the one
-# there (as a run seeded from PROGRESS/<label>/images does). A device call's labels are its
-# folders; a run folder's is its benchmark's name followed by the overrides that change the restoration
-# (benchmark_label.sh; LABEL=... names it instead), as gpu_benchmarks.sh names them. A fit of several images
-# (images_per_fit) has its curve under packs/ in the run: it goes to <label>/curves/pack-<fit>.csv.
+# log-summary.txt (the logs without progress bars), each run's table.md/csv under <run>/, and under
+# <run>/curves/ the PSNR curve (the CSV logger's metrics.csv) of each fit it ran (pack-<fit>.csv for a fit of
+# several images, images_per_fit). PROGRESS (default results/benchmark-progress) is where later runs resume
+# from: PROGRESS/<label>/images/<image>/ gets config.yaml, metrics.json and baselines.json of every image that
+# finished and is not there yet (an image already there is kept as it is), and PROGRESS/<label>/ the table
+# when it covers every image of the one there (as a run seeded from PROGRESS/<label>/images does). A device
+# run's <run> is its folder (the benchmark and all its overrides) and its label the one its file `label`
+# names; a run folder's <run> and label are its benchmark's name followed by the overrides that change the
+# restoration (benchmark_label.sh; LABEL=... names it instead), as gpu_benchmarks.sh names its labels.
 # Nothing is written from a missing or unreadable SOURCE.
 set -euo pipefail
 source "$(dirname "$0")/benchmark_label.sh"
@@ -46,13 +46,14 @@ find "$unpacked" -name log.txt | LC_ALL=C sort | xargs -r cat | tr '\r' '\n' \
 
 for images in "$unpacked"/*/images; do
   [ -d "$images" ] || continue
-  run=$(dirname "$images") label=$(basename "$(dirname "$images")")
-  mkdir -p "$dest/$label"
-  find "$run" -maxdepth 1 -name 'table.*' -exec cp -t "$dest/$label" {} +
+  run=$(dirname "$images") folder=$(basename "$(dirname "$images")")
+  label=$(cat "$run/label" 2>/dev/null || echo "$folder")  # a device run names the label it files under
+  mkdir -p "$dest/$folder"
+  find "$run" -maxdepth 1 -name 'table.*' -exec cp -t "$dest/$folder" {} +
   for image in "$images"/*/; do
     name=$(basename "$image")
     if [ -f "$image/csv/metrics.csv" ]; then  # the PSNR curve of a fit of this run
-      mkdir -p "$dest/$label/curves" && cp "$image/csv/metrics.csv" "$dest/$label/curves/$name.csv"
+      mkdir -p "$dest/$folder/curves" && cp "$image/csv/metrics.csv" "$dest/$folder/curves/$name.csv"
     fi
     target=$progress/$label/images/$name
     [ -f "$image/metrics.json" ] && [ ! -f "$target/metrics.json" ] || continue
@@ -64,7 +65,7 @@ for images in "$unpacked"/*/images; do
   for curve in "$run"/packs/*/csv/metrics.csv; do  # the curve of a fit of several images
     [ -f "$curve" ] || continue
     fit=$(basename "$(dirname "$(dirname "$curve")")")
-    mkdir -p "$dest/$label/curves" && cp "$curve" "$dest/$label/curves/pack-$fit.csv"
+    mkdir -p "$dest/$folder/curves" && cp "$curve" "$dest/$folder/curves/pack-$fit.csv"
   done
   covered=$(table_images "$run/table.csv")
   if [ -n "$covered" ] && [ -z "$(LC_ALL=C comm -23 <(table_images "$progress/$label/table.csv") - <<< "$covered")" ]; then

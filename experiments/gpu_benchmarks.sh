@@ -35,20 +35,23 @@ for spec in "$@"; do
   IFS=, read -r -a extra <<< "${overrides:-}"
   [ -n "${SMOKE:-}" ] && extra+=(trainer.max_steps=2 data.size=32 "benchmark.images=[$(awk -F'\t' 'NR==2{print $1}' \
     "$DIP_DATA/$(sed -n 's/^  dataset: *//p' "conf/benchmark/$name.yaml")/MANIFEST.tsv")]" trainer.accelerator=cpu)
-  # a smoke run's label never names real sub-runs: it neither resumes them nor, filed, merges into them
+  # The run's own folder (two runs of one call, e.g. jobs_per_gpu=1 and 2, never share one) and the label
+  # its finished images resume from and are filed under (its file `label`). A smoke run's label never names
+  # real sub-runs: it neither resumes them nor, filed, merges into them.
+  folder=$(run_name "$name" "$(tr ',' '\n' <<< "$overrides")")${SMOKE:+_smoke}
   label=$(benchmark_label "$name" "$(tr ',' '\n' <<< "$overrides")")${SMOKE:+_smoke}
   # images that would not finish before the limit are not started (the budget's clock starts some 30 s
   # after the process): the call ends with a table of those finished, and a later one does the rest
   extra+=("time_budget_s=$((seconds > 90 ? seconds - 45 : seconds))")
-  run_dir=outputs/bench/$label
-  mkdir -p "$RESULTS/$label" "$run_dir"
+  run_dir=outputs/bench/$folder
+  mkdir -p "$RESULTS/$folder" "$run_dir" && echo "$label" > "$RESULTS/$folder/label"
   [ -n "${RESUME_FROM:-}" ] && [ -d "$RESUME_FROM/$label/images" ] && cp -rn "$RESUME_FROM/$label/images" "$run_dir/"
-  echo "=== $label (limit ${seconds}s): benchmark.py benchmark=$name ${extra[*]}"
+  echo "=== $folder (limit ${seconds}s): benchmark.py benchmark=$name ${extra[*]}"
   limited "$seconds" $PY experiments/benchmark.py "benchmark=$name" logger=csv "hydra.run.dir=$run_dir" "${extra[@]}" \
-    > "$RESULTS/$label/log.txt" 2>&1
-  echo "=== $label exit $?"
-  cp "$run_dir"/table.* "$RESULTS/$label/" 2>/dev/null && cat "$RESULTS/$label/table.md"
-  dest=$(cd "$RESULTS/$label" && pwd)
+    > "$RESULTS/$folder/log.txt" 2>&1
+  echo "=== $folder exit $?"
+  cp "$run_dir"/table.* "$RESULTS/$folder/" 2>/dev/null && cat "$RESULTS/$folder/table.md"
+  dest=$(cd "$RESULTS/$folder" && pwd)
   (cd "$run_dir" && find images packs \( -name config.yaml -o -name metrics.json -o -name baselines.json \
     -o -path '*/csv/metrics.csv' \) -print0 2>/dev/null \
     | xargs -0 -r cp --parents -t "$dest")

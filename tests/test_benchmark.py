@@ -458,10 +458,13 @@ def file_results(*args, **env) -> subprocess.CompletedProcess:
 
 def test_filing_a_device_archive_merges_finished_restorations_into_progress(tmp_path):
     """experiments/file_results.sh: a device call's archive adds the images it finished to the
-    progress folder, keeps those already there, skips unfinished ones, files each fit's PSNR curve
-    with the call's results, and writes nothing from a bad archive."""
+    progress folder of the label its run names (a run made faster files with the others), keeps those
+    already there, skips unfinished ones, files each fit's PSNR curve with the call's results under the
+    run's own folder, and writes nothing from a bad archive."""
     call = tmp_path / "call"
-    label = call / "set5_x4" / "images"
+    label = call / "set5_x4_speed_fast" / "images"
+    label.mkdir(parents=True)
+    (label.parent / "label").write_text("set5_x4\n")
     for image, files in {"baby": ("config.yaml", "metrics.json", "baselines.json"), "bird": ("metrics.json",),
                          "head": ("baselines.json",)}.items():
         (label / image).mkdir(parents=True)
@@ -487,8 +490,8 @@ def test_filing_a_device_archive_merges_finished_restorations_into_progress(tmp_
     assert not (kept / "head").exists()
     assert (dest / "bench-main.json").is_file()
     assert (dest / "log-summary.txt").read_text() == "[1/2] baby.png: psnr 30.1 dB\n"
-    assert [path.name for path in (dest / "set5_x4" / "curves").iterdir()] == ["bird.csv"]
-    assert (dest / "set5_x4" / "curves" / "bird.csv").read_text().endswith("20.5,19.0,49\n")
+    assert [path.name for path in (dest / "set5_x4_speed_fast" / "curves").iterdir()] == ["bird.csv"]
+    assert (dest / "set5_x4_speed_fast" / "curves" / "bird.csv").read_text().endswith("20.5,19.0,49\n")
 
     broken = tmp_path / "broken.tar.gz"
     broken.write_text("not an archive")
