@@ -166,6 +166,21 @@ def test_an_image_cut_mid_fit_continues_from_its_checkpoint(tmp_path):
     assert not (image_run / "checkpoint.ckpt").exists()  # a finished image keeps none (checkpoint.keep=false)
 
 
+def test_a_packed_fit_cut_mid_fit_continues_from_its_checkpoint(tmp_path):
+    root, run_dir = tmp_path / "data", tmp_path / "run"
+    make_dataset(root, "Set5", ["baby.png", "bird.png"])
+    run_benchmark(compose("set5_x4", root, run_dir, "images_per_fit=2", "checkpoint.keep=true"), run_dir)
+    (pack,) = (run_dir / "packs").iterdir()
+    assert (pack / "checkpoint.ckpt").is_file()
+    for stem in ("baby", "bird"):  # as if the benchmark had been stopped after step 2
+        (run_dir / "images" / stem / "metrics.json").unlink()
+    run_benchmark(compose("set5_x4", root, run_dir, "images_per_fit=2", "trainer.max_steps=3"), run_dir)
+    for stem in ("baby", "bird"):
+        metrics = json.loads((run_dir / "images" / stem / "metrics.json").read_text())
+        assert (metrics["resumed_from_step"], metrics["steps"]) == (2, 3)
+    assert not (pack / "checkpoint.ckpt").exists()
+
+
 def test_restorations_carried_from_another_machine_are_reused(tmp_path):
     """A sub-run's config, metrics and baselines, copied from a run with another data root, run
     folder (another checkout or machine), image selection, thread count and speed switches, count as
