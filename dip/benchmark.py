@@ -365,8 +365,8 @@ def _start_worker(slots, gpus: list[str], cpu_threads: int) -> None:
 
 
 def restore_all(jobs: list[ImageJob], finished: dict[Path, dict], gpus: list[str], workers: int,
-                budget: TimeBudget, restorable: set[str] | None = None, images_per_fit: int = 1,
-                packs_dir: Path | None = None) -> tuple[dict[Path, dict], dict[str, str]]:
+                budget: TimeBudget, images_per_fit: int, packs_dir: Path,
+                restorable: set[str] | None = None) -> tuple[dict[Path, dict], dict[str, str]]:
     """Restore every job not ``finished`` before (metrics by output directory) whose image is
     ``restorable`` (``None``: any), up to ``images_per_fit`` images of one size per fit (folders under
     ``packs_dir``), ``workers`` fits at a time (in this process when 1), each started only if
@@ -376,7 +376,7 @@ def restore_all(jobs: list[ImageJob], finished: dict[Path, dict], gpus: list[str
     not_started = {job.name: "they are outside benchmark.restore" for job in jobs
                    if job.output_dir not in results and restorable is not None and job.name not in restorable}
     to_restore = [job for job in jobs if job.output_dir not in results and job.name not in not_started]
-    pending = collections.deque(pack_jobs(to_restore, images_per_fit, packs_dir or Path("packs")))
+    pending = collections.deque(pack_jobs(to_restore, images_per_fit, packs_dir))
     if results:
         log.info(f"reusing {len(results)} finished restoration(s): {', '.join(m['image'] for m in results.values())}")
 
@@ -466,8 +466,8 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> dict:
             threads.submit(compute_baselines, dataclasses.replace(image_runs[0], output_dir=directory),
                            list(spec.baselines))
             for directory, image_runs in per_image]
-        restored, not_started = restore_all(jobs, finished, gpus, workers, budget, restorable, cfg.images_per_fit,
-                                            run_dir / "packs")
+        restored, not_started = restore_all(jobs, finished, gpus, workers, budget, cfg.images_per_fit,
+                                            run_dir / "packs", restorable)
         baseline_scores = [future.result() for future in baselines]
     finally:
         threads.shutdown(wait=True, cancel_futures=True)

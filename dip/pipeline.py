@@ -105,8 +105,9 @@ class MetricsProgressBar(TQDMProgressBar):
         return metrics
 
 
-def prepare(cfg: DictConfig, problem: Problem | None = None, seeds: list[int] | None = None,
-            ) -> tuple[Problem, DeepImagePrior]:
+def prepare(
+    cfg: DictConfig, problem: Problem | None = None, seeds: list[int] | None = None
+) -> tuple[Problem, DeepImagePrior]:
     """Everything that can fail on the user's input, before any file is written: the problem (unless
     given, built by ``problem_from_config(cfg)``) and the module that solves it.
 
