@@ -354,13 +354,17 @@ def test_the_run_line_names_a_few_images_left_for_later_and_counts_the_rest():
     assert _some_names(names) == "baboon.png, barbara.png, bridge.png and 2 more"
 
 
-def test_runs_on_one_observation_and_their_average(tmp_path):
+@pytest.mark.parametrize("images_per_fit", [1, 2])
+def test_runs_on_one_observation_and_their_average(tmp_path, images_per_fit):
+    """benchmark.runs=2: two restorations of one observation, by two fits or (images_per_fit=2) one."""
     root, run_dir = tmp_path / "data", tmp_path / "run"
     make_dataset(root, "bm3d_color", ["one.png"])
     run_benchmark(compose("cset9_denoise25", root, run_dir, "benchmark.runs=2", "data.size=32",
-                          "benchmark.baselines=[]"), run_dir)
+                          "benchmark.baselines=[]", f"images_per_fit={images_per_fit}"), run_dir)
     image_dir = run_dir / "images" / "one"
     runs = [image_dir / f"seed{seed}" for seed in (0, 1)]
+    packed = [json.loads((run / "metrics.json").read_text()).get("packed_with") for run in runs]
+    assert packed == ([None, None] if images_per_fit == 1 else [["one.png"], ["one.png"]])
     observations = [np.asarray(Image.open(run / "observation.png")) for run in runs]
     assert np.array_equal(*observations)  # one noisy image
     outputs = [torch.load(run / "outputs.pt") for run in runs]
