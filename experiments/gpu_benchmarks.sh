@@ -4,10 +4,12 @@
 #   CSet9 ran as cset9_denoise25:540:trainer.max_steps=1800,restarts=2, two restarts packed per image:
 #   the 31.00 dB two-run average and the single-run figures in one sub-run per image, which a later
 #   session can carry; benchmark.runs=2 would need each run's float outputs, which do not come back)
-# run by experiments/benchmark.py with logger=csv into outputs/bench/<label>/ (ignored, kept while the
-# machine stays warm: repeating a cut-off command resumes its finished images). Its table.md/csv, log
-# and each finished image's config, metrics and baselines go to $RESULTS/<label>/ even when the time
-# limit cut it, and come back in results.tar.gz (see gpu_env.sh).
+# run by experiments/benchmark.py with logger=csv into outputs/bench/<run>/ (<run>: NAME and all the
+# overrides; ignored, kept while the machine stays warm: repeating a cut-off command resumes its finished
+# images). Its table.md/csv, log and each finished image's config, metrics and baselines go to
+# $RESULTS/<run>/ even when the time limit cut it, and come back in results.tar.gz (see gpu_env.sh).
+# <label> (benchmark_label.sh: NAME and the overrides that change the restoration, written to
+# $RESULTS/<run>/label) is where its images resume from and are filed.
 #
 # On the development machine, from the repository root, first:
 #   bash ../shared/device/wheels.sh && mkdir -p data && cp -r ../shared/datasets/{Set5,Set14,bm3d_color} data/
@@ -17,7 +19,7 @@
 # to measure how many jobs per GPU pay. Then unpack what comes back, merging the finished images into
 # results/benchmark-progress/: bash experiments/file_results.sh FILES_AT/results.tar.gz results/gpu-<date>-<device>
 # A benchmark can span sessions: RESUME_FROM=FOLDER (default results/benchmark-progress, committed, so it
-# travels; RESUME_FROM= turns it off) seeds outputs/bench/<label>/images from FOLDER/<label>/images, and
+# travels; RESUME_FROM= turns it off) seeds outputs/bench/<run>/images from FOLDER/<label>/images, and
 # the images finished there (same config, wherever it ran) are not run again, nor are baselines computed
 # there (CBM3D, whose package the device lacks, was computed on the development machine). After the
 # call, experiments/file_results.sh merges the archive's finished images (and its table) into FOLDER.
