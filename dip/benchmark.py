@@ -210,8 +210,6 @@ class Pack:
 def pack_jobs(jobs: list[ImageJob], images_per_fit: int, directory: Path) -> list[Pack]:
     """``jobs`` in fits of up to ``images_per_fit`` images of one size (in the order each size first
     comes); a fit of several gets a folder of its own under ``directory``, one job keeps its own."""
-    if images_per_fit < 1:
-        raise DipError(f"images_per_fit must be at least 1, got {images_per_fit}")
     by_size: dict[tuple[int, int], list[ImageJob]] = {}
     for job in jobs:
         by_size.setdefault(job.size, []).append(job)
@@ -450,6 +448,8 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> dict:
         raise DipError(f"benchmark.restore=[] only tabulates, but no image of {spec.name} is restored in "
                        f"{run_dir / 'images'}: there is no table to write")
     check_baselines(list(spec.baselines), jobs[0])
+    if cfg.images_per_fit < 1:
+        raise DipError(f"images_per_fit must be at least 1, got {cfg.images_per_fit}")
     if cfg.images_per_fit > 1:
         from dip.pipeline import check_copies  # after the dataset checks: Lightning takes seconds to load
 

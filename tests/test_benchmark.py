@@ -344,8 +344,9 @@ def test_impossible_packing_is_one_line_before_any_fit(tmp_path, overrides, mess
     root, run_dir = tmp_path / "data", tmp_path / "run"
     make_dataset(root, "Set5", ["baby.png", "bird.png"])
     with pytest.raises(DipError, match=message):
-        run_benchmark(compose("set5_x4", root, run_dir, "benchmark.baselines=[]", *overrides), run_dir)
+        run_benchmark(compose("set5_x4", root, run_dir, *overrides), run_dir)
     assert not list(run_dir.glob("images/*/metrics.json"))
+    assert not list(run_dir.glob("images/*/baselines.json"))  # refused before the baselines start, too
 
 
 def test_the_run_line_names_a_few_images_left_for_later_and_counts_the_rest():
