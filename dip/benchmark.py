@@ -362,21 +362,17 @@ def _start_worker(slots, gpus: list[str], cpu_threads: int) -> None:
         torch.set_num_threads(cpu_threads)
 
 
-def restore_all(jobs: list[ImageJob], finished: dict[Path, dict], gpus: list[str], workers: int,
-                budget: TimeBudget, images_per_fit: int, packs_dir: Path,
-                restorable: set[str] | None = None) -> tuple[dict[Path, dict], dict[str, str]]:
-    """Restore every job not ``finished`` before (metrics by output directory) whose image is
-    ``restorable`` (``None``: any), up to ``images_per_fit`` images of one size per fit (folders under
-    ``packs_dir``), ``workers`` fits at a time (in this process when 1), each started only if
-    ``budget`` allows it; the metrics by output directory, those finished before included, and why
-    each image left unrestored was not started (by its name)."""
-    results = dict(finished)
-    not_started = {job.name: "they are outside benchmark.restore" for job in jobs
-                   if job.output_dir not in results and restorable is not None and job.name not in restorable}
-    to_restore = [job for job in jobs if job.output_dir not in results and job.name not in not_started]
-    pending = collections.deque(pack_jobs(to_restore, images_per_fit, packs_dir))
-    if results:
-        log.info(f"reusing {len(results)} finished restoration(s): {', '.join(m['image'] for m in results.values())}")
+def restore_all(packs: list[Pack], done_before: int, gpus: list[str], workers: int,
+                budget: TimeBudget) -> tuple[dict[Path, dict], dict[str, str]]:
+    """Restore the jobs of ``packs``, one fit per pack, ``workers`` fits at a time (in this process
+    when 1), each started only if ``budget`` allows it. A packed fit that fails (out of GPU memory,
+    say) is not the end of its images: they go back to the queue, each to a fit of its own. The
+    metrics by output directory, and why each image left unrestored was not started (by its name).
+    ``done_before`` restorations finished before count towards the progress line's total."""
+    results: dict[Path, dict] = {}
+    not_started: dict[str, str] = {}
+    pending = collections.deque(packs)
+    total = done_before + sum(len(pack.jobs) for pack in packs)
 
     def report(pack: Pack, pack_metrics: list[dict]) -> None:
         budget.record(pack, pack_metrics[0])  # the fit's steps and seconds, the same for each of its images
@@ -384,7 +380,7 @@ def restore_all(jobs: list[ImageJob], finished: dict[Path, dict], gpus: list[str
             results[job.output_dir] = metrics
             key = "psnr_y" if "psnr_y" in metrics else "psnr"
             packed = f", packed with {len(pack.jobs) - 1} more" if len(pack.jobs) > 1 else ""
-            log.info(f"[{len(results)}/{len(jobs)}] {metrics['image']} (seed {metrics['seed']}): {key} "
+            log.info(f"[{done_before + len(results)}/{total}] {metrics['image']} (seed {metrics['seed']}): {key} "
                      f"{metrics[key]:.2f} dB (EMA {metrics[key + '_ema']:.2f}) in {metrics['seconds']:.1f} s "
                      f"on {metrics['device']}{packed}")
 
@@ -399,9 +395,19 @@ def restore_all(jobs: list[ImageJob], finished: dict[Path, dict], gpus: list[str
                      f"{max(0.0, budget.left()):.0f} s left of time_budget_s")
         return None
 
+    def failed(pack: Pack, error: Exception) -> None:
+        if len(pack.jobs) == 1 or isinstance(error, DipError):  # a fit of its own, or a refusal, ends the run
+            raise error
+        log.warning(f"the packed fit of {pack.names} failed ({type(error).__name__}: {error}); "
+                    f"restoring its images one at a time")
+        pending.extendleft(Pack((job,), job.output_dir) for job in reversed(pack.jobs))
+
     if workers <= 1:
         while (pack := next_pack()) is not None:
-            report(pack, restore_pack(pack))
+            try:
+                report(pack, restore_pack(pack))
+            except Exception as error:
+                failed(pack, error)
         return results, not_started
     context = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked children
     slots = context.Queue()
@@ -418,7 +424,11 @@ def restore_all(jobs: list[ImageJob], finished: dict[Path, dict], gpus: list[str
         while running:
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
-                report(running.pop(future), future.result())
+                pack = running.pop(future)
+                if future.exception() is None:
+                    report(pack, future.result())
+                else:
+                    failed(pack, future.exception())
                 if (pack := next_pack()) is not None:
                     running[pool.submit(restore_pack, pack)] = pack
     finally:
@@ -454,10 +464,17 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> dict:
         from dip.pipeline import check_copies  # after the dataset checks: Lightning takes seconds to load
 
         check_copies(cfg, cfg.images_per_fit)
+    outside = {job.name: "they are outside benchmark.restore" for job in jobs
+               if job.output_dir not in finished and restorable is not None and job.name not in restorable}
+    packs = pack_jobs([job for job in jobs if job.output_dir not in finished and job.name not in outside],
+                      cfg.images_per_fit, run_dir / "packs")
     gpus = [] if cfg.trainer.accelerator == "cpu" else visible_gpus()
-    workers = min(len(jobs), worker_count(gpus, cfg.jobs_per_gpu, cfg.cpu_jobs))
+    workers = max(1, min(len(packs), worker_count(gpus, cfg.jobs_per_gpu, cfg.cpu_jobs)))
     log.info(f"{spec.name}: {len(images)} images x {spec.runs} run(s) from {Path(cfg.data.root) / spec.dataset}, "
-             f"{workers} at a time on {', '.join(f'GPU {gpu}' for gpu in gpus) or 'the CPU'}")
+             f"{len(packs)} fit(s) to run, {workers} at a time on "
+             f"{', '.join(f'GPU {gpu}' for gpu in gpus) or 'the CPU'}")
+    if finished:
+        log.info(f"reusing {len(finished)} finished restoration(s): {', '.join(m['image'] for m in finished.values())}")
     start = time.perf_counter()
     threads = ThreadPoolExecutor(max(1, cfg.baseline_jobs))
     try:
@@ -466,8 +483,9 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> dict:
             threads.submit(compute_baselines, dataclasses.replace(image_runs[0], output_dir=directory),
                            list(spec.baselines))
             for directory, image_runs in per_image]
-        restored, not_started = restore_all(jobs, finished, gpus, workers, budget, cfg.images_per_fit,
-                                            run_dir / "packs", restorable)
+        restored, not_started = restore_all(packs, len(finished), gpus, workers, budget)
+        restored.update(finished)
+        not_started.update(outside)
         baseline_scores = [future.result() for future in baselines]
     finally:
         threads.shutdown(wait=True, cancel_futures=True)
@@ -531,7 +549,7 @@ class Table:
         self.columns += [
             ("seed", None, lambda m, b: m["seed"]),
             ("steps", None, lambda m, b: m["steps"]),
-            ("seconds", "fit s", lambda m, b: m["seconds"]),
+            ("seconds", "fit s", lambda m, b: m["seconds"] / (1 + len(m.get("packed_with", [])))),
         ]
         self.rows = [{column: value(m, b) for column, _, value in self.columns} for m, b in zip(metrics, baselines)]
         self.metrics = metrics
@@ -597,6 +615,9 @@ class Table:
             lines.append("| " + " | ".join(cells) + " |")
         notes = list(spec.notes) + [f"{BASELINES[name].label} skipped: {reason}"
                                     for name, reason in self.unavailable.items()]
+        if packed := [m["image"] for m in self.metrics if m.get("packed_with")]:
+            notes.append(f"restored in fits of several images (images_per_fit): {_some_names(packed)}; "
+                         f"each one's fit s is its share of its fit's time")
         if notes:
             lines += ["", *[f"- {note}" for note in notes]]
         return "\n".join(lines) + "\n"

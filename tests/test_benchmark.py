@@ -330,9 +330,38 @@ def test_images_of_one_size_share_a_fit_and_each_is_scored_on_its_own(tmp_path):
         bicubic = json.loads((run_dir / "images" / stem / "baselines.json").read_text())["scores"]["bicubic"]
         assert image["psnr_observation"] == pytest.approx(bicubic["psnr"], abs=1e-3)
     assert metrics["baby"]["psnr_y"] != metrics["bird"]["psnr_y"]
+    seconds = {row["image"]: float(row["seconds"]) for row in read_csv(run_dir / "table.csv")}
+    assert seconds["baby.png"] == pytest.approx(metrics["baby"]["seconds"] / 2, abs=1e-3)  # its share of the fit
+    assert seconds["woman.png"] == pytest.approx(metrics["woman"]["seconds"], abs=1e-3)
+    assert "fits of several images (images_per_fit): baby.png, bird.png; each one's fit s is its share" in (
+        run_dir / "table.md").read_text()
 
     run_benchmark(compose("set5_x4", root, run_dir), run_dir)  # one image per fit now: the same restorations
     assert "all 3 restorations finished by earlier runs" in (run_dir / "table.md").read_text()
+
+
+def test_a_packed_fit_that_fails_gives_its_images_fits_of_their_own(tmp_path, monkeypatch, caplog):
+    """A fit of two images that runs out of memory (simulated: a CPU has none to run out of) costs
+    the run nothing but time: each image is restored alone. Two CPU jobs were allowed, but with one
+    fit to run the benchmark runs it in its own process."""
+    import dip.benchmark
+
+    root, run_dir = tmp_path / "data", tmp_path / "run"
+    make_dataset(root, "Set5", ["baby.png", "bird.png"])
+    restore_pack = dip.benchmark.restore_pack
+
+    def out_of_memory_when_packed(pack):
+        if len(pack.jobs) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return restore_pack(pack)
+
+    monkeypatch.setattr(dip.benchmark, "restore_pack", out_of_memory_when_packed)
+    run_benchmark(compose("set5_x4", root, run_dir, "images_per_fit=2", "cpu_jobs=2"), run_dir)
+    assert "the packed fit of baby.png, bird.png failed (OutOfMemoryError: CUDA out of memory" in caplog.text
+    for stem in ("baby", "bird"):
+        assert "packed_with" not in json.loads((run_dir / "images" / stem / "metrics.json").read_text())
+    assert [row["image"] for row in read_csv(run_dir / "table.csv")] == ["baby.png", "bird.png", "mean"]
+    assert "(1 process(es) on the CPU)" in (run_dir / "table.md").read_text()
 
 
 @pytest.mark.parametrize("overrides, message", [
