@@ -8,8 +8,9 @@
 # <run>/curves/ the PSNR curve (the CSV logger's metrics.csv) of each fit it ran (pack-<fit>.csv for a fit of
 # several images, images_per_fit). PROGRESS (default results/benchmark-progress) is where later runs resume
 # from: PROGRESS/<label>/images/<image>/ gets config.yaml, metrics.json and baselines.json of every image that
-# finished and is not there yet (an image already there is kept as it is), and PROGRESS/<label>/ the table
-# when it covers every image of the one there (as a run seeded from PROGRESS/<label>/images does). A device
+# finished and is not there yet (an image already there is kept as it is, with a note on stderr when this run
+# has another fit of it), and PROGRESS/<label>/ the table when it covers every image of the one there (as a
+# run seeded from PROGRESS/<label>/images does). A device
 # run's <run> is its folder (the benchmark and all its overrides) and its label the one its file `label`
 # names; a run folder's <run> and label are its benchmark's name followed by the overrides that change the
 # restoration (benchmark_label.sh; LABEL=... names it instead), as gpu_benchmarks.sh names its labels.
@@ -56,7 +57,12 @@ for images in "$unpacked"/*/images; do
       mkdir -p "$dest/$folder/curves" && cp "$image/csv/metrics.csv" "$dest/$folder/curves/$name.csv"
     fi
     target=$progress/$label/images/$name
-    [ -f "$image/metrics.json" ] && [ ! -f "$target/metrics.json" ] || continue
+    [ -f "$image/metrics.json" ] || continue
+    if [ -f "$target/metrics.json" ]; then  # a run seeded from the progress folder reused it: the same file
+      cmp -s "$image/metrics.json" "$target/metrics.json" \
+        || echo "note: kept $label/$name as it is in $progress; this run's fit of it differs (its config.yaml?)" >&2
+      continue
+    fi
     mkdir -p "$target"
     cp -t "$target" "$image"/config.yaml "$image"/metrics.json
     [ -f "$image/baselines.json" ] && [ ! -f "$target/baselines.json" ] && cp -t "$target" "$image/baselines.json"

@@ -533,6 +533,8 @@ def test_filing_a_device_archive_merges_finished_restorations_into_progress(tmp_
     dest = tmp_path / "results"
     merged = file_results(archive, dest, progress)
     assert merged.returncode == 0 and merged.stdout == "merged set5_x4/baby\n"
+    assert merged.stderr == (f"note: kept set5_x4/bird as it is in {progress}; this run's fit of it differs "
+                             "(its config.yaml?)\n")
     kept = progress / "set5_x4" / "images"
     assert (kept / "baby" / "baselines.json").read_text() == "baby from the device"
     assert (kept / "bird" / "metrics.json").read_text() == "bird finished earlier"
