@@ -69,3 +69,23 @@ def test_what_cannot_be_packed_is_one_clear_line(tmp_path):
     _, stacked = packed(cfgs)
     with pytest.raises(DipError, match="restarts=2 does not combine with packing 2 images"):
         prepare(compose_config([*SMALL, "restarts=2"]), stacked)
+
+
+def test_a_packed_fit_traced_over_one_weight_tensor_takes_the_eager_steps(tmp_path):
+    """The device plan's packed fits under ``speed.compile`` (Table 1 with ``images_per_fit=4``): the
+    traced step over the copies' one weight tensor (CUDA graphs on a GPU, run as traced here) trains
+    every image as the eager packed fit does, up to the rounding of the traced backward."""
+    cfgs = configs(tmp_path)
+    _, stacked = packed(cfgs)
+    seeds = [cfg.seed for cfg in cfgs]
+
+    def fit(*speed):
+        cfg = compose_config([*SMALL, f"data.path={cfgs[0].data.path}", f"seed={cfgs[0].seed}", "trainer.max_steps=4",
+                              "speed.fused_optimizer=false", *speed])
+        return run(cfg, None, stacked, seeds=seeds)
+
+    eager = fit()
+    traced = fit("speed.compile=true", "speed.compile_backend=cudagraphs", "speed.one_weight_tensor=true")
+    torch.testing.assert_close(traced.restored, eager.restored, rtol=0, atol=1e-4)
+    assert traced.metrics["psnr"] == pytest.approx(eager.metrics["psnr"], abs=1e-3)
+    assert traced.metrics["psnr"][0] != traced.metrics["psnr"][1]
