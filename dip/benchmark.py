@@ -44,7 +44,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dip.baselines import BASELINES, BaselineUnavailableError
 from dip.datasets import DatasetImage, open_dataset
-from dip.errors import DipError
+from dip.errors import DipError, MemoryShortError
 from dip.gpus import pin_to_gpu, visible_gpus, worker_count
 from dip.images import save_image, write_atomically
 from dip.metrics import psnr, psnr_y
@@ -365,10 +365,10 @@ def _start_worker(slots, gpus: list[str], cpu_threads: int) -> None:
 def restore_all(packs: list[Pack], done_before: int, gpus: list[str], workers: int,
                 budget: TimeBudget) -> tuple[dict[Path, dict], dict[str, str]]:
     """Restore the jobs of ``packs``, one fit per pack, ``workers`` fits at a time (in this process
-    when 1), each started only if ``budget`` allows it. A packed fit that fails (out of GPU memory,
-    say) is not the end of its images: they go back to the queue, each to a fit of its own. The
-    metrics by output directory, and why each image left unrestored was not started (by its name).
-    ``done_before`` restorations finished before count towards the progress line's total."""
+    when 1), each started only if ``budget`` allows it. A packed fit short of memory (refused by the
+    memory check, or out of memory) is not the end of its images: they go back to the queue, each to
+    a fit of its own. The metrics by output directory, and why each image left unrestored was not
+    started (by its name). ``done_before`` restorations finished before count in the progress lines."""
     results: dict[Path, dict] = {}
     not_started: dict[str, str] = {}
     pending = collections.deque(packs)
@@ -395,19 +395,19 @@ def restore_all(packs: list[Pack], done_before: int, gpus: list[str], workers: i
                      f"{max(0.0, budget.left()):.0f} s left of time_budget_s")
         return None
 
-    def failed(pack: Pack, error: Exception) -> None:
-        if len(pack.jobs) == 1 or isinstance(error, DipError):  # a fit of its own, or a refusal, ends the run
+    def fall_back(pack: Pack, error: MemoryShortError) -> None:
+        if len(pack.jobs) == 1:
             raise error
-        log.warning(f"the packed fit of {pack.names} failed ({type(error).__name__}: {error}); "
-                    f"restoring its images one at a time")
+        log.warning(f"the packed fit of {pack.names} does not fit in memory ({error}); restoring its images "
+                    f"one at a time")
         pending.extendleft(Pack((job,), job.output_dir) for job in reversed(pack.jobs))
 
     if workers <= 1:
         while (pack := next_pack()) is not None:
             try:
                 report(pack, restore_pack(pack))
-            except Exception as error:
-                failed(pack, error)
+            except MemoryShortError as error:
+                fall_back(pack, error)
         return results, not_started
     context = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked children
     slots = context.Queue()
@@ -425,10 +425,10 @@ def restore_all(packs: list[Pack], done_before: int, gpus: list[str], workers: i
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
                 pack = running.pop(future)
-                if future.exception() is None:
-                    report(pack, future.result())
+                if isinstance(error := future.exception(), MemoryShortError):
+                    fall_back(pack, error)
                 else:
-                    failed(pack, future.exception())
+                    report(pack, future.result())  # another error ends the run here
                 if (pack := next_pack()) is not None:
                     running[pool.submit(restore_pack, pack)] = pack
     finally:

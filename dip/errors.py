@@ -10,6 +10,11 @@ class DipError(Exception):
     """A problem with the user's input or options; the message names it (and the file)."""
 
 
+class MemoryShortError(DipError):
+    """A run needs more memory than its device has free: refused before it starts, or out of memory
+    during the fit. A smaller run can still fit, which is what a packed benchmark fit falls back to."""
+
+
 class RunInterruptedError(Exception):
     """The run stopped on a signal after writing a checkpoint; re-running resumes it."""
 

@@ -22,7 +22,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from dip.errors import DipError
+from dip.errors import MemoryShortError
 from dip.inputs import padded_size
 
 log = logging.getLogger(__name__)
@@ -194,24 +194,24 @@ def describe_need(module, need: MemoryEstimate) -> str:
 
 def check_fits(module, device: torch.device, precision: str = "32-true", early_stopping_window: int = 0,
                available: int | None = None) -> MemoryEstimate | None:
-    """Raise ``DipError`` naming the size and the options that would fit when the run of ``module``
+    """Raise ``MemoryShortError`` naming the size and the options that would fit when the run of ``module``
     needs more than ``HEADROOM`` of the free memory on ``device`` (``available`` overrides it)."""
     need = checked_estimate(module, precision, early_stopping_window)
     free = available if available is not None else available_bytes(device)
     if need is None or free is None or need.total <= HEADROOM * free:
         return need
     advice = options_within(module, need, HEADROOM * free, device, precision)
-    raise DipError(f"{describe_need(module, need)} but {device} has {free / GIB:.1f} GiB free; {advice}")
+    raise MemoryShortError(f"{describe_need(module, need)} but {device} has {free / GIB:.1f} GiB free; {advice}")
 
 
 def out_of_memory(module, need: MemoryEstimate | None, device: torch.device, step: int,
-                  precision: str = "32-true") -> DipError:
+                  precision: str = "32-true") -> MemoryShortError:
     """The error for a fit of ``module`` (estimated to need ``need``; None: not estimated) that ran out
     of memory on ``device`` at ``step`` although the check let it start: the estimate fell short
     (cuDNN's workspaces, another process), so the options offered are those that need a quarter less
     than it."""
     what = f"{device} ran out of memory at step {step}"
     if need is None:
-        return DipError(f"{what}: try a smaller data.size or trainer.precision=bf16-mixed")
+        return MemoryShortError(f"{what}: try a smaller data.size or trainer.precision=bf16-mixed")
     advice = options_within(module, need, 0.75 * need.total, device, precision)
-    return DipError(f"{what}: {describe_need(module, need)}; {advice}")
+    return MemoryShortError(f"{what}: {describe_need(module, need)}; {advice}")

@@ -340,24 +340,26 @@ def test_images_of_one_size_share_a_fit_and_each_is_scored_on_its_own(tmp_path):
     assert "all 3 restorations finished by earlier runs" in (run_dir / "table.md").read_text()
 
 
-def test_a_packed_fit_that_fails_gives_its_images_fits_of_their_own(tmp_path, monkeypatch, caplog):
-    """A fit of two images that runs out of memory (simulated: a CPU has none to run out of) costs
-    the run nothing but time: each image is restored alone. Two CPU jobs were allowed, but with one
-    fit to run the benchmark runs it in its own process."""
-    import dip.benchmark
+def test_a_packed_fit_short_of_memory_gives_its_images_fits_of_their_own(tmp_path, monkeypatch, caplog):
+    """Two images packed need about twice one image's memory: on a device with room for one and a
+    half (the real memory check, told how much is free), the packed fit is refused and costs the run
+    nothing: each image is restored alone. Two CPU jobs were allowed, but with one fit to run the
+    benchmark runs it in its own process."""
+    import dip.memory
+    import dip.pipeline
 
     root, run_dir = tmp_path / "data", tmp_path / "run"
     make_dataset(root, "Set5", ["baby.png", "bird.png"])
-    restore_pack = dip.benchmark.restore_pack
 
-    def out_of_memory_when_packed(pack):
-        if len(pack.jobs) > 1:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return restore_pack(pack)
+    def room_for_one_image_and_a_half(module, device, precision="32-true", window=0):
+        per_image = dip.memory.checked_estimate(module, precision, window).total / module.restarts
+        available = int(1.5 * per_image / dip.memory.HEADROOM)
+        return dip.memory.check_fits(module, device, precision, window, available=available)
 
-    monkeypatch.setattr(dip.benchmark, "restore_pack", out_of_memory_when_packed)
+    monkeypatch.setattr(dip.pipeline, "check_fits", room_for_one_image_and_a_half)
     run_benchmark(compose("set5_x4", root, run_dir, "images_per_fit=2", "cpu_jobs=2"), run_dir)
-    assert "the packed fit of baby.png, bird.png failed (OutOfMemoryError: CUDA out of memory" in caplog.text
+    assert "the packed fit of baby.png, bird.png does not fit in memory (a 48x48 image" in caplog.text
+    assert "restoring its images one at a time" in caplog.text
     for stem in ("baby", "bird"):
         assert "packed_with" not in json.loads((run_dir / "images" / stem / "metrics.json").read_text())
     assert [row["image"] for row in read_csv(run_dir / "table.csv")] == ["baby.png", "bird.png", "mean"]
