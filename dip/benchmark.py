@@ -549,7 +549,7 @@ class Table:
         self.columns += [
             ("seed", None, lambda m, b: m["seed"]),
             ("steps", None, lambda m, b: m["steps"]),
-            ("seconds", "fit s", lambda m, b: m["seconds"] / (1 + len(m.get("packed_with", [])))),
+            ("seconds", "fit s", lambda m, b: _fit_seconds(m)),
         ]
         self.rows = [{column: value(m, b) for column, _, value in self.columns} for m, b in zip(metrics, baselines)]
         self.metrics = metrics
@@ -647,6 +647,12 @@ class Table:
         if len(devices) == 1:
             return next(iter(devices))
         return ", ".join(f"{name} ({count} image{'s' if count > 1 else ''})" for name, count in devices.items())
+
+
+def _fit_seconds(metrics: dict) -> float:
+    """An image's fit time: of the whole fit where a resumed one recorded it, and its share of a fit
+    of several images."""
+    return metrics.get("seconds_total", metrics["seconds"]) / (1 + len(metrics.get("packed_with", [])))
 
 
 def _some_names(names: list[str], shown: int = 3) -> str:

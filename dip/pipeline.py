@@ -59,7 +59,11 @@ class StepDataset(Dataset):
 
 
 class FitTimer(pl.Callback):
-    """Wall time of the optimisation loop alone (start-up excluded), synchronised with the device."""
+    """Wall time of the optimisation loop alone (start-up excluded), synchronised with the device:
+    ``seconds`` of this run, and for a resumed fit ``total_seconds`` with those of the runs it continues
+    (each checkpoint holds the fit's time up to it; None from a checkpoint that does not)."""
+
+    earlier: float | None = None
 
     def on_train_start(self, trainer, pl_module):
         self._sync(pl_module)
@@ -68,6 +72,13 @@ class FitTimer(pl.Callback):
     def on_train_end(self, trainer, pl_module):
         self._sync(pl_module)
         self.seconds = time.perf_counter() - self.start
+        self.total_seconds = None if self.earlier is None else self.earlier + self.seconds
+
+    def state_dict(self) -> dict:
+        return {"seconds": (self.earlier or 0.0) + time.perf_counter() - self.start}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.earlier = state_dict["seconds"]
 
     @staticmethod
     def _sync(pl_module):
@@ -316,6 +327,8 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
     )
     if resume:
         metrics["resumed_from_step"] = resumable.step
+    if timer.total_seconds is not None:  # beside this run's seconds, those of the whole fit
+        metrics["seconds_total"] = round(timer.total_seconds, 3)
     if early_stopping:
         metrics.update(early_stopping.summary())
     if problem.alpha is not None:

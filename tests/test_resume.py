@@ -71,6 +71,7 @@ def interrupted_at_step_1(image: Path, out: Path, monkeypatch, settings: list[st
 
     def press_ctrl_c_during_step_1(self, batch, batch_idx):
         if self.global_step == 0:
+            time.sleep(0.5)  # a step long enough to see in the resumed fit's total time
             os.kill(os.getpid(), signal.SIGINT)
         return step_of_training(self, batch, batch_idx)
 
@@ -95,6 +96,8 @@ def test_ctrl_c_writes_a_checkpoint_and_rerunning_resumes_to_the_same_result(ima
         resumed = restore(image, out, 8)  # re-running into the same run directory
     assert not [w for w in caught if "not resumable" in str(w.message)]  # Lightning knows the loader resumes
     assert resumed.metrics["resumed_from_step"] == 1 and resumed.metrics["steps"] == 8
+    assert resumed.metrics["seconds_total"] >= resumed.metrics["seconds"] + 0.5  # the interrupted run's step too
+    assert "seconds_total" not in reference.metrics
     assert_same_result(resumed, reference)
     assert not (out / CHECKPOINT_NAME).exists()  # a finished run drops it (checkpoint.keep=false)
 
