@@ -60,10 +60,12 @@ class StepDataset(Dataset):
 
 class FitTimer(pl.Callback):
     """Wall time of the optimisation loop alone (start-up excluded), synchronised with the device:
-    ``seconds`` of this run, and for a resumed fit ``total_seconds`` with those of the runs it continues
-    (each checkpoint holds the fit's time up to it; None from a checkpoint that does not)."""
+    ``seconds`` of this run, and ``total_seconds`` with those of the runs a ``resumed`` fit continues.
+    Each checkpoint holds the fit's time up to it, unknown (None) once a fit continued a checkpoint
+    that did not hold it."""
 
-    earlier: float | None = None
+    def __init__(self, resumed: bool = False):
+        self.earlier: float | None = None if resumed else 0.0  # a resumed checkpoint's state sets it
 
     def on_train_start(self, trainer, pl_module):
         self._sync(pl_module)
@@ -75,7 +77,7 @@ class FitTimer(pl.Callback):
         self.total_seconds = None if self.earlier is None else self.earlier + self.seconds
 
     def state_dict(self) -> dict:
-        return {"seconds": (self.earlier or 0.0) + time.perf_counter() - self.start}
+        return {"seconds": None if self.earlier is None else self.earlier + time.perf_counter() - self.start}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.earlier = state_dict["seconds"]
@@ -291,7 +293,7 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
     settings = result_settings(cfg)
     resume = find_checkpoint(cfg.resume, checkpoint_dir)
     resumable = check_resumable(resume, settings, cfg.trainer.max_steps) if resume else Resumable(0, None)
-    timer, memory = FitTimer(), PeakMemory()
+    timer, memory = FitTimer(resumed=resume is not None), PeakMemory()
     callbacks = [timer, memory, *callbacks] + ([early_stopping] if early_stopping else [])
     saver = None
     if checkpoint_dir is not None:  # after the others: it saves their state once their step is done
@@ -327,7 +329,7 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
     )
     if resume:
         metrics["resumed_from_step"] = resumable.step
-    if timer.total_seconds is not None:  # beside this run's seconds, those of the whole fit
+    if resume and timer.total_seconds is not None:  # beside this run's seconds, those of the whole fit
         metrics["seconds_total"] = round(timer.total_seconds, 3)
     if early_stopping:
         metrics.update(early_stopping.summary())

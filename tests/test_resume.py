@@ -102,6 +102,18 @@ def test_ctrl_c_writes_a_checkpoint_and_rerunning_resumes_to_the_same_result(ima
     assert not (out / CHECKPOINT_NAME).exists()  # a finished run drops it (checkpoint.keep=false)
 
 
+def test_a_checkpoint_without_the_fit_time_resumes_without_a_total(image, tmp_path, monkeypatch):
+    """A checkpoint from before the fit timer kept its state (simulated: the state taken out) resumes,
+    but the whole fit's time is unknown: no seconds_total, rather than this run's seconds passed off as it."""
+    out = tmp_path / "run"
+    interrupted_at_step_1(image, out, monkeypatch)
+    checkpoint = torch.load(out / CHECKPOINT_NAME, weights_only=False)
+    assert checkpoint["callbacks"].pop("FitTimer")["seconds"] >= 0.5
+    torch.save(checkpoint, out / CHECKPOINT_NAME)
+    resumed = restore(image, out, 8)
+    assert resumed.metrics["resumed_from_step"] == 1 and "seconds_total" not in resumed.metrics
+
+
 def test_packed_restarts_resume_to_the_same_result(image, tmp_path, monkeypatch):
     # each restart rolls back on its own; early stopping does not combine with restarts
     packed = [setting for setting in SETTINGS if not setting.startswith("early_stop")] + ["restarts=2"]
