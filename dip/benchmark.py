@@ -400,7 +400,7 @@ def restore_all(packs: list[Pack], done_before: int, gpus: list[str], workers: i
             raise error
         log.warning(f"the packed fit of {pack.names} does not fit in memory ({error}); restoring its images "
                     f"one at a time")
-        pending.extendleft(Pack((job,), job.output_dir) for job in reversed(pack.jobs))
+        pending.extendleft(reversed(pack_jobs(list(pack.jobs), 1, pack.directory)))  # one fit each, in order
 
     if workers <= 1:
         while (pack := next_pack()) is not None:

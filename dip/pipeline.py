@@ -329,8 +329,8 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
     )
     if resume:
         metrics["resumed_from_step"] = resumable.step
-    if resume and timer.total_seconds is not None:  # beside this run's seconds, those of the whole fit
-        metrics["seconds_total"] = round(timer.total_seconds, 3)
+        if timer.total_seconds is not None:  # beside this run's seconds, those of the whole fit
+            metrics["seconds_total"] = round(timer.total_seconds, 3)
     if early_stopping:
         metrics.update(early_stopping.summary())
     if problem.alpha is not None:
