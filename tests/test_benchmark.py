@@ -340,30 +340,59 @@ def test_images_of_one_size_share_a_fit_and_each_is_scored_on_its_own(tmp_path):
     assert "all 3 restorations finished by earlier runs" in (run_dir / "table.md").read_text()
 
 
+def room_for_one_image_and_a_half(module, device, precision="32-true", window=0):
+    """The real memory check on a device with room for one and a half of the module's images."""
+    import dip.memory
+
+    per_image = dip.memory.checked_estimate(module, precision, window).total / module.restarts
+    available = int(1.5 * per_image / dip.memory.HEADROOM)
+    return dip.memory.check_fits(module, device, precision, window, available=available)
+
+
+def restore_with_room_for_one_image_and_a_half(pack):
+    """``restore_pack`` on that device: module-level, so that a spawned worker process imports it."""
+    import dip.benchmark
+    import dip.pipeline
+
+    dip.pipeline.check_fits = room_for_one_image_and_a_half  # this worker's own module
+    return dip.benchmark.restore_pack(pack)
+
+
+def assert_restored_alone(run_dir: Path, stems: list[str]) -> None:
+    for stem in stems:
+        assert "packed_with" not in json.loads((run_dir / "images" / stem / "metrics.json").read_text())
+    assert [row["image"] for row in read_csv(run_dir / "table.csv")] == [f"{stem}.png" for stem in stems] + ["mean"]
+
+
 def test_a_packed_fit_short_of_memory_gives_its_images_fits_of_their_own(tmp_path, monkeypatch, caplog):
     """Two images packed need about twice one image's memory: on a device with room for one and a
     half (the real memory check, told how much is free), the packed fit is refused and costs the run
     nothing: each image is restored alone. Two CPU jobs were allowed, but with one fit to run the
     benchmark runs it in its own process."""
-    import dip.memory
     import dip.pipeline
 
     root, run_dir = tmp_path / "data", tmp_path / "run"
     make_dataset(root, "Set5", ["baby.png", "bird.png"])
-
-    def room_for_one_image_and_a_half(module, device, precision="32-true", window=0):
-        per_image = dip.memory.checked_estimate(module, precision, window).total / module.restarts
-        available = int(1.5 * per_image / dip.memory.HEADROOM)
-        return dip.memory.check_fits(module, device, precision, window, available=available)
-
     monkeypatch.setattr(dip.pipeline, "check_fits", room_for_one_image_and_a_half)
     run_benchmark(compose("set5_x4", root, run_dir, "images_per_fit=2", "cpu_jobs=2"), run_dir)
     assert "the packed fit of baby.png, bird.png does not fit in memory (a 48x48 image" in caplog.text
     assert "restoring its images one at a time" in caplog.text
-    for stem in ("baby", "bird"):
-        assert "packed_with" not in json.loads((run_dir / "images" / stem / "metrics.json").read_text())
-    assert [row["image"] for row in read_csv(run_dir / "table.csv")] == ["baby.png", "bird.png", "mean"]
+    assert_restored_alone(run_dir, ["baby", "bird"])
     assert "(1 process(es) on the CPU)" in (run_dir / "table.md").read_text()
+
+
+def test_in_worker_processes_a_packed_fit_short_of_memory_falls_back_too(tmp_path, monkeypatch, caplog):
+    """The same refusal in a worker process: its error crosses to the main process, which queues the
+    pack's images as fits of their own beside the other worker's fit."""
+    import dip.benchmark
+
+    root, run_dir = tmp_path / "data", tmp_path / "run"
+    make_dataset(root, "Set5", ["baby.png", "bird.png", "woman.png"])
+    monkeypatch.setattr(dip.benchmark, "restore_pack", restore_with_room_for_one_image_and_a_half)
+    run_benchmark(compose("set5_x4", root, run_dir, "images_per_fit=2", "cpu_jobs=2"), run_dir)
+    assert "the packed fit of baby.png, bird.png does not fit in memory (a 48x48 image" in caplog.text
+    assert_restored_alone(run_dir, ["baby", "bird", "woman"])
+    assert "(2 process(es) on the CPU)" in (run_dir / "table.md").read_text()
 
 
 @pytest.mark.parametrize("overrides, message", [
