@@ -241,10 +241,13 @@ def kernel_profile(averages, device: torch.device, top: int = 15) -> dict:
     kernels (graph replays included), on a CPU the ATen operators' own time (their children's excluded;
     inductor's generated C++ kernels record no event, so a compiled step shows only its library calls).
     ``ms`` and ``launches`` in all, ``by_kind`` (``KERNEL_KINDS``), the ``top`` kernels by time, and the
-    CUDA graphs the host launched (``graph_launches``: their kernels count among the others)."""
+    CUDA graphs the host launched (``graph_launches``: their kernels count among the others). A
+    ``record_function`` range (Lightning's ``Optimizer.step#Adam.step``) also appears on the device's
+    timeline, spanning the kernels inside it: it is no kernel, and counting it would count them twice."""
     if device.type == "cuda":
         entries = [(e.key, e.count, e.self_device_time_total / 1e3) for e in averages
-                   if e.device_type == torch.autograd.DeviceType.CUDA and e.self_device_time_total > 0]
+                   if e.device_type == torch.autograd.DeviceType.CUDA and e.self_device_time_total > 0
+                   and not e.is_user_annotation]
     else:
         entries = [(e.key, e.count, e.self_cpu_time_total / 1e3) for e in averages
                    if e.key.startswith("aten::") and e.self_cpu_time_total > 0]

@@ -112,17 +112,19 @@ def test_kernel_kind_from_its_name(bench, name, kind):
 
 def test_gpu_kernel_profile_sums_device_kernels_only(bench):
     """The CUDA branch of kernel_profile, fed the shape of ``key_averages()`` a GPU profile gives: device
-    kernels count (graph replays' too), host events (launch calls, ATen operators) do not, and the CUDA
-    graphs launched are counted apart."""
-    def entry(key, count, device, self_device_us=0.0, self_cpu_us=0.0):
+    kernels count (graph replays' too), host events (launch calls, ATen operators) and the device-side
+    span of a ``record_function`` range do not, and the CUDA graphs launched are counted apart."""
+    def entry(key, count, device, self_device_us=0.0, self_cpu_us=0.0, annotation=False):
         return SimpleNamespace(key=key, count=count, device_type=getattr(torch.autograd.DeviceType, device),
-                               self_device_time_total=self_device_us, self_cpu_time_total=self_cpu_us)
+                               self_device_time_total=self_device_us, self_cpu_time_total=self_cpu_us,
+                               is_user_annotation=annotation)
     averages = [
         entry("sm90_xmma_fprop_implicit_gemm_tf32f32_tf32f32_f32_nhwckrsc_nchw", 26, "CUDA", 2600.0),
         entry("triton_poi_fused__native_batch_norm_legit_functional_leaky_relu_0", 40, "CUDA", 1400.0),
         entry("sm90_xmma_dgrad_implicit_gemm_indexed_tf32f32_tf32f32_f32", 25, "CUDA", 1000.0),
         entry("cudaGraphLaunch", 2, "CPU", self_cpu_us=30.0),
         entry("aten::convolution", 26, "CPU", self_cpu_us=500.0),
+        entry("Optimizer.step#Adam.step", 1, "CUDA", 4500.0, annotation=True),
     ]
     profile = bench.kernel_profile(averages, torch.device("cuda"), top=2)
     assert profile["source"] == "cuda kernels" and profile["ms"] == pytest.approx(5.0)
