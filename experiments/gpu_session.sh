@@ -15,27 +15,24 @@
 #               is written after each size
 #   1b. packed  8 restarts packed into one network at 256 px (where a single image leaves the GPU
 #               launch-bound): the eager loop and the framework (restarts=8; also with speed=fast, whose
-#               CUDA graphs take the host out of the step, and as the traced step's CUDA graphs) against
-#               one image
-#   1c. packed16 the same with 16 restarts (8 gave 4.86x on the H100, against the 6x target), also
-#               with speed=fast (CUDA graphs over one weight tensor)
+#               CUDA graphs take the host out of the step, and with speed=fast under bf16) against one image
+#   1c. packed16 the same with 16 restarts (8 gave 5.98x with speed=fast on the H200, against the 6x
+#               target)
 #   2. memory   2048 px: peak GPU memory (framework default, bf16 + channels_last, eager)
 #   3. sync     host-device synchronisations per step of the framework (torch.cuda.set_sync_debug_mode)
 #   4. quality  512 px, 1800 steps (the paper's table; its notebook runs 3000): PSNR of the framework
-#               (default; the traced step as CUDA graphs; speed=fast under bf16 autocast) against the
-#               fp32 eager loop, same seed (target: 0.1 dB)
-#   5. compile  512 px: speed=fast (torch.compile with CUDA graphs over one weight tensor) beside the
-#               three loops of main; the traced step replayed as CUDA graphs without generated kernels
-#               (speed.compile_backend=cudagraphs); speed=fast under bf16 autocast, also in channels_last;
-#               speed=fast with speed.gather_upsampling; speed=fast in channels_last
+#               (default; speed=fast under bf16 autocast) against the fp32 eager loop, same seed
+#               (target: 0.1 dB)
+#   5. compile  512 px: speed=fast under bf16 autocast (torch.compile with CUDA graphs over one weight
+#               tensor: 6.34 ms on the H200) beside the three loops of main, and the candidates below
 # main and compile also profile one untimed step of each framework loop (--profile-kernels): the GPU
 # time of its kernels by kind (convolutions, generated, BatchNorm, ...) against the timed ms/step.
 # SMOKE=1 PY=.venv/bin/python bash experiments/gpu_session.sh   runs every phase for a few steps on
 # 32 px images on a CPU (compile phase skipped), to check the script before spending device time on it.
 # Arguments NAME[:SECONDS] run only those phases, in that order, with other time limits, e.g. what the
-# seventh session left unmeasured, in one call of 400 s of limits (compiling takes 50-70 s per variant
-# on a fresh machine; docs/benchmarks.md has the whole plan of a 15-minute session):
-#   bash experiments/gpu_session.sh compile:260 packed:140
+# nineteenth session left unmeasured, in one call of 450 s of limits (compiling takes 35-75 s per
+# variant on a fresh machine; docs/benchmarks.md has the whole plan of a 15-minute session):
+#   bash experiments/gpu_session.sh quality:200 compile:250
 set -uo pipefail
 
 declare -A LIMIT=([main]=220 [packed]=140 [packed16]=150 [memory]=50 [sync]=30 [quality]=200 [compile]=240)
@@ -50,25 +47,24 @@ declare -A ARGS=(
 )
 PAPER_LAYERS="paper_layers=speed.conv_bias_before_norm=true,speed.batchnorm_running_stats=true"
 FAST_BF16="fast_bf16=speed=fast,trainer.precision=bf16-mixed"
-FAST_BF16_CL="fast_bf16_cl=speed=fast,trainer.precision=bf16-mixed,speed.channels_last=true"
-TRACED="traced_graphs=speed.compile=true,speed.compile_backend=cudagraphs,speed.one_weight_tensor=true"
+# The traced step as CUDA graphs, its upsamplings' gradients as gathers: without them tracing leaves
+# accumulating index_puts, which took 32 of the step's 49 ms (results/gpu-20261128-h200)
+TRACED_GATHER="traced_gather=speed.compile=true,speed.compile_backend=cudagraphs,speed.one_weight_tensor=true,speed.gather_upsampling=true"
 declare -A EXTRA=(  # variants, whose values hold commas and spaces (channels_last and bf16 at 256-1024
   # px: measured in results/gpu-20261126-h100, no faster in eager mode)
   [main]="$PAPER_LAYERS"
-  [packed]="fast=speed=fast;$TRACED"
-  [packed16]="fast=speed=fast;$TRACED"
+  [packed]="fast=speed=fast;$FAST_BF16"
+  [packed16]="fast=speed=fast;$FAST_BF16"
   [memory]="bf16_cl=trainer.precision=bf16-mixed,speed.channels_last=true"
-  [quality]="$TRACED;$FAST_BF16"  # speed=fast's quality: results/gpu-20261126-h100-session7
-  # speed=fast (CUDA graphs over one weight tensor: 9.4-9.7 ms at 512 px in the seventh session, the
-  # fastest measured, after 50-70 s of compiling) beside the official loop; the traced step as CUDA
-  # graphs of torch's own kernels (seconds of tracing: a default if fast enough); speed=fast under bf16,
-  # which in eager mode only adds casts and once compiled may fuse them into the kernels around them
-  # (16-bit activations halve the bytes, and an fp32 step cannot go under 3.7 ms: docs/speed.md, "The
-  # floor"), then also in channels_last, the layout of cuDNN's tensor-core kernels (no NCHW<->NHWC
-  # conversions around each convolution); the upsamplings' gradients as gathers instead of inductor's
-  # scatter-adds; fp32 channels_last. Each compiled variant costs about a minute: the limit decides how
-  # many of them run.
-  [compile]="fast=speed=fast;$TRACED;$FAST_BF16;$FAST_BF16_CL;fast_gather=speed=fast,speed.gather_upsampling=true;fast_cl=speed=fast,speed.channels_last=true"
+  [quality]="$FAST_BF16"  # speed=fast's fp32 quality: results/gpu-20261126-h100-session7
+  # On the H200 (results/gpu-20261128-h200) speed=fast under bf16 took 6.34 ms at 512 px, 4.39x the
+  # eager loop, and 87 % of it GPU work; speed=fast 9.13 ms, channels_last added 0.5 ms to bf16, and the
+  # traced step took 48 ms. Measured next, fastest candidates first, each beside the plain fast_bf16:
+  # the upsamplings' gradients as gathers instead of inductor's scatter-adds, under bf16; the traced
+  # step with them (seconds of tracing instead of about a minute of compiling); inductor's autotuning of
+  # the convolutions and generated kernels under bf16 (minutes of compiling); the gathers in fp32;
+  # fp32 channels_last. Each compiled variant costs about a minute: the limit decides how many run.
+  [compile]="$FAST_BF16;fast_bf16_gather=speed=fast,trainer.precision=bf16-mixed,speed.gather_upsampling=true;$TRACED_GATHER;fast_bf16_autotune=speed=fast,trainer.precision=bf16-mixed,speed.compile_mode=max-autotune;fast_gather=speed=fast,speed.gather_upsampling=true;fast_cl=speed=fast,speed.channels_last=true"
 )
 phase() {  # phase NAME SECONDS: one bench.py run, its log and JSON in $RESULTS
   local name=$1 seconds=$2 variants=() variant
