@@ -560,6 +560,8 @@ class Table:
                 self.mean[column] = self._published_mean(dict(published)[column], values)
             elif column in ("seed", "steps"):
                 self.mean[column] = values[0] if len(set(values)) == 1 else None
+            elif column == "seconds" and len({m["device_name"] for m in metrics}) > 1:
+                continue  # a mean of a GPU's and a CPU's fit times describes neither
             elif all(isinstance(value, (int, float)) for value in values):
                 self.mean[column] = statistics.fmean(values)
 
