@@ -206,8 +206,8 @@ def test_every_variant_of_the_gpu_session_composes(bench):
                               'printf "%s\\n" "${EXTRA[@]}"', str(script)],
                              capture_output=True, text=True, check=True).stdout
     variants = bench.parse_variants([v for line in printed.splitlines() for v in line.split(";") if v])
-    assert {"paper_layers", "fast", "fast_gather", "fast_bf16", "fast_bf16_cl", "traced_graphs",
-            "fast_cl"} <= variants.keys()
+    assert {"paper_layers", "fast", "fast_bf16", "fast_bf16_gather", "traced_gather", "fast_bf16_autotune",
+            "fast_gather", "fast_cl", "bf16_cl"} <= variants.keys()
     for name, overrides in variants.items():
         cfg = compose_config(overrides)
         assert isinstance(instantiate(cfg.speed), Speed), name
