@@ -52,7 +52,8 @@ class Speed:
       ``cudagraphs`` generates no kernels: it traces the step and replays torch's own kernels as CUDA
       graphs, which takes seconds where inductor's code generation takes about a minute (``compile_mode``
       is inductor's; on a CPU the traced step runs as it is). Tracing turns the upsamplings' gradients
-      into accumulating ``index_put``s, which made it 2x slower than eager on an H200 (docs/speed.md).
+      into accumulating ``index_put``s, which made it 2x slower than the default step on an H200
+      (docs/speed.md).
     - ``one_weight_tensor``: during a fit, autograd and the optimizer see the generator's weights as
       one tensor (``DeepImagePrior``): one gradient accumulation per step instead of one per weight
       (87 in "skip"), which stay outside a compiled graph. Only with ``compile`` are the weights'
