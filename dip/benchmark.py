@@ -43,6 +43,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dip.baselines import BASELINES, BaselineUnavailableError
+from dip.config import without_implied_settings
 from dip.datasets import DatasetImage, open_dataset
 from dip.errors import DipError, MemoryShortError
 from dip.gpus import pin_to_gpu, visible_gpus, worker_count
@@ -149,7 +150,7 @@ def _restoration_key(config: dict) -> dict:
     manifest's sha256)."""
     output_dir = config.get("paths", {}).get("output_dir")
     relocated = _relocate(config, output_dir, "{output_dir}") if output_dir else config
-    key = {name: value for name, value in relocated.items() if name not in ORCHESTRATION_KEYS}
+    key = without_implied_settings({name: value for name, value in relocated.items() if name not in ORCHESTRATION_KEYS})
     for selection in ("images", "restore"):
         key.get("benchmark", {}).pop(selection, None)
     data = key.get("data", {})

@@ -23,13 +23,13 @@ from omegaconf import Container, DictConfig, OmegaConf
 from pytorch_lightning.loggers import WandbLogger
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from dip.config import dotted
+from dip.config import dotted, without_implied_settings
 from dip.errors import DipError
 
 CHECKPOINT_NAME = "checkpoint.ckpt"
 # Settings that change the result; the others (steps, logging, paths, device) may differ on resume.
 RESULT_SETTINGS = ("seed", "observation_seed", "task", "arch", "input", "optim", "data", "regularizer", "ema_weight",
-                   "backtrack_db", "max_rollbacks", "early_stop", "trainer.precision", "restarts",
+                   "backtrack_db", "backtrack_against", "max_rollbacks", "early_stop", "trainer.precision", "restarts",
                    # not the result, but which weights and buffers the checkpoint holds
                    "speed.conv_bias_before_norm", "speed.batchnorm_running_stats",
                    # nor the result, but the optimizer's state: per weight, or of the one weight tensor
@@ -73,7 +73,8 @@ def result_settings(cfg: DictConfig) -> dict:
     nodes = {key: OmegaConf.select(cfg, key) for key in RESULT_SETTINGS}
     selected = {key: OmegaConf.to_container(node, resolve=True) if isinstance(node, Container) else node
                 for key, node in nodes.items()}
-    return {key: value for key, value in dotted(selected).items() if key not in IGNORED_SETTINGS}
+    settings = {key: value for key, value in dotted(selected).items() if key not in IGNORED_SETTINGS}
+    return without_implied_settings(settings)
 
 
 def find_checkpoint(resume: str | None, output_dir: Path | None) -> Path | None:

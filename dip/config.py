@@ -60,6 +60,17 @@ def dotted(values: dict, prefix: str = "") -> dict:
     return flat
 
 
+# Top-level settings added after checkpoints and finished restorations were kept, with the value that a
+# config without them meant: at that value they drop out of every comparison, so those still match.
+IMPLIED_SETTINGS = {"backtrack_against": "last"}
+
+
+def without_implied_settings(settings: dict) -> dict:
+    """``settings`` less each of ``IMPLIED_SETTINGS`` at the value its absence meant."""
+    return {key: value for key, value in settings.items()
+            if key not in IMPLIED_SETTINGS or value != IMPLIED_SETTINGS[key]}
+
+
 def register_resolvers() -> None:
     """Registered on import too: launchers run jobs in fresh processes that import this module."""
     OmegaConf.register_new_resolver("profile", _profile, replace=True)

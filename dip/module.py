@@ -67,9 +67,13 @@ class DeepImagePrior(pl.LightningModule):
 
     The generator runs on ``z`` padded to a size its depth accepts and its output is centre-cropped
     back to the image. Keeps an exponential moving average of the outputs
-    (``ema = w ema + (1 - w) x``). Backtracking (the authors' rule): when the data-term PSNR drops
-    by more than ``backtrack_db`` from the last good step, or the loss is not finite, the weights
-    roll back to the last good ones, and that step's output is left out of the EMA. After
+    (``ema = w ema + (1 - w) x``). Backtracking (the authors' rule, ``backtrack_against="last"``):
+    when the data-term PSNR drops by more than ``backtrack_db`` from the last good step, or the loss
+    is not finite, the weights roll back to the last good ones, and that step's output is left out
+    of the EMA. ``backtrack_against="best"`` measures the drop from the best fit so far and keeps the
+    weights of that best step as the good ones: it also stops a fit that slides down a little at each
+    step (which every step's comparison with the one before lets through), at the cost of the steps
+    since the best one. After
     ``max_rollbacks`` rollbacks without two good steps in a row (an update that keeps the fit) the run
     stops with the last good weights (``stop_reason`` says so). Every check happens on the device, so
     no step waits for the host; metrics are logged (and the rollback count read) every
@@ -105,6 +109,7 @@ class DeepImagePrior(pl.LightningModule):
         ground_truth: torch.Tensor | None = None,
         ema_weight: float = 0.99,
         backtrack_db: float | None = 5.0,
+        backtrack_against: str = "last",
         metrics_every: int = 50,
         channels: int | None = None,
         regularizer: nn.Module | None = None,
@@ -122,6 +127,9 @@ class DeepImagePrior(pl.LightningModule):
         self.output_size = tuple(output_size)
         self.ema_weight = ema_weight
         self.backtrack_db = backtrack_db
+        if backtrack_against not in ("last", "best"):
+            raise DipError(f"backtrack_against must be 'last' or 'best', got '{backtrack_against}'")
+        self.backtrack_against = backtrack_against
         self.metrics_every = max(1, int(metrics_every))
         self.max_rollbacks = max_rollbacks
         self.restarts = restarts
@@ -142,7 +150,7 @@ class DeepImagePrior(pl.LightningModule):
         self.register_buffer("ground_truth", ground_truth)
         channels = observation.shape[1] if channels is None else channels  # features are not an image
         self.register_buffer("ema", torch.zeros(restarts, channels, *self.output_size))
-        # one per restart
+        # one per restart; "last good" is the best so far with backtrack_against="best"
         self.register_buffer("last_good_psnr", torch.full((restarts,), -math.inf))
         self.register_buffer("last_good_step", torch.full((restarts,), -1))
         self.register_buffer("diverged", torch.zeros(restarts, dtype=torch.bool))
@@ -245,9 +253,10 @@ class DeepImagePrior(pl.LightningModule):
         if failed >= self.max_rollbacks:
             with torch.no_grad():
                 self.flat_weights.copy_(self.good_weights)
+            good = "best" if self.backtrack_against == "best" else "last good"
             self.stop_reason = (
                 f"diverged: {failed} rollbacks without recovering (max_rollbacks={self.max_rollbacks}) by "
-                f"step {step}; the outputs are from the last good weights (those of step "
+                f"step {step}; the outputs are from the {good} weights (those of step "
                 f"{int(self.last_good_step.min()) + 1})"
             )
             self.trainer.should_stop = True
@@ -319,9 +328,14 @@ class DeepImagePrior(pl.LightningModule):
         self.diverged.copy_(diverged)
         # spread over the weights once a step: the rollback after the update uses the same flags
         self.diverged_weights = self._per_weight(diverged)
-        torch.where(self.diverged_weights, self.good_weights, self.flat_weights, out=self.good_weights)
-        self.last_good_psnr = torch.where(diverged, self.last_good_psnr, fit)
-        self.last_good_step.copy_(torch.where(diverged, self.last_good_step, self.global_step))
+        if self.backtrack_against == "best":
+            remembered = fit >= self.last_good_psnr  # a new best (NaN compares False)
+            torch.where(self._per_weight(remembered), self.flat_weights, self.good_weights, out=self.good_weights)
+        else:
+            remembered = ~diverged
+            torch.where(self.diverged_weights, self.good_weights, self.flat_weights, out=self.good_weights)
+        self.last_good_psnr = torch.where(remembered, fit, self.last_good_psnr)
+        self.last_good_step.copy_(torch.where(remembered, self.global_step, self.last_good_step))
 
     def _roll_back_if_diverged(self) -> None:
         with torch.no_grad():

@@ -154,6 +154,7 @@ def prepare(
         ground_truth=problem.ground_truth,
         ema_weight=cfg.ema_weight,
         backtrack_db=cfg.backtrack_db,
+        backtrack_against=cfg.backtrack_against,
         metrics_every=cfg.metrics_every,
         channels=problem.channels,
         regularizer=instantiate_settings(cfg.regularizer, "regularizer") if cfg.get("regularizer") else None,

@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 from skimage import data as skdata
 
 from dip.baselines import BASELINES, normalised_fill
-from dip.benchmark import ImageJob, TimeBudget, _some_names, run_benchmark
+from dip.benchmark import ImageJob, TimeBudget, _restoration_key, _some_names, run_benchmark
 from dip.config import compose_config
 from dip.datasets import open_dataset
 from dip.errors import DipError
@@ -184,7 +185,8 @@ def test_a_packed_fit_cut_mid_fit_continues_from_its_checkpoint(tmp_path):
 def test_restorations_carried_from_another_machine_are_reused(tmp_path):
     """A sub-run's config, metrics and baselines, copied from a run with another data root, run
     folder (another checkout or machine), image selection, thread count and speed switches, count as
-    finished: only the missing image is restored."""
+    finished, also from before a setting was added at the value its absence meant: only the missing
+    image is restored."""
     root, run_dir = tmp_path / "data", tmp_path / "run"
     make_dataset(root, "Set5", ["baby.png", "bird.png"])
     run_benchmark(compose("set5_x4", root, run_dir), run_dir)
@@ -196,6 +198,10 @@ def test_restorations_carried_from_another_machine_are_reused(tmp_path):
         shutil.copy2(run_dir / "images" / "bird" / name, carried / name)
     metrics = json.loads((carried / "metrics.json").read_text())
     (carried / "metrics.json").write_text(json.dumps(dict(metrics, device_name="NVIDIA H100 80GB HBM3")))
+    config = yaml.safe_load((carried / "config.yaml").read_text())
+    assert config.pop("backtrack_against") == "last"
+    (carried / "config.yaml").write_text(yaml.safe_dump(config))
+    assert _restoration_key(dict(config, backtrack_against="best")) != _restoration_key(config)
     before = (carried / "metrics.json").stat().st_mtime_ns
 
     elsewhere = ["benchmark.images=[baby.png,bird.png]", "baseline_jobs=2", "speed=exact"]

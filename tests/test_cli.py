@@ -67,6 +67,7 @@ def assert_one_line_error(done, *needles):
         (["task=sr_x8", "task.physics.factor=64", "data.size=64"], ["too small for x64"]),
         (["arch.upsample_mode=cubic"], ["upsample mode 'cubic'"]),
         (["input.distribution=poisson"], ["noise distribution 'poisson'"]),
+        (["backtrack_against=worst"], ["backtrack_against must be 'last' or 'best'", "'worst'"]),
     ],
 )
 def test_bad_input_gets_one_line_and_no_outputs(tmp_path, args, needles):

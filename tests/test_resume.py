@@ -142,6 +142,18 @@ def test_one_weight_tensor_resumes_to_the_same_result_as_the_default(image, refe
     assert_same_result(resumed, reference)
 
 
+def test_a_checkpoint_without_backtrack_against_resumes_under_the_rule_it_ran(image, reference, tmp_path,
+                                                                               monkeypatch):
+    """Checkpoints older than the backtrack_against setting do not name it, nor do those of its default
+    (the rule they ran): they resume with the default, and are refused with another rule."""
+    out = tmp_path / "run"
+    interrupted_at_step_1(image, out, monkeypatch)
+    assert "backtrack_against" not in torch.load(out / CHECKPOINT_NAME, weights_only=True)["dip"]["settings"]
+    with pytest.raises(DipError, match="backtrack_against: None -> 'best'"):
+        restore(image, out, 8, "backtrack_against=best")
+    assert_same_result(restore(image, out, 8), reference)
+
+
 def test_sigterm_on_the_command_line_then_resume(image, tmp_path):
     out = tmp_path / "cli"
     command = [sys.executable, "run.py", f"data.path={image}", "trainer.max_steps=100000", f"hydra.run.dir={out}",

@@ -89,6 +89,27 @@ def test_backtracking_restores_the_last_good_weights_even_over_nan(channels_last
     assert all(torch.equal(p, g) for p, g in zip(params, good))
 
 
+@pytest.mark.parametrize("against", ["last", "best"])
+def test_a_slow_slide_is_rolled_back_only_against_the_best_fit(against):
+    """A fit that loses 1 dB a step never drops 5 dB from the step before, which the authors' rule
+    compares with; against the best fit so far (22 dB), the drop to 16.5 dB is rolled back to the best weights."""
+    _, module = prepare(small_config(f"backtrack_against={against}"))
+    module.on_fit_start()
+    params = list(module.parameters())
+    snapshots = []
+    for fit_db in (20, 21, 22, 21, 20, 19, 18, 17.5, 16.5):
+        snapshots.append([p.detach().clone() for p in params])
+        module._remember_or_flag_divergence(torch.tensor(10 ** (-fit_db / 10)))
+        with torch.no_grad():  # what the optimizer would do
+            for p in params:
+                p.add_(1)
+        module._roll_back_if_diverged()
+    rolled_back = all(torch.equal(p, s) for p, s in zip(params, snapshots[2]))
+    assert rolled_back == (against == "best")
+    assert int(module.failed_in_a_row) == (against == "best")
+    assert float(module.last_good_psnr) == pytest.approx(22 if against == "best" else 16.5, abs=1e-4)
+
+
 def test_failures_in_a_row_count_until_a_good_step_follows_a_good_step():
     """A good step right after a rollback only re-evaluates the old weights: the count of failures in a
     row (which max_rollbacks bounds) is kept until the next good step, then reset."""
