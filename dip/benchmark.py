@@ -34,6 +34,7 @@ import os
 import statistics
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -45,7 +46,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from dip.baselines import BASELINES, BaselineUnavailableError
 from dip.config import without_implied_settings
 from dip.datasets import DatasetImage, open_dataset
-from dip.errors import DipError, MemoryShortError
+from dip.errors import DipError, MemoryShortError, RunInterruptedError
 from dip.gpus import pin_to_gpu, visible_gpus, worker_count
 from dip.images import save_image, write_atomically
 from dip.metrics import psnr, psnr_y
@@ -357,6 +358,12 @@ def image_jobs(cfg: DictConfig, image: DatasetImage, directory: Path) -> list[Im
     return jobs
 
 
+def _failure(error: Exception) -> str:
+    """Why a restoration failed, in one line: a ``DipError``'s message, or the error's type and message."""
+    reason = " ".join(str(error).split())[:300]
+    return reason if isinstance(error, DipError) else f"{type(error).__name__}: {reason}"
+
+
 def _start_worker(slots, gpus: list[str], cpu_threads: int) -> None:
     """Pool initialiser: take a worker slot and pin this process to its GPU before CUDA starts."""
     if pin_to_gpu(slots.get(), gpus) is None:
@@ -364,14 +371,18 @@ def _start_worker(slots, gpus: list[str], cpu_threads: int) -> None:
 
 
 def restore_all(packs: list[Pack], done_before: int, gpus: list[str], workers: int,
-                budget: TimeBudget) -> tuple[dict[Path, dict], dict[str, str]]:
+                budget: TimeBudget) -> tuple[dict[Path, dict], dict[str, str], dict[str, str]]:
     """Restore the jobs of ``packs``, one fit per pack, ``workers`` fits at a time (in this process
     when 1), each started only if ``budget`` allows it. A packed fit short of memory (refused by the
     memory check, or out of memory) is not the end of its images: they go back to the queue, each to
-    a fit of its own. The metrics by output directory, and why each image left unrestored was not
-    started (by its name). ``done_before`` restorations finished before count in the progress lines."""
+    a fit of its own. A fit that fails otherwise is logged (with its traceback, unless it is a
+    ``DipError``) and the others go on; an interruption (Ctrl-C, SIGTERM) or a crashed worker process
+    ends the run. The metrics by output directory, why each image left unrestored was not started,
+    and why each failed (by its name). ``done_before`` restorations finished before count in the
+    progress lines."""
     results: dict[Path, dict] = {}
     not_started: dict[str, str] = {}
+    failed: dict[str, str] = {}
     pending = collections.deque(packs)
     total = done_before + sum(len(pack.jobs) for pack in packs)
 
@@ -396,20 +407,26 @@ def restore_all(packs: list[Pack], done_before: int, gpus: list[str], workers: i
                      f"{max(0.0, budget.left()):.0f} s left of time_budget_s")
         return None
 
-    def fall_back(pack: Pack, error: MemoryShortError) -> None:
-        if len(pack.jobs) == 1:
+    def fail(pack: Pack, error: Exception) -> None:
+        if isinstance(error, (RunInterruptedError, BrokenProcessPool)):
             raise error
-        log.warning(f"the packed fit of {pack.names} does not fit in memory ({error}); restoring its images "
-                    f"one at a time")
-        pending.extendleft(reversed(pack_jobs(list(pack.jobs), 1, pack.directory)))  # one fit each, in order
+        if isinstance(error, MemoryShortError) and len(pack.jobs) > 1:
+            log.warning(f"the packed fit of {pack.names} does not fit in memory ({error}); restoring its images "
+                        f"one at a time")
+            pending.extendleft(reversed(pack_jobs(list(pack.jobs), 1, pack.directory)))  # one fit each, in order
+            return
+        reason = _failure(error)
+        failed.update((job.name, reason) for job in pack.jobs)
+        log.error(f"the fit of {pack.names} failed; going on with the others: {reason}",
+                  exc_info=None if isinstance(error, DipError) else error)
 
     if workers <= 1:
         while (pack := next_pack()) is not None:
             try:
                 report(pack, restore_pack(pack))
-            except MemoryShortError as error:
-                fall_back(pack, error)
-        return results, not_started
+            except Exception as error:
+                fail(pack, error)
+        return results, not_started, failed
     context = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked children
     slots = context.Queue()
     for slot in range(workers):
@@ -426,15 +443,15 @@ def restore_all(packs: list[Pack], done_before: int, gpus: list[str], workers: i
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
                 pack = running.pop(future)
-                if isinstance(error := future.exception(), MemoryShortError):
-                    fall_back(pack, error)
+                if (error := future.exception()) is not None:
+                    fail(pack, error)
                 else:
-                    report(pack, future.result())  # another error ends the run here
+                    report(pack, future.result())
                 if (pack := next_pack()) is not None:
                     running[pool.submit(restore_pack, pack)] = pack
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-    return results, not_started
+    return results, not_started, failed
 
 
 def run_benchmark(cfg: DictConfig, run_dir: Path) -> dict:
@@ -484,15 +501,21 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> dict:
             threads.submit(compute_baselines, dataclasses.replace(image_runs[0], output_dir=directory),
                            list(spec.baselines))
             for directory, image_runs in per_image]
-        restored, not_started = restore_all(packs, len(finished), gpus, workers, budget)
+        restored, not_started, failed = restore_all(packs, len(finished), gpus, workers, budget)
         restored.update(finished)
         not_started.update(outside)
-        baseline_scores = [future.result() for future in baselines]
+        baseline_scores = []
+        for (_, image_runs), future in zip(per_image, baselines):
+            try:
+                baseline_scores.append(future.result())
+            except Exception as error:  # the image's observation fails: so did (or would) its fits
+                baseline_scores.append(None)
+                failed.setdefault(image_runs[0].name, _failure(error))
     finally:
         threads.shutdown(wait=True, cancel_futures=True)
     # an image is in the table once all its runs are done (the others wait for a later run)
     done = [(directory, image_runs, scores) for (directory, image_runs), scores in zip(per_image, baseline_scores)
-            if all(job.output_dir in restored for job in image_runs)]
+            if scores is not None and all(job.output_dir in restored for job in image_runs)]
     metrics = [restored[image_runs[0].output_dir] if spec.runs == 1 else
                average_runs(image_runs, [restored[job.output_dir] for job in image_runs], directory)
                for directory, image_runs, _ in done]
@@ -501,11 +524,18 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> dict:
         log.info(f"{len(waiting)} image(s) left for a later run with hydra.run.dir={run_dir}: {', '.join(waiting)}")
     run_info = {"wall_seconds": time.perf_counter() - start, "workers": workers, "gpus": len(gpus),
                 "date": datetime.now().strftime("%Y-%m-%d %H:%M"), "dataset": str(Path(cfg.data.root) / spec.dataset),
-                "all_images": spec.images is None and not waiting, "reused": len(finished), "not_started": waiting,
+                "all_images": spec.images is None and not waiting and not failed, "reused": len(finished),
+                "not_started": waiting, "failed": dict(sorted(failed.items())),
                 "image_steps": sum(m["steps"] for path, m in restored.items() if path not in finished)}
-    table = Table(cfg, metrics, [scores for _, _, scores in done], run_info)
-    write_atomically(run_dir / "table.csv", lambda handle: handle.write(table.csv().encode()))
-    write_atomically(run_dir / "table.md", lambda handle: handle.write(table.markdown().encode()))
+    if metrics or not failed:
+        table = Table(cfg, metrics, [scores for _, _, scores in done], run_info)
+        write_atomically(run_dir / "table.csv", lambda handle: handle.write(table.csv().encode()))
+        write_atomically(run_dir / "table.md", lambda handle: handle.write(table.markdown().encode()))
+    if failed:
+        first = next(iter(run_info["failed"].items()))
+        covered = f"the table in {run_dir} covers the {len(metrics)} image(s) finished" if metrics else "no table"
+        raise DipError(f"{len(failed)} image(s) failed ({_some_names(sorted(failed))}; {first[0]}: {first[1]}); "
+                       f"{covered}, and the same command retries the others")
     return table.mean
 
 
@@ -629,10 +659,12 @@ class Table:
         """The run line's account of this run's own work: its processes, wall time and rate, and how
         many restorations it took from earlier runs (all of them: no processes or rate to speak of)."""
         info = self.info
-        reasons = collections.defaultdict(list)
-        for name, reason in info["not_started"].items():
-            reasons[reason].append(name)
-        waiting = "".join(f"; not started, as {reason}: {_some_names(names)}" for reason, names in reasons.items())
+        left = {name: f"not started, as {reason}" for name, reason in info["not_started"].items()}
+        left |= {name: f"failed ({reason})" for name, reason in info["failed"].items()}
+        by_state = collections.defaultdict(list)
+        for name, state in left.items():
+            by_state[state].append(name)
+        waiting = "".join(f"; {state}: {_some_names(names)}" for state, names in by_state.items())
         waiting += " (a later run with this run's hydra.run.dir can do them)" if waiting else ""
         if not info["image_steps"]:
             return (f"; all {info['reused']} restorations finished by earlier runs (each image's fit seconds "
