@@ -532,10 +532,11 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> dict:
         write_atomically(run_dir / "table.csv", lambda handle: handle.write(table.csv().encode()))
         write_atomically(run_dir / "table.md", lambda handle: handle.write(table.markdown().encode()))
     if failed:
-        first = next(iter(run_info["failed"].items()))
+        name, reason = next(iter(run_info["failed"].items()))
+        first = reason if len(failed) == 1 else f"the first, {name}: {reason}"
         covered = f"the table in {run_dir} covers the {len(metrics)} image(s) finished" if metrics else "no table"
-        raise DipError(f"{len(failed)} image(s) failed ({_some_names(sorted(failed))}; {first[0]}: {first[1]}); "
-                       f"{covered}, and the same command retries the others")
+        raise DipError(f"{len(failed)} image(s) failed ({_some_names(sorted(failed))}): {first}; {covered}, and "
+                       f"the same command retries the failed")
     return table.mean
 
 

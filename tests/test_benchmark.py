@@ -295,9 +295,10 @@ def test_a_failed_fit_leaves_the_others_to_finish_then_is_retried(tmp_path, monk
     Image.fromarray(np.zeros((6, 6, 3), np.uint8)).save(directory / "bird.png")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", gpus)
     settings = ["jobs_per_gpu=1", "benchmark.baselines=[]", "benchmark.verify_checksums=false"]
-    with pytest.raises(DipError, match=r"^1 image\(s\) failed \(bird.png; bird.png: .*too small for x4") as error:
+    failure = r"^1 image\(s\) failed \(bird.png\): .*bird.png: a 6x6 image is too small for x4"
+    with pytest.raises(DipError, match=failure) as error:
         run_benchmark(compose("set5_x4", root, run_dir, *settings), run_dir)
-    assert "covers the 1 image(s) finished, and the same command retries the others" in str(error.value)
+    assert "covers the 1 image(s) finished, and the same command retries the failed" in str(error.value)
     assert [row["image"] for row in read_csv(run_dir / "table.csv")] == ["baby.png", "mean"]
     run_line = next(line for line in (run_dir / "table.md").read_text().splitlines() if line.startswith("- run:"))
     assert "; failed (" in run_line and "bird.png: a 6x6 image is too small for x4" in run_line
