@@ -31,8 +31,9 @@ def test_each_restart_has_its_own_code_and_output():
     assert module.physics.data_term(outputs, module.observation).shape == (3,)
 
 
-def test_backtracking_rolls_back_only_the_restart_that_diverged():
-    _, module = prepare(small("restarts=2"))
+@pytest.mark.parametrize("against", ["last", "best"])
+def test_backtracking_rolls_back_only_the_restart_that_diverged(against):
+    _, module = prepare(small("restarts=2", f"backtrack_against={against}"))
     module.on_fit_start()
     weights = module.trainable_parameters()
 
@@ -54,6 +55,28 @@ def test_backtracking_rolls_back_only_the_restart_that_diverged():
     assert all(torch.equal(after, 2 * kept) for after, kept in zip(per_restart(0), before))
     assert all(torch.equal(after, kept) for after, kept in zip(per_restart(1), start[1]))
     assert module.diverged.tolist() == [False, True] and module.failed_in_a_row.tolist() == [0, 1]
+
+
+def test_against_the_best_fit_a_sliding_restart_rolls_back_to_its_own_best_weights():
+    _, module = prepare(small("restarts=2", "backtrack_against=best"))
+    module.on_fit_start()
+    weights = module.trainable_parameters()
+
+    def per_restart(restart):
+        return [w.detach().view(2, -1)[restart].clone() for w in weights]
+
+    best_of_0 = None
+    for step, fit_of_0 in enumerate((20, 22, 20, 18, 16.5)):  # restart 1 holds 20 dB throughout
+        if step == 1:
+            best_of_0 = per_restart(0)
+        module._remember_or_flag_divergence(torch.tensor([10 ** (-fit_of_0 / 10), 0.01]))
+        with torch.no_grad():
+            for w in weights:
+                w.add_(1)
+        module._roll_back_if_diverged()
+    assert all(torch.equal(after, best) for after, best in zip(per_restart(0), best_of_0))
+    assert module.diverged.tolist() == [True, False]
+    assert float(module.last_good_psnr[1]) == pytest.approx(20, abs=1e-4)
 
 
 def test_a_packed_fit_reports_the_average_and_each_restart(tmp_path):
