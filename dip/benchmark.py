@@ -373,13 +373,13 @@ def _start_worker(slots, gpus: list[str], cpu_threads: int) -> None:
 def restore_all(packs: list[Pack], done_before: int, gpus: list[str], workers: int,
                 budget: TimeBudget) -> tuple[dict[Path, dict], dict[str, str], dict[str, str]]:
     """Restore the jobs of ``packs``, one fit per pack, ``workers`` fits at a time (in this process
-    when 1), each started only if ``budget`` allows it. A packed fit short of memory (refused by the
-    memory check, or out of memory) is not the end of its images: they go back to the queue, each to
-    a fit of its own. A fit that fails otherwise is logged (with its traceback, unless it is a
-    ``DipError``) and the others go on; an interruption (Ctrl-C, SIGTERM) or a crashed worker process
-    ends the run. The metrics by output directory, why each image left unrestored was not started,
-    and why each failed (by its name). ``done_before`` restorations finished before count in the
-    progress lines."""
+    when 1), each started only if ``budget`` allows it. A packed fit that fails (short of memory:
+    refused by the memory check, or out of memory; or otherwise) is not the end of its images: they go
+    back to the queue, each to a fit of its own. A fit of one image that fails is logged (with its
+    traceback, unless it is a ``DipError``) and the others go on; an interruption (Ctrl-C, SIGTERM)
+    or a crashed worker process ends the run. The metrics by output directory, why each image left
+    unrestored was not started, and why each failed (by its name). ``done_before`` restorations
+    finished before count in the progress lines."""
     results: dict[Path, dict] = {}
     not_started: dict[str, str] = {}
     failed: dict[str, str] = {}
@@ -410,9 +410,10 @@ def restore_all(packs: list[Pack], done_before: int, gpus: list[str], workers: i
     def fail(pack: Pack, error: Exception) -> None:
         if isinstance(error, (RunInterruptedError, BrokenProcessPool)):
             raise error
-        if isinstance(error, MemoryShortError) and len(pack.jobs) > 1:
-            log.warning(f"the packed fit of {pack.names} does not fit in memory ({error}); restoring its images "
-                        f"one at a time")
+        if len(pack.jobs) > 1:  # each image alone may fit, or find the one image at fault
+            why = "does not fit in memory" if isinstance(error, MemoryShortError) else "failed"
+            log.warning(f"the packed fit of {pack.names} {why} ({_failure(error)}); restoring its images one at a "
+                        f"time")
             pending.extendleft(reversed(pack_jobs(list(pack.jobs), 1, pack.directory)))  # one fit each, in order
             return
         reason = _failure(error)

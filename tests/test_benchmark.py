@@ -413,6 +413,23 @@ def test_a_packed_fit_short_of_memory_gives_its_images_fits_of_their_own(tmp_pat
     assert "(1 process(es) on the CPU)" in (run_dir / "table.md").read_text()
 
 
+def test_a_packed_fit_that_fails_otherwise_gives_its_images_fits_of_their_own(tmp_path, monkeypatch, caplog):
+    """A packed fit that fails for another reason than memory (here: packing the problems raises) costs
+    its images nothing either: each is restored alone, and the run succeeds."""
+    import dip.benchmark
+
+    def packing_fails(*args, **kwargs):
+        raise RuntimeError("packing broke")
+
+    root, run_dir = tmp_path / "data", tmp_path / "run"
+    make_dataset(root, "Set5", ["baby.png", "bird.png"])
+    monkeypatch.setattr(dip.benchmark, "stack_problems", packing_fails)
+    run_benchmark(compose("set5_x4", root, run_dir, "images_per_fit=2"), run_dir)
+    assert ("the packed fit of baby.png, bird.png failed (RuntimeError: packing broke); restoring its images one "
+            "at a time") in caplog.text
+    assert_restored_alone(run_dir, ["baby", "bird"])
+
+
 def test_in_worker_processes_a_packed_fit_short_of_memory_falls_back_too(tmp_path, monkeypatch, caplog):
     """The same refusal in a worker process: its error crosses to the main process, which queues the
     pack's images as fits of their own beside the other worker's fit."""
