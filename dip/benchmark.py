@@ -46,7 +46,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from dip.baselines import BASELINES, BaselineUnavailableError
 from dip.config import without_implied_settings
 from dip.datasets import DatasetImage, open_dataset
-from dip.errors import DipError, MemoryShortError, RunInterruptedError
+from dip.errors import DipError, MemoryShortError, RunInterruptedError, one_line
 from dip.gpus import pin_to_gpu, visible_gpus, worker_count
 from dip.images import save_image, write_atomically
 from dip.metrics import psnr, psnr_y
@@ -360,7 +360,7 @@ def image_jobs(cfg: DictConfig, image: DatasetImage, directory: Path) -> list[Im
 
 def _failure(error: Exception) -> str:
     """Why a restoration failed, in one line: a ``DipError``'s message, or the error's type and message."""
-    reason = " ".join(str(error).split())[:300]
+    reason = one_line(error, 300)
     return reason if isinstance(error, DipError) else f"{type(error).__name__}: {reason}"
 
 

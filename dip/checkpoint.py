@@ -24,7 +24,7 @@ from pytorch_lightning.loggers import WandbLogger
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from dip.config import dotted, without_implied_settings
-from dip.errors import DipError
+from dip.errors import DipError, one_line
 
 CHECKPOINT_NAME = "checkpoint.ckpt"
 # Settings that change the result; the others (steps, logging, paths, device) may differ on resume.
@@ -108,8 +108,7 @@ def check_resumable(path: Path, settings: dict, max_steps: int) -> Resumable:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         saved, step = checkpoint["dip"]["settings"], int(checkpoint["global_step"])
     except Exception as error:  # torch.load raises many kinds on a damaged file
-        reason = " ".join(str(error).split())[:200] or type(error).__name__
-        raise DipError(f"cannot read checkpoint {path}: {reason}") from None
+        raise DipError(f"cannot read checkpoint {path}: {one_line(error, 200)}") from None
     differences = [
         f"{key}: {saved.get(key)!r} -> {settings.get(key)!r}"
         for key in sorted(set(saved) | set(settings))

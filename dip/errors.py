@@ -6,6 +6,11 @@ import signal
 from pathlib import Path
 
 
+def one_line(error: BaseException, limit: int | None = None) -> str:
+    """``error``'s message on one line (at most ``limit`` characters), or its type's name when it has none."""
+    return " ".join(str(error).split())[:limit] or type(error).__name__
+
+
 class DipError(Exception):
     """A problem with the user's input or options; the message names it (and the file)."""
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from dip.errors import DipError
+from dip.errors import DipError, one_line
 
 BUILTIN_PREFIX = "skimage:"
 GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
@@ -167,8 +167,7 @@ def read_image(path: str | Path | torch.Tensor, mode: str = "auto", what: str = 
             image.load()
             loaded = _from_pil(image, mode) if low_bytes is None else _from_sixteen_bit(image, low_bytes, mode)
     except Exception as error:  # decoders raise anything on a malformed file: one line for all of them
-        reason = " ".join(str(error).split()) or type(error).__name__
-        raise DipError(f"cannot read {what} file {file}: {reason}") from None
+        raise DipError(f"cannot read {what} file {file}: {one_line(error)}") from None
     if min(loaded.pixels.shape[-2:]) < 1:
         raise DipError(f"{what} file {file} has no pixels")
     return loaded

@@ -22,7 +22,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from dip.errors import MemoryShortError
+from dip.errors import MemoryShortError, one_line
 from dip.inputs import padded_size
 
 log = logging.getLogger(__name__)
@@ -160,7 +160,7 @@ def checked_estimate(module, precision: str = "32-true", early_stopping_window: 
     try:
         return estimate(module, precision, early_stopping_window)
     except Exception as error:  # noqa: BLE001 (a layer the meta device cannot run must not stop the run)
-        log.warning("memory not estimated (%s): the run starts unchecked", " ".join(str(error).split())[:200])
+        log.warning("memory not estimated (%s): the run starts unchecked", one_line(error, 200))
         return None
 
 
