@@ -298,7 +298,8 @@ def compute_baselines(job: ImageJob, names: list[str]) -> dict:
     """Rebuild the image's observation (same observation seed, so the same noise or mask as its
     restorations), run each classical baseline on it and score it; each estimate is saved as
     ``baseline_NAME.png`` and the scores in ``baselines.json`` (an unavailable optional baseline
-    records why)."""
+    records why). A baseline that raises scores ``{"failed": reason}`` and is left out of the file,
+    so the next run tries it again; the image's restorations do not depend on it."""
     restoration = _restoration_key(job.config)
     key = {name: restoration[name] for name in ("task", "data", "observation_seed")}
     saved_file = job.output_dir / "baselines.json"
@@ -314,9 +315,14 @@ def compute_baselines(job: ImageJob, names: list[str]) -> dict:
         except BaselineUnavailableError as error:
             scores[name] = {"unavailable": str(error)}
             continue
+        except Exception as error:
+            log.error(f"baseline {name} failed on {job.name}: {_failure(error)}", exc_info=error)
+            scores[name] = {"failed": _failure(error)}
+            continue
         save_image(estimate[0], job.output_dir / f"baseline_{name}.png")
         scores[name] = score(estimate, problem.ground_truth, job.protocol, job.shave)
-    _write_json(saved_file, {"observation": key, "scores": scores})
+    kept = {name: value for name, value in scores.items() if "failed" not in value}
+    _write_json(saved_file, {"observation": key, "scores": kept})
     return scores
 
 
@@ -538,6 +544,11 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> dict:
         covered = f"the table in {run_dir} covers the {len(metrics)} image(s) finished" if metrics else "no table"
         raise DipError(f"{len(failed)} image(s) failed ({_some_names(sorted(failed))}): {first}; {covered}, and "
                        f"the same command retries the failed")
+    if table.baseline_failures:
+        name, failures = next(iter(table.baseline_failures.items()))
+        raise DipError(f"baseline {name} failed on {len(failures)} image(s) ({_some_names(list(failures))}): "
+                       f"{next(iter(failures.values()))}; the table in {run_dir} leaves its cells empty, and the "
+                       f"same command retries it")
     return table.mean
 
 
@@ -552,6 +563,11 @@ class Table:
         self.unavailable = {name: reason for scores in baselines for name, value in scores.items()
                             if (reason := value.get("unavailable"))}
         usable = [name for name in spec.baselines if name not in self.unavailable]
+        self.baseline_failures: dict[str, dict[str, str]] = collections.defaultdict(dict)  # name: {image: why}
+        for m, scores in zip(metrics, baselines):
+            for name, value in scores.items():
+                if "failed" in value:
+                    self.baseline_failures[name][m["image"]] = value["failed"]
         published = [("paper", spec.paper)] + ([("reference", spec.reference)] if spec.reference else [])
         metric_label = "PSNR-Y" if spec.protocol == "y" else "PSNR"
         # (CSV key, markdown heading, function of the row's metrics and baselines)
@@ -570,13 +586,13 @@ class Table:
                for suffix, label in (("", ""), ("_ema", " EMA"))] if cfg.restarts > 1 else []),
             *[(column, node.label, lambda m, b, node=node: node.images.get(m["image"]))
               for column, node in published],
-            *[(f"{name}_{key}", BASELINES[name].label, lambda m, b, name=name: b[name][key]) for name in usable],
+            *[(f"{name}_{key}", BASELINES[name].label, lambda m, b, name=name: b[name].get(key)) for name in usable],
         ]
         if spec.protocol == "y":
             self.columns += [
                 ("psnr", "PSNR RGB", lambda m, b: m["psnr"]),
                 ("psnr_ema", "PSNR RGB EMA", lambda m, b: m["psnr_ema"]),
-                *[(f"{name}_psnr", f"{BASELINES[name].label} RGB", lambda m, b, name=name: b[name]["psnr"])
+                *[(f"{name}_psnr", f"{BASELINES[name].label} RGB", lambda m, b, name=name: b[name].get("psnr"))
                   for name in usable],
             ]
         self.columns += [
@@ -650,6 +666,8 @@ class Table:
             lines.append("| " + " | ".join(cells) + " |")
         notes = list(spec.notes) + [f"{BASELINES[name].label} skipped: {reason}"
                                     for name, reason in self.unavailable.items()]
+        notes += [f"{BASELINES[name].label} failed on {_some_names(list(failures))} (empty cells; the same command "
+                  f"retries it): {next(iter(failures.values()))}" for name, failures in self.baseline_failures.items()]
         if packed := [m["image"] for m in self.metrics if m.get("packed_with")]:
             notes.append(f"restored in fits of several images (images_per_fit): {_some_names(packed)}; "
                          f"each one's fit s is its share of its fit's time")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import os
@@ -306,6 +307,38 @@ def test_a_failed_fit_leaves_the_others_to_finish_then_is_retried(tmp_path, monk
     run_benchmark(compose("set5_x4", root, run_dir, *settings), run_dir)
     assert [row["image"] for row in read_csv(run_dir / "table.csv")] == ["baby.png", "bird.png", "mean"]
     assert "1 restoration(s) reused" in (run_dir / "table.md").read_text()
+
+
+def test_a_failed_baseline_leaves_the_restorations_in_the_table_then_is_retried(tmp_path, monkeypatch):
+    """A baseline that raises on one image empties that image's cells, not its row: the restorations are
+    tabulated, the table says which baseline failed where, and the run ends with one line naming it.
+    The same command computes the baseline again and reuses the fits."""
+    root, run_dir = tmp_path / "data", tmp_path / "run"
+    make_dataset(root, "Set5", ["baby.png", "bird.png"])
+    bicubic, calls = BASELINES["bicubic"], []
+
+    def fails_on_bird(y, physics):  # one baseline thread takes the images in order: baby, then bird
+        calls.append(y)
+        if len(calls) == 2:
+            raise ValueError("no estimate for this one")
+        return bicubic.estimate(y, physics)
+
+    monkeypatch.setitem(BASELINES, "bicubic", dataclasses.replace(bicubic, estimate=fails_on_bird))
+    settings = ["cpu_jobs=1", "baseline_jobs=1"]
+    with pytest.raises(DipError, match=r"^baseline bicubic failed on 1 image\(s\) \(bird.png\): ValueError: no "
+                                       r"estimate for this one; the table in .* leaves its cells empty"):
+        run_benchmark(compose("set5_x4", root, run_dir, *settings), run_dir)
+    rows = read_csv(run_dir / "table.csv")
+    assert [row["image"] for row in rows] == ["baby.png", "bird.png", "mean"]
+    assert rows[0]["bicubic_psnr_y"] and not rows[1]["bicubic_psnr_y"] and not rows[2]["bicubic_psnr_y"]
+    assert "bicubic failed on bird.png (empty cells; the same command retries it)" in (run_dir / "table.md").read_text()
+    assert "bicubic" not in json.loads((run_dir / "images" / "bird" / "baselines.json").read_text())["scores"]
+
+    monkeypatch.setitem(BASELINES, "bicubic", bicubic)
+    run_benchmark(compose("set5_x4", root, run_dir, *settings), run_dir)
+    rows = read_csv(run_dir / "table.csv")
+    assert all(row["bicubic_psnr_y"] for row in rows)
+    assert "2 restorations finished by earlier runs" in (run_dir / "table.md").read_text()
 
 
 def test_restore_adds_one_image_to_a_table_of_images_finished_elsewhere(tmp_path):
