@@ -18,6 +18,11 @@ from dip.nets.packed import unpack_images
 from dip.physics import Degradation
 
 
+def full_precision(x: torch.Tensor) -> torch.autocast:
+    """A region where autocast (``trainer.precision=bf16-mixed``) is off on ``x``'s device."""
+    return torch.autocast(x.device.type, enabled=False)
+
+
 def share_one_buffer(parameters: list[nn.Parameter]) -> torch.Tensor:
     """Move ``parameters`` into one new flat buffer and return it.
 
@@ -226,7 +231,10 @@ class DeepImagePrior(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x = self(self.perturbed_input())
-        data_terms = self.physics.data_term(x, self.observation)  # one per restart
+        # Mixed precision is for the generator: the degradation (its kernels and the data term) stays
+        # the float32 operator it was defined as, or a bf16 step would fit another downsampler.
+        with full_precision(x):
+            data_terms = self.physics.data_term(x.float(), self.observation)  # one per restart
         # Every operation here is a host dispatch per step, and a GPU step at 512 px is bound by the
         # host: one detach of each.
         output, terms = x.detach(), data_terms.detach()
@@ -264,7 +272,12 @@ class DeepImagePrior(pl.LightningModule):
     def quality(self, x: torch.Tensor, losses: torch.Tensor) -> dict[str, torch.Tensor]:
         """Device-side metrics of the restarts' outputs ``x`` whose data terms are ``losses``: those
         of their average (the restoration), and with several restarts the mean of their own PSNRs.
-        Several images packed: the mean of each image's metrics."""
+        Several images packed: the mean of each image's metrics. In float32 under mixed precision too:
+        SSIM's variances cancel to nonsense in bf16 (0.44 for 0.70)."""
+        with full_precision(x):
+            return self._quality(x.float(), losses)
+
+    def _quality(self, x: torch.Tensor, losses: torch.Tensor) -> dict[str, torch.Tensor]:
         restored, ema = self.combine(x.clamp(0, 1)), self.ema_output()
         metrics = {"psnr_fit": psnr_from_mse(losses.mean()),
                    "psnr_fit_ema": psnr(self.physics.A(ema), self.observation)}

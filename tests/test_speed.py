@@ -354,6 +354,30 @@ def test_bf16_autocast_runs_on_the_cpu_with_a_float32_average(restarts):
     assert bf16.metrics["psnr"] != fp32.metrics["psnr"]  # autocast did change the arithmetic
 
 
+def test_bf16_autocast_leaves_the_degradation_and_the_metrics_in_float32():
+    """Under bf16 autocast only the generator rounds: the super-resolution downsampler (a convolution,
+    which autocast would run in bf16 with a bf16 kernel) gives the data term of the float32 operator,
+    and SSIM, whose variances cancel in bf16, is the float32 figure."""
+    problem, module = prepare(small_config("task=sr_x4", "data.size=64", "input.reg_noise_std=0"))
+    x = module.restart_outputs()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = module.quality(x, problem.physics.data_term(x, module.observation))
+    exact = module.quality(x, problem.physics.data_term(x, module.observation))
+    for name in ("ssim", "ssim_ema", "psnr_fit_ema", "psnr"):
+        assert float(autocast[name]) == pytest.approx(float(exact[name]), abs=1e-5), name
+
+    seen = {}
+
+    class DataTerm(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            output = pl_module.latest_output.float()  # the bf16 generator's output
+            seen["loss"], seen["float32"] = outputs["loss"], problem.physics.data_term(output, problem.observation)
+
+    run(small_config("task=sr_x4", "data.size=64", "trainer.max_steps=1", "trainer.precision=bf16-mixed",
+                     "backtrack_db=null"), None, problem, callbacks=[DataTerm()])
+    assert float(seen["loss"]) == pytest.approx(float(seen["float32"].sum()), rel=1e-6)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("one_weight_tensor", [False, True])
 def test_compiled_fit_trains_the_weights_in_one_buffer(one_weight_tensor):
