@@ -9,7 +9,8 @@
 # several images, images_per_fit). PROGRESS (default results/benchmark-progress) is where later runs resume
 # from: PROGRESS/<label>/images/<image>/ gets config.yaml, metrics.json and baselines.json of every image that
 # finished and is not there yet (an image already there is kept as it is, with a note on stderr when this run
-# has another fit of it), and PROGRESS/<label>/ the table when it covers every image of the one there (as a
+# has another fit of it; from a run folder, only an image its table covers or it fitted itself, not one copied
+# in from another label's progress that the runner did not reuse), and PROGRESS/<label>/ the table when it covers every image of the one there (as a
 # run seeded from PROGRESS/<label>/images does). A device
 # run's <run> is its folder (the benchmark and all its overrides) and its label the one its file `label`
 # names; a run folder's <run> and label are its benchmark's name followed by the overrides that change the
@@ -28,6 +29,7 @@ if [ -d "$source" ]; then
   label=${LABEL:-$(benchmark_label "$name" "$(sed -n "s/^- //p" "$source/.hydra/overrides.yaml")")}
   mkdir "$unpacked/$label"
   ln -s "$(cd "$source" && pwd)/images" "$unpacked/$label/images"
+  run_folder=1
   [ -d "$source/packs" ] && ln -s "$(cd "$source" && pwd)/packs" "$unpacked/$label/packs"
   cp -t "$unpacked/$label" "$source"/table.* 2>/dev/null || true
   [ -f "$source/benchmark.log" ] && cp "$source/benchmark.log" "$unpacked/$label/log.txt"
@@ -51,6 +53,7 @@ for images in "$unpacked"/*/images; do
   label=$(cat "$run/label" 2>/dev/null || echo "$folder")  # a device run names the label it files under
   mkdir -p "$dest/$folder"
   find "$run" -maxdepth 1 -name 'table.*' -exec cp -t "$dest/$folder" {} +
+  covered=$(table_images "$run/table.csv")
   for image in "$images"/*/; do
     name=$(basename "$image")
     if [ -f "$image/csv/metrics.csv" ]; then  # the PSNR curve of a fit of this run
@@ -58,6 +61,10 @@ for images in "$unpacked"/*/images; do
     fi
     target=$progress/$label/images/$name
     [ -f "$image/metrics.json" ] || continue
+    if [ -n "${run_folder:-}" ] && [ ! -f "$image/csv/metrics.csv" ] && ! sed 's/\.[^.]*$//' <<< "$covered" | grep -qxF "$name"; then
+      echo "note: skipped $name: this run neither fitted it nor tabulated it (finished under other settings?)" >&2
+      continue
+    fi
     if [ -f "$target/metrics.json" ]; then  # a run seeded from the progress folder reused it: the same file
       cmp -s "$image/metrics.json" "$target/metrics.json" \
         || echo "note: kept $label/$name as it is in $progress; this run's fit of it differs (its config.yaml?)" >&2
@@ -73,7 +80,6 @@ for images in "$unpacked"/*/images; do
     fit=$(basename "$(dirname "$(dirname "$curve")")")
     mkdir -p "$dest/$folder/curves" && cp "$curve" "$dest/$folder/curves/pack-$fit.csv"
   done
-  covered=$(table_images "$run/table.csv")
   if [ -n "$covered" ] && [ -z "$(LC_ALL=C comm -23 <(table_images "$progress/$label/table.csv") - <<< "$covered")" ]; then
     mkdir -p "$progress/$label" && cp -t "$progress/$label" "$run"/table.md "$run"/table.csv
     echo "table $label: $(wc -l <<< "$covered") images"

@@ -667,7 +667,8 @@ def test_filing_a_device_archive_merges_finished_restorations_into_progress(tmp_
 def test_filing_a_run_folder_adds_its_image_and_its_wider_table_to_progress(tmp_path):
     """experiments/file_results.sh on a run folder of the runner: its label is the benchmark's name
     plus the overrides that change the restoration (not speed or images_per_fit, which only orchestrate);
-    a packed fit's curve is filed beside the images'; the new image joins the progress folder, and the
+    a packed fit's curve is filed beside the images'; the new image joins the progress folder (an image
+    copied in from elsewhere that the run neither fitted nor tabulated does not), and the
     run's table replaces the progress table when it covers every image of it, not otherwise."""
     root, run_dir, progress = tmp_path / "data", tmp_path / "run", tmp_path / "progress"
     make_dataset(root, "Set5", ["baby.png", "bird.png", "woman.png"])
@@ -686,10 +687,15 @@ def test_filing_a_run_folder_adds_its_image_and_its_wider_table_to_progress(tmp_
     (progress / label / "images" / "bird").mkdir(parents=True)
     (progress / label / "images" / "bird" / "metrics.json").write_text("bird finished earlier")
     (progress / label / "table.csv").write_text("image,psnr_y\nbird.png,20.0\nmean,20.0\n")
+    foreign = run_dir / "images" / "head"  # copied in from another label's progress; the runner ignored it
+    foreign.mkdir()
+    (foreign / "metrics.json").write_text("head, finished under other settings")
 
     filed = file_results(run_dir, tmp_path / "dest", progress)
     assert filed.returncode == 0, filed.stderr
     assert filed.stdout == f"merged {label}/woman\ntable {label}: 2 images\n"
+    assert "note: skipped head: this run neither fitted it nor tabulated it" in filed.stderr
+    assert not (progress / label / "images" / "head").exists()
     assert (progress / label / "images" / "bird" / "metrics.json").read_text() == "bird finished earlier"
     assert json.loads((progress / label / "images" / "woman" / "metrics.json").read_text())["image"] == "woman.png"
     assert [row["image"] for row in read_csv(progress / label / "table.csv")] == ["bird.png", "woman.png", "mean"]
