@@ -646,6 +646,8 @@ class Table:
             + (", sha256 verified against MANIFEST.tsv" if spec.verify_checksums else ""),
             f"- settings: task {first['task']}, arch {first['arch']}, {self.mean['steps'] or 'varying'} steps, "
             f"lr {cfg.optim.lr}, reg_noise_std {cfg.input.reg_noise_std}, EMA weight {cfg.ema_weight}, "
+            + ("" if str(cfg.trainer.precision) in ("32-true", "32") else
+               f"trainer.precision {cfg.trainer.precision} (the generator's arithmetic), ")
             + (f"seed {self.mean['seed']} for every image" if spec.runs == 1 else
                f"{spec.runs} runs per image (seeds {cfg.seed} to {cfg.seed + spec.runs - 1}, one observation: "
                f"observation seed {cfg.observation_seed}); the PSNR and EMA columns are the first run's, "

@@ -341,6 +341,15 @@ def test_a_failed_baseline_leaves_the_restorations_in_the_table_then_is_retried(
     assert "2 restorations finished by earlier runs" in (run_dir / "table.md").read_text()
 
 
+def test_a_table_of_bf16_fits_says_so(tmp_path):
+    root, run_dir = tmp_path / "data", tmp_path / "run"
+    make_dataset(root, "Set5", ["baby.png"])
+    run_benchmark(compose("set5_x4", root, run_dir, "benchmark.baselines=[]", "benchmark.verify_checksums=false",
+                          "trainer.precision=bf16-mixed"), run_dir)
+    settings = next(line for line in (run_dir / "table.md").read_text().splitlines() if line.startswith("- settings"))
+    assert "EMA weight 0.99, trainer.precision bf16-mixed (the generator's arithmetic), seed 0" in settings
+
+
 def test_restore_adds_one_image_to_a_table_of_images_finished_elsewhere(tmp_path):
     """benchmark.restore: a run seeded with another run's finished sub-runs restores only the images
     named, and its table covers those finished before too; [] restores nothing and only remakes the
