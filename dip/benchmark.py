@@ -49,6 +49,7 @@ from dip.datasets import DatasetImage, open_dataset
 from dip.errors import DipError, MemoryShortError, RunInterruptedError, one_line
 from dip.gpus import pin_to_gpu, visible_gpus, worker_count
 from dip.images import save_image, write_atomically
+from dip.memory import activation_dtype
 from dip.metrics import psnr, psnr_y
 from dip.outputs import Result, write_outputs
 from dip.problem import problem_from_config, stack_problems
@@ -316,8 +317,8 @@ def compute_baselines(job: ImageJob, names: list[str]) -> dict:
             scores[name] = {"unavailable": str(error)}
             continue
         except Exception as error:
-            log.error(f"baseline {name} failed on {job.name}: {_failure(error)}", exc_info=error)
             scores[name] = {"failed": _failure(error)}
+            log.error(f"baseline {name} failed on {job.name}: {scores[name]['failed']}", exc_info=error)
             continue
         save_image(estimate[0], job.output_dir / f"baseline_{name}.png")
         scores[name] = score(estimate, problem.ground_truth, job.protocol, job.shave)
@@ -646,7 +647,7 @@ class Table:
             + (", sha256 verified against MANIFEST.tsv" if spec.verify_checksums else ""),
             f"- settings: task {first['task']}, arch {first['arch']}, {self.mean['steps'] or 'varying'} steps, "
             f"lr {cfg.optim.lr}, reg_noise_std {cfg.input.reg_noise_std}, EMA weight {cfg.ema_weight}, "
-            + ("" if str(cfg.trainer.precision) in ("32-true", "32") else
+            + ("" if activation_dtype(cfg.trainer.precision) == torch.float32 else
                f"trainer.precision {cfg.trainer.precision} (the generator's arithmetic), ")
             + (f"seed {self.mean['seed']} for every image" if spec.runs == 1 else
                f"{spec.runs} runs per image (seeds {cfg.seed} to {cfg.seed + spec.runs - 1}, one observation: "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 
@@ -18,9 +19,12 @@ from dip.nets.packed import unpack_images
 from dip.physics import Degradation
 
 
-def full_precision(x: torch.Tensor) -> torch.autocast:
-    """A region where autocast (``trainer.precision=bf16-mixed``) is off on ``x``'s device."""
-    return torch.autocast(x.device.type, enabled=False)
+def full_precision(x: torch.Tensor) -> contextlib.AbstractContextManager:
+    """A region where autocast (``trainer.precision=bf16-mixed``) is off on ``x``'s device; nothing to
+    enter where it is off already (a float32 step stays free of the switch's host calls)."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.autocast(x.device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def share_one_buffer(parameters: list[nn.Parameter]) -> torch.Tensor:
