@@ -23,13 +23,14 @@ from omegaconf import Container, DictConfig, OmegaConf
 from pytorch_lightning.loggers import WandbLogger
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from dip.config import dotted, without_implied_settings
+from dip.config import IMPLIED_SETTINGS, dotted, without_implied_settings
 from dip.errors import DipError, one_line
 
 CHECKPOINT_NAME = "checkpoint.ckpt"
 # Settings that change the result; the others (steps, logging, paths, device) may differ on resume.
 RESULT_SETTINGS = ("seed", "observation_seed", "task", "arch", "input", "optim", "data", "regularizer", "ema_weight",
-                   "backtrack_db", "backtrack_against", "max_rollbacks", "early_stop", "trainer.precision", "restarts",
+                   "backtrack_db", "backtrack_against", "diverged_gradient", "max_rollbacks", "early_stop",
+                   "trainer.precision", "restarts",
                    # not the result, but which weights and buffers the checkpoint holds
                    "speed.conv_bias_before_norm", "speed.batchnorm_running_stats",
                    # nor the result, but the optimizer's state: per weight, or of the one weight tensor
@@ -109,8 +110,8 @@ def check_resumable(path: Path, settings: dict, max_steps: int) -> Resumable:
         saved, step = checkpoint["dip"]["settings"], int(checkpoint["global_step"])
     except Exception as error:  # torch.load raises many kinds on a damaged file
         raise DipError(f"cannot read checkpoint {path}: {one_line(error, 200)}") from None
-    differences = [
-        f"{key}: {saved.get(key)!r} -> {settings.get(key)!r}"
+    differences = [  # a setting left out at its implied value is shown at that value
+        f"{key}: {saved.get(key, IMPLIED_SETTINGS.get(key))!r} -> {settings.get(key, IMPLIED_SETTINGS.get(key))!r}"
         for key in sorted(set(saved) | set(settings))
         if saved.get(key) != settings.get(key)
     ]

@@ -62,7 +62,7 @@ def dotted(values: dict, prefix: str = "") -> dict:
 
 # Top-level settings added after checkpoints and finished restorations were kept, with the value that a
 # config without them meant: at that value they drop out of every comparison, so those still match.
-IMPLIED_SETTINGS = {"backtrack_against": "last"}
+IMPLIED_SETTINGS = {"backtrack_against": "last", "diverged_gradient": "keep"}
 
 
 def without_implied_settings(settings: dict) -> dict:

@@ -84,7 +84,11 @@ class DeepImagePrior(pl.LightningModule):
     step (which every step's comparison with the one before lets through), at the cost of the steps
     since the best one. After
     ``max_rollbacks`` rollbacks without two good steps in a row (an update that keeps the fit) the run
-    stops with the last good weights (``stop_reason`` says so). Every check happens on the device, so
+    stops with the last good weights (``stop_reason`` says so). ``diverged_gradient="drop"``: the
+    gradient of a diverged step (that of the weights about to be rolled back) never reaches the
+    optimizer, whose moments stay those of the good steps; ``"keep"`` is the authors' rule, where Adam
+    takes it before the rollback and carries it into the updates from the restored weights. With packed
+    restarts a step is dropped for all of them when one diverged. Every check happens on the device, so
     no step waits for the host; metrics are logged (and the rollback count read) every
     ``metrics_every`` steps. During a fit the trainable weights are views of one flat buffer
     (``flat_weights``), so that remembering or restoring all of them is one ``where`` each: one
@@ -123,6 +127,7 @@ class DeepImagePrior(pl.LightningModule):
         channels: int | None = None,
         regularizer: nn.Module | None = None,
         max_rollbacks: int | None = 20,
+        diverged_gradient: str = "drop",
         restarts: int = 1,
         one_weight_tensor: Callable[[Callable], Callable] | None = None,
         z: torch.Tensor | None = None,
@@ -141,6 +146,9 @@ class DeepImagePrior(pl.LightningModule):
         self.backtrack_against = backtrack_against
         self.metrics_every = max(1, int(metrics_every))
         self.max_rollbacks = max_rollbacks
+        if diverged_gradient not in ("drop", "keep"):
+            raise DipError(f"diverged_gradient must be 'drop' or 'keep', got '{diverged_gradient}'")
+        self.diverged_gradient = diverged_gradient
         self.restarts = restarts
         self.separate_images = observation.shape[0] > 1
         if self.separate_images and observation.shape[0] != restarts:
@@ -164,6 +172,8 @@ class DeepImagePrior(pl.LightningModule):
         self.register_buffer("last_good_step", torch.full((restarts,), -1))
         self.register_buffer("diverged", torch.zeros(restarts, dtype=torch.bool))
         self.register_buffer("failed_in_a_row", torch.zeros(restarts, dtype=torch.long))
+        # not in the state dict (checkpoints from before it load as they are): the checkpoint hooks keep it
+        self.register_buffer("rollbacks", torch.zeros(restarts, dtype=torch.long), persistent=False)
         self.good_weights: torch.Tensor | None = None  # flat; made at the start of the fit
         self.restored_good_weights: torch.Tensor | None = None
         # one_weight_tensor: the call of the generator on the one tensor, and that tensor during a fit
@@ -217,9 +227,12 @@ class DeepImagePrior(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["good_weights"] = self.good_weights
+        checkpoint["rollbacks"] = self.rollbacks
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.restored_good_weights = checkpoint.get("good_weights")
+        if "rollbacks" in checkpoint:
+            self.rollbacks.copy_(checkpoint["rollbacks"])
 
     def perturbed_input(self) -> torch.Tensor:
         """``z``, plus this step's fresh noise of std ``reg_noise_std`` (the paper's regularising noise)."""
@@ -251,6 +264,10 @@ class DeepImagePrior(pl.LightningModule):
         if step % self.metrics_every == 0 or step == self.trainer.max_steps:
             self._log_quality(self.quality(output, terms))
         return self.objective(x, data_terms)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.backtrack_db is not None and self.diverged_gradient == "drop":
+            self._drop_gradient_if_diverged(optimizer)
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
@@ -342,6 +359,7 @@ class DeepImagePrior(pl.LightningModule):
         # weights: not yet a recovery, so the count of failures in a row is kept, not reset.
         failed = self.failed_in_a_row
         torch.where(diverged, failed + 1, failed * self.diverged, out=failed)
+        self.rollbacks += diverged
         self.diverged.copy_(diverged)
         # spread over the weights once a step: the rollback after the update uses the same flags
         self.diverged_weights = self._per_weight(diverged)
@@ -353,6 +371,20 @@ class DeepImagePrior(pl.LightningModule):
             torch.where(self.diverged_weights, self.good_weights, self.flat_weights, out=self.good_weights)
         self.last_good_psnr = torch.where(remembered, fit, self.last_good_psnr)
         self.last_good_step.copy_(torch.where(remembered, self.global_step, self.last_good_step))
+
+    def _drop_gradient_if_diverged(self, optimizer: torch.optim.Optimizer) -> None:
+        """Keep a diverged step's gradient out of the optimizer, without asking the host: a fused
+        optimizer skips the step on the device (``found_inf``, the flag AMP's grad scaler sets, which
+        leaves the weights, moments and step count as they were); any other gets a zero gradient (its
+        moments decay one step). Kept in, the gradient made each update from the restored weights
+        diverge again until the run stopped (results/cpu-20261128-rollbacks-64px)."""
+        diverged = self.diverged.any()
+        if optimizer.defaults.get("fused") and getattr(self.trainer.precision_plugin, "scaler", None) is None:
+            optimizer.found_inf = diverged.float()
+            return
+        for weight in self.trainable_parameters() if self.one_weight is None else [self.one_weight]:
+            if weight.grad is not None:
+                weight.grad.masked_fill_(diverged, 0)
 
     def _roll_back_if_diverged(self) -> None:
         with torch.no_grad():

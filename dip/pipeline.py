@@ -159,6 +159,7 @@ def prepare(
         channels=problem.channels,
         regularizer=instantiate_settings(cfg.regularizer, "regularizer") if cfg.get("regularizer") else None,
         max_rollbacks=cfg.max_rollbacks,
+        diverged_gradient=cfg.diverged_gradient,
         restarts=copies,
         one_weight_tensor=speed.compiled if speed.one_weight_tensor else None,
         z=z,
@@ -326,6 +327,7 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
         arch=cfg.arch_name,
         seed=cfg.seed,
         observation_seed=cfg.observation_seed,
+        rollbacks=module.rollbacks.tolist() if module.separate_images else int(module.rollbacks.sum()),
         stop_reason=module.stop_reason or ("early stopping" if early_stopping and early_stopping.stopped_at else None),
     )
     if resume:

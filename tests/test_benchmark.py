@@ -200,9 +200,10 @@ def test_restorations_carried_from_another_machine_are_reused(tmp_path):
     metrics = json.loads((carried / "metrics.json").read_text())
     (carried / "metrics.json").write_text(json.dumps(dict(metrics, device_name="NVIDIA H100 80GB HBM3")))
     config = yaml.safe_load((carried / "config.yaml").read_text())
-    assert config.pop("backtrack_against") == "last"
+    assert (config.pop("backtrack_against"), config.pop("diverged_gradient")) == ("last", "keep")
     (carried / "config.yaml").write_text(yaml.safe_dump(config))
-    assert _restoration_key(dict(config, backtrack_against="best")) != _restoration_key(config)
+    for other in ({"backtrack_against": "best"}, {"diverged_gradient": "drop"}):
+        assert _restoration_key(config | other) != _restoration_key(config)
     before = (carried / "metrics.json").stat().st_mtime_ns
 
     elsewhere = ["benchmark.images=[baby.png,bird.png]", "baseline_jobs=2", "speed=exact"]

@@ -149,7 +149,7 @@ def test_a_checkpoint_without_backtrack_against_resumes_under_the_rule_it_ran(im
     out = tmp_path / "run"
     interrupted_at_step_1(image, out, monkeypatch)
     assert "backtrack_against" not in torch.load(out / CHECKPOINT_NAME, weights_only=True)["dip"]["settings"]
-    with pytest.raises(DipError, match="backtrack_against: None -> 'best'"):
+    with pytest.raises(DipError, match="backtrack_against: 'last' -> 'best'"):
         restore(image, out, 8, "backtrack_against=best")
     assert_same_result(restore(image, out, 8), reference)
 

@@ -122,6 +122,49 @@ def test_failures_in_a_row_count_until_a_good_step_follows_a_good_step():
     assert counts == [0, 1, 1, 2, 3, 3, 0]
 
 
+class OptimizerStates(pl.Callback):
+    """Adam's state after each step (first weight tensor), and whether the step diverged."""
+
+    def __init__(self):
+        self.states, self.diverged = [], []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        state = trainer.optimizers[0].state[pl_module.trainable_parameters()[0]]
+        self.states.append({name: value.detach().clone() for name, value in state.items()})
+        self.diverged.append(bool(pl_module.diverged))
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("rule", ["drop", "keep"])
+def test_a_diverged_steps_gradient_reaches_the_optimizer_only_under_the_authors_rule(monkeypatch, rule, fused):
+    """One step's loss is NaN: kept, its gradient turns Adam's moments into NaN for good (every later
+    update diverges); dropped, a fused Adam skips the step (its state is that of the step before) and
+    another sees a zero gradient (its moments decay once)."""
+    from dip.physics import GaussianNoise
+
+    def nan_once(self, x, y):
+        nan_once.calls += 1
+        loss = (x - y).square().flatten(1).mean(1)
+        return loss * math.nan if nan_once.calls == 4 else loss
+
+    nan_once.calls = 0
+    monkeypatch.setattr(GaussianNoise, "data_term", nan_once)
+    recorder = OptimizerStates()
+    run(small_config("trainer.max_steps=5", "max_rollbacks=null", f"diverged_gradient={rule}",
+                     f"speed.fused_optimizer={fused}"), None, callbacks=[recorder])
+    diverged = recorder.diverged.index(True)
+    assert diverged >= 1 and (recorder.diverged.count(True) > 1) == (rule == "keep")  # kept: it diverges again
+    before, after = recorder.states[diverged - 1], recorder.states[diverged]
+    if rule == "keep":
+        assert after["exp_avg"].isnan().any()
+    elif fused:
+        assert all(torch.equal(after[name], before[name]) for name in ("exp_avg", "exp_avg_sq", "step"))
+    else:
+        assert torch.allclose(after["exp_avg"], 0.9 * before["exp_avg"])
+        assert float(after["step"]) == float(before["step"]) + 1
+    assert recorder.states[-1]["exp_avg"].isfinite().all() == (rule == "drop")
+
+
 def same_function(overrides, common=()):
     """Outputs and gradients of the generator as ``overrides`` prepare it, relative to the plain one.
 
