@@ -314,6 +314,19 @@ def test_non_finite_loss_is_rolled_back_then_stops(tmp_path, monkeypatch):
     assert torch.isfinite(result.restored).all() and torch.isfinite(result.restored_ema).all()
 
 
+def test_kicked_weights_cost_one_rollback_when_the_diverged_gradient_is_dropped(tmp_path):
+    """experiments/rollback_kick.py, tiny: the same kick for both rules, each rule's rollbacks counted."""
+    Image.fromarray(rgb(32, 32)).save(tmp_path / "image.png")
+    figures = tmp_path / "kick.json"
+    done = run_cli(f"data.path={tmp_path / 'image.png'}", "arch=skip_depth2", "metrics_every=5", "--kick-step", "20",
+                   "--steps", "30", "--kick", "100", "--out", str(figures), script="experiments/rollback_kick.py")
+    assert done.returncode == 0, done.stderr[-2000:]
+    rules = json.loads(figures.read_text())["rules"]
+    assert (rules["drop"]["rollbacks"], rules["drop"]["recovered_after_steps"]) == (1, 1)
+    assert rules["keep"]["rollbacks"] >= 1  # the same kick diverged under the authors' rule too
+    assert "| drop | 1 | 1 | 30 |" in done.stdout
+
+
 # --- memory ------------------------------------------------------------------------------------
 
 def test_live_tensors_count_each_storage_from_its_creation_to_its_release():
