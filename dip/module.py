@@ -84,12 +84,11 @@ class DeepImagePrior(pl.LightningModule):
     step (which every step's comparison with the one before lets through), at the cost of the steps
     since the best one. After
     ``max_rollbacks`` rollbacks without two good steps in a row (an update that keeps the fit) the run
-    stops with the last good weights (``stop_reason`` says so). ``diverged_gradient="drop"``: the
-    gradient of a diverged step (that of the weights about to be rolled back) never reaches the
-    optimizer, whose moments stay those of the good steps; ``"keep"`` is the authors' rule, where Adam
-    takes it before the rollback and carries it into the updates from the restored weights. With packed
-    restarts a step is dropped for all of them when one diverged. Every check happens on the device, so
-    no step waits for the host; metrics are logged (and the rollback count read) every
+    stops with the last good weights (``stop_reason`` says so). ``diverged_gradient="keep"`` is the
+    authors' rule: Adam takes the gradient of a diverged step (that of the weights about to be rolled
+    back) before the rollback; ``"drop"`` keeps it out of the optimizer, whose moments stay those of the
+    good steps (with packed restarts a step is dropped for all of them when one diverged). Every check
+    happens on the device, so no step waits for the host; metrics are logged (and the rollback count read) every
     ``metrics_every`` steps. During a fit the trainable weights are views of one flat buffer
     (``flat_weights``), so that remembering or restoring all of them is one ``where`` each: one
     kernel and one pass over the weights, not a few per tensor.
@@ -127,7 +126,7 @@ class DeepImagePrior(pl.LightningModule):
         channels: int | None = None,
         regularizer: nn.Module | None = None,
         max_rollbacks: int | None = 20,
-        diverged_gradient: str = "drop",
+        diverged_gradient: str = "keep",
         restarts: int = 1,
         one_weight_tensor: Callable[[Callable], Callable] | None = None,
         z: torch.Tensor | None = None,
@@ -376,8 +375,9 @@ class DeepImagePrior(pl.LightningModule):
         """Keep a diverged step's gradient out of the optimizer, without asking the host: a fused
         optimizer skips the step on the device (``found_inf``, the flag AMP's grad scaler sets, which
         leaves the weights, moments and step count as they were); any other gets a zero gradient (its
-        moments decay one step). Kept in, the gradient made each update from the restored weights
-        diverge again until the run stopped (results/cpu-20261128-rollbacks-64px)."""
+        moments decay one step). Kept in, a kick's gradient made the updates from the restored weights
+        diverge again and again; left out, the moments retake the same update, which at a late collapse
+        diverged again until the run stopped (results/cpu-20261204-rollback-kick, -rollbacks-full-64px)."""
         diverged = self.diverged.any()
         if optimizer.defaults.get("fused") and getattr(self.trainer.precision_plugin, "scaler", None) is None:
             optimizer.found_inf = diverged.float()
