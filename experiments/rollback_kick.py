@@ -6,7 +6,7 @@ roll back); ``drop`` keeps that gradient out of the optimizer.
 
     python experiments/rollback_kick.py task=inpainting arch=skip mask=bernoulli mask.fraction=0.5 \\
         data.path=$DIP_DATA/inpainting_heide/cameraman.png data.mode=L data.size=64 \\
-        input.reg_noise_std=0.03 optim.lr=0.001 --kick-step 2000 --steps 2600 --out kick.json
+        input.reg_noise_std=0.03 optim.lr=0.001 --kick-step 2000 --steps 2400 --kick 0.3 --out kick.json
 
 Arguments that are not options are Hydra overrides, as on ``run.py``'s command line.
 """
@@ -47,13 +47,13 @@ class Kick(pl.Callback):
         if trainer.global_step > self.step:
             self.flags.append(pl_module.diverged.any())
 
-    def summary(self) -> dict:
+    def summary(self, stopped: bool) -> dict:
+        """The rollbacks after the kick, and after how many steps the last of them came (None for a run
+        that ``max_rollbacks`` stopped, or whose last step diverged: it never recovered)."""
         flags = torch.stack(self.flags).tolist() if self.flags else []
-        rollbacks = sum(flags)
-        # recovered: the first step after the kick from which no later step diverges
         last_rollback = max((k for k, flag in enumerate(flags) if flag), default=-1)
-        return {"rollbacks": rollbacks,
-                "recovered_after_steps": last_rollback + 1 if last_rollback + 1 < len(flags) else None}
+        recovered = not stopped and last_rollback + 1 < len(flags)
+        return {"rollbacks": sum(flags), "recovered_after_steps": last_rollback + 1 if recovered else None}
 
 
 def main() -> None:
@@ -74,10 +74,9 @@ def main() -> None:
                               f"diverged_gradient={rule}"])
         kick = Kick(args.kick_step, args.kick)
         metrics = run(cfg, None, callbacks=[kick]).metrics
-        rows[rule] = {**kick.summary(), "steps": metrics["steps"], "psnr": metrics.get("psnr"),
-                      "psnr_ema": metrics.get("psnr_ema"), "stop_reason": metrics.get("stop_reason")}
-        if metrics.get("stop_reason"):  # stopped by max_rollbacks: never recovered
-            rows[rule]["recovered_after_steps"] = None
+        rows[rule] = {**kick.summary(stopped=bool(metrics.get("stop_reason"))), "steps": metrics["steps"],
+                      "psnr": metrics.get("psnr"), "psnr_ema": metrics.get("psnr_ema"),
+                      "stop_reason": metrics.get("stop_reason")}
 
     print(f"kick {args.kick} at step {args.kick_step}, {args.steps} steps; overrides: {' '.join(overrides)}")
     print("| diverged_gradient | rollbacks | recovered after | steps done | PSNR | EMA | stop |")
