@@ -22,6 +22,7 @@ from dip.nets.normalised import drop_cancelled_biases, drop_running_statistics
 FUSED_DEVICES = ("cuda", "cpu")  # where torch's fused Adam, AdamW and SGD kernels exist
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 COMPILE_BACKENDS = ("inductor", "cudagraphs")
+GRAPHS_PER_FUNCTION = 64  # image sizes one process may compile a fit for (Set14 has eleven)
 
 
 @dataclass
@@ -95,14 +96,24 @@ class Speed:
         if self.channels_last:
             generator.to(memory_format=torch.channels_last)
         if self.compile and not self.one_weight_tensor:  # else the module compiles its call over the one tensor
-            generator.compile(backend=self.compile_backend, mode=self.compile_mode)
+            generator.compile(**self._compile_options())
         return generator
 
     def compiled(self, function: Callable) -> Callable:
         """``function`` compiled as the compile switches say (itself when ``compile`` is off)."""
         if not self.compile:
             return function
-        return torch.compile(function, backend=self.compile_backend, mode=self.compile_mode)
+        return torch.compile(function, **self._compile_options())
+
+    def _compile_options(self) -> dict:
+        """``torch.compile``'s arguments: one graph per image size, with its sizes fixed.
+
+        A fit's shapes never change, but a process may fit several sizes (a benchmark's worker). Left to
+        itself, torch compiles the second size it sees, and every later one, as one graph with symbolic
+        sizes (an H200 ran a 256 px fit that followed a 512 px one at the 512 px step rate), and runs
+        eagerly once a function has eight graphs."""
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, GRAPHS_PER_FUNCTION)
+        return {"backend": self.compile_backend, "mode": self.compile_mode, "dynamic": False}
 
     def optimizer(self, factory: Callable[..., torch.optim.Optimizer]) -> Callable[..., torch.optim.Optimizer]:
         """``factory`` (``params -> optimizer``), asking for the fused implementation where it applies."""

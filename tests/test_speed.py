@@ -11,6 +11,7 @@ import torch
 from functorch.compile import make_boxed_func
 from hydra.utils import instantiate
 from torch._dynamo.backends.common import aot_autograd
+from torch._dynamo.utils import counters
 from torch._inductor.utils import run_and_get_code
 
 from dip.config import compose_config
@@ -311,6 +312,20 @@ def test_unknown_compile_mode_or_backend_is_refused():
         Speed(compile_backend="tvm")
     with pytest.raises(ValueError, match="'reduce-overhead' is inductor's"):  # torch would drop it silently
         Speed(compile_backend="cudagraphs", compile_mode="reduce-overhead")
+
+
+def test_each_image_size_gets_a_graph_of_its_own():
+    """A benchmark worker fits image after image in one process. torch would compile the second size as
+    one graph with symbolic sizes for all later ones (2 graphs here), and stop compiling at eight."""
+    def step(x):
+        return torch.nn.functional.avg_pool2d(x, 2).relu().mean()
+
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = Speed(compile=True, compile_backend="cudagraphs").compiled(step)
+    for size in range(16, 26):
+        compiled(torch.randn(1, 3, size, size))
+    assert counters["stats"]["unique_graphs"] == 10
 
 
 @pytest.mark.slow
