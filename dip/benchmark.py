@@ -87,8 +87,10 @@ class ImageJob:
 
 class TimeBudget:
     """Whether a restoration started now would finish within ``seconds`` of this budget's creation
-    (``None``: no limit). The estimate is the job's pixel-steps times the slowest rate, in seconds
-    per pixel-step, of the fits finished so far. Until one has finished, every job starts."""
+    (``None``: no limit). The estimate is the longest warm-up of the fits finished so far (their first
+    steps: compiling, CUDA graphs; the same for a small image as for a large one) plus the job's
+    pixel-steps times the slowest rate, in seconds per pixel-step, of their later steps. Until one has
+    finished, every job starts."""
 
     def __init__(self, seconds: float | None, clock=time.monotonic):
         if seconds is not None and seconds <= 0:
@@ -96,15 +98,18 @@ class TimeBudget:
         self.clock, self.seconds = clock, seconds
         self.deadline = None if seconds is None else clock() + seconds
         self.rate: float | None = None
+        self.warmup = 0.0
 
     def record(self, job: ImageJob | Pack, metrics: dict) -> None:
         """Learn from a finished fit (of the steps it ran: a resumed one ran fewer)."""
         steps = metrics["steps"] - (metrics.get("resumed_from_step") or 0)
-        rate = metrics["seconds"] / max(1, job.step_pixels * steps)
+        warmup = metrics["warmup_seconds"]
+        rate = (metrics["seconds"] - warmup) / max(1, job.step_pixels * steps)
         self.rate = rate if self.rate is None else max(self.rate, rate)
+        self.warmup = max(self.warmup, warmup)
 
     def estimate(self, job: ImageJob | Pack) -> float | None:
-        return None if self.rate is None else self.rate * job.work
+        return None if self.rate is None else self.warmup + self.rate * job.work
 
     def left(self) -> float:
         return self.deadline - self.clock()

@@ -62,18 +62,31 @@ class FitTimer(pl.Callback):
     """Wall time of the optimisation loop alone (start-up excluded), synchronised with the device:
     ``seconds`` of this run, and ``total_seconds`` with those of the runs a ``resumed`` fit continues.
     Each checkpoint holds the fit's time up to it, unknown (None) once a fit continued a checkpoint
-    that did not hold it."""
+    that did not hold it. ``warmup_seconds`` is the time of this run's first ``WARMUP_STEPS`` steps
+    (all of them in a shorter run), which hold a fit's fixed costs: compiling, recording CUDA graphs,
+    cuDNN's search for its algorithms."""
+
+    WARMUP_STEPS = 3  # reduce-overhead records its CUDA graphs in the second and third calls
 
     def __init__(self, resumed: bool = False):
         self.earlier: float | None = None if resumed else 0.0  # a resumed checkpoint's state sets it
+        self.warmup_seconds: float | None = None
 
     def on_train_start(self, trainer, pl_module):
         self._sync(pl_module)
         self.start = time.perf_counter()
+        self.first_step = trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step - self.first_step == self.WARMUP_STEPS:  # one host sync in the whole fit
+            self._sync(pl_module)
+            self.warmup_seconds = time.perf_counter() - self.start
 
     def on_train_end(self, trainer, pl_module):
         self._sync(pl_module)
         self.seconds = time.perf_counter() - self.start
+        if self.warmup_seconds is None:
+            self.warmup_seconds = self.seconds
         self.total_seconds = None if self.earlier is None else self.earlier + self.seconds
 
     def state_dict(self) -> dict:
@@ -318,6 +331,7 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
     metrics.update(
         steps=steps,
         seconds=round(timer.seconds, 3),
+        warmup_seconds=round(timer.warmup_seconds, 3),
         steps_per_second=round((steps - resumable.step) / max(timer.seconds, 1e-9), 3),
         peak_mem_mb=round(memory.mib, 1),
         peak_mem_source=memory.source,

@@ -254,14 +254,17 @@ def test_time_budget_starts_what_the_slowest_rate_so_far_finishes_in_time():
         return ImageJob("x.png", config, Path("x"), "rgb", 0, (pixels, 1))
 
     assert budget.allows(job(10**9))  # nothing finished: no estimate, so it starts
-    budget.record(job(100), {"steps": 10, "seconds": 10.0})  # 0.01 s per pixel-step
-    budget.record(job(100, restarts=2), {"steps": 10, "seconds": 10.0})  # faster: the slowest rate stays
+    budget.record(job(100), {"steps": 10, "seconds": 10.0, "warmup_seconds": 0.0})  # 0.01 s per pixel-step
+    budget.record(job(100, restarts=2), {"steps": 10, "seconds": 10.0, "warmup_seconds": 0.0})  # the slowest rate stays
     assert budget.estimate(job(200, restarts=2)) == pytest.approx(40.0)
     now[0] = 60.0
     assert budget.allows(job(400))  # 40 s of 40 left
     assert not budget.allows(job(200, restarts=2, steps=11))
-    budget.record(job(100), {"steps": 10, "resumed_from_step": 5, "seconds": 10.0})  # 10 s for 5 steps
-    assert budget.estimate(job(100)) == pytest.approx(20.0)
+    budget.record(job(100), {"steps": 10, "resumed_from_step": 5, "seconds": 10.0, "warmup_seconds": 0.0})
+    assert budget.estimate(job(100)) == pytest.approx(20.0)  # 10 s for 5 steps
+    # a compiled fit: 15 s of compiling, then the same rate; a small image pays the compiling in full
+    budget.record(job(400), {"steps": 10, "seconds": 95.0, "warmup_seconds": 15.0})
+    assert budget.estimate(job(10)) == pytest.approx(15.0 + 0.02 * 10 * 10)
     assert TimeBudget(None).allows(job(10**9))
     with pytest.raises(DipError, match="time_budget_s must be a positive number of seconds, got 0"):
         TimeBudget(0)

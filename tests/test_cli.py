@@ -22,6 +22,7 @@ def test_inpainting_with_skip_depth6_writes_every_output(tmp_path):
     for key in ("psnr", "psnr_ema", "ssim", "psnr_observation", "steps", "seconds", "steps_per_second", "device"):
         assert key in metrics
     assert metrics["steps"] == 3 and metrics["device"] == "cpu"
+    assert 0 < metrics["warmup_seconds"] <= metrics["seconds"]  # the first 3 steps: all of them here
     for name in ("observation.png", "restored.png", "restored_ema.png"):
         assert Image.open(out / name).size == (64, 64)
     assert "PSNR observation" in done.stdout

@@ -98,6 +98,7 @@ def test_ctrl_c_writes_a_checkpoint_and_rerunning_resumes_to_the_same_result(ima
     assert resumed.metrics["resumed_from_step"] == 1 and resumed.metrics["steps"] == 8
     assert resumed.metrics["seconds_total"] >= resumed.metrics["seconds"] + 0.5  # the interrupted run's step too
     assert "seconds_total" not in reference.metrics
+    assert 0 < resumed.metrics["warmup_seconds"] < resumed.metrics["seconds"]  # this run's first 3 steps of 7
     assert_same_result(resumed, reference)
     assert not (out / CHECKPOINT_NAME).exists()  # a finished run drops it (checkpoint.keep=false)
 
