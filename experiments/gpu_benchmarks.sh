@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 4's tables on a lent GPU, in one device call: each argument is a benchmark run
-#   NAME[:SECONDS[:OVERRIDE,OVERRIDE...]]    (default: the next tables to make, Set5 x8's baby and CSet9
-#   at the notebook's 3000 steps, set5_x8:130 cset9_denoise25:400:restarts=2,speed=fast;
+#   NAME[:SECONDS[:OVERRIDE,OVERRIDE...]]    (default: the next table to make, CSet9 at the notebook's
+#   3000 steps, whose Baboon and F16 the twenty-third session ran, cset9_denoise25:540:restarts=2,speed=fast;
 #   CSet9 ran as cset9_denoise25:540:trainer.max_steps=1800,restarts=2, two restarts packed per image:
 #   the 31.00 dB two-run average and the single-run figures in one sub-run per image, which a later
 #   session can carry; benchmark.runs=2 would need each run's float outputs, which do not come back)
@@ -30,7 +30,7 @@ source "$(dirname "$0")/gpu_env.sh" gpu_benchmarks.sh "$@"
 source experiments/benchmark_label.sh  # gpu_env.sh went to the repository root
 export DIP_DATA=${DIP_DATA:-data}
 RESUME_FROM=${RESUME_FROM-results/benchmark-progress}
-[ $# -eq 0 ] && set -- set5_x8:130 cset9_denoise25:400:restarts=2,speed=fast
+[ $# -eq 0 ] && set -- cset9_denoise25:540:restarts=2,speed=fast
 
 for spec in "$@"; do
   IFS=: read -r name seconds overrides <<< "$spec"
