@@ -67,6 +67,10 @@ def generator_on_one_tensor(generator: nn.Module) -> Callable[[torch.Tensor, tor
     return call
 
 
+DIVERGED_GRADIENT_RULES = ("keep", "drop", "damp")
+SECOND_MOMENT_OPTIMIZERS = (torch.optim.Adam, torch.optim.AdamW, torch.optim.NAdam, torch.optim.RAdam)
+
+
 class DeepImagePrior(pl.LightningModule):
     """Minimises ``E(f(z + reg_noise_std * n); y) [+ R(f(...))]`` over the generator's weights (and ``z``).
 
@@ -87,7 +91,9 @@ class DeepImagePrior(pl.LightningModule):
     stops with the last good weights (``stop_reason`` says so). ``diverged_gradient="keep"`` is the
     authors' rule: Adam takes the gradient of a diverged step (that of the weights about to be rolled
     back) before the rollback; ``"drop"`` keeps it out of the optimizer, whose moments stay those of the
-    good steps (with packed restarts a step is dropped for all of them when one diverged). Every check
+    good steps (with packed restarts a step is dropped for all of them when one diverged); ``"damp"``
+    drops it too, but first raises Adam's second moment to its square, ``v = max(v, g^2)`` elementwise,
+    so that the next updates are shorter where it was large, without taking its direction. Every check
     happens on the device, so no step waits for the host; metrics are logged (and the rollback count read) every
     ``metrics_every`` steps. During a fit the trainable weights are views of one flat buffer
     (``flat_weights``), so that remembering or restoring all of them is one ``where`` each: one
@@ -145,8 +151,15 @@ class DeepImagePrior(pl.LightningModule):
         self.backtrack_against = backtrack_against
         self.metrics_every = max(1, int(metrics_every))
         self.max_rollbacks = max_rollbacks
-        if diverged_gradient not in ("drop", "keep"):
-            raise DipError(f"diverged_gradient must be 'drop' or 'keep', got '{diverged_gradient}'")
+        if diverged_gradient not in DIVERGED_GRADIENT_RULES:
+            raise DipError(f"diverged_gradient must be one of {', '.join(DIVERGED_GRADIENT_RULES)}, "
+                           f"got '{diverged_gradient}'")
+        if diverged_gradient == "damp":  # before a fit has written anything: the kind the factory builds
+            kind = type(optimizer([torch.zeros(1, requires_grad=True)]))
+            if not issubclass(kind, SECOND_MOMENT_OPTIMIZERS):
+                raise DipError(f"diverged_gradient=damp raises Adam's second moment, which {kind.__name__} does "
+                               f"not have: use {', '.join(o.__name__ for o in SECOND_MOMENT_OPTIMIZERS)}, or "
+                               "diverged_gradient=drop")
         self.diverged_gradient = diverged_gradient
         self.restarts = restarts
         self.separate_images = observation.shape[0] > 1
@@ -265,8 +278,11 @@ class DeepImagePrior(pl.LightningModule):
         return self.objective(x, data_terms)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        if self.backtrack_db is not None and self.diverged_gradient == "drop":
-            self._drop_gradient_if_diverged(optimizer)
+        if self.backtrack_db is None or self.diverged_gradient == "keep":
+            return
+        if self.diverged_gradient == "damp":
+            self._damp_second_moment_if_diverged(optimizer)
+        self._drop_gradient_if_diverged(optimizer)
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
@@ -385,6 +401,25 @@ class DeepImagePrior(pl.LightningModule):
         for weight in self.trainable_parameters() if self.one_weight is None else [self.one_weight]:
             if weight.grad is not None:
                 weight.grad.masked_fill_(diverged, 0)
+
+    def _damp_second_moment_if_diverged(self, optimizer: torch.optim.Optimizer) -> None:
+        """``v = max(v, g^2)`` for Adam's second moment ``v`` when the step diverged with a finite
+        gradient, on the device. Late in a fit ``v`` is tiny, and once the fit slides a normal gradient
+        makes a huge normalised step. Dropped, or added to ``v`` as Adam adds it (``(1 - beta2) g^2``),
+        the diverged gradient left the next update as it was, which diverged again until the run stopped
+        (results/cpu-20261204-rollbacks-full-64px, cpu-20261204-damp)."""
+        weights = [w for group in optimizer.param_groups for w in group["params"]
+                   if w.grad is not None and "exp_avg_sq" in optimizer.state.get(w, {})]
+        if not weights:  # the first step: the optimizer has no moments yet
+            return
+        moments = [optimizer.state[w]["exp_avg_sq"] for w in weights]
+        squares = torch._foreach_mul([w.grad for w in weights], [w.grad for w in weights])
+        # a NaN loss's gradient carries no size to learn from, and would make v NaN for good
+        finite = torch.stack(torch._foreach_max(squares)).isfinite().all()
+        raised = torch._foreach_maximum(moments, squares)
+        damp = self.diverged.any() & finite
+        for moment, higher in zip(moments, raised):
+            torch.where(damp, higher, moment, out=moment)
 
     def _roll_back_if_diverged(self) -> None:
         with torch.no_grad():

@@ -2,7 +2,8 @@
 one step (each multiplied by ``1 + kick * n``, ``n`` standard normal, one seeded draw), the same kick
 for each ``diverged_gradient`` rule, and the script counts the rollbacks that follow and prints where
 each fit ends. ``keep`` is the authors' rule (Adam takes the kicked weights' gradient, then the weights
-roll back); ``drop`` keeps that gradient out of the optimizer.
+roll back); ``drop`` keeps that gradient out of the optimizer; ``damp`` keeps it out too, but raises
+Adam's second moment to its square first.
 
     python experiments/rollback_kick.py task=inpainting arch=skip mask=bernoulli mask.fraction=0.5 \\
         data.path=$DIP_DATA/inpainting_heide/cameraman.png data.mode=L data.size=64 \\
@@ -22,9 +23,8 @@ import pytorch_lightning as pl
 import torch
 
 from dip.config import compose_config
+from dip.module import DIVERGED_GRADIENT_RULES
 from dip.pipeline import run
-
-RULES = ("keep", "drop")
 
 
 class Kick(pl.Callback):
@@ -61,6 +61,8 @@ def main() -> None:
     parser.add_argument("--kick-step", type=int, default=2000)
     parser.add_argument("--kick", type=float, default=0.05, help="the kick's relative size (default 0.05)")
     parser.add_argument("--steps", type=int, default=2600)
+    parser.add_argument("--rules", nargs="+", choices=DIVERGED_GRADIENT_RULES, default=DIVERGED_GRADIENT_RULES,
+                        help="the diverged_gradient rules to run (default: all)")
     parser.add_argument("--out", type=Path, help="also write the figures to this JSON file")
     args, overrides = parser.parse_known_args()
     if not 0 <= args.kick_step < args.steps:
@@ -68,7 +70,7 @@ def main() -> None:
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
 
     rows = {}
-    for rule in RULES:
+    for rule in args.rules:
         cfg = compose_config([*overrides, "logger=none", "trainer.enable_progress_bar=false",
                               f"trainer.max_steps={args.steps}",
                               f"diverged_gradient={rule}"])

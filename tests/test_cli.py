@@ -69,7 +69,8 @@ def assert_one_line_error(done, *needles):
         (["arch.upsample_mode=cubic"], ["upsample mode 'cubic'"]),
         (["input.distribution=poisson"], ["noise distribution 'poisson'"]),
         (["backtrack_against=worst"], ["backtrack_against must be 'last' or 'best'", "'worst'"]),
-        (["diverged_gradient=skip"], ["diverged_gradient must be 'drop' or 'keep'", "'skip'"]),
+        (["diverged_gradient=skip"], ["diverged_gradient must be one of keep, drop, damp", "'skip'"]),
+        (["diverged_gradient=damp", "optim._target_=torch.optim.SGD"], ["diverged_gradient=damp", "SGD does not have"]),
     ],
 )
 def test_bad_input_gets_one_line_and_no_outputs(tmp_path, args, needles):

@@ -315,7 +315,7 @@ def test_non_finite_loss_is_rolled_back_then_stops(tmp_path, monkeypatch):
 
 
 def test_kicked_weights_cost_one_rollback_when_the_diverged_gradient_is_dropped(tmp_path):
-    """experiments/rollback_kick.py, tiny: the same kick for both rules, each rule's rollbacks counted."""
+    """experiments/rollback_kick.py, tiny: the same kick for each rule, each rule's rollbacks counted."""
     Image.fromarray(rgb(32, 32)).save(tmp_path / "image.png")
     figures = tmp_path / "kick.json"
     done = run_cli(f"data.path={tmp_path / 'image.png'}", "arch=skip_depth2", "metrics_every=5", "--kick-step", "20",
@@ -325,6 +325,7 @@ def test_kicked_weights_cost_one_rollback_when_the_diverged_gradient_is_dropped(
     assert (rules["drop"]["rollbacks"], rules["drop"]["recovered_after_steps"]) == (1, 1)
     assert rules["keep"]["rollbacks"] >= 1  # the same kick diverged under the authors' rule too
     assert "| drop | 1 | 1 | 30 |" in done.stdout
+    assert rules["damp"]["rollbacks"] >= 1 and rules["damp"]["steps"] == 30
 
 
 # --- memory ------------------------------------------------------------------------------------

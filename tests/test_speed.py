@@ -135,21 +135,27 @@ class OptimizerStates(pl.Callback):
         self.diverged.append(bool(pl_module.diverged))
 
 
+def loss_times_once(monkeypatch, factor: float, call: int = 4) -> None:
+    """The denoising data term, multiplied by ``factor`` at its ``call``-th evaluation."""
+    from dip.physics import GaussianNoise
+
+    def data_term(self, x, y):
+        data_term.calls += 1
+        loss = (x - y).square().flatten(1).mean(1)
+        return loss * factor if data_term.calls == call else loss
+
+    data_term.calls = 0
+    monkeypatch.setattr(GaussianNoise, "data_term", data_term)
+
+
 @pytest.mark.parametrize("fused", [True, False])
-@pytest.mark.parametrize("rule", ["drop", "keep"])
+@pytest.mark.parametrize("rule", ["drop", "keep", "damp"])
 def test_a_diverged_steps_gradient_reaches_the_optimizer_only_under_the_authors_rule(monkeypatch, rule, fused):
     """One step's loss is NaN: kept, its gradient turns Adam's moments into NaN for good (every later
     update diverges); dropped, a fused Adam skips the step (its state is that of the step before) and
-    another sees a zero gradient (its moments decay once)."""
-    from dip.physics import GaussianNoise
-
-    def nan_once(self, x, y):
-        nan_once.calls += 1
-        loss = (x - y).square().flatten(1).mean(1)
-        return loss * math.nan if nan_once.calls == 4 else loss
-
-    nan_once.calls = 0
-    monkeypatch.setattr(GaussianNoise, "data_term", nan_once)
+    another sees a zero gradient (its moments decay once). ``damp`` has no size to learn from a NaN
+    gradient: it drops it."""
+    loss_times_once(monkeypatch, math.nan)
     recorder = OptimizerStates()
     run(small_config("trainer.max_steps=5", "max_rollbacks=null", f"diverged_gradient={rule}",
                      f"speed.fused_optimizer={fused}"), None, callbacks=[recorder])
@@ -163,7 +169,36 @@ def test_a_diverged_steps_gradient_reaches_the_optimizer_only_under_the_authors_
     else:
         assert torch.allclose(after["exp_avg"], 0.9 * before["exp_avg"])
         assert float(after["step"]) == float(before["step"]) + 1
-    assert recorder.states[-1]["exp_avg"].isfinite().all() == (rule == "drop")
+    assert recorder.states[-1]["exp_avg"].isfinite().all() == (rule != "keep")
+
+
+class SquaredGradients(OptimizerStates):
+    """Also the square of the first weight's gradient as the optimizer is about to see it."""
+
+    def __init__(self):
+        super().__init__()
+        self.squares = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):  # before the module's own hook
+        self.squares.append(pl_module.trainable_parameters()[0].grad.square())
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_damp_raises_adams_second_moment_to_a_diverged_steps_squared_gradient(monkeypatch, fused):
+    """A finite divergence (the loss 1000x at one step, 30 dB): ``v = max(v, g^2)`` and the step is
+    dropped, so the next updates are shorter where that gradient was large; the momentum keeps none
+    of it (fused: as it was; otherwise it decays once, as under ``drop``)."""
+    loss_times_once(monkeypatch, 1000.0)
+    recorder = SquaredGradients()
+    run(small_config("trainer.max_steps=5", "max_rollbacks=null", "diverged_gradient=damp",
+                     f"speed.fused_optimizer={fused}"), None, callbacks=[recorder])
+    diverged = recorder.diverged.index(True)
+    assert recorder.diverged.count(True) == 1
+    before, after, square = recorder.states[diverged - 1], recorder.states[diverged], recorder.squares[diverged]
+    decay = 1.0 if fused else 0.999  # a zero gradient in an unfused Adam decays v once
+    torch.testing.assert_close(after["exp_avg_sq"], decay * torch.maximum(before["exp_avg_sq"], square))
+    assert (square > before["exp_avg_sq"]).any()  # the raise is there to see
+    torch.testing.assert_close(after["exp_avg"], before["exp_avg"] * (1.0 if fused else 0.9))
 
 
 def same_function(overrides, common=()):
