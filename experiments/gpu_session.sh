@@ -16,8 +16,8 @@
 #   1b. packed  8 restarts packed into one network at 256 px (where a single image leaves the GPU
 #               launch-bound): the eager loop and the framework (restarts=8; also with speed=fast, whose
 #               CUDA graphs take the host out of the step, and with speed=fast under bf16) against one image
-#   1c. packed16 the same with 16 restarts (8 gave 5.98x with speed=fast on the H200, against the 6x
-#               target)
+#   1c. packed16 the same with 16 restarts (H200, results/gpu-20261204-h200: 8.27x eager's single image
+#               under speed=fast and bf16, 4.98x under speed=fast; 8 gave 5.98x under speed=fast)
 #   2. memory   2048 px: peak GPU memory (framework default, bf16 + channels_last, eager)
 #   3. sync     host-device synchronisations per step of the framework (torch.cuda.set_sync_debug_mode)
 #   4. quality  512 px, 1800 steps (the paper's table; its notebook runs 3000): PSNR of the framework
