@@ -280,9 +280,10 @@ class DeepImagePrior(pl.LightningModule):
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         if self.backtrack_db is None or self.diverged_gradient == "keep":
             return
+        diverged = self.diverged.any()
         if self.diverged_gradient == "damp":
-            self._damp_second_moment_if_diverged(optimizer)
-        self._drop_gradient_if_diverged(optimizer)
+            self._damp_second_moment_if_diverged(optimizer, diverged)
+        self._drop_gradient_if_diverged(optimizer, diverged)
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
@@ -387,14 +388,13 @@ class DeepImagePrior(pl.LightningModule):
         self.last_good_psnr = torch.where(remembered, fit, self.last_good_psnr)
         self.last_good_step.copy_(torch.where(remembered, self.global_step, self.last_good_step))
 
-    def _drop_gradient_if_diverged(self, optimizer: torch.optim.Optimizer) -> None:
+    def _drop_gradient_if_diverged(self, optimizer: torch.optim.Optimizer, diverged: torch.Tensor) -> None:
         """Keep a diverged step's gradient out of the optimizer, without asking the host: a fused
         optimizer skips the step on the device (``found_inf``, the flag AMP's grad scaler sets, which
         leaves the weights, moments and step count as they were); any other gets a zero gradient (its
         moments decay one step). Kept in, a kick's gradient made the updates from the restored weights
         diverge again and again; left out, the moments retake the same update, which at a late collapse
         diverged again until the run stopped (results/cpu-20261204-rollback-kick, -rollbacks-full-64px)."""
-        diverged = self.diverged.any()
         if optimizer.defaults.get("fused") and getattr(self.trainer.precision_plugin, "scaler", None) is None:
             optimizer.found_inf = diverged.float()
             return
@@ -402,7 +402,7 @@ class DeepImagePrior(pl.LightningModule):
             if weight.grad is not None:
                 weight.grad.masked_fill_(diverged, 0)
 
-    def _damp_second_moment_if_diverged(self, optimizer: torch.optim.Optimizer) -> None:
+    def _damp_second_moment_if_diverged(self, optimizer: torch.optim.Optimizer, diverged: torch.Tensor) -> None:
         """``v = max(v, g^2)`` for Adam's second moment ``v`` when the step diverged with a finite
         gradient, on the device. Late in a fit ``v`` is tiny, and once the fit slides a normal gradient
         makes a huge normalised step. Dropped, or added to ``v`` as Adam adds it (``(1 - beta2) g^2``),
@@ -413,11 +413,12 @@ class DeepImagePrior(pl.LightningModule):
         if not weights:  # the first step: the optimizer has no moments yet
             return
         moments = [optimizer.state[w]["exp_avg_sq"] for w in weights]
-        squares = torch._foreach_mul([w.grad for w in weights], [w.grad for w in weights])
+        gradients = [w.grad for w in weights]
+        squares = torch._foreach_mul(gradients, gradients)
         # a NaN loss's gradient carries no size to learn from, and would make v NaN for good
         finite = torch.stack(torch._foreach_max(squares)).isfinite().all()
         raised = torch._foreach_maximum(moments, squares)
-        damp = self.diverged.any() & finite
+        damp = diverged & finite
         for moment, higher in zip(moments, raised):
             torch.where(damp, higher, moment, out=moment)
 
