@@ -601,6 +601,8 @@ class Table:
                 *[(f"{name}_psnr", f"{BASELINES[name].label} RGB", lambda m, b, name=name: b[name].get("psnr"))
                   for name in usable],
             ]
+        if cfg.get("early_stop"):  # the step whose outputs were kept (with restarts, each one's)
+            self.columns.append(("early_stop_step", "stop step", lambda m, b: m.get("early_stop_step")))
         self.columns += [
             ("seed", None, lambda m, b: m["seed"]),
             ("steps", None, lambda m, b: m["steps"]),
@@ -613,7 +615,7 @@ class Table:
             values = [row[column] for row in self.rows]
             if column in dict(published):
                 self.mean[column] = self._published_mean(dict(published)[column], values)
-            elif column in ("seed", "steps"):
+            elif column in ("seed", "steps", "early_stop_step"):
                 self.mean[column] = values[0] if len(set(values)) == 1 else None
             elif column == "seconds" and len({m["device_name"] for m in metrics}) > 1:
                 continue  # a mean of a GPU's and a CPU's fit times describes neither
@@ -650,7 +652,7 @@ class Table:
             "",
             f"- dataset: `{info['dataset']}`, {len(self.rows)} images"
             + (", sha256 verified against MANIFEST.tsv" if spec.verify_checksums else ""),
-            f"- settings: task {first['task']}, arch {first['arch']}, {self.mean['steps'] or 'varying'} steps, "
+            f"- settings: task {first['task']}, arch {first['arch']}, {self._steps()}, "
             f"lr {cfg.optim.lr}, reg_noise_std {cfg.input.reg_noise_std}, EMA weight {cfg.ema_weight}, "
             + ("" if activation_dtype(cfg.trainer.precision) == torch.float32 else
                f"trainer.precision {cfg.trainer.precision} (the generator's arithmetic), ")
@@ -682,6 +684,12 @@ class Table:
         if notes:
             lines += ["", *[f"- {note}" for note in notes]]
         return "\n".join(lines) + "\n"
+
+    def _steps(self) -> str:
+        if not self.cfg.get("early_stop"):
+            return f"{self.mean['steps'] or 'varying'} steps"
+        rule = self.cfg.early_stop._target_.rsplit(".", 1)[-1]
+        return f"up to {self.cfg.trainer.max_steps} steps, early stopping by {rule} (stop step: the outputs kept)"
 
     def _work_done(self) -> str:
         """The run line's account of this run's own work: its processes, wall time and rate, and how
@@ -729,6 +737,8 @@ def _some_names(names: list[str], shown: int = 3) -> str:
 def _cell(value, column: str) -> str:
     if value is None:
         return "-"
+    if isinstance(value, list):  # one per restart
+        return "/".join(_cell(item, column) for item in value)
     if isinstance(value, float):
         return f"{value:.1f}" if column == "seconds" else f"{value:.2f}"
     return str(value)

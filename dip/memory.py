@@ -2,7 +2,7 @@
 when a fit runs out of memory all the same, the same kind of one-line error).
 
 ``bytes = trainable parameters x 4 x 5`` (weights, gradients, two Adam moments, the backtracking
-copy; one more with early stopping: its best weights) ``+ frozen parameters x 4``
+copy; plus those early stopping keeps: its best weights) ``+ frozen parameters x 4``
 ``+ activations`` (the peak of the tensors one training step creates, from the perturbed input through
 the generator and the data term and back: simulated on a meta-device copy of the module, so nothing is
 computed or allocated, in the precision's activation dtype; plus the largest of those tensors again, for
@@ -119,15 +119,17 @@ def activation_dtype(precision: str) -> torch.dtype:
     return torch.float64 if "64" in precision else torch.float32
 
 
-def estimate(module, precision: str = "32-true", early_stopping_window: int = 0) -> MemoryEstimate:
-    """The memory a run of ``module`` (a ``DeepImagePrior``) needs, by the formula above."""
-    copies = PARAMETER_COPIES + (1 if early_stopping_window else 0)  # early stopping's best weights
+def estimate(module, precision: str = "32-true", kept: tuple[int, int] = (0, 0)) -> MemoryEstimate:
+    """The memory a run of ``module`` (a ``DeepImagePrior``) needs, by the formula above; ``kept``: the
+    copies of the weights and of the images that early stopping keeps (its ``kept_copies``)."""
+    kept_weights, kept_images = kept
+    copies = PARAMETER_COPIES + kept_weights
     trainable = sum(p.numel() for p in module.trainable_parameters())
     frozen = sum(p.numel() for p in module.parameters()) - trainable  # a fixed feature extractor: weights only
     parameters = (trainable * copies + frozen) * 4
     peak, largest = simulated_step(module, activation_dtype(precision))
     image = module.ema.numel() * 4
-    images = module.z.numel() * 4 + image * (3 + (early_stopping_window + 1 if early_stopping_window else 0))
+    images = module.z.numel() * 4 + image * (3 + kept_images)
     return MemoryEstimate(parameters, peak + largest, images, module.z.shape[-2] * module.z.shape[-1])
 
 
@@ -155,10 +157,10 @@ def run_device(accelerator: str) -> torch.device:
     return torch.device("cpu")
 
 
-def checked_estimate(module, precision: str = "32-true", early_stopping_window: int = 0) -> MemoryEstimate | None:
+def checked_estimate(module, precision: str = "32-true", kept: tuple[int, int] = (0, 0)) -> MemoryEstimate | None:
     """``estimate``, or None (with a warning) where the meta device cannot run the step."""
     try:
-        return estimate(module, precision, early_stopping_window)
+        return estimate(module, precision, kept)
     except Exception as error:  # noqa: BLE001 (a layer the meta device cannot run must not stop the run)
         log.warning("memory not estimated (%s): the run starts unchecked", one_line(error, 200))
         return None
@@ -192,11 +194,11 @@ def describe_need(module, need: MemoryEstimate) -> str:
             f"(activations {need.activations / GIB:.1f}, parameters and optimiser {need.parameters / GIB:.2f})")
 
 
-def check_fits(module, device: torch.device, precision: str = "32-true", early_stopping_window: int = 0,
+def check_fits(module, device: torch.device, precision: str = "32-true", kept: tuple[int, int] = (0, 0),
                available: int | None = None) -> MemoryEstimate | None:
     """Raise ``MemoryShortError`` naming the size and the options that would fit when the run of ``module``
     needs more than ``HEADROOM`` of the free memory on ``device`` (``available`` overrides it)."""
-    need = checked_estimate(module, precision, early_stopping_window)
+    need = checked_estimate(module, precision, kept)
     free = available if available is not None else available_bytes(device)
     if need is None or free is None or need.total <= HEADROOM * free:
         return need

@@ -378,10 +378,10 @@ class DeepImagePrior(pl.LightningModule):
         self.rollbacks += diverged
         self.diverged.copy_(diverged)
         # spread over the weights once a step: the rollback after the update uses the same flags
-        self.diverged_weights = self._per_weight(diverged)
+        self.diverged_weights = self.per_weight(diverged)
         if self.backtrack_against == "best":
             remembered = fit >= self.last_good_psnr  # a new best (NaN compares False)
-            torch.where(self._per_weight(remembered), self.flat_weights, self.good_weights, out=self.good_weights)
+            torch.where(self.per_weight(remembered), self.flat_weights, self.good_weights, out=self.good_weights)
         else:
             remembered = ~diverged
             torch.where(self.diverged_weights, self.good_weights, self.flat_weights, out=self.good_weights)
@@ -426,7 +426,7 @@ class DeepImagePrior(pl.LightningModule):
         with torch.no_grad():
             torch.where(self.diverged_weights, self.good_weights, self.flat_weights, out=self.flat_weights)
 
-    def _per_weight(self, per_restart: torch.Tensor) -> torch.Tensor:
+    def per_weight(self, per_restart: torch.Tensor) -> torch.Tensor:
         """A per-restart flag spread over ``flat_weights`` (one restart: it broadcasts as it is)."""
         if self.restarts == 1:
             return per_restart

@@ -209,8 +209,10 @@ def check_copies(cfg: DictConfig, images: int = 1) -> int:
         if "copies" not in inspect.signature(get_class(cfg.arch._target_)).parameters:
             raise DipError(f"{packed} packs copies of the generator into one network, which arch "
                            f"'{cfg.arch_name}' ({cfg.arch._target_}) cannot do: use a skip architecture")
-        if cfg.get("early_stop"):
-            raise DipError(f"{packed} does not combine with early stopping (early_stop=none)")
+        stopping = get_class(cfg.early_stop._target_) if cfg.get("early_stop") else None
+        if stopping is not None and not stopping.handles_copies:
+            raise DipError(f"{packed} does not combine with early stopping by {stopping.__name__} (early_stop=none, "
+                           "or early_stop=discrepancy for denoising)")
     return copies
 
 
@@ -302,9 +304,9 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
     checkpoint_dir = checkpoint_dir if checkpoint_dir is not None else output_dir
     problem, module = prepare(cfg, problem, seeds)
     early_stopping = instantiate_settings(cfg.early_stop, "early_stop") if cfg.get("early_stop") else None
-    window = early_stopping.window if early_stopping else 0
+    kept = early_stopping.kept_copies if early_stopping else (0, 0)
     device = run_device(cfg.trainer.accelerator)
-    need = check_fits(module, device, cfg.trainer.precision, window) if cfg.check_memory else None
+    need = check_fits(module, device, cfg.trainer.precision, kept) if cfg.check_memory else None
     settings = result_settings(cfg)
     resume = find_checkpoint(cfg.resume, checkpoint_dir)
     resumable = check_resumable(resume, settings, cfg.trainer.max_steps) if resume else Resumable(0, None)
@@ -319,7 +321,7 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
         trainer = fit(cfg, module, callbacks, ckpt_path=resume, resumed=resumable if resume else None)
     except torch.OutOfMemoryError:
         if need is None:  # the check was off: estimate now, for the options
-            need = checked_estimate(module, cfg.trainer.precision, window)
+            need = checked_estimate(module, cfg.trainer.precision, kept)
         raise out_of_memory(module, need, device, module.global_step, cfg.trainer.precision) from None
     logger = trainer.logger
 

@@ -418,13 +418,13 @@ def test_images_of_one_size_share_a_fit_and_each_is_scored_on_its_own(tmp_path):
     assert "all 3 restorations finished by earlier runs" in (run_dir / "table.md").read_text()
 
 
-def room_for_one_image_and_a_half(module, device, precision="32-true", window=0):
+def room_for_one_image_and_a_half(module, device, precision="32-true", kept=(0, 0)):
     """The real memory check on a device with room for one and a half of the module's images."""
     import dip.memory
 
-    per_image = dip.memory.checked_estimate(module, precision, window).total / module.restarts
+    per_image = dip.memory.checked_estimate(module, precision, kept).total / module.restarts
     available = int(1.5 * per_image / dip.memory.HEADROOM)
-    return dip.memory.check_fits(module, device, precision, window, available=available)
+    return dip.memory.check_fits(module, device, precision, kept, available=available)
 
 
 def restore_with_room_for_one_image_and_a_half(pack):
@@ -555,6 +555,21 @@ def test_packed_restarts_give_the_average_and_what_one_run_scores(tmp_path):
     assert metrics["psnr_restarts"][0] != pytest.approx(metrics["psnr_restarts"][1], abs=1e-3)  # independent
     table = (run_dir / "table.md").read_text()
     assert "| PSNR | PSNR EMA | PSNR one run | PSNR EMA one run |" in table and "2 restarts packed" in table
+
+
+def test_images_packed_under_the_discrepancy_principle_each_keep_their_own_step(tmp_path):
+    root, run_dir = tmp_path / "data", tmp_path / "run"
+    make_dataset(root, "bm3d_color", ["one.png", "two.png"])
+    # a huge factor: every image reaches the noise level at the first check, step 2
+    run_benchmark(compose("cset9_denoise25", root, run_dir, "images_per_fit=2", "data.size=32", "trainer.max_steps=6",
+                          "benchmark.baselines=[]", "early_stop=discrepancy", "early_stop.check_every=2",
+                          "early_stop.factor=1e6"), run_dir)
+    for stem in ("one", "two"):
+        metrics = json.loads((run_dir / "images" / stem / "metrics.json").read_text())
+        assert metrics["early_stop_step"] == 2 and metrics["steps"] == 2 and metrics["packed_with"]
+    assert [row["early_stop_step"] for row in read_csv(run_dir / "table.csv")] == ["2", "2", "2"]
+    table = (run_dir / "table.md").read_text()
+    assert "up to 6 steps, early stopping by DiscrepancyStopping" in table and "| stop step |" in table
 
 
 def test_inpainting_table_quotes_the_paper_and_csc_per_image(tmp_path):

@@ -1,5 +1,6 @@
 """Lightning callbacks that decide when a restoration stops."""
 
+from dip.callbacks.discrepancy import DiscrepancyStopping
 from dip.callbacks.early_stopping import VarianceEarlyStopping
 
-__all__ = ["VarianceEarlyStopping"]
+__all__ = ["DiscrepancyStopping", "VarianceEarlyStopping"]

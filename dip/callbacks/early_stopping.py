@@ -29,6 +29,8 @@ class VarianceEarlyStopping(pl.Callback):
     the run and the gap between it and the PSNR of ``x_{t*}``.
     """
 
+    handles_copies = False  # one variance for the one output: not for packed restarts or images
+
     def __init__(self, window: int = 100, patience: int = 1000, check_every: int = 50):
         if window < 2 or patience < 1 or check_every < 1:
             raise ValueError(
@@ -57,6 +59,11 @@ class VarianceEarlyStopping(pl.Callback):
             }
         restored = self.state  # from a checkpoint, or empty
         self.state = {key: restored[key].to(device) if key in restored else value for key, value in fresh.items()}
+
+    @property
+    def kept_copies(self) -> tuple[int, int]:
+        """For the memory check: copies of the weights (the best ones) and images (the window, the best EMA) kept."""
+        return 1, self.window + 1
 
     @torch.no_grad()
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:

@@ -38,6 +38,12 @@ class Degradation(nn.Module):
         """``E(x; y)`` of each image of the batch ``x`` against the one observation ``y``: shape ``N``."""
         return (self.A(x) - y).square().flatten(1).mean(1)
 
+    def expected_residual(self, x: torch.Tensor) -> torch.Tensor | None:
+        """``E mean (y - A(x))^2`` per image of ``x`` over the observations ``y`` of the clean ``x``: the
+        data term a perfect restoration leaves, i.e. the energy of the noise. None where the
+        degradation has no noise model (the discrepancy principle, ``early_stop=discrepancy``, needs one)."""
+        return None
+
     def A_adjoint(self, y: torch.Tensor, x_shape: torch.Size) -> torch.Tensor:  # noqa: N802
         """``A^T y`` for a linear ``A``, as the vector-Jacobian product at zero."""
         x = torch.zeros(x_shape, dtype=y.dtype, device=y.device, requires_grad=True)

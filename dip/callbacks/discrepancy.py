@@ -1,0 +1,109 @@
+"""Early stopping by Morozov's discrepancy principle: stop fitting once the output explains the
+observation as closely as the clean image would, when the noise level is known (denoising)."""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+
+from dip.errors import DipError
+from dip.metrics import per_image_psnr
+
+
+class DiscrepancyStopping(pl.Callback):
+    """Keep each copy's output EMA (and weights) from the first check at which its residual falls to
+    the noise's energy; stop the run once every copy has its step.
+
+    For copy ``k`` (a restart, or an image packed beside others) with EMA ``x_k`` and observation
+    ``y``, the residual is the data term ``r_k = mean (A(x_k) - y)^2``. The clean image ``x0`` would
+    leave ``nu(x0) = E mean (y - A(x0))^2``, the energy of the noise, which the degradation knows
+    (``expected_residual``) and which is evaluated at ``x_k`` in place of ``x0``. While Deep Image
+    Prior fits the image ``r_k > nu``; once ``r_k <= factor * nu(x_k)`` it has begun to fit the noise,
+    and the EMA of that check is the one kept (``t*_k``). No ground truth is used, only the noise model.
+
+    Everything stays on the device: the kept EMA and weights, and each copy's ``t*``; the host reads
+    whether every copy has one every ``check_every`` steps. With ``stop=False`` the run goes on to
+    ``trainer.max_steps`` and only keeps the outputs of ``t*``, so that one run gives both (the final
+    ones are in the summary with a ground truth: ``psnr_final``, ``psnr_ema_final``).
+    """
+
+    handles_copies = True  # each restart or packed image gets its own t*
+    kept_copies = (1, 1)  # for the memory check: one copy of the weights, one of the EMA
+
+    def __init__(self, factor: float = 1.0, check_every: int = 50, stop: bool = True):
+        if factor <= 0 or check_every < 1:
+            raise ValueError(f"the discrepancy principle needs factor > 0 and check_every >= 1, "
+                             f"got factor={factor}, check_every={check_every}")
+        self.factor, self.check_every, self.stop = float(factor), int(check_every), bool(stop)
+        self.state: dict[str, torch.Tensor] = {}
+        self.stopped_at: int | None = None
+        self.final: dict[str, float | list[float]] = {}
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        physics = pl_module.physics
+        if physics.expected_residual(pl_module.observation[:1]) is None:
+            raise DipError(f"early_stop=discrepancy needs a known noise level, which {type(physics).__name__} "
+                           "does not have: use it with task=denoising, or early_stop=wmv")
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        copies = pl_module.ema.shape[0]
+        fresh = {
+            "stopped_step": torch.full((copies,), -1, device=pl_module.device),
+            "kept_ema": torch.zeros_like(pl_module.ema),
+            "kept_weights": pl_module.flat_weights.clone(),
+        }
+        restored = self.state  # from a checkpoint, or empty
+        self.state = {key: restored[key].to(pl_module.device) if key in restored else value
+                      for key, value in fresh.items()}
+
+    @torch.no_grad()
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        # After the loss of step t, before the update: the EMA includes x_t, the weights are those of x_t.
+        step, s = trainer.global_step + 1, self.state  # 1-based, the count of steps once this one is done
+        if step % self.check_every:
+            return
+        ema = pl_module.ema.clamp(0, 1)
+        residual = pl_module.physics.data_term(ema, pl_module.observation)
+        reached = residual <= self.factor * pl_module.physics.expected_residual(ema)
+        first = reached & (s["stopped_step"] < 0)
+        s["stopped_step"].copy_(torch.where(first, step, s["stopped_step"]))
+        s["kept_ema"].copy_(torch.where(first.view(-1, 1, 1, 1), pl_module.ema, s["kept_ema"]))
+        torch.where(pl_module.per_weight(first), pl_module.flat_weights, s["kept_weights"], out=s["kept_weights"])
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if not self.stop or step % self.check_every or step >= trainer.max_steps:
+            return
+        if bool((self.state["stopped_step"] >= 0).all()):  # the one host sync, every check_every steps
+            self.stopped_at = step
+            trainer.should_stop = True
+
+    @torch.no_grad()
+    def on_train_end(self, trainer, pl_module) -> None:
+        kept = self.state["stopped_step"] >= 0
+        if pl_module.ground_truth is not None:
+            self.final = {"psnr_final": self._psnr(pl_module, pl_module.restored()),
+                          "psnr_ema_final": self._psnr(pl_module, pl_module.ema_output())}
+        pl_module.ema.copy_(torch.where(kept.view(-1, 1, 1, 1), self.state["kept_ema"], pl_module.ema))
+        torch.where(pl_module.per_weight(kept), self.state["kept_weights"], pl_module.flat_weights,
+                    out=pl_module.flat_weights)
+
+    @staticmethod
+    def _psnr(pl_module, restorations: torch.Tensor) -> float | list[float]:
+        values = [round(float(value), 4) for value in per_image_psnr(restorations, pl_module.ground_truth)]
+        return values if pl_module.separate_images else values[0]
+
+    def summary(self) -> dict:
+        """What ``metrics.json`` records: ``early_stop_step``, each copy's ``t*`` (null where its residual
+        never reached the noise's; a list with several copies), ``early_stopped_at`` (null when the run
+        reached ``trainer.max_steps``), and with a ground truth the PSNR of ``f(z)`` and of the EMA at the
+        last step, which the run would have given without the principle."""
+        steps = [None if step < 0 else step for step in self.state["stopped_step"].tolist()] if self.state else [None]
+        return {"early_stop_step": steps if len(steps) > 1 else steps[0], "early_stopped_at": self.stopped_at,
+                **self.final}
+
+    def state_dict(self) -> dict:
+        return {key: value.detach().cpu() for key, value in self.state.items()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.state = dict(state_dict)

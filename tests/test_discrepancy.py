@@ -1,0 +1,186 @@
+"""Early stopping by the discrepancy principle: the noise's energy, each copy's step, the kept outputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from PIL import Image
+from torch import nn
+
+from dip.callbacks import DiscrepancyStopping
+from dip.checkpoint import StepLoader
+from dip.config import compose_config
+from dip.errors import DipError
+from dip.images import to_pil
+from dip.physics import GaussianNoise, LanczosDownsample
+from dip.pipeline import StepDataset, run
+from tests.conftest import make_png
+
+
+def test_the_clipped_noise_energy_is_the_monte_carlo_one():
+    # dark, mid-grey and bright pixels: clipping cuts half the noise at 0 and 1, none at 0.5
+    x = torch.linspace(0, 1, 32 * 32).view(1, 1, 32, 32).expand(1, 3, 32, 32).contiguous()
+    noise = GaussianNoise(sigma=25)
+    draws = torch.Generator().manual_seed(0)
+    sampled = torch.stack([(noise.observe(x, draws) - x).square().mean() for _ in range(200)]).mean()
+    expected = float(noise.expected_residual(x)[0])
+    assert expected == pytest.approx(float(sampled), rel=0.01)
+    assert expected < (25 / 255) ** 2  # less than the unclipped noise's
+    # a mid-grey image loses almost nothing to clipping (the bounds are 5 sigma away)
+    assert float(noise.expected_residual(torch.full((1, 3, 4, 4), 0.5))[0]) == pytest.approx((25 / 255) ** 2, rel=1e-5)
+
+
+def test_unclipped_noise_leaves_sigma_squared_and_other_degradations_have_no_noise_model():
+    x = torch.rand(2, 3, 8, 8)
+    assert torch.allclose(GaussianNoise(sigma=25, clip=False).expected_residual(x), torch.full((2,), (25 / 255) ** 2))
+    assert torch.equal(GaussianNoise(sigma=0).expected_residual(x), torch.zeros(2))
+    assert LanczosDownsample(factor=2).expected_residual(x) is None
+
+
+SIGMA = 5.0  # the scripted fits below: s = 5/255, unclipped, so the noise's energy is s^2 exactly
+S = SIGMA / 255
+REACHED = (20, 40)  # copy k's residual falls to s^2 at these steps
+
+
+class ScriptedDenoiser(pl.LightningModule):
+    """Two packed copies whose EMA after step ``t`` is ``y + d_k(t)``, ``d_k(t) = 0.999 s (2 - t / T_k)``:
+    the residual ``d_k(t)^2`` falls to the noise's ``s^2`` at ``t = T_k`` (``REACHED``; just below it,
+    not at a rounding's mercy). One weight per copy."""
+
+    def __init__(self):
+        super().__init__()
+        self.physics = GaussianNoise(sigma=SIGMA, clip=False)
+        self.weight = nn.Parameter(torch.zeros(2))
+        self.register_buffer("observation", torch.full((1, 3, 8, 8), 0.5))
+        self.register_buffer("ground_truth", torch.full((1, 3, 8, 8), 0.5))
+        self.register_buffer("ema", torch.zeros(2, 3, 8, 8))
+        self.separate_images = True
+        self.emas: dict[int, torch.Tensor] = {}
+        self.weights: dict[int, torch.Tensor] = {}
+
+    def training_step(self, batch, batch_idx):
+        step = self.global_step + 1
+        reached = torch.tensor(REACHED, dtype=torch.float32).view(2, 1, 1, 1)
+        self.ema.copy_(self.observation + 0.999 * S * (2 - step / reached))
+        self.emas[step], self.weights[step] = self.ema.clone(), self.weight.detach().clone()
+        return (self.weight - 1).square().sum()
+
+    def per_weight(self, per_copy: torch.Tensor) -> torch.Tensor:
+        return per_copy
+
+    def restored(self):
+        return self.ema
+
+    def ema_output(self):
+        return self.ema.clamp(0, 1)
+
+    def on_fit_start(self):
+        self.flat_weights = self.weight.data
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def fit(callback: DiscrepancyStopping, steps: int = 60) -> tuple[pl.Trainer, ScriptedDenoiser]:
+    module = ScriptedDenoiser()
+    trainer = pl.Trainer(max_steps=steps, max_epochs=-1, callbacks=[callback], logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    trainer.fit(module, StepLoader(StepDataset(steps)))
+    return trainer, module
+
+
+def assert_kept(module: ScriptedDenoiser, steps: tuple[int, int]) -> None:
+    """Each copy ends in its state of its own step: the EMA of that step, and the weights that made it."""
+    for copy, step in enumerate(steps):
+        assert torch.equal(module.ema[copy], module.emas[step][copy])
+        weights = (module.weight.detach(), module.weights[step], module.weights[step - 1])
+        kept, made, before = (float(weight[copy]) for weight in weights)
+        assert kept == made != before
+
+
+def test_each_copy_keeps_its_first_step_at_the_noise_level_and_the_run_stops_when_all_have_one():
+    callback = DiscrepancyStopping(check_every=4)
+    trainer, module = fit(callback, steps=100)
+    assert callback.summary()["early_stop_step"] == list(REACHED)
+    assert callback.stopped_at == trainer.global_step == REACHED[1]
+    assert_kept(module, REACHED)
+
+
+def test_a_stricter_factor_waits_for_a_smaller_residual_checked_every_few_steps():
+    callback = DiscrepancyStopping(factor=0.25, check_every=4)  # residual <= s^2 / 4: t >= 1.4995 T_k
+    fit(callback, steps=100)
+    assert callback.summary()["early_stop_step"] == [32, 60]  # 30 and 60, read at multiples of 4
+
+
+def test_without_stopping_the_run_goes_on_and_reports_the_last_step_too():
+    callback = DiscrepancyStopping(check_every=4, stop=False)
+    trainer, module = fit(callback, steps=48)
+    last_ema = module.emas[48].clone()
+    summary = callback.summary()
+    assert trainer.global_step == 48 and summary["early_stopped_at"] is None
+    assert summary["early_stop_step"] == list(REACHED)
+    assert summary["psnr_ema_final"] == pytest.approx([20 * np.log10(1 / abs(float(d))) for d in
+                                                       (last_ema - 0.5)[:, 0, 0, 0]], abs=1e-3)
+    assert_kept(module, REACHED)
+
+
+def test_a_copy_that_never_reaches_the_noise_level_keeps_its_last_step():
+    callback = DiscrepancyStopping(check_every=4)
+    trainer, module = fit(callback, steps=30)
+    assert trainer.global_step == 30 and callback.summary()["early_stop_step"] == [REACHED[0], None]
+    assert torch.equal(module.ema[1], module.emas[30][1])
+    assert torch.equal(module.ema[0], module.emas[REACHED[0]][0])
+
+
+def test_bad_settings_are_one_clear_line():
+    with pytest.raises(ValueError, match="factor > 0"):
+        DiscrepancyStopping(factor=0)
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory):
+    return make_png(tmp_path_factory.mktemp("image") / "in.png", 24, 24)
+
+
+def restore(image, out, steps: int, *extra: str):
+    cfg = compose_config([f"data.path={image}", f"trainer.max_steps={steps}", "logger=none", "arch=skip_depth2",
+                          "optim.lr=0.05", "early_stop=discrepancy", *extra], output_dir=out)
+    return run(cfg, out)
+
+
+def test_packed_restarts_stop_each_at_the_noise_level(image, tmp_path):
+    out = tmp_path / "out"
+    result = restore(image, out, 400, "restarts=2", "early_stop.check_every=10")
+    metrics = json.loads((out / "metrics.json").read_text())
+    steps = metrics["early_stop_step"]
+    assert len(steps) == 2 and all(step is not None and step % 10 == 0 for step in steps)
+    assert metrics["steps"] == metrics["early_stopped_at"] == max(steps) < 400
+    assert metrics["stop_reason"] == "early stopping"
+    assert metrics["psnr_final"] is not None and metrics["psnr_ema_final"] is not None
+    with Image.open(out / "restored.png") as written:
+        assert np.array_equal(np.asarray(written), np.asarray(to_pil(result.restored[0])))
+    # a restart's kept EMA is its EMA at its own step: the same seed stopped there gives it
+    first = steps.index(min(steps))
+    shorter = restore(image, tmp_path / "shorter", min(steps), "restarts=2", "early_stop=none")
+    assert metrics["psnr_ema_restarts"][first] == pytest.approx(shorter.metrics["psnr_ema_restarts"][first], abs=1e-4)
+
+
+def test_a_resumed_run_keeps_the_step_chosen_before_the_interruption(image, tmp_path):
+    # a huge factor: both restarts reach at the first check, step 2; the resumed fit must not choose again
+    settings = ["restarts=2", "early_stop.check_every=2", "early_stop.factor=1e6", "early_stop.stop=false"]
+    reference = restore(image, tmp_path / "reference", 8, *settings)
+    out = tmp_path / "run"
+    restore(image, out, 4, *settings, "checkpoint.keep=true", "checkpoint.every_n_steps=2")
+    resumed = restore(image, out, 8, *settings)
+    assert resumed.metrics["resumed_from_step"] == 4 and resumed.metrics["early_stop_step"] == [2, 2]
+    assert torch.allclose(resumed.restored_ema, reference.restored_ema, atol=1e-6)
+    assert torch.allclose(resumed.restored, reference.restored, atol=1e-6)
+
+
+def test_a_task_without_a_noise_model_is_refused_in_one_line(image, tmp_path):
+    with pytest.raises(DipError, match="needs a known noise level, which LanczosDownsample does not have"):
+        restore(image, tmp_path / "sr", 2, "task=sr_x4", "data.size=32")
