@@ -616,7 +616,7 @@ class Table:
             if column in dict(published):
                 self.mean[column] = self._published_mean(dict(published)[column], values)
             elif column in ("seed", "steps", "early_stop_step"):
-                self.mean[column] = values[0] if len(set(values)) == 1 else None
+                self.mean[column] = values[0] if all(value == values[0] for value in values) else None
             elif column == "seconds" and len({m["device_name"] for m in metrics}) > 1:
                 continue  # a mean of a GPU's and a CPU's fit times describes neither
             elif all(isinstance(value, (int, float)) for value in values):

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Issue 4's tables on a lent GPU, in one device call: each argument is a benchmark run
 #   NAME[:SECONDS[:OVERRIDE,OVERRIDE...]]    (default: the next table to make, CSet9 at the notebook's
-#   3000 steps, whose Baboon and F16 the twenty-third session ran, cset9_denoise25:540:restarts=2,speed=fast;
+#   3000 steps under the discrepancy principle, run on to the end so that each image's metrics hold both the
+#   kept outputs (at each restart's t*) and the last step's: $CSET9_DISCREPANCY below; Baboon and F16 ran
+#   at 3000 steps without it in the twenty-third session, as cset9_denoise25:540:restarts=2,speed=fast;
 #   CSet9 ran as cset9_denoise25:540:trainer.max_steps=1800,restarts=2, two restarts packed per image:
 #   the 31.00 dB two-run average and the single-run figures in one sub-run per image, which a later
 #   session can carry; benchmark.runs=2 would need each run's float outputs, which do not come back)
@@ -30,7 +32,8 @@ source "$(dirname "$0")/gpu_env.sh" gpu_benchmarks.sh "$@"
 source experiments/benchmark_label.sh  # gpu_env.sh went to the repository root
 export DIP_DATA=${DIP_DATA:-data}
 RESUME_FROM=${RESUME_FROM-results/benchmark-progress}
-[ $# -eq 0 ] && set -- cset9_denoise25:540:restarts=2,speed=fast
+CSET9_DISCREPANCY=cset9_denoise25:540:restarts=2,speed=fast,early_stop=discrepancy,early_stop.stop=false
+[ $# -eq 0 ] && set -- $CSET9_DISCREPANCY
 
 for spec in "$@"; do
   IFS=: read -r name seconds overrides <<< "$spec"

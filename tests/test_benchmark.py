@@ -557,19 +557,22 @@ def test_packed_restarts_give_the_average_and_what_one_run_scores(tmp_path):
     assert "| PSNR | PSNR EMA | PSNR one run | PSNR EMA one run |" in table and "2 restarts packed" in table
 
 
-def test_images_packed_under_the_discrepancy_principle_each_keep_their_own_step(tmp_path):
+@pytest.mark.parametrize("packing, step", [("images_per_fit=2", 2), ("restarts=2", [2, 2])])
+def test_packed_fits_under_the_discrepancy_principle_keep_each_copy_s_step(tmp_path, packing, step):
     root, run_dir = tmp_path / "data", tmp_path / "run"
     make_dataset(root, "bm3d_color", ["one.png", "two.png"])
-    # a huge factor: every image reaches the noise level at the first check, step 2
-    run_benchmark(compose("cset9_denoise25", root, run_dir, "images_per_fit=2", "data.size=32", "trainer.max_steps=6",
+    # a huge factor: every copy reaches the noise level at the first check, step 2
+    run_benchmark(compose("cset9_denoise25", root, run_dir, packing, "data.size=32", "trainer.max_steps=6",
                           "benchmark.baselines=[]", "early_stop=discrepancy", "early_stop.check_every=2",
                           "early_stop.factor=1e6"), run_dir)
     for stem in ("one", "two"):
         metrics = json.loads((run_dir / "images" / stem / "metrics.json").read_text())
-        assert metrics["early_stop_step"] == 2 and metrics["steps"] == 2 and metrics["packed_with"]
-    assert [row["early_stop_step"] for row in read_csv(run_dir / "table.csv")] == ["2", "2", "2"]
+        assert metrics["early_stop_step"] == step and metrics["steps"] == 2
+    assert [row["early_stop_step"] for row in read_csv(run_dir / "table.csv")] == [str(step)] * 3
     table = (run_dir / "table.md").read_text()
     assert "up to 6 steps, early stopping by DiscrepancyStopping" in table and "| stop step |" in table
+    cell = "2/2" if isinstance(step, list) else "2"  # each restart's step
+    assert f"| {cell} |" in table
 
 
 def test_inpainting_table_quotes_the_paper_and_csc_per_image(tmp_path):

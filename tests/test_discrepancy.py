@@ -184,3 +184,16 @@ def test_a_resumed_run_keeps_the_step_chosen_before_the_interruption(image, tmp_
 def test_a_task_without_a_noise_model_is_refused_in_one_line(image, tmp_path):
     with pytest.raises(DipError, match="needs a known noise level, which LanczosDownsample does not have"):
         restore(image, tmp_path / "sr", 2, "task=sr_x4", "data.size=32")
+
+
+def test_one_weight_tensor_keeps_the_same_outputs(image, tmp_path):
+    """speed=fast holds the weights as one tensor: the kept weights and EMA are those of the default."""
+    settings = ["restarts=2", "early_stop.check_every=2", "early_stop.factor=1e6", "early_stop.stop=false",
+                "speed.fused_optimizer=false"]
+    default = restore(image, tmp_path / "default", 6, *settings)
+    one_tensor = restore(image, tmp_path / "one", 6, *settings, "speed.one_weight_tensor=true")
+    assert one_tensor.metrics["early_stop_step"] == [2, 2]
+    assert torch.equal(one_tensor.restored, default.restored)
+    assert torch.equal(one_tensor.restored_ema, default.restored_ema)
+    last = restore(image, tmp_path / "last", 6, *settings[:1], "speed.fused_optimizer=false", "early_stop=none")
+    assert not torch.allclose(default.restored, last.restored)  # the kept outputs are not the last step's
