@@ -62,3 +62,17 @@ def run_cli_probing_lightning(folder: Path, *args: str, script: str = "run.py", 
     probe = folder / "probe.py"
     probe.write_text(LIGHTNING_PROBE.format(script=str(ROOT / script)))
     return run_cli(*args, script=str(probe), env=env)
+
+
+def fit_scripted(module, callback, steps: int):
+    """Fit a scripted LightningModule for ``steps`` steps with one callback, as the pipeline iterates
+    (a dataset of ``steps`` items, no checkpoints or logs); the Trainer."""
+    import pytorch_lightning as pl
+
+    from dip.checkpoint import StepLoader
+    from dip.pipeline import StepDataset
+
+    trainer = pl.Trainer(max_steps=steps, max_epochs=-1, callbacks=[callback], logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    trainer.fit(module, StepLoader(StepDataset(steps)))
+    return trainer

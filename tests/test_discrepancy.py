@@ -12,13 +12,12 @@ from PIL import Image
 from torch import nn
 
 from dip.callbacks import DiscrepancyStopping
-from dip.checkpoint import StepLoader
 from dip.config import compose_config
 from dip.errors import DipError
 from dip.images import to_pil
 from dip.physics import GaussianNoise, LanczosDownsample
-from dip.pipeline import StepDataset, run
-from tests.conftest import make_png
+from dip.pipeline import run
+from tests.conftest import fit_scripted, make_png
 
 
 def test_the_clipped_noise_energy_is_the_monte_carlo_one():
@@ -87,10 +86,7 @@ class ScriptedDenoiser(pl.LightningModule):
 
 def fit(callback: DiscrepancyStopping, steps: int = 60) -> tuple[pl.Trainer, ScriptedDenoiser]:
     module = ScriptedDenoiser()
-    trainer = pl.Trainer(max_steps=steps, max_epochs=-1, callbacks=[callback], logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
-    trainer.fit(module, StepLoader(StepDataset(steps)))
-    return trainer, module
+    return fit_scripted(module, callback, steps), module
 
 
 def assert_kept(module: ScriptedDenoiser, steps: tuple[int, int]) -> None:

@@ -12,13 +12,12 @@ from PIL import Image
 from torch import nn
 
 from dip.callbacks import VarianceEarlyStopping
-from dip.checkpoint import StepLoader
 from dip.config import compose_config
 from dip.images import to_pil
 from dip.metrics import psnr
 from dip.module import share_one_buffer
-from dip.pipeline import StepDataset, run
-from tests.conftest import make_png
+from dip.pipeline import run
+from tests.conftest import fit_scripted, make_png
 
 LOWEST_NOISE = 30  # the scripted outputs are least noisy at this step (1-based)
 
@@ -56,10 +55,7 @@ class ScriptedOutputs(pl.LightningModule):
 
 def fit(callback: VarianceEarlyStopping, steps: int = 200) -> tuple[pl.Trainer, ScriptedOutputs]:
     module = ScriptedOutputs()
-    trainer = pl.Trainer(max_steps=steps, max_epochs=-1, callbacks=[callback], logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
-    trainer.fit(module, StepLoader(StepDataset(steps)))
-    return trainer, module
+    return fit_scripted(module, callback, steps), module
 
 
 def test_chooses_the_least_varying_window_and_stops_after_patience():
