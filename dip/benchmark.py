@@ -603,6 +603,11 @@ class Table:
             ]
         if cfg.get("early_stop"):  # the step whose outputs were kept (with restarts, each one's)
             self.columns.append(("early_stop_step", "stop step", lambda m, b: m.get("early_stop_step")))
+            if spec.protocol == "rgb" and not spec.shave:  # the callback's last-step PSNRs are this protocol's
+                self.columns.append(("psnr_ema_final", "EMA at the end", lambda m, b: m.get("psnr_ema_final")))
+                if cfg.restarts > 1:
+                    self.columns.append(("psnr_ema_final_restart_mean", "EMA one run at the end",
+                                         lambda m, b: _mean(m.get("psnr_ema_final_restarts"))))
         self.columns += [
             ("seed", None, lambda m, b: m["seed"]),
             ("steps", None, lambda m, b: m["steps"]),
@@ -724,6 +729,10 @@ def _fit_seconds(metrics: dict) -> float:
     """An image's fit time: of the whole fit where a resumed one recorded it, and its share of a fit
     of several images."""
     return metrics.get("seconds_total", metrics["seconds"]) / (1 + len(metrics.get("packed_with", [])))
+
+
+def _mean(values: list[float] | None) -> float | None:
+    return None if values is None else statistics.fmean(values)
 
 
 def _some_names(names: list[str], shown: int = 3) -> str:

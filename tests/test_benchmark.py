@@ -565,10 +565,16 @@ def test_packed_fits_under_the_discrepancy_principle_keep_each_copy_s_step(tmp_p
     run_benchmark(compose("cset9_denoise25", root, run_dir, packing, "data.size=32", "trainer.max_steps=6",
                           "benchmark.baselines=[]", "early_stop=discrepancy", "early_stop.check_every=2",
                           "early_stop.factor=1e6"), run_dir)
-    for stem in ("one", "two"):
+    rows = read_csv(run_dir / "table.csv")
+    for stem, row in zip(("one", "two"), rows):
         metrics = json.loads((run_dir / "images" / stem / "metrics.json").read_text())
         assert metrics["early_stop_step"] == step and metrics["steps"] == 2
-    assert [row["early_stop_step"] for row in read_csv(run_dir / "table.csv")] == [str(step)] * 3
+        # the last step's EMA (the plain protocol's PSNR here), and with restarts what one of them scores
+        assert float(row["psnr_ema_final"]) == pytest.approx(metrics["psnr_ema_final"], abs=1e-4)
+        if isinstance(step, list):
+            one_run = np.mean(metrics["psnr_ema_final_restarts"])
+            assert float(row["psnr_ema_final_restart_mean"]) == pytest.approx(one_run, abs=1e-4)
+    assert [row["early_stop_step"] for row in rows] == [str(step)] * 3
     table = (run_dir / "table.md").read_text()
     assert "up to 6 steps, early stopping by DiscrepancyStopping" in table and "| stop step |" in table
     cell = "2/2" if isinstance(step, list) else "2"  # each restart's step

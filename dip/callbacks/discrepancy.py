@@ -82,22 +82,27 @@ class DiscrepancyStopping(pl.Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         kept = self.state["stopped_step"] >= 0
         if pl_module.ground_truth is not None:
-            self.final = {"psnr_final": self._psnr(pl_module, pl_module.restored()),
-                          "psnr_ema_final": self._psnr(pl_module, pl_module.ema_output())}
+            outputs, emas = pl_module.restart_outputs(), pl_module.ema.clamp(0, 1)
+            self.final = {"psnr_final": self._psnr(pl_module, pl_module.combine(outputs)),
+                          "psnr_ema_final": self._psnr(pl_module, pl_module.combine(emas))}
+            if pl_module.restarts > 1 and not pl_module.separate_images:  # each restart's own, as a run of its own
+                self.final |= {"psnr_final_restarts": _rounded(per_image_psnr(outputs, pl_module.ground_truth)),
+                               "psnr_ema_final_restarts": _rounded(per_image_psnr(emas, pl_module.ground_truth))}
         pl_module.ema.copy_(torch.where(kept.view(-1, 1, 1, 1), self.state["kept_ema"], pl_module.ema))
         torch.where(pl_module.per_weight(kept), self.state["kept_weights"], pl_module.flat_weights,
                     out=pl_module.flat_weights)
 
     @staticmethod
     def _psnr(pl_module, restorations: torch.Tensor) -> float | list[float]:
-        values = [round(float(value), 4) for value in per_image_psnr(restorations, pl_module.ground_truth)]
+        values = _rounded(per_image_psnr(restorations, pl_module.ground_truth))
         return values if pl_module.separate_images else values[0]
 
     def summary(self) -> dict:
         """What ``metrics.json`` records: ``early_stop_step``, each copy's ``t*`` (null where its residual
         never reached the noise's; a list with several copies), ``early_stopped_at`` (null when the run
         reached ``trainer.max_steps``), and with a ground truth the PSNR of ``f(z)`` and of the EMA at the
-        last step, which the run would have given without the principle."""
+        last step, which the run would have given without the principle (with packed restarts also each
+        restart's: ``psnr_final_restarts``, ``psnr_ema_final_restarts``)."""
         steps = [None if step < 0 else step for step in self.state["stopped_step"].tolist()] if self.state else [None]
         return {"early_stop_step": steps if len(steps) > 1 else steps[0], "early_stopped_at": self.stopped_at,
                 **self.final}
@@ -107,3 +112,7 @@ class DiscrepancyStopping(pl.Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.state = dict(state_dict)
+
+
+def _rounded(values: torch.Tensor) -> list[float]:
+    return [round(float(value), 4) for value in values]
