@@ -17,7 +17,7 @@ from dip.errors import DipError
 from dip.images import to_pil
 from dip.physics import GaussianNoise, LanczosDownsample
 from dip.pipeline import run
-from tests.conftest import fit_scripted, make_png
+from tests.conftest import fit_scripted, make_png, run_cli
 
 
 def test_the_clipped_noise_energy_is_the_monte_carlo_one():
@@ -198,3 +198,17 @@ def test_one_weight_tensor_keeps_the_same_outputs(image, tmp_path):
     assert torch.equal(one_tensor.restored_ema, default.restored_ema)
     last = restore(image, tmp_path / "last", 6, *settings[:1], "speed.fused_optimizer=false", "early_stop=none")
     assert not torch.allclose(default.restored, last.restored)  # the kept outputs are not the last step's
+
+
+def test_the_report_sets_the_kept_ema_against_the_last_and_the_best(tmp_path):
+    image = tmp_path / "run" / "images" / "one"
+    (image / "csv").mkdir(parents=True)
+    metrics = {"image": "one.png", "early_stop_step": [100, 150], "psnr_ema": 30.0, "psnr_ema_final": 28.5}
+    (image / "metrics.json").write_text(json.dumps(metrics))
+    (image / "csv" / "metrics.csv").write_text("psnr_ema,step\n29.0,49\n30.5,99\n30.0,149\n")  # steps 50, 100, 150
+    done = run_cli(str(tmp_path / "run"), script="experiments/early_stop_report.py")
+    assert done.returncode == 0, done.stderr
+    assert "| one.png | 100/150 | 30.00 | 28.50 | 1.50 | 30.50 | 100 | 0.50 |" in done.stdout
+    missing = run_cli(str(tmp_path / "nowhere"), script="experiments/early_stop_report.py")
+    assert missing.returncode != 0 and "Traceback" not in missing.stderr
+    assert "no finished images" in missing.stderr and "nowhere" in missing.stderr
