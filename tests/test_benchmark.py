@@ -564,7 +564,7 @@ def test_packed_fits_under_the_discrepancy_principle_keep_each_copy_s_step(tmp_p
     # a huge factor: every copy reaches the noise level at the first check, step 2
     run_benchmark(compose("cset9_denoise25", root, run_dir, packing, "data.size=32", "trainer.max_steps=6",
                           "benchmark.baselines=[]", "early_stop=discrepancy", "early_stop.check_every=2",
-                          "early_stop.factor=1e6"), run_dir)
+                          "early_stop.factor=1e6", "early_stop.delay=0"), run_dir)
     rows = read_csv(run_dir / "table.csv")
     for stem, row in zip(("one", "two"), rows):
         metrics = json.loads((run_dir / "images" / stem / "metrics.json").read_text())

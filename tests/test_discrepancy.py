@@ -99,7 +99,7 @@ def assert_kept(module: ScriptedDenoiser, steps: tuple[int, int]) -> None:
 
 
 def test_each_copy_keeps_its_first_step_at_the_noise_level_and_the_run_stops_when_all_have_one():
-    callback = DiscrepancyStopping(check_every=4)
+    callback = DiscrepancyStopping(delay=0, check_every=4)
     trainer, module = fit(callback, steps=100)
     assert callback.summary()["early_stop_step"] == list(REACHED)
     assert callback.stopped_at == trainer.global_step == REACHED[1]
@@ -107,13 +107,13 @@ def test_each_copy_keeps_its_first_step_at_the_noise_level_and_the_run_stops_whe
 
 
 def test_a_stricter_factor_waits_for_a_smaller_residual_checked_every_few_steps():
-    callback = DiscrepancyStopping(factor=0.25, check_every=4)  # residual <= s^2 / 4: t >= 1.4995 T_k
+    callback = DiscrepancyStopping(factor=0.25, delay=0, check_every=4)  # residual <= s^2 / 4: t >= 1.4995 T_k
     fit(callback, steps=100)
     assert callback.summary()["early_stop_step"] == [32, 60]  # 30 and 60, read at multiples of 4
 
 
 def test_without_stopping_the_run_goes_on_and_reports_the_last_step_too():
-    callback = DiscrepancyStopping(check_every=4, stop=False)
+    callback = DiscrepancyStopping(delay=0, check_every=4, stop=False)
     trainer, module = fit(callback, steps=48)
     last_ema = module.emas[48].clone()
     summary = callback.summary()
@@ -125,16 +125,36 @@ def test_without_stopping_the_run_goes_on_and_reports_the_last_step_too():
 
 
 def test_a_copy_that_never_reaches_the_noise_level_keeps_its_last_step():
-    callback = DiscrepancyStopping(check_every=4)
+    callback = DiscrepancyStopping(delay=0, check_every=4)
     trainer, module = fit(callback, steps=30)
     assert trainer.global_step == 30 and callback.summary()["early_stop_step"] == [REACHED[0], None]
     assert torch.equal(module.ema[1], module.emas[30][1])
     assert torch.equal(module.ema[0], module.emas[REACHED[0]][0])
 
 
+def test_the_ema_kept_is_that_of_delay_steps_after_the_noise_level():
+    callback = DiscrepancyStopping(delay=10, check_every=4)
+    trainer, module = fit(callback, steps=100)
+    summary = callback.summary()
+    assert summary["noise_level_step"] == list(REACHED)
+    assert summary["early_stop_step"] == [32, 52]  # the first checks at or after 30 and 50
+    assert trainer.global_step == 52
+    assert_kept(module, (32, 52))
+
+
+def test_a_copy_whose_delay_runs_past_the_end_keeps_the_last_step():
+    callback = DiscrepancyStopping(delay=10, check_every=4)
+    trainer, module = fit(callback, steps=44)
+    assert callback.summary()["noise_level_step"] == list(REACHED)
+    assert callback.summary()["early_stop_step"] == [32, None] and trainer.global_step == 44
+    assert torch.equal(module.ema[1], module.emas[44][1])
+
+
 def test_bad_settings_are_one_clear_line():
     with pytest.raises(ValueError, match="factor > 0"):
         DiscrepancyStopping(factor=0)
+    with pytest.raises(ValueError, match="delay >= 0"):
+        DiscrepancyStopping(delay=-1)
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +173,8 @@ def test_packed_restarts_stop_each_at_the_noise_level(image, tmp_path):
     result = restore(image, out, 400, "restarts=2", "early_stop.check_every=10")
     metrics = json.loads((out / "metrics.json").read_text())
     steps = metrics["early_stop_step"]
-    assert len(steps) == 2 and all(step is not None and step % 10 == 0 for step in steps)
+    # by default each restart's EMA is kept the EMA's mean age (99 steps at 0.99) after its noise level
+    assert steps == [-(-(reached + 99) // 10) * 10 for reached in metrics["noise_level_step"]]
     assert metrics["steps"] == metrics["early_stopped_at"] == max(steps) < 400
     assert metrics["stop_reason"] == "early stopping"
     with Image.open(out / "restored.png") as written:
@@ -170,14 +191,16 @@ def test_packed_restarts_stop_each_at_the_noise_level(image, tmp_path):
         assert metrics[final] == pytest.approx(plain[key], abs=1e-4), final
 
 
-def test_a_resumed_run_keeps_the_step_chosen_before_the_interruption(image, tmp_path):
-    # a huge factor: both restarts reach at the first check, step 2; the resumed fit must not choose again
-    settings = ["restarts=2", "early_stop.check_every=2", "early_stop.factor=1e6", "early_stop.stop=false"]
+def test_a_resumed_run_keeps_the_noise_level_reached_before_the_interruption(image, tmp_path):
+    # a huge factor: both restarts reach the noise level at the first check, step 2, before the
+    # interruption, and keep their EMA of step 6 after it
+    settings = ["restarts=2", "early_stop.check_every=2", "early_stop.factor=1e6", "early_stop.delay=4",
+                "early_stop.stop=false"]
     reference = restore(image, tmp_path / "reference", 8, *settings)
     out = tmp_path / "run"
     restore(image, out, 4, *settings, "checkpoint.keep=true", "checkpoint.every_n_steps=2")
     resumed = restore(image, out, 8, *settings)
-    assert resumed.metrics["resumed_from_step"] == 4 and resumed.metrics["early_stop_step"] == [2, 2]
+    assert resumed.metrics["resumed_from_step"] == 4 and resumed.metrics["early_stop_step"] == [6, 6]
     assert torch.allclose(resumed.restored_ema, reference.restored_ema, atol=1e-6)
     assert torch.allclose(resumed.restored, reference.restored, atol=1e-6)
 
@@ -189,8 +212,8 @@ def test_a_task_without_a_noise_model_is_refused_in_one_line(image, tmp_path):
 
 def test_one_weight_tensor_keeps_the_same_outputs(image, tmp_path):
     """speed=fast holds the weights as one tensor: the kept weights and EMA are those of the default."""
-    settings = ["restarts=2", "early_stop.check_every=2", "early_stop.factor=1e6", "early_stop.stop=false",
-                "speed.fused_optimizer=false"]
+    settings = ["restarts=2", "early_stop.check_every=2", "early_stop.factor=1e6", "early_stop.delay=0",
+                "early_stop.stop=false", "speed.fused_optimizer=false"]
     default = restore(image, tmp_path / "default", 6, *settings)
     one_tensor = restore(image, tmp_path / "one", 6, *settings, "speed.one_weight_tensor=true")
     assert one_tensor.metrics["early_stop_step"] == [2, 2]
