@@ -4,9 +4,10 @@ For a benchmark run with ``early_stop=...`` (each image's ``RUN_DIR/images/<stem
 prints a markdown table, a row per image and a mean row: the step kept, the PSNR of the EMA kept,
 that of the EMA at the last step (``early_stop.stop=false`` runs on to ``trainer.max_steps``), and
 the best EMA of the logged curve with its step (an oracle that knows the ground truth, read every
-``metrics_every`` steps). The curve is the CSV logger's (``images/<stem>/csv/metrics.csv``), or
-``--curves DIR``'s ``<stem>.csv`` (the device scripts' ``curves/``). PSNRs are the pipeline's: over
-all channels, no border shaved (the denoising benchmark's protocol).
+``metrics_every`` steps, over the steps run: of a run that stopped, only up to its stop). The curve
+is the CSV logger's (``images/<stem>/csv/metrics.csv``), or ``--curves DIR``'s ``<stem>.csv`` (the
+device scripts' ``curves/``). PSNRs are the pipeline's: over all channels, no border shaved (the
+denoising benchmark's protocol).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def cell(value) -> str:
         return "-"
     if isinstance(value, list):  # one per restart
         return "/".join(cell(item) for item in value)
-    return f"{value:.2f}" if isinstance(value, float) else str(value)
+    return f"{round(value, 2) + 0.0:.2f}" if isinstance(value, float) else str(value)  # + 0.0: no "-0.00"
 
 
 def main() -> None:
