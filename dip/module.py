@@ -144,6 +144,8 @@ class DeepImagePrior(pl.LightningModule):
         self.code = code
         self.optimizer_factory = optimizer
         self.output_size = tuple(output_size)
+        if not 0 <= ema_weight < 1:  # 1 would never update the average
+            raise DipError(f"ema_weight must be in [0, 1), got {ema_weight}")
         self.ema_weight = ema_weight
         self.backtrack_db = backtrack_db
         if backtrack_against not in ("last", "best"):
