@@ -675,7 +675,7 @@ class Table:
             "|" + "|".join("---" if column in ("image", "size") else "---:" for column, _ in shown) + "|",
         ]
         for row in [*self.rows, self.mean]:
-            cells = [_cell(row.get(column), column) for column, _ in shown]
+            cells = [table_cell(row.get(column), column) for column, _ in shown]
             if row is self.mean:
                 cells[0] = "**mean**"
             lines.append("| " + " | ".join(cells) + " |")
@@ -743,11 +743,13 @@ def _some_names(names: list[str], shown: int = 3) -> str:
     return f"{', '.join(names[:shown])} and {len(names) - shown} more"
 
 
-def _cell(value, column: str) -> str:
+def table_cell(value, column: str = "") -> str:
+    """A value as a markdown table shows it: dB to 2 decimals, seconds to 1, one per restart joined by /."""
     if value is None:
         return "-"
     if isinstance(value, list):  # one per restart
-        return "/".join(_cell(item, column) for item in value)
+        return "/".join(table_cell(item, column) for item in value)
     if isinstance(value, float):
-        return f"{value:.1f}" if column == "seconds" else f"{value:.2f}"
+        text = f"{value:.1f}" if column == "seconds" else f"{value:.2f}"
+        return text.replace("-", "", 1) if float(text) == 0 else text  # a difference of -0.001 is 0.00
     return str(value)

@@ -21,6 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from dip.benchmark import table_cell  # noqa: E402
 from experiments.compare import read_csv_curves  # noqa: E402
 
 COLUMNS = ("image", "stop step", "EMA kept", "EMA at the end", "kept - end", "best EMA", "best step", "best - kept")
@@ -49,16 +50,9 @@ def report(run_dir: Path, curves_dir: Path | None = None) -> str:
             mean[column] = statistics.fmean(values)
     lines = ["| " + " | ".join(COLUMNS) + " |", "|---" + "|---:" * (len(COLUMNS) - 1) + "|"]
     for row in [*rows, mean]:
-        lines.append("| " + " | ".join(cell(row.get(column)) for column in COLUMNS) + " |")
+        lines.append("| " + " | ".join(table_cell(row.get(column)) for column in COLUMNS) + " |")
     return "\n".join(lines) + "\n"
 
-
-def cell(value) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, list):  # one per restart
-        return "/".join(cell(item) for item in value)
-    return f"{round(value, 2) + 0.0:.2f}" if isinstance(value, float) else str(value)  # + 0.0: no "-0.00"
 
 
 def main() -> None:
