@@ -51,7 +51,7 @@ from dip.gpus import pin_to_gpu, visible_gpus, worker_count
 from dip.images import save_image, write_atomically
 from dip.memory import activation_dtype
 from dip.metrics import psnr, psnr_y
-from dip.outputs import Result, write_outputs
+from dip.outputs import BEFORE_COLLAPSE_OUTPUT, Result, write_outputs
 from dip.problem import problem_from_config, stack_problems
 
 log = logging.getLogger("dip.benchmark")
@@ -273,6 +273,9 @@ def _score_and_write(job: ImageJob, result: Result, pack: Pack) -> dict:
             scores = [score(image[None], result.ground_truth, job.protocol, job.shave) for image in images]
             metrics.update({f"{key}{suffix}_restart_mean": statistics.fmean(s[key] for s in scores)
                             for key in scores[0]})
+    if result.ema_before_collapse is not None:  # scored as the table's columns are, for its note
+        metrics.update({f"{key}_ema_before_collapse": value for key, value in
+                        score(result.ema_before_collapse, result.ground_truth, job.protocol, job.shave).items()})
     height, width = result.ground_truth.shape[-2:]
     metrics.update(image=job.name, seed=job.config["seed"], width=width, height=height,
                    gpus_visible=os.environ.get("CUDA_VISIBLE_DEVICES"),
@@ -686,9 +689,21 @@ class Table:
         if packed := [m["image"] for m in self.metrics if m.get("packed_with")]:
             notes.append(f"restored in fits of several images (images_per_fit): {_some_names(packed)}; "
                          f"each one's fit s is its share of its fit's time")
+        if collapsed := self._collapses():
+            notes.append(f"the fit collapsed at its end (its EMA's data term more than backtrack_db = "
+                         f"{cfg.backtrack_db} dB above its best): {collapsed}; the table shows the end, "
+                         f"`{BEFORE_COLLAPSE_OUTPUT}` in the image's folder the EMA from before")
         if notes:
             lines += ["", *[f"- {note}" for note in notes]]
         return "\n".join(lines) + "\n"
+
+    def _collapses(self) -> str:
+        """Each image whose fit collapsed: its EMA's PSNR before the collapse against the table's."""
+        column = "psnr_y" if self.spec.protocol == "y" else "psnr"
+        before, end = column + "_ema_before_collapse", column + "_ema"
+        return "; ".join(f"{m['image']}, EMA {table_cell(m[before])} dB at step "
+                         f"{table_cell(m['ema_before_collapse_step'])} against {table_cell(m[end])} at the end"
+                         for m in self.metrics if m.get(before) is not None)
 
     def _steps(self) -> str:
         if not self.cfg.get("early_stop"):

@@ -15,7 +15,9 @@ import torch
 
 from dip.images import save_image, write_atomically
 
-OUTPUT_FILES = ("observation.png", "restored.png", "restored_ema.png", "bicubic.png", "metrics.json")
+BEFORE_COLLAPSE_OUTPUT = "restored_ema_before_collapse.png"  # a fit that collapsed at its end: the EMA from before
+OUTPUT_FILES = ("observation.png", "restored.png", "restored_ema.png", "bicubic.png", BEFORE_COLLAPSE_OUTPUT,
+                "metrics.json")
 RESTART_OUTPUT = "restored_restart{}.png"  # with restarts=N, restart k's own output
 
 
@@ -41,6 +43,7 @@ class Result:
     bits: int = 8  # bit depth of the written images (16 for a 16-bit input)
     restarts: torch.Tensor | None = None  # N x C x H x W: with restarts=N, each restart's own output
     restarts_ema: torch.Tensor | None = None  # N x C x H x W: with restarts=N, each restart's own EMA
+    ema_before_collapse: torch.Tensor | None = None  # a fit that collapsed at its end: its EMA from before
 
 
     def image(self, index: int) -> Result:
@@ -49,9 +52,11 @@ class Result:
             return None if images is None else images[index:index + 1]
 
         metrics = {key: value[index] if isinstance(value, list) else value for key, value in self.metrics.items()}
+        collapsed = metrics.get("ema_before_collapse_step") is not None
         return dataclasses.replace(self, restored=pick(self.restored), restored_ema=pick(self.restored_ema),
                                    observation=pick(self.observation), ground_truth=pick(self.ground_truth),
-                                   baseline=pick(self.baseline), metrics=metrics)
+                                   baseline=pick(self.baseline), metrics=metrics,
+                                   ema_before_collapse=pick(self.ema_before_collapse) if collapsed else None)
 
 
 def write_outputs(result: Result, output_dir: Path) -> None:
@@ -62,6 +67,8 @@ def write_outputs(result: Result, output_dir: Path) -> None:
     save_image(result.restored_ema[0], output_dir / "restored_ema.png", result.alpha, result.bits)
     if result.baseline_name is not None:
         save_image(result.baseline[0], output_dir / f"{result.baseline_name}.png", result.alpha, result.bits)
+    if result.ema_before_collapse is not None:
+        save_image(result.ema_before_collapse[0], output_dir / BEFORE_COLLAPSE_OUTPUT, result.alpha, result.bits)
     for index, image in enumerate(result.restarts if result.restarts is not None else []):
         save_image(image, output_dir / RESTART_OUTPUT.format(index), result.alpha, result.bits)
     text = json.dumps(result.metrics, indent=2, sort_keys=True) + "\n"
@@ -84,6 +91,10 @@ def describe(result: Result) -> str:
         gap = m.get("early_stop_gap_db")
         gap = f", {gap:.2f} dB below the run's best ({m['psnr_max']:.2f} dB)" if gap is not None else ""
         lines.append(f"early stopping chose step {m['early_stop_step']}{gap}")
+    if result.ema_before_collapse is not None:
+        quality = f" (PSNR {m['psnr_ema_before_collapse']:.2f} dB)" if m.get("psnr_ema_before_collapse") else ""
+        lines.append(f"the fit collapsed at its end, its data term {m['collapse_drop_db']} dB above its best: "
+                     f"{BEFORE_COLLAPSE_OUTPUT} is its EMA from step {m['ema_before_collapse_step']}{quality}")
     if m.get("stop_reason"):
         lines.append(f"stopped: {m['stop_reason']}")
     if result.output_dir is not None:

@@ -18,6 +18,7 @@ from pytorch_lightning.callbacks import TQDMProgressBar
 from pytorch_lightning.loggers import WandbLogger
 from torch.utils.data import Dataset
 
+from dip.callbacks import CollapseGuard
 from dip.checkpoint import (
     CHECKPOINT_NAME,
     Resumable,
@@ -249,6 +250,17 @@ def final_metrics(
     return metrics
 
 
+def before_collapse_metrics(module: DeepImagePrior, ema: torch.Tensor) -> dict:
+    """PSNR and SSIM of the EMA kept from before a collapse (``CollapseGuard``), null without a ground
+    truth; a list, one per image, for several images packed."""
+    truth = module.ground_truth
+    if truth is None:
+        return {"psnr_ema_before_collapse": None, "ssim_ema_before_collapse": None}
+    values = {name: [round(float(metric(ema[k:k + 1], truth[k:k + 1])), 4) for k in range(len(ema))]
+              for name, metric in (("psnr_ema_before_collapse", psnr), ("ssim_ema_before_collapse", ssim))}
+    return values if module.separate_images else {name: value[0] for name, value in values.items()}
+
+
 def make_logger(cfg: DictConfig, resumed: Resumable | None = None):
     """The logger ``cfg.logger`` describes (False for none). For a fit ``resumed`` from a checkpoint,
     a W&B logger continues the run the checkpoint names, and a CSV logger keeps the rows before it."""
@@ -304,14 +316,16 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
     checkpoint_dir = checkpoint_dir if checkpoint_dir is not None else output_dir
     problem, module = prepare(cfg, problem, seeds)
     early_stopping = instantiate_settings(cfg.early_stop, "early_stop") if cfg.get("early_stop") else None
-    kept = early_stopping.kept_copies if early_stopping else (0, 0)
+    # Early stopping already chooses the outputs; otherwise a fit that collapses at its end keeps an EMA from before
+    guard = CollapseGuard(cfg.backtrack_db, cfg.metrics_every) if not early_stopping and cfg.backtrack_db else None
+    kept = early_stopping.kept_copies if early_stopping else (0, 1) if guard else (0, 0)
     device = run_device(cfg.trainer.accelerator)
     need = check_fits(module, device, cfg.trainer.precision, kept) if cfg.check_memory else None
     settings = result_settings(cfg)
     resume = find_checkpoint(cfg.resume, checkpoint_dir)
     resumable = check_resumable(resume, settings, cfg.trainer.max_steps) if resume else Resumable(0, None)
     timer, memory = FitTimer(resumed=resume is not None), PeakMemory()
-    callbacks = [timer, memory, *callbacks] + ([early_stopping] if early_stopping else [])
+    callbacks = [timer, memory, *callbacks] + [stopping for stopping in (early_stopping, guard) if stopping]
     saver = None
     if checkpoint_dir is not None:  # after the others: it saves their state once their step is done
         saver = RunCheckpoint(Path(checkpoint_dir) / CHECKPOINT_NAME, cfg.checkpoint.every_n_steps, settings,
@@ -352,6 +366,9 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
             metrics["seconds_total"] = round(timer.total_seconds, 3)
     if early_stopping:
         metrics.update(early_stopping.summary())
+    ema_before_collapse = guard.ema_before_collapse(module) if guard else None
+    if ema_before_collapse is not None:
+        metrics.update(guard.summary(), **before_collapse_metrics(module, ema_before_collapse))
     if problem.alpha is not None:
         metrics["alpha"] = f"the {problem.source_mode} input's alpha channel was set aside and copied to the outputs"
     restarts = module.restarts > 1 and not module.separate_images
@@ -360,6 +377,7 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
         restored_ema=module.ema_output().cpu(),
         restarts=outputs.cpu() if restarts else None,
         restarts_ema=module.ema.clamp(0, 1).cpu() if restarts else None,
+        ema_before_collapse=None if ema_before_collapse is None else ema_before_collapse.cpu(),
         observation=problem.observation_image,
         ground_truth=problem.ground_truth,
         metrics=metrics,

@@ -26,6 +26,7 @@ from dip.config import compose_config
 from dip.datasets import open_dataset
 from dip.errors import DipError
 from dip.metrics import psnr, psnr_y
+from dip.outputs import BEFORE_COLLAPSE_OUTPUT
 from dip.physics import BernoulliMask, GaussianNoise, Inpainting, RegionMask
 from tests.conftest import run_cli, run_cli_probing_lightning
 
@@ -763,3 +764,26 @@ def test_device_phase_limit_kills_a_step_that_ignores_sigterm(tmp_path):
     assert time.monotonic() - started < 60
     listed = subprocess.run(["tar", "tzf", str(tmp_path / "out" / "results.tar.gz")], capture_output=True, text=True)
     assert "./figures.txt" in listed.stdout.split()
+
+
+def test_an_image_whose_fit_collapsed_is_named_under_the_table_with_its_ema_from_before(tmp_path, monkeypatch):
+    from dip.callbacks import CollapseGuard
+
+    class SpoiledAtTheEnd(CollapseGuard):  # the real guard, after an EMA gone bad in the last step
+        def on_train_end(self, trainer, pl_module):
+            pl_module.ema.zero_()
+            super().on_train_end(trainer, pl_module)
+
+    monkeypatch.setattr("dip.pipeline.CollapseGuard", SpoiledAtTheEnd)
+    root, run_dir = tmp_path / "data", tmp_path / "run"
+    make_dataset(root, "Set5", ["baby.png"])
+    run_benchmark(compose("set5_x4", root, run_dir, "benchmark.baselines=[]", "cpu_jobs=1", "ema_weight=0.5"),
+                  run_dir)
+    metrics = json.loads((run_dir / "images" / "baby" / "metrics.json").read_text())
+    step = metrics["ema_before_collapse_step"]  # the best of the checks at steps 1 and 2
+    assert step in (1, 2) and (run_dir / "images" / "baby" / BEFORE_COLLAPSE_OUTPUT).is_file()
+    before = metrics["psnr_y_ema_before_collapse"]  # scored by the benchmark's protocol, as the columns are
+    assert before > metrics["psnr_y_ema"] + 3
+    assert (f"the fit collapsed at its end (its EMA's data term more than backtrack_db = 5.0 dB above its best): "
+            f"baby.png, EMA {before:.2f} dB at step {step} against {metrics['psnr_y_ema']:.2f} at the end") \
+        in (run_dir / "table.md").read_text()
