@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 import sys
 from pathlib import Path
 
@@ -64,17 +63,52 @@ def check_overrides(arguments: list[str], config_name: str = "config") -> None:
             fail(str(error).strip().splitlines()[0])
 
 
-def discard_run_dir(output_dir: Path) -> None:
-    """Remove what this failed job left: its outputs, Hydra's record and log, then the folder if empty."""
-    for name in OUTPUT_FILES:
-        (output_dir / name).unlink(missing_ok=True)
-    for path in output_dir.glob(RESTART_OUTPUT.format("*")):
-        path.unlink()
-    shutil.rmtree(output_dir / ".hydra", ignore_errors=True)
-    for log_file in output_dir.glob("*.log"):
-        log_file.unlink(missing_ok=True)
-    if output_dir.is_dir() and not any(output_dir.iterdir()):
-        output_dir.rmdir()
+class EarlierRuns:
+    """What the run folders named on the command line (``hydra.run.dir``, ``hydra.sweep.dir`` and the
+    job folders in it) held before Hydra started: the times their outputs and logs were written, and
+    Hydra's records, which Hydra rewrites before a job can fail. A failed job removes only what it wrote."""
+
+    def __init__(self):
+        self.written: dict[Path, int] = {}
+        self.records: dict[Path, bytes] = {}
+
+    def record(self, arguments: list[str]) -> None:
+        """Note what the folders named in the command line ``arguments`` and their job folders hold."""
+        keys = ("hydra.run.dir=", "hydra.sweep.dir=")
+        for folder in [Path(argument.partition("=")[2]) for argument in arguments if argument.startswith(keys)]:
+            for run_dir in [folder, *(sub for sub in folder.iterdir() if sub.is_dir())] if folder.is_dir() else []:
+                for path in _job_files(run_dir):
+                    self.written[path.resolve()] = path.stat().st_mtime_ns
+                for path in (run_dir / ".hydra").glob("*"):
+                    if path.is_file():
+                        self.records[path.resolve()] = path.read_bytes()
+
+    def discard(self, output_dir: Path) -> None:
+        """Remove what this failed job left: the outputs it wrote, its log unless an earlier run's (which
+        it added to), Hydra's record (an earlier run's is put back), then the folder if empty."""
+        for path in _job_files(output_dir):
+            earlier = self.written.get(path.resolve())
+            if earlier is None or (earlier != path.stat().st_mtime_ns and path.suffix != ".log"):
+                path.unlink()
+        record_dir = output_dir / ".hydra"
+        for path in record_dir.glob("*"):
+            if (earlier := self.records.get(path.resolve())) is not None:
+                path.write_bytes(earlier)
+            elif path.is_file():
+                path.unlink()
+        for folder in (record_dir, output_dir):
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+
+
+def _job_files(run_dir: Path) -> list[Path]:
+    """The files a job writes directly in its run folder: the outputs and Hydra's log."""
+    names = [run_dir / name for name in OUTPUT_FILES]
+    return [path for path in [*names, *run_dir.glob(RESTART_OUTPUT.format("*")), *run_dir.glob("*.log")]
+            if path.is_file()]
+
+
+EARLIER_RUNS = EarlierRuns()  # filled by launch, before Hydra writes anything
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
@@ -92,7 +126,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
 
         result = run(cfg, output_dir, problem)
     except DipError as error:
-        discard_run_dir(output_dir)
+        EARLIER_RUNS.discard(output_dir)
         hydra_config = HydraConfig.get()
         if hydra_config.mode != RunMode.MULTIRUN:
             fail(str(error))
@@ -105,7 +139,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
         print(interruption, file=sys.stderr)
         raise SystemExit(128 + interruption.signum) from None
     except KeyboardInterrupt:  # before training started: nothing worth keeping
-        discard_run_dir(output_dir)
+        EARLIER_RUNS.discard(output_dir)
         print("interrupted", file=sys.stderr)
         raise SystemExit(130) from None
     print(describe(result))
@@ -117,6 +151,7 @@ def launch(app, config_name: str = "config") -> None:
     """Start the Hydra ``app`` composing ``config_name``, its overrides checked first (unless the
     user asked for Hydra's help)."""
     register_resolvers()
+    EARLIER_RUNS.record(sys.argv[1:])
     if not any(a in ("--help", "-h", "--hydra-help", "--info", "--shell-completion") for a in sys.argv[1:]):
         check_overrides(sys.argv[1:], config_name=config_name)
     app()

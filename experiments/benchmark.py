@@ -18,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from dip.benchmark import run_benchmark  # noqa: E402
-from dip.cli import discard_run_dir, fail, launch  # noqa: E402
+from dip.cli import EARLIER_RUNS, fail, launch  # noqa: E402
 from dip.config import CONF_DIR  # noqa: E402
 from dip.errors import DipError, RunInterruptedError  # noqa: E402
 
@@ -29,7 +29,7 @@ def benchmark(cfg: DictConfig) -> None:
     try:
         run_benchmark(cfg, run_dir)
     except DipError as error:
-        discard_run_dir(run_dir)
+        EARLIER_RUNS.discard(run_dir)
         fail(str(error))
     except (RunInterruptedError, KeyboardInterrupt) as interruption:
         signum = getattr(interruption, "signum", signal.SIGINT)

@@ -81,6 +81,26 @@ def test_bad_input_gets_one_line_and_no_outputs(tmp_path, args, needles):
     assert not out.exists()
 
 
+def test_a_failed_run_into_a_finished_runs_folder_leaves_that_run_as_it_was(tmp_path):
+    out = tmp_path / "out"
+    assert run_cli("trainer.max_steps=2", "data.size=32", "logger=none", f"hydra.run.dir={out}").returncode == 0
+    (out / "notes.txt").write_text("the user's")
+
+    def files() -> dict:
+        return {str(path.relative_to(out)): path.read_bytes() for path in out.rglob("*") if path.is_file()}
+
+    before = files()
+    assert {"metrics.json", "restored.png", ".hydra/config.yaml", "cli.log"} <= before.keys()
+    done = run_cli("trainer.max_steps=2", "data.size=32", "logger=none", "ema_weight=2", f"hydra.run.dir={out}")
+    assert_one_line_error(done, "ema_weight must be in [0, 1), got 2")
+    after = files()
+    assert after.keys() == before.keys()
+    # Hydra's record of the finished run is put back; its log keeps its lines, the failed job's added
+    assert {name: data for name, data in after.items() if name != "cli.log"} == \
+        {name: data for name, data in before.items() if name != "cli.log"}
+    assert after["cli.log"].startswith(before["cli.log"])
+
+
 def test_a_missing_image_is_reported_before_lightning_is_imported(tmp_path):
     """The input is read first, so a mistyped path costs seconds, not the training stack's import."""
     out = tmp_path / "out"
