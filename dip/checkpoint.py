@@ -109,7 +109,8 @@ def check_resumable(path: Path, settings: dict, max_steps: int) -> Resumable:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         saved, step = checkpoint["dip"]["settings"], int(checkpoint["global_step"])
     except Exception as error:  # torch.load raises many kinds on a damaged file
-        raise DipError(f"cannot read checkpoint {path}: {one_line(error, 200)}") from None
+        raise DipError(f"cannot read checkpoint {path} (damaged, or not one of this framework's): delete it, or run "
+                       f"into another folder ({one_line(error, 80)})") from None
     differences = [  # a setting left out at its implied value is shown at that value
         f"{key}: {saved.get(key, IMPLIED_SETTINGS.get(key))!r} -> {settings.get(key, IMPLIED_SETTINGS.get(key))!r}"
         for key in sorted(set(saved) | set(settings))

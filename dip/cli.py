@@ -60,7 +60,8 @@ def check_overrides(arguments: list[str], config_name: str = "config") -> None:
         try:
             OmegaConf.to_container(compose_config(check, config_name=config_name), resolve=False)
         except HydraException as error:
-            fail(str(error).strip().splitlines()[0])
+            first, *rest = str(error).strip().splitlines()
+            fail(f"{first} {rest[0]}" if rest and rest[0].startswith("To append") else first)
 
 
 class EarlierRuns:

@@ -108,6 +108,34 @@ def compose_config(overrides: Sequence[str] = (), output_dir: str | Path | None 
     return cfg
 
 
+def check_settings(cfg: DictConfig) -> None:
+    """Refuse, in one line, the run's numbers that Lightning, torch or a callback would otherwise
+    reject with a traceback (or, like ``data.size=0``, quietly read as something else)."""
+    if cfg.get("profile") not in PROFILES:  # first: the steps and sizes that depend on it resolve through it
+        raise DipError(f"unknown profile '{cfg.get('profile')}' (choose from: {', '.join(PROFILES)})")
+
+    def whole(key: str, value, least: int = 1, none: str | None = None) -> None:
+        if (value is None and none) or (isinstance(value, int) and not isinstance(value, bool) and value >= least):
+            return
+        also = f", or null for {none}" if none else ""
+        raise DipError(f"{key} must be a whole number >= {least}{also}, got {value!r}")
+
+    whole("trainer.max_steps", cfg.trainer.max_steps)
+    whole("data.size", cfg.data.size, none="the whole image")
+    whole("metrics_every", cfg.metrics_every)
+    whole("image_log_every", cfg.image_log_every)
+    whole("max_rollbacks", cfg.max_rollbacks, none="never stopping")
+    if cfg.data.mode not in ("auto", "L", "RGB"):
+        raise DipError(f"data.mode must be auto, L or RGB, got {cfg.data.mode!r}")
+    for key, value in (("optim.lr", OmegaConf.select(cfg, "optim.lr")), ("backtrack_db", cfg.backtrack_db)):
+        if value is not None and not (isinstance(value, (int, float)) and value > 0):
+            raise DipError(f"{key} must be a number > 0{', or null for none' if key == 'backtrack_db' else ''}, "
+                           f"got {value!r}")
+    if cfg.data.get("mask") is not None and "mask_file" not in cfg.task.physics:
+        raise DipError(f"data.mask={cfg.data.mask} is given, but task {cfg.task.name} takes no mask (the inpainting "
+                       "tasks do)")
+
+
 def instantiate_settings(node: DictConfig, what: str, **kwargs):
     """Build ``node``; a constructor that rejects its settings becomes a one-line ``DipError``."""
     try:

@@ -78,7 +78,9 @@ def write_outputs(result: Result, output_dir: Path) -> None:
 def describe(result: Result) -> str:
     """The one-paragraph summary printed at the end of a run."""
     m = result.metrics
-    lines = [f"{m['task']} with {m['arch']}: {m['steps']} steps in {m['seconds']:.1f} s "
+    resumed = m.get("resumed_from_step")
+    done = f"{m['steps']} steps" if not resumed else f"steps {resumed + 1}-{m['steps']} (resumed)"
+    lines = [f"{m['task']} with {m['arch']}: {done} in {m['seconds']:.1f} s "
              f"({m['steps_per_second']:.1f} steps/s on {m['device']})"]
     if m["psnr"] is not None and m["psnr_observation"] is not None:
         lines.append(f"PSNR observation {m['psnr_observation']:.2f} dB -> restored {m['psnr']:.2f} dB "

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from omegaconf import DictConfig
 
-from dip.config import instantiate_settings
+from dip.config import check_settings, instantiate_settings
 from dip.errors import DipError
 from dip.images import centre_crop, load_image, read_image, resize_alpha
 from dip.physics import Degradation
@@ -156,7 +156,9 @@ def with_dataset_hint(error: DipError, root: str) -> DipError:
 def problem_from_config(cfg: DictConfig, clean=None, observation=None) -> Problem:
     """The task's degradation and the observation ``cfg`` describes (the same for the same
     ``observation_seed``); ``clean`` and ``observation`` (files or tensors) stand in for
-    ``data.path`` and ``data.observation``. The result does not depend on torch's global random state."""
+    ``data.path`` and ``data.observation``. The result does not depend on torch's global random state.
+    The run's settings are checked first (``check_settings``)."""
+    check_settings(cfg)
     physics = instantiate_settings(cfg.task.physics, "task")
     data = cfg.data
     try:

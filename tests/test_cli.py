@@ -70,6 +70,7 @@ def assert_one_line_error(done, *needles):
         (["input.distribution=poisson"], ["noise distribution 'poisson'"]),
         (["backtrack_against=worst"], ["backtrack_against must be 'last' or 'best'", "'worst'"]),
         (["ema_weight=1"], ["ema_weight must be in [0, 1), got 1"]),
+        (["data.size=0"], ["data.size must be a whole number >= 1, or null for the whole image, got 0"]),
         (["diverged_gradient=skip"], ["diverged_gradient must be one of keep, drop, damp", "'skip'"]),
         (["diverged_gradient=damp", "optim._target_=torch.optim.SGD"], ["diverged_gradient=damp", "SGD does not have"]),
     ],

@@ -1,6 +1,7 @@
 """The real configs, composed with Hydra's compose API, run end to end at tiny size."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -92,3 +93,33 @@ def test_denoising_gains_on_a_tiny_image(tmp_path):
                           "input.reg_noise_std=0", "trainer.enable_progress_bar=false"], output_dir=tmp_path)
     metrics = run(cfg, None).metrics
     assert metrics["psnr"] > metrics["psnr_observation"] - 1.0 or metrics["psnr_ema"] > metrics["psnr_observation"]
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    ("trainer.max_steps=0", "trainer.max_steps must be a whole number >= 1, got 0"),
+    ("trainer.max_steps=-1", "trainer.max_steps must be a whole number >= 1, got -1"),
+    ("data.size=0", "data.size must be a whole number >= 1, or null for the whole image, got 0"),
+    ("data.size=abc", "data.size must be a whole number >= 1, or null for the whole image, got 'abc'"),
+    ("data.mode=XYZ", "data.mode must be auto, L or RGB, got 'XYZ'"),
+    ("optim.lr=-1", "optim.lr must be a number > 0, got -1"),
+    ("metrics_every=0", "metrics_every must be a whole number >= 1, got 0"),
+    ("backtrack_db=-1", "backtrack_db must be a number > 0, or null for none, got -1"),
+    ("max_rollbacks=0", "max_rollbacks must be a whole number >= 1, or null for never stopping, got 0"),
+    ("profile=bogus", "unknown profile 'bogus' (choose from: auto, full, quick)"),
+    ("data.mask=mask.png", "data.mask=mask.png is given, but task denoising takes no mask"),
+    ("task=sr_x4 task.physics.factor=2.5", "the downsampling factor must be a whole number, got 2.5"),
+])
+def test_impossible_settings_are_one_line_before_anything_is_built(overrides, needle):
+    from dip.errors import DipError
+    from dip.problem import problem_from_config
+
+    with pytest.raises(DipError, match=re.escape(needle)):
+        problem_from_config(compose_config(overrides.split()))
+
+
+def test_settings_at_their_bounds_are_accepted():
+    from dip.problem import problem_from_config
+
+    cfg = compose_config(["trainer.max_steps=1", "data.size=1", "backtrack_db=null", "max_rollbacks=null",
+                          "data.mode=L", "metrics_every=1"])
+    assert problem_from_config(cfg).observation.shape[-2:] == (1, 1)

@@ -97,7 +97,7 @@ def load_alexnet(weights: str | Path | None = None) -> AlexNet:
     if not path.is_file():
         raise DipError(
             f"AlexNet ImageNet weights not found at {path}: download {WEIGHTS_URL} to "
-            f"{default_weights_path()} (or pass task.physics.weights=PATH)"
+            + (f"{default_weights_path()} (or pass task.physics.weights=PATH)" if weights is None else "that path")
         )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)

@@ -39,6 +39,8 @@ class LanczosDownsample(Degradation):
 
     def __init__(self, factor: int = 4, channels: int | None = None):
         super().__init__()
+        if factor != int(factor):  # int() would quietly make 2.5 a x2
+            raise ValueError(f"the downsampling factor must be a whole number, got {factor}")
         self.factor = int(factor)
         self.register_buffer("kernel", lanczos2_kernel(self.factor)[None, None], persistent=False)
         total = 3 * self.factor
