@@ -111,8 +111,10 @@ def compose_config(overrides: Sequence[str] = (), output_dir: str | Path | None 
 def check_settings(cfg: DictConfig) -> None:
     """Refuse, in one line, the run's numbers that Lightning, torch or a callback would otherwise
     reject with a traceback (or, like ``data.size=0``, quietly read as something else)."""
-    if cfg.get("profile") not in PROFILES:  # first: the steps and sizes that depend on it resolve through it
-        raise DipError(f"unknown profile '{cfg.get('profile')}' (choose from: {', '.join(PROFILES)})")
+    try:  # first: the steps and sizes that depend on the profile resolve through it
+        use_full_settings(cfg.get("profile"))
+    except ValueError as error:
+        raise DipError(str(error)) from None
 
     def whole(key: str, value, least: int = 1, none: str | None = None) -> None:
         if (value is None and none) or (isinstance(value, int) and not isinstance(value, bool) and value >= least):

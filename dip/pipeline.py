@@ -229,21 +229,16 @@ def final_metrics(
     restored, ema, truth = module.combine(outputs), module.ema_output(), module.ground_truth
     with torch.no_grad():
         fit = psnr_from_mse(problem.physics.data_term(restored, module.observation))  # one per restoration
-
-    def each(metric, images: torch.Tensor) -> list[torch.Tensor]:
-        return [metric(images[k:k + 1], truth[k:k + 1]) for k in range(len(images))]
-
     metrics = {"psnr": None, "psnr_ema": None, "ssim": None, "ssim_ema": None, "psnr_observation": None}
     if truth is not None:
         metrics.update(
-            psnr=each(psnr, restored), psnr_ema=each(psnr, ema), ssim=each(ssim, restored),
-            ssim_ema=each(ssim, ema), psnr_observation=None if baseline is None else each(psnr, baseline),
+            psnr=_each_image(psnr, restored, truth), psnr_ema=_each_image(psnr, ema, truth),
+            ssim=_each_image(ssim, restored, truth), ssim_ema=_each_image(ssim, ema, truth),
+            psnr_observation=None if baseline is None else _each_image(psnr, baseline, truth),
         )
-    metrics["psnr_fit"] = list(fit)
-    metrics = {key: None if values is None else [round(float(value), 4) for value in values]
-               for key, values in metrics.items()}
+    metrics["psnr_fit"] = [round(float(value), 4) for value in fit]
     if not module.separate_images:
-        metrics = {key: None if values is None else values[0] for key, values in metrics.items()}
+        metrics = _first_image(metrics)
         if module.restarts > 1 and truth is not None:  # each restart's own figures, beside their average's
             for key, images in (("psnr_restarts", outputs), ("psnr_ema_restarts", module.ema)):
                 metrics[key] = [round(float(value), 4) for value in per_image_psnr(images, truth)]
@@ -254,11 +249,19 @@ def before_collapse_metrics(module: DeepImagePrior, ema: torch.Tensor) -> dict:
     """PSNR and SSIM of the EMA kept from before a collapse (``CollapseGuard``), null without a ground
     truth; a list, one per image, for several images packed."""
     truth = module.ground_truth
-    if truth is None:
-        return {"psnr_ema_before_collapse": None, "ssim_ema_before_collapse": None}
-    values = {name: [round(float(metric(ema[k:k + 1], truth[k:k + 1])), 4) for k in range(len(ema))]
+    values = {name: None if truth is None else _each_image(metric, ema, truth)
               for name, metric in (("psnr_ema_before_collapse", psnr), ("ssim_ema_before_collapse", ssim))}
-    return values if module.separate_images else {name: value[0] for name, value in values.items()}
+    return values if module.separate_images else _first_image(values)
+
+
+def _each_image(metric, images: torch.Tensor, truth: torch.Tensor) -> list[float]:
+    """``metric`` of each image against its own ground truth, rounded as ``metrics.json`` keeps it."""
+    return [round(float(metric(images[k:k + 1], truth[k:k + 1])), 4) for k in range(len(images))]
+
+
+def _first_image(metrics: dict) -> dict:
+    """Per-image metrics of a fit of one image: its values, not lists of one."""
+    return {key: None if values is None else values[0] for key, values in metrics.items()}
 
 
 def make_logger(cfg: DictConfig, resumed: Resumable | None = None):
@@ -318,14 +321,15 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
     early_stopping = instantiate_settings(cfg.early_stop, "early_stop") if cfg.get("early_stop") else None
     # Early stopping already chooses the outputs; otherwise a fit that collapses at its end keeps an EMA from before
     guard = CollapseGuard(cfg.backtrack_db, cfg.metrics_every) if not early_stopping and cfg.backtrack_db else None
-    kept = early_stopping.kept_copies if early_stopping else (0, 1) if guard else (0, 0)
+    chooser = early_stopping or guard
+    kept = chooser.kept_copies if chooser else (0, 0)
     device = run_device(cfg.trainer.accelerator)
     need = check_fits(module, device, cfg.trainer.precision, kept) if cfg.check_memory else None
     settings = result_settings(cfg)
     resume = find_checkpoint(cfg.resume, checkpoint_dir)
     resumable = check_resumable(resume, settings, cfg.trainer.max_steps) if resume else Resumable(0, None)
     timer, memory = FitTimer(resumed=resume is not None), PeakMemory()
-    callbacks = [timer, memory, *callbacks] + [stopping for stopping in (early_stopping, guard) if stopping]
+    callbacks = [timer, memory, *callbacks] + ([chooser] if chooser else [])
     saver = None
     if checkpoint_dir is not None:  # after the others: it saves their state once their step is done
         saver = RunCheckpoint(Path(checkpoint_dir) / CHECKPOINT_NAME, cfg.checkpoint.every_n_steps, settings,

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 
-import pytorch_lightning as pl
 import torch
 
+from dip.callbacks.device_state import DeviceStateCallback
 
-class CollapseGuard(pl.Callback):
+
+class CollapseGuard(DeviceStateCallback):
     """Keep each copy's output EMA from the check where it fitted the observation best, and tell
     whether the fit ended collapsed.
 
@@ -25,6 +26,8 @@ class CollapseGuard(pl.Callback):
     collapse tells: a fit that goes on improving, or overfits noise, has its best residual at the end.
     """
 
+    kept_copies = (0, 1)  # for the memory check: no weights, one copy of the EMA
+
     def __init__(self, drop_db: float = 5.0, check_every: int = 50):
         if drop_db <= 0 or check_every < 1:
             raise ValueError(f"a collapse needs drop_db > 0 and check_every >= 1, got {drop_db}, {check_every}")
@@ -38,8 +41,7 @@ class CollapseGuard(pl.Callback):
         fresh = {"best_residual": torch.full((copies,), math.inf, device=device),
                  "best_step": torch.full((copies,), -1, device=device),
                  "kept_ema": torch.zeros_like(pl_module.ema)}
-        restored = self.state  # from a checkpoint, or empty
-        self.state = {key: restored[key].to(device) if key in restored else value for key, value in fresh.items()}
+        self.start_state(fresh, device)
 
     @torch.no_grad()
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -83,9 +85,3 @@ class CollapseGuard(pl.Callback):
         single = len(steps) == 1
         return {"ema_before_collapse_step": steps[0] if single else steps,
                 "collapse_drop_db": self.drops_db[0] if single else self.drops_db}
-
-    def state_dict(self) -> dict:
-        return {key: value.detach().cpu() for key, value in self.state.items()}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.state = dict(state_dict)

@@ -3,14 +3,14 @@ observation as closely as the clean image would, when the noise level is known (
 
 from __future__ import annotations
 
-import pytorch_lightning as pl
 import torch
 
+from dip.callbacks.device_state import DeviceStateCallback
 from dip.errors import DipError
 from dip.metrics import per_image_psnr
 
 
-class DiscrepancyStopping(pl.Callback):
+class DiscrepancyStopping(DeviceStateCallback):
     """Keep each copy's output EMA (and weights) from ``delay`` steps after its residual fell to the
     noise's energy; stop the run once every copy has its step.
 
@@ -61,9 +61,7 @@ class DiscrepancyStopping(pl.Callback):
             "kept_ema": torch.zeros_like(pl_module.ema),
             "kept_weights": pl_module.flat_weights.clone(),
         }
-        restored = self.state  # from a checkpoint, or empty
-        self.state = {key: restored[key].to(pl_module.device) if key in restored else value
-                      for key, value in fresh.items()}
+        self.start_state(fresh, pl_module.device)
 
     @torch.no_grad()
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
@@ -121,12 +119,6 @@ class DiscrepancyStopping(pl.Callback):
 
         return {"early_stop_step": steps("stopped_step"), "noise_level_step": steps("noise_level_step"),
                 "early_stopped_at": self.stopped_at, **self.final}
-
-    def state_dict(self) -> dict:
-        return {key: value.detach().cpu() for key, value in self.state.items()}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.state = dict(state_dict)
 
 
 def _rounded(values: torch.Tensor) -> list[float]:

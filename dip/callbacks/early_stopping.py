@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import math
 
-import pytorch_lightning as pl
 import torch
 
+from dip.callbacks.device_state import DeviceStateCallback
 from dip.metrics import psnr
 
 
-class VarianceEarlyStopping(pl.Callback):
+class VarianceEarlyStopping(DeviceStateCallback):
     """Stop when the running variance of the outputs has not decreased for ``patience`` steps.
 
     With ``x_t`` the output of step ``t`` (the one the loss saw) and ``W = window``, the variance
@@ -57,8 +57,7 @@ class VarianceEarlyStopping(pl.Callback):
                 "max_psnr": torch.tensor(-math.inf, device=device),
                 "max_psnr_step": torch.tensor(-1, device=device),
             }
-        restored = self.state  # from a checkpoint, or empty
-        self.state = {key: restored[key].to(device) if key in restored else value for key, value in fresh.items()}
+        self.start_state(fresh, device)
 
     @property
     def kept_copies(self) -> tuple[int, int]:
@@ -126,9 +125,3 @@ class VarianceEarlyStopping(pl.Callback):
                 "psnr_final": round(self.psnr_final, 4) if self.psnr_final is not None else None,
             }
         return summary
-
-    def state_dict(self) -> dict:
-        return {key: value.detach().cpu() for key, value in self.state.items()}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.state = dict(state_dict)

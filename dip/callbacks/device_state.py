@@ -1,0 +1,24 @@
+"""A callback whose state is a few tensors on the module's device, carried in checkpoints."""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+
+
+class DeviceStateCallback(pl.Callback):
+    """``self.state``: named tensors kept on the device during a fit (no host sync to update them),
+    saved to a checkpoint on the CPU and restored from it when a fit resumes."""
+
+    state: dict[str, torch.Tensor]
+
+    def start_state(self, fresh: dict[str, torch.Tensor], device: torch.device) -> None:
+        """Begin a fit with ``fresh`` values, except those a resumed checkpoint restored."""
+        restored = self.state  # from a checkpoint, or empty
+        self.state = {key: restored[key].to(device) if key in restored else value for key, value in fresh.items()}
+
+    def state_dict(self) -> dict:
+        return {key: value.detach().cpu() for key, value in self.state.items()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.state = dict(state_dict)
