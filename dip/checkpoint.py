@@ -19,23 +19,12 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from omegaconf import Container, DictConfig, OmegaConf
 from pytorch_lightning.loggers import WandbLogger
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from dip.config import IMPLIED_SETTINGS, dotted, without_implied_settings
+from dip.config import setting_differences
 from dip.errors import DipError, one_line
-
-CHECKPOINT_NAME = "checkpoint.ckpt"
-# Settings that change the result; the others (steps, logging, paths, device) may differ on resume.
-RESULT_SETTINGS = ("seed", "observation_seed", "task", "arch", "input", "optim", "data", "regularizer", "ema_weight",
-                   "backtrack_db", "backtrack_against", "diverged_gradient", "max_rollbacks", "early_stop",
-                   "trainer.precision", "restarts",
-                   # not the result, but which weights and buffers the checkpoint holds
-                   "speed.conv_bias_before_norm", "speed.batchnorm_running_stats",
-                   # nor the result, but the optimizer's state: per weight, or of the one weight tensor
-                   "speed.one_weight_tensor")
-IGNORED_SETTINGS = ("data.root",)
+from dip.outputs import CHECKPOINT_NAME
 
 
 class _StepSampler(Sampler):
@@ -67,15 +56,6 @@ class StepLoader(DataLoader):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.sampler.start = state_dict["next_step"]
-
-
-def result_settings(cfg: DictConfig) -> dict:
-    """The resolved settings that decide the result, flattened to ``{"optim.lr": 0.01, ...}``."""
-    nodes = {key: OmegaConf.select(cfg, key) for key in RESULT_SETTINGS}
-    selected = {key: OmegaConf.to_container(node, resolve=True) if isinstance(node, Container) else node
-                for key, node in nodes.items()}
-    settings = {key: value for key, value in dotted(selected).items() if key not in IGNORED_SETTINGS}
-    return without_implied_settings(settings)
 
 
 def find_checkpoint(resume: str | None, output_dir: Path | None) -> Path | None:
@@ -111,14 +91,8 @@ def check_resumable(path: Path, settings: dict, max_steps: int) -> Resumable:
     except Exception as error:  # torch.load raises many kinds on a damaged file
         raise DipError(f"cannot read checkpoint {path} (damaged, or not one of this framework's): delete it, or run "
                        f"into another folder ({one_line(error, 80)})") from None
-    differences = [  # a setting left out at its implied value is shown at that value
-        f"{key}: {saved.get(key, IMPLIED_SETTINGS.get(key))!r} -> {settings.get(key, IMPLIED_SETTINGS.get(key))!r}"
-        for key in sorted(set(saved) | set(settings))
-        if saved.get(key) != settings.get(key)
-    ]
-    if differences:
-        shown = "; ".join(differences[:4]) + ("; ..." if len(differences) > 4 else "")
-        raise DipError(f"checkpoint {path} was made with other settings ({shown}): use the same settings "
+    if differences := setting_differences(saved, settings):
+        raise DipError(f"checkpoint {path} was made with other settings ({differences}): use the same settings "
                        f"or another run directory")
     if step >= max_steps:
         raise DipError(f"checkpoint {path} already holds {step} steps (trainer.max_steps={max_steps}): raise "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -13,9 +14,9 @@ from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from dip.config import CONF_DIR, compose_config, config_groups, register_resolvers
+from dip.config import CONF_DIR, compose_config, config_groups, register_resolvers, result_settings, setting_differences
 from dip.errors import DipError, RunInterruptedError
-from dip.outputs import OUTPUT_FILES, RESTART_OUTPUT, describe
+from dip.outputs import CHECKPOINT_NAME, OUTPUT_FILES, RESTART_OUTPUT, describe
 from dip.problem import problem_from_config
 from dip.sweeps import record_failure
 
@@ -84,6 +85,14 @@ class EarlierRuns:
                     if path.is_file():
                         self.records[path.resolve()] = path.read_bytes()
 
+    def finished_config(self, output_dir: Path) -> DictConfig | None:
+        """The config of the run that had finished in ``output_dir`` before Hydra started (its
+        ``metrics.json`` and Hydra's record of it were there), else None."""
+        record = self.records.get((output_dir / ".hydra" / "config.yaml").resolve())
+        if record is None or (output_dir / "metrics.json").resolve() not in self.written:
+            return None
+        return OmegaConf.create(record.decode())
+
     def discard(self, output_dir: Path) -> None:
         """Remove what this failed job left: the outputs it wrote, its log unless an earlier run's (which
         it added to), Hydra's record (an earlier run's is put back), then the folder if empty."""
@@ -112,6 +121,37 @@ def _job_files(run_dir: Path) -> list[Path]:
 EARLIER_RUNS = EarlierRuns()  # filled by launch, before Hydra writes anything
 
 
+def finished_metrics(cfg: DictConfig, output_dir: Path) -> dict | None:
+    """The metrics of the run with ``cfg``'s settings that had finished in ``output_dir`` before this
+    launch, else None; ``DipError`` if the run that finished there had other settings, so that it is
+    not replaced. A final checkpoint kept there (``checkpoint.keep=true``) is for the pipeline to continue."""
+    earlier = EARLIER_RUNS.finished_config(output_dir)
+    if earlier is None or (output_dir / CHECKPOINT_NAME).is_file():
+        return None
+
+    def settings(config: DictConfig) -> dict:
+        return {**result_settings(config), "trainer.max_steps": config.trainer.max_steps}
+
+    if differences := setting_differences(settings(earlier), settings(cfg)):
+        raise DipError(f"{output_dir} holds a finished run with other settings ({differences}): run into another "
+                       f"folder, or delete its metrics.json to replace that run")
+    path = output_dir / "metrics.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise DipError(f"cannot read {path}: delete it to run again") from None
+
+
+def describe_finished(metrics: dict, output_dir: Path) -> str:
+    """The line printed instead of running again what ``output_dir`` already holds."""
+    if metrics.get("psnr") is not None:
+        quality = f"PSNR {metrics['psnr']:.2f} dB (EMA {metrics['psnr_ema']:.2f} dB)"
+    else:
+        quality = f"PSNR of the fit to the observation {metrics['psnr_fit']:.2f} dB"
+    return (f"already finished in {output_dir}: {metrics['steps']} steps, {quality}; nothing to run "
+            f"(delete its metrics.json to run it again)")
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def hydra_main(cfg: DictConfig) -> float | None:
     output_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -123,6 +163,10 @@ def hydra_main(cfg: DictConfig) -> float | None:
             print(run_experiment(cfg, output_dir))
             return None
         problem = problem_from_config(cfg)  # before importing Lightning: a bad input fails in seconds
+        if (finished := finished_metrics(cfg, output_dir)) is not None:  # a sweep run again to finish it
+            EARLIER_RUNS.discard(output_dir)  # puts back Hydra's record; the run's files are as they were
+            print(describe_finished(finished, output_dir))
+            return finished["psnr"] if finished.get("psnr") is not None else finished["psnr_fit"]
         from dip.pipeline import run
 
         result = run(cfg, output_dir, problem)

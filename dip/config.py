@@ -11,7 +11,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import Container, DictConfig, OmegaConf, open_dict
 
 from dip.errors import DipError
 from dip.gpus import visible_gpus, worker_count
@@ -69,6 +69,37 @@ def without_implied_settings(settings: dict) -> dict:
     """``settings`` less each of ``IMPLIED_SETTINGS`` at the value its absence meant."""
     return {key: value for key, value in settings.items()
             if key not in IMPLIED_SETTINGS or value != IMPLIED_SETTINGS[key]}
+
+
+# Settings that change the result; the others (steps, logging, paths, device) may differ on resume.
+RESULT_SETTINGS = ("seed", "observation_seed", "task", "arch", "input", "optim", "data", "regularizer", "ema_weight",
+                   "backtrack_db", "backtrack_against", "diverged_gradient", "max_rollbacks", "early_stop",
+                   "trainer.precision", "restarts",
+                   # not the result, but which weights and buffers the checkpoint holds
+                   "speed.conv_bias_before_norm", "speed.batchnorm_running_stats",
+                   # nor the result, but the optimizer's state: per weight, or of the one weight tensor
+                   "speed.one_weight_tensor")
+IGNORED_SETTINGS = ("data.root",)
+
+
+def result_settings(cfg: DictConfig) -> dict:
+    """The resolved settings that decide the result, flattened to ``{"optim.lr": 0.01, ...}``."""
+    nodes = {key: OmegaConf.select(cfg, key) for key in RESULT_SETTINGS}
+    selected = {key: OmegaConf.to_container(node, resolve=True) if isinstance(node, Container) else node
+                for key, node in nodes.items()}
+    settings = {key: value for key, value in dotted(selected).items() if key not in IGNORED_SETTINGS}
+    return without_implied_settings(settings)
+
+
+def setting_differences(saved: dict, settings: dict) -> str:
+    """The settings (as ``result_settings`` gives them) that differ between ``saved`` and ``settings``,
+    as ``"seed: 0 -> 1; ..."`` (at most four), or ``""``."""
+    differences = [  # a setting left out at its implied value is shown at that value
+        f"{key}: {saved.get(key, IMPLIED_SETTINGS.get(key))!r} -> {settings.get(key, IMPLIED_SETTINGS.get(key))!r}"
+        for key in sorted(set(saved) | set(settings))
+        if saved.get(key) != settings.get(key)
+    ]
+    return "; ".join(differences[:4]) + ("; ..." if len(differences) > 4 else "")
 
 
 def register_resolvers() -> None:

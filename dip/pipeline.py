@@ -26,9 +26,8 @@ from dip.checkpoint import (
     StepLoader,
     check_resumable,
     find_checkpoint,
-    result_settings,
 )
-from dip.config import instantiate_settings
+from dip.config import instantiate_settings, result_settings
 from dip.errors import DipError, RunInterruptedError
 from dip.inputs import padded_size
 from dip.loggers import ImageLogger, flat_config

@@ -82,9 +82,13 @@ def test_bad_input_gets_one_line_and_no_outputs(tmp_path, args, needles):
     assert not out.exists()
 
 
-def test_a_failed_run_into_a_finished_runs_folder_leaves_that_run_as_it_was(tmp_path):
+def test_a_finished_runs_folder_is_kept_whatever_runs_into_it_again(tmp_path):
+    """Into a folder a finished run filled: the same run again is reported, not rerun (before Lightning
+    is imported); a run with other settings and a run with an impossible option are refused. Each time
+    the earlier run's files and Hydra's record of it stay as they were; its log keeps its lines."""
     out = tmp_path / "out"
-    assert run_cli("trainer.max_steps=2", "data.size=32", "logger=none", f"hydra.run.dir={out}").returncode == 0
+    run = ["trainer.max_steps=2", "data.size=32", "logger=none", f"hydra.run.dir={out}"]
+    assert run_cli(*run).returncode == 0
     (out / "notes.txt").write_text("the user's")
 
     def files() -> dict:
@@ -92,11 +96,18 @@ def test_a_failed_run_into_a_finished_runs_folder_leaves_that_run_as_it_was(tmp_
 
     before = files()
     assert {"metrics.json", "restored.png", ".hydra/config.yaml", "cli.log"} <= before.keys()
-    done = run_cli("trainer.max_steps=2", "data.size=32", "logger=none", "ema_weight=2", f"hydra.run.dir={out}")
-    assert_one_line_error(done, "ema_weight must be in [0, 1), got 2")
+    psnr = json.loads(before["metrics.json"])["psnr"]
+    again = run_cli_probing_lightning(tmp_path, *reversed(run))  # the same settings, in another order
+    assert again.returncode == 0, again.stderr
+    assert f"already finished in {out}: 2 steps, PSNR {psnr:.2f} dB" in again.stdout
+    assert "lightning imported: False" in again.stdout
+    refusals = [(["seed=1"], [f"{out} holds a finished run with other settings", "seed: 0 -> 1", "metrics.json"]),
+                (["trainer.max_steps=3"], ["trainer.max_steps: 2 -> 3"]),
+                (["metrics_every=0"], ["metrics_every"])]
+    for extra, needles in refusals:
+        assert_one_line_error(run_cli(*run, *extra), *needles)
     after = files()
     assert after.keys() == before.keys()
-    # Hydra's record of the finished run is put back; its log keeps its lines, the failed job's added
     assert {name: data for name, data in after.items() if name != "cli.log"} == \
         {name: data for name, data in before.items() if name != "cli.log"}
     assert after["cli.log"].startswith(before["cli.log"])

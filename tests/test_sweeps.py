@@ -17,8 +17,8 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from dip import sweeps
-from dip.checkpoint import CHECKPOINT_NAME, Resumable, check_resumable, result_settings
-from dip.config import compose_config, sweep_name
+from dip.checkpoint import CHECKPOINT_NAME, Resumable, check_resumable
+from dip.config import compose_config, result_settings, sweep_name
 from dip.loggers import flat_config
 from dip.pipeline import make_logger, run
 from dip.wandb_files import offline_run_file, offline_run_records
@@ -185,6 +185,16 @@ def test_a_grid_sweep_runs_every_job_even_when_some_fail(tmp_path):
     assert "sweep: 2 finished run(s)" in result.stdout and "failed: 2 job(s)" in result.stdout
     page = compare.write_dashboard(sweep, sweep).read_text()
     assert "2 job(s) failed" in page and "image file not found" in page
+
+
+def test_a_sweep_run_again_into_its_folder_runs_only_the_jobs_it_lacks(tmp_path):
+    sweep = tmp_path / "sweep"
+    multirun(sweep, "seed=0,1", "logger=none")
+    written = {job: (sweep / job / "metrics.json").stat().st_mtime_ns for job in ("0", "1")}
+    result = multirun(sweep, "seed=0,1,2", "logger=none")
+    assert result.stdout.count("already finished in") == 2 and f"sweep: 3 finished run(s) in {sweep}" in result.stdout
+    assert {job: (sweep / job / "metrics.json").stat().st_mtime_ns for job in ("0", "1")} == written
+    assert [metrics(sweep / job)["seed"] for job in ("0", "1", "2")] == [0, 1, 2]
 
 
 def test_grid_multirun_then_dashboard(tmp_path):
