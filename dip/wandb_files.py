@@ -18,6 +18,7 @@ def offline_run_records(run_file: Path):
     chunks, each ``crc32c (4) | length (2, little-endian) | type (1: full, 2: first, 3: middle,
     4: last) | data``; a block's tail shorter than a chunk header is padding.
     """
+    from google.protobuf.message import DecodeError
     from wandb.proto import wandb_internal_pb2
 
     data = Path(run_file).read_bytes()
@@ -37,7 +38,10 @@ def offline_run_records(run_file: Path):
         pending = chunk if kind in (FULL, FIRST) else pending + chunk
         if kind in (FULL, LAST):
             record = wandb_internal_pb2.Record()
-            record.ParseFromString(pending)
+            try:
+                record.ParseFromString(pending)
+            except DecodeError:
+                raise ValueError(f"{run_file} holds a damaged record") from None
             yield record
 
 

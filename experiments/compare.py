@@ -8,8 +8,8 @@ wherever it ran, and writes into SWEEP_DIR (or ``--out``):
   the group's images and seeds);
 - ``image_grid.png``: each image's restorations side by side, the best one per image framed;
 - ``dashboard.html``: both figures, a table per group (final and best PSNR, steps/s, peak memory)
-  and a table of every run, and the jobs that failed (``failed_jobs.txt``). It opens from disk: no
-  server, no network, images by relative path.
+  and a table of every run (a folder it cannot read is a row saying why), and the jobs that failed
+  (``failed_jobs.txt``). It opens from disk: no server, no network, images by relative path.
 
 Groups are architectures unless ``--by KEY`` names another setting (``--by optim.lr``).
 """
@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from dip.config import image_name  # noqa: E402
-from dip.errors import DipError  # noqa: E402
+from dip.errors import DipError, one_line  # noqa: E402
 from dip.sweeps import FAILED_JOBS, failed_jobs  # noqa: E402
 from dip.wandb_files import offline_history  # noqa: E402
 
@@ -56,6 +56,7 @@ class Run:
     metrics: dict | None  # metrics.json; None while unfinished
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # metric -> [(step, value)]
     curve_source: str = "none"
+    unreadable: str | None = None  # why the folder's files could not be read (then metrics is None)
 
     @property
     def finished(self) -> bool:
@@ -132,23 +133,39 @@ def read_curves(run_dir: Path) -> tuple[dict, str]:
 
 
 def find_runs(sweep_dir: Path) -> list[Run]:
+    """Every run folder under ``sweep_dir``; one whose files cannot be read (a damaged ``metrics.json``,
+    say) is listed as unreadable rather than stopping the dashboard."""
     runs = []
     for config_file in sorted(sweep_dir.glob("**/.hydra/config.yaml")):
         run_dir = config_file.parent.parent
-        metrics_file = run_dir / "metrics.json"
-        hydra_cfg = read_yaml(run_dir / ".hydra" / "hydra.yaml") or {}
-        run = Run(
-            path=run_dir,
-            name=str(run_dir.relative_to(sweep_dir)),
-            overrides=read_yaml(run_dir / ".hydra" / "overrides.yaml") or [],
-            config=flatten(read_yaml(config_file) or {}),
-            choices=hydra_cfg.get("hydra", {}).get("runtime", {}).get("choices", {}) or {},
-            metrics=json.loads(metrics_file.read_text()) if metrics_file.is_file() else None,
-        )
-        run.curves, run.curve_source = read_curves(run_dir)
-        runs.append(run)
+        name = str(run_dir.relative_to(sweep_dir))
+        try:
+            runs.append(read_run(run_dir, name))
+        except (OSError, ValueError, yaml.YAMLError, csv.Error) as error:
+            runs.append(Run(path=run_dir, name=name, overrides=[], config={}, choices={}, metrics=None,
+                            unreadable=one_line(error, 200)))
     runs.sort(key=lambda run: [int(part) if part.isdigit() else part for part in Path(run.name).parts])
     return runs
+
+
+def read_run(run_dir: Path, name: str) -> Run:
+    """The run in ``run_dir``; ``ValueError`` (or the reader's own error) naming a file it cannot read."""
+    metrics_file = run_dir / "metrics.json"
+    try:
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
+    except ValueError as error:
+        raise ValueError(f"{metrics_file}: {error}") from None
+    hydra_cfg = read_yaml(run_dir / ".hydra" / "hydra.yaml") or {}
+    run = Run(
+        path=run_dir,
+        name=name,
+        overrides=read_yaml(run_dir / ".hydra" / "overrides.yaml") or [],
+        config=flatten(read_yaml(run_dir / ".hydra" / "config.yaml") or {}),
+        choices=hydra_cfg.get("hydra", {}).get("runtime", {}).get("choices", {}) or {},
+        metrics=metrics,
+    )
+    run.curves, run.curve_source = read_curves(run_dir)
+    return run
 
 
 def quality_key(runs: list[Run]) -> str:
@@ -271,8 +288,10 @@ def run_table(runs: list[Run], unfinished: list[Run], key: str, by: str, best: d
             f"<td>{run.curve_source}</td><td><code>{html.escape(' '.join(run.overrides))}</code></td>"
             f"<td><img src='{link}/restored.png' alt='{html.escape(run.name)}' height='64'></td></tr>"
         )
-    rows += [f"<tr class='unfinished'><td>{html.escape(run.name)}</td><td colspan='14'>unfinished: no metrics.json "
-             f"(<code>{html.escape(' '.join(run.overrides))}</code>)</td></tr>" for run in unfinished]
+    rows += [f"<tr class='unfinished'><td>{html.escape(run.name)}</td><td colspan='14'>"
+             + (f"unreadable: {html.escape(run.unreadable)}" if run.unreadable else
+                f"unfinished: no metrics.json (<code>{html.escape(' '.join(run.overrides))}</code>)")
+             + "</td></tr>" for run in unfinished]
     return (f"<table><tr><th>run</th><th>{html.escape(by)}</th><th>image</th><th>seed</th><th>final {key}</th>"
             f"<th>best {key}</th><th>psnr_ema</th><th>steps</th><th>steps/s</th><th>peak MiB</th>"
             "<th>estimated MiB</th><th>device</th><th>curve</th><th>overrides</th><th>restored</th></tr>"
@@ -322,7 +341,7 @@ def write_dashboard(sweep_dir: Path, out: Path, by: str = "arch") -> Path:
     page = f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>dip sweep {html.escape(sweep_dir.name)}</title><style>{STYLE}</style></head>
 <body><h1>Sweep <code>{html.escape(sweep_dir.name)}</code></h1>
-<p>{len(runs)} finished run(s){f", {len(unfinished)} unfinished" if unfinished else ""} in
+<p>{len(runs)} finished run(s){f", {len(unfinished)} unfinished or unreadable" if unfinished else ""} in
 <a href="{html.escape(rel)}/">{html.escape(str(sweep_dir))}</a>, grouped by <code>{html.escape(by)}</code>;
 quality: <code>{key}</code> ({'against the ground truth' if key == 'psnr' else 'fit to the observation'}).</p>
 {''.join(f'<p>{note}</p>' for note in notes)}

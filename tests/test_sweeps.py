@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import re
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -195,6 +196,17 @@ def test_a_sweep_run_again_into_its_folder_runs_only_the_jobs_it_lacks(tmp_path)
     assert result.stdout.count("already finished in") == 2 and f"sweep: 3 finished run(s) in {sweep}" in result.stdout
     assert {job: (sweep / job / "metrics.json").stat().st_mtime_ns for job in ("0", "1")} == written
     assert [metrics(sweep / job)["seed"] for job in ("0", "1", "2")] == [0, 1, 2]
+
+    # The dashboard lists a folder it cannot read (a damaged metrics.json, a damaged W&B run file) and
+    # shows the others.
+    (sweep / "1" / "metrics.json").write_text("{damaged")
+    damaged_record = b":W&B\x00\x00\x00" + b"\x00" * 4 + struct.pack("<HB", 4, 1) + b"\xff" * 4
+    (sweep / "2" / "wandb" / "offline-run-20261205_000000-x").mkdir(parents=True)
+    (sweep / "2" / "wandb" / "offline-run-20261205_000000-x" / "run-x.wandb").write_bytes(damaged_record)
+    page = compare.write_dashboard(sweep, sweep).read_text()
+    assert "1 finished run(s), 2 unfinished or unreadable" in page
+    assert f"unreadable: {sweep / '1' / 'metrics.json'}: Expecting" in page
+    assert f"unreadable: {sweep / '2' / 'wandb'}" in page and "damaged record" in page
 
 
 def test_grid_multirun_then_dashboard(tmp_path):
