@@ -44,7 +44,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dip.baselines import BASELINES, BaselineUnavailableError
-from dip.config import without_implied_settings
+from dip.config import dotted, refuse_other_settings, without_implied_settings
 from dip.datasets import DatasetImage, open_dataset
 from dip.errors import DipError, MemoryShortError, RunInterruptedError, one_line
 from dip.gpus import pin_to_gpu, visible_gpus, worker_count
@@ -131,6 +131,10 @@ def score(x: torch.Tensor, truth: torch.Tensor, protocol: str, shave: int) -> di
     return {"psnr": float(psnr(x[window], truth[window]))}
 
 
+class IncompleteTableError(DipError):
+    """Some images or baselines failed; the table written covers the others."""
+
+
 def _write_json(path: Path, data: dict) -> None:
     text = json.dumps(data, indent=2, sort_keys=True) + "\n"
     write_atomically(path, lambda handle: handle.write(text.encode()))
@@ -178,20 +182,41 @@ def _relocate(value, old: str, new: str):
     return value
 
 
-def _finished(job: ImageJob, result_file: str) -> dict | None:
-    """The saved result of ``job`` if an earlier run, here or elsewhere, finished it with the same config."""
-    config_file, result = job.output_dir / "config.yaml", job.output_dir / result_file
-    if not (config_file.is_file() and result.is_file()):
+def _saved_config(job: ImageJob) -> dict | None:
+    """The config of the restoration that finished in ``job``'s folder (its ``config.yaml`` beside a
+    ``metrics.json``), else None; ``DipError`` when that config cannot be read."""
+    config_file = job.output_dir / "config.yaml"
+    if not (config_file.is_file() and (job.output_dir / "metrics.json").is_file()):
         return None
     try:
         saved = yaml.safe_load(config_file.read_text())
-    except yaml.YAMLError:
-        return None
-    if not isinstance(saved, dict) or _restoration_key(saved) != _restoration_key(job.config):
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        saved = None
+    if not isinstance(saved, dict):
+        raise DipError(f"cannot read {config_file}: delete {job.output_dir / 'metrics.json'} to restore "
+                       f"{job.name} again")
+    return saved
+
+
+def _finished(job: ImageJob) -> dict | None:
+    """The saved metrics of ``job`` if an earlier run, here or elsewhere, finished it with the same config."""
+    saved = _saved_config(job)
+    if saved is None or _restoration_key(saved) != _restoration_key(job.config):
         return None
     if job.keep_outputs and not (job.output_dir / OUTPUTS_FILE).is_file():
         return None
-    return json.loads(result.read_text())
+    path = job.output_dir / "metrics.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise DipError(f"cannot read {path}: delete it to restore {job.name} again") from None
+
+
+def _refuse_replacing(jobs: list[ImageJob]) -> None:
+    """Before any fit: ``DipError`` if a job to run would replace a restoration finished with other settings."""
+    for job in jobs:
+        if (saved := _saved_config(job)) is not None:
+            refuse_other_settings(job.output_dir, dotted(_restoration_key(saved)), dotted(_restoration_key(job.config)))
 
 
 @dataclass(frozen=True)
@@ -244,9 +269,6 @@ def restore_pack(pack: Pack) -> list[dict]:
     ``metrics.json`` go to its sub-run."""
     from dip.pipeline import run  # here, not at the top: a missing dataset is reported before Lightning loads
 
-    for job in pack.jobs:
-        text = _config_text(job.config).encode()
-        write_atomically(job.output_dir / "config.yaml", lambda handle, text=text: handle.write(text))
     first = pack.jobs[0]
     # the checkpoint in the sub-run (or the pack's folder): an interrupted benchmark, run again, continues it
     if len(pack.jobs) == 1:
@@ -285,6 +307,9 @@ def _score_and_write(job: ImageJob, result: Result, pack: Pack) -> dict:
     if job.keep_outputs:
         outputs = {"restored": result.restored, "restored_ema": result.restored_ema}
         write_atomically(job.output_dir / OUTPUTS_FILE, lambda handle: torch.save(outputs, handle))
+    # only now, beside the metrics.json that follows: a fit that fails leaves a finished one's config as it was
+    text = _config_text(job.config).encode()
+    write_atomically(job.output_dir / "config.yaml", lambda handle: handle.write(text))
     write_outputs(result, job.output_dir)
     return metrics
 
@@ -486,7 +511,11 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> dict:
     per_image = [(run_dir / "images" / image.stem, image_jobs(cfg, image, run_dir / "images" / image.stem))
                  for image in images]
     jobs = [job for _, image_runs in per_image for job in image_runs]
-    finished = {job.output_dir: saved for job in jobs if (saved := _finished(job, "metrics.json")) is not None}
+    finished = {job.output_dir: saved for job in jobs if (saved := _finished(job)) is not None}
+    outside = {job.name: "they are outside benchmark.restore" for job in jobs
+               if job.output_dir not in finished and restorable is not None and job.name not in restorable}
+    to_restore = [job for job in jobs if job.output_dir not in finished and job.name not in outside]
+    _refuse_replacing(to_restore)
     if restorable == set() and not any(all(job.output_dir in finished for job in image_runs)
                                        for _, image_runs in per_image):
         raise DipError(f"benchmark.restore=[] only tabulates, but no image of {spec.name} is restored in "
@@ -498,10 +527,7 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> dict:
         from dip.pipeline import check_copies  # after the dataset checks: Lightning takes seconds to load
 
         check_copies(cfg, cfg.images_per_fit)
-    outside = {job.name: "they are outside benchmark.restore" for job in jobs
-               if job.output_dir not in finished and restorable is not None and job.name not in restorable}
-    packs = pack_jobs([job for job in jobs if job.output_dir not in finished and job.name not in outside],
-                      cfg.images_per_fit, run_dir / "packs")
+    packs = pack_jobs(to_restore, cfg.images_per_fit, run_dir / "packs")
     gpus = [] if cfg.trainer.accelerator == "cpu" else visible_gpus()
     workers = max(1, min(len(packs), worker_count(gpus, cfg.jobs_per_gpu, cfg.cpu_jobs)))
     log.info(f"{spec.name}: {len(images)} images x {spec.runs} run(s) from {Path(cfg.data.root) / spec.dataset}, "
@@ -551,13 +577,14 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> dict:
         name, reason = next(iter(run_info["failed"].items()))
         first = reason if len(failed) == 1 else f"the first, {name}: {reason}"
         covered = f"the table in {run_dir} covers the {len(metrics)} image(s) finished" if metrics else "no table"
-        raise DipError(f"{len(failed)} image(s) failed ({_some_names(sorted(failed))}): {first}; {covered}, and "
-                       f"the same command retries the failed")
+        error = IncompleteTableError if metrics else DipError
+        raise error(f"{len(failed)} image(s) failed ({_some_names(sorted(failed))}): {first}; {covered}, and "
+                    f"the same command retries the failed")
     if table.baseline_failures:
         name, failures = next(iter(table.baseline_failures.items()))
-        raise DipError(f"baseline {name} failed on {len(failures)} image(s) ({_some_names(list(failures))}): "
-                       f"{next(iter(failures.values()))}; the table in {run_dir} leaves its cells empty, and the "
-                       f"same command retries it")
+        raise IncompleteTableError(f"baseline {name} failed on {len(failures)} image(s) "
+                                   f"({_some_names(list(failures))}): {next(iter(failures.values()))}; the table in "
+                                   f"{run_dir} leaves its cells empty, and the same command retries it")
     return table.mean
 
 

@@ -14,7 +14,13 @@ from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from dip.config import CONF_DIR, compose_config, config_groups, register_resolvers, result_settings, setting_differences
+from dip.config import (
+    CONF_DIR,
+    checked_config,
+    finished_run_settings,
+    refuse_other_settings,
+    register_resolvers,
+)
 from dip.errors import DipError, RunInterruptedError
 from dip.outputs import CHECKPOINT_NAME, OUTPUT_FILES, RESTART_OUTPUT, describe
 from dip.problem import problem_from_config
@@ -45,7 +51,6 @@ def check_overrides(arguments: list[str], config_name: str = "config") -> None:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as error:
         fail(f"cannot parse overrides: {str(error).splitlines()[0]}")
-    groups = config_groups()
     fixed, sweeps = [], []
     for override, text in zip(parsed, overrides):
         if not override.is_sweep_override():
@@ -54,15 +59,10 @@ def check_overrides(arguments: list[str], config_name: str = "config") -> None:
             sweeps.append([f"{override.get_key_element()}={v}" for v in override.sweep_string_iterator()])
     checks = [fixed] + [fixed + [choice] for sweep in sweeps for choice in sweep]
     for check in checks:
-        for option in check:
-            key, _, value = option.lstrip("+~").partition("=")
-            if key in groups and value not in groups[key]:
-                fail(f"unknown {key} '{value}' (choose from: {', '.join(groups[key])})")
         try:
-            OmegaConf.to_container(compose_config(check, config_name=config_name), resolve=False)
-        except HydraException as error:
-            first, *rest = str(error).strip().splitlines()
-            fail(f"{first} {rest[0]}" if rest and rest[0].startswith("To append") else first)
+            OmegaConf.to_container(checked_config(check, config_name=config_name), resolve=False)
+        except DipError as error:
+            fail(str(error))
 
 
 class EarlierRuns:
@@ -128,13 +128,7 @@ def finished_metrics(cfg: DictConfig, output_dir: Path) -> dict | None:
     earlier = EARLIER_RUNS.finished_config(output_dir)
     if earlier is None or (output_dir / CHECKPOINT_NAME).is_file():
         return None
-
-    def settings(config: DictConfig) -> dict:
-        return {**result_settings(config), "trainer.max_steps": config.trainer.max_steps}
-
-    if differences := setting_differences(settings(earlier), settings(cfg)):
-        raise DipError(f"{output_dir} holds a finished run with other settings ({differences}): run into another "
-                       f"folder, or delete its metrics.json to replace that run")
+    refuse_other_settings(output_dir, finished_run_settings(earlier), finished_run_settings(cfg))
     path = output_dir / "metrics.json"
     try:
         return json.loads(path.read_text())

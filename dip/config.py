@@ -9,6 +9,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import Container, DictConfig, OmegaConf, open_dict
@@ -102,6 +103,19 @@ def setting_differences(saved: dict, settings: dict) -> str:
     return "; ".join(differences[:4]) + ("; ..." if len(differences) > 4 else "")
 
 
+def finished_run_settings(cfg: DictConfig) -> dict:
+    """What a finished run's outputs depend on: ``result_settings`` and the number of steps."""
+    return {**result_settings(cfg), "trainer.max_steps": cfg.trainer.max_steps}
+
+
+def refuse_other_settings(folder: Path, saved: dict, settings: dict) -> None:
+    """``DipError`` when the run finished in ``folder`` with the flat settings ``saved`` differs from
+    one with ``settings``: its outputs are kept, not replaced by those of another run."""
+    if differences := setting_differences(saved, settings):
+        raise DipError(f"{folder} holds a finished run with other settings ({differences}): run into another "
+                       f"folder, or delete its metrics.json to replace that run")
+
+
 def register_resolvers() -> None:
     """Registered on import too: launchers run jobs in fresh processes that import this module."""
     OmegaConf.register_new_resolver("profile", _profile, replace=True)
@@ -137,6 +151,22 @@ def compose_config(overrides: Sequence[str] = (), output_dir: str | Path | None 
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir) if output_dir is not None else None
     return cfg
+
+
+def checked_config(overrides: Sequence[str] = (), output_dir: str | Path | None = None,
+                   config_name: str = "config") -> DictConfig:
+    """``compose_config``, with an override that picks an option its config group lacks, or that Hydra
+    rejects, refused as a one-line ``DipError`` (Hydra's own messages span several lines)."""
+    groups = config_groups()
+    for option in overrides:
+        key, _, value = option.lstrip("+~").partition("=")
+        if key in groups and value not in groups[key]:
+            raise DipError(f"unknown {key} '{value}' (choose from: {', '.join(groups[key])})")
+    try:
+        return compose_config(overrides, output_dir, config_name)
+    except HydraException as error:
+        first, *rest = str(error).strip().splitlines()
+        raise DipError(f"{first} {rest[0]}" if rest and rest[0].startswith("To append") else first) from None
 
 
 def check_settings(cfg: DictConfig) -> None:

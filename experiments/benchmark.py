@@ -17,7 +17,7 @@ import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from dip.benchmark import run_benchmark  # noqa: E402
+from dip.benchmark import IncompleteTableError, run_benchmark  # noqa: E402
 from dip.cli import EARLIER_RUNS, fail, launch  # noqa: E402
 from dip.config import CONF_DIR  # noqa: E402
 from dip.errors import DipError, RunInterruptedError  # noqa: E402
@@ -29,7 +29,8 @@ def benchmark(cfg: DictConfig) -> None:
     try:
         run_benchmark(cfg, run_dir)
     except DipError as error:
-        EARLIER_RUNS.discard(run_dir)
+        if not isinstance(error, IncompleteTableError):  # a table written is this run's, and so is its log
+            EARLIER_RUNS.discard(run_dir)
         fail(str(error))
     except (RunInterruptedError, KeyboardInterrupt) as interruption:
         signum = getattr(interruption, "signum", signal.SIGINT)

@@ -151,9 +151,14 @@ def test_sr_table_has_a_row_per_image_a_mean_row_and_resumes(tmp_path):
     before = finished.stat().st_mtime_ns
     run_benchmark(compose("set5_x4", root, run_dir), run_dir)  # same config: nothing restored again
     assert finished.stat().st_mtime_ns == before
-    run_benchmark(compose("set5_x4", root, run_dir, "seed=1"), run_dir)  # another config: restored again
-    assert finished.stat().st_mtime_ns != before
-    assert read_csv(run_dir / "table.csv")[0]["seed"] == "1"
+    table_before = (run_dir / "table.csv").read_bytes()
+    with pytest.raises(DipError, match=r"images/baby holds a finished run with other settings "
+                                       r"\(observation_seed: 0 -> 1; seed: 0 -> 1\)"):
+        run_benchmark(compose("set5_x4", root, run_dir, "seed=1"), run_dir)  # refused before any fit
+    assert finished.stat().st_mtime_ns == before and (run_dir / "table.csv").read_bytes() == table_before
+    (run_dir / "images" / "bird" / "config.yaml").write_text("{damaged")
+    with pytest.raises(DipError, match=r"cannot read .*bird/config.yaml: delete .*bird/metrics.json to restore"):
+        run_benchmark(compose("set5_x4", root, run_dir), run_dir)
 
 
 def test_an_image_cut_mid_fit_continues_from_its_checkpoint(tmp_path):
@@ -308,6 +313,7 @@ def test_a_failed_fit_leaves_the_others_to_finish_then_is_retried(tmp_path, monk
     assert [row["image"] for row in read_csv(run_dir / "table.csv")] == ["baby.png", "mean"]
     run_line = next(line for line in (run_dir / "table.md").read_text().splitlines() if line.startswith("- run:"))
     assert "; failed (" in run_line and "bird.png: a 6x6 image is too small for x4" in run_line
+    assert not (run_dir / "images" / "bird" / "config.yaml").exists()  # written beside metrics.json only
     (directory / "bird.png").write_bytes(good)
     run_benchmark(compose("set5_x4", root, run_dir, *settings), run_dir)
     assert [row["image"] for row in read_csv(run_dir / "table.csv")] == ["baby.png", "bird.png", "mean"]
@@ -633,6 +639,26 @@ def test_cli_restore_outside_the_selection_is_one_line_before_lightning(tmp_path
                                    f"({tmp_path / 'data' / 'Set5'}, benchmark.images)")
     assert "lightning imported: False" in done.stdout
     assert not out.exists()
+
+
+def test_cli_keeps_a_partly_failed_benchmark_and_refuses_to_replace_it_with_other_settings(tmp_path):
+    directory = make_dataset(tmp_path / "data", "Set5", ["baby.png", "bird.png"])
+    Image.fromarray(np.zeros((6, 6, 3), np.uint8)).save(directory / "bird.png")
+    out = tmp_path / "out"
+    settings = ["benchmark=set5_x4", *FAST, "benchmark.baselines=[]", "benchmark.verify_checksums=false",
+                f"hydra.run.dir={out}"]
+    done = run_script(*settings, data=tmp_path / "data")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("error: 1 image(s) failed (bird.png)") and len(done.stderr.splitlines()) == 1
+    files = [out / "table.md", out / "benchmark.log", out / ".hydra" / "config.yaml",
+             out / "images" / "baby" / "metrics.json"]
+    kept = {path: path.read_bytes() for path in files}
+    done = run_script(*settings, "seed=1", data=tmp_path / "data")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip() == (f"error: {out / 'images' / 'baby'} holds a finished run with other settings "
+                                   "(observation_seed: 0 -> 1; seed: 0 -> 1): run into another folder, or delete its "
+                                   "metrics.json to replace that run")
+    assert {path: path.read_bytes() for path in kept} == kept
 
 
 @pytest.mark.skipif(not (SHARED / "Set5" / "MANIFEST.tsv").is_file(), reason=f"no shared datasets at {SHARED}")
