@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from dip.config import compose_config
+from dip.errors import DipError
 from dip.experiments import run_experiment
 from dip.images import load_image
 from tests.conftest import run_cli
@@ -114,3 +115,31 @@ def test_two_run_average_averages_runs_on_the_same_observation(tmp_path):
     average = load_image(tmp_path / "average.png")
     assert np.abs(average - (runs[0] + runs[1]) / 2).max() <= 1.5 / 255  # up to 8-bit rounding
     assert summary["psnr_average"] is not None and (tmp_path / "two_run_average.png").is_file()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["+experiment=two_run_average", "experiment.runs=0"], "experiment.runs must be a whole number >= 1, got 0"),
+    (["+experiment=fig8_architectures", "experiment.archs=[]"], "experiment.archs must list at least one value"),
+    (["+experiment=fig8_architectures", "experiment.archs=[skip_depth2,skip_deep]"], "unknown arch 'skip_deep'"),
+    (["+experiment=fig6_inpainting_lr", "experiment.lrs=[0.01,-1]"], "optim.lr must be a number > 0, got -1"),
+])
+def test_an_impossible_experiment_is_refused_before_any_fit(tmp_path, image_and_mask, overrides, message):
+    image, mask = image_and_mask
+    out = tmp_path / "out"
+    done = run_cli(*overrides, f"data.path={image}", f"data.mask={mask}", *TINY, f"hydra.run.dir={out}")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and done.stderr.startswith("error: ") and message in done.stderr
+    assert not out.exists()  # no sub-run folder, no Hydra record: nothing was fitted
+
+
+def test_an_experiment_keeps_its_finished_sub_runs_from_other_settings(tmp_path):
+    experiment("two_run_average", ["data.size=32", "arch=skip_depth2", *TINY], tmp_path)
+    kept = (tmp_path / "run1" / "metrics.json").read_bytes()
+    (tmp_path / "run0" / "metrics.json").unlink()  # run0 may be replaced; run1 holds a finished run
+    with pytest.raises(DipError, match=r"run1 holds a finished run with other settings \(trainer.max_steps: 2 -> 3\)"):
+        experiment("two_run_average", ["data.size=32", "arch=skip_depth2", "logger=none", "trainer.max_steps=3",
+                                       "metrics_every=1"], tmp_path)
+    assert (tmp_path / "run1" / "metrics.json").read_bytes() == kept
+    assert OmegaConf.load(tmp_path / "run0" / "config.yaml").trainer.max_steps == 2  # no fit started
+    experiment("two_run_average", ["data.size=32", "arch=skip_depth2", *TINY], tmp_path)  # the same again runs
+    assert json.loads((tmp_path / "run0" / "metrics.json").read_text())["steps"] == 2

@@ -8,15 +8,19 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from dip.experiments.common import image_grid, psnr_or_none, restore_in, titled, write_json
+from dip.errors import DipError
+from dip.experiments.common import SubRun, image_grid, psnr_or_none, restore_each, titled, write_json
 from dip.images import save_image
 
 
 def run(cfg: DictConfig, output_dir: Path) -> str:
+    runs = cfg.experiment.runs
+    if not isinstance(runs, int) or isinstance(runs, bool) or runs < 1:
+        raise DipError(f"experiment.runs must be a whole number >= 1, got {runs!r}")
     # observation_seed fixed: the same noise (or mask) for every run
-    results = [restore_in(output_dir / f"run{index}", [f"seed={cfg.seed + index}",
-                                                       f"observation_seed={cfg.observation_seed}"])
-               for index in range(cfg.experiment.runs)]
+    results = restore_each([SubRun(output_dir / f"run{index}", [f"seed={cfg.seed + index}",
+                                                                 f"observation_seed={cfg.observation_seed}"])
+                            for index in range(runs)])
 
     truth = results[0].ground_truth
     average = torch.stack([r.restored for r in results]).mean(0)

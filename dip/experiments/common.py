@@ -6,15 +6,17 @@ import csv
 import io
 import json
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from matplotlib.figure import Figure
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from dip.config import compose_config
+from dip.config import check_settings, checked_config, finished_run_settings, refuse_other_settings
+from dip.errors import DipError
 from dip.images import write_atomically
 from dip.metrics import psnr
 from dip.outputs import Result
@@ -29,7 +31,7 @@ def sub_config(overrides: Sequence[str], output_dir: Path) -> DictConfig:
     previous = HydraConfig.instance().cfg
     command_line = list(previous.hydra.overrides.task) if previous is not None else []
     try:
-        cfg = compose_config([*command_line, *overrides], output_dir)
+        cfg = checked_config([*command_line, *overrides], output_dir)
         with open_dict(cfg):
             cfg.pop("hydra")
         OmegaConf.resolve(cfg)
@@ -38,14 +40,53 @@ def sub_config(overrides: Sequence[str], output_dir: Path) -> DictConfig:
     return cfg
 
 
-def restore_in(directory: Path, overrides: Sequence[str] = (), observation: torch.Tensor | None = None,
-               callbacks: Sequence[pl.Callback] = ()) -> Result:
-    """One sub-run in ``directory``: its config, saved there as ``config.yaml``, then the restoration
-    (of ``observation`` when given, with extra Lightning ``callbacks``)."""
-    cfg = sub_config(overrides, directory)
-    text = OmegaConf.to_yaml(cfg)
-    write_atomically(directory / "config.yaml", lambda handle: handle.write(text.encode()))
-    return restore(cfg, directory, problem_from_config(cfg, observation=observation), callbacks)
+@dataclass(frozen=True)
+class SubRun:
+    """One restoration of an experiment, in ``directory``: the experiment's config with ``overrides``,
+    restoring ``observation`` when given, with extra Lightning ``callbacks``."""
+
+    directory: Path
+    overrides: Sequence[str] = ()
+    observation: torch.Tensor | None = None
+    callbacks: Sequence[pl.Callback] = ()
+
+
+def restore_each(runs: Sequence[SubRun]) -> list[Result]:
+    """Restore ``runs`` in order. Every sub-run's config is composed and checked before the first fit, so
+    that a bad option, or a folder holding a run finished with other settings, costs no fit; each
+    ``config.yaml`` is written once its input is read."""
+    configs = [sub_config(run.overrides, run.directory) for run in runs]
+    for run, cfg in zip(runs, configs):
+        check_settings(cfg)
+        _refuse_replacing(cfg, run.directory)
+    results = []
+    for run, cfg in zip(runs, configs):
+        problem = problem_from_config(cfg, observation=run.observation)
+        text = OmegaConf.to_yaml(cfg)
+        write_atomically(run.directory / "config.yaml", lambda handle, text=text: handle.write(text.encode()))
+        results.append(restore(cfg, run.directory, problem, run.callbacks))
+    return results
+
+
+def _refuse_replacing(cfg: DictConfig, directory: Path) -> None:
+    config_file = directory / "config.yaml"
+    if not (config_file.is_file() and (directory / "metrics.json").is_file()):
+        return
+    try:
+        saved = OmegaConf.load(config_file)
+    except Exception:  # OmegaConf raises whatever its YAML parser or the file system raises
+        saved = None
+    if not isinstance(saved, DictConfig):
+        raise DipError(f"cannot read {config_file}: delete {directory / 'metrics.json'} to replace that run")
+    refuse_other_settings(directory, finished_run_settings(saved), finished_run_settings(cfg))
+
+
+def listed(cfg: DictConfig, key: str) -> list:
+    """The list (or mapping) at ``key``, which must name at least one value: each makes a sub-run."""
+    values = OmegaConf.select(cfg, key)
+    if not isinstance(values, (ListConfig, DictConfig)) or len(values) == 0:
+        raise DipError(f"{key} must list at least one value, got {values!r}")
+    return values
 
 
 class LossRecorder(pl.Callback):

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from dip.experiments.common import LossRecorder, plot_curves, restore_in, write_csv, write_json
+from dip.experiments.common import LossRecorder, SubRun, plot_curves, restore_each, write_csv, write_json
 from dip.physics import GaussianNoise, Identity
 from dip.problem import build_problem
 
@@ -34,11 +34,10 @@ def run(cfg: DictConfig, output_dir: Path) -> str:
     clean = build_problem(Identity(), path=data.path, default_image=data.default_image, size=data.size,
                           mode=data.mode, seed=cfg.seed).ground_truth
     images = targets(clean, cfg.experiment.sigma, torch.Generator().manual_seed(cfg.seed))
-    curves = {}
-    for name, image in images.items():
-        recorder = LossRecorder(cfg.experiment.record_every)
-        restore_in(output_dir / name, observation=image[0], callbacks=[recorder])
-        curves[name] = (recorder.steps, recorder.losses())
+    recorders = {name: LossRecorder(cfg.experiment.record_every) for name in images}
+    restore_each([SubRun(output_dir / name, observation=image[0], callbacks=[recorders[name]])
+                  for name, image in images.items()])
+    curves = {name: (recorder.steps, recorder.losses()) for name, recorder in recorders.items()}
 
     steps = curves["natural"][0]
     write_csv([{"step": step, **{name: curves[name][1][i] for name in LABELS}} for i, step in enumerate(steps)],

@@ -6,14 +6,14 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from dip.experiments.common import Snapshots, image_grid, psnr_or_none, restore_in, titled, write_json
+from dip.experiments.common import Snapshots, SubRun, image_grid, psnr_or_none, restore_each, titled, write_json
 
 
 def run(cfg: DictConfig, output_dir: Path) -> str:
     max_steps = cfg.trainer.max_steps
     steps = sorted({step for step in cfg.experiment.snapshots if 0 < step <= max_steps} | {max_steps})
     snapshots = Snapshots(steps)
-    result = restore_in(output_dir / "jpeg", callbacks=[snapshots])
+    [result] = restore_each([SubRun(output_dir / "jpeg", callbacks=[snapshots])])
 
     truth = result.ground_truth
     progress = [

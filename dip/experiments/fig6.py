@@ -6,13 +6,14 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from dip.experiments.common import image_grid, restore_in, titled, write_csv
+from dip.experiments.common import SubRun, image_grid, listed, restore_each, titled, write_csv
 
 
 def run(cfg: DictConfig, output_dir: Path) -> str:
+    lrs = listed(cfg, "experiment.lrs")
+    results = restore_each([SubRun(output_dir / f"lr_{lr}", [f"optim.lr={lr}"]) for lr in lrs])
     rows, cells = [], []
-    for lr in cfg.experiment.lrs:
-        result = restore_in(output_dir / f"lr_{lr:g}", [f"optim.lr={lr}"])
+    for lr, result in zip(lrs, results):
         if not cells:
             cells.append((result.observation, "observation"))
         metrics = result.metrics

@@ -6,15 +6,16 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from dip.experiments.common import image_grid, restore_in, titled, write_csv
+from dip.experiments.common import SubRun, image_grid, listed, restore_each, titled, write_csv
 
 
 def run(cfg: DictConfig, output_dir: Path) -> str:
-    settings = cfg.experiment
+    archs = listed(cfg, "experiment.archs")
+    extras = {arch: list(cfg.experiment.arch_overrides.get(arch) or []) for arch in archs}
+    results = restore_each([SubRun(output_dir / arch, [f"arch={arch}", *extras[arch]]) for arch in archs])
     rows, cells = [], []
-    for arch in settings.archs:
-        extra = list(settings.arch_overrides.get(arch) or [])
-        result = restore_in(output_dir / arch, [f"arch={arch}", *extra])
+    for arch, result in zip(archs, results):
+        extra = extras[arch]
         if not cells:
             cells.append((result.observation, "observation"))
         metrics = result.metrics

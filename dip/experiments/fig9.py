@@ -6,16 +6,19 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from dip.experiments.common import image_grid, restore_in, titled, write_csv
+from dip.experiments.common import SubRun, image_grid, listed, restore_each, titled, write_csv
 
 
 def run(cfg: DictConfig, output_dir: Path) -> str:
-    settings = cfg.experiment
+    priors, layers = listed(cfg, "experiment.priors"), listed(cfg, "experiment.layers")
+    pairs = [(prior, layer) for prior in priors for layer in layers]
+    results = iter(restore_each([SubRun(output_dir / f"{layer}_{prior}",
+                                        [f"task.physics.layer={layer}", *priors[prior]]) for prior, layer in pairs]))
     rows, grid, original = [], [], None
-    for prior, overrides in settings.priors.items():
+    for prior in priors:
         cells = []
-        for layer in settings.layers:
-            result = restore_in(output_dir / f"{layer}_{prior}", [f"task.physics.layer={layer}", *overrides])
+        for layer in layers:
+            result = next(results)
             original = result.observation
             metrics = result.metrics
             rows.append({"layer": layer, "prior": prior, "psnr": metrics["psnr"], "psnr_fit": metrics["psnr_fit"],
