@@ -91,11 +91,17 @@ def read_yaml(path: Path):
 
 
 def read_csv_curves(path: Path) -> dict[str, list[tuple[int, float]]]:
-    """Lightning's CSVLogger file: a ``step`` column and one column per metric, blanks elsewhere."""
+    """Lightning's CSVLogger file: a ``step`` column and one column per metric, blanks elsewhere;
+    ``ValueError`` naming ``path`` when its text is no such file (not UTF-8, a cell that is no number)."""
     curves: dict[str, list[tuple[int, float]]] = {}
     with path.open(newline="") as handle:
-        for row in csv.DictReader(handle):
-            add_row(curves, row)
+        try:
+            for row in csv.DictReader(handle):
+                if None in row:  # DictReader keys the cells beyond the header None
+                    raise ValueError("a row has more cells than the header")
+                add_row(curves, row)
+        except (ValueError, OverflowError, csv.Error) as error:  # OverflowError: an infinite step
+            raise ValueError(f"{path}: {one_line(error, 200)}") from None
     return latest_per_step(curves)
 
 

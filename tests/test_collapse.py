@@ -15,7 +15,7 @@ from dip.config import compose_config
 from dip.outputs import BEFORE_COLLAPSE_OUTPUT, describe
 from dip.physics import GaussianNoise
 from dip.pipeline import run
-from tests.conftest import fit_scripted, make_png
+from tests.conftest import fit_scripted, make_png, run_cli
 
 STEPS = 40
 
@@ -151,3 +151,48 @@ def test_the_report_applies_the_rule_to_logged_curves(tmp_path, capsys):
     assert "0 of 1 curves collapsed" in capsys.readouterr().out
     assert main([str(tmp_path / "missing")]) == 2
     assert "error: no such file or folder" in capsys.readouterr().err
+
+
+HEADER = "psnr,psnr_ema,psnr_fit,psnr_fit_ema,step\n"
+DAMAGED = {  # a file's bytes, and the fault the report names it with
+    "bytes.csv": (b"\xff\xfe\x00garbage", "'utf-8' codec can't decode byte 0xff in position 0: invalid start byte"),
+    "word.csv": (f"{HEADER}20,abc,40,45,49\n".encode(), "could not convert string to float: 'abc'"),
+    "long.csv": (f"{HEADER}20,25,40,45,49,7\n".encode(), "a row has more cells than the header"),
+    "infinite.csv": (f"{HEADER}20,25,40,45,inf\n".encode(), "cannot convert float infinity to integer"),
+    "gap.csv": (f"{HEADER}20,25,40,45,49\n20,,48,46,99\n".encode(),
+                "no psnr_ema at step 100, where psnr_fit_ema has one"),
+}
+
+
+def test_the_report_lists_a_damaged_curve_with_its_fault_and_reports_the_others(tmp_path, capsys):
+    from experiments.collapse_report import main
+
+    (tmp_path / "fine.csv").write_text(HEADER + "20,25,40,45,49\n20,27,48,46,99\n")
+    for name, (data, _) in DAMAGED.items():
+        (tmp_path / name).write_bytes(data)
+    assert main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"| {tmp_path / 'fine.csv'} | 100 | 27.00 | 0.00 | - | - | - |" in out
+    assert "0 of 1 curves collapsed" in out and f"{len(DAMAGED)} file(s) left out, unreadable:" in out
+    for name, (_, fault) in DAMAGED.items():
+        assert f"- {tmp_path / name}: {fault}" in out
+
+
+def test_the_report_of_nothing_readable_is_one_line_naming_the_file(tmp_path, capsys):
+    from experiments.collapse_report import main
+
+    (tmp_path / "empty.csv").write_text("")
+    (tmp_path / "no_csv").mkdir()
+    for name, (data, fault) in DAMAGED.items():
+        (tmp_path / name).write_bytes(data)
+        assert main([str(tmp_path / name)]) == 2
+        printed = capsys.readouterr()
+        assert printed.out == "" and printed.err == f"error: {tmp_path / name}: {fault}\n"
+    for path in (tmp_path / "empty.csv", tmp_path / "no_csv"):
+        assert main([str(path)]) == 2
+        assert capsys.readouterr().err == f"error: no curve with psnr_ema and psnr_fit_ema columns under {path}\n"
+    # as the user runs it: the exit status, one line, no traceback; the first fault and how many more
+    done = run_cli(str(tmp_path / "bytes.csv"), str(tmp_path / "word.csv"), script="experiments/collapse_report.py")
+    assert done.returncode == 2 and done.stdout == "" and "Traceback" not in done.stderr
+    first = f"{tmp_path / 'bytes.csv'}: {DAMAGED['bytes.csv'][1]}"
+    assert done.stderr.splitlines() == [f"error: {first} (and 1 more unreadable)"]

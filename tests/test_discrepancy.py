@@ -233,5 +233,61 @@ def test_the_report_sets_the_kept_ema_against_the_last_and_the_best(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "| one.png | 100/150 | 30.00 | 28.50 | 1.50 | 30.50 | 100 | 0.50 |" in done.stdout
     missing = run_cli(str(tmp_path / "nowhere"), script="experiments/early_stop_report.py")
-    assert missing.returncode != 0 and "Traceback" not in missing.stderr
-    assert "no finished images" in missing.stderr and "nowhere" in missing.stderr
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert missing.stderr == f"error: {tmp_path / 'nowhere'}: no such folder\n"
+
+
+def test_the_report_lists_a_damaged_image_with_its_fault_and_reports_the_others(tmp_path, capsys):
+    from experiments.early_stop_report import main
+
+    images = tmp_path / "run" / "images"
+    for stem in ("good", "bytes", "broken", "list", "word", "curve"):
+        (images / stem / "csv").mkdir(parents=True)
+        (images / stem / "metrics.json").write_text('{"psnr_ema": 30, "psnr_ema_final": 28.5}')
+    (images / "good" / "csv" / "metrics.csv").write_text("psnr_ema,step\n29.0,49\n31.0,99\n")
+    (images / "bytes" / "metrics.json").write_bytes(b"\xff\xfe{")
+    (images / "broken" / "metrics.json").write_text('{"psnr_ema": ')
+    (images / "list" / "metrics.json").write_text("[30.0]")
+    (images / "word" / "metrics.json").write_text('{"psnr_ema": 30, "psnr_ema_final": "28.5"}')
+    (images / "curve" / "csv" / "metrics.csv").write_bytes(b"psnr_ema,step\n\xff,49\n")
+    assert main([str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[2:4] == ["| good | - | 30.00 | 28.50 | 1.50 | 31.00 | 100 | 1.00 |",
+                        "| **mean** | - | 30.00 | 28.50 | 1.50 | 31.00 | - | 1.00 |"]  # of the good one only
+    assert out[5:] == ["5 image(s) left out of the table and the mean, unreadable:",
+                       f"- {images / 'broken' / 'metrics.json'}: Expecting value: line 1 column 14 (char 13)",
+                       f"- {images / 'bytes' / 'metrics.json'}: 'utf-8' codec can't decode byte 0xff in position 0: "
+                       "invalid start byte",
+                       f"- {images / 'curve' / 'csv' / 'metrics.csv'}: 'utf-8' codec can't decode byte 0xff in "
+                       "position 14: invalid start byte",
+                       f"- {images / 'list' / 'metrics.json'}: no psnr_ema figure in it",
+                       f"- {images / 'word' / 'metrics.json'}: psnr_ema_final is not a number"]
+    # nothing readable left: one line, the first fault and how many more, and no table
+    (images / "good" / "metrics.json").write_text("")
+    assert main([str(tmp_path / "run")]) == 2
+    printed = capsys.readouterr()
+    first = f"{images / 'broken' / 'metrics.json'}: Expecting value: line 1 column 14 (char 13)"
+    assert printed.out == "" and printed.err == f"error: {first} (and 5 more unreadable)\n"
+
+
+def test_the_report_refuses_a_missing_or_wrong_path_in_one_line(tmp_path, capsys):
+    from experiments.early_stop_report import main
+
+    run_dir = tmp_path / "run"
+    (run_dir / "images").mkdir(parents=True)
+    assert main([str(run_dir)]) == 2
+    assert capsys.readouterr().err == f"error: no finished images (images/*/metrics.json) in {run_dir}\n"
+    (run_dir / "images" / "one").mkdir()
+    (run_dir / "images" / "one" / "metrics.json").write_text('{"psnr_ema": 30.0}')
+    (tmp_path / "curves.csv").write_text("psnr_ema,step\n29.0,49\n")
+    for args, error in (([str(tmp_path / "metrics.json")], f"{tmp_path / 'metrics.json'}: no such folder"),
+                        ([str(tmp_path / "curves.csv")], f"{tmp_path / 'curves.csv'}: not a folder"),
+                        ([str(run_dir), "--curves", str(tmp_path / "curves.csv")],
+                         f"{tmp_path / 'curves.csv'}: not a folder")):
+        assert main(args) == 2
+        printed = capsys.readouterr()
+        assert printed.out == "" and printed.err == f"error: {error}\n"
+    # as the user runs it: a --curves folder that is not there is an error, not a table without curves
+    done = run_cli(str(run_dir), "--curves", str(tmp_path / "nonexistent"), script="experiments/early_stop_report.py")
+    assert done.returncode == 2 and done.stdout == "" and "Traceback" not in done.stderr
+    assert done.stderr.splitlines() == [f"error: {tmp_path / 'nonexistent'}: no such folder"]
