@@ -165,8 +165,14 @@ def checked_config(overrides: Sequence[str] = (), output_dir: str | Path | None 
     try:
         return compose_config(overrides, output_dir, config_name)
     except HydraException as error:
-        first, *rest = str(error).strip().splitlines()
-        raise DipError(f"{first} {rest[0]}" if rest and rest[0].startswith("To append") else first) from None
+        raise DipError(config_message(error)) from None
+
+
+def config_message(error: Exception) -> str:
+    """The first line of a Hydra or OmegaConf message, with Hydra's "To append ..." hint (the fix) when
+    it has one; the lines after it list details (the config search path, the key again)."""
+    first, *rest = str(error).strip().splitlines() or [type(error).__name__]
+    return f"{first} {rest[0]}" if rest and rest[0].startswith("To append") else first
 
 
 def check_settings(cfg: DictConfig) -> None:

@@ -32,6 +32,7 @@ import datetime
 import json
 import logging
 import math
+import os
 import platform
 import re
 import shlex
@@ -43,17 +44,22 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from hydra.errors import HydraException
 from hydra.utils import instantiate
+from omegaconf import Container, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from skimage.metrics import peak_signal_noise_ratio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dip.config import compose_config  # noqa: E402
+from dip.config import check_settings, compose_config, config_message  # noqa: E402
+from dip.errors import DipError, one_line  # noqa: E402
 from dip.images import load_image, write_atomically  # noqa: E402
 from dip.memory import checked_estimate  # noqa: E402
 from dip.metrics import per_image_psnr, psnr, psnr_from_mse  # noqa: E402
@@ -624,26 +630,130 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def fail(message: str) -> NoReturn:
+    """Refuse the command in one line, with argparse's exit status (2), as ``run.py`` does."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def whole_number(least: int) -> Callable[[str], int]:
+    """An argparse ``type``: a whole number >= ``least``, else argparse's one-line error."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < least:
+            raise argparse.ArgumentTypeError(f"must be a whole number >= {least}, got {text!r}")
+        return value
+    return parse
+
+
+BUILT_IN_LOOPS = ("framework", "eager", "official")
+
+
 def parse_variants(texts: list[str]) -> dict[str, list[str]]:
     variants = {}
     for text in texts:
         name, _, overrides = text.partition("=")
         if not name or not overrides:
-            raise SystemExit(f"error: --variant takes NAME=OVERRIDE[,OVERRIDE...], got '{text}'")
+            fail(f"--variant takes NAME=OVERRIDE[,OVERRIDE...], got '{text}'")
+        if name in variants or name in BUILT_IN_LOOPS:  # its figures would silently replace the other loop's
+            fail(f"--variant {name}: the name of {'another --variant' if name in variants else 'a built-in loop'}; "
+                 "give it another")
         variants[name] = overrides.split(",")
     return variants
 
 
+def check_arguments(args) -> None:
+    """Refuse the combinations of options that would time nothing, or nothing meaningful."""
+    if args.pack == 1:
+        fail("--pack 1 packs nothing: give 0 to skip the packed comparison, or 2 or more restarts")
+    if not args.sizes and not args.pack:
+        fail("nothing to measure: --sizes names no size and --pack is 0")
+    profiled = [flag for flag, wanted in (("--count-ops", args.count_ops), ("--profile-kernels", args.profile_kernels))
+                if wanted]
+    if profiled and args.warmup < 2:  # step 0 also creates the optimizer's state: not a typical step
+        fail(f"{' and '.join(profiled)}: the profiled step is the last warm-up step, which must not be step 0: "
+             "use --warmup 2 or more")
+    if args.clock == "cpu" and torch.cuda.is_available():
+        fail("--clock cpu times CPU work only; use the wall clock on a GPU")
+
+
+def composes(size: int, args, overrides: list[str]) -> bool:
+    try:
+        compose(size, args.warmup, args.steps, overrides)
+    except (HydraException, OmegaConfBaseException):
+        return False
+    return True
+
+
+def check_configs(size: int, args, variants: dict[str, list[str]]) -> None:
+    """Compose every loop's config before any timing: a misspelt override is refused in one line, not
+    with a traceback once the sizes before it were timed. The shared settings are checked too, since
+    they would fail every loop; a variant's own may fail its loop, which costs only its figures."""
+    def composed(overrides: list[str], where: str):
+        try:
+            return compose(size, args.warmup, args.steps, overrides)
+        except (HydraException, OmegaConfBaseException) as error:
+            # Hydra's message does not always name the override (a parse error quotes a fragment of it):
+            # the culprit is the first whose addition to the ones before it fails
+            culprit = next((override for end, override in enumerate(overrides, 1)
+                            if not composes(size, args, overrides[:end])), " ".join(overrides))
+            fail(f"{where} {culprit}: {config_message(error)}")
+
+    cfg = composed(args.overrides, "override")
+    try:  # resolved (an interpolation to nothing fails here), but for Hydra's own node, which only a job resolves
+        for key in cfg:
+            if key != "hydra" and isinstance(cfg[key], Container):  # a plain value resolves as it is read
+                OmegaConf.to_container(cfg[key], resolve=True)
+        check_settings(cfg)
+    except DipError as error:
+        fail(str(error))
+    except OmegaConfBaseException as error:
+        fail(f"{error.full_key}: {config_message(error)}")
+    for name, extra in variants.items():
+        composed(args.overrides + extra, f"--variant {name}: override")
+
+
+def check_output(output: Path) -> None:
+    """Refuse an ``--output`` that could not be written before the timing, not after it; the folders
+    missing on its way are created when it is written (``write_atomically``)."""
+    if output.is_dir():
+        fail(f"--output {output} is a folder: name the file to write")
+    folder = output.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        fail(f"--output {output}: {folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        fail(f"--output {output}: no permission to write in {folder}")
+
+
+def show(file: str) -> None:
+    """Print the table of an earlier run's figures; a file that holds none is refused in one line."""
+    try:
+        text = table(json.loads(Path(file).read_text()))
+    except OSError as error:
+        fail(f"--show {file}: cannot read it ({error.strerror or one_line(error)})")
+    except (ValueError, KeyError, TypeError, AttributeError) as error:  # not JSON, or not bench.py's figures
+        fail(f"--show {file}: not the figures of a bench.py run ({type(error).__name__}: {one_line(error, 200)})")
+    print(text)
+
+
 def main(argv: list[str] | None = None) -> dict:
+    positive, not_negative = whole_number(1), whole_number(0)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few steps on a 32 px image (seconds on a CPU)")
-    parser.add_argument("--sizes", type=int, nargs="*", default=None,
+    parser.add_argument("--sizes", type=positive, nargs="*", default=None,
                         help="image sizes (default 256 512 1024; none: only the packed comparison)")
-    parser.add_argument("--steps", type=int, default=None, help="timed steps per run (default 200)")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 20)")
-    parser.add_argument("--repeats", type=int, default=None, help="interleaved runs per loop (default 3)")
-    parser.add_argument("--pack", type=int, default=None, help="restarts packed into one network (default 4; 0 = skip)")
-    parser.add_argument("--pack-size", type=int, default=None, help="image size for --pack (default: the middle size)")
+    parser.add_argument("--steps", type=positive, default=None, help="timed steps per run (default 200)")
+    parser.add_argument("--warmup", type=not_negative, default=None, help="untimed steps first (default 20)")
+    parser.add_argument("--repeats", type=positive, default=None, help="interleaved runs per loop (default 3)")
+    parser.add_argument("--pack", type=not_negative, default=None,
+                        help="restarts packed into one network (default 4; 0 = skip)")
+    parser.add_argument("--pack-size", type=positive, default=None,
+                        help="image size for --pack (default: the middle size)")
     parser.add_argument("--no-official", action="store_true", help="skip the official-style loop")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=OVERRIDE,...",
                         help="another framework loop with these config overrides")
@@ -656,32 +766,32 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--show", metavar="BENCH_JSON", help="print the table of an earlier run and exit")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="time steps by wall clock (default) or by process CPU time (steadier on a shared CPU)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
+    parser.add_argument("--threads", type=positive, default=None, help="CPU threads for torch (default: torch's)")
     parser.add_argument("--output", default="bench.json", help="where to write the figures (default bench.json)")
     parser.add_argument("overrides", nargs="*", help="config overrides for every loop, e.g. speed=exact")
     args = parser.parse_args(argv)
     if args.show:
-        print(table(json.loads(Path(args.show).read_text())))
+        show(args.show)
         return {}
     quick = dict(sizes=[32], steps=2, warmup=1, repeats=2, pack=2)
     full = dict(sizes=[256, 512, 1024], steps=200, warmup=20, repeats=3, pack=4)
     for key, value in (quick if args.quick else full).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    # Everything the user can get wrong is refused here, before any timing and before --output is touched.
+    check_arguments(args)
     variants = parse_variants(args.variant)
-    profiled = [flag for flag, wanted in (("--count-ops", args.count_ops), ("--profile-kernels", args.profile_kernels))
-                if wanted]
-    if profiled and args.warmup < 2:  # step 0 also creates the optimizer's state: not a typical step
-        raise SystemExit(f"error: {' and '.join(profiled)}: the profiled step is the last warm-up step, which "
-                         "must not be step 0: use --warmup 2 or more")
-    global CLOCK
-    CLOCK = args.clock
-    if CLOCK == "cpu" and torch.cuda.is_available():
-        raise SystemExit("error: --clock cpu times CPU work only; use the wall clock on a GPU")
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if args.quick:  # a narrower network too, so that a CPU runs every loop in seconds
         args.overrides = [f"arch.{key}=[16,16,16,16,16]" for key in ("channels_down", "channels_up")] + args.overrides
+    pack_size = args.pack_size or (args.sizes[len(args.sizes) // 2] if args.sizes else 256)
+    check_configs(args.sizes[0] if args.sizes else pack_size, args, variants)
+    output = Path(args.output)
+    check_output(output)
+
+    global CLOCK
+    CLOCK = args.clock
+    if args.threads:
+        torch.set_num_threads(args.threads)
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
 
     device = target_device()
@@ -699,10 +809,12 @@ def main(argv: list[str] | None = None) -> dict:
         "variants": variants,
         "sizes": {},
     }
-    output = Path(args.output)
 
     def save() -> None:  # after every run: a run cut short by a time limit keeps what it measured
-        write_atomically(output, lambda handle: handle.write((json.dumps(results, indent=2) + "\n").encode()))
+        try:  # atomically: a failed write leaves the previous file whole
+            write_atomically(output, lambda handle: handle.write((json.dumps(results, indent=2) + "\n").encode()))
+        except OSError as error:  # checked before the timing, but a disk can fill
+            fail(f"--output {output}: cannot write it ({error.strerror or one_line(error)})")
 
     def record(place: dict, key: str) -> Callable[[dict], None]:
         def report(row: dict) -> None:
@@ -712,8 +824,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     for size in args.sizes:
         bench_size(size, args, args.overrides, variants, record(results["sizes"], str(size)))
-    if args.pack and args.pack > 1:
-        pack_size = args.pack_size or (args.sizes[len(args.sizes) // 2] if args.sizes else 256)
+    if args.pack:
         bench_packed(pack_size, args.pack, args, args.overrides, variants, record(results, "packed"))
     print(table(results))
     print(f"figures in {args.output}")

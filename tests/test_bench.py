@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 
 from dip.config import compose_config
 from dip.speed import Speed
+from tests.conftest import run_cli
 
 BENCH = Path(__file__).resolve().parent.parent / "experiments" / "bench.py"
 
@@ -65,12 +66,13 @@ def test_quick_bench_writes_every_figure(bench, tmp_path):
     assert packed["loops"]["cl_packed"]["psnr_of_average"] > 0  # only restarts > 1 report one
 
 
-def test_operation_count_shows_what_the_trimmed_layers_save(bench, tmp_path):
+def test_operation_count_shows_what_the_trimmed_layers_save(bench, tmp_path, capsys):
     """--count-ops profiles one untimed step of each framework loop: the paper's layers add BatchNorm's
     30 step-counter increments and the accumulation of 25 cancelled conv biases' gradients; one weight
     tensor leaves one accumulation."""
-    with pytest.raises(SystemExit, match="the profiled step is the last warm-up step"):
+    with pytest.raises(SystemExit):
         bench.main(["--quick", "--warmup", "1", "--count-ops"])
+    assert_refused(capsys.readouterr().err, "the profiled step is the last warm-up step")
     output = tmp_path / "bench.json"
     threads = torch.get_num_threads()
     try:
@@ -157,9 +159,109 @@ def test_profiled_step_says_what_its_time_went_to(bench, tmp_path):
     assert "framework: one step's cpu operators " in bench.table(results)
 
 
-def test_variant_needs_a_name_and_overrides(bench):
-    with pytest.raises(SystemExit, match="NAME=OVERRIDE"):
+def assert_refused(stderr: str, *needles: str) -> None:
+    """One ``error:`` line (argparse's ``bench.py: error:`` or the script's own), naming the problem."""
+    assert "Traceback" not in stderr
+    lines = [line for line in stderr.splitlines() if "error:" in line]
+    assert len(lines) == 1, stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def refuse(bench, capsys, args: list[str]) -> str:
+    """``bench.main(args)`` refused, as argparse refuses: exit status 2, before any timing (nothing
+    printed on stdout); what it said on stderr."""
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(args)
+    assert exit_.value.code == 2
+    printed = capsys.readouterr()
+    assert printed.out == ""
+    return printed.err
+
+
+def test_variant_needs_a_name_and_overrides(bench, capsys):
+    with pytest.raises(SystemExit):
         bench.parse_variants(["bf16"])
+    assert_refused(capsys.readouterr().err, "--variant takes NAME=OVERRIDE")
+
+
+EARLIER = b'{"figures": "of an earlier run"}\n'
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["--sizes", "32", "0"], ["argument --sizes", ">= 1", "'0'"]),
+    (["--sizes", "x"], ["argument --sizes", "'x'"]),
+    (["--steps", "0"], ["argument --steps", ">= 1"]),
+    (["--warmup", "-1"], ["argument --warmup", ">= 0"]),
+    (["--repeats", "0"], ["argument --repeats", ">= 1"]),
+    (["--pack", "-1"], ["argument --pack", ">= 0"]),
+    (["--pack", "1"], ["--pack 1 packs nothing"]),
+    (["--pack-size", "0"], ["argument --pack-size", ">= 1"]),
+    (["--threads", "-1"], ["argument --threads", ">= 1"]),
+    (["--threads", "0"], ["argument --threads", ">= 1"]),
+    (["--sizes", "--pack", "0"], ["nothing to measure"]),
+    (["--count-ops", "--warmup", "1"], ["--count-ops", "use --warmup 2 or more"]),
+    (["--variant", "eager=seed=1"], ["--variant eager", "built-in loop"]),
+    (["--variant", "a=seed=1", "--variant", "a=seed=2"], ["--variant a", "another --variant"]),
+    (["arch=nonexistent"], ["override arch=nonexistent", "arch/nonexistent"]),
+    (["seed=1", "foo=bar"], ["override foo=bar", "Could not override 'foo'", "+foo=bar"]),
+    (["optim.lr=[1"], ["override optim.lr=[1"]),
+    (["arch=skip,unet"], ["override arch=skip,unet", "Ambiguous"]),
+    (["optim.lr=-1"], ["optim.lr must be a number > 0, got -1"]),
+    (["seed=${nope}"], ["seed: Interpolation key 'nope' not found"]),
+    (["--variant", "x=seed=1,foo=bar"], ["--variant x: override foo=bar", "Could not override 'foo'"]),
+])
+def test_bad_input_is_refused_in_one_line_before_any_timing(bench, tmp_path, capsys, args, needles):
+    """An impossible option or override is refused up front, in one line with exit status 2, and the
+    figures of an earlier run in --output stay as they were."""
+    output = tmp_path / "bench.json"
+    output.write_bytes(EARLIER)
+    assert_refused(refuse(bench, capsys, ["--quick", "--output", str(output), *args]), *needles)
+    assert output.read_bytes() == EARLIER
+    assert [path.name for path in tmp_path.iterdir()] == ["bench.json"]  # no temporary file left either
+
+
+@pytest.mark.parametrize("where, needles", [
+    ("earlier.json/bench.json", ["earlier.json is not a folder"]),
+    ("earlier.json/deeper/bench.json", ["earlier.json is not a folder"]),
+    ("folder", ["folder is a folder"]),
+])
+def test_an_unwritable_output_is_refused_before_any_timing(bench, tmp_path, capsys, where, needles):
+    (tmp_path / "earlier.json").write_bytes(EARLIER)
+    (tmp_path / "folder").mkdir()
+    assert_refused(refuse(bench, capsys, ["--quick", "--output", str(tmp_path / where)]), "--output", *needles)
+    assert (tmp_path / "earlier.json").read_bytes() == EARLIER
+    assert sorted(path.name for path in tmp_path.rglob("*")) == ["earlier.json", "folder"]
+
+
+@pytest.mark.parametrize("content, needles", [
+    (None, ["cannot read it (No such file or directory)"]),
+    ("not json", ["not the figures of a bench.py run", "JSONDecodeError"]),
+    ("[1, 2]", ["not the figures of a bench.py run", "TypeError"]),
+    ('{"date": "today"}', ["not the figures of a bench.py run", "KeyError"]),
+    ('{"date": "today", "device": "cpu", "torch": "2", "command": "bench", "sizes": {"32": 5}}',
+     ["not the figures of a bench.py run"]),
+])
+def test_show_refuses_a_file_without_figures(bench, tmp_path, capsys, content, needles):
+    shown = tmp_path / "shown.json"
+    if content is not None:
+        shown.write_text(content)
+    assert_refused(refuse(bench, capsys, ["--show", str(shown)]), f"--show {shown}: ", *needles)
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["arch=nonexistent"], ["override arch=nonexistent"]),
+    (["--show", "BENCH_DIR"], ["--show", "cannot read it (Is a directory)"]),
+])
+def test_bad_input_from_the_command_line_gets_one_line(tmp_path, args, needles):
+    """As a user runs it: exit status 2, one line, no traceback, the earlier figures kept."""
+    output = tmp_path / "bench.json"
+    output.write_bytes(EARLIER)
+    args = [str(tmp_path) if arg == "BENCH_DIR" else arg for arg in args]
+    done = run_cli("--quick", "--output", str(output), *args, script="experiments/bench.py")
+    assert done.returncode == 2 and done.stdout == ""
+    assert_refused(done.stderr, *needles)
+    assert output.read_bytes() == EARLIER
 
 
 def test_a_failing_loop_costs_only_its_own_figures(bench, tmp_path, capsys):
@@ -205,7 +307,9 @@ def test_every_variant_of_the_gpu_session_composes(bench):
     printed = subprocess.run(["bash", "-c", 'eval "$(sed -n "/^PAPER_LAYERS=/,/^)$/p" "$0")"; '
                               'printf "%s\\n" "${EXTRA[@]}"', str(script)],
                              capture_output=True, text=True, check=True).stdout
-    variants = bench.parse_variants([v for line in printed.splitlines() for v in line.split(";") if v])
+    variants = {}
+    for line in printed.splitlines():  # one phase's command each, whose variants' names must differ
+        variants |= bench.parse_variants([variant for variant in line.split(";") if variant])
     assert {"paper_layers", "fast", "fast_bf16", "fast_bf16_gather", "traced_gather", "fast_bf16_autotune",
             "fast_gather", "fast_cl", "bf16_cl"} <= variants.keys()
     for name, overrides in variants.items():
