@@ -51,7 +51,7 @@ from dip.gpus import pin_to_gpu, visible_gpus, worker_count
 from dip.images import save_image, write_atomically
 from dip.memory import activation_dtype
 from dip.metrics import psnr, psnr_y
-from dip.outputs import BEFORE_COLLAPSE_OUTPUT, Result, write_outputs
+from dip.outputs import BEFORE_COLLAPSE_OUTPUT, OUTPUTS_FILE, Result, write_outputs
 from dip.problem import problem_from_config, stack_problems
 
 log = logging.getLogger("dip.benchmark")
@@ -119,7 +119,6 @@ class TimeBudget:
         return self.deadline is None or estimate is None or estimate <= self.left()
 
 
-OUTPUTS_FILE = "outputs.pt"
 
 
 def score(x: torch.Tensor, truth: torch.Tensor, protocol: str, shave: int) -> dict[str, float]:

@@ -175,7 +175,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
         record_failure(Path(hydra_config.sweep.dir), line)
         return None  # to the Optuna sweeper, not a number: a failed trial
     except RunInterruptedError as interruption:  # the checkpoint stays, for the next run to resume
-        print(interruption, file=sys.stderr)
+        print(interruption.continue_in(output_dir) if runner else interruption, file=sys.stderr)
         raise SystemExit(128 + interruption.signum) from None
     except KeyboardInterrupt:  # before training started: nothing worth keeping
         EARLIER_RUNS.discard(output_dir)

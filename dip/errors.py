@@ -31,5 +31,11 @@ class RunInterruptedError(Exception):
             f"(or resume={checkpoint}) to continue"
         )
 
+    def continue_in(self, run_dir: Path) -> str:
+        """The message for a run made of several (an experiment's sub-runs), continued from ``run_dir``."""
+        return (f"interrupted by {signal.Signals(self.signum).name} at step {self.step} of {self.max_steps}; "
+                f"checkpoint written to {self.checkpoint}: run the same command again with hydra.run.dir={run_dir} "
+                f"to continue")
+
     def __reduce__(self):  # from a benchmark's worker process to the main one
         return type(self), (self.signum, self.step, self.max_steps, self.checkpoint)

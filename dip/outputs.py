@@ -20,6 +20,7 @@ OUTPUT_FILES = ("observation.png", "restored.png", "restored_ema.png", "bicubic.
                 "metrics.json")
 CHECKPOINT_NAME = "checkpoint.ckpt"  # a run's training state, until it finishes (checkpoint.keep: after)
 RESTART_OUTPUT = "restored_restart{}.png"  # with restarts=N, restart k's own output
+OUTPUTS_FILE = "outputs.pt"  # a finished run's images at full precision, for what is computed from them later
 
 
 @dataclass

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
@@ -15,6 +20,7 @@ from dip.config import compose_config
 from dip.errors import DipError
 from dip.experiments import run_experiment
 from dip.images import load_image
+from dip.outputs import CHECKPOINT_NAME
 from tests.conftest import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -141,5 +147,60 @@ def test_an_experiment_keeps_its_finished_sub_runs_from_other_settings(tmp_path)
                                        "metrics_every=1"], tmp_path)
     assert (tmp_path / "run1" / "metrics.json").read_bytes() == kept
     assert OmegaConf.load(tmp_path / "run0" / "config.yaml").trainer.max_steps == 2  # no fit started
-    experiment("two_run_average", ["data.size=32", "arch=skip_depth2", *TINY], tmp_path)  # the same again runs
+    summary = json.loads((tmp_path / "two_run_average.json").read_text())
+    # the same settings again: run0 is run, the finished run1 reused as it was
+    experiment("two_run_average", ["data.size=32", "arch=skip_depth2", *TINY], tmp_path)
     assert json.loads((tmp_path / "run0" / "metrics.json").read_text())["steps"] == 2
+    assert (tmp_path / "run1" / "metrics.json").read_bytes() == kept
+    assert json.loads((tmp_path / "two_run_average.json").read_text()) == summary  # the same seeds, the same fits
+
+
+def test_an_experiment_cut_short_reuses_its_finished_sub_runs_except_those_it_records(tmp_path, image_and_mask):
+    image, mask = image_and_mask
+    settings = [f"data.path={image}", f"data.mask={mask}", "experiment.archs=[skip_depth2,unet]", "data.size=32",
+                *TINY]
+    experiment("fig8_architectures", settings, tmp_path)
+    rows = read_csv(tmp_path / "fig8_architectures.csv")
+    kept = (tmp_path / "skip_depth2" / "metrics.json").stat().st_mtime_ns
+    (tmp_path / "unet" / "metrics.json").unlink()  # as if cut short during the second fit
+    experiment("fig8_architectures", settings, tmp_path)
+    assert (tmp_path / "skip_depth2" / "metrics.json").stat().st_mtime_ns == kept
+    again = read_csv(tmp_path / "fig8_architectures.csv")
+    assert again[0] == rows[0]  # reused, its fit seconds included
+    assert (again[1]["arch"], again[1]["psnr"]) == ("unet", rows[1]["psnr"])  # run again, the same fit
+
+    snapshots = ["data.observation=null", "data.size=32", "experiment.snapshots=[1]", "trainer.max_steps=2",
+                 "logger=none"]
+    experiment("fig3_jpeg_progress", snapshots, tmp_path / "fig3")
+    recorded = (tmp_path / "fig3" / "jpeg" / "metrics.json").stat().st_mtime_ns
+    experiment("fig3_jpeg_progress", snapshots, tmp_path / "fig3")  # its snapshots are taken during the fit
+    assert (tmp_path / "fig3" / "jpeg" / "metrics.json").stat().st_mtime_ns != recorded
+
+
+def test_sigterm_during_an_experiment_then_its_folder_continues_it(tmp_path, image_and_mask):
+    """The message names the experiment's folder, not the sub-run's; run again into it, the experiment
+    reuses the finished sub-run and continues the one cut short from its checkpoint."""
+    image, mask = image_and_mask
+    out = tmp_path / "out"
+    settings = ["+experiment=fig8_architectures", f"data.path={image}", f"data.mask={mask}", "data.size=32",
+                "experiment.archs=[skip_depth2,unet]", "logger=none", "trainer.max_steps=2",
+                "checkpoint.every_n_steps=3", f"hydra.run.dir={out}"]
+    process = subprocess.Popen([sys.executable, "run.py", *settings,
+                                '+experiment.arch_overrides.unet=["trainer.max_steps=100000"]'],
+                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while not (out / "unet" / CHECKPOINT_NAME).exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=180)
+    assert process.returncode == 128 + signal.SIGTERM and "Traceback" not in stderr, stderr
+    assert f"run the same command again with hydra.run.dir={out} to continue" in stderr
+    step = int(torch.load(out / "unet" / CHECKPOINT_NAME, weights_only=True)["global_step"])
+    finished = (out / "skip_depth2" / "metrics.json").stat().st_mtime_ns
+
+    done = run_cli(*settings, f'+experiment.arch_overrides.unet=["trainer.max_steps={step + 2}"]')
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (out / "skip_depth2" / "metrics.json").stat().st_mtime_ns == finished
+    metrics = json.loads((out / "unet" / "metrics.json").read_text())
+    assert (metrics["resumed_from_step"], metrics["steps"]) == (step, step + 2)
+    assert [row["arch"] for row in read_csv(out / "fig8_architectures.csv")] == ["skip_depth2", "unet"]

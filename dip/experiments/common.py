@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,12 +17,14 @@ from matplotlib.figure import Figure
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from dip.config import check_settings, checked_config, finished_run_settings, refuse_other_settings
-from dip.errors import DipError
+from dip.errors import DipError, one_line
 from dip.images import write_atomically
 from dip.metrics import psnr
-from dip.outputs import Result
+from dip.outputs import OUTPUTS_FILE, Result
 from dip.pipeline import run as restore
 from dip.problem import problem_from_config
+
+log = logging.getLogger("dip")
 
 
 def sub_config(overrides: Sequence[str], output_dir: Path) -> DictConfig:
@@ -53,25 +56,39 @@ class SubRun:
 
 def restore_each(runs: Sequence[SubRun]) -> list[Result]:
     """Restore ``runs`` in order. Every sub-run's config is composed and checked before the first fit, so
-    that a bad option, or a folder holding a run finished with other settings, costs no fit; each
-    ``config.yaml`` is written once its input is read."""
+    that a bad option, or a folder holding a run finished with other settings, costs no fit. A sub-run
+    finished before with the same settings is reused (an experiment cut short continues where it
+    stopped), unless it records the fit with ``callbacks``; each ``config.yaml`` is written once its
+    input is read."""
     configs = [sub_config(run.overrides, run.directory) for run in runs]
+    finished = []
     for run, cfg in zip(runs, configs):
         check_settings(cfg)
-        _refuse_replacing(cfg, run.directory)
+        finished.append(_finished_before(cfg, run.directory))
     results = []
-    for run, cfg in zip(runs, configs):
+    for run, cfg, done in zip(runs, configs, finished):
+        if done and not run.callbacks and (run.directory / OUTPUTS_FILE).is_file():
+            log.info(f"reusing the run finished in {run.directory}")
+            results.append(_finished_result(run.directory))
+            continue
         problem = problem_from_config(cfg, observation=run.observation)
         text = OmegaConf.to_yaml(cfg)
         write_atomically(run.directory / "config.yaml", lambda handle, text=text: handle.write(text.encode()))
-        results.append(restore(cfg, run.directory, problem, run.callbacks))
+        result = restore(cfg, run.directory, problem, run.callbacks)
+        images = {name: None if (image := getattr(result, name)) is None else image.cpu() for name in REUSED_IMAGES}
+        write_atomically(run.directory / OUTPUTS_FILE, lambda handle, images=images: torch.save(images, handle))
+        results.append(result)
     return results
 
 
-def _refuse_replacing(cfg: DictConfig, directory: Path) -> None:
+REUSED_IMAGES = ("restored", "restored_ema", "observation", "ground_truth")  # what the runners read of a result
+
+
+def _finished_before(cfg: DictConfig, directory: Path) -> bool:
+    """Whether ``directory`` holds a run finished with ``cfg``'s settings; ``DipError`` if with others."""
     config_file = directory / "config.yaml"
     if not (config_file.is_file() and (directory / "metrics.json").is_file()):
-        return
+        return False
     try:
         saved = OmegaConf.load(config_file)
     except Exception:  # OmegaConf raises whatever its YAML parser or the file system raises
@@ -79,6 +96,17 @@ def _refuse_replacing(cfg: DictConfig, directory: Path) -> None:
     if not isinstance(saved, DictConfig):
         raise DipError(f"cannot read {config_file}: delete {directory / 'metrics.json'} to replace that run")
     refuse_other_settings(directory, finished_run_settings(saved), finished_run_settings(cfg))
+    return True
+
+
+def _finished_result(directory: Path) -> Result:
+    try:
+        images = torch.load(directory / OUTPUTS_FILE)
+        metrics = json.loads((directory / "metrics.json").read_text())
+    except Exception as error:  # torch.load raises whatever unpickling a damaged file raises
+        raise DipError(f"cannot read the run finished in {directory} ({one_line(error, 200)}): delete its "
+                       f"metrics.json to run it again") from None
+    return Result(**{name: images[name] for name in REUSED_IMAGES}, metrics=metrics, output_dir=directory)
 
 
 def listed(cfg: DictConfig, key: str) -> list:
