@@ -51,7 +51,7 @@ from dip.gpus import pin_to_gpu, visible_gpus, worker_count
 from dip.images import save_image, write_atomically
 from dip.memory import activation_dtype
 from dip.metrics import psnr, psnr_y
-from dip.outputs import BEFORE_COLLAPSE_OUTPUT, OUTPUTS_FILE, Result, write_outputs
+from dip.outputs import BEFORE_COLLAPSE_OUTPUT, OUTPUTS_FILE, Result, finished_config, write_outputs
 from dip.problem import problem_from_config, stack_problems
 
 log = logging.getLogger("dip.benchmark")
@@ -119,8 +119,6 @@ class TimeBudget:
         return self.deadline is None or estimate is None or estimate <= self.left()
 
 
-
-
 def score(x: torch.Tensor, truth: torch.Tensor, protocol: str, shave: int) -> dict[str, float]:
     """The protocol's PSNRs of ``x``: ``y`` gives the luma PSNR (``psnr_y``, border shaved) and the
     RGB PSNR over the whole image (``psnr``); ``rgb`` gives ``psnr`` over all channels, shaved."""
@@ -181,25 +179,9 @@ def _relocate(value, old: str, new: str):
     return value
 
 
-def _saved_config(job: ImageJob) -> dict | None:
-    """The config of the restoration that finished in ``job``'s folder (its ``config.yaml`` beside a
-    ``metrics.json``), else None; ``DipError`` when that config cannot be read."""
-    config_file = job.output_dir / "config.yaml"
-    if not (config_file.is_file() and (job.output_dir / "metrics.json").is_file()):
-        return None
-    try:
-        saved = yaml.safe_load(config_file.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        saved = None
-    if not isinstance(saved, dict):
-        raise DipError(f"cannot read {config_file}: delete {job.output_dir / 'metrics.json'} to restore "
-                       f"{job.name} again")
-    return saved
-
-
-def _finished(job: ImageJob) -> dict | None:
-    """The saved metrics of ``job`` if an earlier run, here or elsewhere, finished it with the same config."""
-    saved = _saved_config(job)
+def _finished(job: ImageJob, saved: dict | None) -> dict | None:
+    """The saved metrics of ``job`` if an earlier run, here or elsewhere, finished it with the same config
+    (``saved``, that run's config)."""
     if saved is None or _restoration_key(saved) != _restoration_key(job.config):
         return None
     if job.keep_outputs and not (job.output_dir / OUTPUTS_FILE).is_file():
@@ -209,13 +191,6 @@ def _finished(job: ImageJob) -> dict | None:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         raise DipError(f"cannot read {path}: delete it to restore {job.name} again") from None
-
-
-def _refuse_replacing(jobs: list[ImageJob]) -> None:
-    """Before any fit: ``DipError`` if a job to run would replace a restoration finished with other settings."""
-    for job in jobs:
-        if (saved := _saved_config(job)) is not None:
-            refuse_other_settings(job.output_dir, dotted(_restoration_key(saved)), dotted(_restoration_key(job.config)))
 
 
 @dataclass(frozen=True)
@@ -510,11 +485,16 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> dict:
     per_image = [(run_dir / "images" / image.stem, image_jobs(cfg, image, run_dir / "images" / image.stem))
                  for image in images]
     jobs = [job for _, image_runs in per_image for job in image_runs]
-    finished = {job.output_dir: saved for job in jobs if (saved := _finished(job)) is not None}
+    saved = {job.output_dir: finished_config(job.output_dir) for job in jobs}
+    finished = {job.output_dir: metrics for job in jobs
+                if (metrics := _finished(job, saved[job.output_dir])) is not None}
     outside = {job.name: "they are outside benchmark.restore" for job in jobs
                if job.output_dir not in finished and restorable is not None and job.name not in restorable}
     to_restore = [job for job in jobs if job.output_dir not in finished and job.name not in outside]
-    _refuse_replacing(to_restore)
+    for job in to_restore:  # before any fit: a restoration finished with other settings is kept
+        if saved[job.output_dir] is not None:
+            refuse_other_settings(job.output_dir, dotted(_restoration_key(saved[job.output_dir])),
+                                  dotted(_restoration_key(job.config)))
     if restorable == set() and not any(all(job.output_dir in finished for job in image_runs)
                                        for _, image_runs in per_image):
         raise DipError(f"benchmark.restore=[] only tabulates, but no image of {spec.name} is restored in "

@@ -175,6 +175,15 @@ def config_message(error: Exception) -> str:
     return f"{first} {rest[0]}" if rest and rest[0].startswith("To append") else first
 
 
+def check_whole_number(key: str, value, least: int = 1, none: str | None = None) -> None:
+    """``DipError`` unless the setting ``key`` is a whole number >= ``least`` (or null, where ``none``
+    says what null means)."""
+    if (value is None and none) or (isinstance(value, int) and not isinstance(value, bool) and value >= least):
+        return
+    also = f", or null for {none}" if none else ""
+    raise DipError(f"{key} must be a whole number >= {least}{also}, got {value!r}")
+
+
 def check_settings(cfg: DictConfig) -> None:
     """Refuse, in one line, the run's numbers that Lightning, torch or a callback would otherwise
     reject with a traceback (or, like ``data.size=0``, quietly read as something else)."""
@@ -183,17 +192,11 @@ def check_settings(cfg: DictConfig) -> None:
     except ValueError as error:
         raise DipError(str(error)) from None
 
-    def whole(key: str, value, least: int = 1, none: str | None = None) -> None:
-        if (value is None and none) or (isinstance(value, int) and not isinstance(value, bool) and value >= least):
-            return
-        also = f", or null for {none}" if none else ""
-        raise DipError(f"{key} must be a whole number >= {least}{also}, got {value!r}")
-
-    whole("trainer.max_steps", cfg.trainer.max_steps)
-    whole("data.size", cfg.data.size, none="the whole image")
-    whole("metrics_every", cfg.metrics_every)
-    whole("image_log_every", cfg.image_log_every)
-    whole("max_rollbacks", cfg.max_rollbacks, none="never stopping")
+    check_whole_number("trainer.max_steps", cfg.trainer.max_steps)
+    check_whole_number("data.size", cfg.data.size, none="the whole image")
+    check_whole_number("metrics_every", cfg.metrics_every)
+    check_whole_number("image_log_every", cfg.image_log_every)
+    check_whole_number("max_rollbacks", cfg.max_rollbacks, none="never stopping")
     if cfg.data.mode not in ("auto", "L", "RGB"):
         raise DipError(f"data.mode must be auto, L or RGB, got {cfg.data.mode!r}")
     for key, value in (("optim.lr", OmegaConf.select(cfg, "optim.lr")), ("backtrack_db", cfg.backtrack_db)):

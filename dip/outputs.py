@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import yaml
 
+from dip.errors import DipError
 from dip.images import save_image, write_atomically
 
 BEFORE_COLLAPSE_OUTPUT = "restored_ema_before_collapse.png"  # a fit that collapsed at its end: the EMA from before
@@ -59,6 +61,21 @@ class Result:
                                    observation=pick(self.observation), ground_truth=pick(self.ground_truth),
                                    baseline=pick(self.baseline), metrics=metrics,
                                    ema_before_collapse=pick(self.ema_before_collapse) if collapsed else None)
+
+
+def finished_config(folder: Path) -> dict | None:
+    """The config (``config.yaml``) of the run that finished in ``folder`` (beside its ``metrics.json``),
+    else None; ``DipError`` when that config cannot be read."""
+    config_file = folder / "config.yaml"
+    if not (config_file.is_file() and (folder / "metrics.json").is_file()):
+        return None
+    try:
+        saved = yaml.safe_load(config_file.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        saved = None
+    if not isinstance(saved, dict):
+        raise DipError(f"cannot read {config_file}: delete {folder / 'metrics.json'} to restore it again")
+    return saved
 
 
 def write_outputs(result: Result, output_dir: Path) -> None:

@@ -8,15 +8,14 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from dip.errors import DipError
+from dip.config import check_whole_number
 from dip.experiments.common import SubRun, image_grid, psnr_or_none, restore_each, titled, write_json
 from dip.images import save_image
 
 
 def run(cfg: DictConfig, output_dir: Path) -> str:
     runs = cfg.experiment.runs
-    if not isinstance(runs, int) or isinstance(runs, bool) or runs < 1:
-        raise DipError(f"experiment.runs must be a whole number >= 1, got {runs!r}")
+    check_whole_number("experiment.runs", runs)
     # observation_seed fixed: the same noise (or mask) for every run
     results = restore_each([SubRun(output_dir / f"run{index}", [f"seed={cfg.seed + index}",
                                                                  f"observation_seed={cfg.observation_seed}"])

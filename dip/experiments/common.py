@@ -20,7 +20,7 @@ from dip.config import check_settings, checked_config, finished_run_settings, re
 from dip.errors import DipError, one_line
 from dip.images import write_atomically
 from dip.metrics import psnr
-from dip.outputs import OUTPUTS_FILE, Result
+from dip.outputs import OUTPUTS_FILE, Result, finished_config
 from dip.pipeline import run as restore
 from dip.problem import problem_from_config
 
@@ -86,16 +86,9 @@ REUSED_IMAGES = ("restored", "restored_ema", "observation", "ground_truth")  # w
 
 def _finished_before(cfg: DictConfig, directory: Path) -> bool:
     """Whether ``directory`` holds a run finished with ``cfg``'s settings; ``DipError`` if with others."""
-    config_file = directory / "config.yaml"
-    if not (config_file.is_file() and (directory / "metrics.json").is_file()):
+    if (saved := finished_config(directory)) is None:
         return False
-    try:
-        saved = OmegaConf.load(config_file)
-    except Exception:  # OmegaConf raises whatever its YAML parser or the file system raises
-        saved = None
-    if not isinstance(saved, DictConfig):
-        raise DipError(f"cannot read {config_file}: delete {directory / 'metrics.json'} to replace that run")
-    refuse_other_settings(directory, finished_run_settings(saved), finished_run_settings(cfg))
+    refuse_other_settings(directory, finished_run_settings(OmegaConf.create(saved)), finished_run_settings(cfg))
     return True
 
 
