@@ -20,6 +20,7 @@ from dip.config import (
     finished_run_settings,
     refuse_other_settings,
     register_resolvers,
+    setting_differences,
 )
 from dip.errors import DipError, RunInterruptedError
 from dip.outputs import CHECKPOINT_NAME, OUTPUT_FILES, RESTART_OUTPUT, describe
@@ -124,16 +125,23 @@ EARLIER_RUNS = EarlierRuns()  # filled by launch, before Hydra writes anything
 def finished_metrics(cfg: DictConfig, output_dir: Path) -> dict | None:
     """The metrics of the run with ``cfg``'s settings that had finished in ``output_dir`` before this
     launch, else None; ``DipError`` if the run that finished there had other settings, so that it is
-    not replaced. A final checkpoint kept there (``checkpoint.keep=true``) is for the pipeline to continue."""
+    not replaced. A final checkpoint kept there (``checkpoint.keep=true``) is for the pipeline to continue,
+    or to refuse, unless the run finished exactly as asked."""
     earlier = EARLIER_RUNS.finished_config(output_dir)
-    if earlier is None or (output_dir / CHECKPOINT_NAME).is_file():
+    if earlier is None:
         return None
-    refuse_other_settings(output_dir, finished_run_settings(earlier), finished_run_settings(cfg))
+    saved, settings = finished_run_settings(earlier), finished_run_settings(cfg)
+    kept_checkpoint = (output_dir / CHECKPOINT_NAME).is_file()
+    if kept_checkpoint and setting_differences(saved, settings):
+        return None
+    refuse_other_settings(output_dir, saved, settings)
     path = output_dir / "metrics.json"
     try:
-        return json.loads(path.read_text())
+        metrics = json.loads(path.read_text())
     except (OSError, ValueError):
         raise DipError(f"cannot read {path}: delete it to run again") from None
+    # a continuation interrupted there left Hydra's record of its settings beside the shorter run's metrics
+    return None if kept_checkpoint and metrics.get("steps") != cfg.trainer.max_steps else metrics
 
 
 def describe_finished(metrics: dict, output_dir: Path) -> str:

@@ -113,6 +113,21 @@ def test_a_finished_runs_folder_is_kept_whatever_runs_into_it_again(tmp_path):
     assert after["cli.log"].startswith(before["cli.log"])
 
 
+def test_a_run_that_kept_its_checkpoint_is_reported_finished_and_continued_with_more_steps(tmp_path):
+    """``checkpoint.keep=true``: the same run again is reported finished (exit 0, as a sweep run again
+    needs), a larger ``trainer.max_steps`` continues it from the kept checkpoint."""
+    out = tmp_path / "out"
+    run = ["data.size=32", "logger=none", "checkpoint.keep=true", f"hydra.run.dir={out}"]
+    assert run_cli(*run, "trainer.max_steps=2").returncode == 0
+    again = run_cli(*run, "trainer.max_steps=2")
+    assert again.returncode == 0, again.stderr
+    assert f"already finished in {out}: 2 steps" in again.stdout
+    longer = run_cli(*run, "trainer.max_steps=3")
+    assert longer.returncode == 0, longer.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["steps"], metrics["resumed_from_step"]) == (3, 2)
+
+
 def test_a_missing_image_is_reported_before_lightning_is_imported(tmp_path):
     """The input is read first, so a mistyped path costs seconds, not the training stack's import."""
     out = tmp_path / "out"
