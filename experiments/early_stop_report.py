@@ -1,14 +1,15 @@
 """What early stopping kept, against the best and the last EMA: ``python experiments/early_stop_report.py RUN_DIR``.
 
-For a benchmark run with ``early_stop=...`` (each image's ``RUN_DIR/images/<stem>/metrics.json``),
-prints a markdown table, a row per image and a mean row: the step kept, the PSNR of the EMA kept,
+For a benchmark run with ``early_stop=...`` (each image's ``RUN_DIR/images/<stem>/metrics.json``, or
+with ``benchmark.runs=N`` each run's ``images/<stem>/seed<S>/metrics.json``), prints a markdown table,
+a row per restoration and a mean row: the step kept, the PSNR of the EMA kept,
 that of the EMA at the last step (``early_stop.stop=false`` runs on to ``trainer.max_steps``), and
 the best EMA of the logged curve with its step (an oracle that knows the ground truth, read every
 ``metrics_every`` steps, over the steps run: of a run that stopped, only up to its stop). The curve
 is the CSV logger's (``images/<stem>/csv/metrics.csv``), or ``--curves DIR``'s ``<stem>.csv`` (the
-device scripts' ``curves/``). PSNRs are the pipeline's: over all channels, no border shaved (the
-denoising benchmark's protocol). An image whose ``metrics.json`` or curve cannot be read is listed
-under the table with its fault, and left out of the mean.
+device scripts' ``curves/``; a run's ``<stem>/seed<S>.csv``). PSNRs are the pipeline's: over all
+channels, no border shaved (the denoising benchmark's protocol). An image whose ``metrics.json`` or
+curve cannot be read is listed under the table with its fault, and left out of the mean.
 """
 
 from __future__ import annotations
@@ -47,15 +48,18 @@ def read_metrics(path: Path) -> dict:
     return metrics
 
 
-def image_row(image_dir: Path, curves_dir: Path | None) -> dict:
-    metrics = read_metrics(image_dir / "metrics.json")
-    curve_file = curves_dir / f"{image_dir.name}.csv" if curves_dir else image_dir / "csv" / "metrics.csv"
+def image_row(images: Path, run_dir: Path, curves_dir: Path | None) -> dict:
+    """The row of the restoration in ``run_dir``: ``images/<stem>``, or ``images/<stem>/seed<S>``."""
+    metrics = read_metrics(run_dir / "metrics.json")
+    name = run_dir.relative_to(images)
+    curve_file = curves_dir / f"{name}.csv" if curves_dir else run_dir / "csv" / "metrics.csv"
     curve = read_curves(curve_file).get("psnr_ema", []) if curve_file.is_file() else []
     # floats, which the mean row averages: a hand-written "30" reads as an int
     kept, end = float(metrics["psnr_ema"]), metrics.get("psnr_ema_final")
     end = None if end is None else float(end)
     best_step, best = max(curve, key=lambda point: point[1]) if curve else (None, None)
-    return {"image": metrics.get("image", image_dir.name), "stop step": metrics.get("early_stop_step"),
+    image = metrics.get("image", name.parts[0]) + "".join(f" {part}" for part in name.parts[1:])
+    return {"image": image, "stop step": metrics.get("early_stop_step"),
             "EMA kept": kept, "EMA at the end": end, "kept - end": None if end is None else kept - end,
             "best EMA": best, "best step": best_step, "best - kept": None if best is None else best - kept}
 
@@ -69,13 +73,15 @@ def report(run_dir: Path, curves_dir: Path | None = None) -> str:
     """The report's markdown; a ``DipError`` when there is nothing to report (no readable image)."""
     for folder in filter(None, (run_dir, curves_dir)):
         check_folder(folder)
-    image_dirs = sorted(path.parent for path in (run_dir / "images").glob("*/metrics.json"))
-    if not image_dirs:
+    images = run_dir / "images"
+    restorations = sorted(path.parent for pattern in ("*/metrics.json", "*/seed*/metrics.json")
+                          for path in images.glob(pattern))
+    if not restorations:
         raise DipError(f"no finished images (images/*/metrics.json) in {run_dir}")
     rows, unreadable = [], []
-    for image_dir in image_dirs:
+    for restoration in restorations:
         try:
-            rows.append(image_row(image_dir, curves_dir))
+            rows.append(image_row(images, restoration, curves_dir))
         except DipError as error:
             unreadable.append(str(error))
     if not rows:

@@ -6,7 +6,7 @@
 # or results/benchmark-cpu-<date>-<label>-<image>) gets the bench-*.json and env-*.txt of a call,
 # log-summary.txt (the logs without progress bars), each run's table.md/csv under <run>/, and under
 # <run>/curves/ the PSNR curve (the CSV logger's metrics.csv) of each fit it ran (pack-<fit>.csv for a fit of
-# several images, images_per_fit). PROGRESS (default results/benchmark-progress) is where later runs resume
+# several images, images_per_fit; <image>/seed<S>.csv for each of benchmark.runs=N). PROGRESS (default results/benchmark-progress) is where later runs resume
 # from: PROGRESS/<label>/images/<image>/ gets config.yaml, metrics.json and baselines.json of every image that
 # finished and is not there yet (an image already there is kept as it is, with a note on stderr when this run
 # has another fit of it; from a run folder, only an image its table covers or it fitted itself, not one copied
@@ -59,6 +59,11 @@ for images in "$unpacked"/*/images; do
     if [ -f "$image/csv/metrics.csv" ]; then  # the PSNR curve of a fit of this run
       mkdir -p "$dest/$folder/curves" && cp "$image/csv/metrics.csv" "$dest/$folder/curves/$name.csv"
     fi
+    for curve in "$image"/seed*/csv/metrics.csv; do  # benchmark.runs=N: each run's, as <image>/seed<S>.csv
+      [ -f "$curve" ] || continue
+      seed=$(basename "$(dirname "$(dirname "$curve")")")
+      mkdir -p "$dest/$folder/curves/$name" && cp "$curve" "$dest/$folder/curves/$name/$seed.csv"
+    done
     target=$progress/$label/images/$name
     [ -f "$image/metrics.json" ] || continue
     if [ -n "${run_folder:-}" ] && [ ! -f "$image/csv/metrics.csv" ] && ! sed 's/\.[^.]*$//' <<< "$covered" | grep -qxF "$name"; then

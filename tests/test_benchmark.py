@@ -699,6 +699,8 @@ def test_filing_a_device_archive_merges_finished_restorations_into_progress(tmp_
     (label / "bird" / "config.yaml").write_text("bird config")
     (label / "bird" / "csv").mkdir()
     (label / "bird" / "csv" / "metrics.csv").write_text("psnr,psnr_ema,step\n20.5,19.0,49\n")
+    (label / "bird" / "seed1" / "csv").mkdir(parents=True)  # a run of benchmark.runs=N: its curve only
+    (label / "bird" / "seed1" / "csv" / "metrics.csv").write_text("psnr,psnr_ema,step\n20.7,19.2,49\n")
     (call / "bench-main.json").write_text("{}")
     (call / "log.txt").write_text("Epoch 0:  50%|#####\r[1/2] baby.png: psnr 30.1 dB\nEpoch 0: 100%\n")
     archive = tmp_path / "results.tar.gz"
@@ -718,7 +720,8 @@ def test_filing_a_device_archive_merges_finished_restorations_into_progress(tmp_
     assert not (kept / "head").exists()
     assert (dest / "bench-main.json").is_file()
     assert (dest / "log-summary.txt").read_text() == "[1/2] baby.png: psnr 30.1 dB\n"
-    assert [path.name for path in (dest / "set5_x4_speed_fast" / "curves").iterdir()] == ["bird.csv"]
+    assert sorted(path.name for path in (dest / "set5_x4_speed_fast" / "curves").iterdir()) == ["bird", "bird.csv"]
+    assert (dest / "set5_x4_speed_fast" / "curves" / "bird" / "seed1.csv").read_text().endswith("20.7,19.2,49\n")
     assert (dest / "set5_x4_speed_fast" / "curves" / "bird.csv").read_text().endswith("20.5,19.0,49\n")
 
     broken = tmp_path / "broken.tar.gz"

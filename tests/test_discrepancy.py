@@ -237,6 +237,26 @@ def test_the_report_sets_the_kept_ema_against_the_last_and_the_best(tmp_path):
     assert missing.stderr == f"error: {tmp_path / 'nowhere'}: no such folder\n"
 
 
+def test_the_report_has_a_row_for_each_run_of_a_benchmark_with_several(tmp_path, capsys):
+    """``benchmark.runs=2``: each run's folder ``images/<stem>/seed<S>``, its curve there or in
+    ``--curves``' ``<stem>/seed<S>.csv``."""
+    from experiments.early_stop_report import main
+
+    image = tmp_path / "run" / "images" / "two"
+    curves = tmp_path / "curves" / "two"
+    curves.mkdir(parents=True)
+    for seed, kept in ((0, 30.0), (1, 31.0)):
+        (image / f"seed{seed}").mkdir(parents=True)
+        metrics = {"image": "two.png", "early_stop_step": 100, "psnr_ema": kept, "psnr_ema_final": 29.0}
+        (image / f"seed{seed}" / "metrics.json").write_text(json.dumps(metrics))
+        (curves / f"seed{seed}.csv").write_text(f"psnr_ema,step\n{kept + 1},99\n")
+    assert main([str(tmp_path / "run"), "--curves", str(tmp_path / "curves")]) == 0
+    assert capsys.readouterr().out.splitlines()[2:] == [
+        "| two.png seed0 | 100 | 30.00 | 29.00 | 1.00 | 31.00 | 100 | 1.00 |",
+        "| two.png seed1 | 100 | 31.00 | 29.00 | 2.00 | 32.00 | 100 | 1.00 |",
+        "| **mean** | - | 30.50 | 29.00 | 1.50 | 31.50 | - | 1.00 |"]
+
+
 def test_the_report_lists_a_damaged_image_with_its_fault_and_reports_the_others(tmp_path, capsys):
     from experiments.early_stop_report import main
 
