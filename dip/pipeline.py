@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import resource
 import sys
 import time
@@ -253,9 +254,11 @@ def before_collapse_metrics(module: DeepImagePrior, ema: torch.Tensor) -> dict:
     return values if module.separate_images else _first_image(values)
 
 
-def _each_image(metric, images: torch.Tensor, truth: torch.Tensor) -> list[float]:
-    """``metric`` of each image against its own ground truth, rounded as ``metrics.json`` keeps it."""
-    return [round(float(metric(images[k:k + 1], truth[k:k + 1])), 4) for k in range(len(images))]
+def _each_image(metric, images: torch.Tensor, truth: torch.Tensor) -> list[float | None]:
+    """``metric`` of each image against its own ground truth, rounded as ``metrics.json`` keeps it;
+    null where it is infinite (an observation with nothing missing), which strict JSON cannot hold."""
+    values = [float(metric(images[k:k + 1], truth[k:k + 1])) for k in range(len(images))]
+    return [round(value, 4) if math.isfinite(value) else None for value in values]
 
 
 def _first_image(metrics: dict) -> dict:

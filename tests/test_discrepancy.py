@@ -15,6 +15,7 @@ from dip.callbacks import DiscrepancyStopping
 from dip.config import compose_config
 from dip.errors import DipError
 from dip.images import to_pil
+from dip.outputs import describe
 from dip.physics import GaussianNoise, LanczosDownsample
 from dip.pipeline import run
 from tests.conftest import fit_scripted, make_png, run_cli
@@ -177,6 +178,7 @@ def test_packed_restarts_stop_each_at_the_noise_level(image, tmp_path):
     assert steps == [-(-(reached + 99) // 10) * 10 for reached in metrics["noise_level_step"]]
     assert metrics["steps"] == metrics["early_stopped_at"] == max(steps) < 400
     assert metrics["stop_reason"] == "early stopping"
+    assert f"early stopping chose steps {steps[0]}, {steps[1]} (one per restart)" in describe(result)
     with Image.open(out / "restored.png") as written:
         assert np.array_equal(np.asarray(written), np.asarray(to_pil(result.restored[0])))
     # a restart's kept EMA is its EMA at its own step: the same seed stopped there gives it
@@ -189,6 +191,12 @@ def test_packed_restarts_stop_each_at_the_noise_level(image, tmp_path):
               "psnr_ema_final_restarts": "psnr_ema_restarts"}
     for final, key in finals.items():
         assert metrics[final] == pytest.approx(plain[key], abs=1e-4), final
+
+
+def test_restarts_that_never_reach_the_noise_level_report_no_chosen_step(image, tmp_path):
+    result = restore(image, tmp_path / "out", 4, "restarts=2")
+    assert result.metrics["early_stop_step"] == [None, None]
+    assert "early stopping chose" not in describe(result)
 
 
 def test_a_resumed_run_keeps_the_noise_level_reached_before_the_interruption(image, tmp_path):

@@ -15,6 +15,7 @@ from dip.errors import DipError
 from dip.images import load_image
 from dip.metrics import psnr
 from dip.nets.alexnet import MIN_SIZE, WEIGHTS_URL, AlexNet, load_alexnet
+from dip.outputs import describe
 from dip.physics import FeatureInversion, JpegCompression
 from dip.physics.jpeg import jpeg_round_trip
 from dip.pipeline import prepare, run
@@ -163,6 +164,16 @@ def test_inpainting_variants_carry_the_authors_settings(tmp_path):
     problem, _ = prepare(cfg)
     assert problem.channels == 1  # greyscale, one output channel
     assert problem.physics.mask.mean().item() == pytest.approx(0.5, abs=0.1)
+
+
+def test_an_observation_with_nothing_missing_writes_strict_json(tmp_path):
+    """Its PSNR is infinite, which strict JSON cannot hold: null, and no 'gain -inf' printed."""
+    cfg = compose_config(["task=inpainting", "mask=bernoulli", "mask.fraction=0", "data.size=32", *TINY])
+    result = run(cfg, tmp_path)
+    metrics = json.loads((tmp_path / "metrics.json").read_text(),
+                         parse_constant=lambda name: pytest.fail(f"{name} in metrics.json"))
+    assert metrics["psnr_observation"] is None
+    assert result.metrics["psnr"] > 0 and "gain" not in describe(result)
 
 
 def test_a_mask_file_larger_than_the_crop_is_cropped_with_the_image(tmp_path):
