@@ -108,16 +108,14 @@ def describe(result: Result) -> str:
         lines.append(f"PSNR restored {m['psnr']:.2f} dB (EMA {m['psnr_ema']:.2f} dB)")
     else:
         lines.append(f"no ground truth: PSNR of the fit to the observation {m['psnr_fit']:.2f} dB")
-    chosen = m.get("early_stop_step")
-    if isinstance(chosen, list):  # one per restart, null where it chose none (its outputs are the last step's)
-        chosen = None if all(step is None for step in chosen) else \
-            "s " + ", ".join("-" if step is None else str(step) for step in chosen) + " (one per restart)"
-    elif chosen is not None:
-        chosen = f" {chosen}"
-    if chosen is not None:
+    chosen = m.get("early_stop_step")  # packed restarts: one each, null where one chose none (its last step)
+    if isinstance(chosen, list) and any(step is not None for step in chosen):
+        steps = ", ".join("-" if step is None else str(step) for step in chosen)
+        lines.append(f"early stopping chose steps {steps} (one per restart)")
+    elif chosen is not None and not isinstance(chosen, list):
         gap = m.get("early_stop_gap_db")
         gap = f", {gap:.2f} dB below the run's best ({m['psnr_max']:.2f} dB)" if gap is not None else ""
-        lines.append(f"early stopping chose step{chosen}{gap}")
+        lines.append(f"early stopping chose step {chosen}{gap}")
     if result.ema_before_collapse is not None:
         quality = f" (PSNR {m['psnr_ema_before_collapse']:.2f} dB)" if m.get("psnr_ema_before_collapse") else ""
         lines.append(f"the fit collapsed at its end, its data term {m['collapse_drop_db']} dB above its best: "
