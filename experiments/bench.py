@@ -432,8 +432,8 @@ def interleave(loops: dict[str, Callable[[], Measurement]], repeats: int,
             try:
                 runs[name].append(loops[name]())
             except Exception as error:  # noqa: BLE001  (any failure of a loop is a figure: its message)
-                message = str(error).strip().splitlines()
-                errors[name] = f"{type(error).__name__}: {message[0] if message else ''}"
+                # all of it, on one line: Hydra's first line only names the target, its cause follows
+                errors[name] = f"{type(error).__name__}: {one_line(error, 500)}"
                 print(f"  {name:<12} repeat {repeat + 1}/{repeats}: failed: {errors[name]}", flush=True)
             else:
                 print(f"  {name:<12} repeat {repeat + 1}/{repeats}: {runs[name][-1].ms:9.2f} ms/step, "
@@ -637,6 +637,13 @@ def fail(message: str) -> NoReturn:
     raise SystemExit(2)
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's, but a bad option is refused in one line (``fail``), not after the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        fail(f"{' '.join(message.split())} (see {self.prog} -h)")
+
+
 def whole_number(least: int) -> Callable[[str], int]:
     """An argparse ``type``: a whole number >= ``least``, else argparse's one-line error."""
     def parse(text: str) -> int:
@@ -651,6 +658,19 @@ def whole_number(least: int) -> Callable[[str], int]:
 
 
 BUILT_IN_LOOPS = ("framework", "eager", "official")
+
+
+def every_loop_failed(results: dict, output: Path) -> str:
+    """The refusal of a run none of whose loops finished: its loops' errors, each different one once."""
+    rows = [*results["sizes"].values(), *([results["packed"]] if "packed" in results else [])]
+    failed: dict[str, list[str]] = {}  # error -> the loops that failed with it
+    for row in rows:
+        for name, loop in row["loops"].items():
+            if "error" in loop and name not in failed.setdefault(loop["error"], []):
+                failed[loop["error"]].append(name)
+    kept = "left as it was" if output.exists() else "not written"
+    return (f"every loop failed, nothing was measured ({output} {kept}): "
+            + "; ".join(f"{', '.join(names)}: {error}" for error, names in failed.items()))
 
 
 def parse_variants(texts: list[str]) -> dict[str, list[str]]:
@@ -744,7 +764,7 @@ def show(file: str) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     positive, not_negative = whole_number(1), whole_number(0)
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few steps on a 32 px image (seconds on a CPU)")
     parser.add_argument("--sizes", type=positive, nargs="*", default=None,
                         help="image sizes (default 256 512 1024; none: only the packed comparison)")
@@ -811,7 +831,13 @@ def main(argv: list[str] | None = None) -> dict:
         "sizes": {},
     }
 
+    def measured() -> bool:  # whether any loop of the run has finished a run so far
+        rows = [*results["sizes"].values(), *([results["packed"]] if "packed" in results else [])]
+        return any("ms" in loop for row in rows for loop in row["loops"].values())
+
     def save() -> None:  # after every run: a run cut short by a time limit keeps what it measured
+        if not measured():  # only failures so far: an earlier run's figures are not replaced by nulls
+            return
         try:  # atomically: a failed write leaves the previous file whole
             write_atomically(output, lambda handle: handle.write((json.dumps(results, indent=2) + "\n").encode()))
         except OSError as error:  # checked before the timing, but a disk can fill
@@ -827,6 +853,8 @@ def main(argv: list[str] | None = None) -> dict:
         bench_size(size, args, args.overrides, variants, record(results["sizes"], str(size)))
     if args.pack:
         bench_packed(pack_size, args.pack, args, args.overrides, variants, record(results, "packed"))
+    if not measured():
+        fail(every_loop_failed(results, output))
     print(table(results))
     print(f"figures in {args.output}")
     return results

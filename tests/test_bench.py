@@ -164,10 +164,10 @@ def test_profiled_step_says_what_its_time_went_to(bench, tmp_path):
 
 
 def assert_refused(stderr: str, *needles: str) -> None:
-    """One ``error:`` line (argparse's ``bench.py: error:`` or the script's own), naming the problem."""
+    """One line, ``error: ...``, naming the problem: argparse's refusals too, without its usage block."""
     assert "Traceback" not in stderr
-    lines = [line for line in stderr.splitlines() if "error:" in line]
-    assert len(lines) == 1, stderr
+    lines = stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
     for needle in needles:
         assert needle in lines[0], lines[0]
 
@@ -285,6 +285,42 @@ def test_a_failing_loop_costs_only_its_own_figures(bench, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert printed.count("broken       repeat") == 1  # not tried again after failing
     assert "broken failed: DipError: optim.lr must be a number > 0" in printed
+
+
+@pytest.mark.parametrize("earlier", [True, False])
+def test_a_run_whose_every_loop_fails_is_refused_and_writes_nothing(bench, tmp_path, capsys, monkeypatch, earlier):
+    """When no loop finishes a run (a setting that breaks them all at run time), the command is refused
+    in one line that says why, with exit status 2, and no file of nulls replaces the earlier figures."""
+    def broken(*args, **kwargs):  # as Hydra words a failed instantiation: the cause on the second line
+        raise RuntimeError("Error in call to target 'Trainer':\nTypeError(\"unexpected keyword argument 'foo'\")")
+
+    for loop in ("run_framework", "run_eager", "run_official"):
+        monkeypatch.setattr(bench, loop, broken)
+    output = tmp_path / "bench.json"
+    if earlier:
+        output.write_bytes(EARLIER)
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(["--quick", "--repeats", "1", "--output", str(output)])
+    assert exit_.value.code == 2
+    printed = capsys.readouterr()
+    assert "figures in" not in printed.out
+    assert_refused(printed.err, "every loop failed", str(output), "left as it was" if earlier else "not written",
+                   "framework, eager, official, packed, framework_packed: RuntimeError: Error in call to target "
+                   "'Trainer': TypeError(\"unexpected keyword argument 'foo'\")")
+    assert [path.name for path in tmp_path.iterdir()] == (["bench.json"] if earlier else [])
+    if earlier:
+        assert output.read_bytes() == EARLIER
+
+
+def test_a_loop_s_error_is_recorded_whole_on_one_line(bench):
+    """Hydra's first line only names the target it failed to call; the cause comes after it."""
+    def broken():
+        raise RuntimeError("Error in call to target 'Trainer':\nTypeError('unexpected keyword argument')\n")
+
+    reported = []
+    bench.interleave({"broken": broken}, 2, lambda runs, errors: reported.append(dict(errors)))
+    assert reported == [{"broken": "RuntimeError: Error in call to target 'Trainer': "
+                                   "TypeError('unexpected keyword argument')"}]
 
 
 def test_step_floor_counts_bytes_written_and_convolution_arithmetic():
