@@ -44,7 +44,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dip.baselines import BASELINES, BaselineUnavailableError
-from dip.config import dotted, refuse_other_settings, without_implied_settings
+from dip.config import check_whole_number, dotted, refuse_other_settings, without_implied_settings
 from dip.datasets import DatasetImage, open_dataset
 from dip.errors import DipError, MemoryShortError, RunInterruptedError, one_line
 from dip.gpus import pin_to_gpu, visible_gpus, worker_count
@@ -475,6 +475,9 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> dict:
     spec = cfg.benchmark
     if spec.protocol not in ("rgb", "y"):
         raise DipError(f"unknown benchmark protocol '{spec.protocol}' (choose from: rgb, y)")
+    check_whole_number("benchmark.shave", spec.shave, least=0)  # a negative border shaves the whole image away
+    for key in ("jobs_per_gpu", "cpu_jobs", "baseline_jobs"):  # before the dataset is read, and any fit
+        check_whole_number(key, cfg[key])
     budget = TimeBudget(cfg.time_budget_s)  # the whole run counts, checking the dataset included
     images = open_dataset(cfg.data.root, spec.dataset, list(spec.images) if spec.images is not None else None,
                           spec.verify_checksums)

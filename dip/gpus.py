@@ -27,9 +27,10 @@ def gpu_for_job(job: int, gpus: list[str]) -> str | None:
 
 def worker_count(gpus: list[str], jobs_per_gpu: int = 1, cpu_jobs: int = 1) -> int:
     """How many jobs to run at once: ``jobs_per_gpu`` per GPU, or ``cpu_jobs`` without GPUs."""
-    if jobs_per_gpu < 1:
-        raise ValueError(f"jobs_per_gpu must be >= 1, got {jobs_per_gpu}")
-    return len(gpus) * jobs_per_gpu if gpus else max(1, cpu_jobs)
+    for name, value in (("jobs_per_gpu", jobs_per_gpu), ("cpu_jobs", cpu_jobs)):
+        if value < 1:  # callers check their settings first (dip.benchmark): this is a programming error
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    return len(gpus) * jobs_per_gpu if gpus else cpu_jobs
 
 
 def pin_to_gpu(job: int, gpus: list[str]) -> str | None:

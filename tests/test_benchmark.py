@@ -511,6 +511,21 @@ def test_impossible_packing_is_one_line_before_any_fit(tmp_path, overrides, mess
     assert not list(run_dir.glob("images/*/baselines.json"))  # refused before the baselines start, too
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["jobs_per_gpu=0"], "jobs_per_gpu must be a whole number >= 1, got 0"),
+    (["cpu_jobs=0"], "cpu_jobs must be a whole number >= 1, got 0"),  # was quietly read as 1
+    (["baseline_jobs=-2"], "baseline_jobs must be a whole number >= 1, got -2"),
+    (["cpu_jobs=1.5"], "cpu_jobs must be a whole number >= 1, got 1.5"),
+    (["benchmark.shave=-1"], "benchmark.shave must be a whole number >= 0, got -1"),  # was a table of nan
+])
+def test_impossible_orchestration_settings_are_one_line_before_any_fit(tmp_path, overrides, message):
+    root, run_dir = tmp_path / "data", tmp_path / "run"
+    make_dataset(root, "Set5", ["baby.png"])
+    with pytest.raises(DipError, match=f"^{message}$"):
+        run_benchmark(compose("set5_x4", root, run_dir, *overrides), run_dir)
+    assert not run_dir.exists()
+
+
 def test_the_run_line_names_a_few_images_left_for_later_and_counts_the_rest():
     names = [f"{stem}.png" for stem in ("baboon", "barbara", "bridge", "lenna", "man")]
     assert _some_names(names[:4]) == "baboon.png, barbara.png, bridge.png, lenna.png"
