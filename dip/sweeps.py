@@ -103,9 +103,10 @@ def record_failure(sweep_dir: Path, line: str) -> None:
 
 
 def failed_jobs(sweep_dir: Path) -> list[str]:
-    """The lines ``record_failure`` wrote for the sweep in ``sweep_dir`` (none: an empty list)."""
+    """The lines ``record_failure`` wrote for the sweep in ``sweep_dir`` (none: an empty list); bytes
+    that are not UTF-8 (a damaged or hand-edited list) read as U+FFFD rather than stopping the reader."""
     failures = sweep_dir / FAILED_JOBS
-    return failures.read_text().splitlines() if failures.is_file() else []
+    return failures.read_text(encoding="utf-8", errors="replace").splitlines() if failures.is_file() else []
 
 
 class SweepSummary(Callback):
@@ -127,8 +128,9 @@ class SweepSummary(Callback):
 def sweep_summary(sweep_dir: Path) -> str:
     runs = sorted(path.parent for path in sweep_dir.glob("**/metrics.json"))
     failures = failed_jobs(sweep_dir)
-    lines = [f"sweep: {len(runs)} finished run(s) in {sweep_dir}",
-             f"dashboard: python experiments/compare.py {sweep_dir}"]
+    lines = [f"sweep: {len(runs)} finished run(s) in {sweep_dir}"]
+    if runs:  # the dashboard needs one: with none, compare.py would only say so
+        lines.append(f"dashboard: python experiments/compare.py {sweep_dir}")
     if failures:
         lines += [f"failed: {len(failures)} job(s), listed in {sweep_dir / FAILED_JOBS}",
                   *(f"  {line}" for line in failures)]

@@ -12,7 +12,6 @@ CSV) is listed under the table with its fault, and the others are still reported
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -21,6 +20,7 @@ sys.path.insert(0, str(ROOT))
 
 from dip.benchmark import table_cell  # noqa: E402
 from dip.errors import DipError, one_line  # noqa: E402
+from experiments.cli_args import ArgumentParser, positive_number  # noqa: E402
 from experiments.compare import read_csv_curves  # noqa: E402
 
 COLUMNS = ("curve", "last step", "EMA at the end", "fit drop dB", "kept step", "EMA kept", "kept - end")
@@ -76,9 +76,10 @@ def first_fault(unreadable: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+", type=Path)
-    parser.add_argument("--drop-db", type=float, default=5.0)
+    parser.add_argument("--drop-db", type=positive_number, default=5.0,
+                        help="a collapse: the fit's EMA more than this many dB under its best (default: 5)")
     args = parser.parse_args(argv)
     missing = [str(path) for path in args.paths if not path.exists()]
     if missing:

@@ -16,10 +16,11 @@ Groups are architectures unless ``--by KEY`` names another setting (``--by optim
 
 from __future__ import annotations
 
-import argparse
 import csv
 import html
+import io
 import json
+import math
 import os
 import statistics
 import sys
@@ -40,6 +41,7 @@ from dip.config import image_name  # noqa: E402
 from dip.errors import DipError, one_line  # noqa: E402
 from dip.sweeps import FAILED_JOBS, failed_jobs  # noqa: E402
 from dip.wandb_files import offline_history  # noqa: E402
+from experiments.cli_args import ArgumentParser  # noqa: E402
 
 STEP_KEYS = ("step", "trainer/global_step")
 
@@ -88,6 +90,50 @@ def flatten(node, prefix: str = "") -> dict:
 
 def read_yaml(path: Path):
     return yaml.safe_load(path.read_text()) if path.is_file() else None
+
+
+def kind(value) -> str:
+    """What a parsed YAML or JSON value is, in words."""
+    names = {dict: "mapping", list: "list", str: "string", bool: "boolean", int: "number", float: "number"}
+    return names.get(type(value), type(value).__name__)
+
+
+def read_mapping(path: Path) -> dict:
+    """A YAML file that holds a mapping (``{}`` when the file is missing or empty); ``ValueError``
+    naming the file when it holds something else."""
+    data = read_yaml(path)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: holds a {kind(data)}, not a mapping")
+    return data
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# metrics.json's fields the page uses: numbers it needs, numbers and texts it shows when present
+REQUIRED_NUMBERS = ("psnr_fit", "steps")
+OPTIONAL_NUMBERS = ("psnr", "psnr_ema", "steps_per_second", "peak_mem_mb", "memory_estimate_mb")
+OPTIONAL_TEXTS = ("device", "peak_mem_source")
+
+
+def check_metrics(metrics, path: Path) -> dict:
+    """``metrics`` (the JSON in ``path``) when it holds the fields the page uses, of the types it uses
+    them as; else ``ValueError`` naming the file and the first field at fault."""
+    if not isinstance(metrics, dict):
+        raise ValueError(f"{path}: holds a {kind(metrics)}, not an object of metrics")
+    for key in REQUIRED_NUMBERS:
+        if metrics.get(key) is None:
+            raise ValueError(f"{path}: no {key}")
+    for key in (*REQUIRED_NUMBERS, *OPTIONAL_NUMBERS):
+        if metrics.get(key) is not None and not is_number(metrics[key]):
+            raise ValueError(f"{path}: {key} is {json.dumps(metrics[key])[:40]}, not a finite number")
+    for key in OPTIONAL_TEXTS:
+        if metrics.get(key) is not None and not isinstance(metrics[key], str):
+            raise ValueError(f"{path}: {key} is {json.dumps(metrics[key])[:40]}, not a string")
+    return metrics
 
 
 def read_csv_curves(path: Path) -> dict[str, list[tuple[int, float]]]:
@@ -161,13 +207,23 @@ def read_run(run_dir: Path, name: str) -> Run:
         metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
     except ValueError as error:
         raise ValueError(f"{metrics_file}: {error}") from None
-    hydra_cfg = read_yaml(run_dir / ".hydra" / "hydra.yaml") or {}
+    if metrics is not None:
+        check_metrics(metrics, metrics_file)
+    hydra_file, overrides_file = run_dir / ".hydra" / "hydra.yaml", run_dir / ".hydra" / "overrides.yaml"
+    choices = read_mapping(hydra_file)
+    for key in ("hydra", "runtime", "choices"):
+        choices = choices.get(key) or {}
+        if not isinstance(choices, dict):
+            raise ValueError(f"{hydra_file}: its {key} is a {kind(choices)}, not a mapping")
+    overrides = read_yaml(overrides_file) or []
+    if not isinstance(overrides, list):
+        raise ValueError(f"{overrides_file}: holds a {kind(overrides)}, not a list of overrides")
     run = Run(
         path=run_dir,
         name=name,
-        overrides=read_yaml(run_dir / ".hydra" / "overrides.yaml") or [],
-        config=flatten(read_yaml(run_dir / ".hydra" / "config.yaml") or {}),
-        choices=hydra_cfg.get("hydra", {}).get("runtime", {}).get("choices", {}) or {},
+        overrides=[str(override) for override in overrides],
+        config=flatten(read_mapping(run_dir / ".hydra" / "config.yaml")),
+        choices=choices,
         metrics=metrics,
     )
     run.curves, run.curve_source = read_curves(run_dir)
@@ -192,7 +248,15 @@ def fmt(value, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def plot_curves(groups: dict[str, list[Run]], key: str, path: Path) -> None:
+def png(figure) -> bytes:
+    """The figure as PNG bytes (written only once the whole dashboard is made); closes it."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def plot_curves(groups: dict[str, list[Run]], key: str) -> bytes:
     figure, axes = plt.subplots(figsize=(7, 4.2), dpi=110)
     for label, runs in groups.items():
         by_step: dict[int, list[float]] = {}
@@ -211,8 +275,7 @@ def plot_curves(groups: dict[str, list[Run]], key: str, path: Path) -> None:
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
+    return png(figure)
 
 
 def best_per_image(runs: list[Run], key: str) -> dict[str, Run]:
@@ -227,15 +290,19 @@ def show(ax, picture: Path, title: str, winner: bool = False) -> None:
     ax.set_xticks([])
     ax.set_yticks([])
     if picture.is_file():
-        with Image.open(picture) as image:
-            ax.imshow(image.convert("RGB"))
+        try:
+            with Image.open(picture) as image:
+                ax.imshow(image.convert("RGB"))
+        except (OSError, ValueError, Image.DecompressionBombError) as error:  # damaged, not an image
+            ax.text(0.5, 0.5, f"unreadable:\n{picture.name}\n{one_line(error, 60)}", ha="center", va="center",
+                    fontsize=6, color="darkred", wrap=True, transform=ax.transAxes)
     ax.set_title(title, fontsize=7, color="darkgreen" if winner else "black")
     for spine in ax.spines.values():
         spine.set_edgecolor("limegreen" if winner else "lightgrey")
         spine.set_linewidth(4 if winner else 1)
 
 
-def plot_grid(runs: list[Run], key: str, by: str, best: dict[str, Run], path: Path) -> None:
+def plot_grid(runs: list[Run], key: str, by: str, best: dict[str, Run]) -> bytes:
     """One row per image: its observation, then every run's restoration; the best one framed."""
     rows: dict[str, list[Run]] = {}
     for run in runs:
@@ -252,8 +319,7 @@ def plot_grid(runs: list[Run], key: str, by: str, best: dict[str, Run], path: Pa
         for ax in axes_row[1 + len(image_runs):]:
             ax.axis("off")
     figure.suptitle(f"restored images ({key}); framed: the best run per image", fontsize=9)
-    figure.savefig(path)
-    plt.close(figure)
+    return png(figure)
 
 
 def group_table(groups: dict[str, list[Run]], key: str, by: str) -> str:
@@ -309,23 +375,78 @@ td,th{border:1px solid #ccc;padding:3px 7px;font-size:13px;text-align:left}th{ba
 tr.best{background:#e6f7e6}tr.unfinished{color:#a00}img{max-width:100%}code{font-size:11px}"""
 
 
+def read_failures(sweep_dir: Path) -> list[str]:
+    """The sweep's failed jobs; a ``DipError`` naming the list when it cannot be read."""
+    try:
+        return failed_jobs(sweep_dir)
+    except OSError as error:
+        raise DipError(f"{sweep_dir / FAILED_JOBS}: {error.strerror or one_line(error, 200)}") from None
+
+
+def no_finished_run(sweep_dir: Path, unreadable: list[Run], failures: list[str]) -> DipError:
+    """Why there is no page to make: the folders that could not be read, the jobs that failed."""
+    if unreadable:
+        more = f" (and {len(unreadable) - 1} more unreadable)" if len(unreadable) > 1 else ""
+        problem = f"no finished run it can read: {unreadable[0].unreadable}{more}"
+    else:
+        problem = "no finished run (no */metrics.json under it)"
+    if failures:
+        problem += f"; {len(failures)} job(s) failed, listed in {sweep_dir / FAILED_JOBS}"
+    return DipError(f"{sweep_dir}: {problem}")
+
+
+OUTPUTS = ("psnr_curves.png", "image_grid.png", "dashboard.html")
+
+
+def check_out(out: Path) -> None:
+    """A ``DipError`` when ``out`` cannot be the dashboard's folder (a file, say) or one of the files it
+    writes there is a folder: checked before any work."""
+    if out.exists() and not out.is_dir():
+        raise DipError(f"{out}: not a folder (--out names the folder to write the dashboard into)")
+    for name in OUTPUTS:
+        if (out / name).is_dir():
+            raise DipError(f"{out / name}: a folder, where the dashboard writes its {name}")
+
+
+def write_files(out: Path, files: dict[str, bytes]) -> None:
+    """Write ``files`` into ``out`` (made if missing), each replacing its old version only once all are
+    written: a failure (no permission, a full disk) leaves the old dashboard as it was and no part of
+    the new one; a ``DipError`` naming the place and the fault."""
+    written: list[Path] = []
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, data in files.items():
+            temporary = out / f".{name}.part"
+            written.append(temporary)
+            temporary.write_bytes(data)
+        for temporary in written:
+            os.replace(temporary, out / temporary.name[1:-len(".part")])
+    except OSError as error:
+        for temporary in written:
+            temporary.unlink(missing_ok=True)
+        place = error.filename or out
+        raise DipError(f"{place}: cannot write the dashboard there ({error.strerror or one_line(error, 200)})") \
+            from None
+
+
 def write_dashboard(sweep_dir: Path, out: Path, by: str = "arch") -> Path:
-    """Write the figures and ``dashboard.html`` for the sweep in ``sweep_dir`` into ``out``."""
+    """Write the figures and ``dashboard.html`` for the sweep in ``sweep_dir`` into ``out``: all three
+    are made first, and nothing is written when one cannot be (a ``DipError`` saying why)."""
     if not sweep_dir.is_dir():
         raise DipError(f"{sweep_dir}: no such sweep folder")
+    check_out(out)
     everything = find_runs(sweep_dir)
     runs = [run for run in everything if run.finished]
     unfinished = [run for run in everything if not run.finished]
+    failures = read_failures(sweep_dir)
     if not runs:
-        raise DipError(f"{sweep_dir}: no finished run (no */metrics.json under it)")
-    out.mkdir(parents=True, exist_ok=True)
+        raise no_finished_run(sweep_dir, [run for run in unfinished if run.unreadable], failures)
     key = quality_key(runs)
     groups: dict[str, list[Run]] = {}
     for run in runs:
         groups.setdefault(str(run.value(by)), []).append(run)
     best = best_per_image(runs, key)
-    plot_curves(groups, key, out / "psnr_curves.png")
-    plot_grid(runs, key, by, best, out / "image_grid.png")
+    figures = {"psnr_curves.png": plot_curves(groups, key), "image_grid.png": plot_grid(runs, key, by, best)}
 
     notes = []
     if any(run.curve_source == "none" for run in runs):
@@ -335,11 +456,14 @@ def write_dashboard(sweep_dir: Path, out: Path, by: str = "arch") -> Path:
     if "process_max_rss" in memory_sources:
         notes.append("Peak memory on the CPU is the process's peak resident set (start-up and earlier jobs of the "
                      "same worker included); on a GPU it is <code>torch.cuda.max_memory_allocated</code>.")
-    failures = failed_jobs(sweep_dir)
     if failures:
         notes.append(f"{len(failures)} job(s) failed (<code>{FAILED_JOBS}</code>):<ul>"
                      + "".join(f"<li>{html.escape(line)}</li>" for line in failures) + "</ul>")
-    search = read_yaml(sweep_dir / "optimization_results.yaml")
+    try:
+        search = read_mapping(sweep_dir / "optimization_results.yaml")
+    except (OSError, ValueError, yaml.YAMLError) as error:
+        search = {}
+        notes.append(f"The Optuna results are unreadable: {html.escape(one_line(error, 300))}")
     if search:
         notes.append(f"Optuna: best value {search.get('best_value')} with "
                      f"<code>{html.escape(json.dumps(search.get('best_params')))}</code>.")
@@ -357,13 +481,12 @@ quality: <code>{key}</code> ({'against the ground truth' if key == 'psnr' else '
 <h2>Runs</h2>{run_table(runs, unfinished, key, by, best, out)}
 </body></html>
 """
-    dashboard = out / "dashboard.html"
-    dashboard.write_text(page)
-    return dashboard
+    write_files(out, {**figures, "dashboard.html": page.encode()})
+    return out / "dashboard.html"
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", type=Path, help="a multirun folder (hydra.sweep.dir)")
     parser.add_argument("--out", type=Path, help="where to write the dashboard (default: SWEEP_DIR)")
     parser.add_argument("--by", default="arch", help="group runs by this setting (default: arch), e.g. optim.lr")

@@ -14,7 +14,6 @@ curve cannot be read is listed under the table with its fault, and left out of t
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -25,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from dip.benchmark import table_cell  # noqa: E402
 from dip.errors import DipError, one_line  # noqa: E402
+from experiments.cli_args import ArgumentParser  # noqa: E402
 from experiments.collapse_report import first_fault, read_curves  # noqa: E402
 
 COLUMNS = ("image", "stop step", "EMA kept", "EMA at the end", "kept - end", "best EMA", "best step", "best - kept")
@@ -58,7 +58,7 @@ def image_row(images: Path, run_dir: Path, curves_dir: Path | None) -> dict:
     kept, end = float(metrics["psnr_ema"]), metrics.get("psnr_ema_final")
     end = None if end is None else float(end)
     best_step, best = max(curve, key=lambda point: point[1]) if curve else (None, None)
-    image = metrics.get("image", name.parts[0]) + "".join(f" {part}" for part in name.parts[1:])
+    image = str(metrics.get("image", name.parts[0])) + "".join(f" {part}" for part in name.parts[1:])
     return {"image": image, "stop step": metrics.get("early_stop_step"),
             "EMA kept": kept, "EMA at the end": end, "kept - end": None if end is None else kept - end,
             "best EMA": best, "best step": best_step, "best - kept": None if best is None else best - kept}
@@ -101,7 +101,7 @@ def report(run_dir: Path, curves_dir: Path | None = None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path, help="a benchmark run directory (holding images/<stem>/metrics.json)")
     parser.add_argument("--curves", type=Path, help="a folder of <stem>.csv curves, in place of each image's csv/")
     args = parser.parse_args(argv)

@@ -1,0 +1,216 @@
+"""Bad input to the dashboard (``experiments/compare.py``) and the report scripts beside it: a run folder
+it cannot read is a row naming the file and its fault; anything else is one ``error:`` line, exit status
+2, no traceback and nothing half-written. Sweeps are made by hand here (no fits): a run folder is the
+files compare.py reads."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dip import sweeps
+from tests.conftest import make_png, run_cli
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "experiments"))
+import compare  # noqa: E402
+
+METRICS = {"arch": "skip", "device": "cpu", "psnr": 20.5, "psnr_ema": 20.1, "psnr_fit": 25.0, "seed": 0,
+           "steps": 3, "steps_per_second": 10.0, "peak_mem_mb": 500.0, "peak_mem_source": "process_max_rss"}
+
+
+def make_run(sweep: Path, job: str, metrics: dict | None = None, seed: int = 0) -> Path:
+    """A finished run folder as a multirun leaves it (no curve logged): ``.hydra/``, the images and
+    ``metrics.json`` (``metrics`` over ``METRICS``; a string is written as the file's text)."""
+    run_dir = sweep / job
+    (run_dir / ".hydra").mkdir(parents=True)
+    config = {"seed": seed, "data": {"path": None, "observation": None, "default_image": "astronaut"}}
+    (run_dir / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    choices = {"hydra": {"runtime": {"choices": {"arch": "skip"}}}}
+    (run_dir / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(choices))
+    (run_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"seed={seed}"]))
+    make_png(run_dir / "observation.png", 16, 16, seed=seed)
+    make_png(run_dir / "restored.png", 16, 16, seed=seed + 1)
+    text = metrics if isinstance(metrics, str) else json.dumps({**METRICS, "seed": seed, **(metrics or {})})
+    (run_dir / "metrics.json").write_text(text)
+    return run_dir
+
+
+def make_sweep(tmp_path: Path, jobs: int = 2) -> Path:
+    sweep = tmp_path / "sweep"
+    for job in range(jobs):
+        make_run(sweep, str(job), seed=job)
+    return sweep
+
+
+def refused(argv: list[str], capsys, main=compare.main) -> str:
+    """What ``main(argv)`` printed on stderr, having checked it stopped with status 2 and printed no more
+    than one ``error:`` line."""
+    with pytest.raises(SystemExit) as exited:
+        code = main(argv)
+        raise SystemExit(code)
+    assert exited.value.code == 2
+    printed = capsys.readouterr()
+    assert printed.out == "" and printed.err.count("\n") == 1 and printed.err.startswith("error: "), printed.err
+    return printed.err.rstrip("\n")
+
+
+@pytest.mark.parametrize("text, fault", [
+    ("[]", "holds a list, not an object of metrics"),
+    ("[1]", "holds a list, not an object of metrics"),
+    ("7", "holds a number, not an object of metrics"),
+    ("{}", "no psnr_fit"),
+    ('{"steps": 2}', "no psnr_fit"),
+    ('{"psnr_fit": 3}', "no steps"),
+    ('{"psnr": "x", "psnr_fit": 3, "steps": 2}', 'psnr is "x", not a finite number'),
+    ('{"psnr_fit": [3, 4], "steps": 2}', "psnr_fit is [3, 4], not a finite number"),
+    ('{"psnr_fit": true, "steps": 2}', "psnr_fit is true, not a finite number"),
+    ('{"psnr_fit": NaN, "steps": 2}', "psnr_fit is NaN, not a finite number"),
+    ('{"psnr_fit": 3, "steps": "2"}', 'steps is "2", not a finite number'),
+    ('{"psnr_fit": 3, "steps": 2, "device": 0}', "device is 0, not a string"),
+])
+def test_a_metrics_json_of_the_wrong_shape_is_an_unreadable_row(tmp_path, text, fault):
+    sweep = make_sweep(tmp_path)
+    (sweep / "1" / "metrics.json").write_text(text)
+    page = compare.write_dashboard(sweep, sweep).read_text()
+    assert "1 finished run(s), 1 unfinished or unreadable" in page
+    assert f"unreadable: {sweep / '1' / 'metrics.json'}: {fault}" in page.replace("&quot;", '"')
+    assert "<a href='0/'>0</a>" in page  # the other run is shown
+
+
+@pytest.mark.parametrize("name, text, fault", [
+    ("hydra.yaml", "[1]", "holds a list, not a mapping"),
+    ("hydra.yaml", "hydra: 3", "its hydra is a number, not a mapping"),
+    ("hydra.yaml", "hydra: {runtime: {choices: [a]}}", "its choices is a list, not a mapping"),
+    ("config.yaml", "x", "holds a string, not a mapping"),
+    ("config.yaml", "[1, 2]", "holds a list, not a mapping"),
+    ("overrides.yaml", "{a: 1}", "holds a mapping, not a list of overrides"),
+])
+def test_a_hydra_record_of_the_wrong_shape_is_an_unreadable_row(tmp_path, name, text, fault):
+    sweep = make_sweep(tmp_path)
+    (sweep / "1" / ".hydra" / name).write_text(text)
+    page = compare.write_dashboard(sweep, sweep).read_text()
+    assert f"unreadable: {sweep / '1' / '.hydra' / name}: {fault}" in page
+    assert "<a href='0/'>0</a>" in page
+
+
+def test_a_damaged_image_in_a_run_folder_is_a_cell_naming_it(tmp_path, capsys):
+    sweep = make_sweep(tmp_path)
+    (sweep / "1" / "restored.png").write_bytes((sweep / "1" / "restored.png").read_bytes()[:60])  # truncated
+    (sweep / "0" / "observation.png").write_text("not an image")
+    texts = []
+    show = compare.show
+
+    def recording_show(ax, picture, title, winner=False):
+        show(ax, picture, title, winner)
+        texts.extend(text.get_text() for text in ax.texts)
+
+    compare.show = recording_show
+    try:
+        compare.main([str(sweep)])
+    finally:
+        compare.show = show
+    assert capsys.readouterr().out == f"dashboard: {sweep / 'dashboard.html'}\n"
+    assert (sweep / "image_grid.png").read_bytes()[:4] == b"\x89PNG"
+    assert any(text.startswith("unreadable:\nobservation.png\n") for text in texts), texts
+    assert any(text.startswith("unreadable:\nrestored.png\n") for text in texts), texts
+
+
+def test_a_failed_jobs_list_that_is_not_utf8_is_read(tmp_path):
+    sweep = make_sweep(tmp_path)
+    (sweep / sweeps.FAILED_JOBS).write_bytes(b"job 1 (seed=1): \xff\xfe broken\n")
+    assert sweeps.failed_jobs(sweep) == ["job 1 (seed=1): \ufffd\ufffd broken"]
+    assert "failed: 1 job(s)" in sweeps.sweep_summary(sweep)
+    assert "1 job(s) failed" in compare.write_dashboard(sweep, sweep).read_text()
+
+
+def test_out_that_is_a_file_or_cannot_be_made_is_one_line(tmp_path, capsys):
+    sweep = make_sweep(tmp_path)
+    (tmp_path / "file").write_text("mine")
+    assert refused([str(sweep), "--out", str(tmp_path / "file")], capsys) == (
+        f"error: {tmp_path / 'file'}: not a folder (--out names the folder to write the dashboard into)")
+    assert (tmp_path / "file").read_text() == "mine"
+    under_a_file = tmp_path / "file" / "report"
+    assert refused([str(sweep), "--out", str(under_a_file)], capsys).startswith(
+        f"error: {under_a_file}: cannot write the dashboard there (")
+    assert not list(sweep.glob("*.png")) and not (sweep / "dashboard.html").exists()
+
+
+def test_nothing_is_written_when_the_page_cannot_be_made(tmp_path, capsys, monkeypatch):
+    """The figures are written only with the page: a failure making it leaves the folder as it was."""
+    sweep = make_sweep(tmp_path)
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "dashboard.html").write_text("the old page")
+
+    def fails(*args):
+        raise compare.DipError("cannot make the table")
+
+    monkeypatch.setattr(compare, "group_table", fails)
+    assert refused([str(sweep), "--out", str(out)], capsys) == "error: cannot make the table"
+    assert sorted(path.name for path in out.iterdir()) == ["dashboard.html"]
+    assert (out / "dashboard.html").read_text() == "the old page"
+    monkeypatch.undo()
+    # one of the files it writes is a folder there: refused before anything is written
+    (out / "image_grid.png").mkdir()
+    assert refused([str(sweep), "--out", str(out)], capsys) == (
+        f"error: {out / 'image_grid.png'}: a folder, where the dashboard writes its image_grid.png")
+    assert sorted(path.name for path in out.iterdir()) == ["dashboard.html", "image_grid.png"]
+    assert (out / "dashboard.html").read_text() == "the old page"
+
+
+def test_a_sweep_whose_jobs_all_failed_says_so(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    sweeps.record_failure(sweep, "job 0 (data.path=a.png): image file not found: a.png")
+    summary = sweeps.sweep_summary(sweep)
+    assert "sweep: 0 finished run(s)" in summary and "dashboard:" not in summary and "failed: 1 job(s)" in summary
+    assert refused([str(sweep)], capsys) == (f"error: {sweep}: no finished run (no */metrics.json under it); "
+                                             f"1 job(s) failed, listed in {sweep / sweeps.FAILED_JOBS}")
+    make_run(sweep, "1")
+    assert "dashboard: python experiments/compare.py" in sweeps.sweep_summary(sweep)
+
+
+def test_a_sweep_whose_only_runs_are_damaged_names_them(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    make_run(sweep, "0", "[1]")
+    make_run(sweep, "1", "{damaged")
+    assert refused([str(sweep)], capsys) == (
+        f"error: {sweep}: no finished run it can read: {sweep / '0' / 'metrics.json'}: holds a list, not an "
+        "object of metrics (and 1 more unreadable)")
+    assert not list(sweep.glob("*.png"))
+
+
+@pytest.mark.parametrize("script, argv, fault", [
+    ("compare", ["--bogus", "x"], "unrecognized arguments: --bogus"),
+    ("compare", [], "the following arguments are required: sweep_dir"),
+    ("collapse_report", [], "the following arguments are required: paths"),
+    ("collapse_report", ["x.csv", "--drop-db", "-1"], "argument --drop-db: must be a finite number above 0, got -1"),
+    ("collapse_report", ["x.csv", "--drop-db", "nan"], "argument --drop-db: must be a finite number above 0, got nan"),
+    ("collapse_report", ["x.csv", "--drop-db", "0"], "argument --drop-db: must be a finite number above 0, got 0"),
+    ("collapse_report", ["x.csv", "--drop-db", "five"], "argument --drop-db: 'five' is not a number"),
+    ("early_stop_report", ["a", "b"], "unrecognized arguments: b"),
+])
+def test_a_bad_command_line_is_one_error_line(script, argv, fault, capsys):
+    main = __import__(f"experiments.{script}", fromlist=["main"]).main
+    assert refused(argv, capsys, main) == f"error: {fault} (see {Path(sys.argv[0]).name} -h)"
+
+
+def test_a_bad_command_line_as_the_user_runs_it():
+    done = run_cli("x.csv", "--drop-db", "-1", script="experiments/collapse_report.py")
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == ("error: argument --drop-db: must be a finite number above 0, got -1 "
+                           "(see collapse_report.py -h)\n")
+
+
+def test_the_early_stop_report_takes_an_image_name_that_is_a_number(tmp_path, capsys):
+    from experiments.early_stop_report import main
+
+    (tmp_path / "run" / "images" / "five").mkdir(parents=True)
+    (tmp_path / "run" / "images" / "five" / "metrics.json").write_text('{"image": 5, "psnr_ema": 30.0}')
+    assert main([str(tmp_path / "run")]) == 0
+    assert capsys.readouterr().out.splitlines()[2] == "| 5 | - | 30.00 | - | - | - | - | - |"
