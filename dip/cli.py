@@ -122,12 +122,12 @@ def _job_files(run_dir: Path) -> list[Path]:
 EARLIER_RUNS = EarlierRuns()  # filled by launch, before Hydra writes anything
 
 
-def finished_metrics(cfg: DictConfig, output_dir: Path) -> dict | None:
+def finished_metrics(cfg: DictConfig, output_dir: Path, earlier_runs: EarlierRuns) -> dict | None:
     """The metrics of the run with ``cfg``'s settings that had finished in ``output_dir`` before this
-    launch, else None; ``DipError`` if the run that finished there had other settings, so that it is
-    not replaced. A final checkpoint kept there (``checkpoint.keep=true``) is for the pipeline to continue,
-    or to refuse, unless the run finished exactly as asked."""
-    earlier = EARLIER_RUNS.finished_config(output_dir)
+    launch (as ``earlier_runs`` noted), else None; ``DipError`` if the run that finished there had
+    other settings, so that it is not replaced. A final checkpoint kept there (``checkpoint.keep=true``)
+    is for the pipeline to continue, or to refuse, unless the run finished exactly as asked."""
+    earlier = earlier_runs.finished_config(output_dir)
     if earlier is None:
         return None
     saved, settings = finished_run_settings(earlier), finished_run_settings(cfg)
@@ -165,7 +165,10 @@ def hydra_main(cfg: DictConfig) -> float | None:
             print(run_experiment(cfg, output_dir))
             return None
         problem = problem_from_config(cfg)  # before importing Lightning: a bad input fails in seconds
-        if (finished := finished_metrics(cfg, output_dir)) is not None:  # a sweep run again to finish it
+        # hydra_main's own EARLIER_RUNS: a launcher with worker processes (joblib, submitit) pickles this
+        # function with a copy of what it refers to, taken after launch filled it; the worker's module has
+        # a fresh, empty one
+        if (finished := finished_metrics(cfg, output_dir, EARLIER_RUNS)) is not None:  # a sweep run again
             EARLIER_RUNS.discard(output_dir)  # puts back Hydra's record; the run's files are as they were
             print(describe_finished(finished, output_dir))
             return finished["psnr"] if finished.get("psnr") is not None else finished["psnr_fit"]
