@@ -27,7 +27,6 @@ the final output (unperturbed code) against the clean image after ``warmup + ste
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import logging
@@ -44,7 +43,6 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import NoReturn
 
 import numpy as np
 import pytorch_lightning as pl
@@ -67,6 +65,7 @@ from dip.nets.packed import unpack_images  # noqa: E402
 from dip.pipeline import fit, prepare  # noqa: E402
 from dip.problem import problem_from_config  # noqa: E402
 from dip.speed import Speed  # noqa: E402
+from experiments.cli_args import ArgumentParser, fail, whole_number  # noqa: E402
 
 # The reference loops run under torch's default backend flags (TF32 convolutions, no cuDNN
 # autotuning) with the fused optimizer (GPU and CPU), as a careful user would write them.
@@ -629,32 +628,6 @@ def table(results: dict) -> str:
                          f"PSNR mean {loop['psnr']:.2f}, of the average {fmt(loop['psnr_of_average'], '.2f')}")
         lines += [f"  {name} failed: {loop['error']}" for name, loop in p.get("loops", {}).items() if "error" in loop]
     return "\n".join(lines)
-
-
-def fail(message: str) -> NoReturn:
-    """Refuse the command in one line, with argparse's exit status (2), as ``run.py`` does."""
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse's, but a bad option is refused in one line (``fail``), not after the usage block."""
-
-    def error(self, message: str) -> NoReturn:
-        fail(f"{' '.join(message.split())} (see {self.prog} -h)")
-
-
-def whole_number(least: int) -> Callable[[str], int]:
-    """An argparse ``type``: a whole number >= ``least``, else argparse's one-line error."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < least:
-            raise argparse.ArgumentTypeError(f"must be a whole number >= {least}, got {text!r}")
-        return value
-    return parse
 
 
 BUILT_IN_LOOPS = ("framework", "eager", "official")

@@ -1,4 +1,4 @@
-"""The argument parser of the experiment scripts (``compare.py``, ``collapse_report.py``,
+"""The argument parser of the experiment scripts (``bench.py``, ``compare.py``, ``collapse_report.py``,
 ``early_stop_report.py``): a bad command line is one ``error: ...`` line and exit status 2, with no
 usage block before it (``-h`` still prints the usage)."""
 
@@ -7,16 +7,21 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from collections.abc import Callable
 from typing import NoReturn
 
 
+def fail(message: str) -> NoReturn:
+    """Refuse the command in one line, with argparse's exit status (2), as ``run.py`` does."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """``argparse.ArgumentParser`` whose errors are one line: ``error: <what is wrong> (<prog> -h)``."""
+    """``argparse.ArgumentParser`` whose errors are one line: ``error: <what is wrong> (see <prog> -h)``."""
 
     def error(self, message: str) -> NoReturn:
-        text = " ".join(message.split())
-        print(f"error: {text} (see {self.prog} -h)", file=sys.stderr)
-        raise SystemExit(2)
+        fail(f"{' '.join(message.split())} (see {self.prog} -h)")
 
 
 def positive_number(text: str) -> float:
@@ -28,3 +33,16 @@ def positive_number(text: str) -> float:
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
     return value
+
+
+def whole_number(least: int) -> Callable[[str], int]:
+    """An argparse ``type``: a whole number >= ``least``, else argparse's one-line error."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < least:
+            raise argparse.ArgumentTypeError(f"must be a whole number >= {least}, got {text!r}")
+        return value
+    return parse
