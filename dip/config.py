@@ -14,7 +14,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import Container, DictConfig, OmegaConf, open_dict
 
-from dip.errors import DipError
+from dip.errors import DipError, one_line
 from dip.gpus import visible_gpus, worker_count
 from dip.images import BUILTIN_PREFIX
 
@@ -175,13 +175,15 @@ def config_message(error: Exception) -> str:
     return f"{first} {rest[0]}" if rest and rest[0].startswith("To append") else first
 
 
-def check_whole_number(key: str, value, least: int = 1, none: str | None = None) -> None:
-    """``DipError`` unless the setting ``key`` is a whole number >= ``least`` (or null, where ``none``
-    says what null means)."""
-    if (value is None and none) or (isinstance(value, int) and not isinstance(value, bool) and value >= least):
+def check_whole_number(key: str, value, least: int = 1, none: str | None = None, most: int | None = None) -> None:
+    """``DipError`` unless the setting ``key`` is a whole number >= ``least`` (and <= ``most``, if given),
+    or null, where ``none`` says what null means."""
+    whole = isinstance(value, int) and not isinstance(value, bool)
+    if (value is None and none) or (whole and value >= least and (most is None or value <= most)):
         return
+    bounds = f">= {least}" if most is None else f"from {least} to {most}"
     also = f", or null for {none}" if none else ""
-    raise DipError(f"{key} must be a whole number >= {least}{also}, got {value!r}")
+    raise DipError(f"{key} must be a whole number {bounds}{also}, got {value!r}")
 
 
 def check_settings(cfg: DictConfig) -> None:
@@ -197,6 +199,15 @@ def check_settings(cfg: DictConfig) -> None:
     check_whole_number("metrics_every", cfg.metrics_every)
     check_whole_number("image_log_every", cfg.image_log_every)
     check_whole_number("max_rollbacks", cfg.max_rollbacks, none="never stopping")
+    for key in ("seed", "observation_seed"):  # the range numpy's generator, which Lightning seeds, takes
+        check_whole_number(key, cfg.get(key), least=0, most=2**32 - 1)
+    check_whole_number("restarts", cfg.restarts)
+    check_whole_number("checkpoint.every_n_steps", OmegaConf.select(cfg, "checkpoint.every_n_steps"), least=0,
+                       none="only on an interruption")
+    accelerator = OmegaConf.select(cfg, "trainer.accelerator")
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise DipError(f"trainer.accelerator={accelerator}, but torch finds no CUDA GPU here "
+                       f"(torch {torch.__version__}): leave it at auto, or choose cpu")
     if cfg.data.mode not in ("auto", "L", "RGB"):
         raise DipError(f"data.mode must be auto, L or RGB, got {cfg.data.mode!r}")
     for key, value in (("optim.lr", OmegaConf.select(cfg, "optim.lr")), ("backtrack_db", cfg.backtrack_db)):
@@ -215,11 +226,15 @@ def instantiate_settings(node: DictConfig, what: str, **kwargs):
         return built(**kwargs) if kwargs else built
     except DipError:
         raise
-    except Exception as error:  # Hydra wraps the constructor's error: report the constructor's own
-        cause = error.__cause__ or error
-        if isinstance(cause, DipError):  # already says what is wrong (a missing weight file)
-            raise cause from None
-        raise DipError(f"invalid {what} settings: {cause}") from None
+    except Exception as error:
+        raise settings_error(error, what) from None
+
+
+def settings_error(error: Exception, what: str) -> DipError:
+    """A constructor's rejection of the ``what`` settings, as one line: Hydra wraps the constructor's
+    error, which is reported (a ``DipError`` as it is: it already says what is wrong)."""
+    cause = error.__cause__ or error
+    return cause if isinstance(cause, DipError) else DipError(f"invalid {what} settings: {one_line(cause, 300)}")
 
 
 register_resolvers()

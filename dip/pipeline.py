@@ -9,6 +9,7 @@ import resource
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -28,7 +29,7 @@ from dip.checkpoint import (
     check_resumable,
     find_checkpoint,
 )
-from dip.config import instantiate_settings, result_settings
+from dip.config import check_whole_number, instantiate_settings, result_settings, settings_error
 from dip.errors import DipError, RunInterruptedError
 from dip.inputs import padded_size
 from dip.loggers import ImageLogger, flat_config
@@ -163,7 +164,7 @@ def prepare(
         physics=problem.physics,
         observation=problem.observation,
         code=code,
-        optimizer=speed.optimizer(instantiate_settings(cfg.optim, "optim")),
+        optimizer=speed.optimizer(checked_optimizer(cfg.optim)),
         output_size=problem.solution_size,
         ground_truth=problem.ground_truth,
         ema_weight=cfg.ema_weight,
@@ -196,12 +197,18 @@ def _seeded_copies(cfg: DictConfig, code, problem: Problem, seeds: list[int]) ->
     return generator, torch.cat(codes, dim=1)
 
 
+def checked_optimizer(node: DictConfig) -> Callable[..., torch.optim.Optimizer]:
+    """The optimizer factory ``node`` describes, its settings tried on one parameter now: an unknown
+    or impossible one (a negative weight decay) is one line before the fit, not a traceback in it."""
+    instantiate_settings(node, "optim", params=[torch.zeros(1, requires_grad=True)])
+    return instantiate_settings(node, "optim")
+
+
 def check_copies(cfg: DictConfig, images: int = 1) -> int:
     """How many copies of the generator the fit packs: ``cfg.restarts``, or one per image of a problem
     of several; refused (one line) where they cannot be packed into one fit."""
     restarts = cfg.restarts
-    if restarts < 1:
-        raise DipError(f"restarts must be at least 1, got {restarts}")
+    check_whole_number("restarts", restarts)
     if images > 1 and restarts > 1:
         raise DipError(f"restarts={restarts} does not combine with packing {images} images into one fit")
     copies = max(restarts, images)
@@ -283,12 +290,15 @@ def fit(cfg: DictConfig, module: DeepImagePrior, callbacks=(), ckpt_path: str | 
     """Optimise ``module`` with the Trainer and logger ``cfg`` describes (and extra ``callbacks``),
     from the checkpoint ``ckpt_path`` if given (``resumed``: what it holds, for the logger)."""
     logger = make_logger(cfg, resumed)
-    if logger:
-        logger.log_hyperparams(flat_config(cfg))
     callbacks = [*callbacks, ImageLogger(cfg.image_log_every)]
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(MetricsProgressBar(refresh_rate=cfg.metrics_every))
-    trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
+    try:
+        trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
+    except Exception as error:  # an unknown or impossible Trainer argument: before the logger writes anything
+        raise settings_error(error, "trainer") from None
+    if logger:
+        logger.log_hyperparams(flat_config(cfg))
     loader = StepLoader(StepDataset(trainer.max_steps))
     if isinstance(logger, WandbLogger):
         _ = logger.experiment  # start the W&B run now, not inside the timed loop at its first log

@@ -95,7 +95,7 @@ def test_a_packed_fit_reports_the_average_and_each_restart(tmp_path):
 @pytest.mark.parametrize("overrides, message", [
     (["restarts=2", "arch=unet"], "cannot do: use a skip architecture"),
     (["restarts=2", "early_stop=wmv"], "does not combine with early stopping"),
-    (["restarts=0"], "restarts must be at least 1"),
+    (["restarts=0"], "restarts must be a whole number >= 1, got 0"),
 ])
 def test_impossible_restarts_are_one_clear_line(overrides, message):
     with pytest.raises(DipError, match=message):
