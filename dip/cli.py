@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import tempfile
 from pathlib import Path
 
 import hydra
@@ -22,7 +23,7 @@ from dip.config import (
     register_resolvers,
     setting_differences,
 )
-from dip.errors import DipError, RunInterruptedError
+from dip.errors import DipError, RunInterruptedError, one_line
 from dip.outputs import CHECKPOINT_NAME, OUTPUT_FILES, RESTART_OUTPUT, describe
 from dip.problem import problem_from_config
 from dip.sweeps import record_failure
@@ -66,6 +67,25 @@ def check_overrides(arguments: list[str], config_name: str = "config") -> None:
             fail(str(error))
 
 
+def run_folders(arguments: list[str]) -> list[tuple[str, Path]]:
+    """The run and sweep folders that the command line ``arguments`` name, with their keys."""
+    named = [argument.partition("=") for argument in arguments]
+    return [(key, Path(folder)) for key, _, folder in named if key in ("hydra.run.dir", "hydra.sweep.dir")]
+
+
+def check_run_folders(arguments: list[str]) -> None:
+    """Refuse in one line, before Hydra tries to make them, the run folders it could not make: a file
+    in the way, or a place where nothing can be written."""
+    for key, folder in run_folders(arguments):
+        existing = next(path for path in [folder.absolute(), *folder.absolute().parents] if path.exists())
+        if not existing.is_dir():
+            fail(f"{key}={folder}: {existing} is a file, not a folder")
+        try:
+            tempfile.TemporaryDirectory(dir=existing).cleanup()
+        except OSError as error:
+            fail(f"{key}={folder}: cannot write in {existing} ({error.strerror or one_line(error)})")
+
+
 class EarlierRuns:
     """What the run folders named on the command line (``hydra.run.dir``, ``hydra.sweep.dir`` and the
     job folders in it) held before Hydra started: the times their outputs and logs were written, and
@@ -77,8 +97,7 @@ class EarlierRuns:
 
     def record(self, arguments: list[str]) -> None:
         """Note what the folders named in the command line ``arguments`` and their job folders hold."""
-        keys = ("hydra.run.dir=", "hydra.sweep.dir=")
-        for folder in [Path(argument.partition("=")[2]) for argument in arguments if argument.startswith(keys)]:
+        for _, folder in run_folders(arguments):
             for run_dir in [folder, *(sub for sub in folder.iterdir() if sub.is_dir())] if folder.is_dir() else []:
                 for path in _job_files(run_dir):
                     self.written[path.resolve()] = path.stat().st_mtime_ns
@@ -201,6 +220,7 @@ def launch(app, config_name: str = "config") -> None:
     """Start the Hydra ``app`` composing ``config_name``, its overrides checked first (unless the
     user asked for Hydra's help)."""
     register_resolvers()
+    check_run_folders(sys.argv[1:])
     EARLIER_RUNS.record(sys.argv[1:])
     if not any(a in ("--help", "-h", "--hydra-help", "--info", "--shell-completion") for a in sys.argv[1:]):
         check_overrides(sys.argv[1:], config_name=config_name)

@@ -100,6 +100,16 @@ def test_a_gpu_asked_for_where_there_is_none_is_one_line(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("key, where", [("hydra.run.dir", "file"), ("hydra.run.dir", "file/run"),
+                                        ("hydra.sweep.dir", "file/sweep")])
+def test_a_run_folder_that_cannot_be_made_is_one_line(tmp_path, key, where):
+    (tmp_path / "file").write_text("the user's")
+    done = run_cli("-m" if key == "hydra.sweep.dir" else "seed=0", "trainer.max_steps=1", "logger=none",
+                   f"{key}={tmp_path / where}")
+    assert_one_line_error(done, f"{key}={tmp_path / where}: {tmp_path / 'file'} is a file, not a folder")
+    assert done.returncode == 2 and (tmp_path / "file").read_text() == "the user's"
+
+
 def test_a_finished_runs_folder_is_kept_whatever_runs_into_it_again(tmp_path):
     """Into a folder a finished run filled: the same run again is reported, not rerun (before Lightning
     is imported); a run with other settings and a run with an impossible option are refused. Each time
