@@ -62,9 +62,25 @@ def check_overrides(arguments: list[str], config_name: str = "config") -> None:
     checks = [fixed] + [fixed + [choice] for sweep in sweeps for choice in sweep]
     for check in checks:
         try:
-            OmegaConf.to_container(checked_config(check, config_name=config_name), resolve=False)
+            cfg = checked_config(check, config_name=config_name)
+            OmegaConf.to_container(cfg, resolve=False)
         except DipError as error:
             fail(str(error))
+        if check is fixed and config_name == "config" and _every_job_reads_this_input(cfg, arguments, sweeps):
+            try:  # an input that every job shares and would fail on: once, not once per job or trial
+                problem_from_config(cfg)
+            except DipError as error:
+                fail(str(error))
+
+
+def _every_job_reads_this_input(cfg: DictConfig, arguments: list[str], sweeps: list[list[str]]) -> bool:
+    """Whether ``cfg`` (the fixed overrides) is a multirun of ``run.py`` whose jobs all restore the
+    same input: no sweep over the data, task or mask, and no experiment (which reads its own)."""
+    multirun = bool(sweeps) or "-m" in arguments or "--multirun" in arguments \
+        or str(OmegaConf.select(cfg, "hydra.mode")) == str(RunMode.MULTIRUN)
+    swept = {choices[0].lstrip("+~").partition("=")[0].partition(".")[0] for choices in sweeps if choices}
+    return (multirun and not OmegaConf.select(cfg, "experiment.runner")
+            and not swept & {"data", "task", "mask", "profile"})
 
 
 def run_folders(arguments: list[str]) -> list[tuple[str, Path]]:

@@ -319,6 +319,16 @@ def test_optuna_search_of_two_trials(tmp_path):
     assert lrs[0] != lrs[1]
 
 
+@pytest.mark.parametrize("search", [["+hparams_search=optuna_lr", "hydra.sweeper.n_trials=2"], ["-m", "seed=0,1"]])
+def test_an_input_every_job_would_fail_on_is_refused_before_the_first(tmp_path, search):
+    """Optuna's sweeper ends a search of only failed trials in a traceback; a grid would fail each job:
+    an input that all jobs share is read once, first."""
+    sweep, missing = tmp_path / "sweep", tmp_path / "missing.png"
+    done = run_cli(*search, f"data.path={missing}", "logger=none", *TINY, f"hydra.sweep.dir={sweep}")
+    assert done.returncode == 2 and done.stderr == f"error: image file not found: {missing}\n", done.stderr[-2000:]
+    assert not sweep.exists()
+
+
 def test_joblib_gpus_launcher_two_jobs_with_wandb(tmp_path):
     """Two fake GPUs (no CUDA here: the jobs run on the CPU), one job per GPU, W&B offline."""
     sweep = tmp_path / "lr_sweep"
