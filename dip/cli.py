@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from dip.config import (
     CONF_DIR,
     checked_config,
+    config_groups,
     finished_run_settings,
     refuse_other_settings,
     register_resolvers,
@@ -53,6 +54,12 @@ def check_overrides(arguments: list[str], config_name: str = "config") -> None:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as error:
         fail(f"cannot parse overrides: {str(error).splitlines()[0]}")
+    groups = config_groups()
+    for override in parsed:  # nothing reads a new top-level key: a typo (+lrr=0.01) would pass unnoticed
+        key = override.key_or_group
+        if override.is_add() and "." not in key and "@" not in key and key not in groups:
+            fail(f"+{key}: nothing reads a setting named '{key}' (a typo?); settings are changed without '+' "
+                 f"(optim.lr=0.01), config groups added with it (+experiment=NAME)")
     fixed, sweeps = [], []
     for override, text in zip(parsed, overrides):
         if not override.is_sweep_override():

@@ -82,6 +82,7 @@ def assert_one_line_error(done, *needles):
         (["seed=-1"], ["seed must be a whole number from 0 to 4294967295, got -1"]),
         (["restarts=abc"], ["restarts must be a whole number >= 1, got 'abc'"]),
         (["checkpoint.every_n_steps=-1"], ["checkpoint.every_n_steps must be a whole number >= 0"]),
+        (["+lrr=0.01"], ["+lrr: nothing reads a setting named 'lrr' (a typo?)"]),
     ],
 )
 def test_bad_input_gets_one_line_and_no_outputs(tmp_path, args, needles):
