@@ -23,7 +23,7 @@ from pytorch_lightning.loggers import WandbLogger
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from dip.config import setting_differences
-from dip.errors import DipError, one_line
+from dip.errors import DipError, load_fault
 from dip.outputs import CHECKPOINT_NAME
 
 
@@ -90,7 +90,7 @@ def check_resumable(path: Path, settings: dict, max_steps: int) -> Resumable:
         saved, step = checkpoint["dip"]["settings"], int(checkpoint["global_step"])
     except Exception as error:  # torch.load raises many kinds on a damaged file
         raise DipError(f"cannot read checkpoint {path} (damaged, or not one of this framework's): delete it, or run "
-                       f"into another folder ({one_line(error, 80)})") from None
+                       f"into another folder ({load_fault(error)})") from None
     if differences := setting_differences(saved, settings):
         raise DipError(f"checkpoint {path} was made with other settings ({differences}): use the same settings "
                        f"or another run directory")

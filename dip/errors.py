@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import signal
 from pathlib import Path
 
@@ -9,6 +10,15 @@ from pathlib import Path
 def one_line(error: BaseException, limit: int | None = None) -> str:
     """``error``'s message on one line (at most ``limit`` characters), or its type's name when it has none."""
     return " ".join(str(error).split())[:limit] or type(error).__name__
+
+
+def load_fault(error: BaseException) -> str:
+    """Why ``torch.load(..., weights_only=True)`` failed, on one line. Not torch's advice for a file it
+    cannot unpickle (load it without ``weights_only``, which can run arbitrary code): such a file is not
+    one of tensors at all."""
+    if isinstance(error, pickle.UnpicklingError):
+        return "not a PyTorch file of tensors"
+    return one_line(error, 80)
 
 
 class DipError(Exception):

@@ -190,8 +190,10 @@ def test_sigterm_on_the_command_line_then_resume(image, tmp_path):
 def test_damaged_or_missing_checkpoint_is_one_clear_line(image, tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / CHECKPOINT_NAME).write_bytes(b"not a checkpoint")
-    with pytest.raises(DipError, match="cannot read checkpoint"):
+    with pytest.raises(DipError, match="cannot read checkpoint") as error:
         restore(image, tmp_path / "run", 4)
+    # not torch's advice to load it without weights_only, which could run code from the file
+    assert "(not a PyTorch file of tensors)" in str(error.value) and "weights_only" not in str(error.value)
     with pytest.raises(DipError, match="checkpoint not found"):
         restore(image, tmp_path / "new", 4, f"resume={tmp_path / 'nowhere.ckpt'}")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dip.errors import DipError
+from dip.errors import DipError, load_fault
 
 WEIGHTS_FILE = "alexnet-owt-7be5be79.pth"
 WEIGHTS_URL = f"https://download.pytorch.org/models/{WEIGHTS_FILE}"
@@ -103,6 +103,5 @@ def load_alexnet(weights: str | Path | None = None) -> AlexNet:
         state = torch.load(path, map_location="cpu", weights_only=True)
         net.load_state_dict(state)
     except Exception as error:  # a corrupt file, another network's weights: say which file
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise DipError(f"cannot load AlexNet weights from {path}: {first_line}") from None
+        raise DipError(f"cannot load AlexNet weights from {path}: {load_fault(error)}") from None
     return net
