@@ -128,6 +128,8 @@ def test_two_run_average_averages_runs_on_the_same_observation(tmp_path):
     (["+experiment=fig8_architectures", "experiment.archs=[]"], "experiment.archs must list at least one value"),
     (["+experiment=fig8_architectures", "experiment.archs=[skip_depth2,skip_deep]"], "unknown arch 'skip_deep'"),
     (["+experiment=fig6_inpainting_lr", "experiment.lrs=[0.01,-1]"], "optim.lr must be a number > 0, got -1"),
+    # refused by the Trainer, once the first sub-run's fit starts: its folder goes too
+    (["+experiment=fig6_inpainting_lr", "+trainer.foo=1"], "invalid trainer settings"),
 ])
 def test_an_impossible_experiment_is_refused_before_any_fit(tmp_path, image_and_mask, overrides, message):
     image, mask = image_and_mask

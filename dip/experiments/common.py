@@ -59,7 +59,7 @@ def restore_each(runs: Sequence[SubRun]) -> list[Result]:
     that a bad option, or a folder holding a run finished with other settings, costs no fit. A sub-run
     finished before with the same settings is reused (an experiment cut short continues where it
     stopped), unless it records the fit with ``callbacks``; each ``config.yaml`` is written once its
-    input is read."""
+    fit has finished, beside its outputs."""
     configs = [sub_config(run.overrides, run.directory) for run in runs]
     finished = []
     for run, cfg in zip(runs, configs):
@@ -72,9 +72,9 @@ def restore_each(runs: Sequence[SubRun]) -> list[Result]:
             results.append(_finished_result(run.directory))
             continue
         problem = problem_from_config(cfg, observation=run.observation)
-        text = OmegaConf.to_yaml(cfg)
-        write_atomically(run.directory / "config.yaml", lambda handle, text=text: handle.write(text.encode()))
         result = restore(cfg, run.directory, problem, run.callbacks)
+        text = OmegaConf.to_yaml(cfg)  # after the fit: a fit refused or failed leaves no config behind
+        write_atomically(run.directory / "config.yaml", lambda handle, text=text: handle.write(text.encode()))
         images = {name: None if (image := getattr(result, name)) is None else image.cpu() for name in REUSED_IMAGES}
         write_atomically(run.directory / OUTPUTS_FILE, lambda handle, images=images: torch.save(images, handle))
         results.append(result)
