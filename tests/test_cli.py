@@ -6,6 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
+from dip.config import compose_config
+from dip.errors import DipError
+from dip.pipeline import run
 from dip.wandb_files import offline_run_file, offline_run_info, offline_summary
 from tests.conftest import make_png, run_cli, run_cli_probing_lightning
 
@@ -74,31 +77,37 @@ def assert_one_line_error(done, *needles):
         (["data.size=0"], ["data.size must be a whole number >= 1, or null for the whole image, got 0"]),
         (["diverged_gradient=skip"], ["diverged_gradient must be one of keep, drop, damp", "'skip'"]),
         (["diverged_gradient=damp", "optim._target_=torch.optim.SGD"], ["diverged_gradient=damp", "SGD does not have"]),
-        # settings that torch or Lightning refuse only once the fit is under way, checked before it
+        # refused by torch's optimizer once the fit is under way: tried before it
         (["+optim.weight_decay=-1"], ["invalid optim settings: Invalid weight_decay value: -1"]),
-        (["+optim.foo=1"], ["invalid optim settings", "unexpected keyword argument 'foo'"]),
-        (["+trainer.foo=1"], ["invalid trainer settings", "unexpected keyword argument 'foo'"]),
-        (["trainer.precision=bogus"], ["invalid trainer settings: Precision 'bogus' is invalid"]),
-        (["seed=-1"], ["seed must be a whole number from 0 to 4294967295, got -1"]),
-        (["restarts=abc"], ["restarts must be a whole number >= 1, got 'abc'"]),
-        (["checkpoint.every_n_steps=-1"], ["checkpoint.every_n_steps must be a whole number >= 0"]),
         (["+lrr=0.01"], ["+lrr: nothing reads a setting named 'lrr' (a typo?)"]),
     ],
 )
 def test_bad_input_gets_one_line_and_no_outputs(tmp_path, args, needles):
     out = tmp_path / "out"
-    # logger=csv: a Trainer that refuses its settings leaves no log behind either
-    done = run_cli(*args, "trainer.max_steps=1", "logger=csv", f"hydra.run.dir={out}")
+    done = run_cli(*args, "trainer.max_steps=1", "logger=none", f"hydra.run.dir={out}")
     assert_one_line_error(done, *needles)
     assert not out.exists()
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
-def test_a_gpu_asked_for_where_there_is_none_is_one_line(tmp_path):
+@pytest.mark.parametrize("overrides, message", [
+    (["+optim.foo=1"], "invalid optim settings: Adam.__init__() got an unexpected keyword argument 'foo'"),
+    (["+trainer.foo=1"], "invalid trainer settings: Trainer.__init__() got an unexpected keyword argument 'foo'"),
+    (["trainer.precision=bogus"], "invalid trainer settings: Precision 'bogus' is invalid"),
+    (["seed=-1"], "seed must be a whole number from 0 to 4294967295, got -1"),
+    (["restarts=abc"], "restarts must be a whole number >= 1, got 'abc'"),
+    (["checkpoint.every_n_steps=-1"], "checkpoint.every_n_steps must be a whole number >= 0"),
+    *([] if torch.cuda.is_available() else
+      [(["trainer.accelerator=gpu"], "trainer.accelerator=gpu, but torch finds no CUDA GPU here")]),
+])
+def test_settings_torch_or_lightning_refuse_in_the_fit_are_refused_before_it(tmp_path, overrides, message):
+    """In process (run.py turns the DipError into its one line); logger=csv: a Trainer that refuses
+    its settings leaves no log behind either."""
     out = tmp_path / "out"
-    done = run_cli("trainer.accelerator=gpu", "trainer.max_steps=1", "logger=none", f"hydra.run.dir={out}")
-    assert_one_line_error(done, "trainer.accelerator=gpu, but torch finds no CUDA GPU here")
-    assert not out.exists()
+    cfg = compose_config([*overrides, "data.size=32", "trainer.max_steps=1", "logger=csv"], output_dir=out)
+    with pytest.raises(DipError) as refused:
+        run(cfg, out)
+    assert str(refused.value).startswith(message) and "\n" not in str(refused.value)
+    assert not out.exists() or not any(out.rglob("*"))
 
 
 @pytest.mark.parametrize("key, where", [("hydra.run.dir", "file"), ("hydra.run.dir", "file/run"),
