@@ -633,11 +633,15 @@ def table(results: dict) -> str:
 BUILT_IN_LOOPS = ("framework", "eager", "official")
 
 
+def result_rows(results: dict) -> list[dict]:
+    """The figures of each size and of the packed comparison, each with its ``loops``."""
+    return [*results["sizes"].values(), *([results["packed"]] if "packed" in results else [])]
+
+
 def every_loop_failed(results: dict, output: Path) -> str:
     """The refusal of a run none of whose loops finished: its loops' errors, each different one once."""
-    rows = [*results["sizes"].values(), *([results["packed"]] if "packed" in results else [])]
     failed: dict[str, list[str]] = {}  # error -> the loops that failed with it
-    for row in rows:
+    for row in result_rows(results):
         for name, loop in row["loops"].items():
             if "error" in loop and name not in failed.setdefault(loop["error"], []):
                 failed[loop["error"]].append(name)
@@ -805,8 +809,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
 
     def measured() -> bool:  # whether any loop of the run has finished a run so far
-        rows = [*results["sizes"].values(), *([results["packed"]] if "packed" in results else [])]
-        return any("ms" in loop for row in rows for loop in row["loops"].values())
+        return any("ms" in loop for row in result_rows(results) for loop in row["loops"].values())
 
     def save() -> None:  # after every run: a run cut short by a time limit keeps what it measured
         if not measured():  # only failures so far: an earlier run's figures are not replaced by nulls

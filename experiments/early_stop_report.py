@@ -26,12 +26,9 @@ from dip.benchmark import table_cell  # noqa: E402
 from dip.errors import DipError, one_line  # noqa: E402
 from experiments.cli_args import ArgumentParser  # noqa: E402
 from experiments.collapse_report import first_fault, read_curves  # noqa: E402
+from experiments.compare import is_number  # noqa: E402
 
 COLUMNS = ("image", "stop step", "EMA kept", "EMA at the end", "kept - end", "best EMA", "best step", "best - kept")
-
-
-def is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def read_metrics(path: Path) -> dict:
