@@ -14,6 +14,11 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one worker per core: a second torch thread each would only thrash
+    os.environ["OMP_NUM_THREADS"] = "1"  # for the scripts the tests run too
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def make_png(path: Path, width: int, height: int, mode: str = "RGB", seed: int = 0) -> Path:
