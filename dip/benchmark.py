@@ -354,6 +354,9 @@ def image_jobs(cfg: DictConfig, image: DatasetImage, directory: Path) -> list[Im
         raise DipError(f"benchmark.runs must be at least 1, got {runs}")
     crop = cfg.data.size
     size = (image.height, image.width) if not crop else (min(crop, image.height), min(crop, image.width))
+    if min(size) <= 2 * cfg.benchmark.shave:  # scored on an empty window, every PSNR would be nan
+        raise DipError(f"benchmark.shave={cfg.benchmark.shave} leaves nothing of {image.name} "
+                       f"({size[1]}x{size[0]}) to score")
     jobs = []
     for seed in range(cfg.seed, cfg.seed + runs):
         output_dir = directory if runs == 1 else directory / f"seed{seed}"

@@ -517,6 +517,7 @@ def test_impossible_packing_is_one_line_before_any_fit(tmp_path, overrides, mess
     (["baseline_jobs=-2"], "baseline_jobs must be a whole number >= 1, got -2"),
     (["cpu_jobs=1.5"], "cpu_jobs must be a whole number >= 1, got 1.5"),
     (["benchmark.shave=-1"], "benchmark.shave must be a whole number >= 0, got -1"),  # was a table of nan
+    (["benchmark.shave=24"], r"benchmark.shave=24 leaves nothing of baby.png \(48x48\) to score"),  # nan too
 ])
 def test_impossible_orchestration_settings_are_one_line_before_any_fit(tmp_path, overrides, message):
     root, run_dir = tmp_path / "data", tmp_path / "run"
