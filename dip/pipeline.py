@@ -200,8 +200,12 @@ def _seeded_copies(cfg: DictConfig, code, problem: Problem, seeds: list[int]) ->
 def checked_optimizer(node: DictConfig) -> Callable[..., torch.optim.Optimizer]:
     """The optimizer factory ``node`` describes, its settings tried on one parameter now: an unknown
     or impossible one (a negative weight decay) is one line before the fit, not a traceback in it."""
-    instantiate_settings(node, "optim", params=[torch.zeros(1, requires_grad=True)])
-    return instantiate_settings(node, "optim")
+    factory = instantiate_settings(node, "optim")
+    try:
+        factory([torch.zeros(1, requires_grad=True)])
+    except Exception as error:
+        raise settings_error(error, "optim") from None
+    return factory
 
 
 def check_copies(cfg: DictConfig, images: int = 1) -> int:
