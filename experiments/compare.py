@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import html
-import io
 import json
 import math
 import os
@@ -27,18 +26,16 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import yaml  # noqa: E402
-from PIL import Image  # noqa: E402
+import yaml
+from matplotlib.figure import Figure
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from dip.config import image_name  # noqa: E402
 from dip.errors import DipError, one_line  # noqa: E402
+from dip.figures import figure_png  # noqa: E402
 from dip.sweeps import FAILED_JOBS, failed_jobs  # noqa: E402
 from dip.wandb_files import offline_history  # noqa: E402
 from experiments.cli_args import ArgumentParser  # noqa: E402
@@ -248,16 +245,9 @@ def fmt(value, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def png(figure) -> bytes:
-    """The figure as PNG bytes (written only once the whole dashboard is made); closes it."""
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    plt.close(figure)
-    return buffer.getvalue()
-
-
 def plot_curves(groups: dict[str, list[Run]], key: str) -> bytes:
-    figure, axes = plt.subplots(figsize=(7, 4.2), dpi=110)
+    figure = Figure(figsize=(7, 4.2), dpi=110)
+    axes = figure.subplots()
     for label, runs in groups.items():
         by_step: dict[int, list[float]] = {}
         for run in runs:
@@ -275,7 +265,7 @@ def plot_curves(groups: dict[str, list[Run]], key: str) -> bytes:
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
     figure.tight_layout()
-    return png(figure)
+    return figure_png(figure)
 
 
 def best_per_image(runs: list[Run], key: str) -> dict[str, Run]:
@@ -308,8 +298,8 @@ def plot_grid(runs: list[Run], key: str, by: str, best: dict[str, Run]) -> bytes
     for run in runs:
         rows.setdefault(run.image, []).append(run)
     columns = 1 + max(len(row) for row in rows.values())
-    figure, axes = plt.subplots(len(rows), columns, figsize=(2.1 * columns, 2.5 * len(rows)), dpi=100,
-                                squeeze=False, layout="constrained")
+    figure = Figure(figsize=(2.1 * columns, 2.5 * len(rows)), dpi=100, layout="constrained")
+    axes = figure.subplots(len(rows), columns, squeeze=False)
     for axes_row, (image, image_runs) in zip(axes, rows.items()):
         show(axes_row[0], image_runs[0].path / "observation.png", f"{image}\nobservation")
         for ax, run in zip(axes_row[1:], image_runs):
@@ -319,7 +309,7 @@ def plot_grid(runs: list[Run], key: str, by: str, best: dict[str, Run]) -> bytes
         for ax in axes_row[1 + len(image_runs):]:
             ax.axis("off")
     figure.suptitle(f"restored images ({key}); framed: the best run per image", fontsize=9)
-    return png(figure)
+    return figure_png(figure)
 
 
 def group_table(groups: dict[str, list[Run]], key: str, by: str) -> str:

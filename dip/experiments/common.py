@@ -18,6 +18,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from dip.config import check_settings, checked_config, finished_run_settings, refuse_other_settings
 from dip.errors import DipError, one_line
+from dip.figures import figure_png
 from dip.images import write_atomically
 from dip.metrics import psnr
 from dip.outputs import OUTPUTS_FILE, Result, finished_config
@@ -149,15 +150,14 @@ def titled(name: str, value: float | None) -> str:
 
 
 def _save_figure(figure: Figure, path: Path) -> None:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=120)
-    write_atomically(path, lambda handle: handle.write(buffer.getvalue()))
+    data = figure_png(figure)
+    write_atomically(path, lambda handle: handle.write(data))
 
 
 def plot_curves(curves: dict[str, tuple[Sequence[int], Sequence[float]]], path: Path, *, title: str,
                 xlabel: str = "step", ylabel: str = "loss", logx: bool = True, logy: bool = False) -> None:
     """One line per curve (label -> (x, y)) in one plot, written as a PNG."""
-    figure = Figure(figsize=(6, 4), layout="constrained")
+    figure = Figure(figsize=(6, 4), dpi=120, layout="constrained")
     axes = figure.subplots()
     for label, (x, y) in curves.items():
         axes.plot(x, y, label=label)
@@ -173,7 +173,7 @@ def image_grid(rows: Sequence[Sequence[tuple[torch.Tensor | None, str]]], path: 
     """Images (``C x H x W`` or ``1 x C x H x W`` in [0, 1]) in rows, each with its title; None
     leaves a cell empty. Written as a PNG."""
     columns = max(len(row) for row in rows)
-    figure = Figure(figsize=(2.4 * columns, 2.6 * len(rows)), layout="constrained")
+    figure = Figure(figsize=(2.4 * columns, 2.6 * len(rows)), dpi=120, layout="constrained")
     axes = figure.subplots(len(rows), columns, squeeze=False)
     for row, cells in zip(axes, rows):
         for ax in row:
