@@ -51,7 +51,7 @@ from dip.gpus import pin_to_gpu, visible_gpus, worker_count
 from dip.images import save_image, write_atomically
 from dip.memory import activation_dtype
 from dip.metrics import psnr, psnr_y
-from dip.outputs import BEFORE_COLLAPSE_OUTPUT, OUTPUTS_FILE, Result, finished_config, write_outputs
+from dip.outputs import BEFORE_COLLAPSE_OUTPUT, OUTPUTS_FILE, Result, finished_config, write_json, write_outputs
 from dip.problem import problem_from_config, stack_problems
 
 log = logging.getLogger("dip.benchmark")
@@ -130,11 +130,6 @@ def score(x: torch.Tensor, truth: torch.Tensor, protocol: str, shave: int) -> di
 
 class IncompleteTableError(DipError):
     """Some images or baselines failed; the table written covers the others."""
-
-
-def _write_json(path: Path, data: dict) -> None:
-    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
-    write_atomically(path, lambda handle: handle.write(text.encode()))
 
 
 def _config_text(config: dict) -> str:
@@ -330,7 +325,7 @@ def compute_baselines(job: ImageJob, names: list[str]) -> dict:
         save_image(estimate[0], job.output_dir / f"baseline_{name}.png")
         scores[name] = score(estimate, problem.ground_truth, job.protocol, job.shave)
     kept = {name: value for name, value in scores.items() if "failed" not in value}
-    _write_json(saved_file, {"observation": key, "scores": kept})
+    write_json({"observation": key, "scores": kept}, saved_file)
     return scores
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,8 +91,29 @@ def write_outputs(result: Result, output_dir: Path) -> None:
         save_image(result.ema_before_collapse[0], output_dir / BEFORE_COLLAPSE_OUTPUT, result.alpha, result.bits)
     for index, image in enumerate(result.restarts if result.restarts is not None else []):
         save_image(image, output_dir / RESTART_OUTPUT.format(index), result.alpha, result.bits)
-    text = json.dumps(result.metrics, indent=2, sort_keys=True) + "\n"
-    write_atomically(output_dir / "metrics.json", lambda handle: handle.write(text.encode()))
+    write_json(result.metrics, output_dir / "metrics.json")
+
+
+def write_json(data, path: Path) -> None:
+    """``data`` as strict JSON, written atomically: a float that is not finite (a diverged or exact
+    fit's PSNR) becomes null, where Python would write NaN or Infinity, which other readers refuse."""
+    text = json.dumps(_finite_or_null(data), indent=2, sort_keys=True, allow_nan=False) + "\n"
+    write_atomically(path, lambda handle: handle.write(text.encode()))
+
+
+def _finite_or_null(value):
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(item) for item in value]
+    return value
+
+
+def decibels(value: float | None) -> str:
+    """A PSNR as the summaries print it; null or not finite (a diverged or exact fit) said as such."""
+    return f"{value:.2f} dB" if value is not None and math.isfinite(value) else "not finite"
 
 
 def describe(result: Result) -> str:
@@ -102,12 +124,12 @@ def describe(result: Result) -> str:
     lines = [f"{m['task']} with {m['arch']}: {done} in {m['seconds']:.1f} s "
              f"({m['steps_per_second']:.1f} steps/s on {m['device']})"]
     if m["psnr"] is not None and m["psnr_observation"] is not None:
-        lines.append(f"PSNR observation {m['psnr_observation']:.2f} dB -> restored {m['psnr']:.2f} dB "
-                     f"(EMA {m['psnr_ema']:.2f} dB), gain {m['psnr'] - m['psnr_observation']:+.2f} dB")
+        lines.append(f"PSNR observation {decibels(m['psnr_observation'])} -> restored {decibels(m['psnr'])} "
+                     f"(EMA {decibels(m['psnr_ema'])}), gain {m['psnr'] - m['psnr_observation']:+.2f} dB")
     elif m["psnr"] is not None:
-        lines.append(f"PSNR restored {m['psnr']:.2f} dB (EMA {m['psnr_ema']:.2f} dB)")
+        lines.append(f"PSNR restored {decibels(m['psnr'])} (EMA {decibels(m['psnr_ema'])})")
     else:
-        lines.append(f"no ground truth: PSNR of the fit to the observation {m['psnr_fit']:.2f} dB")
+        lines.append(f"no ground truth: PSNR of the fit to the observation {decibels(m['psnr_fit'])}")
     chosen = m.get("early_stop_step")  # packed restarts: one each, null where one chose none (its last step)
     if isinstance(chosen, list) and any(step is not None for step in chosen):
         steps = ", ".join("-" if step is None else str(step) for step in chosen)

@@ -247,12 +247,12 @@ def final_metrics(
             ssim=_each_image(ssim, restored, truth), ssim_ema=_each_image(ssim, ema, truth),
             psnr_observation=None if baseline is None else _each_image(psnr, baseline, truth),
         )
-    metrics["psnr_fit"] = [round(float(value), 4) for value in fit]
+    metrics["psnr_fit"] = _rounded(fit.tolist())
     if not module.separate_images:
         metrics = _first_image(metrics)
         if module.restarts > 1 and truth is not None:  # each restart's own figures, beside their average's
             for key, images in (("psnr_restarts", outputs), ("psnr_ema_restarts", module.ema)):
-                metrics[key] = [round(float(value), 4) for value in per_image_psnr(images, truth)]
+                metrics[key] = _rounded(per_image_psnr(images, truth).tolist())
     return metrics
 
 
@@ -268,7 +268,11 @@ def before_collapse_metrics(module: DeepImagePrior, ema: torch.Tensor) -> dict:
 def _each_image(metric, images: torch.Tensor, truth: torch.Tensor) -> list[float | None]:
     """``metric`` of each image against its own ground truth, rounded as ``metrics.json`` keeps it;
     null where it is infinite (an observation with nothing missing), which strict JSON cannot hold."""
-    values = [float(metric(images[k:k + 1], truth[k:k + 1])) for k in range(len(images))]
+    return _rounded([float(metric(images[k:k + 1], truth[k:k + 1])) for k in range(len(images))])
+
+
+def _rounded(values: list[float]) -> list[float | None]:
+    """Rounded as ``metrics.json`` keeps them; null where infinite (an exact fit) or NaN (a diverged one)."""
     return [round(value, 4) if math.isfinite(value) else None for value in values]
 
 

@@ -118,15 +118,19 @@ OPTIONAL_TEXTS = ("device", "peak_mem_source")
 
 def check_metrics(metrics, path: Path) -> dict:
     """``metrics`` (the JSON in ``path``) when it holds the fields the page uses, of the types it uses
-    them as; else ``ValueError`` naming the file and the first field at fault."""
+    them as; else ``ValueError`` naming the file and the first field at fault. A PSNR that is not
+    finite (a diverged or exact fit) is null; older runs wrote NaN or Infinity there, read as null."""
     if not isinstance(metrics, dict):
         raise ValueError(f"{path}: holds a {kind(metrics)}, not an object of metrics")
-    for key in REQUIRED_NUMBERS:
-        if metrics.get(key) is None:
-            raise ValueError(f"{path}: no {key}")
     for key in (*REQUIRED_NUMBERS, *OPTIONAL_NUMBERS):
-        if metrics.get(key) is not None and not is_number(metrics[key]):
-            raise ValueError(f"{path}: {key} is {json.dumps(metrics[key])[:40]}, not a finite number")
+        value = metrics.get(key)
+        if isinstance(value, float) and not math.isfinite(value):
+            metrics[key] = None
+        elif value is not None and not is_number(value):
+            raise ValueError(f"{path}: {key} is {json.dumps(value)[:40]}, not a finite number")
+    for key in REQUIRED_NUMBERS:
+        if key not in metrics or (key == "steps" and metrics[key] is None):
+            raise ValueError(f"{path}: no {key}")
     for key in OPTIONAL_TEXTS:
         if metrics.get(key) is not None and not isinstance(metrics[key], str):
             raise ValueError(f"{path}: {key} is {json.dumps(metrics[key])[:40]}, not a string")
@@ -228,8 +232,9 @@ def read_run(run_dir: Path, name: str) -> Run:
 
 
 def quality_key(runs: list[Run]) -> str:
-    """PSNR against the ground truth when every run has one, else the fit to the observation."""
-    return "psnr" if all(run.metrics.get("psnr") is not None for run in runs) else "psnr_fit"
+    """PSNR against the ground truth when a run has one, else the fit to the observation. A run
+    without a finite value of it (a diverged fit, say) is listed, not ranked."""
+    return "psnr" if any(run.metrics.get("psnr") is not None for run in runs) else "psnr_fit"
 
 
 def best_value(run: Run, key: str) -> float:
@@ -333,7 +338,8 @@ def group_table(groups: dict[str, list[Run]], key: str, by: str) -> str:
             "<th>steps/s (mean)</th><th>peak memory MiB (max)</th></tr>" + "".join(rows) + "</table>")
 
 
-def run_table(runs: list[Run], unfinished: list[Run], key: str, by: str, best: dict[str, Run], out: Path) -> str:
+def run_table(runs: list[Run], unscored: list[Run], unfinished: list[Run], key: str, by: str, best: dict[str, Run],
+              out: Path) -> str:
     rows = []
     for run in runs:
         link = html.escape(Path(os.path.relpath(run.path, out)).as_posix())
@@ -350,6 +356,9 @@ def run_table(runs: list[Run], unfinished: list[Run], key: str, by: str, best: d
             f"<td>{run.curve_source}</td><td><code>{html.escape(' '.join(run.overrides))}</code></td>"
             f"<td><img src='{link}/restored.png' alt='{html.escape(run.name)}' height='64'></td></tr>"
         )
+    rows += [f"<tr class='unfinished'><td>{html.escape(run.name)}</td><td colspan='14'>finished with no finite "
+             f"{key} (a diverged fit{', or no ground truth' if key == 'psnr' else ''}): "
+             f"<code>{html.escape(' '.join(run.overrides))}</code></td></tr>" for run in unscored]
     rows += [f"<tr class='unfinished'><td>{html.escape(run.name)}</td><td colspan='14'>"
              + (f"unreadable: {html.escape(run.unreadable)}" if run.unreadable else
                 f"unfinished: no metrics.json (<code>{html.escape(' '.join(run.overrides))}</code>)")
@@ -432,6 +441,10 @@ def write_dashboard(sweep_dir: Path, out: Path, by: str = "arch") -> Path:
     if not runs:
         raise no_finished_run(sweep_dir, [run for run in unfinished if run.unreadable], failures)
     key = quality_key(runs)
+    unscored = [run for run in runs if run.metrics[key] is None]
+    runs = [run for run in runs if run.metrics[key] is not None]
+    if not runs:
+        raise DipError(f"{sweep_dir}: no finished run has a finite {key} (every fit diverged?)")
     groups: dict[str, list[Run]] = {}
     for run in runs:
         groups.setdefault(str(run.value(by)), []).append(run)
@@ -461,14 +474,15 @@ def write_dashboard(sweep_dir: Path, out: Path, by: str = "arch") -> Path:
     page = f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>dip sweep {html.escape(sweep_dir.name)}</title><style>{STYLE}</style></head>
 <body><h1>Sweep <code>{html.escape(sweep_dir.name)}</code></h1>
-<p>{len(runs)} finished run(s){f", {len(unfinished)} unfinished or unreadable" if unfinished else ""} in
+<p>{len(runs)} finished run(s){f", {len(unscored)} with no finite {key}" if unscored else ""}\
+{f", {len(unfinished)} unfinished or unreadable" if unfinished else ""} in
 <a href="{html.escape(rel)}/">{html.escape(str(sweep_dir))}</a>, grouped by <code>{html.escape(by)}</code>;
 quality: <code>{key}</code> ({'against the ground truth' if key == 'psnr' else 'fit to the observation'}).</p>
 {''.join(f'<p>{note}</p>' for note in notes)}
 <h2>Per {html.escape(by)}</h2>{group_table(groups, key, by)}
 <h2>PSNR during the optimisation</h2><img src="psnr_curves.png" alt="PSNR curves">
 <h2>Restored images</h2><img src="image_grid.png" alt="image grid">
-<h2>Runs</h2>{run_table(runs, unfinished, key, by, best, out)}
+<h2>Runs</h2>{run_table(runs, unscored, unfinished, key, by, best, out)}
 </body></html>
 """
     write_files(out, {**figures, "dashboard.html": page.encode()})

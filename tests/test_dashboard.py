@@ -69,7 +69,7 @@ def refused(argv: list[str], capsys, main=compare.main) -> str:
     ('{"psnr": "x", "psnr_fit": 3, "steps": 2}', 'psnr is "x", not a finite number'),
     ('{"psnr_fit": [3, 4], "steps": 2}', "psnr_fit is [3, 4], not a finite number"),
     ('{"psnr_fit": true, "steps": 2}', "psnr_fit is true, not a finite number"),
-    ('{"psnr_fit": NaN, "steps": 2}', "psnr_fit is NaN, not a finite number"),
+    ('{"psnr_fit": 3, "steps": NaN}', "no steps"),
     ('{"psnr_fit": 3, "steps": "2"}', 'steps is "2", not a finite number'),
     ('{"psnr_fit": 3, "steps": 2, "device": 0}', "device is 0, not a string"),
 ])
@@ -80,6 +80,29 @@ def test_a_metrics_json_of_the_wrong_shape_is_an_unreadable_row(tmp_path, text, 
     assert "1 finished run(s), 1 unfinished or unreadable" in page
     assert f"unreadable: {sweep / '1' / 'metrics.json'}: {fault}" in page.replace("&quot;", '"')
     assert "<a href='0/'>0</a>" in page  # the other run is shown
+
+
+@pytest.mark.parametrize("score", ["null", "NaN", "Infinity"])
+def test_a_run_with_no_finite_score_is_listed_not_ranked(tmp_path, score):
+    """A diverged fit's PSNRs are null (older runs wrote NaN or Infinity): the run is a row saying so,
+    and the others are ranked on PSNR against the ground truth as before."""
+    sweep = make_sweep(tmp_path, jobs=3)
+    make_run(sweep, "3", seed=3)
+    (sweep / "1" / "metrics.json").write_text(json.dumps({**METRICS, "psnr": None, "psnr_ema": None})
+                                              .replace('"psnr_fit": 25.0', f'"psnr_fit": {score}'))
+    page = compare.write_dashboard(sweep, sweep).read_text()
+    assert "3 finished run(s), 1 with no finite psnr" in page
+    assert "finished with no finite psnr (a diverged fit, or no ground truth)" in page
+    assert "final psnr (mean" in page
+    assert "<a href='1/'>" not in page and "<a href='0/'>0</a>" in page
+
+
+def test_a_sweep_where_every_fit_diverged_is_refused(tmp_path, capsys):
+    sweep = make_sweep(tmp_path)
+    for job in ("0", "1"):
+        (sweep / job / "metrics.json").write_text(json.dumps({**METRICS, "psnr": None, "psnr_fit": None}))
+    assert refused([str(sweep)], capsys) == f"error: {sweep}: no finished run has a finite psnr_fit (every fit diverged?)"
+    assert not (sweep / "dashboard.html").exists()
 
 
 @pytest.mark.parametrize("name, text, fault", [

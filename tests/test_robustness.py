@@ -20,7 +20,7 @@ from dip.errors import DipError
 from dip.images import read_image, save_image
 from dip.memory import LiveTensors, check_fits, estimate, simulated_step, step_tensors
 from dip.module import DeepImagePrior
-from dip.outputs import OUTPUT_FILES
+from dip.outputs import OUTPUT_FILES, describe
 from dip.pipeline import prepare, run
 from tests.conftest import make_png, run_cli
 
@@ -309,9 +309,20 @@ def test_non_finite_loss_is_rolled_back_then_stops(tmp_path, monkeypatch):
     Image.fromarray(rgb(16, 16)).save(tmp_path / "image.png")
     cfg = compose_config([f"data.path={tmp_path / 'image.png'}", "trainer.max_steps=40", "max_rollbacks=4",
                           "metrics_every=1", *FAST])
-    result = run(cfg, None)
+    (tmp_path / "out").mkdir()
+    result = run(cfg, tmp_path / "out")
     assert result.metrics["stop_reason"].startswith("diverged: 4 rollbacks")
     assert torch.isfinite(result.restored).all() and torch.isfinite(result.restored_ema).all()
+
+    def refuse(constant):
+        raise AssertionError(f"metrics.json holds {constant}, which strict JSON readers refuse")
+
+    # the data term is NaN to the end: its PSNR is null, and the summary says so
+    written = json.loads((tmp_path / "out" / "metrics.json").read_text(), parse_constant=refuse)
+    assert written["psnr_fit"] is None and np.isfinite(written["psnr"])
+    assert "not finite" not in describe(result)
+    result.metrics["psnr"] = None
+    assert "no ground truth: PSNR of the fit to the observation not finite" in describe(result)
 
 
 def test_kicked_weights_cost_one_rollback_when_the_diverged_gradient_is_dropped(tmp_path):

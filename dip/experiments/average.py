@@ -9,8 +9,9 @@ import torch
 from omegaconf import DictConfig
 
 from dip.config import check_whole_number
-from dip.experiments.common import SubRun, image_grid, psnr_or_none, restore_each, titled, write_json
+from dip.experiments.common import SubRun, image_grid, psnr_or_none, restore_each, titled
 from dip.images import save_image
+from dip.outputs import write_json
 
 
 def run(cfg: DictConfig, output_dir: Path) -> str:

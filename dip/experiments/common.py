@@ -199,8 +199,3 @@ def write_csv(rows: Sequence[dict], path: Path) -> None:
     writer.writeheader()
     writer.writerows(rows)
     write_atomically(path, lambda handle: handle.write(text.getvalue().encode()))
-
-
-def write_json(data, path: Path) -> None:
-    text = json.dumps(data, indent=2) + "\n"
-    write_atomically(path, lambda handle: handle.write(text.encode()))

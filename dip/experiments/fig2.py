@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from dip.experiments.common import LossRecorder, SubRun, plot_curves, restore_each, write_csv, write_json
+from dip.experiments.common import LossRecorder, SubRun, plot_curves, restore_each, write_csv
+from dip.outputs import write_json
 from dip.physics import GaussianNoise, Identity
 from dip.problem import build_problem
 

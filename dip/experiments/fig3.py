@@ -6,7 +6,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from dip.experiments.common import Snapshots, SubRun, image_grid, psnr_or_none, restore_each, titled, write_json
+from dip.experiments.common import Snapshots, SubRun, image_grid, psnr_or_none, restore_each, titled
+from dip.outputs import write_json
 
 
 def run(cfg: DictConfig, output_dir: Path) -> str:
