@@ -25,7 +25,7 @@ from dip.config import (
     setting_differences,
 )
 from dip.errors import DipError, RunInterruptedError, one_line
-from dip.outputs import CHECKPOINT_NAME, OUTPUT_FILES, RESTART_OUTPUT, describe
+from dip.outputs import CHECKPOINT_NAME, OUTPUT_FILES, RESTART_OUTPUT, decibels, describe
 from dip.problem import problem_from_config
 from dip.sweeps import record_failure
 
@@ -39,8 +39,9 @@ def fail(message: str) -> None:
     raise SystemExit(2)
 
 
-def check_overrides(arguments: list[str], config_name: str = "config") -> None:
-    """Reject unknown config options and keys with one line, before Hydra starts a job.
+def check_overrides(arguments: list[str], config_name: str = "config") -> DictConfig:
+    """Reject unknown config options and keys with one line, before Hydra starts a job; else return
+    the config of the overrides that are not sweeps.
 
     Hydra's own messages span several lines; each value of a sweep is checked like a single run.
     """
@@ -73,11 +74,14 @@ def check_overrides(arguments: list[str], config_name: str = "config") -> None:
             OmegaConf.to_container(cfg, resolve=False)
         except DipError as error:
             fail(str(error))
+        if check is fixed:
+            fixed_cfg = cfg
         if check is fixed and config_name == "config" and _every_job_reads_this_input(cfg, arguments, sweeps):
             try:  # an input that every job shares and would fail on: once, not once per job or trial
                 problem_from_config(cfg)
             except DipError as error:
                 fail(str(error))
+    return fixed_cfg
 
 
 def _every_job_reads_this_input(cfg: DictConfig, arguments: list[str], sweeps: list[list[str]]) -> bool:
@@ -117,6 +121,15 @@ class EarlierRuns:
     def __init__(self):
         self.written: dict[Path, int] = {}
         self.records: dict[Path, bytes] = {}
+        self.folders: set[Path] | None = None  # the run folder's ancestors that existed, once noted
+
+    def note_folders(self, run_dir: str | Path | None) -> None:
+        """Note which ancestors of ``run_dir`` (``hydra.run.dir``, before Hydra makes it) and of the
+        working directory exist: a failed job removes the empty ones that Hydra added, and only those."""
+        if run_dir is None:
+            return
+        self.folders = {path for folder in (Path(run_dir).resolve(), Path.cwd().resolve())
+                        for path in (folder, *folder.parents) if path.is_dir()}
 
     def record(self, arguments: list[str]) -> None:
         """Note what the folders named in the command line ``arguments`` and their job folders hold."""
@@ -138,7 +151,8 @@ class EarlierRuns:
 
     def discard(self, output_dir: Path) -> None:
         """Remove what this failed job left: the outputs it wrote, its log unless an earlier run's (which
-        it added to), Hydra's record (an earlier run's is put back), then the folder if empty."""
+        it added to), Hydra's record (an earlier run's is put back), then the folder if empty, and the
+        folders above it that Hydra made for it (``outputs/TASK/``) if empty."""
         for path in _job_files(output_dir):
             earlier = self.written.get(path.resolve())
             if earlier is None or (earlier != path.stat().st_mtime_ns and path.suffix != ".log"):
@@ -151,6 +165,11 @@ class EarlierRuns:
                 path.unlink()
         for folder in (record_dir, output_dir):
             if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        if self.folders is not None and not output_dir.exists():
+            for folder in output_dir.resolve().parents:
+                if folder in self.folders or any(folder.iterdir()):
+                    break
                 folder.rmdir()
 
 
@@ -189,9 +208,9 @@ def finished_metrics(cfg: DictConfig, output_dir: Path, earlier_runs: EarlierRun
 def describe_finished(metrics: dict, output_dir: Path) -> str:
     """The line printed instead of running again what ``output_dir`` already holds."""
     if metrics.get("psnr") is not None:
-        quality = f"PSNR {metrics['psnr']:.2f} dB (EMA {metrics['psnr_ema']:.2f} dB)"
+        quality = f"PSNR {decibels(metrics['psnr'])} (EMA {decibels(metrics['psnr_ema'])})"
     else:
-        quality = f"PSNR of the fit to the observation {metrics['psnr_fit']:.2f} dB"
+        quality = f"PSNR of the fit to the observation {decibels(metrics['psnr_fit'])}"
     return (f"already finished in {output_dir}: {metrics['steps']} steps, {quality}; nothing to run "
             f"(delete its metrics.json to run it again)")
 
@@ -246,7 +265,9 @@ def launch(app, config_name: str = "config") -> None:
     check_run_folders(sys.argv[1:])
     EARLIER_RUNS.record(sys.argv[1:])
     if not any(a in ("--help", "-h", "--hydra-help", "--info", "--shell-completion") for a in sys.argv[1:]):
-        check_overrides(sys.argv[1:], config_name=config_name)
+        cfg = check_overrides(sys.argv[1:], config_name=config_name)
+        run_dir = dict(run_folders(sys.argv[1:])).get("hydra.run.dir")  # check_overrides leaves hydra.* out
+        EARLIER_RUNS.note_folders(run_dir or OmegaConf.select(cfg, "hydra.run.dir", throw_on_resolution_failure=False))
     app()
 
 

@@ -89,6 +89,14 @@ def test_bad_input_gets_one_line_and_no_outputs(tmp_path, args, needles):
     assert not out.exists()
 
 
+def test_a_failed_run_removes_the_empty_folders_made_for_it_and_only_those(tmp_path):
+    (tmp_path / "kept").mkdir()  # empty before the run: not the run's to remove
+    out = tmp_path / "kept" / "new" / "deeper" / "out"
+    done = run_cli(f"data.path={tmp_path / 'missing.png'}", "logger=none", f"hydra.run.dir={out}")
+    assert_one_line_error(done, "missing.png")
+    assert (tmp_path / "kept").is_dir() and not any((tmp_path / "kept").iterdir())
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["+optim.foo=1"], "invalid optim settings: Adam.__init__() got an unexpected keyword argument 'foo'"),
     (["+trainer.foo=1"], "invalid trainer settings: Trainer.__init__() got an unexpected keyword argument 'foo'"),
