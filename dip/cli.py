@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -19,6 +20,7 @@ from dip.config import (
     CONF_DIR,
     checked_config,
     config_groups,
+    config_message,
     finished_run_settings,
     refuse_other_settings,
     register_resolvers,
@@ -27,7 +29,7 @@ from dip.config import (
 from dip.errors import DipError, RunInterruptedError, one_line
 from dip.outputs import CHECKPOINT_NAME, OUTPUT_FILES, RESTART_OUTPUT, decibels, describe
 from dip.problem import problem_from_config
-from dip.sweeps import record_failure
+from dip.sweeps import FAILED_JOBS, record_failure
 
 log = logging.getLogger("dip")
 OPTIONS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
@@ -181,6 +183,7 @@ def _job_files(run_dir: Path) -> list[Path]:
 
 
 EARLIER_RUNS = EarlierRuns()  # filled by launch, before Hydra writes anything
+FAILURES_FILE: list[Path] = []  # where this process's failed sweep jobs were listed
 
 
 def finished_metrics(cfg: DictConfig, output_dir: Path, earlier_runs: EarlierRuns) -> dict | None:
@@ -245,6 +248,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
         line = f"job {hydra_config.job.num} ({' '.join(hydra_config.overrides.task)}): {error}"
         print(f"error: {line}", file=sys.stderr)
         record_failure(Path(hydra_config.sweep.dir), line)
+        FAILURES_FILE.append(Path(hydra_config.sweep.dir) / FAILED_JOBS)
         return None  # to the Optuna sweeper, not a number: a failed trial
     except RunInterruptedError as interruption:  # the checkpoint stays, for the next run to resume
         print(interruption.continue_in(output_dir) if runner else interruption, file=sys.stderr)
@@ -260,7 +264,8 @@ def hydra_main(cfg: DictConfig) -> float | None:
 
 def launch(app, config_name: str = "config") -> None:
     """Start the Hydra ``app`` composing ``config_name``, its overrides checked first (unless the
-    user asked for Hydra's help)."""
+    user asked for Hydra's help). What Hydra or a sweeper refuses once started is one line too,
+    unless the user asked for Hydra's full tracebacks (``HYDRA_FULL_ERROR=1``)."""
     register_resolvers()
     check_run_folders(sys.argv[1:])
     EARLIER_RUNS.record(sys.argv[1:])
@@ -268,7 +273,19 @@ def launch(app, config_name: str = "config") -> None:
         cfg = check_overrides(sys.argv[1:], config_name=config_name)
         run_dir = dict(run_folders(sys.argv[1:])).get("hydra.run.dir")  # check_overrides leaves hydra.* out
         EARLIER_RUNS.note_folders(run_dir or OmegaConf.select(cfg, "hydra.run.dir", throw_on_resolution_failure=False))
-    app()
+    full_tracebacks = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises what it would print as a traceback, for the lines below
+    try:
+        app()
+    except HydraException as error:
+        if full_tracebacks:
+            raise
+        fail(config_message(error))
+    except ValueError as error:  # Optuna's, after the last trial, when none finished
+        if full_tracebacks or "No trials are completed yet" not in str(error):
+            raise
+        where = f": {FAILURES_FILE[-1]} lists them" if FAILURES_FILE else ""  # not when kept by worker processes
+        fail(f"no trial of the search finished, each one failed{where}")
 
 
 def main() -> None:

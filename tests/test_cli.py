@@ -80,6 +80,9 @@ def assert_one_line_error(done, *needles):
         # refused by torch's optimizer once the fit is under way: tried before it
         (["+optim.weight_decay=-1"], ["invalid optim settings: Invalid weight_decay value: -1"]),
         (["+lrr=0.01"], ["+lrr: nothing reads a setting named 'lrr' (a typo?)"]),
+        # refused by Hydra once started (check_overrides leaves hydra.* to it)
+        (["hydra.foo=1"], ["Could not override 'hydra.foo'. To append to your config use +hydra.foo=1"]),
+        (["hydra/launcher=nope"], ["Could not find 'hydra/launcher/nope'"]),
     ],
 )
 def test_bad_input_gets_one_line_and_no_outputs(tmp_path, args, needles):

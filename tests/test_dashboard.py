@@ -101,7 +101,8 @@ def test_a_sweep_where_every_fit_diverged_is_refused(tmp_path, capsys):
     sweep = make_sweep(tmp_path)
     for job in ("0", "1"):
         (sweep / job / "metrics.json").write_text(json.dumps({**METRICS, "psnr": None, "psnr_fit": None}))
-    assert refused([str(sweep)], capsys) == f"error: {sweep}: no finished run has a finite psnr_fit (every fit diverged?)"
+    refusal = refused([str(sweep)], capsys)
+    assert refusal == f"error: {sweep}: no finished run has a finite psnr_fit (every fit diverged?)"
     assert not (sweep / "dashboard.html").exists()
 
 

@@ -326,6 +326,22 @@ def test_an_input_every_job_would_fail_on_is_refused_before_the_first(tmp_path, 
     assert not sweep.exists()
 
 
+def test_a_search_whose_every_trial_fails_ends_in_one_line(tmp_path):
+    """Each trial fails on its own (an ema_weight out of range, drawn from the search space): each one's
+    line, then the search's instead of Optuna's traceback."""
+    sweep = tmp_path / "sweep"
+    done = run_cli("+hparams_search=optuna_lr", "hydra.sweeper.n_trials=2",
+                   "+hydra.sweeper.params.ema_weight='interval(2,3)'", "logger=none", *TINY, f"hydra.sweep.dir={sweep}")
+    lines = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    trial_lines = lines[:-1]
+    assert len(trial_lines) == 2 and all(line.startswith("error: job ") for line in trial_lines)
+    assert all("ema_weight must be in [0, 1)" in line for line in trial_lines)
+    listed = sweep / sweeps.FAILED_JOBS
+    assert lines[-1] == f"error: no trial of the search finished, each one failed: {listed} lists them"
+    assert len(sweeps.failed_jobs(sweep)) == 2 and not (sweep / "optimization_results.yaml").exists()
+
+
 def test_joblib_gpus_launcher_two_jobs_with_wandb(tmp_path):
     """Two fake GPUs (no CUDA here: the jobs run on the CPU), one job per GPU, W&B offline."""
     sweep = tmp_path / "lr_sweep"
