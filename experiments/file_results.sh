@@ -6,7 +6,8 @@
 # or results/benchmark-cpu-<date>-<label>-<image>) gets the bench-*.json and env-*.txt of a call,
 # log-summary.txt (the logs without progress bars), each run's table.md/csv under <run>/, and under
 # <run>/curves/ the PSNR curve (the CSV logger's metrics.csv) of each fit it ran (pack-<fit>.csv for a fit of
-# several images, images_per_fit; <image>/seed<S>.csv for each of benchmark.runs=N). PROGRESS (default results/benchmark-progress) is where later runs resume
+# several images, images_per_fit; <image>/seed<S>.csv for each of benchmark.runs=N, whose restorations are not
+# merged into PROGRESS: they are averaged from their outputs.pt, which it does not keep). PROGRESS (default results/benchmark-progress) is where later runs resume
 # from: PROGRESS/<label>/images/<image>/ gets config.yaml, metrics.json and baselines.json of every image that
 # finished and is not there yet (an image already there is kept as it is, with a note on stderr when this run
 # has another fit of it; from a run folder, only an image its table covers or it fitted itself, not one copied
@@ -65,7 +66,11 @@ for images in "$unpacked"/*/images; do
       mkdir -p "$dest/$folder/curves/$name" && cp "$curve" "$dest/$folder/curves/$name/$seed.csv"
     done
     target=$progress/$label/images/$name
-    [ -f "$image/metrics.json" ] || continue
+    if [ ! -f "$image/metrics.json" ]; then
+      compgen -G "$image/seed*/metrics.json" > /dev/null \
+        && echo "note: not merged $label/$name: its benchmark.runs=N restorations are averaged from their outputs.pt, which $progress does not keep" >&2
+      continue
+    fi
     if [ -n "${run_folder:-}" ] && [ ! -f "$image/csv/metrics.csv" ] && ! sed 's/\.[^.]*$//' <<< "$covered" | grep -qxF "$name"; then
       echo "note: skipped $name: this run neither fitted it nor tabulated it (finished under other settings?)" >&2
       continue

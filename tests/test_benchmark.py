@@ -717,6 +717,9 @@ def test_filing_a_device_archive_merges_finished_restorations_into_progress(tmp_
     (label / "bird" / "csv" / "metrics.csv").write_text("psnr,psnr_ema,step\n20.5,19.0,49\n")
     (label / "bird" / "seed1" / "csv").mkdir(parents=True)  # a run of benchmark.runs=N: its curve only
     (label / "bird" / "seed1" / "csv" / "metrics.csv").write_text("psnr,psnr_ema,step\n20.7,19.2,49\n")
+    for seed in ("seed0", "seed1"):  # benchmark.runs=2, finished: averaged from outputs.pt, not kept in progress
+        (label / "kid" / seed).mkdir(parents=True)
+        (label / "kid" / seed / "metrics.json").write_text("kid from the device")
     (call / "bench-main.json").write_text("{}")
     (call / "log.txt").write_text("Epoch 0:  50%|#####\r[1/2] baby.png: psnr 30.1 dB\nEpoch 0: 100%\n")
     archive = tmp_path / "results.tar.gz"
@@ -729,11 +732,13 @@ def test_filing_a_device_archive_merges_finished_restorations_into_progress(tmp_
     merged = file_results(archive, dest, progress)
     assert merged.returncode == 0 and merged.stdout == "merged set5_x4/baby\n"
     assert merged.stderr == (f"note: kept set5_x4/bird as it is in {progress}; this run's fit of it differs "
-                             "(its config.yaml?)\n")
+                             "(its config.yaml?)\n"
+                             "note: not merged set5_x4/kid: its benchmark.runs=N restorations are averaged from "
+                             f"their outputs.pt, which {progress} does not keep\n")
     kept = progress / "set5_x4" / "images"
     assert (kept / "baby" / "baselines.json").read_text() == "baby from the device"
     assert (kept / "bird" / "metrics.json").read_text() == "bird finished earlier"
-    assert not (kept / "head").exists()
+    assert not (kept / "head").exists() and not (kept / "kid").exists()
     assert (dest / "bench-main.json").is_file()
     assert (dest / "log-summary.txt").read_text() == "[1/2] baby.png: psnr 30.1 dB\n"
     assert sorted(path.name for path in (dest / "set5_x4_speed_fast" / "curves").iterdir()) == ["bird", "bird.csv"]
