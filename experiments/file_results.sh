@@ -10,7 +10,8 @@
 # merged into PROGRESS: they are averaged from their outputs.pt, which it does not keep). PROGRESS (default
 # results/benchmark-progress) is where later runs resume from: PROGRESS/<label>/images/<image>/ gets
 # config.yaml, metrics.json and baselines.json of every image that finished and is not there yet (an image
-# already there is kept as it is, with a note on stderr when this run has another fit of it; from a run folder, only an image its table covers or it fitted itself, not one copied
+# already there is kept as it is, with a note on stderr when this run has another fit of it; from a run
+# folder, only an image its table covers or it fitted itself, not one copied
 # in from another label's progress that the runner did not reuse), and PROGRESS/<label>/ the table when it
 # covers every image of the one there (as a run seeded from PROGRESS/<label>/images does). A device
 # run's <run> is its folder (the benchmark and all its overrides) and its label the one its file `label`
