@@ -14,6 +14,8 @@ import signal
 import sys
 import tempfile
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,18 +61,18 @@ class StepLoader(DataLoader):
 
 
 def find_checkpoint(resume: str | None, output_dir: Path | None) -> Path | None:
-    """The checkpoint to resume from: ``resume`` (a file, or a run directory holding one), else the
-    one a previous run left in ``output_dir``, else None."""
+    """The checkpoint to resume from: the one an interrupted run left in ``output_dir`` (it went on
+    from ``resume``, if that was given), else ``resume`` (a file, or a run directory holding one),
+    else None."""
+    own = Path(output_dir) / CHECKPOINT_NAME if output_dir is not None else None
     if resume:
         path = Path(resume).expanduser()
         if path.is_dir():
             path = path / CHECKPOINT_NAME
         if not path.is_file():
             raise DipError(f"checkpoint not found: {path}")
-        return path
-    if output_dir is not None and (Path(output_dir) / CHECKPOINT_NAME).is_file():
-        return Path(output_dir) / CHECKPOINT_NAME
-    return None
+        return own if own is not None and own.is_file() else path
+    return own if own is not None and own.is_file() else None
 
 
 @dataclass
@@ -104,7 +106,8 @@ class RunCheckpoint(pl.Callback):
     """Writes ``path`` atomically every ``every_n_steps`` steps (0 or None: never), after the last
     step if ``keep_final`` (so that a larger ``trainer.max_steps`` continues the run later) and, on
     the first SIGINT or SIGTERM, at the end of the step under way, then stops the run
-    (``interrupted`` holds the signal). A second SIGINT aborts at once. Restores the RNG states of a
+    (``interrupted`` holds the signal), unless that step ends the fit anyway (its last, or early
+    stopping's): then the run finishes. A second SIGINT aborts at once. Restores the RNG states of a
     resumed run just before its first step."""
 
     def __init__(self, path: Path, every_n_steps: int | None, settings: dict, keep_final: bool = False):
@@ -116,6 +119,8 @@ class RunCheckpoint(pl.Callback):
         self._rng_to_restore: dict | None = None
 
     def on_train_start(self, trainer, pl_module) -> None:
+        for stale in self.path.parent.glob(f".{self.path.name}.*.tmp"):  # from a process killed mid-write
+            stale.unlink(missing_ok=True)
         # After Lightning's own SIGTERM handler (installed when fit starts), which would only raise.
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGINT, signal.SIGTERM):
@@ -135,17 +140,21 @@ class RunCheckpoint(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
-        if self._signal is not None:
+        last = step >= trainer.max_steps or trainer.should_stop  # after early stopping's callback, which stops it
+        if self._signal is not None and not last:
             print(f"\n{signal.Signals(self._signal).name}: writing a checkpoint at step {step}", file=sys.stderr)
             self.save(trainer)
             self.interrupted = self._signal
             trainer.should_stop = True
-        elif self.keep_final and (step >= trainer.max_steps or trainer.should_stop):
+        elif self.keep_final and last:
             self.save(trainer)
         elif self.every_n_steps and step % self.every_n_steps == 0 and step < trainer.max_steps:
             self.save(trainer)
 
     def on_train_end(self, trainer, pl_module) -> None:
+        if self._signal is not None and self.interrupted is None:
+            name = signal.Signals(self._signal).name
+            print(f"\n{name} at the last step: the run was finished first", file=sys.stderr)
         self._restore_handlers()
 
     def on_exception(self, trainer, pl_module, exception) -> None:
@@ -169,6 +178,8 @@ class RunCheckpoint(pl.Callback):
         """Write the checkpoint next to its final name, then rename: a reader (or a resume after a
         crash mid-write) only ever sees a whole checkpoint."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if trainer.logger is not None:  # the curve up to this step on disk too: a resume keeps its rows
+            trainer.logger.save()
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
         os.close(fd)
         try:
@@ -177,3 +188,28 @@ class RunCheckpoint(pl.Callback):
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+@contextmanager
+def held_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM wait until the block ends and are then dropped (a second SIGINT aborts at
+    once): a finished fit's outputs are computed and written whole, so the run is not lost."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+
+    def hold(signum, frame) -> None:
+        if received and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        received.append(signum)
+
+    previous = {signum: signal.signal(signum, hold) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if received:
+            print(f"{signal.Signals(received[0]).name} after the last step: the run was finished first",
+                  file=sys.stderr)

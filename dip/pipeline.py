@@ -10,6 +10,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -28,6 +29,7 @@ from dip.checkpoint import (
     StepLoader,
     check_resumable,
     find_checkpoint,
+    held_signals,
 )
 from dip.config import check_whole_number, instantiate_settings, result_settings, settings_error
 from dip.errors import DipError, RunInterruptedError
@@ -361,65 +363,69 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
         if need is None:  # the check was off: estimate now, for the options
             need = checked_estimate(module, cfg.trainer.precision, kept)
         raise out_of_memory(module, need, device, module.global_step, cfg.trainer.precision) from None
-    logger = trainer.logger
+    # Lightning has put back the handlers it found: a signal now would lose the finished fit
+    with held_signals() if saver is None or not saver.interrupted else nullcontext():
+        logger = trainer.logger
 
-    steps = trainer.global_step
-    physics = problem.physics
-    outputs = module.restart_outputs()  # with early stopping, the module is at the chosen step
-    baseline = physics.baseline(module.observation)
-    metrics = final_metrics(module, problem, outputs, baseline)
-    metrics.update(
-        steps=steps,
-        seconds=round(timer.seconds, 3),
-        warmup_seconds=round(timer.warmup_seconds, 3),
-        steps_per_second=round((steps - resumable.step) / max(timer.seconds, 1e-9), 3),
-        peak_mem_mb=round(memory.mib, 1),
-        peak_mem_source=memory.source,
-        memory_estimate_mb=need.mib if need else None,  # beside the peak: the check's calibration
-        device=str(module.device),
-        task=cfg.task.name,
-        arch=cfg.arch_name,
-        seed=cfg.seed,
-        observation_seed=cfg.observation_seed,
-        rollbacks=module.rollbacks.tolist() if module.separate_images else int(module.rollbacks.sum()),
-        stop_reason=module.stop_reason or ("early stopping" if early_stopping and early_stopping.stopped_at else None),
-    )
-    if resume:
-        metrics["resumed_from_step"] = resumable.step
-        if timer.total_seconds is not None:  # beside this run's seconds, those of the whole fit
-            metrics["seconds_total"] = round(timer.total_seconds, 3)
-    if early_stopping:
-        metrics.update(early_stopping.summary())
-    ema_before_collapse = guard.ema_before_collapse(module) if guard else None
-    if ema_before_collapse is not None:
-        metrics.update(guard.summary(), **before_collapse_metrics(module, ema_before_collapse))
-    if problem.alpha is not None:
-        metrics["alpha"] = f"the {problem.source_mode} input's alpha channel was set aside and copied to the outputs"
-    restarts = module.restarts > 1 and not module.separate_images
-    result = Result(
-        restored=module.combine(outputs).cpu(),
-        restored_ema=module.ema_output().cpu(),
-        restarts=outputs.cpu() if restarts else None,
-        restarts_ema=module.ema.clamp(0, 1).cpu() if restarts else None,
-        ema_before_collapse=None if ema_before_collapse is None else ema_before_collapse.cpu(),
-        observation=problem.observation_image,
-        ground_truth=problem.ground_truth,
-        metrics=metrics,
-        output_dir=output_dir,
-        baseline=baseline.cpu() if physics.baseline_name is not None else None,
-        baseline_name=physics.baseline_name,
-        alpha=problem.alpha,
-        bits=problem.bits,
-    )
-    if isinstance(logger, WandbLogger):
-        logger.experiment.summary.update({k: v for k, v in metrics.items() if v is not None})
-        import wandb
+        steps = trainer.global_step
+        physics = problem.physics
+        outputs = module.restart_outputs()  # with early stopping, the module is at the chosen step
+        baseline = physics.baseline(module.observation)
+        metrics = final_metrics(module, problem, outputs, baseline)
+        metrics.update(
+            steps=steps,
+            seconds=round(timer.seconds, 3),
+            warmup_seconds=round(timer.warmup_seconds, 3),
+            steps_per_second=round((steps - resumable.step) / max(timer.seconds, 1e-9), 3),
+            peak_mem_mb=round(memory.mib, 1),
+            peak_mem_source=memory.source,
+            memory_estimate_mb=need.mib if need else None,  # beside the peak: the check's calibration
+            device=str(module.device),
+            task=cfg.task.name,
+            arch=cfg.arch_name,
+            seed=cfg.seed,
+            observation_seed=cfg.observation_seed,
+            rollbacks=module.rollbacks.tolist() if module.separate_images else int(module.rollbacks.sum()),
+            stop_reason=module.stop_reason
+            or ("early stopping" if early_stopping and early_stopping.stopped_at else None),
+        )
+        if resume:
+            metrics["resumed_from_step"] = resumable.step
+            if timer.total_seconds is not None:  # beside this run's seconds, those of the whole fit
+                metrics["seconds_total"] = round(timer.total_seconds, 3)
+        if early_stopping:
+            metrics.update(early_stopping.summary())
+        ema_before_collapse = guard.ema_before_collapse(module) if guard else None
+        if ema_before_collapse is not None:
+            metrics.update(guard.summary(), **before_collapse_metrics(module, ema_before_collapse))
+        if problem.alpha is not None:
+            metrics["alpha"] = (f"the {problem.source_mode} input's alpha channel was set aside and copied to "
+                                "the outputs")
+        restarts = module.restarts > 1 and not module.separate_images
+        result = Result(
+            restored=module.combine(outputs).cpu(),
+            restored_ema=module.ema_output().cpu(),
+            restarts=outputs.cpu() if restarts else None,
+            restarts_ema=module.ema.clamp(0, 1).cpu() if restarts else None,
+            ema_before_collapse=None if ema_before_collapse is None else ema_before_collapse.cpu(),
+            observation=problem.observation_image,
+            ground_truth=problem.ground_truth,
+            metrics=metrics,
+            output_dir=output_dir,
+            baseline=baseline.cpu() if physics.baseline_name is not None else None,
+            baseline_name=physics.baseline_name,
+            alpha=problem.alpha,
+            bits=problem.bits,
+        )
+        if isinstance(logger, WandbLogger):
+            logger.experiment.summary.update({k: v for k, v in metrics.items() if v is not None})
+            import wandb
 
-        wandb.finish()
-    if saver is not None and saver.interrupted:
-        raise RunInterruptedError(saver.interrupted, steps, trainer.max_steps, saver.path)
-    if output_dir is not None:
-        write_outputs(result, Path(output_dir))
-    if saver is not None and not cfg.checkpoint.keep:
-        saver.path.unlink(missing_ok=True)
-    return result
+            wandb.finish()
+        if saver is not None and saver.interrupted:
+            raise RunInterruptedError(saver.interrupted, steps, trainer.max_steps, saver.path)
+        if output_dir is not None:
+            write_outputs(result, Path(output_dir))
+        if saver is not None and not cfg.checkpoint.keep:
+            saver.path.unlink(missing_ok=True)
+        return result

@@ -65,21 +65,86 @@ def test_same_seed_same_result_and_the_seed_is_recorded(image, reference, tmp_pa
     assert abs(other.metrics["psnr"] - reference.metrics["psnr"]) > 1e-3
 
 
-def interrupted_at_step_1(image: Path, out: Path, monkeypatch, settings: list[str] = SETTINGS) -> RunInterruptedError:
-    """An 8-step run into ``out`` stopped by Ctrl-C during its first step; the interruption."""
+def press_ctrl_c_during_step(step: int, monkeypatch) -> None:
+    """Every fit from now on gets a Ctrl-C during its step ``step`` (counted from 1)."""
     step_of_training = DeepImagePrior.training_step
 
-    def press_ctrl_c_during_step_1(self, batch, batch_idx):
-        if self.global_step == 0:
+    def press_ctrl_c(self, batch, batch_idx):
+        if self.global_step == step - 1:
             time.sleep(0.5)  # a step long enough to see in the resumed fit's total time
             os.kill(os.getpid(), signal.SIGINT)
         return step_of_training(self, batch, batch_idx)
 
-    monkeypatch.setattr(DeepImagePrior, "training_step", press_ctrl_c_during_step_1)
+    monkeypatch.setattr(DeepImagePrior, "training_step", press_ctrl_c)
+
+
+def interrupted_at_step_1(image: Path, out: Path, monkeypatch, settings: list[str] = SETTINGS, *extra: str,
+                          step: int = 1) -> RunInterruptedError:
+    """An 8-step run into ``out`` stopped by Ctrl-C during its first step (or ``step``); the interruption."""
+    press_ctrl_c_during_step(step, monkeypatch)
     with pytest.raises(RunInterruptedError) as interruption:
-        restore(image, out, 8, settings=settings)
+        restore(image, out, 8, *extra, settings=settings)
     monkeypatch.undo()
     return interruption.value
+
+
+def test_ctrl_c_during_the_last_step_or_while_writing_the_outputs_finishes_the_run(image, reference, tmp_path,
+                                                                                    monkeypatch, capfd):
+    """The fit is over: what it found is written, and the same command does not refuse it later."""
+    press_ctrl_c_during_step(8, monkeypatch)
+    finished = restore(image, tmp_path / "last", 8)
+    assert_same_result(finished, reference)
+    assert (tmp_path / "last" / "metrics.json").is_file() and not (tmp_path / "last" / CHECKPOINT_NAME).exists()
+    assert "SIGINT at the last step: the run was finished first" in capfd.readouterr().err
+    monkeypatch.undo()
+
+    import dip.pipeline
+
+    write_outputs = dip.pipeline.write_outputs
+
+    def press_ctrl_c_first(result, output_dir):
+        os.kill(os.getpid(), signal.SIGINT)
+        write_outputs(result, output_dir)
+
+    monkeypatch.setattr(dip.pipeline, "write_outputs", press_ctrl_c_first)
+    assert_same_result(restore(image, tmp_path / "writing", 8), reference)
+    assert (tmp_path / "writing" / "metrics.json").is_file()
+    assert "SIGINT after the last step: the run was finished first" in capfd.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+
+
+def test_the_run_folders_own_checkpoint_goes_on_from_where_resume_started_it(image, reference, tmp_path,
+                                                                            monkeypatch):
+    """resume=A starts a run in B; B interrupted later: the same command continues B's checkpoint."""
+    start = tmp_path / "start"
+    interrupted_at_step_1(image, start, monkeypatch)
+    out = tmp_path / "run"
+    assert interrupted_at_step_1(image, out, monkeypatch, SETTINGS, f"resume={start}", step=4).step == 4
+    resumed = restore(image, out, 8, f"resume={start}")
+    assert resumed.metrics["resumed_from_step"] == 4
+    assert_same_result(resumed, reference)
+
+
+def test_a_checkpoint_has_the_curve_up_to_its_step_on_disk_and_a_stale_temporary_goes(image, tmp_path, monkeypatch):
+    """Lightning's CSV writer flushes every 100 steps: a process killed after a checkpoint would lose the
+    rows before it, which the resumed run no longer logs. A temporary left by a kill mid-write is removed."""
+    from dip.checkpoint import RunCheckpoint
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / f".{CHECKPOINT_NAME}.killed.tmp").write_bytes(b"half a checkpoint")
+    rows_on_disk = []
+    save = RunCheckpoint.save
+
+    def save_and_count_rows(self, trainer):
+        save(self, trainer)
+        log = out / "csv" / "metrics.csv"
+        rows_on_disk.append((trainer.global_step, log.read_text().count("\n") - 1 if log.is_file() else 0))
+
+    monkeypatch.setattr(RunCheckpoint, "save", save_and_count_rows)
+    restore(image, out, 5, "logger=csv", "metrics_every=1")
+    assert rows_on_disk == [(2, 2), (4, 4)]
+    assert not list(out.glob(".*.tmp"))
 
 
 def test_ctrl_c_writes_a_checkpoint_and_rerunning_resumes_to_the_same_result(image, reference, tmp_path,
