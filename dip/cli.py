@@ -145,10 +145,15 @@ class EarlierRuns:
 
     def finished_config(self, output_dir: Path) -> DictConfig | None:
         """The config of the run that had finished in ``output_dir`` before Hydra started (its
-        ``metrics.json`` and Hydra's record of it were there), else None."""
+        ``metrics.json`` and Hydra's record of it were there), else None; ``DipError`` when the record
+        is missing (``hydra.output_subdir=null``): nothing says what the run there was."""
         record = self.records.get((output_dir / ".hydra" / "config.yaml").resolve())
-        if record is None or (output_dir / "metrics.json").resolve() not in self.written:
+        if (output_dir / "metrics.json").resolve() not in self.written:
             return None
+        if record is None:
+            raise DipError(f"{output_dir} holds a finished run without Hydra's record of its settings "
+                           f"(.hydra/config.yaml; hydra.output_subdir=null?): run into another folder, or delete "
+                           f"its metrics.json to replace it")
         return OmegaConf.create(record.decode())
 
     def discard(self, output_dir: Path) -> None:

@@ -162,6 +162,17 @@ def test_a_finished_runs_folder_is_kept_whatever_runs_into_it_again(tmp_path):
     assert after["cli.log"].startswith(before["cli.log"])
 
 
+def test_a_finished_run_without_hydras_record_is_kept(tmp_path):
+    """hydra.output_subdir=null writes no .hydra/: nothing says what the run there was, so nothing
+    replaces it."""
+    out = tmp_path / "out"
+    run = ["trainer.max_steps=2", "data.size=32", "logger=none", "hydra.output_subdir=null", f"hydra.run.dir={out}"]
+    assert run_cli(*run).returncode == 0
+    finished = (out / "metrics.json").read_bytes()
+    assert_one_line_error(run_cli(*run, "seed=1"), f"{out} holds a finished run without Hydra's record of its settings")
+    assert (out / "metrics.json").read_bytes() == finished
+
+
 def test_a_run_that_kept_its_checkpoint_is_reported_finished_and_continued_with_more_steps(tmp_path):
     """``checkpoint.keep=true``: the same run again is reported finished (exit 0, as a sweep run again
     needs), a larger ``trainer.max_steps`` continues it from the kept checkpoint."""
