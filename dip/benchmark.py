@@ -22,6 +22,7 @@ remakes the table.
 from __future__ import annotations
 
 import collections
+import contextlib
 import copy
 import csv
 import dataclasses
@@ -31,7 +32,9 @@ import json
 import logging
 import multiprocessing
 import os
+import signal
 import statistics
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -46,7 +49,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from dip.baselines import BASELINES, BaselineUnavailableError
 from dip.config import check_whole_number, dotted, refuse_other_settings, without_implied_settings
 from dip.datasets import DatasetImage, open_dataset
-from dip.errors import DipError, MemoryShortError, RunInterruptedError, one_line
+from dip.errors import DipError, Interrupted, MemoryShortError, RunInterruptedError, one_line
 from dip.gpus import pin_to_gpu, visible_gpus, worker_count
 from dip.images import save_image, write_atomically
 from dip.memory import activation_dtype
@@ -377,7 +380,9 @@ def _failure(error: Exception) -> str:
 
 
 def _start_worker(slots, gpus: list[str], cpu_threads: int) -> None:
-    """Pool initialiser: take a worker slot and pin this process to its GPU before CUDA starts."""
+    """Pool initialiser: take a worker slot and pin this process to its GPU before CUDA starts. SIGTERM
+    is the main process's to act on (it passes it on to the fits): an idle worker ignores it."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if pin_to_gpu(slots.get(), gpus) is None:
         torch.set_num_threads(cpu_threads)
 
@@ -389,7 +394,8 @@ def restore_all(packs: list[Pack], done_before: int, gpus: list[str], workers: i
     refused by the memory check, or out of memory; or otherwise) is not the end of its images: they go
     back to the queue, each to a fit of its own. A fit of one image that fails is logged (with its
     traceback, unless it is a ``DipError``) and the others go on; an interruption (Ctrl-C, SIGTERM)
-    or a crashed worker process ends the run. The metrics by output directory, why each image left
+    or a crashed worker process ends the run; a SIGTERM sent to the main process alone (a scheduler's,
+    ``timeout``'s) is passed on to the workers' fits. The metrics by output directory, why each image left
     unrestored was not started, and why each failed (by its name). ``done_before`` restorations
     finished before count in the progress lines."""
     results: dict[Path, dict] = {}
@@ -408,8 +414,10 @@ def restore_all(packs: list[Pack], done_before: int, gpus: list[str], workers: i
                      f"{metrics[key]:.2f} dB (EMA {metrics[key + '_ema']:.2f}) in {metrics['seconds']:.1f} s "
                      f"on {metrics['device']}{packed}")
 
+    interrupted: list[int] = []
+
     def next_pack() -> Pack | None:
-        while pending:
+        while pending and not interrupted:
             pack = pending.popleft()
             if budget.allows(pack):
                 return pack
@@ -447,13 +455,24 @@ def restore_all(packs: list[Pack], done_before: int, gpus: list[str], workers: i
     cpu_threads = max(1, (os.cpu_count() or 1) // workers)
     pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
                                initargs=(slots, gpus, cpu_threads))
+
+    def pass_on(signum, frame=None) -> None:  # each fit under way checkpoints and stops; no other starts
+        interrupted.append(signum)
+        for process in list(pool._processes.values()):  # the executor names its workers nowhere else
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signum)
+
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, pass_on) if on_main_thread else None
     try:
         # one fit per free worker, so that each is started only when a worker can take it at once
         running: dict[Future, Pack] = {}
         while len(running) < workers and (pack := next_pack()) is not None:
             running[pool.submit(restore_pack, pack)] = pack
         while running:
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            done, _ = wait(running, timeout=1.0, return_when=FIRST_COMPLETED)
+            if interrupted:  # again: a worker that was starting up ignored it, and its fit listens now
+                pass_on(interrupted[0])
             for future in done:
                 pack = running.pop(future)
                 if (error := future.exception()) is not None:
@@ -464,6 +483,10 @@ def restore_all(packs: list[Pack], done_before: int, gpus: list[str], workers: i
                     running[pool.submit(restore_pack, pack)] = pack
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    if interrupted and pending:  # and no fit was under way to raise its own interruption
+        raise Interrupted(interrupted[0])
     return results, not_started, failed
 
 

@@ -30,6 +30,14 @@ class MemoryShortError(DipError):
     during the fit. A smaller run can still fit, which is what a packed benchmark fit falls back to."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """A signal stopped a run of several fits where no fit was under way to checkpoint."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(signal.Signals(signum).name)
+
+
 class RunInterruptedError(Exception):
     """The run stopped on a signal after writing a checkpoint; re-running resumes it."""
 

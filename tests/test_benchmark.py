@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -837,3 +838,36 @@ def test_an_image_whose_fit_collapsed_is_named_under_the_table_with_its_ema_from
     assert (f"the fit collapsed at its end (its EMA's data term more than backtrack_db = 5.0 dB above its best): "
             f"baby.png, EMA {before:.2f} dB at step {step} against {metrics['psnr_y_ema']:.2f} at the end") \
         in (run_dir / "table.md").read_text()
+
+
+def test_sigterm_to_the_main_process_alone_checkpoints_the_workers_fits_and_leaves_no_process(tmp_path):
+    """As `timeout` or a scheduler sends it: the main process passes it on to its workers' fits, each
+    writes its checkpoint, and nothing outlives the run; the same command then continues them."""
+    root, run_dir = tmp_path / "data", tmp_path / "run"
+    make_dataset(root, "Set5", ["baby.png", "bird.png", "woman.png"], size=32)
+    command = [sys.executable, str(SCRIPT), "benchmark=set5_x4", f"data.root={root}", "data.size=32", "logger=none",
+               "cpu_jobs=2", "benchmark.baselines=[]", "trainer.max_steps=100000", "checkpoint.every_n_steps=5",
+               f"hydra.run.dir={run_dir}"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while len(list(run_dir.glob("images/*/checkpoint.ckpt"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    workers = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert f"run the same command again with hydra.run.dir={run_dir}" in stderr and "Traceback" not in stderr
+    assert stderr.count("SIGTERM: writing a checkpoint at step") == 2
+    assert len(workers) >= 2
+    def alive(pid: str) -> bool:
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    deadline = time.monotonic() + 10  # the resource tracker leaves once the main process has
+    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(alive(pid) for pid in workers)
+    assert not (run_dir / "images" / "woman" / "checkpoint.ckpt").exists()  # not started: no fit starts after it
