@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from dip.config import check_settings, instantiate_settings
 from dip.errors import DipError
 from dip.images import centre_crop, load_image, read_image, resize_alpha
-from dip.physics import Degradation
+from dip.physics import Degradation, FileMask
 
 
 @dataclass
@@ -82,7 +82,12 @@ def _check_fits(physics: Degradation, height: int, width: int, source) -> None:
         raise DipError(f"{source}: {error}") from None
 
 
-def _prepare(physics: Degradation, height: int, width: int, generator: torch.Generator) -> None:
+def _prepare(physics: Degradation, height: int, width: int, generator: torch.Generator,
+             loaded_size: tuple[int, int]) -> None:
+    """``physics.prepare``; a mask file may also be the size of the image as loaded (``loaded_size``),
+    before ``data.size`` cropped it."""
+    if isinstance(getattr(physics, "source", None), FileMask):
+        physics.source.image_size = loaded_size
     try:
         physics.prepare(height, width, generator)
     except ValueError as error:
@@ -128,7 +133,7 @@ def build_problem(
                     f"ground truth {path} is {truth.shape[-1]}x{truth.shape[-2]} but the observation "
                     f"{observation} restores to {width}x{height}"
                 )
-        _prepare(physics, height, width, generator)
+        _prepare(physics, height, width, generator, physics.solution_size(*loaded.pixels.shape[-2:]))
         alpha = None if alpha is None else resize_alpha(alpha, (height, width))
         return Problem(y, physics, (height, width), truth, alpha, loaded.bits, loaded.source_mode)
 
@@ -138,7 +143,7 @@ def build_problem(
     _check_fits(physics, *clean.shape[-2:], source)
     height, width = physics.solution_size(*physics.observation_size(*clean.shape[-2:]))
     clean = clean[..., :height, :width]
-    _prepare(physics, height, width, generator)
+    _prepare(physics, height, width, generator, tuple(loaded.pixels.shape[-2:]))
     alpha = None if loaded.alpha is None else _crop_to(loaded.alpha, size)[..., :height, :width]
     return Problem(
         physics.observe(clean, generator), physics, (height, width), clean, alpha, loaded.bits, loaded.source_mode

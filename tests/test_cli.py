@@ -207,6 +207,9 @@ def test_mask_of_the_wrong_size_and_corrupt_files(tmp_path):
     done = run_cli("task=inpainting", f"data.path={image}", f"data.mask={mask}", "logger=none",
                    f"hydra.run.dir={out}")
     assert_one_line_error(done, "mask.png is 16x32 but the image is 32x32")
+    done = run_cli("task=inpainting", f"data.path={image}", f"data.mask={mask}", "data.size=8", "logger=none",
+                   f"hydra.run.dir={out}")  # larger than the crop, but not the image it masks
+    assert_one_line_error(done, "mask.png is 16x32 but the image is 8x8 (32x32 before data.size cropped it)")
     done = run_cli(f"data.path={corrupt}", "logger=none", f"hydra.run.dir={out}")
     assert_one_line_error(done, "cannot read image file", "corrupt.png")
     assert not out.exists()

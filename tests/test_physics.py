@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from PIL import Image
 
 from dip.physics import (
     BernoulliMask,
@@ -102,8 +103,19 @@ def test_file_mask_white_is_known_and_size_must_match(tmp_path):
     path = make_png(tmp_path / "mask.png", 20, 10, mode="L")
     mask = FileMask(path)(10, 20)
     assert mask.shape == (1, 1, 10, 20) and set(mask.unique().tolist()) <= {0.0, 1.0}
-    with pytest.raises(ValueError, match="mask.png is 20x10 but the image is 30x10"):
+    with pytest.raises(ValueError, match="mask.png is 20x10 but the image is 30x10$"):
         FileMask(path)(10, 30)
+    # the size of the image before data.size cropped it: cropped the same way, centred
+    assert torch.equal(FileMask(path, image_size=(10, 20))(6, 8), mask[..., 2:8, 6:14])
+    with pytest.raises(ValueError, match="mask.png is 20x10 but the image is 8x6 \\(24x12 before data.size cropped it"):
+        FileMask(path, image_size=(12, 24))(6, 8)  # larger than the crop, but not the image's size
+
+
+def test_a_file_mask_with_no_known_pixel_is_refused(tmp_path):
+    path = tmp_path / "black.png"
+    Image.new("L", (8, 8), 0).save(path)
+    with pytest.raises(ValueError, match="black.png marks no pixel known"):
+        FileMask(path)(8, 8)
 
 
 def test_gaussian_noise_has_the_right_std_and_is_clipped():

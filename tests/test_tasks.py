@@ -176,11 +176,13 @@ def test_an_observation_with_nothing_missing_writes_strict_json(tmp_path):
     assert result.metrics["psnr"] > 0 and "gain" not in describe(result)
 
 
-def test_a_mask_file_larger_than_the_crop_is_cropped_with_the_image(tmp_path):
+def test_a_mask_file_of_the_image_before_the_crop_is_cropped_with_it(tmp_path):
     mask = np.full((96, 96), 255, np.uint8)
     mask[40:56, 40:56] = 0  # a hole in the centre
     path = save(mask, tmp_path / "mask.png")
-    problem, _ = prepare(compose_config(["task=inpainting", f"data.mask={path}", "data.size=32", *TINY]))
+    image = save(np.random.default_rng(0).integers(0, 256, (96, 96, 3), dtype=np.uint8), tmp_path / "image.png")
+    problem, _ = prepare(compose_config(["task=inpainting", f"data.path={image}", f"data.mask={path}", "data.size=32",
+                                         *TINY]))
     assert problem.physics.mask.shape[-2:] == (32, 32)
     assert problem.physics.mask[..., 8:24, 8:24].sum() == 0 and problem.physics.mask.mean() == 0.75
 

@@ -69,19 +69,25 @@ class TextMask(MaskSource):
 class FileMask(MaskSource):
     """A mask read from an image file: white (>= 128) marks a known pixel.
 
-    A mask larger than the image is centre-cropped, as the image is by ``data.size``; otherwise its
-    size must match.
+    Its size is the restored image's, or ``image_size`` (height, width): the size of the image it
+    masks before ``data.size`` centre-cropped it, and then it is cropped the same way. It must mark
+    some pixel known.
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, image_size: tuple[int, int] | None = None):
         self.path = Path(path)
+        self.image_size = image_size
 
     def __call__(self, height, width, generator=None):
         from dip.images import centre_crop, load_image
 
         mask = load_image(self.path, mode="L", what="mask")
-        if mask.shape[-2] < height or mask.shape[-1] < width:
-            raise ValueError(
-                f"mask {self.path} is {mask.shape[-1]}x{mask.shape[-2]} but the image is {width}x{height}"
-            )
-        return (centre_crop(mask, height, width) >= 0.5).float()[None]
+        size = tuple(mask.shape[-2:])
+        if size != (height, width) and size != self.image_size:
+            image = self.image_size if self.image_size and self.image_size != (height, width) else None
+            cropped = f" ({image[1]}x{image[0]} before data.size cropped it)" if image else ""
+            raise ValueError(f"mask {self.path} is {size[1]}x{size[0]} but the image is {width}x{height}{cropped}")
+        mask = (centre_crop(mask, height, width) >= 0.5).float()[None]
+        if not mask.any():
+            raise ValueError(f"mask {self.path} marks no pixel known (white): there is nothing to fit")
+        return mask
