@@ -12,7 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import Container, DictConfig, OmegaConf, open_dict
+from omegaconf import Container, DictConfig, ListConfig, OmegaConf, open_dict
 
 from dip.errors import DipError, one_line
 from dip.gpus import visible_gpus, worker_count
@@ -208,6 +208,11 @@ def check_settings(cfg: DictConfig) -> None:
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise DipError(f"trainer.accelerator={accelerator}, but torch finds no CUDA GPU here "
                        f"(torch {torch.__version__}): leave it at auto, or choose cpu")
+    devices = OmegaConf.select(cfg, "trainer.devices")
+    one_device = devices in (1, "1") or (isinstance(devices, (list, ListConfig)) and len(devices) == 1)
+    if devices is not None and not one_device:  # several would start distributed training over one image
+        raise DipError(f"trainer.devices={devices}: a restoration runs on one device (a list of one GPU index, "
+                       f"[2], picks which); a sweep spreads runs over the GPUs: -m ... hydra/launcher=gpus")
     if cfg.data.mode not in ("auto", "L", "RGB"):
         raise DipError(f"data.mode must be auto, L or RGB, got {cfg.data.mode!r}")
     for key, value in (("optim.lr", OmegaConf.select(cfg, "optim.lr")), ("backtrack_db", cfg.backtrack_db)):

@@ -107,6 +107,8 @@ def test_a_failed_run_removes_the_empty_folders_made_for_it_and_only_those(tmp_p
     (["seed=-1"], "seed must be a whole number from 0 to 4294967295, got -1"),
     (["restarts=abc"], "restarts must be a whole number >= 1, got 'abc'"),
     (["checkpoint.every_n_steps=-1"], "checkpoint.every_n_steps must be a whole number >= 0"),
+    (["trainer.devices=2"], "trainer.devices=2: a restoration runs on one device"),
+    (["trainer.devices=[0,1]"], "trainer.devices=[0, 1]: a restoration runs on one device"),
     *([] if torch.cuda.is_available() else
       [(["trainer.accelerator=gpu"], "trainer.accelerator=gpu, but torch finds no CUDA GPU here")]),
 ])
