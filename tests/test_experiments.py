@@ -128,6 +128,9 @@ def test_two_run_average_averages_runs_on_the_same_observation(tmp_path):
     (["+experiment=fig8_architectures", "experiment.archs=[]"], "experiment.archs must list at least one value"),
     (["+experiment=fig8_architectures", "experiment.archs=[skip_depth2,skip_deep]"], "unknown arch 'skip_deep'"),
     (["+experiment=fig6_inpainting_lr", "experiment.lrs=[0.01,-1]"], "optim.lr must be a number > 0, got -1"),
+    # a later sub-run's network or input that cannot be: found before the first sub-run's fit
+    (["+experiment=fig8_architectures", "experiment.archs=[skip_depth2,resnet]", "restarts=2"],
+     "restarts=2 packs copies of the generator into one network, which arch 'resnet'"),
     # refused by the Trainer, once the first sub-run's fit starts: its folder goes too
     (["+experiment=fig6_inpainting_lr", "+trainer.foo=1"], "invalid trainer settings"),
 ])

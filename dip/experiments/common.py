@@ -22,6 +22,7 @@ from dip.figures import figure_png
 from dip.images import write_atomically
 from dip.metrics import psnr
 from dip.outputs import OUTPUTS_FILE, Result, finished_config
+from dip.pipeline import prepare
 from dip.pipeline import run as restore
 from dip.problem import problem_from_config
 
@@ -62,13 +63,17 @@ def restore_each(runs: Sequence[SubRun]) -> list[Result]:
     stopped), unless it records the fit with ``callbacks``; each ``config.yaml`` is written once its
     fit has finished, beside its outputs."""
     configs = [sub_config(run.overrides, run.directory) for run in runs]
-    finished = []
+    reused = []
     for run, cfg in zip(runs, configs):
         check_settings(cfg)
-        finished.append(_finished_before(cfg, run.directory))
+        reused.append(_finished_before(cfg, run.directory) and not run.callbacks
+                      and (run.directory / OUTPUTS_FILE).is_file())
+    for run, cfg, reuse in zip(runs, configs, reused):
+        if not reuse:  # its input, network and packing too, built and let go: no fit before a later one fails
+            prepare(cfg, problem_from_config(cfg, observation=run.observation))
     results = []
-    for run, cfg, done in zip(runs, configs, finished):
-        if done and not run.callbacks and (run.directory / OUTPUTS_FILE).is_file():
+    for run, cfg, reuse in zip(runs, configs, reused):
+        if reuse:
             log.info(f"reusing the run finished in {run.directory}")
             results.append(_finished_result(run.directory))
             continue
