@@ -66,6 +66,9 @@ class Run:
         data = {key: self.config.get(f"data.{key}") for key in ("path", "observation", "default_image")}
         return image_name(data["path"], data["observation"], data["default_image"] or "image")
 
+    def has(self, key: str) -> bool:
+        return key == "image" or any(key in source for source in (self.metrics or {}, self.config, self.choices))
+
     def value(self, key: str):
         """A setting or result by name: metrics.json, then the config, then Hydra's group choices."""
         if key == "image":
@@ -440,6 +443,8 @@ def write_dashboard(sweep_dir: Path, out: Path, by: str = "arch") -> Path:
     failures = read_failures(sweep_dir)
     if not runs:
         raise no_finished_run(sweep_dir, [run for run in unfinished if run.unreadable], failures)
+    if not any(run.has(by) for run in runs):
+        raise DipError(f"--by {by}: no run has a setting or result of that name (e.g. arch, optim.lr, seed, image)")
     key = quality_key(runs)
     unscored = [run for run in runs if run.metrics[key] is None]
     runs = [run for run in runs if run.metrics[key] is not None]

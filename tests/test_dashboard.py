@@ -97,6 +97,14 @@ def test_a_run_with_no_finite_score_is_listed_not_ranked(tmp_path, score):
     assert "<a href='1/'>" not in page and "<a href='0/'>0</a>" in page
 
 
+def test_grouping_by_a_name_no_run_has_is_refused(tmp_path, capsys):
+    sweep = make_sweep(tmp_path)
+    refusal = refused([str(sweep), "--by", "optim.lrr"], capsys)
+    assert refusal.startswith("error: --by optim.lrr: no run has a setting or result of that name")
+    assert not (sweep / "dashboard.html").exists()
+    assert "<td>0</td>" in compare.write_dashboard(sweep, sweep, by="seed").read_text()  # a config setting
+
+
 def test_a_sweep_where_every_fit_diverged_is_refused(tmp_path, capsys):
     sweep = make_sweep(tmp_path)
     for job in ("0", "1"):
