@@ -8,6 +8,7 @@ import math
 import resource
 import sys
 import time
+import traceback
 import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -32,7 +33,7 @@ from dip.checkpoint import (
     held_signals,
 )
 from dip.config import check_whole_number, instantiate_settings, result_settings, settings_error
-from dip.errors import DipError, RunInterruptedError
+from dip.errors import DipError, RunInterruptedError, one_line
 from dip.inputs import padded_size
 from dip.loggers import ImageLogger, flat_config
 from dip.memory import check_fits, checked_estimate, out_of_memory, run_device
@@ -321,11 +322,25 @@ def fit(cfg: DictConfig, module: DeepImagePrior, callbacks=(), ckpt_path: str | 
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")
         # the metrics are logged every metrics_every steps, not at Lightning's logging interval
         warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
-        trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path)
+        try:
+            trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path)
+        except Exception as error:
+            if speed.compile and _raised_by_compiled_code(error):
+                raise DipError(f"the compiled step failed, torch.compile's fault at this image size "
+                               f"({type(error).__name__}: {one_line(error, 200)}): run with speed.compile=false") \
+                    from None
+            raise
     # Lightning's teardown moves the module to the CPU: back to where it ran, so that the final
     # outputs and metrics are computed (and reported) on the GPU, not in minutes on the CPU.
     module.to(trainer.strategy.root_device)
     return trainer
+
+
+def _raised_by_compiled_code(error: BaseException) -> bool:
+    """Whether ``error`` comes from code that torch.compile made or runs (a generated kernel's check
+    of its own buffers, say), not from the model's own code."""
+    frames = traceback.extract_tb(error.__traceback__)
+    return any("torchinductor" in frame.filename or "/torch/_inductor/" in frame.filename for frame in frames)
 
 
 def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None, callbacks=(),
