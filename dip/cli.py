@@ -256,7 +256,12 @@ def hydra_main(cfg: DictConfig) -> float | None:
         FAILURES_FILE.append(Path(hydra_config.sweep.dir) / FAILED_JOBS)
         return None  # to the Optuna sweeper, not a number: a failed trial
     except RunInterruptedError as interruption:  # the checkpoint stays, for the next run to resume
-        print(interruption.continue_in(output_dir) if runner else interruption, file=sys.stderr)
+        hydra_config = HydraConfig.get()
+        if hydra_config.mode == RunMode.MULTIRUN:  # the sweep run again runs its unfinished jobs
+            message = interruption.continue_in(Path(hydra_config.sweep.dir), "hydra.sweep.dir")
+        else:
+            message = interruption.continue_in(output_dir) if runner else str(interruption)
+        print(message, file=sys.stderr)
         raise SystemExit(128 + interruption.signum) from None
     except KeyboardInterrupt:  # before training started: nothing worth keeping
         EARLIER_RUNS.discard(output_dir)

@@ -49,10 +49,11 @@ class RunInterruptedError(Exception):
             f"(or resume={checkpoint}) to continue"
         )
 
-    def continue_in(self, run_dir: Path) -> str:
-        """The message for a run made of several (an experiment's sub-runs), continued from ``run_dir``."""
+    def continue_in(self, run_dir: Path, key: str = "hydra.run.dir") -> str:
+        """The message for a run continued from ``run_dir`` rather than the checkpoint's folder: an
+        experiment's (its sub-runs'), or a sweep's (``key`` hydra.sweep.dir) that the job was part of."""
         return (f"interrupted by {signal.Signals(self.signum).name} at step {self.step} of {self.max_steps}; "
-                f"checkpoint written to {self.checkpoint}: run the same command again with hydra.run.dir={run_dir} "
+                f"checkpoint written to {self.checkpoint}: run the same command again with {key}={run_dir} "
                 f"to continue")
 
     def __reduce__(self):  # from a benchmark's worker process to the main one

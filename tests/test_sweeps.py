@@ -7,12 +7,15 @@ import csv
 import json
 import os
 import re
+import signal
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from hydra.types import RunMode
 from omegaconf import OmegaConf
@@ -379,3 +382,25 @@ def test_submitit_local_launcher_two_jobs(tmp_path):
     multirun(sweep, "hydra/launcher=local", "arch=skip,unet", "logger=csv")
     assert {metrics(sweep / str(job))["arch"] for job in range(2)} == {"skip", "unet"}
     assert len([path for path in (sweep / ".submitit").iterdir() if path.name.isdigit()]) == 2  # one process each
+
+
+def test_an_interrupted_sweep_says_to_run_it_again_into_its_folder(tmp_path):
+    """The job's message names the sweep's folder (hydra.run.dir would start a single run); the sweep
+    run again continues the interrupted job from its checkpoint and runs the one it had not started."""
+    sweep = tmp_path / "sweep"
+    command = [sys.executable, "run.py", "-m", "seed=0,1", "trainer.max_steps=100000", "checkpoint.every_n_steps=3",
+               "data.size=32", "logger=none", f"hydra.sweep.dir={sweep}"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while not (sweep / "0" / CHECKPOINT_NAME).exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=180)
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    assert stderr.rstrip().endswith(f"run the same command again with hydra.sweep.dir={sweep} to continue")
+    assert not (sweep / "1").exists()
+    step = int(torch.load(sweep / "0" / CHECKPOINT_NAME, weights_only=True)["global_step"])
+    again = run_cli("-m", "seed=0,1", f"trainer.max_steps={step + 2}", "checkpoint.every_n_steps=3", "data.size=32",
+                    "logger=none", f"hydra.sweep.dir={sweep}")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert metrics(sweep / "0")["resumed_from_step"] == step and metrics(sweep / "1")["steps"] == step + 2
