@@ -276,17 +276,21 @@ def launch(app, config_name: str = "config") -> None:
     """Start the Hydra ``app`` composing ``config_name``, its overrides checked first (unless the
     user asked for Hydra's help). What Hydra or a sweeper refuses once started is one line too,
     unless the user asked for Hydra's full tracebacks (``HYDRA_FULL_ERROR=1``)."""
-    register_resolvers()
-    check_run_folders(sys.argv[1:])
-    EARLIER_RUNS.record(sys.argv[1:])
-    if not any(a in ("--help", "-h", "--hydra-help", "--info", "--shell-completion") for a in sys.argv[1:]):
-        cfg = check_overrides(sys.argv[1:], config_name=config_name)
-        run_dir = dict(run_folders(sys.argv[1:])).get("hydra.run.dir")  # check_overrides leaves hydra.* out
-        EARLIER_RUNS.note_folders(run_dir or OmegaConf.select(cfg, "hydra.run.dir", throw_on_resolution_failure=False))
     full_tracebacks = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises what it would print as a traceback, for the lines below
     try:
+        register_resolvers()
+        check_run_folders(sys.argv[1:])
+        EARLIER_RUNS.record(sys.argv[1:])
+        if not any(a in ("--help", "-h", "--hydra-help", "--info", "--shell-completion") for a in sys.argv[1:]):
+            cfg = check_overrides(sys.argv[1:], config_name=config_name)
+            run_dir = dict(run_folders(sys.argv[1:])).get("hydra.run.dir")  # check_overrides leaves hydra.* out
+            configured = OmegaConf.select(cfg, "hydra.run.dir", throw_on_resolution_failure=False)
+            EARLIER_RUNS.note_folders(run_dir or configured)
         app()
+    except KeyboardInterrupt:  # outside a job (which says what it keeps): while starting or ending
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
     except HydraException as error:
         if full_tracebacks:
             raise
