@@ -571,7 +571,8 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> dict:
                 "date": datetime.now().strftime("%Y-%m-%d %H:%M"), "dataset": str(Path(cfg.data.root) / spec.dataset),
                 "all_images": spec.images is None and not waiting and not failed, "reused": len(finished),
                 "not_started": waiting, "failed": dict(sorted(failed.items())),
-                "image_steps": sum(m["steps"] for path, m in restored.items() if path not in finished)}
+                "image_steps": sum(m["steps"] - m.get("resumed_from_step", 0)  # this run's own steps
+                                   for path, m in restored.items() if path not in finished)}
     if metrics or not failed:
         table = Table(cfg, metrics, [scores for _, _, scores in done], run_info)
         write_atomically(run_dir / "table.csv", lambda handle: handle.write(table.csv().encode()))
