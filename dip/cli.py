@@ -60,6 +60,9 @@ def check_overrides(arguments: list[str], config_name: str = "config") -> DictCo
     groups = config_groups()
     for override in parsed:  # nothing reads a new top-level key: a typo (+lrr=0.01) would pass unnoticed
         key = override.key_or_group
+        if key == "benchmark" and config_name == "config":  # run.py would restore its default image, not the set
+            fail(f"{override.input_line}: the benchmarks are experiments/benchmark.py's "
+                 f"(python experiments/benchmark.py benchmark=NAME)")
         if override.is_add() and "." not in key and "@" not in key and key not in groups:
             fail(f"+{key}: nothing reads a setting named '{key}' (a typo?); settings are changed without '+' "
                  f"(optim.lr=0.01), config groups added with it (+experiment=NAME)")

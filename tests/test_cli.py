@@ -80,6 +80,7 @@ def assert_one_line_error(done, *needles):
         # refused by torch's optimizer once the fit is under way: tried before it
         (["+optim.weight_decay=-1"], ["invalid optim settings: Invalid weight_decay value: -1"]),
         (["+lrr=0.01"], ["+lrr: nothing reads a setting named 'lrr' (a typo?)"]),
+        (["+benchmark=set5_x4"], ["+benchmark=set5_x4: the benchmarks are experiments/benchmark.py's"]),
         # refused by Hydra once started (check_overrides leaves hydra.* to it)
         (["hydra.foo=1"], ["Could not override 'hydra.foo'. To append to your config use +hydra.foo=1"]),
         (["hydra/launcher=nope"], ["Could not find 'hydra/launcher/nope'"]),
