@@ -97,7 +97,11 @@ def _from_pil(image: Image.Image, mode: str) -> LoadedImage:
         image = with_alpha.convert("L" if grey else "RGB")
     if image.mode in SIXTEEN_BIT_MODES or image.mode == "F":
         scale = 1.0 if image.mode == "F" else 65535.0
-        array = np.clip(np.asarray(image, dtype=np.float64) / scale, 0.0, 1.0)
+        array = np.asarray(image, dtype=np.float64) / scale
+        if image.mode == "F" and not (np.isfinite(array).all() and array.min() >= 0 and array.max() <= 1):
+            raise ValueError(f"its floating-point samples run from {array.min():g} to {array.max():g}, not within "
+                             f"[0, 1]: scale them to [0, 1], or save it with 8 or 16 bits")
+        array = np.clip(array, 0.0, 1.0)
         if mode == "RGB":
             array = np.repeat(array[..., None], 3, axis=-1)
         return LoadedImage(_to_tensor(array), alpha, bits=16, source_mode=source_mode)

@@ -70,6 +70,14 @@ def test_alpha_is_set_aside_for_rgba_la_and_transparent_palette(tmp_path):
     assert transparent.alpha is not None and float(transparent.alpha.min()) == 0.0
 
 
+def test_a_float_image_is_read_in_0_1_and_refused_outside_it(tmp_path):
+    Image.fromarray(np.array([[0.0, 0.25, 1.0]], dtype=np.float32), mode="F").save(tmp_path / "unit.tiff")
+    assert torch.allclose(read_image(tmp_path / "unit.tiff").pixels[0, 0], torch.tensor([0.0, 0.25, 1.0]))
+    Image.fromarray(np.array([[0.0, 300.0, 65535.0]], dtype=np.float32), mode="F").save(tmp_path / "raw.tiff")
+    with pytest.raises(DipError, match=r"raw.tiff: its floating-point samples run from 0 to 65535, not within"):
+        read_image(tmp_path / "raw.tiff")  # was clipped: an image almost all white
+
+
 def test_sixteen_bit_grey_keeps_its_precision(tmp_path):
     values = np.array([[0, 1, 257, 65535]], dtype=np.uint16)
     Image.fromarray(values).save(tmp_path / "deep.png")
