@@ -110,8 +110,9 @@ class RunCheckpoint(pl.Callback):
     stopping's): then the run finishes. A second SIGINT aborts at once. Restores the RNG states of a
     resumed run just before its first step."""
 
-    def __init__(self, path: Path, every_n_steps: int | None, settings: dict, keep_final: bool = False):
-        self.path, self.every_n_steps, self.settings = Path(path), every_n_steps or 0, settings
+    def __init__(self, path: Path | None, every_n_steps: int | None, settings: dict, keep_final: bool = False):
+        self.path = Path(path) if path is not None else None  # None: a run without a folder stops, writes nothing
+        self.every_n_steps, self.settings = every_n_steps or 0, settings
         self.keep_final = keep_final
         self.interrupted: int | None = None
         self._signal: int | None = None
@@ -119,7 +120,7 @@ class RunCheckpoint(pl.Callback):
         self._rng_to_restore: dict | None = None
 
     def on_train_start(self, trainer, pl_module) -> None:
-        for stale in self.path.parent.glob(f".{self.path.name}.*.tmp"):  # from a process killed mid-write
+        for stale in self.path.parent.glob(f".{self.path.name}.*.tmp") if self.path else ():  # killed mid-write
             stale.unlink(missing_ok=True)
         # After Lightning's own SIGTERM handler (installed when fit starts), which would only raise.
         if threading.current_thread() is threading.main_thread():
@@ -142,7 +143,8 @@ class RunCheckpoint(pl.Callback):
         step = trainer.global_step
         last = step >= trainer.max_steps or trainer.should_stop  # after early stopping's callback, which stops it
         if self._signal is not None and not last:
-            print(f"\n{signal.Signals(self._signal).name}: writing a checkpoint at step {step}", file=sys.stderr)
+            doing = "writing a checkpoint" if self.path else "stopping"
+            print(f"\n{signal.Signals(self._signal).name}: {doing} at step {step}", file=sys.stderr)
             self.save(trainer)
             self.interrupted = self._signal
             trainer.should_stop = True
@@ -176,7 +178,9 @@ class RunCheckpoint(pl.Callback):
 
     def save(self, trainer: pl.Trainer) -> None:
         """Write the checkpoint next to its final name, then rename: a reader (or a resume after a
-        crash mid-write) only ever sees a whole checkpoint."""
+        crash mid-write) only ever sees a whole checkpoint. Nothing without a path."""
+        if self.path is None:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if trainer.logger is not None:  # the curve up to this step on disk too: a resume keeps its rows
             trainer.logger.save()

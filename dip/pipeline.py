@@ -6,6 +6,7 @@ import inspect
 import logging
 import math
 import resource
+import signal
 import sys
 import time
 import traceback
@@ -351,7 +352,9 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
     ``callbacks`` are extra Lightning callbacks (an experiment's recorders of curves or snapshots).
     In ``checkpoint_dir`` (default: ``output_dir``), a checkpoint is written every
     ``checkpoint.every_n_steps`` steps and on SIGINT / SIGTERM (then ``RunInterruptedError`` is
-    raised); a checkpoint already there, or ``resume=PATH``, is resumed from.
+    raised); a checkpoint already there, or ``resume=PATH``, is resumed from. Without either folder
+    (the Python API's default), SIGINT / SIGTERM end the fit at the end of its step and the result
+    so far is returned, its ``stop_reason`` saying so.
     """
     checkpoint_dir = checkpoint_dir if checkpoint_dir is not None else output_dir
     problem, module = prepare(cfg, problem, seeds)
@@ -367,11 +370,10 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
     resumable = check_resumable(resume, settings, cfg.trainer.max_steps) if resume else Resumable(0, None)
     timer, memory = FitTimer(resumed=resume is not None), PeakMemory()
     callbacks = [timer, memory, *callbacks] + ([chooser] if chooser else [])
-    saver = None
-    if checkpoint_dir is not None:  # after the others: it saves their state once their step is done
-        saver = RunCheckpoint(Path(checkpoint_dir) / CHECKPOINT_NAME, cfg.checkpoint.every_n_steps, settings,
-                              keep_final=cfg.checkpoint.keep)
-        callbacks.append(saver)
+    # after the others: it saves their state once their step is done; without a folder it only stops
+    saver = RunCheckpoint(Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None,
+                          cfg.checkpoint.every_n_steps, settings, keep_final=cfg.checkpoint.keep)
+    callbacks.append(saver)
     try:
         trainer = fit(cfg, module, callbacks, ckpt_path=resume, resumed=resumable if resume else None)
     except torch.OutOfMemoryError:
@@ -379,7 +381,7 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
             need = checked_estimate(module, cfg.trainer.precision, kept)
         raise out_of_memory(module, need, device, module.global_step, cfg.trainer.precision) from None
     # Lightning has put back the handlers it found: a signal now would lose the finished fit
-    with held_signals() if saver is None or not saver.interrupted else nullcontext():
+    with held_signals() if not saver.interrupted else nullcontext():
         logger = trainer.logger
 
         steps = trainer.global_step
@@ -402,7 +404,8 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
             observation_seed=cfg.observation_seed,
             rollbacks=module.rollbacks.tolist() if module.separate_images else int(module.rollbacks.sum()),
             stop_reason=module.stop_reason
-            or ("early stopping" if early_stopping and early_stopping.stopped_at else None),
+            or ("early stopping" if early_stopping and early_stopping.stopped_at else None)
+            or (f"interrupted by {signal.Signals(saver.interrupted).name}" if saver.interrupted else None),
         )
         if resume:
             metrics["resumed_from_step"] = resumable.step
@@ -437,10 +440,10 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
             import wandb
 
             wandb.finish()
-        if saver is not None and saver.interrupted:
+        if saver.interrupted and saver.path is not None:
             raise RunInterruptedError(saver.interrupted, steps, trainer.max_steps, saver.path)
         if output_dir is not None:
             write_outputs(result, Path(output_dir))
-        if saver is not None and not cfg.checkpoint.keep:
+        if saver.path is not None and not cfg.checkpoint.keep:
             saver.path.unlink(missing_ok=True)
         return result

@@ -113,6 +113,16 @@ def test_ctrl_c_during_the_last_step_or_while_writing_the_outputs_finishes_the_r
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
 
 
+def test_ctrl_c_in_a_run_without_a_folder_returns_the_result_so_far(image, monkeypatch, capfd):
+    """As in a notebook: the fit ends at the end of the step, nothing is written, the handler is put back
+    (Lightning's own would exit the process and leave Ctrl-C ignored)."""
+    press_ctrl_c_during_step(3, monkeypatch)
+    result = run(compose_config([f"data.path={image}", "trainer.max_steps=8", *SETTINGS]), None)
+    assert result.metrics["steps"] == 3 and result.metrics["stop_reason"] == "interrupted by SIGINT"
+    assert "SIGINT: stopping at step 3" in capfd.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_the_run_folders_own_checkpoint_goes_on_from_where_resume_started_it(image, reference, tmp_path,
                                                                             monkeypatch):
     """resume=A starts a run in B; B interrupted later: the same command continues B's checkpoint."""
