@@ -456,11 +456,14 @@ def restore_all(packs: list[Pack], done_before: int, gpus: list[str], workers: i
     pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
                                initargs=(slots, gpus, cpu_threads))
 
-    def pass_on(signum, frame=None) -> None:  # each fit under way checkpoints and stops; no other starts
-        interrupted.append(signum)
+    def signal_workers(signum: int) -> None:  # each fit under way checkpoints and stops
         for process in list(pool._processes.values()):  # the executor names its workers nowhere else
             with contextlib.suppress(ProcessLookupError):
                 os.kill(process.pid, signum)
+
+    def pass_on(signum, frame) -> None:  # no other fit starts
+        interrupted.append(signum)
+        signal_workers(signum)
 
     on_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, pass_on) if on_main_thread else None
@@ -472,7 +475,7 @@ def restore_all(packs: list[Pack], done_before: int, gpus: list[str], workers: i
         while running:
             done, _ = wait(running, timeout=1.0, return_when=FIRST_COMPLETED)
             if interrupted:  # again: a worker that was starting up ignored it, and its fit listens now
-                pass_on(interrupted[0])
+                signal_workers(interrupted[0])
             for future in done:
                 pack = running.pop(future)
                 if (error := future.exception()) is not None:

@@ -102,6 +102,29 @@ def check_resumable(path: Path, settings: dict, max_steps: int) -> Resumable:
     return Resumable(step, checkpoint["dip"].get("wandb_run_id"))
 
 
+class CaughtSignals:
+    """SIGINT and SIGTERM noted (``received``: the latest) instead of acted on while installed; a second
+    SIGINT aborts at once. Only the main thread can handle signals: elsewhere it installs nothing."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous: dict = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {signum: signal.signal(signum, self._note) for signum in (signal.SIGINT, signal.SIGTERM)}
+
+    def _note(self, signum, frame) -> None:
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+
 class RunCheckpoint(pl.Callback):
     """Writes ``path`` atomically every ``every_n_steps`` steps (0 or None: never), after the last
     step if ``keep_final`` (so that a larger ``trainer.max_steps`` continues the run later) and, on
@@ -115,22 +138,13 @@ class RunCheckpoint(pl.Callback):
         self.every_n_steps, self.settings = every_n_steps or 0, settings
         self.keep_final = keep_final
         self.interrupted: int | None = None
-        self._signal: int | None = None
-        self._previous_handlers: dict = {}
+        self._signals = CaughtSignals()
         self._rng_to_restore: dict | None = None
 
     def on_train_start(self, trainer, pl_module) -> None:
         for stale in self.path.parent.glob(f".{self.path.name}.*.tmp") if self.path else ():  # killed mid-write
             stale.unlink(missing_ok=True)
-        # After Lightning's own SIGTERM handler (installed when fit starts), which would only raise.
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
-
-    def _on_signal(self, signum, frame) -> None:
-        if self._signal is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self._signal = signum
+        self._signals.install()  # after Lightning's own SIGTERM handler (installed when fit starts), which would raise
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self._rng_to_restore is not None:
@@ -142,11 +156,12 @@ class RunCheckpoint(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
         last = step >= trainer.max_steps or trainer.should_stop  # after early stopping's callback, which stops it
-        if self._signal is not None and not last:
+        received = self._signals.received
+        if received is not None and not last:
             doing = "writing a checkpoint" if self.path else "stopping"
-            print(f"\n{signal.Signals(self._signal).name}: {doing} at step {step}", file=sys.stderr)
+            print(f"\n{signal.Signals(received).name}: {doing} at step {step}", file=sys.stderr)
             self.save(trainer)
-            self.interrupted = self._signal
+            self.interrupted = received
             trainer.should_stop = True
         elif self.keep_final and last:
             self.save(trainer)
@@ -154,18 +169,13 @@ class RunCheckpoint(pl.Callback):
             self.save(trainer)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if self._signal is not None and self.interrupted is None:
-            name = signal.Signals(self._signal).name
+        if self._signals.received is not None and self.interrupted is None:
+            name = signal.Signals(self._signals.received).name
             print(f"\n{name} at the last step: the run was finished first", file=sys.stderr)
-        self._restore_handlers()
+        self._signals.restore()
 
     def on_exception(self, trainer, pl_module, exception) -> None:
-        self._restore_handlers()
-
-    def _restore_handlers(self) -> None:
-        for signum, handler in self._previous_handlers.items():
-            signal.signal(signum, handler)
-        self._previous_handlers = {}
+        self._signals.restore()
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
@@ -198,22 +208,12 @@ class RunCheckpoint(pl.Callback):
 def held_signals() -> Iterator[None]:
     """SIGINT and SIGTERM wait until the block ends and are then dropped (a second SIGINT aborts at
     once): a finished fit's outputs are computed and written whole, so the run is not lost."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received: list[int] = []
-
-    def hold(signum, frame) -> None:
-        if received and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        received.append(signum)
-
-    previous = {signum: signal.signal(signum, hold) for signum in (signal.SIGINT, signal.SIGTERM)}
+    signals = CaughtSignals()
+    signals.install()
     try:
         yield
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        if received:
-            print(f"{signal.Signals(received[0]).name} after the last step: the run was finished first",
+        signals.restore()
+        if signals.received is not None:
+            print(f"{signal.Signals(signals.received).name} after the last step: the run was finished first",
                   file=sys.stderr)

@@ -29,7 +29,7 @@ from dip.config import (
 from dip.errors import DipError, RunInterruptedError, one_line
 from dip.outputs import CHECKPOINT_NAME, OUTPUT_FILES, RESTART_OUTPUT, decibels, describe
 from dip.problem import problem_from_config
-from dip.sweeps import FAILED_JOBS, record_failure
+from dip.sweeps import record_failure
 
 log = logging.getLogger("dip")
 OPTIONS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
@@ -79,9 +79,10 @@ def check_overrides(arguments: list[str], config_name: str = "config") -> DictCo
             OmegaConf.to_container(cfg, resolve=False)
         except DipError as error:
             fail(str(error))
-        if check is fixed:
-            fixed_cfg = cfg
-        if check is fixed and config_name == "config" and _every_job_reads_this_input(cfg, arguments, sweeps):
+        if check is not fixed:
+            continue
+        fixed_cfg = cfg
+        if config_name == "config" and _every_job_reads_this_input(cfg, arguments, sweeps):
             try:  # an input that every job shares and would fail on: once, not once per job or trial
                 problem_from_config(cfg)
             except DipError as error:
@@ -243,7 +244,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
         if (finished := finished_metrics(cfg, output_dir, EARLIER_RUNS)) is not None:  # a sweep run again
             EARLIER_RUNS.discard(output_dir)  # puts back Hydra's record; the run's files are as they were
             print(describe_finished(finished, output_dir))
-            return finished["psnr"] if finished.get("psnr") is not None else finished["psnr_fit"]
+            return search_value(finished)
         from dip.pipeline import run
 
         result = run(cfg, output_dir, problem)
@@ -255,8 +256,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
         # one bad job of a sweep (a missing image, a size that does not fit) must not cost the others
         line = f"job {hydra_config.job.num} ({' '.join(hydra_config.overrides.task)}): {error}"
         print(f"error: {line}", file=sys.stderr)
-        record_failure(Path(hydra_config.sweep.dir), line)
-        FAILURES_FILE.append(Path(hydra_config.sweep.dir) / FAILED_JOBS)
+        FAILURES_FILE.append(record_failure(Path(hydra_config.sweep.dir), line))
         return None  # to the Optuna sweeper, not a number: a failed trial
     except RunInterruptedError as interruption:  # the checkpoint stays, for the next run to resume
         hydra_config = HydraConfig.get()
@@ -271,8 +271,12 @@ def hydra_main(cfg: DictConfig) -> float | None:
         print("interrupted", file=sys.stderr)
         raise SystemExit(130) from None
     print(describe(result))
-    metrics = result.metrics
-    return metrics["psnr"] if metrics["psnr"] is not None else metrics["psnr_fit"]
+    return search_value(result.metrics)
+
+
+def search_value(metrics: dict) -> float | None:
+    """What a run gives a sweeper to maximise: PSNR against the ground truth, else of the fit."""
+    return metrics["psnr"] if metrics.get("psnr") is not None else metrics["psnr_fit"]
 
 
 def launch(app, config_name: str = "config") -> None:

@@ -93,13 +93,14 @@ class PinToGPU(Callback):
                  config.hydra.job.num, gpu, slot, slots, os.getpid())
 
 
-def record_failure(sweep_dir: Path, line: str) -> None:
-    """Append ``line`` (one job's error) to the sweep's list of failed jobs; jobs in several worker
-    processes append under an exclusive lock."""
+def record_failure(sweep_dir: Path, line: str) -> Path:
+    """Append ``line`` (one job's error) to the sweep's list of failed jobs, and return the list's
+    path; jobs in several worker processes append under an exclusive lock."""
     sweep_dir.mkdir(parents=True, exist_ok=True)
     with open(sweep_dir / FAILED_JOBS, "a") as failures:
         fcntl.flock(failures, fcntl.LOCK_EX)
         failures.write(line.replace("\n", " ") + "\n")
+    return sweep_dir / FAILED_JOBS
 
 
 def failed_jobs(sweep_dir: Path) -> list[str]:
