@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from dip.config import check_settings, instantiate_settings
 from dip.errors import DipError
 from dip.images import centre_crop, load_image, read_image, resize_alpha
-from dip.physics import Degradation, FileMask
+from dip.physics import Degradation
 
 
 @dataclass
@@ -84,12 +84,8 @@ def _check_fits(physics: Degradation, height: int, width: int, source) -> None:
 
 def _prepare(physics: Degradation, height: int, width: int, generator: torch.Generator,
              loaded_size: tuple[int, int]) -> None:
-    """``physics.prepare``; a mask file may also be the size of the image as loaded (``loaded_size``),
-    before ``data.size`` cropped it."""
-    if isinstance(getattr(physics, "source", None), FileMask):
-        physics.source.image_size = loaded_size
     try:
-        physics.prepare(height, width, generator)
+        physics.prepare(height, width, generator, loaded_size)
     except ValueError as error:
         raise DipError(str(error)) from None
 

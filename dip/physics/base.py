@@ -21,8 +21,10 @@ class Degradation(nn.Module):
     observation_is_image = True
     baseline_name: str | None = None
 
-    def prepare(self, height: int, width: int, generator: torch.Generator | None = None) -> None:
-        """Build size-dependent state for a solution of ``height`` x ``width`` pixels."""
+    def prepare(self, height: int, width: int, generator: torch.Generator | None = None,
+                loaded_size: tuple[int, int] | None = None) -> None:
+        """Build size-dependent state for a solution of ``height`` x ``width`` pixels; ``loaded_size`` is
+        the image's (height, width) as loaded, before ``data.size`` cropped it."""
 
     def A(self, x: torch.Tensor) -> torch.Tensor:  # noqa: N802 (the operator's usual name)
         raise NotImplementedError

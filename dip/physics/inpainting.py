@@ -20,7 +20,9 @@ class Inpainting(Degradation):
         self.source = FileMask(mask_file) if mask_file else mask
         self.register_buffer("mask", torch.ones(1, 1, 1, 1))
 
-    def prepare(self, height, width, generator=None):
+    def prepare(self, height, width, generator=None, loaded_size=None):
+        if isinstance(self.source, FileMask):  # a mask file may be the size of the image as loaded
+            self.source.image_size = loaded_size
         self.mask = self.source(height, width, generator)
 
     def A(self, x: torch.Tensor) -> torch.Tensor:  # noqa: N802
