@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -232,14 +233,19 @@ def instantiate_settings(node: DictConfig, what: str, **kwargs):
     except DipError:
         raise
     except Exception as error:
-        raise settings_error(error, what) from None
+        raise settings_error(error, what, node.get("_target_")) from None
 
 
-def settings_error(error: Exception, what: str) -> DipError:
-    """A constructor's rejection of the ``what`` settings, as one line: Hydra wraps the constructor's
-    error, which is reported (a ``DipError`` as it is: it already says what is wrong)."""
+def settings_error(error: Exception, what: str, target: str) -> DipError:
+    """The rejection of the ``what`` settings by ``target``'s constructor, as one line: Hydra wraps the
+    constructor's error, which is reported (a ``DipError`` as it is: it already says what is wrong)."""
     cause = error.__cause__ or error
-    return cause if isinstance(cause, DipError) else DipError(f"invalid {what} settings: {one_line(cause, 300)}")
+    if isinstance(cause, DipError):
+        return cause
+    if isinstance(cause, TypeError) and (unknown := re.search(r"unexpected keyword argument '(\w+)'", str(cause))):
+        # often a key set by one group (a task's input.path) kept when a later group (prior=tv) swaps the class
+        return DipError(f"invalid {what} settings: {target} takes no setting {unknown[1]!r}")
+    return DipError(f"invalid {what} settings: {one_line(cause, 300)}")
 
 
 register_resolvers()

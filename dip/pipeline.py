@@ -208,7 +208,7 @@ def checked_optimizer(node: DictConfig) -> Callable[..., torch.optim.Optimizer]:
     try:
         factory([torch.zeros(1, requires_grad=True)])
     except Exception as error:
-        raise settings_error(error, "optim") from None
+        raise settings_error(error, "optim", node._target_) from None
     return factory
 
 
@@ -308,7 +308,7 @@ def fit(cfg: DictConfig, module: DeepImagePrior, callbacks=(), ckpt_path: str | 
     try:
         trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
     except Exception as error:  # an unknown or impossible Trainer argument: before the logger writes anything
-        raise settings_error(error, "trainer") from None
+        raise settings_error(error, "trainer", cfg.trainer._target_) from None
     if logger:
         logger.log_hyperparams(flat_config(cfg))
     loader = StepLoader(StepDataset(trainer.max_steps))

@@ -69,7 +69,10 @@ def assert_one_line_error(done, *needles):
         (["data.path=missing.png"], ["missing.png", "not found"]),
         (["task=deblurring"], ["unknown task 'deblurring'", "denoising"]),
         (["arch=vgg"], ["unknown arch 'vgg'"]),
+        (["+arch.depht=4"], ["invalid arch settings: dip.nets.Skip takes no setting 'depht'"]),
         (["task=sr_x8", "task.physics.factor=64", "data.size=64"], ["too small for x64"]),
+        (["task=sr_x4", "task.physics.factor=1"], ["factor must be a whole number >= 2, got 1"]),
+        (["task=sr_x4", "task.physics.factor=2.5"], ["factor must be a whole number >= 2, got 2.5"]),
         (["arch.upsample_mode=cubic"], ["upsample mode 'cubic'"]),
         (["input.distribution=poisson"], ["noise distribution 'poisson'"]),
         (["backtrack_against=worst"], ["backtrack_against must be 'last' or 'best'", "'worst'"]),
@@ -102,8 +105,8 @@ def test_a_failed_run_removes_the_empty_folders_made_for_it_and_only_those(tmp_p
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["+optim.foo=1"], "invalid optim settings: Adam.__init__() got an unexpected keyword argument 'foo'"),
-    (["+trainer.foo=1"], "invalid trainer settings: Trainer.__init__() got an unexpected keyword argument 'foo'"),
+    (["+optim.foo=1"], "invalid optim settings: torch.optim.Adam takes no setting 'foo'"),
+    (["+trainer.foo=1"], "invalid trainer settings: pytorch_lightning.Trainer takes no setting 'foo'"),
     (["trainer.precision=bogus"], "invalid trainer settings: Precision 'bogus' is invalid"),
     (["seed=-1"], "seed must be a whole number from 0 to 4294967295, got -1"),
     (["restarts=abc"], "restarts must be a whole number >= 1, got 'abc'"),

@@ -39,8 +39,8 @@ class LanczosDownsample(Degradation):
 
     def __init__(self, factor: int = 4, channels: int | None = None):
         super().__init__()
-        if factor != int(factor):  # int() would quietly make 2.5 a x2
-            raise ValueError(f"the downsampling factor must be a whole number, got {factor}")
+        if factor != int(factor) or factor < 2:  # int() would quietly make 2.5 a x2; x1 restores nothing
+            raise ValueError(f"the downsampling factor must be a whole number >= 2, got {factor}")
         self.factor = int(factor)
         self.register_buffer("kernel", lanczos2_kernel(self.factor)[None, None], persistent=False)
         total = 3 * self.factor
@@ -53,8 +53,6 @@ class LanczosDownsample(Degradation):
         return y.reshape(batch, channels, *y.shape[-2:])
 
     def check_fits(self, height: int, width: int) -> None:
-        if self.factor < 2:
-            raise ValueError(f"super-resolution factor must be >= 2, got {self.factor}")
         if min(height, width) < 2 * self.factor:
             raise ValueError(
                 f"a {width}x{height} image is too small for x{self.factor} super-resolution "
