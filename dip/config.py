@@ -64,7 +64,7 @@ def dotted(values: dict, prefix: str = "") -> dict:
 
 # Top-level settings added after checkpoints and finished restorations were kept, with the value that a
 # config without them meant: at that value they drop out of every comparison, so those still match.
-IMPLIED_SETTINGS = {"backtrack_against": "last", "diverged_gradient": "keep"}
+IMPLIED_SETTINGS = {"backtrack_against": "last", "diverged_gradient": "keep", "metrics_every": 50}
 
 
 def without_implied_settings(settings: dict) -> dict:
@@ -77,6 +77,8 @@ def without_implied_settings(settings: dict) -> dict:
 RESULT_SETTINGS = ("seed", "observation_seed", "task", "arch", "input", "optim", "data", "regularizer", "ema_weight",
                    "backtrack_db", "backtrack_against", "diverged_gradient", "max_rollbacks", "early_stop",
                    "trainer.precision", "restarts",
+                   # how often a collapse is judged and max_rollbacks checked (nothing else when backtrack_db=null)
+                   "metrics_every",
                    # not the result, but which weights and buffers the checkpoint holds
                    "speed.conv_bias_before_norm", "speed.batchnorm_running_stats",
                    # nor the result, but the optimizer's state: per weight, or of the one weight tensor
@@ -90,6 +92,8 @@ def result_settings(cfg: DictConfig) -> dict:
     selected = {key: OmegaConf.to_container(node, resolve=True) if isinstance(node, Container) else node
                 for key, node in nodes.items()}
     settings = {key: value for key, value in dotted(selected).items() if key not in IGNORED_SETTINGS}
+    if settings["backtrack_db"] is None:
+        del settings["metrics_every"]
     return without_implied_settings(settings)
 
 

@@ -6,7 +6,7 @@ import re
 import pytest
 import torch
 
-from dip.config import compose_config, config_groups
+from dip.config import compose_config, config_groups, result_settings, setting_differences
 from dip.memory import estimate
 from dip.metrics import psnr, ssim
 from dip.pipeline import prepare, run
@@ -107,7 +107,9 @@ def test_denoising_gains_on_a_tiny_image(tmp_path):
     ("max_rollbacks=0", "max_rollbacks must be a whole number >= 1, or null for never stopping, got 0"),
     ("profile=bogus", "unknown profile 'bogus' (choose from: auto, full, quick)"),
     ("data.mask=mask.png", "data.mask=mask.png is given, but task denoising takes no mask"),
-    ("task=sr_x4 task.physics.factor=2.5", "the downsampling factor must be a whole number, got 2.5"),
+    ("task=sr_x4 task.physics.factor=2.5", "the downsampling factor must be a whole number >= 2, got 2.5"),
+    ("task=sr_x4 task.physics.factor=1", "the downsampling factor must be a whole number >= 2, got 1"),
+    ("task=sr_x4 task.physics.factor=0", "the downsampling factor must be a whole number >= 2, got 0"),
 ])
 def test_impossible_settings_are_one_line_before_anything_is_built(overrides, needle):
     from dip.errors import DipError
@@ -115,6 +117,16 @@ def test_impossible_settings_are_one_line_before_anything_is_built(overrides, ne
 
     with pytest.raises(DipError, match=re.escape(needle)):
         problem_from_config(compose_config(overrides.split()))
+
+
+def test_metrics_every_decides_the_result_only_with_rollbacks():
+    """It sets when a collapse is judged and max_rollbacks checked; without backtracking, only the logging."""
+    def differences(*overrides):
+        return setting_differences(result_settings(compose_config(list(overrides))),
+                                   result_settings(compose_config([*overrides, "metrics_every=10"])))
+
+    assert differences() == "metrics_every: 50 -> 10"
+    assert differences("backtrack_db=null") == ""
 
 
 def test_settings_at_their_bounds_are_accepted():

@@ -220,13 +220,16 @@ def test_one_weight_tensor_resumes_to_the_same_result_as_the_default(image, refe
 
 def test_a_checkpoint_without_backtrack_against_resumes_under_the_rule_it_ran(image, reference, tmp_path,
                                                                                monkeypatch):
-    """Checkpoints older than the backtrack_against setting do not name it, nor do those of its default
-    (the rule they ran): they resume with the default, and are refused with another rule."""
+    """Checkpoints older than the backtrack_against and metrics_every settings do not name them, nor do
+    those of their defaults (the rules they ran): they resume with the defaults, and are refused with others."""
     out = tmp_path / "run"
     interrupted_at_step_1(image, out, monkeypatch)
-    assert "backtrack_against" not in torch.load(out / CHECKPOINT_NAME, weights_only=True)["dip"]["settings"]
+    saved = torch.load(out / CHECKPOINT_NAME, weights_only=True)["dip"]["settings"]
+    assert "backtrack_against" not in saved and "metrics_every" not in saved
     with pytest.raises(DipError, match="backtrack_against: 'last' -> 'best'"):
         restore(image, out, 8, "backtrack_against=best")
+    with pytest.raises(DipError, match="metrics_every: 50 -> 2"):  # when rollbacks are judged
+        restore(image, out, 8, "metrics_every=2")
     assert_same_result(restore(image, out, 8), reference)
 
 
