@@ -47,6 +47,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dip.baselines import BASELINES, BaselineUnavailableError
+from dip.checkpoint import held_signals, signal_finished_first
 from dip.config import check_whole_number, dotted, refuse_other_settings, without_implied_settings
 from dip.datasets import DatasetImage, open_dataset
 from dip.errors import DipError, Interrupted, MemoryShortError, RunInterruptedError, one_line
@@ -254,7 +255,8 @@ def restore_pack(pack: Pack) -> list[dict]:
         result = run(OmegaConf.create(config), None, problem, checkpoint_dir=pack.directory,
                      seeds=[job.config["seed"] for job in pack.jobs])
         results = [result.image(k) for k in range(len(pack.jobs))]
-    return [_score_and_write(job, result, pack) for job, result in zip(pack.jobs, results)]
+    with held_signals():  # the fit's checkpoint is gone: a signal now would lose it
+        return [_score_and_write(job, result, pack) for job, result in zip(pack.jobs, results)]
 
 
 def _score_and_write(job: ImageJob, result: Result, pack: Pack) -> dict:
@@ -447,47 +449,49 @@ def restore_all(packs: list[Pack], done_before: int, gpus: list[str], workers: i
                 report(pack, restore_pack(pack))
             except Exception as error:
                 fail(pack, error)
-        return results, not_started, failed
-    context = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked children
-    slots = context.Queue()
-    for slot in range(workers):
-        slots.put(slot)
-    cpu_threads = max(1, (os.cpu_count() or 1) // workers)
-    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
-                               initargs=(slots, gpus, cpu_threads))
+            if (signum := signal_finished_first()) is not None:  # at its last step: it finished first
+                interrupted.append(signum)
+    else:
+        context = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked children
+        slots = context.Queue()
+        for slot in range(workers):
+            slots.put(slot)
+        cpu_threads = max(1, (os.cpu_count() or 1) // workers)
+        pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
+                                   initargs=(slots, gpus, cpu_threads))
 
-    def signal_workers(signum: int) -> None:  # each fit under way checkpoints and stops
-        for process in list(pool._processes.values()):  # the executor names its workers nowhere else
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(process.pid, signum)
+        def signal_workers(signum: int) -> None:  # each fit under way checkpoints and stops
+            for process in list(pool._processes.values()):  # the executor names its workers nowhere else
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signum)
 
-    def pass_on(signum, frame) -> None:  # no other fit starts
-        interrupted.append(signum)
-        signal_workers(signum)
+        def pass_on(signum, frame) -> None:  # no other fit starts
+            interrupted.append(signum)
+            signal_workers(signum)
 
-    on_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, pass_on) if on_main_thread else None
-    try:
-        # one fit per free worker, so that each is started only when a worker can take it at once
-        running: dict[Future, Pack] = {}
-        while len(running) < workers and (pack := next_pack()) is not None:
-            running[pool.submit(restore_pack, pack)] = pack
-        while running:
-            done, _ = wait(running, timeout=1.0, return_when=FIRST_COMPLETED)
-            if interrupted:  # again: a worker that was starting up ignored it, and its fit listens now
-                signal_workers(interrupted[0])
-            for future in done:
-                pack = running.pop(future)
-                if (error := future.exception()) is not None:
-                    fail(pack, error)
-                else:
-                    report(pack, future.result())
-                if (pack := next_pack()) is not None:
-                    running[pool.submit(restore_pack, pack)] = pack
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        if on_main_thread:
-            signal.signal(signal.SIGTERM, previous)
+        on_main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, pass_on) if on_main_thread else None
+        try:
+            # one fit per free worker, so that each is started only when a worker can take it at once
+            running: dict[Future, Pack] = {}
+            while len(running) < workers and (pack := next_pack()) is not None:
+                running[pool.submit(restore_pack, pack)] = pack
+            while running:
+                done, _ = wait(running, timeout=1.0, return_when=FIRST_COMPLETED)
+                if interrupted:  # again: a worker that was starting up ignored it, and its fit listens now
+                    signal_workers(interrupted[0])
+                for future in done:
+                    pack = running.pop(future)
+                    if (error := future.exception()) is not None:
+                        fail(pack, error)
+                    else:
+                        report(pack, future.result())
+                    if (pack := next_pack()) is not None:
+                        running[pool.submit(restore_pack, pack)] = pack
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            if on_main_thread:
+                signal.signal(signal.SIGTERM, previous)
     if interrupted and pending:  # and no fit was under way to raise its own interruption
         raise Interrupted(interrupted[0])
     return results, not_started, failed

@@ -102,6 +102,16 @@ def check_resumable(path: Path, settings: dict, max_steps: int) -> Resumable:
     return Resumable(step, checkpoint["dip"].get("wandb_run_id"))
 
 
+_finished_first: list[int] = []  # the signals the latest fit's run finished before acting on
+
+
+def signal_finished_first() -> int | None:
+    """The SIGINT or SIGTERM that came during the latest fit's last step or while its outputs were written
+    (``None``: none), which that run finished first. A caller about to start another fit (a benchmark's
+    next image, an experiment's next sub-run, a sweep's next job) stops instead: the user asked to stop."""
+    return _finished_first[-1] if _finished_first else None
+
+
 class CaughtSignals:
     """SIGINT and SIGTERM noted (``received``: the latest) instead of acted on while installed; a second
     SIGINT aborts at once. Only the main thread can handle signals: elsewhere it installs nothing."""
@@ -142,6 +152,7 @@ class RunCheckpoint(pl.Callback):
         self._rng_to_restore: dict | None = None
 
     def on_train_start(self, trainer, pl_module) -> None:
+        _finished_first.clear()  # an earlier fit's, in this process
         for stale in self.path.parent.glob(f".{self.path.name}.*.tmp") if self.path else ():  # killed mid-write
             stale.unlink(missing_ok=True)
         self._signals.install()  # after Lightning's own SIGTERM handler (installed when fit starts), which would raise
@@ -172,6 +183,7 @@ class RunCheckpoint(pl.Callback):
         if self._signals.received is not None and self.interrupted is None:
             name = signal.Signals(self._signals.received).name
             print(f"\n{name} at the last step: the run was finished first", file=sys.stderr)
+            _finished_first.append(self._signals.received)
         self._signals.restore()
 
     def on_exception(self, trainer, pl_module, exception) -> None:
@@ -206,8 +218,9 @@ class RunCheckpoint(pl.Callback):
 
 @contextmanager
 def held_signals() -> Iterator[None]:
-    """SIGINT and SIGTERM wait until the block ends and are then dropped (a second SIGINT aborts at
-    once): a finished fit's outputs are computed and written whole, so the run is not lost."""
+    """SIGINT and SIGTERM wait until the block ends, and are then left to ``signal_finished_first`` (a
+    second SIGINT aborts at once): a finished fit's outputs are computed and written whole, so the run
+    is not lost."""
     signals = CaughtSignals()
     signals.install()
     try:
@@ -217,3 +230,4 @@ def held_signals() -> Iterator[None]:
         if signals.received is not None:
             print(f"{signal.Signals(signals.received).name} after the last step: the run was finished first",
                   file=sys.stderr)
+            _finished_first.append(signals.received)

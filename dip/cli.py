@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -26,7 +27,7 @@ from dip.config import (
     register_resolvers,
     setting_differences,
 )
-from dip.errors import DipError, RunInterruptedError, one_line
+from dip.errors import DipError, Interrupted, RunInterruptedError, one_line
 from dip.outputs import CHECKPOINT_NAME, OUTPUT_FILES, RESTART_OUTPUT, decibels, describe
 from dip.problem import problem_from_config
 from dip.sweeps import record_failure
@@ -266,11 +267,22 @@ def hydra_main(cfg: DictConfig) -> float | None:
             message = interruption.continue_in(output_dir) if runner else str(interruption)
         print(message, file=sys.stderr)
         raise SystemExit(128 + interruption.signum) from None
+    except Interrupted as interruption:  # between an experiment's sub-runs: those finished are kept
+        print(f"interrupted by {interruption}: run the same command again with hydra.run.dir={output_dir} to "
+              f"continue", file=sys.stderr)
+        raise SystemExit(128 + interruption.signum) from None
     except KeyboardInterrupt:  # before training started: nothing worth keeping
         EARLIER_RUNS.discard(output_dir)
         print("interrupted", file=sys.stderr)
         raise SystemExit(130) from None
     print(describe(result))
+    from dip.checkpoint import signal_finished_first
+
+    hydra_config = HydraConfig.get()
+    if hydra_config.mode == RunMode.MULTIRUN and (signum := signal_finished_first()) is not None:
+        print(f"{signal.Signals(signum).name}: job {hydra_config.job.num} finished first; run the sweep again with "
+              f"hydra.sweep.dir={hydra_config.sweep.dir} for any jobs left", file=sys.stderr)
+        raise SystemExit(128 + signum)
     return search_value(result.metrics)
 
 

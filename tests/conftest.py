@@ -69,6 +69,30 @@ def run_cli_probing_lightning(folder: Path, *args: str, script: str = "run.py", 
     return run_cli(*args, script=str(probe), env=env)
 
 
+CTRL_C_WHILE_WRITING = """import os, runpy, signal, sys
+sys.path.insert(0, {root!r})
+import dip.pipeline
+
+write_outputs = dip.pipeline.write_outputs
+
+def press_ctrl_c_first(result, output_dir):
+    os.kill(os.getpid(), signal.SIGINT)
+    write_outputs(result, output_dir)
+
+dip.pipeline.write_outputs = press_ctrl_c_first
+sys.argv[0] = {script!r}
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def run_cli_pressing_ctrl_c_while_writing(folder: Path, *args: str) -> subprocess.CompletedProcess:
+    """``run_cli`` of run.py through a driver (written into ``folder``) that presses Ctrl-C as each
+    run's outputs start to be written."""
+    driver = folder / "ctrl_c.py"
+    driver.write_text(CTRL_C_WHILE_WRITING.format(root=str(ROOT), script=str(ROOT / "run.py")))
+    return run_cli(*args, script=str(driver))
+
+
 def fit_scripted(module, callback, steps: int):
     """Fit a scripted LightningModule for ``steps`` steps with one callback, as the pipeline iterates
     (a dataset of ``steps`` items, no checkpoints or logs); the Trainer."""

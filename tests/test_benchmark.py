@@ -25,7 +25,7 @@ from dip.baselines import BASELINES, normalised_fill
 from dip.benchmark import ImageJob, TimeBudget, _restoration_key, _some_names, run_benchmark
 from dip.config import compose_config
 from dip.datasets import open_dataset
-from dip.errors import DipError
+from dip.errors import DipError, Interrupted
 from dip.metrics import psnr, psnr_y
 from dip.outputs import BEFORE_COLLAPSE_OUTPUT
 from dip.physics import BernoulliMask, GaussianNoise, Inpainting, RegionMask
@@ -173,6 +173,31 @@ def test_an_image_cut_mid_fit_continues_from_its_checkpoint(tmp_path):
     metrics = json.loads((image_run / "metrics.json").read_text())
     assert (metrics["resumed_from_step"], metrics["steps"]) == (2, 3)
     assert not (image_run / "checkpoint.ckpt").exists()  # a finished image keeps none (checkpoint.keep=false)
+
+
+def test_ctrl_c_while_an_image_is_written_keeps_it_and_starts_no_other(tmp_path, monkeypatch, capfd):
+    """The fit's checkpoint is gone by then: the image is written whole, then the run stops."""
+    import dip.benchmark
+
+    root, run_dir = tmp_path / "data", tmp_path / "run"
+    make_dataset(root, "Set5", ["baby.png", "bird.png"])
+    write_outputs = dip.benchmark.write_outputs
+
+    def press_ctrl_c_first(result, output_dir):
+        os.kill(os.getpid(), signal.SIGINT)
+        write_outputs(result, output_dir)
+
+    monkeypatch.setattr(dip.benchmark, "write_outputs", press_ctrl_c_first)
+    with pytest.raises(Interrupted):
+        run_benchmark(compose("set5_x4", root, run_dir), run_dir)
+    assert "SIGINT after the last step: the run was finished first" in capfd.readouterr().err
+    assert (run_dir / "images" / "baby" / "metrics.json").is_file()
+    assert not (run_dir / "images" / "bird" / "metrics.json").exists() and not (run_dir / "table.md").exists()
+    monkeypatch.undo()
+    finished = (run_dir / "images" / "baby" / "metrics.json").stat().st_mtime_ns
+    run_benchmark(compose("set5_x4", root, run_dir), run_dir)
+    assert (run_dir / "images" / "baby" / "metrics.json").stat().st_mtime_ns == finished
+    assert [row["image"] for row in read_csv(run_dir / "table.csv")] == ["baby.png", "bird.png", "mean"]
 
 
 def test_a_packed_fit_cut_mid_fit_continues_from_its_checkpoint(tmp_path):

@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dip.checkpoint import CHECKPOINT_NAME, StepLoader
+from dip.checkpoint import CHECKPOINT_NAME, StepLoader, signal_finished_first
 from dip.config import compose_config
 from dip.errors import DipError, RunInterruptedError
 from dip.module import DeepImagePrior
@@ -96,7 +96,10 @@ def test_ctrl_c_during_the_last_step_or_while_writing_the_outputs_finishes_the_r
     assert_same_result(finished, reference)
     assert (tmp_path / "last" / "metrics.json").is_file() and not (tmp_path / "last" / CHECKPOINT_NAME).exists()
     assert "SIGINT at the last step: the run was finished first" in capfd.readouterr().err
+    assert signal_finished_first() == signal.SIGINT  # for a caller with more fits to start
     monkeypatch.undo()
+    restore(image, tmp_path / "quiet", 1)
+    assert signal_finished_first() is None  # the next fit's own
 
     import dip.pipeline
 
@@ -110,6 +113,7 @@ def test_ctrl_c_during_the_last_step_or_while_writing_the_outputs_finishes_the_r
     assert_same_result(restore(image, tmp_path / "writing", 8), reference)
     assert (tmp_path / "writing" / "metrics.json").is_file()
     assert "SIGINT after the last step: the run was finished first" in capfd.readouterr().err
+    assert signal_finished_first() == signal.SIGINT
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
 
 

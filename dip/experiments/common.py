@@ -16,8 +16,9 @@ from hydra.core.hydra_config import HydraConfig
 from matplotlib.figure import Figure
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
+from dip.checkpoint import held_signals, signal_finished_first
 from dip.config import check_settings, checked_config, finished_run_settings, refuse_other_settings
-from dip.errors import DipError, one_line
+from dip.errors import DipError, Interrupted, one_line
 from dip.figures import figure_png
 from dip.images import write_atomically
 from dip.metrics import psnr
@@ -61,7 +62,7 @@ def restore_each(runs: Sequence[SubRun]) -> list[Result]:
     that a bad option, or a folder holding a run finished with other settings, costs no fit. A sub-run
     finished before with the same settings is reused (an experiment cut short continues where it
     stopped), unless it records the fit with ``callbacks``; each ``config.yaml`` is written once its
-    fit has finished, beside its outputs."""
+    fit has finished, beside its outputs. A signal that a sub-run finished first stops the others."""
     configs = [sub_config(run.overrides, run.directory) for run in runs]
     reused = []
     for run, cfg in zip(runs, configs):
@@ -79,11 +80,15 @@ def restore_each(runs: Sequence[SubRun]) -> list[Result]:
             continue
         problem = problem_from_config(cfg, observation=run.observation)
         result = restore(cfg, run.directory, problem, run.callbacks)
-        text = OmegaConf.to_yaml(cfg)  # after the fit: a fit refused or failed leaves no config behind
-        write_atomically(run.directory / "config.yaml", lambda handle, text=text: handle.write(text.encode()))
-        images = {name: None if (image := getattr(result, name)) is None else image.cpu() for name in REUSED_IMAGES}
-        write_atomically(run.directory / OUTPUTS_FILE, lambda handle, images=images: torch.save(images, handle))
+        with held_signals():  # what marks the sub-run finished, written whole
+            text = OmegaConf.to_yaml(cfg)  # after the fit: a fit refused or failed leaves no config behind
+            write_atomically(run.directory / "config.yaml", lambda handle, text=text: handle.write(text.encode()))
+            images = {name: None if (image := getattr(result, name)) is None else image.cpu()
+                      for name in REUSED_IMAGES}
+            write_atomically(run.directory / OUTPUTS_FILE, lambda handle, images=images: torch.save(images, handle))
         results.append(result)
+        if (signum := signal_finished_first()) is not None and len(results) < len(runs):
+            raise Interrupted(signum)
     return results
 
 
