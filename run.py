@@ -6,6 +6,6 @@ if __name__ == "__main__":
     try:
         from dip.cli import main
     except KeyboardInterrupt:  # Ctrl-C while the libraries load: nothing has started
-        print("interrupted", file=sys.stderr)
+        print("interrupted by SIGINT", file=sys.stderr)
         raise SystemExit(130) from None
     main()

@@ -267,14 +267,19 @@ def hydra_main(cfg: DictConfig) -> float | None:
             message = interruption.continue_in(output_dir) if runner else str(interruption)
         print(message, file=sys.stderr)
         raise SystemExit(128 + interruption.signum) from None
-    except Interrupted as interruption:  # between an experiment's sub-runs: those finished are kept
-        print(f"interrupted by {interruption}: run the same command again with hydra.run.dir={output_dir} to "
-              f"continue", file=sys.stderr)
-        raise SystemExit(128 + interruption.signum) from None
-    except KeyboardInterrupt:  # before training started: nothing worth keeping
-        EARLIER_RUNS.discard(output_dir)
-        print("interrupted", file=sys.stderr)
-        raise SystemExit(130) from None
+    except KeyboardInterrupt as interruption:  # outside a fit (Ctrl-C, or SIGTERM: launch makes it one)
+        signum = getattr(interruption, "signum", signal.SIGINT)
+        hydra_config = HydraConfig.get()
+        if hydra_config.mode == RunMode.MULTIRUN:
+            again = f": run the sweep again with hydra.sweep.dir={hydra_config.sweep.dir} to continue"
+        elif runner:  # the sub-runs finished are kept
+            again = f": run the same command again with hydra.run.dir={output_dir} to continue"
+        else:
+            again = ""
+        if not runner:  # nothing of this job worth keeping
+            EARLIER_RUNS.discard(output_dir)
+        print(f"interrupted by {signal.Signals(signum).name}{again}", file=sys.stderr)
+        raise SystemExit(128 + signum) from None
     print(describe(result))
     from dip.checkpoint import signal_finished_first
 
@@ -291,12 +296,17 @@ def search_value(metrics: dict) -> float | None:
     return metrics["psnr"] if metrics.get("psnr") is not None else metrics["psnr_fit"]
 
 
+def _interrupt(signum, frame):
+    raise Interrupted(signum)
+
+
 def launch(app, config_name: str = "config") -> None:
     """Start the Hydra ``app`` composing ``config_name``, its overrides checked first (unless the
     user asked for Hydra's help). What Hydra or a sweeper refuses once started is one line too,
     unless the user asked for Hydra's full tracebacks (``HYDRA_FULL_ERROR=1``)."""
     full_tracebacks = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises what it would print as a traceback, for the lines below
+    signal.signal(signal.SIGTERM, _interrupt)  # a scheduler's stop, outside a fit, ends a job as Ctrl-C does
     try:
         register_resolvers()
         check_run_folders(sys.argv[1:])
@@ -307,9 +317,10 @@ def launch(app, config_name: str = "config") -> None:
             configured = OmegaConf.select(cfg, "hydra.run.dir", throw_on_resolution_failure=False)
             EARLIER_RUNS.note_folders(run_dir or configured)
         app()
-    except KeyboardInterrupt:  # outside a job (which says what it keeps): while starting or ending
-        print("interrupted", file=sys.stderr)
-        raise SystemExit(130) from None
+    except KeyboardInterrupt as interruption:  # outside a job (which says what it keeps): while starting or ending
+        signum = getattr(interruption, "signum", signal.SIGINT)
+        print(f"interrupted by {signal.Signals(signum).name}", file=sys.stderr)
+        raise SystemExit(128 + signum) from None
     except HydraException as error:
         if full_tracebacks:
             raise

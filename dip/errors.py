@@ -31,7 +31,8 @@ class MemoryShortError(DipError):
 
 
 class Interrupted(KeyboardInterrupt):
-    """A signal stopped a run of several fits where no fit was under way to checkpoint."""
+    """A signal stopped a run outside a fit (none under way to checkpoint): Ctrl-C, or a SIGTERM that
+    ``dip.cli.launch`` turns into one, or either after a fit finished before acting on it."""
 
     def __init__(self, signum: int):
         self.signum = signum

@@ -69,27 +69,29 @@ def run_cli_probing_lightning(folder: Path, *args: str, script: str = "run.py", 
     return run_cli(*args, script=str(probe), env=env)
 
 
-CTRL_C_WHILE_WRITING = """import os, runpy, signal, sys
+SIGNAL_DRIVER = """import os, runpy, signal, sys
 sys.path.insert(0, {root!r})
-import dip.pipeline
+import {module}
 
-write_outputs = dip.pipeline.write_outputs
+called = {module}.{function}
 
-def press_ctrl_c_first(result, output_dir):
-    os.kill(os.getpid(), signal.SIGINT)
-    write_outputs(result, output_dir)
+def signal_first(*args, **kwargs):
+    os.kill(os.getpid(), signal.{signal})
+    return called(*args, **kwargs)
 
-dip.pipeline.write_outputs = press_ctrl_c_first
+{module}.{function} = signal_first
 sys.argv[0] = {script!r}
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-def run_cli_pressing_ctrl_c_while_writing(folder: Path, *args: str) -> subprocess.CompletedProcess:
-    """``run_cli`` of run.py through a driver (written into ``folder``) that presses Ctrl-C as each
-    run's outputs start to be written."""
-    driver = folder / "ctrl_c.py"
-    driver.write_text(CTRL_C_WHILE_WRITING.format(root=str(ROOT), script=str(ROOT / "run.py")))
+def run_cli_signalled(folder: Path, where: str, signum: str, *args: str) -> subprocess.CompletedProcess:
+    """``run_cli`` of run.py through a driver (written into ``folder``) that sends itself ``signum``
+    (``"SIGINT"``, ``"SIGTERM"``) as each call of the function ``where`` (``"dip.pipeline.prepare"``) starts."""
+    module, function = where.rsplit(".", 1)
+    driver = folder / "signalled.py"
+    driver.write_text(SIGNAL_DRIVER.format(root=str(ROOT), module=module, function=function, signal=signum,
+                                           script=str(ROOT / "run.py")))
     return run_cli(*args, script=str(driver))
 
 

@@ -1,6 +1,7 @@
 """``run.py`` as a user runs it: files written, exit codes, one-line errors."""
 
 import json
+import signal
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from dip.config import compose_config
 from dip.errors import DipError
 from dip.pipeline import run
 from dip.wandb_files import offline_run_file, offline_run_info, offline_summary
-from tests.conftest import make_png, run_cli, run_cli_probing_lightning
+from tests.conftest import make_png, run_cli, run_cli_probing_lightning, run_cli_signalled
 
 TINY = ["trainer.max_steps=3", "data.size=64", "logger=csv"]
 
@@ -92,6 +93,15 @@ def test_bad_input_gets_one_line_and_no_outputs(tmp_path, args, needles):
     done = run_cli(*args, "trainer.max_steps=1", "logger=none", f"hydra.run.dir={out}")
     assert_one_line_error(done, *needles)
     assert not out.exists()
+
+
+def test_sigterm_before_the_fit_is_one_line_and_leaves_nothing(tmp_path):
+    """As from a scheduler: Python's default would end the process silently, leaving the run's folder."""
+    out = tmp_path / "out"
+    done = run_cli_signalled(tmp_path, "dip.pipeline.prepare", "SIGTERM", "data.size=32", "trainer.max_steps=2",
+                             "logger=none", f"hydra.run.dir={out}")
+    assert done.returncode == 128 + signal.SIGTERM and done.stderr.rstrip().endswith("interrupted by SIGTERM")
+    assert "Traceback" not in done.stderr and not out.exists()
 
 
 def test_a_failed_run_removes_the_empty_folders_made_for_it_and_only_those(tmp_path):

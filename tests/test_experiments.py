@@ -21,7 +21,7 @@ from dip.errors import DipError
 from dip.experiments import run_experiment
 from dip.images import load_image
 from dip.outputs import CHECKPOINT_NAME
-from tests.conftest import run_cli, run_cli_pressing_ctrl_c_while_writing
+from tests.conftest import run_cli, run_cli_signalled
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["logger=none", "trainer.max_steps=2", "metrics_every=1"]
@@ -185,9 +185,9 @@ def test_an_experiment_cut_short_reuses_its_finished_sub_runs_except_those_it_re
 def test_ctrl_c_while_a_sub_run_is_written_says_how_to_continue(tmp_path, image_and_mask):
     image, mask = image_and_mask
     out = tmp_path / "out"
-    done = run_cli_pressing_ctrl_c_while_writing(
-        tmp_path, "+experiment=fig8_architectures", f"data.path={image}", f"data.mask={mask}", "data.size=32",
-        "experiment.archs=[skip_depth2,unet]", *TINY, f"hydra.run.dir={out}")
+    done = run_cli_signalled(tmp_path, "dip.pipeline.write_outputs", "SIGINT", "+experiment=fig8_architectures",
+                             f"data.path={image}", f"data.mask={mask}", "data.size=32",
+                             "experiment.archs=[skip_depth2,unet]", *TINY, f"hydra.run.dir={out}")
     assert done.returncode == 130 and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert done.stderr.rstrip().endswith(f"interrupted by SIGINT: run the same command again with hydra.run.dir={out} "
                                          "to continue")

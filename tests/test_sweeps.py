@@ -26,7 +26,7 @@ from dip.config import compose_config, result_settings, sweep_name
 from dip.loggers import flat_config
 from dip.pipeline import make_logger, run
 from dip.wandb_files import offline_run_file, offline_run_records
-from tests.conftest import make_png, run_cli, run_cli_pressing_ctrl_c_while_writing
+from tests.conftest import make_png, run_cli, run_cli_signalled
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["trainer.max_steps=3", "metrics_every=1", "data.size=32"]
@@ -409,9 +409,20 @@ def test_an_interrupted_sweep_says_to_run_it_again_into_its_folder(tmp_path):
 
 def test_ctrl_c_while_a_job_is_written_finishes_it_and_starts_no_other(tmp_path):
     sweep = tmp_path / "sweep"
-    done = run_cli_pressing_ctrl_c_while_writing(tmp_path, "-m", "seed=0,1", *TINY, "logger=none",
-                                                 f"hydra.sweep.dir={sweep}")
+    done = run_cli_signalled(tmp_path, "dip.pipeline.write_outputs", "SIGINT", "-m", "seed=0,1", *TINY, "logger=none",
+                             f"hydra.sweep.dir={sweep}")
     assert done.returncode == 130 and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert done.stderr.rstrip().endswith(f"job 0 finished first; run the sweep again with hydra.sweep.dir={sweep} "
                                          "for any jobs left")
     assert (sweep / "0" / "metrics.json").is_file() and not (sweep / "1").exists()
+
+
+def test_sigterm_before_a_jobs_fit_removes_the_job_and_names_the_sweep(tmp_path):
+    """As from a scheduler: Python's default would end the process silently, leaving the job's folder."""
+    sweep = tmp_path / "sweep"
+    done = run_cli_signalled(tmp_path, "dip.pipeline.prepare", "SIGTERM", "-m", "seed=0,1", *TINY, "logger=none",
+                             f"hydra.sweep.dir={sweep}")
+    assert done.returncode == 128 + signal.SIGTERM and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert done.stderr.rstrip().endswith(f"interrupted by SIGTERM: run the sweep again with hydra.sweep.dir={sweep} "
+                                         "to continue")
+    assert not (sweep / "0").exists() and not (sweep / "1").exists()
