@@ -244,3 +244,13 @@ def test_wandb_offline_run_holds_the_psnr(tmp_path):
 def test_print_config():
     done = run_cli("--cfg", "job", "task=sr_x4")
     assert done.returncode == 0 and "LanczosDownsample" in done.stdout
+
+
+@pytest.mark.parametrize("script, says", [
+    ("run.py", "The benchmark group below is\nexperiments/benchmark.py's"),
+    ("experiments/benchmark.py", "experiments/benchmark.py restores every image of a dataset"),
+])
+def test_help_names_the_script_and_what_it_does(script, says):
+    done = run_cli("--help", script=script)
+    assert done.returncode == 0 and done.stdout.startswith(script) and says in done.stdout
+    assert "task: denoising, flash_no_flash" in done.stdout  # the groups, listed by Hydra
