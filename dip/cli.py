@@ -30,7 +30,7 @@ from dip.config import (
 from dip.errors import DipError, Interrupted, RunInterruptedError, one_line
 from dip.outputs import CHECKPOINT_NAME, OUTPUT_FILES, RESTART_OUTPUT, decibels, describe
 from dip.problem import problem_from_config
-from dip.sweeps import record_failure
+from dip.sweeps import FAILED_JOBS, record_failure
 
 log = logging.getLogger("dip")
 OPTIONS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
@@ -328,7 +328,8 @@ def launch(app, config_name: str = "config") -> None:
     except ValueError as error:  # Optuna's, after the last trial, when none finished
         if full_tracebacks or "No trials are completed yet" not in str(error):
             raise
-        where = f": {FAILURES_FILE[-1]} lists them" if FAILURES_FILE else ""  # not when kept by worker processes
+        listed = FAILURES_FILE[-1] if FAILURES_FILE else Path(HydraConfig.get().sweep.dir) / FAILED_JOBS
+        where = f": {listed} lists them" if listed.is_file() else ""
         fail(f"no trial of the search finished, each one failed{where}")
 
 

@@ -344,6 +344,13 @@ def test_a_search_whose_every_trial_fails_ends_in_one_line(tmp_path):
     assert lines[-1] == f"error: no trial of the search finished, each one failed: {listed} lists them"
     assert len(sweeps.failed_jobs(sweep)) == 2 and not (sweep / "optimization_results.yaml").exists()
 
+    in_workers = tmp_path / "in_workers"  # the trials' failures are recorded by joblib's processes
+    done = run_cli("+hparams_search=optuna_lr", "hydra.sweeper.n_trials=2", "hydra/launcher=gpus",
+                   "+hydra.sweeper.params.ema_weight='interval(2,3)'", "logger=none", *TINY,
+                   f"hydra.sweep.dir={in_workers}")
+    assert done.returncode == 2 and done.stderr.endswith(f"each one failed: {in_workers / sweeps.FAILED_JOBS} "
+                                                         "lists them\n"), done.stderr[-2000:]
+
 
 def test_joblib_gpus_launcher_two_jobs_with_wandb(tmp_path):
     """Two fake GPUs (no CUDA here: the jobs run on the CPU), one job per GPU, W&B offline."""
