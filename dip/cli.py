@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -118,6 +120,17 @@ def check_run_folders(arguments: list[str]) -> None:
             tempfile.TemporaryDirectory(dir=existing).cleanup()
         except OSError as error:
             fail(f"{key}={folder}: cannot write in {existing} ({error.strerror or one_line(error)})")
+
+
+def check_launcher(arguments: list[str]) -> None:
+    """Refuse in one line, before Hydra makes the sweep's folder, a launcher that cannot start here
+    (its own error is a traceback)."""
+    chosen = dict(argument.partition("=")[::2] for argument in arguments).get("hydra/launcher")
+    if chosen == "ray_cluster" and importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is None:
+        fail("hydra/launcher=ray_cluster needs Hydra's Ray launcher, which is not installed: pip install -e '.[ray]'")
+    if chosen == "slurm" and shutil.which("srun") is None:
+        fail("hydra/launcher=slurm submits the jobs to SLURM, but there is no srun here: run the sweep on the "
+             "cluster (hydra/launcher=local runs them as processes on this machine)")
 
 
 class EarlierRuns:
@@ -310,6 +323,7 @@ def launch(app, config_name: str = "config") -> None:
     try:
         register_resolvers()
         check_run_folders(sys.argv[1:])
+        check_launcher(sys.argv[1:])
         EARLIER_RUNS.record(sys.argv[1:])
         if not any(a in ("--help", "-h", "--hydra-help", "--info", "--shell-completion") for a in sys.argv[1:]):
             cfg = check_overrides(sys.argv[1:], config_name=config_name)

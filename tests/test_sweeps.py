@@ -4,9 +4,11 @@ cluster configs, W&B sweep groups, and the compare.py dashboard. Real runs at 32
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
 import re
+import shutil
 import signal
 import struct
 import subprocess
@@ -433,3 +435,15 @@ def test_sigterm_before_a_jobs_fit_removes_the_job_and_names_the_sweep(tmp_path)
     assert done.stderr.rstrip().endswith(f"interrupted by SIGTERM: run the sweep again with hydra.sweep.dir={sweep} "
                                          "to continue")
     assert not (sweep / "0").exists() and not (sweep / "1").exists()
+
+
+@pytest.mark.parametrize("launcher, needle", [
+    pytest.param("slurm", "no srun here", marks=pytest.mark.skipif(shutil.which("srun") is not None, reason="SLURM")),
+    pytest.param("ray_cluster", "pip install -e '.[ray]'", marks=pytest.mark.skipif(
+        importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is not None, reason="Ray launcher installed")),
+])
+def test_a_launcher_that_cannot_start_here_is_one_line_before_the_sweeps_folder(tmp_path, launcher, needle):
+    sweep = tmp_path / "sweep"
+    done = run_cli("-m", f"hydra/launcher={launcher}", "seed=0,1", *TINY, "logger=none", f"hydra.sweep.dir={sweep}")
+    assert done.returncode == 2 and done.stderr.startswith(f"error: hydra/launcher={launcher}"), done.stderr
+    assert needle in done.stderr and "Traceback" not in done.stderr and not sweep.exists()
