@@ -151,6 +151,10 @@ class RunCheckpoint(pl.Callback):
         self._signals = CaughtSignals()
         self._rng_to_restore: dict | None = None
 
+    @property
+    def signal_received(self) -> int | None:
+        return self._signals.received
+
     def on_train_start(self, trainer, pl_module) -> None:
         _finished_first.clear()  # an earlier fit's, in this process
         for stale in self.path.parent.glob(f".{self.path.name}.*.tmp") if self.path else ():  # killed mid-write

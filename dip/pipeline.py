@@ -34,7 +34,7 @@ from dip.checkpoint import (
     held_signals,
 )
 from dip.config import check_whole_number, instantiate_settings, result_settings, settings_error
-from dip.errors import DipError, RunInterruptedError, one_line
+from dip.errors import DipError, Interrupted, RunInterruptedError, one_line
 from dip.inputs import padded_size
 from dip.loggers import ImageLogger, flat_config
 from dip.memory import check_fits, checked_estimate, out_of_memory, run_device
@@ -44,6 +44,8 @@ from dip.nets.packed import pack_state_dicts
 from dip.outputs import Result, write_outputs
 from dip.problem import Problem, problem_from_config, with_dataset_hint
 from dip.speed import Speed
+
+log = logging.getLogger("dip")
 
 # Lightning advertises its cloud logger at every Trainer's start: a line in each run's log, no information
 logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
@@ -326,6 +328,8 @@ def fit(cfg: DictConfig, module: DeepImagePrior, callbacks=(), ckpt_path: str | 
         try:
             trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path)
         except Exception as error:
+            if (signum := _signal_during(callbacks)) is not None:  # it broke the step: the compiler's processes, say
+                raise Interrupted(signum) from None
             if speed.compile and _raised_by_compiled_code(error):
                 raise DipError(f"the compiled step failed, torch.compile's fault at this image size "
                                f"({type(error).__name__}: {one_line(error, 200)}): run with speed.compile=false") \
@@ -335,6 +339,11 @@ def fit(cfg: DictConfig, module: DeepImagePrior, callbacks=(), ckpt_path: str | 
     # outputs and metrics are computed (and reported) on the GPU, not in minutes on the CPU.
     module.to(trainer.strategy.root_device)
     return trainer
+
+
+def _signal_during(callbacks) -> int | None:
+    """The SIGINT or SIGTERM that the fit's ``RunCheckpoint`` noted, if any."""
+    return next((callback.signal_received for callback in callbacks if isinstance(callback, RunCheckpoint)), None)
 
 
 def _raised_by_compiled_code(error: BaseException) -> bool:
@@ -364,6 +373,9 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
     chooser = early_stopping or guard
     kept = chooser.kept_copies if chooser else (0, 0)
     device = run_device(cfg.trainer.accelerator)
+    if cfg.speed.compile and device.type == "cpu":
+        log.warning("speed.compile on a CPU: torch.compile takes minutes before the first step, and the step is "
+                    "slower for it here (docs/speed.md); speed=default does not compile")
     need = check_fits(module, device, cfg.trainer.precision, kept) if cfg.check_memory else None
     settings = result_settings(cfg)
     resume = find_checkpoint(cfg.resume, checkpoint_dir)

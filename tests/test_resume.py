@@ -19,7 +19,7 @@ from PIL import Image
 
 from dip.checkpoint import CHECKPOINT_NAME, StepLoader, signal_finished_first
 from dip.config import compose_config
-from dip.errors import DipError, RunInterruptedError
+from dip.errors import DipError, Interrupted, RunInterruptedError
 from dip.module import DeepImagePrior
 from dip.pipeline import StepDataset, run
 from tests.conftest import ROOT
@@ -115,6 +115,21 @@ def test_ctrl_c_during_the_last_step_or_while_writing_the_outputs_finishes_the_r
     assert "SIGINT after the last step: the run was finished first" in capfd.readouterr().err
     assert signal_finished_first() == signal.SIGINT
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+
+
+def test_a_step_broken_by_a_signal_is_an_interruption_not_its_error(image, tmp_path, monkeypatch):
+    """A SIGTERM to the process group kills torch.compile's compiler processes too: the step fails with
+    a compile error, which is the signal's doing, not a fault to report."""
+    def killed_compiler(self, batch, batch_idx):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise RuntimeError("C++ compile error: g++ killed")
+
+    monkeypatch.setattr(DeepImagePrior, "training_step", killed_compiler)
+    handler = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Interrupted) as interruption:
+        restore(image, tmp_path / "run", 8)
+    assert interruption.value.signum == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) == handler  # put back
 
 
 def test_ctrl_c_in_a_run_without_a_folder_returns_the_result_so_far(image, monkeypatch, capfd):
