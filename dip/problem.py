@@ -75,9 +75,10 @@ def _crop_to(image: torch.Tensor, size: int | None) -> torch.Tensor:
     return image if not size else centre_crop(image, size, size)
 
 
-def _check_fits(physics: Degradation, height: int, width: int, source) -> None:
+def _check(source, check, *args) -> None:
+    """``check(*args)``, one of the operator's checks; the ``ValueError`` it raises names ``source``."""
     try:
-        physics.check_fits(height, width)
+        check(*args)
     except ValueError as error:
         raise DipError(f"{source}: {error}") from None
 
@@ -112,6 +113,7 @@ def build_problem(
         if not physics.observation_is_image:
             raise DipError(f"this task observes features of a clean image: give data.path, not data.observation "
                            f"({observation})")
+        _check(observation, physics.check_observed)
         loaded = read_image(observation, mode=mode, what="observation")
         y, alpha = loaded.pixels[None], loaded.alpha
         scale_h, scale_w = physics.solution_size(1, 1)
@@ -119,7 +121,7 @@ def build_problem(
             y = centre_crop(y, max(1, size // scale_h), max(1, size // scale_w))
             alpha = None if alpha is None else centre_crop(alpha, *y.shape[-2:])
         height, width = physics.solution_size(*y.shape[-2:])
-        _check_fits(physics, height, width, observation)
+        _check(observation, physics.check_fits, height, width)
         truth = None
         if path is not None:
             truth = load_image(path, mode="L" if y.shape[1] == 1 else "RGB", what="ground-truth image")[None]
@@ -136,7 +138,7 @@ def build_problem(
     source = path if path is not None else default_image
     loaded = read_image(source, mode=mode)
     clean = _crop_to(loaded.pixels[None], size)
-    _check_fits(physics, *clean.shape[-2:], source)
+    _check(source, physics.check_fits, *clean.shape[-2:])
     height, width = physics.solution_size(*physics.observation_size(*clean.shape[-2:]))
     clean = clean[..., :height, :width]
     _prepare(physics, height, width, generator, tuple(loaded.pixels.shape[-2:]))

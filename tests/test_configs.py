@@ -107,6 +107,7 @@ def test_denoising_gains_on_a_tiny_image(tmp_path):
     ("max_rollbacks=0", "max_rollbacks must be a whole number >= 1, or null for never stopping, got 0"),
     ("profile=bogus", "unknown profile 'bogus' (choose from: auto, full, quick)"),
     ("data.mask=mask.png", "data.mask=mask.png is given, but task denoising takes no mask"),
+    ("task=inpainting data.observation=photo.png", "photo.png: an observed image needs the mask of its known pixels"),
     ("task=sr_x4 task.physics.factor=2.5", "the downsampling factor must be a whole number >= 2, got 2.5"),
     ("task=sr_x4 task.physics.factor=1", "the downsampling factor must be a whole number >= 2, got 1"),
     ("task=sr_x4 task.physics.factor=0", "the downsampling factor must be a whole number >= 2, got 0"),

@@ -65,5 +65,9 @@ class Degradation(nn.Module):
         """The naive estimate of ``x`` from ``y`` that a restoration has to beat (None: there is none)."""
         return y
 
+    def check_observed(self) -> None:
+        """Raise ``ValueError`` naming what is missing when an observation given as a file, not made
+        here from a clean image, cannot be modelled."""
+
     def check_fits(self, height: int, width: int) -> None:
         """Raise ``ValueError`` naming the problem when an image of this size cannot be degraded."""

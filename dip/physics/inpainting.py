@@ -25,5 +25,10 @@ class Inpainting(Degradation):
             self.source.image_size = loaded_size
         self.mask = self.source(height, width, generator)
 
+    def check_observed(self) -> None:
+        if not isinstance(self.source, FileMask):  # a drawn mask would not be the holes the photo has
+            raise ValueError("an observed image needs the mask of its known pixels: give data.mask=FILE (white = "
+                             "known pixel); the mask group draws masks over clean images only")
+
     def A(self, x: torch.Tensor) -> torch.Tensor:  # noqa: N802
         return x * self.mask
