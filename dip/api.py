@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from dip.config import compose_config
+from dip.config import checked_config
 from dip.outputs import Result
 from dip.pipeline import run
 from dip.problem import problem_from_config
@@ -37,6 +37,6 @@ def restore(
     options = [f"task={task}"] + ([f"arch={arch}"] if arch else [])
     if output_dir is None and not any(o.startswith("logger=") for o in overrides):
         options.append("logger=none")
-    cfg = compose_config([*options, *overrides], output_dir=output_dir or Path.cwd())
+    cfg = checked_config([*options, *overrides], output_dir=output_dir or Path.cwd())
     problem = problem_from_config(cfg, clean=image, observation=observation)
     return run(cfg, Path(output_dir) if output_dir is not None else None, problem)

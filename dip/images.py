@@ -183,7 +183,11 @@ def _from_tensor(image: torch.Tensor, what: str) -> torch.Tensor:
         image = image[None]
     if image.dim() != 3 or image.shape[0] not in (1, 3):
         raise DipError(f"{what} tensor must be C x H x W with C = 1 or 3, got shape {tuple(image.shape)}")
-    return image.clamp(0, 1)
+    low, high = image.min().item(), image.max().item()
+    if not (0 <= low and high <= 1):  # clamping would make 8-bit values an almost white image
+        raise DipError(f"{what} tensor holds values in [{low:.4g}, {high:.4g}], not in [0, 1] (8-bit values: divide "
+                       f"them by 255; noise added without clipping: clamp it)")
+    return image
 
 
 def _with_alpha(image: torch.Tensor, alpha: torch.Tensor | None) -> np.ndarray:

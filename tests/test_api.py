@@ -2,9 +2,11 @@
 
 import json
 
+import pytest
 import torch
 
 from dip import restore
+from dip.errors import DipError
 
 
 def test_restore_a_tensor_without_writing_anything(tmp_path, monkeypatch):
@@ -24,3 +26,14 @@ def test_restore_a_grey_file_into_a_directory(tmp_path, grey_png):
                      overrides=["trainer.max_steps=2", "logger=csv", "mask=bernoulli"])
     assert result.restored.shape == (1, 1, 47, 61)
     assert json.loads((out / "metrics.json").read_text())["psnr"] == result.metrics["psnr"]
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ({"image": torch.rand(3, 8, 8), "task": "denoisng"}, "unknown task 'denoisng' (choose from: denoising,"),
+    ({"image": torch.full((3, 8, 8), 200.0)}, "image tensor holds values in [200, 200], not in [0, 1] (8-bit"),
+    ({"image": torch.rand(3, 8, 8), "observation": torch.rand(3, 8, 8) - 0.1}, "observation tensor holds values in"),
+])
+def test_bad_input_is_one_line_as_on_the_command_line(arguments, message):
+    with pytest.raises(DipError) as refused:
+        restore(**arguments, overrides=["trainer.max_steps=1"])
+    assert message in str(refused.value) and "\n" not in str(refused.value)
