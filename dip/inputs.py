@@ -18,6 +18,8 @@ class InputCode:
     channels: int
 
     def __init__(self, reg_noise_std: float = 0.0, optimize: bool = False):
+        if not reg_noise_std >= 0:
+            raise ValueError(f"reg_noise_std must be >= 0, got {reg_noise_std}")
         self.reg_noise_std = reg_noise_std
         self.optimize = optimize
 

@@ -74,6 +74,7 @@ def assert_one_line_error(done, *needles):
         (["task=sr_x8", "task.physics.factor=64", "data.size=64"], ["too small for x64"]),
         (["arch.upsample_mode=cubic"], ["upsample mode 'cubic'"]),
         (["input.distribution=poisson"], ["noise distribution 'poisson'"]),
+        (["input.reg_noise_std=-1"], ["invalid input settings: reg_noise_std must be >= 0, got -1"]),
         (["backtrack_against=worst"], ["backtrack_against must be 'last' or 'best'", "'worst'"]),
         (["ema_weight=1"], ["ema_weight must be in [0, 1), got 1"]),
         (["data.size=0"], ["data.size must be a whole number >= 1, or null for the whole image, got 0"]),
