@@ -120,6 +120,13 @@ def test_impossible_settings_are_one_line_before_anything_is_built(overrides, ne
         problem_from_config(compose_config(overrides.split()))
 
 
+@pytest.mark.parametrize("overrides, name", [(["task=sr_x4"], "sr_x4"), (["task=sr_x8"], "sr_x8"),
+                                             (["task=sr_x4", "task.physics.factor=3"], "sr_x3")])
+def test_a_super_resolution_task_is_named_by_its_factor(overrides, name):
+    """The name heads the run's line and its folder (outputs/sr_x3/...), and groups W&B runs."""
+    assert compose_config(overrides).task.name == name
+
+
 def test_metrics_every_decides_the_result_only_with_rollbacks():
     """It sets when a collapse is judged and max_rollbacks checked; without backtracking, only the logging."""
     def differences(*overrides):
