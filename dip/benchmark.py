@@ -272,9 +272,7 @@ def _score_and_write(job: ImageJob, result: Result, pack: Pack) -> dict:
     if result.ema_before_collapse is not None:  # scored as the table's columns are, for its note
         metrics.update({f"{key}_ema_before_collapse": value for key, value in
                         score(result.ema_before_collapse, result.ground_truth, job.protocol, job.shave).items()})
-    height, width = result.ground_truth.shape[-2:]
-    metrics.update(image=job.name, seed=job.config["seed"], width=width, height=height,
-                   gpus_visible=os.environ.get("CUDA_VISIBLE_DEVICES"),
+    metrics.update(image=job.name, seed=job.config["seed"], gpus_visible=os.environ.get("CUDA_VISIBLE_DEVICES"),
                    device_name=torch.cuda.get_device_name() if metrics["device"].startswith("cuda") else "CPU")
     if len(pack.jobs) > 1:  # the fit's seconds and peak memory are those of all its images together
         metrics["packed_with"] = [other.name for other in pack.jobs if other is not job]

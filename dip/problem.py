@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -12,6 +13,8 @@ from dip.config import check_settings, instantiate_settings
 from dip.errors import DipError
 from dip.images import centre_crop, load_image, read_image, resize_alpha
 from dip.physics import Degradation
+
+log = logging.getLogger("dip")
 
 
 @dataclass
@@ -140,6 +143,9 @@ def build_problem(
     clean = _crop_to(loaded.pixels[None], size)
     _check(source, physics.check_fits, *clean.shape[-2:])
     height, width = physics.solution_size(*physics.observation_size(*clean.shape[-2:]))
+    if (height, width) != clean.shape[-2:]:
+        log.info(f"{source}: {clean.shape[-1]}x{clean.shape[-2]} cropped from the top-left to {width}x{height}, "
+                 f"the size the task's operator maps exactly")
     clean = clean[..., :height, :width]
     _prepare(physics, height, width, generator, tuple(loaded.pixels.shape[-2:]))
     alpha = None if loaded.alpha is None else _crop_to(loaded.alpha, size)[..., :height, :width]

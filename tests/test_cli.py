@@ -53,6 +53,9 @@ def test_sr_on_a_grey_file_restores_the_full_size(tmp_path):
     restored = Image.open(out / "restored.png")
     assert restored.mode == "L" and restored.size == (60, 44)  # trimmed to a multiple of the factor
     assert Image.open(out / "observation.png").size == (15, 11)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["width"], metrics["height"]) == (60, 44)
+    assert f"{clean}: 61x47 cropped from the top-left to 60x44" in done.stdout + done.stderr
 
 
 def assert_one_line_error(done, *needles):
