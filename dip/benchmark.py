@@ -47,7 +47,6 @@ import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dip.baselines import BASELINES, BaselineUnavailableError
-from dip.checkpoint import held_signals, signal_finished_first
 from dip.config import check_whole_number, dotted, refuse_other_settings, without_implied_settings
 from dip.datasets import DatasetImage, open_dataset
 from dip.errors import DipError, Interrupted, MemoryShortError, RunInterruptedError, one_line
@@ -57,6 +56,7 @@ from dip.memory import activation_dtype
 from dip.metrics import psnr, psnr_y
 from dip.outputs import BEFORE_COLLAPSE_OUTPUT, OUTPUTS_FILE, Result, finished_config, write_json, write_outputs
 from dip.problem import problem_from_config, stack_problems
+from dip.signals import held_signals, signal_finished_first
 
 log = logging.getLogger("dip.benchmark")
 

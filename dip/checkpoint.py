@@ -13,9 +13,6 @@ import os
 import signal
 import sys
 import tempfile
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from dip.config import setting_differences
 from dip.errors import DipError, load_fault
 from dip.outputs import CHECKPOINT_NAME
+from dip.signals import CaughtSignals, finished_first
 
 
 class _StepSampler(Sampler):
@@ -102,39 +100,6 @@ def check_resumable(path: Path, settings: dict, max_steps: int) -> Resumable:
     return Resumable(step, checkpoint["dip"].get("wandb_run_id"))
 
 
-_finished_first: list[int] = []  # the signals the latest fit's run finished before acting on
-
-
-def signal_finished_first() -> int | None:
-    """The SIGINT or SIGTERM that came during the latest fit's last step or while its outputs were written
-    (``None``: none), which that run finished first. A caller about to start another fit (a benchmark's
-    next image, an experiment's next sub-run, a sweep's next job) stops instead: the user asked to stop."""
-    return _finished_first[-1] if _finished_first else None
-
-
-class CaughtSignals:
-    """SIGINT and SIGTERM noted (``received``: the latest) instead of acted on while installed; a second
-    SIGINT aborts at once. Only the main thread can handle signals: elsewhere it installs nothing."""
-
-    def __init__(self):
-        self.received: int | None = None
-        self._previous: dict = {}
-
-    def install(self) -> None:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {signum: signal.signal(signum, self._note) for signum in (signal.SIGINT, signal.SIGTERM)}
-
-    def _note(self, signum, frame) -> None:
-        if self.received is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.received = signum
-
-    def restore(self) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous = {}
-
-
 class RunCheckpoint(pl.Callback):
     """Writes ``path`` atomically every ``every_n_steps`` steps (0 or None: never), after the last
     step if ``keep_final`` (so that a larger ``trainer.max_steps`` continues the run later) and, on
@@ -156,7 +121,7 @@ class RunCheckpoint(pl.Callback):
         return self._signals.received
 
     def on_train_start(self, trainer, pl_module) -> None:
-        _finished_first.clear()  # an earlier fit's, in this process
+        finished_first.clear()  # an earlier fit's, in this process
         for stale in self.path.parent.glob(f".{self.path.name}.*.tmp") if self.path else ():  # killed mid-write
             stale.unlink(missing_ok=True)
         self._signals.install()  # after Lightning's own SIGTERM handler (installed when fit starts), which would raise
@@ -187,7 +152,7 @@ class RunCheckpoint(pl.Callback):
         if self._signals.received is not None and self.interrupted is None:
             name = signal.Signals(self._signals.received).name
             print(f"\n{name} at the last step: the run was finished first", file=sys.stderr)
-            _finished_first.append(self._signals.received)
+            finished_first.append(self._signals.received)
         self._signals.restore()
 
     def on_exception(self, trainer, pl_module, exception) -> None:
@@ -218,20 +183,3 @@ class RunCheckpoint(pl.Callback):
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-
-
-@contextmanager
-def held_signals() -> Iterator[None]:
-    """SIGINT and SIGTERM wait until the block ends, and are then left to ``signal_finished_first`` (a
-    second SIGINT aborts at once): a finished fit's outputs are computed and written whole, so the run
-    is not lost."""
-    signals = CaughtSignals()
-    signals.install()
-    try:
-        yield
-    finally:
-        signals.restore()
-        if signals.received is not None:
-            print(f"{signal.Signals(signals.received).name} after the last step: the run was finished first",
-                  file=sys.stderr)
-            _finished_first.append(signals.received)

@@ -32,6 +32,7 @@ from dip.config import (
 from dip.errors import DipError, Interrupted, RunInterruptedError, one_line
 from dip.outputs import CHECKPOINT_NAME, OUTPUT_FILES, RESTART_OUTPUT, decibels, describe
 from dip.problem import problem_from_config
+from dip.signals import signal_finished_first
 from dip.sweeps import FAILED_JOBS, record_failure
 
 log = logging.getLogger("dip")
@@ -294,8 +295,6 @@ def hydra_main(cfg: DictConfig) -> float | None:
         print(f"interrupted by {signal.Signals(signum).name}{again}", file=sys.stderr)
         raise SystemExit(128 + signum) from None
     print(describe(result))
-    from dip.checkpoint import signal_finished_first
-
     hydra_config = HydraConfig.get()
     if hydra_config.mode == RunMode.MULTIRUN and (signum := signal_finished_first()) is not None:
         print(f"{signal.Signals(signum).name}: job {hydra_config.job.num} finished first; run the sweep again with "

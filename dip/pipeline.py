@@ -31,7 +31,6 @@ from dip.checkpoint import (
     StepLoader,
     check_resumable,
     find_checkpoint,
-    held_signals,
 )
 from dip.config import check_whole_number, instantiate_settings, result_settings, settings_error
 from dip.errors import DipError, Interrupted, RunInterruptedError, one_line
@@ -43,6 +42,7 @@ from dip.module import DeepImagePrior
 from dip.nets.packed import pack_state_dicts
 from dip.outputs import Result, write_outputs
 from dip.problem import Problem, problem_from_config, with_dataset_hint
+from dip.signals import held_signals
 from dip.speed import Speed
 
 log = logging.getLogger("dip")

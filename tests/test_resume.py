@@ -17,11 +17,12 @@ import pytest
 import torch
 from PIL import Image
 
-from dip.checkpoint import CHECKPOINT_NAME, StepLoader, signal_finished_first
+from dip.checkpoint import CHECKPOINT_NAME, StepLoader
 from dip.config import compose_config
 from dip.errors import DipError, Interrupted, RunInterruptedError
 from dip.module import DeepImagePrior
 from dip.pipeline import StepDataset, run
+from dip.signals import signal_finished_first
 from tests.conftest import ROOT
 
 # Small and quick, with everything that carries state: reg-noise draws, EMA, early stopping, and

@@ -16,7 +16,6 @@ from hydra.core.hydra_config import HydraConfig
 from matplotlib.figure import Figure
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from dip.checkpoint import held_signals, signal_finished_first
 from dip.config import check_settings, checked_config, finished_run_settings, refuse_other_settings
 from dip.errors import DipError, Interrupted, one_line
 from dip.figures import figure_png
@@ -26,6 +25,7 @@ from dip.outputs import OUTPUTS_FILE, Result, finished_config
 from dip.pipeline import prepare
 from dip.pipeline import run as restore
 from dip.problem import problem_from_config
+from dip.signals import held_signals, signal_finished_first
 
 log = logging.getLogger("dip")
 

@@ -1,0 +1,60 @@
+"""SIGINT and SIGTERM noted rather than acted on while a fit's state or outputs must be written whole,
+and the signal a finished run was finished before acting on. Without Lightning: the benchmark's main
+process imports this before it knows there is anything to fit."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+finished_first: list[int] = []  # the signals the latest fit's run finished before acting on
+
+
+def signal_finished_first() -> int | None:
+    """The SIGINT or SIGTERM that came during the latest fit's last step or while its outputs were written
+    (``None``: none), which that run finished first. A caller about to start another fit (a benchmark's
+    next image, an experiment's next sub-run, a sweep's next job) stops instead: the user asked to stop."""
+    return finished_first[-1] if finished_first else None
+
+
+class CaughtSignals:
+    """SIGINT and SIGTERM noted (``received``: the latest) instead of acted on while installed; a second
+    SIGINT aborts at once. Only the main thread can handle signals: elsewhere it installs nothing."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous: dict = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {signum: signal.signal(signum, self._note) for signum in (signal.SIGINT, signal.SIGTERM)}
+
+    def _note(self, signum, frame) -> None:
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+
+@contextmanager
+def held_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM wait until the block ends, and are then left to ``signal_finished_first`` (a
+    second SIGINT aborts at once): a finished fit's outputs are computed and written whole, so the run
+    is not lost."""
+    signals = CaughtSignals()
+    signals.install()
+    try:
+        yield
+    finally:
+        signals.restore()
+        if signals.received is not None:
+            print(f"{signal.Signals(signals.received).name} after the last step: the run was finished first",
+                  file=sys.stderr)
+            finished_first.append(signals.received)
