@@ -28,6 +28,7 @@ from dip.config import (
     refuse_other_settings,
     register_resolvers,
     setting_differences,
+    use_config_dirs,
 )
 from dip.errors import DipError, Interrupted, RunInterruptedError, one_line
 from dip.outputs import CHECKPOINT_NAME, OUTPUT_FILES, RESTART_OUTPUT, decibels, describe
@@ -323,6 +324,7 @@ def launch(app, config_name: str = "config") -> None:
         register_resolvers()
         check_run_folders(sys.argv[1:])
         check_launcher(sys.argv[1:])
+        use_config_dirs(sys.argv[1:])
         EARLIER_RUNS.record(sys.argv[1:])
         if not any(a in ("--help", "-h", "--hydra-help", "--info", "--shell-completion") for a in sys.argv[1:]):
             cfg = check_overrides(sys.argv[1:], config_name=config_name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -129,13 +130,42 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("gpu_workers", _gpu_workers, replace=True)
 
 
+# A user's own config folders (run.py --config-dir DIR, hydra.searchpath=[file://DIR]), searched after
+# conf/: in the environment, so that a launcher's worker processes compose with them too.
+CONFIG_DIRS_VARIABLE = "DIP_CONFIG_DIRS"
+
+
+def use_config_dirs(arguments: Sequence[str]) -> None:
+    """Note the config folders that the command line ``arguments`` add to Hydra's search path."""
+    folders, following = [], None
+    for argument in arguments:
+        if following:
+            folders.append(argument)
+        option, equals, value = argument.partition("=")
+        following = option in ("--config-dir", "-cd") and not equals
+        if option in ("--config-dir", "-cd") and equals:
+            folders.append(value)
+        elif option == "hydra.searchpath":
+            folders += [entry.strip()[len("file://"):] for entry in value.strip("[]").split(",")
+                        if entry.strip().startswith("file://")]
+    if folders:
+        os.environ[CONFIG_DIRS_VARIABLE] = os.pathsep.join(str(Path(folder).absolute()) for folder in folders)
+
+
+def config_dirs() -> list[Path]:
+    """``conf/`` and then the user's config folders (``use_config_dirs``)."""
+    extra = os.environ.get(CONFIG_DIRS_VARIABLE)
+    return [CONF_DIR, *(Path(folder) for folder in extra.split(os.pathsep))] if extra else [CONF_DIR]
+
+
 def config_groups() -> dict[str, list[str]]:
-    """Each config group and its options, read from ``conf/``."""
-    return {
-        group.name: sorted(path.stem for path in group.glob("*.yaml"))
-        for group in sorted(CONF_DIR.iterdir())
-        if group.is_dir()
-    }
+    """Each config group and its options, read from ``conf/`` and the user's config folders."""
+    groups: dict[str, set[str]] = {}
+    for folder in config_dirs():
+        for group in folder.iterdir() if folder.is_dir() else ():
+            if group.is_dir():
+                groups.setdefault(group.name, set()).update(path.stem for path in group.glob("*.yaml"))
+    return {name: sorted(options) for name, options in sorted(groups.items())}
 
 
 def compose_config(overrides: Sequence[str] = (), output_dir: str | Path | None = None,
@@ -147,6 +177,8 @@ def compose_config(overrides: Sequence[str] = (), output_dir: str | Path | None 
     ``output_dir`` fills ``paths.output_dir``, which a Hydra run takes from its run directory.
     """
     register_resolvers()
+    if (extra := config_dirs()[1:]) and not any(option.startswith("hydra.searchpath=") for option in overrides):
+        overrides = [*overrides, f"hydra.searchpath=[{','.join(f'file://{folder}' for folder in extra)}]"]
     if GlobalHydra.instance().is_initialized():  # inside run.py (an experiment's sub-runs): keep its state
         cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
     else:

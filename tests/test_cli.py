@@ -258,3 +258,18 @@ def test_help_names_the_script_and_what_it_does(script, says):
     done = run_cli("--help", script=script)
     assert done.returncode == 0 and done.stdout.startswith(script) and says in done.stdout
     assert "task: denoising, flash_no_flash" in done.stdout  # the groups, listed by Hydra
+
+
+@pytest.mark.parametrize("where", ["--config-dir", "hydra.searchpath"])
+def test_a_config_of_ones_own_outside_the_checkout(tmp_path, where):
+    """Hydra's two ways to add a config folder: its options join the groups that the checks know."""
+    mine = tmp_path / "my_conf"
+    (mine / "arch").mkdir(parents=True)
+    (mine / "arch" / "narrow.yaml").write_text("defaults: [skip_depth2]\nchannels_down: [8, 8]\nchannels_up: [8, 8]\n")
+    added = ["--config-dir", str(mine)] if where == "--config-dir" else [f"hydra.searchpath=[file://{mine}]"]
+    out = tmp_path / "out"
+    done = run_cli(*added, "arch=narrow", "data.size=32", "trainer.max_steps=1", "logger=none", f"hydra.run.dir={out}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((out / "metrics.json").read_text())["arch"] == "narrow"
+    done = run_cli(*added, "arch=wide", "logger=none", f"hydra.run.dir={tmp_path / 'typo'}")
+    assert_one_line_error(done, "unknown arch 'wide'", "narrow, pixels")
