@@ -346,6 +346,9 @@ def launch(app, config_name: str = "config") -> None:
         listed = FAILURES_FILE[-1] if FAILURES_FILE else Path(HydraConfig.get().sweep.dir) / FAILED_JOBS
         where = f": {listed} lists them" if listed.is_file() else ""
         fail(f"no trial of the search finished, each one failed{where}")
+    except BrokenPipeError:  # the reader of the output left (run.py --help | head): not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit would fail too
+        raise SystemExit(1) from None
 
 
 def main() -> None:

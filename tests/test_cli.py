@@ -2,6 +2,8 @@
 
 import json
 import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -11,7 +13,7 @@ from dip.config import compose_config
 from dip.errors import DipError
 from dip.pipeline import run
 from dip.wandb_files import offline_run_file, offline_run_info, offline_summary
-from tests.conftest import make_png, run_cli, run_cli_probing_lightning, run_cli_signalled
+from tests.conftest import ROOT, make_png, run_cli, run_cli_probing_lightning, run_cli_signalled
 
 TINY = ["trainer.max_steps=3", "data.size=64", "logger=csv"]
 
@@ -273,3 +275,10 @@ def test_a_config_of_ones_own_outside_the_checkout(tmp_path, where):
     assert json.loads((out / "metrics.json").read_text())["arch"] == "narrow"
     done = run_cli(*added, "arch=wide", "logger=none", f"hydra.run.dir={tmp_path / 'typo'}")
     assert_one_line_error(done, "unknown arch 'wide'", "narrow, pixels")
+
+
+def test_help_into_a_reader_that_has_left_says_nothing(tmp_path):
+    """run.py --help | head: the pipe closes before the help is written (`true` leaves at once)."""
+    done = subprocess.run(f"'{sys.executable}' run.py --help | true", shell=True, cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.stderr == ""
