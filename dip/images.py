@@ -91,20 +91,24 @@ def _from_pil(image: Image.Image, mode: str) -> LoadedImage:
     if mode == "auto":
         mode = "L" if grey else "RGB"
     alpha = None
+    if image.mode in SIXTEEN_BIT_MODES or image.mode == "F":
+        samples = np.asarray(image, dtype=np.float64)
+        if "transparency" in image.info:  # a transparent grey level (tRNS); Pillow's LA would clip to 8 bits
+            alpha = _to_tensor((samples != image.info["transparency"]).astype(np.float64))
+        if image.mode == "F" and not (np.isfinite(samples).all() and samples.min() >= 0 and samples.max() <= 1):
+            raise ValueError(f"its floating-point samples run from {samples.min():g} to {samples.max():g}, not "
+                             f"within [0, 1]: scale them to [0, 1], or save it with 8 or 16 bits")
+        if image.mode != "F" and not (samples.min() >= 0 and samples.max() <= 65535):  # 32-bit or signed
+            raise ValueError(f"its integer samples run from {samples.min():g} to {samples.max():g}, beyond 16 bits "
+                             f"(0 to 65535): save it with 8 or 16 bits, or as floats in [0, 1]")
+        array = samples / (1.0 if image.mode == "F" else 65535.0)
+        if mode == "RGB":
+            array = np.repeat(array[..., None], 3, axis=-1)
+        return LoadedImage(_to_tensor(array), alpha, bits=16, source_mode=source_mode)
     if _has_alpha(image):
         with_alpha = image.convert("LA" if grey else "RGBA")
         alpha = _to_tensor(np.asarray(with_alpha.getchannel("A"), dtype=np.float64) / 255.0)
         image = with_alpha.convert("L" if grey else "RGB")
-    if image.mode in SIXTEEN_BIT_MODES or image.mode == "F":
-        scale = 1.0 if image.mode == "F" else 65535.0
-        array = np.asarray(image, dtype=np.float64) / scale
-        if image.mode == "F" and not (np.isfinite(array).all() and array.min() >= 0 and array.max() <= 1):
-            raise ValueError(f"its floating-point samples run from {array.min():g} to {array.max():g}, not within "
-                             f"[0, 1]: scale them to [0, 1], or save it with 8 or 16 bits")
-        array = np.clip(array, 0.0, 1.0)
-        if mode == "RGB":
-            array = np.repeat(array[..., None], 3, axis=-1)
-        return LoadedImage(_to_tensor(array), alpha, bits=16, source_mode=source_mode)
     array = np.asarray(image.convert(mode), dtype=np.float64) / 255.0
     return LoadedImage(_to_tensor(array), alpha, bits=8, source_mode=source_mode)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -87,6 +88,22 @@ def test_sixteen_bit_grey_keeps_its_precision(tmp_path):
     save_image(loaded.pixels, tmp_path / "copy.png", bits=16)
     with Image.open(tmp_path / "copy.png") as copy:
         assert copy.mode.startswith("I") and np.array_equal(np.asarray(copy), values)
+
+
+def test_sixteen_bit_grey_with_a_transparent_level_keeps_its_precision_and_its_alpha(tmp_path):
+    values = np.array([[0, 20000, 40000, 60000]], dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / "keyed.png", transparency=20000)
+    loaded = read_image(tmp_path / "keyed.png")
+    assert loaded.bits == 16 and torch.allclose(loaded.pixels[0, 0], torch.tensor([0, 20000, 40000, 60000]) / 65535.0)
+    assert loaded.alpha.flatten().tolist() == [1.0, 0.0, 1.0, 1.0]  # was read as 8 bits: {0, 1} and white
+
+
+@pytest.mark.parametrize("values, found", [(np.array([[0, 10_000_000]], dtype=np.int32), "0 to 1e+07"),
+                                           (np.array([[-1000, 996]], dtype=np.int16), "-1000 to 996")])
+def test_integer_samples_beyond_16_bits_are_refused(tmp_path, values, found):
+    tifffile.imwrite(tmp_path / "wide.tif", values)
+    with pytest.raises(DipError, match=re.escape(f"wide.tif: its integer samples run from {found}, beyond 16 bits")):
+        read_image(tmp_path / "wide.tif")
 
 
 def test_exif_orientation_is_applied(tmp_path):
