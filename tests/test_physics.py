@@ -111,11 +111,15 @@ def test_file_mask_white_is_known_and_size_must_match(tmp_path):
         FileMask(path, image_size=(12, 24))(6, 8)  # larger than the crop, but not the image's size
 
 
-def test_a_file_mask_with_no_known_pixel_is_refused(tmp_path):
+def test_a_mask_with_no_known_pixel_is_refused_whatever_made_it(tmp_path):
     path = tmp_path / "black.png"
     Image.new("L", (8, 8), 0).save(path)
     with pytest.raises(ValueError, match="black.png marks no pixel known"):
-        FileMask(path)(8, 8)
+        Inpainting(TextMask(), mask_file=str(path)).prepare(8, 8)
+    with pytest.raises(ValueError, match=r"the region mask \(mask.fraction=0.99\) marks no pixel known .* 17x33"):
+        Inpainting(RegionMask(0.99)).prepare(33, 17)  # each side rounds to the whole image
+    with pytest.raises(ValueError, match=r"the Bernoulli mask \(mask.fraction=0.5\) marks no pixel known .* 1x1"):
+        Inpainting(BernoulliMask(0.5)).prepare(1, 1, torch.Generator().manual_seed(0))  # its one pixel missing
 
 
 def test_gaussian_noise_has_the_right_std_and_is_clipped():

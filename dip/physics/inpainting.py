@@ -24,6 +24,9 @@ class Inpainting(Degradation):
         if isinstance(self.source, FileMask):  # a mask file may be the size of the image as loaded
             self.source.image_size = loaded_size
         self.mask = self.source(height, width, generator)
+        if not self.mask.any():
+            raise ValueError(f"{self.source} marks no pixel known (white) on a {width}x{height} image: there is "
+                             f"nothing to fit")
 
     def check_observed(self) -> None:
         if not isinstance(self.source, FileMask):  # a drawn mask would not be the holes the photo has

@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 
 class MaskSource:
-    """Makes a ``1 x 1 x H x W`` mask for an image of the given size."""
+    """Makes a ``1 x 1 x H x W`` mask for an image of the given size; ``str()`` names it in messages."""
 
     def __call__(self, height: int, width: int, generator: torch.Generator | None = None) -> torch.Tensor:
         raise NotImplementedError
@@ -24,6 +24,9 @@ class BernoulliMask(MaskSource):
             raise ValueError(f"missing-pixel fraction must be in [0, 1), got {fraction}")
         self.fraction = fraction
 
+    def __str__(self) -> str:
+        return f"the Bernoulli mask (mask.fraction={self.fraction})"
+
     def __call__(self, height, width, generator=None):
         keep = torch.rand((1, 1, height, width), generator=generator) >= self.fraction
         return keep.float()
@@ -36,6 +39,9 @@ class RegionMask(MaskSource):
         if not 0 < fraction < 1:
             raise ValueError(f"hole fraction must be in (0, 1), got {fraction}")
         self.fraction, self.cy, self.cx = fraction, cy, cx
+
+    def __str__(self) -> str:
+        return f"the region mask (mask.fraction={self.fraction})"
 
     def __call__(self, height, width, generator=None):
         mask = torch.ones(1, 1, height, width)
@@ -55,6 +61,9 @@ class TextMask(MaskSource):
     def __init__(self, text: str = "Deep Image Prior", font_size: float = 0.08, line_spacing: float = 2.0):
         self.text, self.font_size, self.line_spacing = text, font_size, line_spacing
 
+    def __str__(self) -> str:
+        return "the text mask"
+
     def __call__(self, height, width, generator=None):
         size = max(6, round(self.font_size * height))
         font = ImageFont.load_default(size=size)
@@ -70,13 +79,15 @@ class FileMask(MaskSource):
     """A mask read from an image file: white (>= 128) marks a known pixel.
 
     Its size is the restored image's, or ``image_size`` (height, width): the size of the image it
-    masks before ``data.size`` centre-cropped it, and then it is cropped the same way. It must mark
-    some pixel known.
+    masks before ``data.size`` centre-cropped it, and then it is cropped the same way.
     """
 
     def __init__(self, path: str | Path, image_size: tuple[int, int] | None = None):
         self.path = Path(path)
         self.image_size = image_size
+
+    def __str__(self) -> str:
+        return f"mask {self.path}"
 
     def __call__(self, height, width, generator=None):
         from dip.images import centre_crop, load_image
@@ -87,7 +98,4 @@ class FileMask(MaskSource):
             image = self.image_size if self.image_size and self.image_size != (height, width) else None
             cropped = f" ({image[1]}x{image[0]} before data.size cropped it)" if image else ""
             raise ValueError(f"mask {self.path} is {size[1]}x{size[0]} but the image is {width}x{height}{cropped}")
-        mask = (centre_crop(mask, height, width) >= 0.5).float()[None]
-        if not mask.any():
-            raise ValueError(f"mask {self.path} marks no pixel known (white): there is nothing to fit")
-        return mask
+        return (centre_crop(mask, height, width) >= 0.5).float()[None]
