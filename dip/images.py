@@ -257,8 +257,12 @@ def write_atomically(path: Path, write) -> None:
         raise
 
 
+def centre_offsets(size: tuple[int, int], height: int, width: int) -> tuple[int, int]:
+    """Where ``centre_crop`` cuts an image of ``size`` (height, width): its window's (top, left)."""
+    return max(0, (size[0] - height) // 2), max(0, (size[1] - width) // 2)
+
+
 def centre_crop(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """The central ``height`` x ``width`` window (no-op on a dimension already small enough)."""
-    top = max(0, (image.shape[-2] - height) // 2)
-    left = max(0, (image.shape[-1] - width) // 2)
+    top, left = centre_offsets(tuple(image.shape[-2:]), height, width)
     return image[..., top : top + height, left : left + width]

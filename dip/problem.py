@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 from dip.config import check_settings, instantiate_settings
 from dip.errors import DipError
-from dip.images import centre_crop, load_image, read_image, resize_alpha
+from dip.images import centre_crop, centre_offsets, load_image, read_image, resize_alpha
 from dip.physics import Degradation
 
 log = logging.getLogger("dip")
@@ -120,7 +120,10 @@ def build_problem(
         loaded = read_image(observation, mode=mode, what="observation")
         y, alpha = loaded.pixels[None], loaded.alpha
         scale_h, scale_w = physics.solution_size(1, 1)
+        observed = tuple(y.shape[-2:])
+        top, left = 0, 0
         if size:
+            top, left = centre_offsets(observed, max(1, size // scale_h), max(1, size // scale_w))
             y = centre_crop(y, max(1, size // scale_h), max(1, size // scale_w))
             alpha = None if alpha is None else centre_crop(alpha, *y.shape[-2:])
         height, width = physics.solution_size(*y.shape[-2:])
@@ -128,12 +131,14 @@ def build_problem(
         truth = None
         if path is not None:
             truth = load_image(path, mode="L" if y.shape[1] == 1 else "RGB", what="ground-truth image")[None]
-            truth = _crop_to(truth, size)
-            if tuple(truth.shape[-2:]) != (height, width):
+            full_height, full_width = physics.solution_size(*observed)
+            if tuple(truth.shape[-2:]) != (full_height, full_width):
                 raise DipError(
                     f"ground truth {path} is {truth.shape[-1]}x{truth.shape[-2]} but the observation "
-                    f"{observation} restores to {width}x{height}"
+                    f"{observation} restores to {full_width}x{full_height}"
                 )
+            # the window the observation's crop covers (a centre crop of its own could be a pixel off)
+            truth = truth[..., top * scale_h : top * scale_h + height, left * scale_w : left * scale_w + width]
         _prepare(physics, height, width, generator, physics.solution_size(*loaded.pixels.shape[-2:]))
         alpha = None if alpha is None else resize_alpha(alpha, (height, width))
         return Problem(y, physics, (height, width), truth, alpha, loaded.bits, loaded.source_mode)

@@ -152,6 +152,24 @@ def test_super_resolution_takes_any_factor(tmp_path):
     assert float(psnr(bicubic, result.ground_truth)) == pytest.approx(result.metrics["psnr_observation"], abs=0.1)
 
 
+@pytest.mark.parametrize("size", [28, 24, None])
+def test_a_cropped_observation_is_scored_against_the_same_window_of_its_ground_truth(tmp_path, size):
+    """A 10 px observation cropped to 7 starts at its pixel 1 (4 in the ground truth); a centre crop of
+    the 40 px ground truth to 28 would start at 6. The ground truth degraded must be the observation."""
+    from dip.physics import LanczosDownsample
+    from dip.problem import problem_from_config
+
+    truth = torch.from_numpy(np.random.default_rng(0).uniform(0, 1, (1, 3, 5, 5))).float()
+    truth = torch.nn.functional.interpolate(truth, size=(40, 40), mode="bicubic").clamp(0, 1)
+    observation = LanczosDownsample(4).A(truth).clamp(0, 1)
+    for image, name in ((truth, "truth.png"), (observation, "observation.png")):
+        Image.fromarray((image[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(tmp_path / name)
+    problem = problem_from_config(compose_config(["task=sr_x4", f"data.size={size or 'null'}",
+                                                  f"data.path={tmp_path / 'truth.png'}",
+                                                  f"data.observation={tmp_path / 'observation.png'}"]))
+    assert float(psnr(problem.physics.A(problem.ground_truth), problem.observation)) > 40
+
+
 def test_inpainting_variants_carry_the_authors_settings(tmp_path):
     cfg = compose_config(["task=inpainting_region", "data.size=64", *TINY])
     assert cfg.input._target_ == "dip.inputs.MeshgridCode" and cfg.arch.upsample_mode == "nearest"
