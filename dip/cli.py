@@ -61,7 +61,8 @@ def check_overrides(arguments: list[str], config_name: str = "config") -> DictCo
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as error:
-        fail(f"cannot parse overrides: {str(error).splitlines()[0]}")
+        fail(f"cannot parse overrides: {str(error).splitlines()[0]} (quote a value holding spaces, brackets, = or "
+             f"commas: data.path=\"'my photo (1).png'\")")
     groups = config_groups()
     for override in parsed:  # nothing reads a new top-level key: a typo (+lrr=0.01) would pass unnoticed
         key = override.key_or_group

@@ -73,6 +73,7 @@ def assert_one_line_error(done, *needles):
     "args, needles",
     [
         (["data.path=missing.png"], ["missing.png", "not found"]),
+        (["data.path=photo(1).png"], ["cannot parse overrides", "quote a value holding spaces, brackets"]),
         (["task=deblurring"], ["unknown task 'deblurring'", "denoising"]),
         (["arch=vgg"], ["unknown arch 'vgg'"]),
         (["+arch.depht=4"], ["invalid arch settings: dip.nets.Skip takes no setting 'depht'"]),
