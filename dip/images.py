@@ -64,7 +64,7 @@ def _low_bytes(file: Path, image: Image.Image) -> Image.Image | None:
     each pixel is (grey high, grey low, alpha high, alpha low). ``image`` must not be loaded yet.
     """
     rawmodes = {tile.args[0] if isinstance(tile.args, tuple) else tile.args for tile in image.tile}
-    if image.mode not in ("RGB", "RGBA") or "transparency" in image.info or len(rawmodes) != 1:
+    if image.mode not in ("RGB", "RGBA") or len(rawmodes) != 1:
         return None
     rawmode = rawmodes.pop()
     if rawmode == "LA;16B":
@@ -124,6 +124,8 @@ def _from_sixteen_bit(high_bytes: Image.Image, low_bytes: Image.Image, mode: str
         high = high[..., [0, 3]]
     samples = (high * 256.0 + np.asarray(low_bytes, dtype=np.float64)) / 65535.0
     alpha = _to_tensor(samples[..., -1]) if low_bytes.mode in ("RGBA", "LA") else None
+    if (key := high_bytes.info.get("transparency")) is not None and alpha is None:  # a transparent colour (tRNS)
+        alpha = _to_tensor((np.rint(samples * 65535.0) != np.asarray(key)).any(axis=-1).astype(np.float64))
     values = samples[..., :1] if grey else samples[..., :3]
     if grey and mode == "RGB":
         values = np.repeat(values, 3, axis=-1)

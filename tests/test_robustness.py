@@ -133,10 +133,10 @@ def test_sixteen_bit_grey_input_gives_sixteen_bit_grey_output(tmp_path):
 
 
 
-def png_with_filters(samples: np.ndarray) -> bytes:
+def png_with_filters(samples: np.ndarray, transparent: tuple[int, int, int] | None = None) -> bytes:
     """A 16-bit grey + alpha, RGB or RGBA PNG of ``samples`` (H x W x C uint16) written here,
     independently of dip's writer, with its rows cycling through the filter types none, Sub, Up,
-    Average and Paeth."""
+    Average and Paeth; an RGB one with ``transparent`` as its transparent colour (tRNS)."""
     height, width, channels = samples.shape
     raw = samples.astype(">u2").reshape(height, -1).view(np.uint8).astype(np.int32)
     step = 2 * channels  # bytes per pixel
@@ -155,7 +155,9 @@ def png_with_filters(samples: np.ndarray) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 16, {2: 4, 3: 2, 4: 6}[channels], 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    key = chunk(b"tRNS", struct.pack(">HHH", *transparent)) if transparent else b""
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + key + chunk(b"IDAT", zlib.compress(rows))
+            + chunk(b"IEND", b""))
 
 
 @pytest.mark.parametrize("channels", [3, 4])
@@ -175,6 +177,17 @@ def test_sixteen_bit_colour_png_keeps_its_precision(tmp_path, channels):
         assert np.array_equal(np.asarray(copy), (samples >> 8).astype(np.uint8))
     again = read_image(tmp_path / "copy.png")
     assert torch.equal(again.pixels, loaded.pixels) and again.bits == 16
+
+
+def test_sixteen_bit_colour_png_with_a_transparent_colour_keys_it_at_16_bits(tmp_path):
+    samples = np.random.default_rng(3).integers(0, 65536, (5, 4, 3), dtype=np.uint16)
+    samples[1, 2] = [1000, 2000, 3000]
+    samples[3, 0] = [1001, 2000, 3000]  # the same high bytes: opaque
+    (tmp_path / "keyed.png").write_bytes(png_with_filters(samples, transparent=(1000, 2000, 3000)))
+    loaded = read_image(tmp_path / "keyed.png")
+    expected = torch.from_numpy(samples.transpose(2, 0, 1) / 65535.0).float()
+    assert loaded.bits == 16 and torch.equal(loaded.pixels, expected)
+    assert loaded.alpha.shape == (1, 5, 4) and loaded.alpha.sum() == 19 and loaded.alpha[0, 1, 2] == 0
 
 
 def test_sixteen_bit_grey_and_alpha_png_keeps_its_precision(tmp_path):
