@@ -194,6 +194,7 @@ def test_a_finished_run_without_hydras_record_is_kept(tmp_path):
     assert (out / "metrics.json").read_bytes() == finished
 
 
+@pytest.mark.slow  # the behaviour is also checked in process (test_resume) or by the other launchers
 def test_a_run_that_kept_its_checkpoint_is_reported_finished_and_continued_with_more_steps(tmp_path):
     """``checkpoint.keep=true``: the same run again is reported finished (exit 0, as a sweep run again
     needs), a larger ``trainer.max_steps`` continues it from the kept checkpoint."""

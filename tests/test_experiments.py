@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -123,11 +124,22 @@ def test_two_run_average_averages_runs_on_the_same_observation(tmp_path):
     assert summary["psnr_average"] is not None and (tmp_path / "two_run_average.png").is_file()
 
 
+@pytest.mark.parametrize("name, overrides, message", [
+    ("two_run_average", ["experiment.runs=0"], "experiment.runs must be a whole number >= 1, got 0"),
+    ("fig8_architectures", ["experiment.archs=[]"], "experiment.archs must list at least one value"),
+    ("fig8_architectures", ["experiment.archs=[skip_depth2,skip_deep]"], "unknown arch 'skip_deep'"),
+    ("fig6_inpainting_lr", ["experiment.lrs=[0.01,-1]"], "optim.lr must be a number > 0, got -1"),
+])
+def test_an_experiments_impossible_settings_are_refused_before_any_fit(tmp_path, image_and_mask, name, overrides,
+                                                                        message):
+    """In process; the command line's one line and removed folder are the test below's."""
+    image, mask = image_and_mask
+    with pytest.raises(DipError, match=re.escape(message)):
+        experiment(name, [*overrides, f"data.path={image}", f"data.mask={mask}", *TINY], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("overrides, message", [
-    (["+experiment=two_run_average", "experiment.runs=0"], "experiment.runs must be a whole number >= 1, got 0"),
-    (["+experiment=fig8_architectures", "experiment.archs=[]"], "experiment.archs must list at least one value"),
-    (["+experiment=fig8_architectures", "experiment.archs=[skip_depth2,skip_deep]"], "unknown arch 'skip_deep'"),
-    (["+experiment=fig6_inpainting_lr", "experiment.lrs=[0.01,-1]"], "optim.lr must be a number > 0, got -1"),
     # a later sub-run's network or input that cannot be: found before the first sub-run's fit
     (["+experiment=fig8_architectures", "experiment.archs=[skip_depth2,resnet]", "restarts=2"],
      "restarts=2 packs copies of the generator into one network, which arch 'resnet'"),

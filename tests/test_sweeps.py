@@ -386,6 +386,7 @@ def test_joblib_gpus_launcher_two_jobs_with_wandb(tmp_path):
     assert "src='../lr_sweep/0/restored.png'" in page
 
 
+@pytest.mark.slow  # submitit's local executor: what the other launchers check, in processes of its own
 def test_submitit_local_launcher_two_jobs(tmp_path):
     sweep = tmp_path / "submitit"
     multirun(sweep, "hydra/launcher=local", "arch=skip,unet", "logger=csv")
