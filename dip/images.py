@@ -169,6 +169,8 @@ def read_image(path: str | Path | torch.Tensor, mode: str = "auto", what: str = 
     file = Path(path_text).expanduser()
     if file.is_dir():
         raise DipError(f"{what} file {file} is a directory")
+    if file.exists() and not file.is_file():  # a pipe or a device: reading it could block or never end
+        raise DipError(f"{what} file {file} is not a regular file")
     if not file.is_file():
         raise DipError(f"{what} file not found: {file}")
     try:

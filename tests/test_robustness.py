@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import struct
 import zlib
@@ -104,6 +105,12 @@ def test_integer_samples_beyond_16_bits_are_refused(tmp_path, values, found):
     tifffile.imwrite(tmp_path / "wide.tif", values)
     with pytest.raises(DipError, match=re.escape(f"wide.tif: its integer samples run from {found}, beyond 16 bits")):
         read_image(tmp_path / "wide.tif")
+
+
+def test_a_pipe_given_as_an_image_is_named_as_not_a_regular_file(tmp_path):
+    os.mkfifo(tmp_path / "pipe.png")
+    with pytest.raises(DipError, match="image file .*pipe.png is not a regular file"):
+        read_image(tmp_path / "pipe.png")
 
 
 def test_exif_orientation_is_applied(tmp_path):
