@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
 import sys
@@ -18,6 +19,7 @@ from PIL import Image, ImageOps
 from dip.errors import DipError, one_line
 
 BUILTIN_PREFIX = "skimage:"
+log = logging.getLogger("dip")
 GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 
 
@@ -175,6 +177,8 @@ def read_image(path: str | Path | torch.Tensor, mode: str = "auto", what: str = 
         raise DipError(f"{what} file not found: {file}")
     try:
         with Image.open(file) as image:
+            if (frames := getattr(image, "n_frames", 1)) > 1:  # a multi-page TIFF, an animated GIF
+                log.info(f"{what} file {file} holds {frames} frames: the first is read")
             low_bytes = _low_bytes(file, image)
             image.load()
             loaded = _from_pil(image, mode) if low_bytes is None else _from_sixteen_bit(image, low_bytes, mode)

@@ -113,6 +113,15 @@ def test_a_pipe_given_as_an_image_is_named_as_not_a_regular_file(tmp_path):
         read_image(tmp_path / "pipe.png")
 
 
+def test_a_file_of_several_frames_is_read_at_its_first_and_says_so(tmp_path, caplog):
+    frames = [Image.fromarray(np.full((4, 6), level, np.uint8)) for level in (10, 200)]
+    frames[0].save(tmp_path / "pages.tif", save_all=True, append_images=frames[1:])
+    with caplog.at_level("INFO", logger="dip"):
+        loaded = read_image(tmp_path / "pages.tif")
+    assert torch.allclose(loaded.pixels, torch.full((1, 4, 6), 10 / 255))
+    assert "pages.tif holds 2 frames: the first is read" in caplog.text
+
+
 def test_exif_orientation_is_applied(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6  # stored sideways: rotate 90 degrees clockwise to display
