@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from dip.config import setting_differences
 from dip.errors import DipError, load_fault
 from dip.outputs import CHECKPOINT_NAME
-from dip.signals import CaughtSignals, finished_first
+from dip.signals import CaughtSignals, finished_first_on, forget_finished_first
 
 
 class _StepSampler(Sampler):
@@ -121,7 +121,7 @@ class RunCheckpoint(pl.Callback):
         return self._signals.received
 
     def on_train_start(self, trainer, pl_module) -> None:
-        finished_first.clear()  # an earlier fit's, in this process
+        forget_finished_first()
         for stale in self.path.parent.glob(f".{self.path.name}.*.tmp") if self.path else ():  # killed mid-write
             stale.unlink(missing_ok=True)
         self._signals.install()  # after Lightning's own SIGTERM handler (installed when fit starts), which would raise
@@ -150,9 +150,8 @@ class RunCheckpoint(pl.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self._signals.received is not None and self.interrupted is None:
-            name = signal.Signals(self._signals.received).name
-            print(f"\n{name} at the last step: the run was finished first", file=sys.stderr)
-            finished_first.append(self._signals.received)
+            print(file=sys.stderr)  # past the progress bar's line
+            finished_first_on(self._signals.received, "at the last step")
         self._signals.restore()
 
     def on_exception(self, trainer, pl_module, exception) -> None:

@@ -30,7 +30,7 @@ from dip.config import (
     setting_differences,
     use_config_dirs,
 )
-from dip.errors import DipError, Interrupted, RunInterruptedError, one_line
+from dip.errors import DipError, Interrupted, RunInterruptedError, interruption_signal, one_line
 from dip.outputs import CHECKPOINT_NAME, OUTPUT_FILES, RESTART_OUTPUT, decibels, describe
 from dip.problem import problem_from_config
 from dip.signals import signal_finished_first
@@ -284,7 +284,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
         print(message, file=sys.stderr)
         raise SystemExit(128 + interruption.signum) from None
     except KeyboardInterrupt as interruption:  # outside a fit (Ctrl-C, or SIGTERM: launch makes it one)
-        signum = getattr(interruption, "signum", signal.SIGINT)
+        signum = interruption_signal(interruption)
         hydra_config = HydraConfig.get()
         if hydra_config.mode == RunMode.MULTIRUN:
             again = f": run the sweep again with hydra.sweep.dir={hydra_config.sweep.dir} to continue"
@@ -334,7 +334,7 @@ def launch(app, config_name: str = "config") -> None:
             EARLIER_RUNS.note_folders(run_dir or configured)
         app()
     except KeyboardInterrupt as interruption:  # outside a job (which says what it keeps): while starting or ending
-        signum = getattr(interruption, "signum", signal.SIGINT)
+        signum = interruption_signal(interruption)
         print(f"interrupted by {signal.Signals(signum).name}", file=sys.stderr)
         raise SystemExit(128 + signum) from None
     except HydraException as error:
@@ -344,6 +344,8 @@ def launch(app, config_name: str = "config") -> None:
     except ValueError as error:  # Optuna's, after the last trial, when none finished
         if full_tracebacks or "No trials are completed yet" not in str(error):
             raise
+        # this process's jobs' list (Hydra's config is no longer the sweep's here), else the sweep's folder,
+        # where a launcher's worker processes wrote it
         listed = FAILURES_FILE[-1] if FAILURES_FILE else Path(HydraConfig.get().sweep.dir) / FAILED_JOBS
         where = f": {listed} lists them" if listed.is_file() else ""
         fail(f"no trial of the search finished, each one failed{where}")

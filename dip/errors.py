@@ -39,6 +39,11 @@ class Interrupted(KeyboardInterrupt):
         super().__init__(signal.Signals(signum).name)
 
 
+def interruption_signal(interruption: BaseException) -> int:
+    """The signal behind ``interruption``: an ``Interrupted``'s (or ``RunInterruptedError``'s), else SIGINT."""
+    return getattr(interruption, "signum", signal.SIGINT)
+
+
 class RunInterruptedError(Exception):
     """The run stopped on a signal after writing a checkpoint; re-running resumes it."""
 

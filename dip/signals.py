@@ -10,14 +10,26 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-finished_first: list[int] = []  # the signals the latest fit's run finished before acting on
+_finished_first: list[int] = []  # the signals the latest fit's run finished before acting on
+
+
+def finished_first_on(signum: int, when: str) -> None:
+    """Say that the run was finished before acting on ``signum``, which came ``when``, and keep it for
+    ``signal_finished_first``."""
+    print(f"{signal.Signals(signum).name} {when}: the run was finished first", file=sys.stderr)
+    _finished_first.append(signum)
+
+
+def forget_finished_first() -> None:
+    """At the start of a fit: a signal an earlier fit of this process finished first is not this one's."""
+    _finished_first.clear()
 
 
 def signal_finished_first() -> int | None:
     """The SIGINT or SIGTERM that came during the latest fit's last step or while its outputs were written
     (``None``: none), which that run finished first. A caller about to start another fit (a benchmark's
     next image, an experiment's next sub-run, a sweep's next job) stops instead: the user asked to stop."""
-    return finished_first[-1] if finished_first else None
+    return _finished_first[-1] if _finished_first else None
 
 
 class CaughtSignals:
@@ -55,6 +67,4 @@ def held_signals() -> Iterator[None]:
     finally:
         signals.restore()
         if signals.received is not None:
-            print(f"{signal.Signals(signals.received).name} after the last step: the run was finished first",
-                  file=sys.stderr)
-            finished_first.append(signals.received)
+            finished_first_on(signals.received, "after the last step")

@@ -20,7 +20,7 @@ from omegaconf import DictConfig  # noqa: E402
 from dip.benchmark import IncompleteTableError, run_benchmark  # noqa: E402
 from dip.cli import EARLIER_RUNS, fail, launch  # noqa: E402
 from dip.config import CONF_DIR  # noqa: E402
-from dip.errors import DipError, RunInterruptedError  # noqa: E402
+from dip.errors import DipError, RunInterruptedError, interruption_signal  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="benchmark")
@@ -33,7 +33,7 @@ def benchmark(cfg: DictConfig) -> None:
             EARLIER_RUNS.discard(run_dir)
         fail(str(error))
     except (RunInterruptedError, KeyboardInterrupt) as interruption:
-        signum = getattr(interruption, "signum", signal.SIGINT)
+        signum = interruption_signal(interruption)
         print(f"interrupted by {signal.Signals(signum).name}: the finished images and the unfinished ones' "
               f"checkpoints are in {run_dir / 'images'}; run the same command again with hydra.run.dir={run_dir} "
               f"to continue", file=sys.stderr)
