@@ -118,20 +118,18 @@ def build_problem(
                            f"({observation})")
         _check(observation, physics.check_observed)
         loaded = read_image(observation, mode=mode, what="observation")
-        y, alpha = loaded.pixels[None], loaded.alpha
         scale_h, scale_w = physics.solution_size(1, 1)
-        observed = tuple(y.shape[-2:])
-        top, left = 0, 0
-        if size:
-            top, left = centre_offsets(observed, max(1, size // scale_h), max(1, size // scale_w))
-            y = centre_crop(y, max(1, size // scale_h), max(1, size // scale_w))
-            alpha = None if alpha is None else centre_crop(alpha, *y.shape[-2:])
+        observed = tuple(loaded.pixels.shape[-2:])
+        crop = (max(1, size // scale_h), max(1, size // scale_w)) if size else observed
+        top, left = centre_offsets(observed, *crop)  # the window data.size keeps, as centre_crop cuts it
+        window = (..., slice(top, top + crop[0]), slice(left, left + crop[1]))
+        y, alpha = loaded.pixels[None][window], None if loaded.alpha is None else loaded.alpha[window]
         height, width = physics.solution_size(*y.shape[-2:])
         _check(observation, physics.check_fits, height, width)
+        full_height, full_width = physics.solution_size(*observed)
         truth = None
         if path is not None:
             truth = load_image(path, mode="L" if y.shape[1] == 1 else "RGB", what="ground-truth image")[None]
-            full_height, full_width = physics.solution_size(*observed)
             if tuple(truth.shape[-2:]) != (full_height, full_width):
                 raise DipError(
                     f"ground truth {path} is {truth.shape[-1]}x{truth.shape[-2]} but the observation "
@@ -139,7 +137,7 @@ def build_problem(
                 )
             # the window the observation's crop covers (a centre crop of its own could be a pixel off)
             truth = truth[..., top * scale_h : top * scale_h + height, left * scale_w : left * scale_w + width]
-        _prepare(physics, height, width, generator, physics.solution_size(*loaded.pixels.shape[-2:]))
+        _prepare(physics, height, width, generator, (full_height, full_width))
         alpha = None if alpha is None else resize_alpha(alpha, (height, width))
         return Problem(y, physics, (height, width), truth, alpha, loaded.bits, loaded.source_mode)
 

@@ -66,17 +66,18 @@ class Run:
         data = {key: self.config.get(f"data.{key}") for key in ("path", "observation", "default_image")}
         return image_name(data["path"], data["observation"], data["default_image"] or "image")
 
+    def _sources(self) -> tuple[dict, ...]:
+        """Where a name is looked up, in order: metrics.json, the config, Hydra's group choices."""
+        return self.metrics or {}, self.config, self.choices
+
     def has(self, key: str) -> bool:
-        return key == "image" or any(key in source for source in (self.metrics or {}, self.config, self.choices))
+        return key == "image" or any(key in source for source in self._sources())
 
     def value(self, key: str):
         """A setting or result by name: metrics.json, then the config, then Hydra's group choices."""
         if key == "image":
             return self.image
-        for source in (self.metrics or {}, self.config, self.choices):
-            if key in source:
-                return source[key]
-        return None
+        return next((source[key] for source in self._sources() if key in source), None)
 
 
 def flatten(node, prefix: str = "") -> dict:
