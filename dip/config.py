@@ -280,7 +280,8 @@ def settings_error(error: Exception, what: str, target: str) -> DipError:
         return cause
     if isinstance(cause, TypeError) and (unknown := re.search(r"unexpected keyword argument '(\w+)'", str(cause))):
         # often a key set by one group (a task's input.path) kept when a later group (prior=tv) swaps the class
-        return DipError(f"invalid {what} settings: {target} takes no setting {unknown[1]!r}")
+        return DipError(f"invalid {what} settings: {target} takes no setting {unknown[1]!r} "
+                        f"(drop it with ~{what}.{unknown[1]}, or choose another {what.split('.')[0]})")
     return DipError(f"invalid {what} settings: {one_line(cause, 300)}")
 
 

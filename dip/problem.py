@@ -171,7 +171,7 @@ def problem_from_config(cfg: DictConfig, clean=None, observation=None) -> Proble
     ``data.path`` and ``data.observation``. The result does not depend on torch's global random state.
     The run's settings are checked first (``check_settings``)."""
     check_settings(cfg)
-    physics = instantiate_settings(cfg.task.physics, "task")
+    physics = instantiate_settings(cfg.task.physics, "task.physics")
     data = cfg.data
     try:
         return build_problem(
