@@ -154,8 +154,8 @@ def read_image(path: str | Path | torch.Tensor, mode: str = "auto", what: str = 
     """Read an image file (or ``skimage:NAME``): its pixels as a ``C x H x W`` tensor in [0, 1] and its
     alpha channel, bit depth and mode.
 
-    A tensor (``C x H x W`` or ``H x W``, values in [0, 1]) passes through, so that the Python API
-    takes images already in memory.
+    A tensor (``C x H x W`` or ``H x W``, values in [0, 1]) passes through, converted to ``mode`` as
+    a file would be, so that the Python API takes images already in memory.
 
     ``mode`` is ``auto`` (grey stays grey, everything else becomes RGB), ``L`` or ``RGB``. EXIF
     orientation is applied; 16-bit images keep their precision; an alpha channel (RGBA, LA, a
@@ -163,7 +163,7 @@ def read_image(path: str | Path | torch.Tensor, mode: str = "auto", what: str = 
     one-line ``DipError`` naming it.
     """
     if isinstance(path, torch.Tensor):
-        return LoadedImage(_from_tensor(path, what))
+        return LoadedImage(_from_tensor(path, what, mode))
     path_text = str(path)
     if path_text.startswith(BUILTIN_PREFIX):
         array = _builtin(path_text[len(BUILTIN_PREFIX):])
@@ -189,7 +189,7 @@ def read_image(path: str | Path | torch.Tensor, mode: str = "auto", what: str = 
     return loaded
 
 
-def _from_tensor(image: torch.Tensor, what: str) -> torch.Tensor:
+def _from_tensor(image: torch.Tensor, what: str, mode: str = "auto") -> torch.Tensor:
     image = image.detach().float().cpu()
     if image.dim() == 2:
         image = image[None]
@@ -199,6 +199,10 @@ def _from_tensor(image: torch.Tensor, what: str) -> torch.Tensor:
     if not (0 <= low and high <= 1):  # clamping would make 8-bit values an almost white image
         raise DipError(f"{what} tensor holds values in [{low:.4g}, {high:.4g}], not in [0, 1] (8-bit values: divide "
                        f"them by 255; noise added without clipping: clamp it)")
+    if mode == "L" and image.shape[0] == 3:  # Pillow's conversion to L, as a file read in mode L gets
+        return (torch.tensor([0.299, 0.587, 0.114])[:, None, None] * image).sum(0, keepdim=True)
+    if mode == "RGB" and image.shape[0] == 1:
+        return image.expand(3, -1, -1).clone()
     return image
 
 
@@ -250,15 +254,24 @@ def save_image(image: torch.Tensor, path: str | Path, alpha: torch.Tensor | None
         write_atomically(Path(path), lambda handle: to_pil(image, alpha).save(handle, format="PNG"))
 
 
+def _process_umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+# read once, at import: setting it to read it is process-wide, so a thread reading it while another had
+# it set to 0 would restore 0, and every later file would be world-writable (the benchmark's baseline threads)
+_UMASK = _process_umask()
+
+
 def write_atomically(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -16,6 +16,7 @@ import copy
 import logging
 import os
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -150,10 +151,12 @@ def available_bytes(device: torch.device) -> int | None:
         return None
 
 
-def run_device(accelerator: str) -> torch.device:
-    """The device a Lightning Trainer with this ``accelerator`` setting will train on."""
+def run_device(accelerator: str, devices=1) -> torch.device:
+    """The device a Lightning Trainer with these ``accelerator`` and (one-device) ``devices`` settings
+    trains on: a list of one GPU index, ``[2]``, picks that GPU; a count, the first."""
     if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda", torch.cuda.current_device())
+        listed = isinstance(devices, Sequence) and not isinstance(devices, str)
+        return torch.device("cuda", int(devices[0]) if listed else 0)
     return torch.device("cpu")
 
 

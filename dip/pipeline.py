@@ -372,7 +372,7 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
     guard = CollapseGuard(cfg.backtrack_db, cfg.metrics_every) if not early_stopping and cfg.backtrack_db else None
     chooser = early_stopping or guard
     kept = chooser.kept_copies if chooser else (0, 0)
-    device = run_device(cfg.trainer.accelerator)
+    device = run_device(cfg.trainer.accelerator, cfg.trainer.devices)
     if cfg.speed.compile and device.type == "cpu":
         log.warning("speed.compile on a CPU: torch.compile takes minutes before the first step, and the step is "
                     "slower for it here (docs/speed.md); speed=default does not compile")

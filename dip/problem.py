@@ -111,7 +111,6 @@ def build_problem(
     the super-resolution factor), and degraded with a generator seeded by ``seed``.
     """
     generator = torch.Generator().manual_seed(seed)
-    mode = "L" if mode in ("grey", "gray") else mode
     if observation is not None:
         if not physics.observation_is_image:
             raise DipError(f"this task observes features of a clean image: give data.path, not data.observation "

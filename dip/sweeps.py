@@ -36,12 +36,14 @@ def claim_slot(directory: Path, slots: int) -> int:
         return _held_slot[0]
     directory.mkdir(parents=True, exist_ok=True)
     for slot in range(slots):
-        handle = open(directory / f"slot-{slot}.lock", "w")  # noqa: SIM115 (held for the process's life)
+        # "a": opening must not empty the file, which holds the pid of the worker that may hold the lock
+        handle = open(directory / f"slot-{slot}.lock", "a")  # noqa: SIM115 (held for the process's life)
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.close()
             continue
+        handle.truncate(0)
         handle.write(f"{os.getpid()}\n")
         handle.flush()
         _held_slot = (slot, handle)

@@ -37,3 +37,19 @@ def test_bad_input_is_one_line_as_on_the_command_line(arguments, message):
     with pytest.raises(DipError) as refused:
         restore(**arguments, overrides=["trainer.max_steps=1"])
     assert message in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_a_colour_ground_truth_tensor_of_a_grey_observation_is_compared_in_grey():
+    """As a colour ground-truth file would be read: Pillow's luma, so PSNR compares one channel with one."""
+    truth = torch.rand(3, 16, 16)
+    grey = (0.299 * truth[0] + 0.587 * truth[1] + 0.114 * truth[2])[None]
+    result = restore(truth, observation=grey.clone(), overrides=["trainer.max_steps=1"])
+    assert result.ground_truth.shape == (1, 1, 16, 16)
+    assert torch.allclose(result.ground_truth[0], grey, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode, channels", [("L", 1), ("RGB", 3)])
+def test_data_mode_converts_a_tensor_as_it_converts_a_file(mode, channels):
+    image = torch.rand(3 if mode == "L" else 1, 16, 16)
+    result = restore(image, overrides=["trainer.max_steps=1", f"data.mode={mode}"])
+    assert result.observation.shape[1] == result.ground_truth.shape[1] == channels

@@ -15,12 +15,13 @@ import tifffile
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from omegaconf import OmegaConf
 from PIL import Image
 
 from dip.config import compose_config
 from dip.errors import DipError
 from dip.images import read_image, save_image
-from dip.memory import LiveTensors, check_fits, estimate, simulated_step, step_tensors
+from dip.memory import LiveTensors, check_fits, estimate, run_device, simulated_step, step_tensors
 from dip.module import DeepImagePrior
 from dip.outputs import OUTPUT_FILES, describe
 from dip.pipeline import prepare, run
@@ -414,6 +415,13 @@ def test_the_simulated_step_holds_what_a_real_step_holds(overrides):
     real = step_tensors(module)  # the step run for real on the CPU
     assert real.peak > real.live > 0
     assert simulated_step(module) == (real.peak - real.live, real.largest)
+
+
+@pytest.mark.parametrize("devices, device", [(1, "cuda:0"), ("1", "cuda:0"), ([2], "cuda:2"),
+                                             (OmegaConf.create({"d": ["3"]}).d, "cuda:3")])
+def test_the_memory_check_looks_at_the_gpu_trainer_devices_picks(devices, device):
+    assert run_device("gpu", devices) == torch.device(device)
+    assert run_device("cpu", devices) == torch.device("cpu")
 
 
 def test_memory_estimate_grows_with_the_image_and_refuses_what_cannot_fit(tmp_path):

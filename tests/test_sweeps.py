@@ -4,6 +4,7 @@ cluster configs, W&B sweep groups, and the compare.py dashboard. Real runs at 32
 from __future__ import annotations
 
 import csv
+import fcntl
 import importlib.util
 import json
 import os
@@ -73,6 +74,17 @@ def test_claim_slot_gives_each_worker_its_own_slot_until_it_exits(tmp_path, fres
         fresh_slot(tmp_path, 3)
     fresh_slot.held[-1][1].close()  # the last worker exits: the kernel drops its lock
     assert fresh_slot(tmp_path, 3) == 2
+
+
+def test_a_worker_refused_a_slot_leaves_its_holders_pid_in_the_lock_file(tmp_path, fresh_slot):
+    fresh_slot(tmp_path, 2)
+    (tmp_path / "slot-1.lock").write_text("12345\n")  # as another worker process left it
+    with open(tmp_path / "slot-1.lock", "a") as other:
+        fcntl.flock(other, fcntl.LOCK_EX)
+        with pytest.raises(RuntimeError, match="all 2 GPU slots"):
+            fresh_slot(tmp_path, 2)
+    assert (tmp_path / "slot-1.lock").read_text() == "12345\n"
+    assert fresh_slot(tmp_path, 2) == 1 and (tmp_path / "slot-1.lock").read_text() == f"{os.getpid()}\n"
 
 
 def test_a_worker_keeps_its_slot_across_jobs(tmp_path, monkeypatch):
