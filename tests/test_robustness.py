@@ -451,3 +451,11 @@ def test_running_out_of_memory_mid_fit_is_one_line_with_the_options(tmp_path, mo
     message = str(error.value)
     assert "cpu ran out of memory at step 2" in message and "40x40 image" in message, message
     assert "data.size=" in message and "\n" not in message
+
+
+def test_written_images_get_the_permissions_of_any_new_file(tmp_path):
+    """Written to a private temporary file, then renamed: it must not stay private (mkstemp's 0600)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    save_image(torch.rand(3, 4, 4), tmp_path / "image.png")
+    assert (tmp_path / "image.png").stat().st_mode & 0o777 == 0o666 & ~umask
