@@ -102,7 +102,7 @@ def test_meshgrid_code_spans_the_unit_square():
 @pytest.mark.parametrize(("name", "cancelled", "batchnorms"), [
     ("skip", 25, 30),  # per scale: skip, 2 down, up and 1x1 up convolutions feed BatchNorms; the head does not
     ("skip_depth6", 24, 30),  # no skip branch: 4 per scale
-    ("unet", 14, 14),  # the 7 double convolutions; the deconvolutions and the head feed no norm
+    ("unet", 8, 0),  # the encoder's 4 double convolutions feed instance norms; the decoder has none
     ("resnet", 5, 5),  # 2 per block and the one before the last; the first and last feed none
 ])
 def test_normalisation_makes_biases_and_running_statistics_redundant(name, cancelled, batchnorms):

@@ -26,7 +26,11 @@ class ResidualBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    """``blocks`` residual blocks of ``channels`` features at full resolution; any input size."""
+    """``blocks`` residual blocks of ``channels`` features at full resolution; any input size.
+
+    The first and last convolutions pad by ``pad``, the blocks and the convolution after them by
+    ``block_pad``: zero in the authors' ResNet (Fig. 8), whose blocks are plain zero-padded convolutions.
+    """
 
     size_multiple = 1
 
@@ -38,14 +42,15 @@ class ResNet(nn.Module):
         channels: int = 32,
         act: str = "LeakyReLU",
         pad: str = "reflection",
+        block_pad: str = "zero",
         need_bias: bool = True,
         need_sigmoid: bool = True,
     ):
         super().__init__()
         layers: list[nn.Module] = [conv(in_channels, channels, 3, bias=need_bias, pad=pad), activation(act)]
-        layers += [ResidualBlock(channels, act, pad, need_bias) for _ in range(blocks)]
+        layers += [ResidualBlock(channels, act, block_pad, need_bias) for _ in range(blocks)]
         layers += [
-            conv(channels, channels, 3, bias=need_bias, pad=pad),
+            conv(channels, channels, 3, bias=need_bias, pad=block_pad),
             nn.BatchNorm2d(channels),
             conv(channels, out_channels, 3, bias=need_bias, pad=pad),
         ]

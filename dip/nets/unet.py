@@ -26,7 +26,9 @@ class UNet(nn.Module):
 
     ``channels`` lists the width at each resolution, finest first; ``len(channels) - 1`` poolings
     mean inputs must be multiples of ``size_multiple``. ``upsample_mode`` is ``deconv`` (a learnt
-    2x transposed convolution) or an interpolation mode.
+    2x transposed convolution) or an interpolation mode. ``norm`` follows each encoder convolution and
+    ``decoder_norm`` each decoder one: the authors' U-Net (Fig. 8) normalises its encoder per instance
+    and leaves its decoder unnormalised.
     """
 
     def __init__(
@@ -35,7 +37,8 @@ class UNet(nn.Module):
         out_channels: int,
         channels=(8, 16, 32, 64, 128, 128),
         upsample_mode: str = "deconv",
-        norm: str = "batch",
+        norm: str = "instance",
+        decoder_norm: str = "none",
         pad: str = "zero",
         need_bias: bool = True,
         need_sigmoid: bool = True,
@@ -43,6 +46,7 @@ class UNet(nn.Module):
         super().__init__()
         check_choice("upsample mode", upsample_mode, ("deconv", *UPSAMPLERS))
         check_choice("norm", norm, tuple(NORMS))
+        check_choice("decoder norm", decoder_norm, tuple(NORMS))
         channels = list(channels)
         self.size_multiple = 2 ** (len(channels) - 1)
         self.upsample = None if upsample_mode == "deconv" else Upsample(upsample_mode)
@@ -57,7 +61,7 @@ class UNet(nn.Module):
                 self.upconvs.append(nn.ConvTranspose2d(coarse, fine, 4, stride=2, padding=1))
             else:
                 self.upconvs.append(conv(coarse, fine, 3, bias=need_bias, pad=pad))
-            self.ups.append(double_conv(2 * fine, fine, norm, pad, need_bias))
+            self.ups.append(double_conv(2 * fine, fine, decoder_norm, pad, need_bias))
         head: list[nn.Module] = [nn.Conv2d(channels[0], out_channels, 1, bias=need_bias)]
         if need_sigmoid:
             head.append(nn.Sigmoid())
