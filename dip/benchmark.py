@@ -47,7 +47,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dip.baselines import BASELINES, BaselineUnavailableError
-from dip.config import check_whole_number, dotted, refuse_other_settings, without_implied_settings
+from dip.config import RESULT_SETTINGS, check_whole_number, dotted, refuse_other_settings, without_implied_settings
 from dip.datasets import DatasetImage, open_dataset
 from dip.errors import DipError, Interrupted, MemoryShortError, RunInterruptedError, one_line
 from dip.gpus import pin_to_gpu, visible_gpus, worker_count
@@ -140,30 +140,32 @@ def _config_text(config: dict) -> str:
     return yaml.safe_dump(config, sort_keys=True)
 
 
-# Keys that spread a benchmark over processes or time, choose its logger, how it uses the hardware (speed
-# and how many images share a fit) or how often it writes a checkpoint: a restoration is the same whatever
-# they say, up to rounding (images_per_fit: up to the draws of the regularising noise after the first step;
-# each image's weights and code start as in a fit of its own, and metrics.json names the images packed with it).
-ORCHESTRATION_KEYS = ("jobs_per_gpu", "cpu_jobs", "baseline_jobs", "time_budget_s", "logger", "speed", "checkpoint",
-                      "images_per_fit")
+# What of a benchmark's own settings decides its restorations; the others label the table (title, notes, the
+# published columns), choose which images run, or how (the baselines are matched by their own observation).
+BENCHMARK_RESULT_KEYS = ("name", "dataset", "protocol", "shave", "runs")
 
 
 def _restoration_key(config: dict) -> dict:
-    """What decides a sub-run's restoration in its ``config``: paths under the sub-run's folder become
-    relative to ``{output_dir}``, the data root drops out, the image is named by its dataset folder
-    and file, and ``ORCHESTRATION_KEYS`` and the image selection (``benchmark.images``,
-    ``benchmark.restore``) drop out. So a restoration finished in another checkout or on another
-    machine, and carried here, counts as finished (the images themselves are checked against their
-    manifest's sha256)."""
+    """What decides a sub-run's restoration in its ``config``: the settings a run's result depends on
+    (``dip.config.RESULT_SETTINGS``, but the ``speed`` switches, which change it only up to rounding),
+    its steps and ``BENCHMARK_RESULT_KEYS``. Paths under the sub-run's folder become relative to
+    ``{output_dir}``, the data root drops out and the image is named by its dataset folder and file. So a
+    restoration finished in another checkout or on another machine, with any device, process count, logger,
+    image selection or table text, and carried here, counts as finished (the images themselves are checked
+    against their manifest's sha256). Nested, as a config is: ``baselines.json`` keeps its part of it."""
     output_dir = config.get("paths", {}).get("output_dir")
     relocated = _relocate(config, output_dir, "{output_dir}") if output_dir else config
-    key = without_implied_settings({name: value for name, value in relocated.items() if name not in ORCHESTRATION_KEYS})
-    for selection in ("images", "restore"):
-        key.get("benchmark", {}).pop(selection, None)
-    data = key.get("data", {})
-    data.pop("root", None)
-    if data.get("path"):
-        data["path"] = "/".join(Path(data["path"]).parts[-2:])
+    top_level = {name.split(".")[0] for name in RESULT_SETTINGS} - {"speed", "trainer"}
+    key = {name: value for name, value in relocated.items() if name in top_level}
+    key["trainer"] = {name: relocated.get("trainer", {}).get(name) for name in ("max_steps", "precision")}
+    key["benchmark"] = {name: relocated.get("benchmark", {}).get(name) for name in BENCHMARK_RESULT_KEYS}
+    if key.get("backtrack_db") is None:  # then nothing reads it (as in result_settings)
+        key.pop("metrics_every", None)
+    key = without_implied_settings(key)
+    if "data" in key:  # a copy: the config's own stays as it is
+        data = key["data"] = {name: value for name, value in key["data"].items() if name != "root"}
+        if data.get("path"):
+            data["path"] = "/".join(Path(data["path"]).parts[-2:])
     return key
 
 
@@ -688,8 +690,9 @@ class Table:
         cfg, spec, info, first = self.cfg, self.spec, self.info, self.metrics[0]
         shown = [(column, heading) for column, heading, _ in self.columns if heading]
         shaved = f", {spec.shave}-pixel border shaved" if spec.shave else ""
-        protocol = ("PSNR in dB of the Y channel (ITU-R BT.601, MATLAB rgb2ycbcr scaling; greyscale images as "
-                    f"they are){shaved}; RGB PSNR over the whole image" if spec.protocol == "y"
+        protocol = ("PSNR in dB of the Y channel (ITU-R BT.601, MATLAB rgb2ycbcr scaling; a greyscale image as "
+                    f"its RGB replica, as the authors' script){shaved}; RGB PSNR over the whole image"
+                    if spec.protocol == "y"
                     else f"PSNR in dB over all channels in [0, 1]{shaved}")
         lines = [
             f"# {spec.name}: {spec.title}",

@@ -74,7 +74,10 @@ def test_psnr_y_follows_matlab_rgb2ycbcr_and_shaves_the_border():
     assert float(psnr_y(border_only, truth, shave=4)) > 100  # the shaved border does not count
     assert float(psnr_y(border_only, truth, shave=0)) < 40
     grey = truth[:, :1]
-    assert float(psnr_y(grey + 0.01, grey, shave=0)) == pytest.approx(40.0, abs=1e-3)  # grey is its own luma
+    # grey is scored as its RGB replica (the authors' script): its luma spans 219 of the 255 levels
+    assert float(psnr_y(grey + 0.01, grey, shave=0)) == pytest.approx(40.0 + 20 * np.log10(255 / 219), abs=1e-3)
+    assert float(psnr_y(grey + 0.01, grey, shave=0)) == pytest.approx(
+        float(psnr_y((grey + 0.01).expand(-1, 3, -1, -1), grey.expand(-1, 3, -1, -1), shave=0)), abs=1e-4)
 
 
 # --- datasets -------------------------------------------------------------------------------------
