@@ -18,7 +18,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from hydra.utils import get_class, instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import TQDMProgressBar
 from pytorch_lightning.loggers import WandbLogger
 from torch.utils.data import Dataset
@@ -36,7 +36,7 @@ from dip.config import check_whole_number, instantiate_settings, result_settings
 from dip.errors import DipError, Interrupted, RunInterruptedError, one_line
 from dip.inputs import padded_size
 from dip.loggers import ImageLogger, flat_config
-from dip.memory import check_fits, checked_estimate, out_of_memory, run_device
+from dip.memory import check_fits, checked_estimate, meta_copy, out_of_memory, run_device
 from dip.metrics import per_image_psnr, psnr, psnr_from_mse, ssim
 from dip.module import DeepImagePrior
 from dip.nets.packed import pack_state_dicts
@@ -185,7 +185,50 @@ def prepare(
         one_weight_tensor=speed.compiled if speed.one_weight_tensor else None,
         z=z,
     )
+    check_shapes(module, OmegaConf.select(cfg, "arch._target_"), cfg.task.name)
     return problem, module
+
+
+def check_shapes(module: DeepImagePrior, arch: str, task: str) -> None:
+    """One line now, rather than a traceback at the first step or, for the baseline, after the whole
+    fit, when a generator's output or an operator's ``A(x)`` or ``baseline(y)`` does not have the shape
+    the problem needs (the mistakes of a generator or degradation of one's own). Run on a meta-device
+    copy: shapes only, nothing computed. A layer the meta device cannot run leaves the check to the fit."""
+    meta = meta_copy(module, torch.float32)
+    wanted = tuple(meta.ema.shape)
+    try:
+        with torch.no_grad():
+            generated = meta.generator(meta.z)
+            if not isinstance(generated, torch.Tensor):
+                raise DipError(f"arch {arch}: the generator returns a {type(generated).__name__}, not one "
+                               "N x C x H x W tensor")
+            x = meta(meta.z)
+            if tuple(x.shape) != wanted:
+                raise DipError(f"arch {arch}: the generator gives {shape_text(generated)} for a {shape_text(meta.z)} "
+                               f"code, but task {task} restores {shape_text(meta.ema)} (its output must have the "
+                               "code's size, or larger, and the image's channels)")
+            observed = meta.physics.A(x)
+            if tuple(observed.shape[-3:]) != tuple(meta.observation.shape[-3:]):
+                raise DipError(f"task {task}: A(x) maps the {shape_text(x)} restoration to {shape_text(observed)}, "
+                               f"but the observation is {shape_text(meta.observation)} (an operator that changes the "
+                               "size defines observation_size and solution_size)")
+            baseline = meta.physics.baseline(meta.observation)
+            if baseline is not None and tuple(baseline.shape[-3:]) != wanted[-3:]:
+                raise DipError(f"task {task}: baseline(y) gives {shape_text(baseline)}, not the {shape_text(x)} "
+                               "restoration's shape (define baseline() for this operator; None for no baseline)")
+    except DipError:
+        raise
+    except NotImplementedError:
+        return
+    except Exception as error:  # noqa: BLE001 (only the shapes are this check's business)
+        if "meta" in str(error).lower():  # a layer the meta device cannot run
+            return
+        raise DipError(f"arch {arch} / task {task}: the step fails on a {shape_text(meta.z)} code: "
+                       f"{one_line(error, 200)}") from None
+
+
+def shape_text(tensor: torch.Tensor) -> str:
+    return " x ".join(map(str, tensor.shape))
 
 
 def _seeded_copies(cfg: DictConfig, code, problem: Problem, seeds: list[int]) -> tuple[torch.nn.Module, torch.Tensor]:

@@ -24,7 +24,7 @@ from dip.images import read_image, save_image
 from dip.memory import LiveTensors, check_fits, estimate, run_device, simulated_step, step_tensors
 from dip.module import DeepImagePrior
 from dip.outputs import OUTPUT_FILES, describe
-from dip.pipeline import prepare, run
+from dip.pipeline import check_shapes, prepare, run
 from tests.conftest import make_png, run_cli
 
 FAST = ["logger=none", "arch=skip_depth2", "checkpoint.every_n_steps=0"]
@@ -459,3 +459,50 @@ def test_written_images_get_the_permissions_of_any_new_file(tmp_path):
     os.umask(umask)
     save_image(torch.rand(3, 4, 4), tmp_path / "image.png")
     assert (tmp_path / "image.png").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+class _HalfSize(torch.nn.Module):
+    def forward(self, z):
+        return torch.sigmoid(z[:, :3, ::2, ::2])
+
+
+class _Pair(torch.nn.Module):
+    def forward(self, z):
+        return z[:, :3], z[:, 3:]
+
+
+class _Shrinks(torch.nn.Module):
+    """An operator of one's own that loses a pixel at each border but keeps the observation's size."""
+
+    def A(self, x):  # noqa: N802
+        return x[..., 1:-1, 1:-1]
+
+    def baseline(self, y):
+        return y
+
+
+class _HalvesWithoutBaseline(_Shrinks):
+    def A(self, x):  # noqa: N802
+        return torch.nn.functional.avg_pool2d(x, 2)
+
+
+@pytest.mark.parametrize("generator, physics, message", [
+    (_HalfSize(), None, "the generator gives 1 x 3 x 16 x 16 for a 1 x 32 x 32 x 32 code, but task denoising restores "
+                        "1 x 3 x 32 x 32"),
+    (_Pair(), None, "the generator returns a tuple, not one N x C x H x W tensor"),
+    (None, _Shrinks(), "A(x) maps the 1 x 3 x 32 x 32 restoration to 1 x 3 x 30 x 30, but the observation is"),
+    (None, _HalvesWithoutBaseline(), "A(x) maps the 1 x 3 x 32 x 32 restoration to 1 x 3 x 16 x 16"),
+])
+def test_a_generator_or_operator_of_the_wrong_shape_is_refused_before_the_fit(generator, physics, message):
+    module = prepare(compose_config(["arch=skip_depth2", "data.size=32", "logger=none"]))[1]
+    module.generator = generator or module.generator
+    module.physics = physics or module.physics
+    with pytest.raises(DipError, match=re.escape(message)):
+        check_shapes(module, "mine", "denoising")
+
+
+def test_an_operator_whose_baseline_is_not_the_restorations_shape_is_refused_before_the_fit():
+    problem, module = prepare(compose_config(["task=sr_x4", "arch=skip_depth2", "data.size=32", "logger=none"]))
+    module.physics.baseline = lambda y: y  # the default of an operator of one's own that changes the size
+    with pytest.raises(DipError, match=re.escape("baseline(y) gives 1 x 3 x 8 x 8, not the 1 x 3 x 32 x 32")):
+        check_shapes(module, "skip", "sr_x4")
