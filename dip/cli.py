@@ -10,6 +10,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import traceback
 from pathlib import Path
 
 import hydra
@@ -267,14 +268,17 @@ def hydra_main(cfg: DictConfig) -> float | None:
         result = run(cfg, output_dir, problem)
     except DipError as error:
         EARLIER_RUNS.discard(output_dir)
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            fail(str(error))
+        return _failed_job(str(error))
+    except Exception as error:  # a bug, ours or of a generator or operator of one's own: Python's traceback
         hydra_config = HydraConfig.get()
         if hydra_config.mode != RunMode.MULTIRUN:
-            fail(str(error))
-        # one bad job of a sweep (a missing image, a size that does not fit) must not cost the others
-        line = f"job {hydra_config.job.num} ({' '.join(hydra_config.overrides.task)}): {error}"
-        print(f"error: {line}", file=sys.stderr)
-        FAILURES_FILE.append(record_failure(Path(hydra_config.sweep.dir), line))
-        return None  # to the Optuna sweeper, not a number: a failed trial
+            raise
+        log_file = output_dir / f"{hydra_config.job.name}.log"  # the job's folder is kept, for its traceback
+        with open(log_file, "a") as log:
+            log.write(traceback.format_exc())
+        return _failed_job(f"{type(error).__name__}: {one_line(error, 200)} (its traceback: {log_file})")
     except RunInterruptedError as interruption:  # the checkpoint stays, for the next run to resume
         hydra_config = HydraConfig.get()
         if hydra_config.mode == RunMode.MULTIRUN:  # the sweep run again runs its unfinished jobs
@@ -303,6 +307,15 @@ def hydra_main(cfg: DictConfig) -> float | None:
               f"hydra.sweep.dir={hydra_config.sweep.dir} for any jobs left", file=sys.stderr)
         raise SystemExit(128 + signum)
     return search_value(result.metrics)
+
+
+def _failed_job(message: str) -> None:
+    """Say and list a sweep job's failure; one bad job (a missing image, a size that does not fit) must not
+    cost the others. None, to the Optuna sweeper: a failed trial."""
+    hydra_config = HydraConfig.get()
+    line = f"job {hydra_config.job.num} ({' '.join(hydra_config.overrides.task)}): {message}"
+    print(f"error: {line}", file=sys.stderr)
+    FAILURES_FILE.append(record_failure(Path(hydra_config.sweep.dir), line))
 
 
 def search_value(metrics: dict) -> float | None:

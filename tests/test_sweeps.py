@@ -205,6 +205,31 @@ def test_a_grid_sweep_runs_every_job_even_when_some_fail(tmp_path):
     assert "2 job(s) failed" in page and "image file not found" in page
 
 
+class FailsInTheFit(torch.nn.Module):
+    """A generator of one's own with a bug that shows only in the fit (the shape check runs on the meta device)."""
+
+    def __init__(self, in_channels: int, out_channels: int, **settings):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(in_channels, out_channels, 1)
+
+    def forward(self, z):
+        if not z.is_meta:
+            raise RuntimeError("a bug of one's own")
+        return self.conv(z)
+
+
+def test_a_job_that_raises_a_bug_fails_alone_with_one_line_and_keeps_its_traceback(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_cli("-m", "arch=resnet", "arch._target_=dip.nets.ResNet,tests.test_sweeps.FailsInTheFit",
+                     "logger=none", *TINY, f"hydra.sweep.dir={sweep}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: job 1 (arch=resnet arch._target_=tests.test_sweeps.Fails")
+    assert errors[0].endswith(f"): RuntimeError: a bug of one's own (its traceback: {sweep / '1' / 'cli.log'})")
+    assert "Traceback" in (sweep / "1" / "cli.log").read_text() and (sweep / "0" / "metrics.json").is_file()
+    assert "sweep: 1 finished run(s)" in result.stdout and "failed: 1 job(s)" in result.stdout
+
+
 def test_a_sweep_run_again_into_its_folder_runs_only_the_jobs_it_lacks(tmp_path):
     sweep = tmp_path / "sweep"
     multirun(sweep, "seed=0,1", "logger=none")
