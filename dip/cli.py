@@ -338,7 +338,10 @@ def launch(app, config_name: str = "config") -> None:
         register_resolvers()
         check_run_folders(sys.argv[1:])
         check_launcher(sys.argv[1:])
-        use_config_dirs(sys.argv[1:])
+        try:  # DIP_CONFIG_DIRS set by the user reaches Hydra as the search path the command line did not name
+            sys.argv += use_config_dirs(sys.argv[1:])
+        except DipError as error:
+            fail(str(error))
         EARLIER_RUNS.record(sys.argv[1:])
         if not any(a in ("--help", "-h", "--hydra-help", "--info", "--shell-completion") for a in sys.argv[1:]):
             cfg = check_overrides(sys.argv[1:], config_name=config_name)

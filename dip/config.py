@@ -130,13 +130,16 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("gpu_workers", _gpu_workers, replace=True)
 
 
-# A user's own config folders (run.py --config-dir DIR, hydra.searchpath=[file://DIR]), searched after
-# conf/: in the environment, so that a launcher's worker processes compose with them too.
+# A user's own config folders (run.py --config-dir DIR, hydra.searchpath=[file://DIR], or this variable set
+# by the user), searched after conf/: in the environment, so that a launcher's worker processes compose with
+# them too.
 CONFIG_DIRS_VARIABLE = "DIP_CONFIG_DIRS"
 
 
-def use_config_dirs(arguments: Sequence[str]) -> None:
-    """Note the config folders that the command line ``arguments`` add to Hydra's search path."""
+def named_config_dirs(arguments: Sequence[str]) -> list[Path]:
+    """The config folders that command-line ``arguments`` (or a Python call's overrides) add to Hydra's
+    search path; ``DipError`` for one that is not a folder (Hydra would only warn, or say a group lacks
+    the option the user's folder was to give)."""
     folders, following = [], None
     for argument in arguments:
         if following:
@@ -148,20 +151,34 @@ def use_config_dirs(arguments: Sequence[str]) -> None:
         elif option == "hydra.searchpath":
             folders += [entry.strip()[len("file://"):] for entry in value.strip("[]").split(",")
                         if entry.strip().startswith("file://")]
-    if folders:
-        os.environ[CONFIG_DIRS_VARIABLE] = os.pathsep.join(str(Path(folder).absolute()) for folder in folders)
+    for folder in folders:
+        if not Path(folder).expanduser().is_dir():
+            raise DipError(f"config folder {folder} not found (--config-dir, hydra.searchpath)")
+    return [Path(folder).expanduser().absolute() for folder in folders]
 
 
-def config_dirs() -> list[Path]:
-    """``conf/`` and then the user's config folders (``use_config_dirs``)."""
+def use_config_dirs(arguments: Sequence[str]) -> list[str]:
+    """Note the config folders that the command line ``arguments`` add to Hydra's search path; with none
+    named there, those of ``DIP_CONFIG_DIRS`` become the override to add to them, which is returned."""
+    if folders := named_config_dirs(arguments):
+        os.environ[CONFIG_DIRS_VARIABLE] = os.pathsep.join(map(str, folders))
+        return []
+    extra = config_dirs()[1:]
+    return [f"hydra.searchpath=[{','.join(f'file://{folder}' for folder in extra)}]"] if extra else []
+
+
+def config_dirs(overrides: Sequence[str] = ()) -> list[Path]:
+    """``conf/`` and then the user's config folders: those ``overrides`` name, else ``DIP_CONFIG_DIRS``'s."""
+    if named := named_config_dirs(overrides):
+        return [CONF_DIR, *named]
     extra = os.environ.get(CONFIG_DIRS_VARIABLE)
-    return [CONF_DIR, *(Path(folder) for folder in extra.split(os.pathsep))] if extra else [CONF_DIR]
+    return [CONF_DIR, *(Path(folder) for folder in extra.split(os.pathsep) if folder)] if extra else [CONF_DIR]
 
 
-def config_groups() -> dict[str, list[str]]:
+def config_groups(overrides: Sequence[str] = ()) -> dict[str, list[str]]:
     """Each config group and its options, read from ``conf/`` and the user's config folders."""
     groups: dict[str, set[str]] = {}
-    for folder in config_dirs():
+    for folder in config_dirs(overrides):
         for group in folder.iterdir() if folder.is_dir() else ():
             if group.is_dir():
                 groups.setdefault(group.name, set()).update(path.stem for path in group.glob("*.yaml"))
@@ -194,7 +211,7 @@ def checked_config(overrides: Sequence[str] = (), output_dir: str | Path | None 
                    config_name: str = "config") -> DictConfig:
     """``compose_config``, with an override that picks an option its config group lacks, or that Hydra
     rejects, refused as a one-line ``DipError`` (Hydra's own messages span several lines)."""
-    groups = config_groups()
+    groups = config_groups(overrides)
     for option in overrides:
         key, _, value = option.lstrip("+~").partition("=")
         if key in groups and value not in groups[key]:

@@ -53,3 +53,12 @@ def test_data_mode_converts_a_tensor_as_it_converts_a_file(mode, channels):
     image = torch.rand(3 if mode == "L" else 1, 16, 16)
     result = restore(image, overrides=["trainer.max_steps=1", f"data.mode={mode}"])
     assert result.observation.shape[1] == result.ground_truth.shape[1] == channels
+
+
+def test_a_config_folder_of_ones_own_from_python(tmp_path):
+    mine = tmp_path / "my_conf"
+    (mine / "arch").mkdir(parents=True)
+    (mine / "arch" / "narrow.yaml").write_text("defaults: [skip_depth2]\nchannels_down: [8, 8]\nchannels_up: [8, 8]\n")
+    result = restore(torch.rand(3, 16, 16), arch="narrow",
+                     overrides=[f"hydra.searchpath=[file://{mine}]", "trainer.max_steps=1"])
+    assert result.metrics["arch"] == "narrow"

@@ -265,19 +265,31 @@ def test_help_names_the_script_and_what_it_does(script, says):
     assert "task: denoising, flash_no_flash" in done.stdout  # the groups, listed by Hydra
 
 
-@pytest.mark.parametrize("where", ["--config-dir", "hydra.searchpath"])
+@pytest.mark.parametrize("where", ["--config-dir", "hydra.searchpath", "DIP_CONFIG_DIRS"])
 def test_a_config_of_ones_own_outside_the_checkout(tmp_path, where):
-    """Hydra's two ways to add a config folder: its options join the groups that the checks know."""
+    """Hydra's two ways to add a config folder, and the environment's: its options join the groups that
+    the checks know."""
     mine = tmp_path / "my_conf"
     (mine / "arch").mkdir(parents=True)
     (mine / "arch" / "narrow.yaml").write_text("defaults: [skip_depth2]\nchannels_down: [8, 8]\nchannels_up: [8, 8]\n")
-    added = ["--config-dir", str(mine)] if where == "--config-dir" else [f"hydra.searchpath=[file://{mine}]"]
+    added = {"--config-dir": ["--config-dir", str(mine)], "hydra.searchpath": [f"hydra.searchpath=[file://{mine}]"],
+             "DIP_CONFIG_DIRS": []}[where]
+    env = {"DIP_CONFIG_DIRS": str(mine)} if where == "DIP_CONFIG_DIRS" else None
     out = tmp_path / "out"
-    done = run_cli(*added, "arch=narrow", "data.size=32", "trainer.max_steps=1", "logger=none", f"hydra.run.dir={out}")
+    done = run_cli(*added, "arch=narrow", "data.size=32", "trainer.max_steps=1", "logger=none", f"hydra.run.dir={out}",
+                   env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads((out / "metrics.json").read_text())["arch"] == "narrow"
-    done = run_cli(*added, "arch=wide", "logger=none", f"hydra.run.dir={tmp_path / 'typo'}")
+    done = run_cli(*added, "arch=wide", "logger=none", f"hydra.run.dir={tmp_path / 'typo'}", env=env)
     assert_one_line_error(done, "unknown arch 'wide'", "narrow, pixels")
+
+
+@pytest.mark.parametrize("added", [["--config-dir", "no_such_conf"], ["hydra.searchpath=[file://no_such_conf]"]])
+def test_a_config_folder_that_is_not_there_is_one_line(tmp_path, added):
+    """Hydra only warns about it, or says a group lacks the option the folder was to give."""
+    done = run_cli(*added, "arch=narrow", "logger=none", f"hydra.run.dir={tmp_path / 'out'}")
+    assert_one_line_error(done, "config folder no_such_conf not found")
+    assert not (tmp_path / "out").exists()
 
 
 def test_help_into_a_reader_that_has_left_says_nothing(tmp_path):

@@ -37,7 +37,8 @@ class Degradation(nn.Module):
         return self.A(x)
 
     def data_term(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """``E(x; y)`` of each image of the batch ``x`` against the one observation ``y``: shape ``N``."""
+        """``E(x; y)`` of each image of the batch ``x`` against the observation ``y`` (one for the whole batch,
+        or one per image, as ``x``'s images are restarts of one or fits of several): shape ``N``."""
         return (self.A(x) - y).square().flatten(1).mean(1)
 
     def expected_residual(self, x: torch.Tensor) -> torch.Tensor | None:
