@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -15,6 +16,7 @@ from hydra.errors import HydraException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import Container, DictConfig, ListConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
 from dip.errors import DipError, one_line
 from dip.gpus import visible_gpus, worker_count
@@ -220,6 +222,11 @@ def checked_config(overrides: Sequence[str] = (), output_dir: str | Path | None 
         return compose_config(overrides, output_dir, config_name)
     except HydraException as error:
         raise DipError(config_message(error)) from None
+    except yaml.MarkedYAMLError as error:  # a config file of one's own that is not YAML
+        mark = error.problem_mark
+        raise DipError(f"config file {mark.name} (line {mark.line + 1}) is not valid YAML: {error.problem}") from None
+    except OmegaConfBaseException as error:
+        raise DipError(f"invalid config: {config_message(error)}") from None
 
 
 def config_message(error: Exception) -> str:
@@ -248,6 +255,10 @@ def check_settings(cfg: DictConfig) -> None:
     except ValueError as error:
         raise DipError(str(error)) from None
 
+    for key in ("task.name", "task.physics._target_", "arch._target_", "input._target_", "optim._target_"):
+        if OmegaConf.select(cfg, key) is None:  # a config of one's own that replaced its group without it
+            raise DipError(f"the composed config has no {key}: the {key.split('.')[0]} config chosen must set it "
+                           f"(a file of one's own that sets keys of several groups starts with '# @package _global_')")
     check_whole_number("trainer.max_steps", cfg.trainer.max_steps)
     check_whole_number("data.size", cfg.data.size, none="the whole image")
     check_whole_number("metrics_every", cfg.metrics_every)
@@ -280,13 +291,21 @@ def check_settings(cfg: DictConfig) -> None:
 
 def instantiate_settings(node: DictConfig, what: str, **kwargs):
     """Build ``node``; a constructor that rejects its settings becomes a one-line ``DipError``."""
+    target = node.get("_target_")
+    if kwargs and not node.get("_partial_"):  # the class would be built without them, then called with them
+        raise DipError(f"{what} {target}: its config needs _partial_: true (the framework builds it with "
+                       f"{', '.join(f'{name}=' for name in kwargs)} added)")
     try:
         built = instantiate(node, _convert_="all")
         return built(**kwargs) if kwargs else built
     except DipError:
         raise
     except Exception as error:
-        raise settings_error(error, what, node.get("_target_")) from None
+        unknown = re.search(r"unexpected keyword argument '(\w+)'", str(error.__cause__ or error))
+        if unknown and unknown[1] in kwargs:
+            raise DipError(f"{what} {target} takes no argument {unknown[1]!r}, which the framework passes: it is built "
+                           f"with {', '.join(f'{name}=' for name in kwargs)}") from None
+        raise settings_error(error, what, target) from None
 
 
 def settings_error(error: Exception, what: str, target: str) -> DipError:

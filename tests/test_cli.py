@@ -297,3 +297,21 @@ def test_help_into_a_reader_that_has_left_says_nothing(tmp_path):
     done = subprocess.run(f"'{sys.executable}' run.py --help | true", shell=True, cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
     assert done.stderr == ""
+
+
+@pytest.mark.parametrize("path, text, override, message", [
+    ("task/broken.yaml", "task:\n  name: [oops\n", "task=broken", "(line 3) is not valid YAML: expected ',' or ']'"),
+    ("task/half.yaml", "# @package _global_\ntask:\n  nme: half\n", "task=half",
+     "the composed config has no task.name"),
+    ("arch/whole.yaml", "_target_: dip.nets.ResNet\n", "arch=whole",
+     "arch dip.nets.ResNet: its config needs _partial_: true"),
+    ("arch/other.yaml", "_target_: torch.nn.Tanh\n_partial_: true\n", "arch=other",
+     "arch torch.nn.Tanh takes no argument 'in_channels', which the framework passes"),
+])
+def test_mistakes_in_a_config_of_ones_own_are_one_line(tmp_path, path, text, override, message):
+    mine = tmp_path / "my_conf"
+    (mine / path).parent.mkdir(parents=True)
+    (mine / path).write_text(text)
+    done = run_cli("--config-dir", str(mine), override, "logger=none", f"hydra.run.dir={tmp_path / 'out'}")
+    assert_one_line_error(done, message)
+    assert not (tmp_path / "out").exists()
