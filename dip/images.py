@@ -154,7 +154,7 @@ def read_image(path: str | Path | torch.Tensor, mode: str = "auto", what: str = 
     """Read an image file (or ``skimage:NAME``): its pixels as a ``C x H x W`` tensor in [0, 1] and its
     alpha channel, bit depth and mode.
 
-    A tensor (``C x H x W`` or ``H x W``, values in [0, 1]) passes through, converted to ``mode`` as
+    A tensor (``C x H x W``, ``1 x C x H x W`` or ``H x W``, values in [0, 1]) passes through, converted to ``mode`` as
     a file would be, so that the Python API takes images already in memory.
 
     ``mode`` is ``auto`` (grey stays grey, everything else becomes RGB), ``L`` or ``RGB``. EXIF
@@ -193,8 +193,11 @@ def _from_tensor(image: torch.Tensor, what: str, mode: str = "auto") -> torch.Te
     image = image.detach().float().cpu()
     if image.dim() == 2:
         image = image[None]
+    if image.dim() == 4 and image.shape[0] == 1:  # a batch of one, as the results hold their images
+        image = image[0]
     if image.dim() != 3 or image.shape[0] not in (1, 3):
-        raise DipError(f"{what} tensor must be C x H x W with C = 1 or 3, got shape {tuple(image.shape)}")
+        raise DipError(f"{what} tensor must be C x H x W (or 1 x C x H x W) with C = 1 or 3, got shape "
+                       f"{tuple(image.shape)}")
     low, high = image.min().item(), image.max().item()
     if not (0 <= low and high <= 1):  # clamping would make 8-bit values an almost white image
         raise DipError(f"{what} tensor holds values in [{low:.4g}, {high:.4g}], not in [0, 1] (8-bit values: divide "

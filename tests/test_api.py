@@ -39,6 +39,13 @@ def test_bad_input_is_one_line_as_on_the_command_line(arguments, message):
     assert message in str(refused.value) and "\n" not in str(refused.value)
 
 
+def test_a_result_image_can_be_restored_again():
+    """A result's images are 1 x C x H x W: they go back in as they are (as a restored image, observed)."""
+    first = restore(torch.rand(3, 16, 16), overrides=["trainer.max_steps=1"])
+    again = restore(observation=first.restored, overrides=["trainer.max_steps=1"])
+    assert again.observation.shape == first.restored.shape == (1, 3, 16, 16)
+
+
 def test_a_colour_ground_truth_tensor_of_a_grey_observation_is_compared_in_grey():
     """As a colour ground-truth file would be read: Pillow's luma, so PSNR compares one channel with one."""
     truth = torch.rand(3, 16, 16)

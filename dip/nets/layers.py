@@ -110,7 +110,7 @@ def conv(
         downsampler = {
             "avg": lambda: nn.AvgPool2d(stride, stride),
             "max": lambda: nn.MaxPool2d(stride, stride),
-            "lanczos2": lambda: LanczosDownsample(stride, channels=out_channels),
+            "lanczos2": lambda: LanczosDownsample(stride),
         }[downsample_mode]()
         stride = 1
     layers.append(nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding=to_pad, bias=bias, groups=groups))

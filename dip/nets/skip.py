@@ -52,9 +52,10 @@ class SkipLevel(nn.Module):
 class Skip(nn.Module):
     """Encoder-decoder with skip connections, ``x = f(z)`` (Ulyanov et al., supplementary).
 
-    Per-scale settings (``channels_down``, ``channels_up``, ``channels_skip``, kernel sizes,
+    Per-scale settings (``channels_up``, ``channels_skip``, ``kernel_down``, ``kernel_up``,
     ``upsample_mode``, ``downsample_mode``) take a list with one entry per scale or a scalar for
-    all. Each scale halves the resolution, so inputs must be multiples of ``size_multiple``.
+    all; ``channels_down`` lists the scales, and ``kernel_skip`` is one size for every skip branch.
+    Each scale halves the resolution, so inputs must be multiples of ``size_multiple``.
 
     ``copies > 1`` packs that many independent networks into one: every convolution is grouped
     by copy and every BatchNorm channel belongs to one copy, so copy ``k`` maps input channels

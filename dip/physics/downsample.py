@@ -31,13 +31,13 @@ class LanczosDownsample(Degradation):
     """``d(x)``: Lanczos-2 filtering with replicate padding, then decimation by ``factor``.
 
     The padding (``3t`` pixels in all, split between the two sides) makes the output exactly
-    ``H / t`` x ``W / t``; inputs must be multiples of ``t``. ``channels`` is accepted for use
-    inside a generator, where the number of channels is known up front, but any count works.
+    ``H / t`` x ``W / t``; inputs must be multiples of ``t``. Each channel is filtered alike, so it
+    also serves inside a generator (``downsample_mode=lanczos2``).
     """
 
     baseline_name = "bicubic"
 
-    def __init__(self, factor: int = 4, channels: int | None = None):
+    def __init__(self, factor: int = 4):
         super().__init__()
         if factor != int(factor) or factor < 2:  # int() would quietly make 2.5 a x2; x1 restores nothing
             raise ValueError(f"the downsampling factor must be a whole number >= 2, got {factor}")
