@@ -50,8 +50,9 @@ from dip.baselines import BASELINES, BaselineUnavailableError
 from dip.config import RESULT_SETTINGS, check_whole_number, dotted, refuse_other_settings, without_implied_settings
 from dip.datasets import DatasetImage, open_dataset
 from dip.errors import DipError, Interrupted, MemoryShortError, RunInterruptedError, one_line
+from dip.files import write_atomically
 from dip.gpus import pin_to_gpu, visible_gpus, worker_count
-from dip.images import save_image, write_atomically
+from dip.images import save_image
 from dip.memory import activation_dtype
 from dip.metrics import psnr, psnr_y
 from dip.outputs import BEFORE_COLLAPSE_OUTPUT, OUTPUTS_FILE, Result, finished_config, write_json, write_outputs

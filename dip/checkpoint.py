@@ -9,10 +9,8 @@ states (CPU and CUDA: ``reg_noise_std`` draws from them), the backtracking weigh
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from dip.config import setting_differences
 from dip.errors import DipError, load_fault
+from dip.files import atomic_path
 from dip.outputs import CHECKPOINT_NAME
 from dip.signals import CaughtSignals, finished_first_on, forget_finished_first
 
@@ -171,14 +170,7 @@ class RunCheckpoint(pl.Callback):
         crash mid-write) only ever sees a whole checkpoint. Nothing without a path."""
         if self.path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         if trainer.logger is not None:  # the curve up to this step on disk too: a resume keeps its rows
             trainer.logger.save()
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
+        with atomic_path(self.path) as tmp:
             trainer.save_checkpoint(tmp, weights_only=False)  # the optimizer too (and no log line saying so)
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise

@@ -271,14 +271,6 @@ def hydra_main(cfg: DictConfig) -> float | None:
         if HydraConfig.get().mode != RunMode.MULTIRUN:
             fail(str(error))
         return _failed_job(str(error))
-    except Exception as error:  # a bug, ours or of a generator or operator of one's own: Python's traceback
-        hydra_config = HydraConfig.get()
-        if hydra_config.mode != RunMode.MULTIRUN:
-            raise
-        log_file = output_dir / f"{hydra_config.job.name}.log"  # the job's folder is kept, for its traceback
-        with open(log_file, "a") as log:
-            log.write(traceback.format_exc())
-        return _failed_job(f"{type(error).__name__}: {one_line(error, 200)} (its traceback: {log_file})")
     except RunInterruptedError as interruption:  # the checkpoint stays, for the next run to resume
         hydra_config = HydraConfig.get()
         if hydra_config.mode == RunMode.MULTIRUN:  # the sweep run again runs its unfinished jobs
@@ -300,6 +292,14 @@ def hydra_main(cfg: DictConfig) -> float | None:
             EARLIER_RUNS.discard(output_dir)
         print(f"interrupted by {signal.Signals(signum).name}{again}", file=sys.stderr)
         raise SystemExit(128 + signum) from None
+    except Exception as error:  # a bug, ours or of a generator or operator of one's own: Python's traceback
+        hydra_config = HydraConfig.get()
+        if hydra_config.mode != RunMode.MULTIRUN:
+            raise
+        log_file = output_dir / f"{hydra_config.job.name}.log"  # the job's folder is kept, for its traceback
+        with open(log_file, "a") as log:
+            log.write(traceback.format_exc())
+        return _failed_job(f"{type(error).__name__}: {one_line(error, 200)} (its traceback: {log_file})")
     print(describe(result))
     hydra_config = HydraConfig.get()
     if hydra_config.mode == RunMode.MULTIRUN and (signum := signal_finished_first()) is not None:

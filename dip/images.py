@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import logging
-import os
 import struct
 import sys
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +15,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from dip.errors import DipError, one_line
+from dip.files import write_atomically
 
 BUILTIN_PREFIX = "skimage:"
 log = logging.getLogger("dip")
@@ -255,30 +254,6 @@ def save_image(image: torch.Tensor, path: str | Path, alpha: torch.Tensor | None
         write_atomically(Path(path), lambda handle: handle.write(data))
     else:
         write_atomically(Path(path), lambda handle: to_pil(image, alpha).save(handle, format="PNG"))
-
-
-def _process_umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
-
-
-# read once, at import: setting it to read it is process-wide, so a thread reading it while another had
-# it set to 0 would restore 0, and every later file would be world-writable (the benchmark's baseline threads)
-_UMASK = _process_umask()
-
-
-def write_atomically(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def centre_offsets(size: tuple[int, int], height: int, width: int) -> tuple[int, int]:

@@ -16,7 +16,8 @@ import torch
 import yaml
 
 from dip.errors import DipError
-from dip.images import save_image, write_atomically
+from dip.files import write_atomically
+from dip.images import save_image
 
 BEFORE_COLLAPSE_OUTPUT = "restored_ema_before_collapse.png"  # a fit that collapsed at its end: the EMA from before
 OUTPUT_FILES = ("observation.png", "restored.png", "restored_ema.png", "bicubic.png", BEFORE_COLLAPSE_OUTPUT,

@@ -58,7 +58,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dip.config import check_settings, compose_config, config_message  # noqa: E402
 from dip.errors import DipError, one_line  # noqa: E402
-from dip.images import load_image, write_atomically  # noqa: E402
+from dip.files import write_atomically  # noqa: E402
+from dip.images import load_image  # noqa: E402
 from dip.memory import checked_estimate  # noqa: E402
 from dip.metrics import per_image_psnr, psnr, psnr_from_mse  # noqa: E402
 from dip.pipeline import fit, prepare  # noqa: E402

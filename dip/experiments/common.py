@@ -19,7 +19,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from dip.config import check_settings, checked_config, finished_run_settings, refuse_other_settings
 from dip.errors import DipError, Interrupted, one_line
 from dip.figures import figure_png
-from dip.images import write_atomically
+from dip.files import write_atomically
 from dip.metrics import psnr
 from dip.outputs import OUTPUTS_FILE, Result, finished_config
 from dip.pipeline import prepare
