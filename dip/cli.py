@@ -31,7 +31,7 @@ from dip.config import (
     setting_differences,
     use_config_dirs,
 )
-from dip.errors import DipError, Interrupted, RunInterruptedError, interruption_signal, one_line
+from dip.errors import DipError, Interrupted, RunInterruptedError, fail, interruption_signal, one_line
 from dip.outputs import CHECKPOINT_NAME, OUTPUT_FILES, RESTART_OUTPUT, decibels, describe
 from dip.problem import problem_from_config
 from dip.signals import signal_finished_first
@@ -40,11 +40,6 @@ from dip.sweeps import FAILED_JOBS, record_failure
 log = logging.getLogger("dip")
 OPTIONS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
                       "--config-dir", "-cd", "--experimental-rerun"}
-
-
-def fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
 
 
 def check_overrides(arguments: list[str], config_name: str = "config") -> DictConfig:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pickle
 import signal
+import sys
 from pathlib import Path
+from typing import NoReturn
 
 
 def one_line(error: BaseException, limit: int | None = None) -> str:
@@ -19,6 +21,12 @@ def load_fault(error: BaseException) -> str:
     if isinstance(error, pickle.UnpicklingError):
         return "not a PyTorch file of tensors"
     return one_line(error, 80)
+
+
+def fail(message: str) -> NoReturn:
+    """Refuse the command in one line, ``error: <message>``, with exit status 2 (as argparse does)."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 class DipError(Exception):

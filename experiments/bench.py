@@ -57,7 +57,7 @@ from skimage.metrics import peak_signal_noise_ratio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dip.config import check_settings, compose_config, config_message  # noqa: E402
-from dip.errors import DipError, one_line  # noqa: E402
+from dip.errors import DipError, fail, one_line  # noqa: E402
 from dip.files import write_atomically  # noqa: E402
 from dip.images import load_image  # noqa: E402
 from dip.memory import checked_estimate  # noqa: E402
@@ -65,7 +65,7 @@ from dip.metrics import per_image_psnr, psnr, psnr_from_mse  # noqa: E402
 from dip.pipeline import fit, prepare  # noqa: E402
 from dip.problem import problem_from_config  # noqa: E402
 from dip.speed import Speed  # noqa: E402
-from experiments.cli_args import ArgumentParser, fail, whole_number  # noqa: E402
+from experiments.cli_args import ArgumentParser, whole_number  # noqa: E402
 
 # The reference loops run under torch's default backend flags (TF32 convolutions, no cuDNN
 # autotuning) with the fused optimizer (GPU and CPU), as a careful user would write them.

@@ -6,15 +6,10 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from collections.abc import Callable
 from typing import NoReturn
 
-
-def fail(message: str) -> NoReturn:
-    """Refuse the command in one line, with argparse's exit status (2), as ``run.py`` does."""
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
+from dip.errors import fail
 
 
 class ArgumentParser(argparse.ArgumentParser):

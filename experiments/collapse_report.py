@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from dip.benchmark import table_cell  # noqa: E402
-from dip.errors import DipError, one_line  # noqa: E402
+from dip.errors import DipError, fail, one_line  # noqa: E402
 from experiments.cli_args import ArgumentParser, positive_number  # noqa: E402
 from experiments.compare import read_csv_curves  # noqa: E402
 
@@ -83,14 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     missing = [str(path) for path in args.paths if not path.exists()]
     if missing:
-        print(f"error: no such file or folder: {', '.join(missing)}", file=sys.stderr)
-        return 2
+        fail(f"no such file or folder: {', '.join(missing)}")
     rows, unreadable = read_rows(curve_files(args.paths), args.drop_db)
     if not rows:
         problem = (first_fault(unreadable) if unreadable else
                    f"no curve with psnr_ema and psnr_fit_ema columns under {', '.join(map(str, args.paths))}")
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
+        fail(problem)
     print("| " + " | ".join(COLUMNS) + " |")
     print("|" + "|".join("---" if column == "curve" else "---:" for column in COLUMNS) + "|")
     for row in rows:

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from dip.config import image_name  # noqa: E402
-from dip.errors import DipError, one_line  # noqa: E402
+from dip.errors import DipError, fail, one_line  # noqa: E402
 from dip.figures import figure_png  # noqa: E402
 from dip.sweeps import FAILED_JOBS, failed_jobs  # noqa: E402
 from dip.wandb_files import offline_history  # noqa: E402
@@ -504,8 +504,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         dashboard = write_dashboard(args.sweep_dir, args.out or args.sweep_dir, args.by)
     except DipError as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+        fail(str(error))
     print(f"dashboard: {dashboard}")
 
 

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from dip.benchmark import table_cell  # noqa: E402
-from dip.errors import DipError, one_line  # noqa: E402
+from dip.errors import DipError, fail, one_line  # noqa: E402
 from experiments.cli_args import ArgumentParser  # noqa: E402
 from experiments.collapse_report import first_fault, read_curves  # noqa: E402
 from experiments.compare import is_number  # noqa: E402
@@ -105,8 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         text = report(args.run_dir, args.curves)
     except DipError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        fail(str(error))
     print(text, end="")
     return 0
 

@@ -135,6 +135,14 @@ def test_without_backtracking_or_under_early_stopping_there_is_no_guard(tmp_path
         assert "ema_before_collapse_step" not in result.metrics and not (out / BEFORE_COLLAPSE_OUTPUT).exists()
 
 
+def exit_status(main, argv: list[str]) -> int:
+    """The status a script's ``main(argv)`` ends with, returned or raised (``fail``)."""
+    try:
+        return main(argv)
+    except SystemExit as exited:
+        return exited.code
+
+
 def test_the_report_applies_the_rule_to_logged_curves(tmp_path, capsys):
     from experiments.collapse_report import main
 
@@ -149,7 +157,7 @@ def test_the_report_applies_the_rule_to_logged_curves(tmp_path, capsys):
     assert rows[-1] == "1 of 2 curves collapsed (EMA's fit more than 5.0 dB under its best)"
     assert main([str(tmp_path / "slid.csv"), "--drop-db", "12"]) == 0
     assert "0 of 1 curves collapsed" in capsys.readouterr().out
-    assert main([str(tmp_path / "missing")]) == 2
+    assert exit_status(main, [str(tmp_path / "missing")]) == 2
     assert "error: no such file or folder" in capsys.readouterr().err
 
 
@@ -185,11 +193,11 @@ def test_the_report_of_nothing_readable_is_one_line_naming_the_file(tmp_path, ca
     (tmp_path / "no_csv").mkdir()
     for name, (data, fault) in DAMAGED.items():
         (tmp_path / name).write_bytes(data)
-        assert main([str(tmp_path / name)]) == 2
+        assert exit_status(main, [str(tmp_path / name)]) == 2
         printed = capsys.readouterr()
         assert printed.out == "" and printed.err == f"error: {tmp_path / name}: {fault}\n"
     for path in (tmp_path / "empty.csv", tmp_path / "no_csv"):
-        assert main([str(path)]) == 2
+        assert exit_status(main, [str(path)]) == 2
         assert capsys.readouterr().err == f"error: no curve with psnr_ema and psnr_fit_ema columns under {path}\n"
     # as the user runs it: the exit status, one line, no traceback; the first fault and how many more
     done = run_cli(str(tmp_path / "bytes.csv"), str(tmp_path / "word.csv"), script="experiments/collapse_report.py")
