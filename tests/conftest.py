@@ -107,3 +107,11 @@ def fit_scripted(module, callback, steps: int):
                          enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
     trainer.fit(module, StepLoader(StepDataset(steps)))
     return trainer
+
+
+def exit_status(main, argv: list[str]) -> int:
+    """The status a script's ``main(argv)`` ends with, returned or raised (``fail``)."""
+    try:
+        return main(argv)
+    except SystemExit as exited:
+        return exited.code

@@ -15,7 +15,7 @@ from dip.config import compose_config
 from dip.outputs import BEFORE_COLLAPSE_OUTPUT, describe
 from dip.physics import GaussianNoise
 from dip.pipeline import run
-from tests.conftest import fit_scripted, make_png, run_cli
+from tests.conftest import exit_status, fit_scripted, make_png, run_cli
 
 STEPS = 40
 
@@ -133,14 +133,6 @@ def test_without_backtracking_or_under_early_stopping_there_is_no_guard(tmp_path
     for extra in ("backtrack_db=null", "early_stop=discrepancy"):
         result, out = restore(tmp_path, extra.split("=")[0], extra, callbacks=[CollapseAtTheEnd()])
         assert "ema_before_collapse_step" not in result.metrics and not (out / BEFORE_COLLAPSE_OUTPUT).exists()
-
-
-def exit_status(main, argv: list[str]) -> int:
-    """The status a script's ``main(argv)`` ends with, returned or raised (``fail``)."""
-    try:
-        return main(argv)
-    except SystemExit as exited:
-        return exited.code
 
 
 def test_the_report_applies_the_rule_to_logged_curves(tmp_path, capsys):

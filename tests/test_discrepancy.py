@@ -18,7 +18,7 @@ from dip.images import to_pil
 from dip.outputs import describe
 from dip.physics import GaussianNoise, LanczosDownsample
 from dip.pipeline import run
-from tests.conftest import fit_scripted, make_png, run_cli
+from tests.conftest import exit_status, fit_scripted, make_png, run_cli
 
 
 def test_the_clipped_noise_energy_is_the_monte_carlo_one():
@@ -292,7 +292,7 @@ def test_the_report_lists_a_damaged_image_with_its_fault_and_reports_the_others(
                        f"- {images / 'word' / 'metrics.json'}: psnr_ema_final is not a number"]
     # nothing readable left: one line, the first fault and how many more, and no table
     (images / "good" / "metrics.json").write_text("")
-    assert main([str(tmp_path / "run")]) == 2
+    assert exit_status(main, [str(tmp_path / "run")]) == 2
     printed = capsys.readouterr()
     first = f"{images / 'broken' / 'metrics.json'}: Expecting value: line 1 column 14 (char 13)"
     assert printed.out == "" and printed.err == f"error: {first} (and 5 more unreadable)\n"
@@ -303,7 +303,7 @@ def test_the_report_refuses_a_missing_or_wrong_path_in_one_line(tmp_path, capsys
 
     run_dir = tmp_path / "run"
     (run_dir / "images").mkdir(parents=True)
-    assert main([str(run_dir)]) == 2
+    assert exit_status(main, [str(run_dir)]) == 2
     assert capsys.readouterr().err == f"error: no finished images (images/*/metrics.json) in {run_dir}\n"
     (run_dir / "images" / "one").mkdir()
     (run_dir / "images" / "one" / "metrics.json").write_text('{"psnr_ema": 30.0}')
@@ -312,7 +312,7 @@ def test_the_report_refuses_a_missing_or_wrong_path_in_one_line(tmp_path, capsys
                         ([str(tmp_path / "curves.csv")], f"{tmp_path / 'curves.csv'}: not a folder"),
                         ([str(run_dir), "--curves", str(tmp_path / "curves.csv")],
                          f"{tmp_path / 'curves.csv'}: not a folder")):
-        assert main(args) == 2
+        assert exit_status(main, args) == 2
         printed = capsys.readouterr()
         assert printed.out == "" and printed.err == f"error: {error}\n"
     # as the user runs it: a --curves folder that is not there is an error, not a table without curves
