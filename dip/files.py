@@ -1,0 +1,44 @@
+"""Files written whole or not at all: a reader, or a run resumed after a crash mid-write, never sees half of one."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+
+def _process_umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+# read once, at import: setting it to read it is process-wide, so a thread reading it while another had
+# it set to 0 would restore 0, and every later file would be world-writable (the benchmark's baseline threads)
+_UMASK = _process_umask()
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[str]:
+    """A temporary file's name beside ``path`` (its folders made) to write; renamed to ``path`` when the
+    block ends, with the permissions of any new file (not ``mkstemp``'s private 0600), or removed if
+    the block raises."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """``path`` written by ``write(handle)``, whole or not at all (``atomic_path``)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        write(handle)
