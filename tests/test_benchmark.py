@@ -381,6 +381,7 @@ def test_a_failed_baseline_leaves_the_restorations_in_the_table_then_is_retried(
     assert "2 restorations finished by earlier runs" in (run_dir / "table.md").read_text()
 
 
+@pytest.mark.slow
 def test_a_table_of_bf16_fits_says_so(tmp_path):
     root, run_dir = tmp_path / "data", tmp_path / "run"
     make_dataset(root, "Set5", ["baby.png"])
@@ -512,6 +513,7 @@ def test_a_packed_fit_that_fails_otherwise_gives_its_images_fits_of_their_own(tm
     assert_restored_alone(run_dir, ["baby", "bird"])
 
 
+@pytest.mark.slow
 def test_in_worker_processes_a_packed_fit_short_of_memory_falls_back_too(tmp_path, monkeypatch, caplog):
     """The same refusal in a worker process: its error crosses to the main process, which queues the
     pack's images as fits of their own beside the other worker's fit."""
@@ -686,6 +688,7 @@ def test_cli_restore_outside_the_selection_is_one_line_before_lightning(tmp_path
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_cli_keeps_a_partly_failed_benchmark_and_refuses_to_replace_it_with_other_settings(tmp_path):
     directory = make_dataset(tmp_path / "data", "Set5", ["baby.png", "bird.png"])
     Image.fromarray(np.zeros((6, 6, 3), np.uint8)).save(directory / "bird.png")
@@ -868,6 +871,7 @@ def test_an_image_whose_fit_collapsed_is_named_under_the_table_with_its_ema_from
         in (run_dir / "table.md").read_text()
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_main_process_alone_checkpoints_the_workers_fits_and_leaves_no_process(tmp_path):
     """As `timeout` or a scheduler sends it: the main process passes it on to its workers' fits, each
     writes its checkpoint, and nothing outlives the run; the same command then continues them."""

@@ -153,6 +153,7 @@ def test_a_run_folder_that_cannot_be_made_is_one_line(tmp_path, key, where):
     assert done.returncode == 2 and (tmp_path / "file").read_text() == "the user's"
 
 
+@pytest.mark.slow
 def test_a_finished_runs_folder_is_kept_whatever_runs_into_it_again(tmp_path):
     """Into a folder a finished run filled: the same run again is reported, not rerun (before Lightning
     is imported); a run with other settings and a run with an impossible option are refused. Each time
@@ -184,6 +185,7 @@ def test_a_finished_runs_folder_is_kept_whatever_runs_into_it_again(tmp_path):
     assert after["cli.log"].startswith(before["cli.log"])
 
 
+@pytest.mark.slow
 def test_a_finished_run_without_hydras_record_is_kept(tmp_path):
     """hydra.output_subdir=null writes no .hydra/: nothing says what the run there was, so nothing
     replaces it."""

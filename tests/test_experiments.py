@@ -206,6 +206,7 @@ def test_ctrl_c_while_a_sub_run_is_written_says_how_to_continue(tmp_path, image_
     assert (out / "skip_depth2" / "metrics.json").is_file() and not (out / "unet").exists()
 
 
+@pytest.mark.slow
 def test_sigterm_during_an_experiment_then_its_folder_continues_it(tmp_path, image_and_mask):
     """The message names the experiment's folder, not the sub-run's; run again into it, the experiment
     reuses the finished sub-run and continues the one cut short from its checkpoint."""

@@ -71,6 +71,7 @@ def test_what_cannot_be_packed_is_one_clear_line(tmp_path):
         prepare(compose_config([*SMALL, "restarts=2"]), stacked)
 
 
+@pytest.mark.slow
 def test_a_packed_fit_traced_over_one_weight_tensor_takes_the_eager_steps(tmp_path):
     """The device plan's packed fits under ``speed.compile`` (Table 1 with ``images_per_fit=4``): the
     traced step over the copies' one weight tensor (CUDA graphs on a GPU, run as traced here) trains

@@ -396,6 +396,7 @@ def test_one_weight_tensor_takes_the_same_steps(restarts):
     assert torch.equal(result.restored, expected.restored) and torch.equal(result.restored_ema, expected.restored_ema)
 
 
+@pytest.mark.slow
 def test_cudagraphs_backend_traces_the_step_over_one_weight_tensor():
     """``speed.compile_backend=cudagraphs``: the traced step (replayed as CUDA graphs on a GPU; on a CPU
     run as traced, in seconds) trains the one weight tensor to the default fit, up to the rounding of

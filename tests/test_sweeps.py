@@ -251,6 +251,7 @@ def test_a_sweep_run_again_into_its_folder_runs_only_the_jobs_it_lacks(tmp_path)
     assert f"unreadable: {sweep / '2' / 'wandb'}" in page and "damaged record" in page
 
 
+@pytest.mark.slow
 def test_a_sweep_run_again_in_worker_processes_keeps_its_finished_runs(tmp_path):
     """joblib's pool runs the jobs in worker processes: what the launching process noted of the sweep
     folder reaches them, so the finished runs are reported, not run again."""
@@ -368,6 +369,7 @@ def test_an_input_every_job_would_fail_on_is_refused_before_the_first(tmp_path, 
     assert not sweep.exists()
 
 
+@pytest.mark.slow
 def test_a_search_whose_every_trial_fails_ends_in_one_line(tmp_path):
     """Each trial fails on its own (an ema_weight out of range, drawn from the search space): each one's
     line, then the search's instead of Optuna's traceback."""
@@ -431,6 +433,7 @@ def test_submitit_local_launcher_two_jobs(tmp_path):
     assert len([path for path in (sweep / ".submitit").iterdir() if path.name.isdigit()]) == 2  # one process each
 
 
+@pytest.mark.slow
 def test_an_interrupted_sweep_says_to_run_it_again_into_its_folder(tmp_path):
     """The job's message names the sweep's folder (hydra.run.dir would start a single run); the sweep
     run again continues the interrupted job from its checkpoint and runs the one it had not started."""
