@@ -166,7 +166,12 @@ def use_config_dirs(arguments: Sequence[str]) -> list[str]:
         os.environ[CONFIG_DIRS_VARIABLE] = os.pathsep.join(map(str, folders))
         return []
     extra = config_dirs()[1:]
-    return [f"hydra.searchpath=[{','.join(f'file://{folder}' for folder in extra)}]"] if extra else []
+    return [searchpath_override(extra)] if extra else []
+
+
+def searchpath_override(folders: Sequence[Path]) -> str:
+    """The Hydra override that adds ``folders`` to the config search path."""
+    return f"hydra.searchpath=[{','.join(f'file://{folder}' for folder in folders)}]"
 
 
 def config_dirs(overrides: Sequence[str] = ()) -> list[Path]:
@@ -197,7 +202,7 @@ def compose_config(overrides: Sequence[str] = (), output_dir: str | Path | None 
     """
     register_resolvers()
     if (extra := config_dirs()[1:]) and not any(option.startswith("hydra.searchpath=") for option in overrides):
-        overrides = [*overrides, f"hydra.searchpath=[{','.join(f'file://{folder}' for folder in extra)}]"]
+        overrides = [*overrides, searchpath_override(extra)]
     if GlobalHydra.instance().is_initialized():  # inside run.py (an experiment's sub-runs): keep its state
         cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
     else:
@@ -301,20 +306,20 @@ def instantiate_settings(node: DictConfig, what: str, **kwargs):
     except DipError:
         raise
     except Exception as error:
-        unknown = re.search(r"unexpected keyword argument '(\w+)'", str(error.__cause__ or error))
-        if unknown and unknown[1] in kwargs:
-            raise DipError(f"{what} {target} takes no argument {unknown[1]!r}, which the framework passes: it is built "
-                           f"with {', '.join(f'{name}=' for name in kwargs)}") from None
-        raise settings_error(error, what, target) from None
+        raise settings_error(error, what, target, passed=tuple(kwargs)) from None
 
 
-def settings_error(error: Exception, what: str, target: str) -> DipError:
+def settings_error(error: Exception, what: str, target: str, passed: tuple[str, ...] = ()) -> DipError:
     """The rejection of the ``what`` settings by ``target``'s constructor, as one line: Hydra wraps the
-    constructor's error, which is reported (a ``DipError`` as it is: it already says what is wrong)."""
+    constructor's error, which is reported (a ``DipError`` as it is: it already says what is wrong).
+    ``passed``: the arguments the framework adds to the settings (a generator's ``in_channels``, ...)."""
     cause = error.__cause__ or error
     if isinstance(cause, DipError):
         return cause
     if isinstance(cause, TypeError) and (unknown := re.search(r"unexpected keyword argument '(\w+)'", str(cause))):
+        if unknown[1] in passed:
+            return DipError(f"{what} {target} takes no argument {unknown[1]!r}, which the framework passes: it is "
+                            f"built with {', '.join(f'{name}=' for name in passed)}")
         # often a key set by one group (a task's input.path) kept when a later group (prior=tv) swaps the class
         return DipError(f"invalid {what} settings: {target} takes no setting {unknown[1]!r} "
                         f"(drop it with ~{what}.{unknown[1]}, or choose another {what.split('.')[0]})")

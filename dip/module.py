@@ -203,6 +203,10 @@ class DeepImagePrior(pl.LightningModule):
         """The restarts' outputs, ``restarts x C x H x W``."""
         z = self.z if z is None else z
         packed = self.generator(z) if self.one_weight is None else self.weights_call(self.one_weight, z)
+        return self.images_of(packed)
+
+    def images_of(self, packed: torch.Tensor) -> torch.Tensor:
+        """The generator's (packed) output as the restarts' images, ``restarts x C x H x W``."""
         return centre_crop(unpack_images(packed, self.restarts), *self.output_size)
 
     def trainable_parameters(self) -> list[nn.Parameter]:

@@ -202,7 +202,7 @@ def check_shapes(module: DeepImagePrior, arch: str, task: str) -> None:
             if not isinstance(generated, torch.Tensor):
                 raise DipError(f"arch {arch}: the generator returns a {type(generated).__name__}, not one "
                                "N x C x H x W tensor")
-            x = meta(meta.z)
+            x = meta.images_of(generated)
             if tuple(x.shape) != wanted:
                 raise DipError(f"arch {arch}: the generator gives {shape_text(generated)} for a {shape_text(meta.z)} "
                                f"code, but task {task} restores {shape_text(meta.ema)} (its output must have the "
