@@ -3,6 +3,7 @@
 >>> from dip import restore
 >>> result = restore("photo.png", task="denoising", overrides=["trainer.max_steps=500"])
 >>> result.metrics["psnr"], result.restored.shape
+>>> restore("photo.png", task="denoising", physics=MyBlur(sigma=2))  # a degradation built in Python
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from omegaconf import open_dict
 
 from dip.config import checked_config
 from dip.outputs import Result
+from dip.physics import Degradation
 from dip.pipeline import run
 from dip.problem import problem_from_config
 
@@ -26,17 +29,24 @@ def restore(
     observation: str | Path | torch.Tensor | None = None,
     overrides: Sequence[str] = (),
     output_dir: str | Path | None = None,
+    physics: Degradation | None = None,
 ) -> Result:
     """Restore ``image`` (the clean image, degraded synthetically by ``task``) or a real
     ``observation`` (then ``image``, if given, is its ground truth).
 
     ``overrides`` are Hydra overrides as on the command line (``"optim.lr=0.001"``). Outputs go to
     ``output_dir`` when given (and the W&B logger with them); without it nothing is written and no
-    logger runs unless ``overrides`` names one.
+    logger runs unless ``overrides`` names one. ``physics``, a degradation built in Python, replaces
+    the task's (``task`` still gives the steps, learning rate and input); the config records its
+    class and ``repr``.
     """
     options = [f"task={task}"] + ([f"arch={arch}"] if arch else [])
     if output_dir is None and not any(o.startswith("logger=") for o in overrides):
         options.append("logger=none")
     cfg = checked_config([*options, *overrides], output_dir=output_dir or Path.cwd())
-    problem = problem_from_config(cfg, clean=image, observation=observation)
+    problem = problem_from_config(cfg, clean=image, observation=observation, physics=physics)
+    if physics is not None:
+        kind = type(physics)
+        with open_dict(cfg):
+            cfg.task.physics = {"_target_": f"{kind.__module__}.{kind.__qualname__}", "given": repr(physics)}
     return run(cfg, Path(output_dir) if output_dir is not None else None, problem)

@@ -39,8 +39,10 @@ class Problem:
 
     @property
     def channels(self) -> int:
-        """Channels of the image to restore."""
-        return self.observation_image.shape[1]
+        """Channels of the image to restore: the observation's, as the degradation maps them."""
+        if not self.physics.observation_is_image:
+            return self.ground_truth.shape[1]
+        return self.physics.solution_channels(self.observation.shape[1])
 
 
 def stack_problems(problems: list[Problem], names: list[str]) -> Problem:
@@ -78,12 +80,27 @@ def _crop_to(image: torch.Tensor, size: int | None) -> torch.Tensor:
     return image if not size else centre_crop(image, size, size)
 
 
-def _check(source, check, *args) -> None:
-    """``check(*args)``, one of the operator's checks; the ``ValueError`` it raises names ``source``."""
+def _named(source, what: str) -> str:
+    """How a message names an image given as a file or as a tensor (whose values would fill the line)."""
+    return f"the {what} tensor" if isinstance(source, torch.Tensor) else str(source)
+
+
+def _check(source, check, *args):
+    """``check(*args)``, one of the operator's checks or answers; the ``ValueError`` it raises names ``source``."""
     try:
-        check(*args)
+        return check(*args)
     except ValueError as error:
         raise DipError(f"{source}: {error}") from None
+
+
+def _check_channels(source, physics: Degradation, clean: torch.Tensor, observation: torch.Tensor) -> None:
+    """A clean image the degradation's observation does not restore to (a grey one for colourisation)."""
+    channels = clean.shape[1]
+    restored = _check(source, physics.solution_channels, observation.shape[1]) if physics.observation_is_image \
+        else channels
+    if restored != channels:
+        raise DipError(f"{source} has {channels} channel(s), but {type(physics).__name__} restores {restored} from "
+                       f"its observation (data.mode=RGB reads a grey image as colour)")
 
 
 def _prepare(physics: Degradation, height: int, width: int, generator: torch.Generator,
@@ -112,11 +129,13 @@ def build_problem(
     """
     generator = torch.Generator().manual_seed(seed)
     if observation is not None:
+        observed_name = _named(observation, "observation")
         if not physics.observation_is_image:
             raise DipError(f"this task observes features of a clean image: give data.path, not data.observation "
-                           f"({observation})")
-        _check(observation, physics.check_observed)
+                           f"({observed_name})")
+        _check(observed_name, physics.check_observed)
         loaded = read_image(observation, mode=mode, what="observation")
+        channels = _check(observed_name, physics.solution_channels, loaded.pixels.shape[0])
         scale_h, scale_w = physics.solution_size(1, 1)
         observed = tuple(loaded.pixels.shape[-2:])
         crop = (max(1, size // scale_h), max(1, size // scale_w)) if size else observed
@@ -124,15 +143,15 @@ def build_problem(
         window = (..., slice(top, top + crop[0]), slice(left, left + crop[1]))
         y, alpha = loaded.pixels[None][window], None if loaded.alpha is None else loaded.alpha[window]
         height, width = physics.solution_size(*y.shape[-2:])
-        _check(observation, physics.check_fits, height, width)
+        _check(observed_name, physics.check_fits, height, width)
         full_height, full_width = physics.solution_size(*observed)
         truth = None
         if path is not None:
-            truth = load_image(path, mode="L" if y.shape[1] == 1 else "RGB", what="ground-truth image")[None]
+            truth = load_image(path, mode="L" if channels == 1 else "RGB", what="ground-truth image")[None]
             if tuple(truth.shape[-2:]) != (full_height, full_width):
                 raise DipError(
-                    f"ground truth {path} is {truth.shape[-1]}x{truth.shape[-2]} but the observation "
-                    f"{observation} restores to {full_width}x{full_height}"
+                    f"ground truth {_named(path, 'image')} is {truth.shape[-1]}x{truth.shape[-2]} but the "
+                    f"observation {observed_name} restores to {full_width}x{full_height}"
                 )
             # the window the observation's crop covers (a centre crop of its own could be a pixel off)
             truth = truth[..., top * scale_h : top * scale_h + height, left * scale_w : left * scale_w + width]
@@ -142,6 +161,7 @@ def build_problem(
 
     source = path if path is not None else default_image
     loaded = read_image(source, mode=mode)
+    source = _named(source, "image")
     clean = _crop_to(loaded.pixels[None], size)
     _check(source, physics.check_fits, *clean.shape[-2:])
     height, width = physics.solution_size(*physics.observation_size(*clean.shape[-2:]))
@@ -151,9 +171,9 @@ def build_problem(
     clean = clean[..., :height, :width]
     _prepare(physics, height, width, generator, tuple(loaded.pixels.shape[-2:]))
     alpha = None if loaded.alpha is None else _crop_to(loaded.alpha, size)[..., :height, :width]
-    return Problem(
-        physics.observe(clean, generator), physics, (height, width), clean, alpha, loaded.bits, loaded.source_mode
-    )
+    observation = physics.observe(clean, generator)
+    _check_channels(source, physics, clean, observation)
+    return Problem(observation, physics, (height, width), clean, alpha, loaded.bits, loaded.source_mode)
 
 
 def with_dataset_hint(error: DipError, root: str) -> DipError:
@@ -164,13 +184,19 @@ def with_dataset_hint(error: DipError, root: str) -> DipError:
     return DipError(message)
 
 
-def problem_from_config(cfg: DictConfig, clean=None, observation=None) -> Problem:
+def problem_from_config(cfg: DictConfig, clean=None, observation=None, physics: Degradation | None = None) -> Problem:
     """The task's degradation and the observation ``cfg`` describes (the same for the same
     ``observation_seed``); ``clean`` and ``observation`` (files or tensors) stand in for
-    ``data.path`` and ``data.observation``. The result does not depend on torch's global random state.
+    ``data.path`` and ``data.observation``, and ``physics`` (a copy of it: the problem prepares it for
+    the image's size) for ``task.physics``. The result does not depend on torch's global random state.
     The run's settings are checked first (``check_settings``)."""
     check_settings(cfg)
-    physics = instantiate_settings(cfg.task.physics, "task.physics")
+    if physics is None:
+        physics = instantiate_settings(cfg.task.physics, "task.physics")
+    elif not isinstance(physics, Degradation):
+        raise DipError(f"physics must be a dip.physics.Degradation, not a {type(physics).__name__}")
+    else:
+        physics = copy.deepcopy(physics)
     data = cfg.data
     try:
         return build_problem(

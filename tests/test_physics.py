@@ -1,5 +1,6 @@
 """Operator math: Lanczos kernel, downsampling shapes, adjoints, masks, noise."""
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -8,6 +9,7 @@ from dip.physics import (
     BernoulliMask,
     FileMask,
     GaussianNoise,
+    Greyscale,
     Inpainting,
     LanczosDownsample,
     RegionMask,
@@ -52,6 +54,7 @@ def test_downsampling_is_a_low_pass_filter():
         (LanczosDownsample(4), (1, 3, 32, 24)),
         (LanczosDownsample(3), (1, 1, 27, 18)),
         (GaussianNoise(25), (1, 3, 9, 7)),
+        (Greyscale(), (1, 3, 9, 7)),
     ],
 )
 def test_adjoint_satisfies_the_inner_product_identity(op, shape):
@@ -62,6 +65,23 @@ def test_adjoint_satisfies_the_inner_product_identity(op, shape):
     lhs = (op.A(x) * y).sum()
     rhs = (x * op.A_adjoint(y, x.shape)).sum()
     assert lhs.item() == pytest.approx(rhs.item(), rel=1e-10)
+
+
+def test_greyscale_is_pillows_luma_and_its_baseline_keeps_a_grey_image(tmp_path):
+    colour = Image.open(make_png(tmp_path / "colour.png", 21, 13))
+    x = torch.from_numpy(np.asarray(colour, dtype=np.float32) / 255).permute(2, 0, 1)[None]
+    pillow = torch.from_numpy(np.asarray(colour.convert("L"), dtype=np.float32) / 255)
+    op = Greyscale()
+    y = op.A(x)
+    assert y.shape == (1, 1, 13, 21)
+    assert (y[0, 0] - pillow).abs().max() <= 0.5 / 255 + 1e-6  # Pillow rounds to 8 bits
+    grey = x.mean(1, keepdim=True).expand(-1, 3, -1, -1)  # a grey image in colour: the baseline gives it back
+    assert torch.allclose(op.baseline(op.A(grey)), grey, atol=1e-6)
+    assert op.solution_channels(1) == 3
+    with pytest.raises(ValueError, match="not 3 channels"):
+        op.solution_channels(3)
+    with pytest.raises(ValueError, match="three channel weights"):
+        Greyscale((0.5, 0.5))
 
 
 def test_inpainting_only_sees_known_pixels_and_is_self_adjoint():

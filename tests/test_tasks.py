@@ -49,7 +49,7 @@ def flash_pair(tmp_path_factory) -> tuple[Path, Path]:
 
 
 CLI_RUN = ["trainer.max_steps=3", "data.size=64", "logger=csv"]
-SWEPT_TASKS = ["denoising", "jpeg", "sr_x4", "sr_x8", "inpainting"]  # need nothing beyond the defaults
+SWEPT_TASKS = ["denoising", "jpeg", "sr_x4", "sr_x8", "inpainting", "colourisation"]  # need nothing beyond the defaults
 TASK_ARGUMENTS = {
     "flash_no_flash": ["data.observation={noflash}", "input.path={flash}"],
     "preimage": ["task.physics.weights=random"],
@@ -93,6 +93,8 @@ def test_every_task_runs_from_the_command_line(task, tmp_path, flash_pair, reque
         assert metrics["psnr_observation"] is not None
     else:
         assert not (out / "bicubic.png").exists()
+    if task == "colourisation":  # three channels restored from one
+        assert load_image(out / "observation.png").shape[0] == 1 and restored.shape[0] == 3
     if task == "preimage":  # the observation is features: observation.png shows the original image
         assert metrics["psnr_observation"] is None
         assert load_image(out / "observation.png").shape == (3, 64, 64)

@@ -4,6 +4,7 @@ from dip.physics.base import Degradation
 from dip.physics.denoising import GaussianNoise
 from dip.physics.downsample import LanczosDownsample, lanczos2_kernel
 from dip.physics.features import FeatureInversion
+from dip.physics.greyscale import Greyscale
 from dip.physics.identity import Identity
 from dip.physics.inpainting import Inpainting
 from dip.physics.jpeg import JpegCompression
@@ -15,6 +16,7 @@ __all__ = [
     "FeatureInversion",
     "FileMask",
     "GaussianNoise",
+    "Greyscale",
     "Identity",
     "Inpainting",
     "JpegCompression",

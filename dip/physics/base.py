@@ -6,6 +6,12 @@ import torch
 from torch import nn
 
 
+def settings_text(owner: object) -> str:
+    """``name=value`` of ``owner``'s public attributes: what a config records of an object given in Python."""
+    return ", ".join(f"{name}={value!r}" for name, value in vars(owner).items()
+                     if not name.startswith("_") and name != "training")
+
+
 class Degradation(nn.Module):
     """A forward model ``y = A(x)`` (plus noise, for synthetic observations).
 
@@ -20,6 +26,9 @@ class Degradation(nn.Module):
 
     observation_is_image = True
     baseline_name: str | None = None
+
+    def extra_repr(self) -> str:
+        return settings_text(self)
 
     def prepare(self, height: int, width: int, generator: torch.Generator | None = None,
                 loaded_size: tuple[int, int] | None = None) -> None:
@@ -61,6 +70,11 @@ class Degradation(nn.Module):
     def solution_size(self, height: int, width: int) -> tuple[int, int]:
         """Size of the image to restore from an observation of ``height`` x ``width``."""
         return height, width
+
+    def solution_channels(self, observed: int) -> int:
+        """Channels of the image to restore from an observation of ``observed`` channels (colourisation
+        restores three from one); ``ValueError`` naming the problem when it cannot be restored."""
+        return observed
 
     def baseline(self, y: torch.Tensor) -> torch.Tensor | None:
         """The naive estimate of ``x`` from ``y`` that a restoration has to beat (None: there is none)."""

@@ -8,9 +8,14 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from dip.physics.base import settings_text
+
 
 class MaskSource:
     """Makes a ``1 x 1 x H x W`` mask for an image of the given size; ``str()`` names it in messages."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({settings_text(self)})"
 
     def __call__(self, height: int, width: int, generator: torch.Generator | None = None) -> torch.Tensor:
         raise NotImplementedError
