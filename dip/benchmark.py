@@ -49,7 +49,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from dip.baselines import BASELINES, BaselineUnavailableError
 from dip.config import RESULT_SETTINGS, check_whole_number, dotted, refuse_other_settings, without_implied_settings
 from dip.datasets import DatasetImage, open_dataset
-from dip.errors import DipError, Interrupted, MemoryShortError, RunInterruptedError, one_line
+from dip.errors import DipError, Interrupted, MemoryShortError, RunInterruptedError, kept_traceback, one_line
 from dip.files import write_atomically
 from dip.gpus import pin_to_gpu, visible_gpus, worker_count
 from dip.images import save_image
@@ -325,8 +325,8 @@ def compute_baselines(job: ImageJob, names: list[str]) -> dict:
             scores[name] = {"unavailable": str(error)}
             continue
         except Exception as error:
-            scores[name] = {"failed": _failure(error)}
-            log.error(f"baseline {name} failed on {job.name}: {scores[name]['failed']}", exc_info=error)
+            scores[name] = {"failed": _failure(error, job.output_dir)}
+            log.error(f"baseline {name} failed on {job.name}: {scores[name]['failed']}")
             continue
         save_image(estimate[0], job.output_dir / f"baseline_{name}.png")
         scores[name] = score(estimate, problem.ground_truth, job.protocol, job.shave)
@@ -376,10 +376,13 @@ def image_jobs(cfg: DictConfig, image: DatasetImage, directory: Path) -> list[Im
     return jobs
 
 
-def _failure(error: Exception) -> str:
-    """Why a restoration failed, in one line: a ``DipError``'s message, or the error's type and message."""
-    reason = one_line(error, 300)
-    return reason if isinstance(error, DipError) else f"{type(error).__name__}: {reason}"
+FAILURE_LOG = "failure.log"
+
+
+def _failure(error: Exception, folder: Path) -> str:
+    """Why a restoration or baseline failed, in one line: a ``DipError``'s message, or the error's type and
+    message, its traceback appended to ``folder``'s ``failure.log``."""
+    return one_line(error, 300) if isinstance(error, DipError) else kept_traceback(error, folder / FAILURE_LOG, 300)
 
 
 def _start_worker(slots, gpus: list[str], cpu_threads: int) -> None:
@@ -435,14 +438,13 @@ def restore_all(packs: list[Pack], done_before: int, gpus: list[str], workers: i
             raise error
         if len(pack.jobs) > 1:  # each image alone may fit, or find the one image at fault
             why = "does not fit in memory" if isinstance(error, MemoryShortError) else "failed"
-            log.warning(f"the packed fit of {pack.names} {why} ({_failure(error)}); restoring its images one at a "
-                        f"time")
+            log.warning(f"the packed fit of {pack.names} {why} ({_failure(error, pack.directory)}); restoring its "
+                        f"images one at a time")
             pending.extendleft(reversed(pack_jobs(list(pack.jobs), 1, pack.directory)))  # one fit each, in order
             return
-        reason = _failure(error)
+        reason = _failure(error, pack.directory)
         failed.update((job.name, reason) for job in pack.jobs)
-        log.error(f"the fit of {pack.names} failed; going on with the others: {reason}",
-                  exc_info=None if isinstance(error, DipError) else error)
+        log.error(f"the fit of {pack.names} failed; going on with the others: {reason}")
 
     if workers <= 1:
         while (pack := next_pack()) is not None:
@@ -558,12 +560,12 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> dict:
         restored.update(finished)
         not_started.update(outside)
         baseline_scores = []
-        for (_, image_runs), future in zip(per_image, baselines):
+        for (directory, image_runs), future in zip(per_image, baselines):
             try:
                 baseline_scores.append(future.result())
             except Exception as error:  # the image's observation fails: so did (or would) its fits
                 baseline_scores.append(None)
-                failed.setdefault(image_runs[0].name, _failure(error))
+                failed.setdefault(image_runs[0].name, _failure(error, directory))
     finally:
         threads.shutdown(wait=True, cancel_futures=True)
     # an image is in the table once all its runs are done (the others wait for a later run)

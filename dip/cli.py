@@ -10,7 +10,6 @@ import shutil
 import signal
 import sys
 import tempfile
-import traceback
 from pathlib import Path
 
 import hydra
@@ -31,7 +30,15 @@ from dip.config import (
     setting_differences,
     use_config_dirs,
 )
-from dip.errors import DipError, Interrupted, RunInterruptedError, fail, interruption_signal, one_line
+from dip.errors import (
+    DipError,
+    Interrupted,
+    RunInterruptedError,
+    fail,
+    interruption_signal,
+    kept_traceback,
+    one_line,
+)
 from dip.outputs import CHECKPOINT_NAME, OUTPUT_FILES, RESTART_OUTPUT, decibels, describe
 from dip.problem import problem_from_config
 from dip.signals import signal_finished_first
@@ -291,10 +298,8 @@ def hydra_main(cfg: DictConfig) -> float | None:
         hydra_config = HydraConfig.get()
         if hydra_config.mode != RunMode.MULTIRUN:
             raise
-        log_file = output_dir / f"{hydra_config.job.name}.log"  # the job's folder is kept, for its traceback
-        with open(log_file, "a") as log:
-            log.write(traceback.format_exc())
-        return _failed_job(f"{type(error).__name__}: {one_line(error, 200)} (its traceback: {log_file})")
+        # the job's folder is kept, for its traceback
+        return _failed_job(kept_traceback(error, output_dir / f"{hydra_config.job.name}.log"))
     print(describe(result))
     hydra_config = HydraConfig.get()
     if hydra_config.mode == RunMode.MULTIRUN and (signum := signal_finished_first()) is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 import signal
 import sys
+import traceback
 from pathlib import Path
 from typing import NoReturn
 
@@ -12,6 +13,15 @@ from typing import NoReturn
 def one_line(error: BaseException, limit: int | None = None) -> str:
     """``error``'s message on one line (at most ``limit`` characters), or its type's name when it has none."""
     return " ".join(str(error).split())[:limit] or type(error).__name__
+
+
+def kept_traceback(error: BaseException, log_file: Path, limit: int = 200) -> str:
+    """One line for a bug's ``error`` (its type and message), its traceback appended to ``log_file``: the
+    console keeps to one line an error, and the file keeps what a fix needs."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "a") as log:
+        log.write("".join(traceback.format_exception(error)))
+    return f"{type(error).__name__}: {one_line(error, limit)} (its traceback: {log_file})"
 
 
 def load_fault(error: BaseException) -> str:

@@ -349,10 +349,11 @@ def test_a_failed_fit_leaves_the_others_to_finish_then_is_retried(tmp_path, monk
     assert "1 restoration(s) reused" in (run_dir / "table.md").read_text()
 
 
-def test_a_failed_baseline_leaves_the_restorations_in_the_table_then_is_retried(tmp_path, monkeypatch):
+def test_a_failed_baseline_leaves_the_restorations_in_the_table_then_is_retried(tmp_path, monkeypatch, caplog):
     """A baseline that raises on one image empties that image's cells, not its row: the restorations are
-    tabulated, the table says which baseline failed where, and the run ends with one line naming it.
-    The same command computes the baseline again and reuses the fits."""
+    tabulated, the table says which baseline failed where, and the run ends with one line naming it and
+    the file that keeps its traceback (the log has none). The same command computes the baseline again
+    and reuses the fits."""
     root, run_dir = tmp_path / "data", tmp_path / "run"
     make_dataset(root, "Set5", ["baby.png", "bird.png"])
     bicubic, calls = BASELINES["bicubic"], []
@@ -366,8 +367,11 @@ def test_a_failed_baseline_leaves_the_restorations_in_the_table_then_is_retried(
     monkeypatch.setitem(BASELINES, "bicubic", dataclasses.replace(bicubic, estimate=fails_on_bird))
     settings = ["cpu_jobs=1", "baseline_jobs=1"]
     with pytest.raises(DipError, match=r"^baseline bicubic failed on 1 image\(s\) \(bird.png\): ValueError: no "
-                                       r"estimate for this one; the table in .* leaves its cells empty"):
+                                       r"estimate for this one \(its traceback: .*failure.log\); the table in .* "
+                                       r"leaves its cells empty"):
         run_benchmark(compose("set5_x4", root, run_dir, *settings), run_dir)
+    assert "in fails_on_bird" in (run_dir / "images" / "bird" / "failure.log").read_text()
+    assert not any(record.exc_info for record in caplog.records)
     rows = read_csv(run_dir / "table.csv")
     assert [row["image"] for row in rows] == ["baby.png", "bird.png", "mean"]
     assert rows[0]["bicubic_psnr_y"] and not rows[1]["bicubic_psnr_y"] and not rows[2]["bicubic_psnr_y"]
