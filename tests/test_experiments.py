@@ -76,15 +76,18 @@ def test_fig3_keeps_the_output_at_each_snapshot(tmp_path):
 
 
 def test_fig6_inpaints_at_each_learning_rate(tmp_path, image_and_mask):
+    """Under a name of one's own (a config of one's own on the runner), which names its files."""
     image, mask = image_and_mask
-    experiment("fig6_inpainting_lr", [f"data.path={image}", f"data.mask={mask}", "experiment.lrs=[0.1,0.001]",
-                                      "data.size=32", "arch=skip_depth2", *TINY], tmp_path)
-    rows = read_csv(tmp_path / "fig6_inpainting_lr.csv")
+    overrides = [f"data.path={image}", f"data.mask={mask}", "experiment.name=my_lrs", "experiment.lrs=[0.1,0.001]",
+                 "data.size=32", "arch=skip_depth2", *TINY]
+    summary = experiment("fig6_inpainting_lr", overrides, tmp_path)
+    assert summary.startswith("my_lrs: lr 0.1: ")
+    rows = read_csv(tmp_path / "my_lrs.csv")
     assert [float(row["lr"]) for row in rows] == [0.1, 0.001]
     for lr in ("0.1", "0.001"):
         assert OmegaConf.load(tmp_path / f"lr_{lr}" / "config.yaml").optim.lr == float(lr)
         assert load_image(tmp_path / f"lr_{lr}" / "restored.png").shape == (3, 32, 32)
-    assert (tmp_path / "fig6_inpainting_lr.png").is_file()
+    assert (tmp_path / "my_lrs.png").is_file() and not list(tmp_path.glob("fig6*"))
 
 
 def test_fig8_compares_architectures_with_their_own_settings(tmp_path, image_and_mask):

@@ -15,6 +15,7 @@ from dip.outputs import write_json
 
 
 def run(cfg: DictConfig, output_dir: Path) -> str:
+    stem = cfg.experiment.name  # of the files: a config of one's own on this runner names its own
     runs = cfg.experiment.runs
     check_whole_number("experiment.runs", runs)
     # observation_seed fixed: the same noise (or mask) for every run
@@ -34,10 +35,10 @@ def run(cfg: DictConfig, output_dir: Path) -> str:
         "psnr_average": psnr_or_none(average, truth),
         "psnr_ema_average": psnr_or_none(average_ema, truth),
     }
-    write_json(summary, output_dir / "two_run_average.json")
+    write_json(summary, output_dir / f"{stem}.json")
     cells = [(results[0].observation, titled("observation", summary["psnr_observation"]))]
     cells += [(r.restored_ema, titled(f"seed {r.metrics['seed']} (EMA)", r.metrics["psnr_ema"])) for r in results]
     cells.append((average_ema, titled("average (EMA)", summary["psnr_ema_average"])))
-    image_grid([cells], output_dir / "two_run_average.png", title=f"Average of {len(results)} runs")
-    return (f"two_run_average: PSNR average {summary['psnr_average']} dB, of the EMAs "
+    image_grid([cells], output_dir / f"{stem}.png", title=f"Average of {len(results)} runs")
+    return (f"{stem}: PSNR average {summary['psnr_average']} dB, of the EMAs "
             f"{summary['psnr_ema_average']} dB\ngrid and numbers in {output_dir}")

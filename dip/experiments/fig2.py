@@ -31,6 +31,7 @@ def targets(clean: torch.Tensor, sigma: float, generator: torch.Generator) -> di
 
 
 def run(cfg: DictConfig, output_dir: Path) -> str:
+    stem = cfg.experiment.name  # of the files: a config of one's own on this runner names its own
     data = cfg.data
     clean = build_problem(Identity(), path=data.path, default_image=data.default_image, size=data.size,
                           mode=data.mode, seed=cfg.seed).ground_truth
@@ -44,8 +45,8 @@ def run(cfg: DictConfig, output_dir: Path) -> str:
     write_csv([{"step": step, **{name: curves[name][1][i] for name in LABELS}} for i, step in enumerate(steps)],
               output_dir / "curves.csv")
     final = {name: curves[name][1][-1] if curves[name][1] else None for name in LABELS}
-    write_json({"final_mse": final, "steps": steps[-1] if steps else 0}, output_dir / "fig2_noise_impedance.json")
-    plot_curves({LABELS[name]: curve for name, curve in curves.items()}, output_dir / "fig2_noise_impedance.png",
+    write_json({"final_mse": final, "steps": steps[-1] if steps else 0}, output_dir / f"{stem}.json")
+    plot_curves({LABELS[name]: curve for name, curve in curves.items()}, output_dir / f"{stem}.png",
                 title="Fit of f(z) to each image (Fig. 2)", ylabel="MSE")
     finals = ", ".join(f"{name} {value:.4g}" for name, value in final.items() if value is not None)
-    return f"fig2_noise_impedance: final MSE {finals}\nplot and curves in {output_dir}"
+    return f"{stem}: final MSE {finals}\nplot and curves in {output_dir}"

@@ -11,6 +11,7 @@ from dip.outputs import write_json
 
 
 def run(cfg: DictConfig, output_dir: Path) -> str:
+    stem = cfg.experiment.name  # of the files: a config of one's own on this runner names its own
     max_steps = cfg.trainer.max_steps
     steps = sorted({step for step in cfg.experiment.snapshots if 0 < step <= max_steps} | {max_steps})
     snapshots = Snapshots(steps)
@@ -22,11 +23,11 @@ def run(cfg: DictConfig, output_dir: Path) -> str:
         for step, image in sorted(snapshots.images.items())
     ]
     write_json({"psnr_observation": result.metrics["psnr_observation"], "snapshots": progress},
-               output_dir / "fig3_jpeg_progress.json")
+               output_dir / f"{stem}.json")
     cells = [(result.observation, titled("JPEG", result.metrics["psnr_observation"]))]
     cells += [(snapshots.images[p["step"]], titled(f"{p['step']} steps", p["psnr"])) for p in progress]
     if truth is not None:
         cells.append((truth, "ground truth"))
-    image_grid([cells], output_dir / "fig3_jpeg_progress.png", title="JPEG restoration over the steps (Fig. 3)")
+    image_grid([cells], output_dir / f"{stem}.png", title="JPEG restoration over the steps (Fig. 3)")
     lines = ", ".join(f"{p['step']}: {p['psnr']:.2f} dB" for p in progress if p["psnr"] is not None)
-    return f"fig3_jpeg_progress: {lines or 'no ground truth (real JPEG)'}\ngrid and numbers in {output_dir}"
+    return f"{stem}: {lines or 'no ground truth (real JPEG)'}\ngrid and numbers in {output_dir}"

@@ -10,6 +10,7 @@ from dip.experiments.common import SubRun, image_grid, listed, restore_each, tit
 
 
 def run(cfg: DictConfig, output_dir: Path) -> str:
+    stem = cfg.experiment.name  # of the files: a config of one's own on this runner names its own
     lrs = listed(cfg, "experiment.lrs")
     results = restore_each([SubRun(output_dir / f"lr_{lr}", [f"optim.lr={lr}"]) for lr in lrs])
     rows, cells = [], []
@@ -20,7 +21,7 @@ def run(cfg: DictConfig, output_dir: Path) -> str:
         rows.append({"lr": lr, "psnr": metrics["psnr"], "psnr_ema": metrics["psnr_ema"],
                      "psnr_fit": metrics["psnr_fit"], "steps": metrics["steps"]})
         cells.append((result.restored, titled(f"lr {lr:g}", metrics["psnr"])))
-    write_csv(rows, output_dir / "fig6_inpainting_lr.csv")
-    image_grid([cells], output_dir / "fig6_inpainting_lr.png", title="Inpainting at several learning rates (Fig. 6)")
+    write_csv(rows, output_dir / f"{stem}.csv")
+    image_grid([cells], output_dir / f"{stem}.png", title="Inpainting at several learning rates (Fig. 6)")
     lines = ", ".join(f"lr {row['lr']:g}: {row['psnr']} dB" for row in rows)
-    return f"fig6_inpainting_lr: {lines}\ngrid and numbers in {output_dir}"
+    return f"{stem}: {lines}\ngrid and numbers in {output_dir}"

@@ -10,6 +10,7 @@ from dip.experiments.common import SubRun, image_grid, listed, restore_each, tit
 
 
 def run(cfg: DictConfig, output_dir: Path) -> str:
+    stem = cfg.experiment.name  # of the files: a config of one's own on this runner names its own
     archs = listed(cfg, "experiment.archs")
     extras = {arch: list(cfg.experiment.arch_overrides.get(arch) or []) for arch in archs}
     results = restore_each([SubRun(output_dir / arch, [f"arch={arch}", *extras[arch]]) for arch in archs])
@@ -23,7 +24,7 @@ def run(cfg: DictConfig, output_dir: Path) -> str:
                      "psnr_ema": metrics["psnr_ema"], "ssim": metrics["ssim"], "steps": metrics["steps"],
                      "seconds": metrics["seconds"]})
         cells.append((result.restored, titled(arch, metrics["psnr"])))
-    write_csv(rows, output_dir / "fig8_architectures.csv")
-    image_grid([cells], output_dir / "fig8_architectures.png", title="Inpainting with different generators (Fig. 8)")
+    write_csv(rows, output_dir / f"{stem}.csv")
+    image_grid([cells], output_dir / f"{stem}.png", title="Inpainting with different generators (Fig. 8)")
     lines = ", ".join(f"{row['arch']} {row['psnr']} dB" for row in rows)
-    return f"fig8_architectures: {lines}\ngrid and numbers in {output_dir}"
+    return f"{stem}: {lines}\ngrid and numbers in {output_dir}"

@@ -10,6 +10,7 @@ from dip.experiments.common import SubRun, image_grid, listed, restore_each, tit
 
 
 def run(cfg: DictConfig, output_dir: Path) -> str:
+    stem = cfg.experiment.name  # of the files: a config of one's own on this runner names its own
     priors, layers = listed(cfg, "experiment.priors"), listed(cfg, "experiment.layers")
     pairs = [(prior, layer) for prior in priors for layer in layers]
     results = iter(restore_each([SubRun(output_dir / f"{layer}_{prior}",
@@ -28,6 +29,6 @@ def run(cfg: DictConfig, output_dir: Path) -> str:
     grid[0].insert(0, (original, "original"))
     for cells in grid[1:]:
         cells.insert(0, (None, ""))
-    write_csv(rows, output_dir / "fig9_preimage.csv")
-    image_grid(grid, output_dir / "fig9_preimage.png", title="AlexNet pre-images per layer (Fig. 9)")
-    return f"fig9_preimage: {len(rows)} pre-images\ngrid and numbers in {output_dir}"
+    write_csv(rows, output_dir / f"{stem}.csv")
+    image_grid(grid, output_dir / f"{stem}.png", title="AlexNet pre-images per layer (Fig. 9)")
+    return f"{stem}: {len(rows)} pre-images\ngrid and numbers in {output_dir}"
