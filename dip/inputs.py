@@ -60,12 +60,13 @@ class MeshgridCode(InputCode):
 class ImageCode(InputCode):
     """A given image as ``z`` (flash / no-flash: the flash photo), padded by replication if needed.
 
-    Must match the restored image's size after the same centre crop.
+    It is aligned with the restored image: of the observation's size, and given the same centre crop
+    ``crop`` (``data.size``). A pair of other sizes is refused rather than cropped out of alignment.
     """
 
-    def __init__(self, path: str, mode: str = "RGB", **kwargs):
+    def __init__(self, path: str, mode: str = "RGB", crop: int | None = None, **kwargs):
         super().__init__(**kwargs)
-        self.path, self.mode = path, mode
+        self.path, self.mode, self.crop = path, mode, crop
         self.image: torch.Tensor | None = None
         self.channels = 3 if mode == "RGB" else 1
 
@@ -74,12 +75,14 @@ class ImageCode(InputCode):
         from dip.images import centre_crop
 
         image = load_image(self.path, mode=self.mode, what="input image")
-        if image.shape[-2] < height or image.shape[-1] < width:
+        cropped = centre_crop(image, self.crop, self.crop) if self.crop else image  # as the observation was
+        if tuple(cropped.shape[-2:]) != (height, width):
             raise DipError(
-                f"input image {self.path} is {image.shape[-1]}x{image.shape[-2]}, smaller than the "
-                f"{width}x{height} image to restore"
+                f"input image {self.path} is {image.shape[-1]}x{image.shape[-2]}, but the image to restore is "
+                f"{width}x{height}{' after data.size' if self.crop else ''}: the guide must be aligned with it, "
+                "of the observation's size"
             )
-        self.image = centre_crop(image, height, width)[None]
+        self.image = cropped[None]
 
     def make(self, height, width, generator=None):
         image = self.image

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from dip import restore
 from dip.config import compose_config
 from dip.errors import DipError
 from dip.images import load_image
@@ -49,7 +50,7 @@ def flash_pair(tmp_path_factory) -> tuple[Path, Path]:
 
 
 CLI_RUN = ["trainer.max_steps=3", "data.size=64", "logger=csv"]
-SWEPT_TASKS = ["denoising", "jpeg", "sr_x4", "sr_x8", "inpainting", "colourisation"]  # need nothing beyond the defaults
+SWEPT_TASKS = ["denoising", "jpeg", "sr_x4", "sr_x8", "inpainting", "demosaicing"]  # need nothing beyond the defaults
 TASK_ARGUMENTS = {
     "flash_no_flash": ["data.observation={noflash}", "input.path={flash}"],
     "preimage": ["task.physics.weights=random"],
@@ -93,8 +94,9 @@ def test_every_task_runs_from_the_command_line(task, tmp_path, flash_pair, reque
         assert metrics["psnr_observation"] is not None
     else:
         assert not (out / "bicubic.png").exists()
-    if task == "colourisation":  # three channels restored from one
+    if task == "demosaicing":  # three channels restored from one, and the bilinear baseline written
         assert load_image(out / "observation.png").shape[0] == 1 and restored.shape[0] == 3
+        assert load_image(out / "bilinear.png").shape == (3, 64, 64)
     if task == "preimage":  # the observation is features: observation.png shows the original image
         assert metrics["psnr_observation"] is None
         assert load_image(out / "observation.png").shape == (3, 64, 64)
@@ -278,3 +280,15 @@ def test_tv_prior_swaps_the_generator_for_the_pixels():
     steps = torch.zeros(1, 1, 8, 8)
     steps[..., 4:] = 1
     assert TotalVariation(weight=1.0, beta=2.0)(steps).item() == pytest.approx(7 / 49)
+
+
+def test_a_flash_image_of_another_size_is_refused_unless_both_are_cropped(tmp_path, flash_pair):
+    flash, _ = flash_pair  # 64 x 64
+    noflash = save(smooth_image(60), tmp_path / "noflash.png")
+    overrides = [f"input.path={flash}", "trainer.max_steps=1", "logger=none", SMALL_NET]
+    for size in ("null", "128"):
+        with pytest.raises(DipError, match=r"is 64x64, but the image to restore is 60x60( after data.size)?: the "
+                                           r"guide must be aligned"):
+            restore(observation=noflash, task="flash_no_flash", overrides=[*overrides, f"data.size={size}"])
+    cropped = restore(observation=flash, task="flash_no_flash", overrides=[*overrides, "data.size=48"])
+    assert cropped.restored.shape == (1, 3, 48, 48)
