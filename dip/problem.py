@@ -94,7 +94,7 @@ def _check(source, check, *args):
 
 
 def _check_channels(source, physics: Degradation, clean: torch.Tensor, observation: torch.Tensor) -> None:
-    """A clean image the degradation's observation does not restore to (a grey one for colourisation)."""
+    """A clean image the degradation's observation does not restore to (a grey one for demosaicing)."""
     channels = clean.shape[1]
     restored = _check(source, physics.solution_channels, observation.shape[1]) if physics.observation_is_image \
         else channels

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from dip import restore
 from dip.errors import DipError
-from dip.physics import Greyscale, Inpainting, RegionMask
+from dip.physics import Inpainting, RegionMask
 
 
 def test_restore_a_tensor_without_writing_anything(tmp_path, monkeypatch):
@@ -32,7 +32,7 @@ def test_restore_a_grey_file_into_a_directory(tmp_path, grey_png):
 
 
 @pytest.mark.parametrize("arguments, message", [
-    ({"image": torch.rand(3, 8, 8), "task": "denoisng"}, "unknown task 'denoisng' (choose from: colourisation, denoi"),
+    ({"image": torch.rand(3, 8, 8), "task": "denoisng"}, "unknown task 'denoisng' (choose from: demosaicing, denoi"),
     ({"image": torch.full((3, 8, 8), 200.0)}, "image tensor holds values in [200, 200], not in [0, 1] (8-bit"),
     ({"image": torch.rand(3, 8, 8), "observation": torch.rand(3, 8, 8) - 0.1}, "observation tensor holds values in"),
 ])
@@ -74,24 +74,24 @@ def test_a_config_folder_of_ones_own_from_python(tmp_path):
     assert result.metrics["arch"] == "narrow"
 
 
-def test_colourisation_restores_three_channels_from_one():
+def test_demosaicing_restores_three_channels_from_one():
     truth = torch.rand(3, 16, 16)
-    result = restore(truth, task="colourisation", arch="skip_depth2", overrides=["trainer.max_steps=1"])
+    result = restore(truth, task="demosaicing", arch="skip_depth2", overrides=["trainer.max_steps=1"])
     assert result.observation.shape == (1, 1, 16, 16) and result.restored.shape == (1, 3, 16, 16)
-    assert torch.allclose(result.observation[0], Greyscale().A(truth[None])[0], atol=1e-6)
-    # a real grey photo with its colour original: the original is read in colour, not as its luma
-    again = restore(truth, observation=result.observation, task="colourisation", arch="skip_depth2",
+    assert result.observation[0, 0, 0, 0] == truth[0, 0, 0] and result.observation[0, 0, 1, 1] == truth[2, 1, 1]
+    # a real mosaic with its colour original: the original is read in colour, not as its luma
+    again = restore(truth, observation=result.observation, task="demosaicing", arch="skip_depth2",
                     overrides=["trainer.max_steps=1"])
     assert again.ground_truth.shape == (1, 3, 16, 16) and again.metrics["psnr_observation"] is not None
 
 
 @pytest.mark.parametrize("arguments, message", [
-    ({"image": torch.rand(1, 16, 16)}, "the image tensor has 1 channel(s), but Greyscale restores 3"),
-    ({"observation": torch.rand(3, 16, 16)}, "colourisation observes a grey image, not 3 channels"),
+    ({"image": torch.rand(1, 16, 16)}, "the image tensor has 1 channel(s), but BayerMosaic restores 3"),
+    ({"observation": torch.rand(3, 16, 16)}, "the observation tensor: BayerMosaic observes one channel, not 3"),
 ])
-def test_colourisation_refuses_a_grey_image_or_a_colour_observation(arguments, message):
+def test_demosaicing_refuses_a_grey_image_or_a_colour_observation(arguments, message):
     with pytest.raises(DipError, match=re.escape(message)):
-        restore(**arguments, task="colourisation", overrides=["trainer.max_steps=1"])
+        restore(**arguments, task="demosaicing", overrides=["trainer.max_steps=1"])
 
 
 def test_a_degradation_built_in_python_replaces_the_tasks(tmp_path):

@@ -264,7 +264,7 @@ def test_print_config():
 def test_help_names_the_script_and_what_it_does(script, says):
     done = run_cli("--help", script=script)
     assert done.returncode == 0 and done.stdout.startswith(script) and says in done.stdout
-    assert "task: colourisation, denoising, flash_no_flash" in done.stdout  # the groups, listed by Hydra
+    assert "task: demosaicing, denoising, flash_no_flash" in done.stdout  # the groups, listed by Hydra
 
 
 @pytest.mark.parametrize("where", ["--config-dir", "hydra.searchpath", "DIP_CONFIG_DIRS"])

@@ -1,15 +1,14 @@
 """Operator math: Lanczos kernel, downsampling shapes, adjoints, masks, noise."""
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from dip.physics import (
+    BayerMosaic,
     BernoulliMask,
     FileMask,
     GaussianNoise,
-    Greyscale,
     Inpainting,
     LanczosDownsample,
     RegionMask,
@@ -48,13 +47,18 @@ def test_downsampling_is_a_low_pass_filter():
     assert y.std() < 0.01 and y.mean().item() == pytest.approx(0.5, abs=0.05)
 
 
+def prepared(op, height: int, width: int):
+    op.prepare(height, width)
+    return op
+
+
 @pytest.mark.parametrize(
     "op, shape",
     [
         (LanczosDownsample(4), (1, 3, 32, 24)),
         (LanczosDownsample(3), (1, 1, 27, 18)),
         (GaussianNoise(25), (1, 3, 9, 7)),
-        (Greyscale(), (1, 3, 9, 7)),
+        (prepared(BayerMosaic(), 9, 7), (1, 3, 9, 7)),
     ],
 )
 def test_adjoint_satisfies_the_inner_product_identity(op, shape):
@@ -67,21 +71,27 @@ def test_adjoint_satisfies_the_inner_product_identity(op, shape):
     assert lhs.item() == pytest.approx(rhs.item(), rel=1e-10)
 
 
-def test_greyscale_is_pillows_luma_and_its_baseline_keeps_a_grey_image(tmp_path):
-    colour = Image.open(make_png(tmp_path / "colour.png", 21, 13))
-    x = torch.from_numpy(np.asarray(colour, dtype=np.float32) / 255).permute(2, 0, 1)[None]
-    pillow = torch.from_numpy(np.asarray(colour.convert("L"), dtype=np.float32) / 255)
-    op = Greyscale()
+@pytest.mark.parametrize("pattern", ["RGGB", "GBRG"])
+def test_a_bayer_mosaic_samples_one_channel_per_pixel_and_bilinear_fills_the_rest(pattern):
+    op = BayerMosaic(pattern)
+    op.prepare(7, 9)  # odd sizes: the last tile is cut
+    assert op.masks.shape == (1, 3, 7, 9) and torch.equal(op.masks.sum(1), torch.ones(1, 7, 9))
+    x = torch.rand(1, 3, 7, 9)
     y = op.A(x)
-    assert y.shape == (1, 1, 13, 21)
-    assert (y[0, 0] - pillow).abs().max() <= 0.5 / 255 + 1e-6  # Pillow rounds to 8 bits
-    grey = x.mean(1, keepdim=True).expand(-1, 3, -1, -1)  # a grey image in colour: the baseline gives it back
-    assert torch.allclose(op.baseline(op.A(grey)), grey, atol=1e-6)
+    for position, channel in enumerate(pattern):  # the tile's pixel samples its channel, here and two pixels on
+        row, column = divmod(position, 2)
+        assert y[0, 0, row, column] == x[0, "RGB".index(channel), row, column]
+        assert y[0, 0, row + 2, column + 4] == x[0, "RGB".index(channel), row + 2, column + 4]
+    ramp = torch.linspace(0, 1, 9).expand(1, 3, 7, 9)  # bilinear is exact on a linear image, away from borders
+    estimate = op.baseline(op.A(ramp))
+    assert estimate.shape == (1, 3, 7, 9)
+    assert torch.allclose(estimate[..., 1:-1, 1:-1], ramp[..., 1:-1, 1:-1], atol=1e-6)
+    assert torch.allclose(op.baseline(y) * op.masks, x * op.masks)  # samples are kept
     assert op.solution_channels(1) == 3
-    with pytest.raises(ValueError, match="not 3 channels"):
+    with pytest.raises(ValueError, match="BayerMosaic observes one channel, not 3"):
         op.solution_channels(3)
-    with pytest.raises(ValueError, match="three channel weights"):
-        Greyscale((0.5, 0.5))
+    with pytest.raises(ValueError, match="R, G and B each at least once"):
+        BayerMosaic("RGGG")
 
 
 def test_inpainting_only_sees_known_pixels_and_is_self_adjoint():

@@ -72,7 +72,7 @@ class Degradation(nn.Module):
         return height, width
 
     def solution_channels(self, observed: int) -> int:
-        """Channels of the image to restore from an observation of ``observed`` channels (colourisation
+        """Channels of the image to restore from an observation of ``observed`` channels (demosaicing
         restores three from one); ``ValueError`` naming the problem when it cannot be restored."""
         return observed
 
@@ -86,3 +86,14 @@ class Degradation(nn.Module):
 
     def check_fits(self, height: int, width: int) -> None:
         """Raise ``ValueError`` naming the problem when an image of this size cannot be degraded."""
+
+
+class OneChannelOfColour(Degradation):
+    """An operator whose observation is one channel made of a colour image's three (its luma, a colour
+    filter mosaic): three channels are restored from one."""
+
+    def solution_channels(self, observed: int) -> int:
+        if observed != 1:
+            raise ValueError(f"{type(self).__name__} observes one channel, not {observed} (data.mode=L reads a "
+                             "one-channel image stored as colour)")
+        return 3
