@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from dip import restore
 from dip.errors import DipError
-from dip.physics import Inpainting, RegionMask
+from dip.physics import BayerMosaic, Inpainting, RegionMask
 
 
 def test_restore_a_tensor_without_writing_anything(tmp_path, monkeypatch):
@@ -83,6 +83,11 @@ def test_demosaicing_restores_three_channels_from_one():
     again = restore(truth, observation=result.observation, task="demosaicing", arch="skip_depth2",
                     overrides=["trainer.max_steps=1"])
     assert again.ground_truth.shape == (1, 3, 16, 16) and again.metrics["psnr_observation"] is not None
+    cropped = restore(truth, observation=result.observation, task="demosaicing", arch="skip_depth2",
+                      overrides=["trainer.max_steps=1", "data.size=13"])  # at an even offset: the tile's phase kept
+    mosaic = BayerMosaic()
+    mosaic.prepare(13, 13)
+    assert torch.equal(mosaic.A(cropped.ground_truth), cropped.observation)
 
 
 @pytest.mark.parametrize("arguments, message", [

@@ -21,11 +21,13 @@ class Degradation(nn.Module):
 
     ``observation_is_image`` is False for operators whose observation is not a picture (features);
     ``baseline_name`` names the naive estimate when it is not the observation itself (written as
-    ``<baseline_name>.png`` beside the result).
+    ``<baseline_name>.png`` beside the result); ``crop_multiple`` is the period of an operator that
+    repeats a tile (a colour filter array), to which a crop of a given observation keeps its phase.
     """
 
     observation_is_image = True
     baseline_name: str | None = None
+    crop_multiple = 1
 
     def extra_repr(self) -> str:
         return settings_text(self)
