@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import os
 import shutil
@@ -24,10 +23,7 @@ from dip.config import (
     checked_config,
     config_groups,
     config_message,
-    finished_run_settings,
-    refuse_other_settings,
     register_resolvers,
-    setting_differences,
     use_config_dirs,
 )
 from dip.errors import (
@@ -39,7 +35,7 @@ from dip.errors import (
     kept_traceback,
     one_line,
 )
-from dip.outputs import CHECKPOINT_NAME, OUTPUT_FILES, RESTART_OUTPUT, decibels, describe
+from dip.outputs import OUTPUT_FILES, RESTART_OUTPUT, decibels, describe, finished_metrics
 from dip.problem import problem_from_config
 from dip.signals import signal_finished_first
 from dip.sweeps import FAILED_JOBS, record_failure
@@ -215,28 +211,6 @@ EARLIER_RUNS = EarlierRuns()  # filled by launch, before Hydra writes anything
 FAILURES_FILE: list[Path] = []  # where this process's failed sweep jobs were listed
 
 
-def finished_metrics(cfg: DictConfig, output_dir: Path, earlier_runs: EarlierRuns) -> dict | None:
-    """The metrics of the run with ``cfg``'s settings that had finished in ``output_dir`` before this
-    launch (as ``earlier_runs`` noted), else None; ``DipError`` if the run that finished there had
-    other settings, so that it is not replaced. A final checkpoint kept there (``checkpoint.keep=true``)
-    is for the pipeline to continue, or to refuse, unless the run finished exactly as asked."""
-    earlier = earlier_runs.finished_config(output_dir)
-    if earlier is None:
-        return None
-    saved, settings = finished_run_settings(earlier), finished_run_settings(cfg)
-    kept_checkpoint = (output_dir / CHECKPOINT_NAME).is_file()
-    if kept_checkpoint and setting_differences(saved, settings):
-        return None
-    refuse_other_settings(output_dir, saved, settings)
-    path = output_dir / "metrics.json"
-    try:
-        metrics = json.loads(path.read_text())
-    except (OSError, ValueError):
-        raise DipError(f"cannot read {path}: delete it to run again") from None
-    # a continuation interrupted there left Hydra's record of its settings beside the shorter run's metrics
-    return None if kept_checkpoint and metrics.get("steps") != cfg.trainer.max_steps else metrics
-
-
 def describe_finished(metrics: dict, output_dir: Path) -> str:
     """The line printed instead of running again what ``output_dir`` already holds."""
     if metrics.get("psnr") is not None:
@@ -261,7 +235,8 @@ def hydra_main(cfg: DictConfig) -> float | None:
         # hydra_main's own EARLIER_RUNS: a launcher with worker processes (joblib, submitit) pickles this
         # function with a copy of what it refers to, taken after launch filled it; the worker's module has
         # a fresh, empty one
-        if (finished := finished_metrics(cfg, output_dir, EARLIER_RUNS)) is not None:  # a sweep run again
+        earlier = EARLIER_RUNS.finished_config(output_dir)
+        if (finished := finished_metrics(output_dir, earlier, cfg)) is not None:  # a sweep run again
             EARLIER_RUNS.discard(output_dir)  # puts back Hydra's record; the run's files are as they were
             print(describe_finished(finished, output_dir))
             return search_value(finished)

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import torch
 import yaml
+from omegaconf import DictConfig
 
+from dip.config import finished_run_settings, refuse_other_settings, setting_differences
 from dip.errors import DipError
 from dip.files import write_atomically
 from dip.images import save_image
@@ -78,6 +80,27 @@ def finished_config(folder: Path) -> dict | None:
     if not isinstance(saved, dict):
         raise DipError(f"cannot read {config_file}: delete {folder / 'metrics.json'} to restore it again")
     return saved
+
+
+def finished_metrics(folder: Path, saved: DictConfig | None, cfg: DictConfig) -> dict | None:
+    """The metrics of the run with ``cfg``'s settings finished in ``folder``, whose config was ``saved``
+    (None: no run finished there), else None; ``DipError`` if the run that finished there had other
+    settings, so that it is not replaced. A final checkpoint kept there (``checkpoint.keep=true``) is
+    for the fit to continue, or to refuse, unless the run finished exactly as asked."""
+    if saved is None:
+        return None
+    earlier, settings = finished_run_settings(saved), finished_run_settings(cfg)
+    kept_checkpoint = (folder / CHECKPOINT_NAME).is_file()
+    if kept_checkpoint and setting_differences(earlier, settings):
+        return None
+    refuse_other_settings(folder, earlier, settings)
+    path = folder / "metrics.json"
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise DipError(f"cannot read {path}: delete it to run again") from None
+    # a continuation interrupted there left the record of its settings beside the shorter run's metrics
+    return None if kept_checkpoint and metrics.get("steps") != cfg.trainer.max_steps else metrics
 
 
 def write_outputs(result: Result, output_dir: Path) -> None:

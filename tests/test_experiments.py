@@ -175,6 +175,18 @@ def test_an_experiment_keeps_its_finished_sub_runs_from_other_settings(tmp_path)
     assert json.loads((tmp_path / "two_run_average.json").read_text()) == summary  # the same seeds, the same fits
 
 
+def test_a_sub_run_that_kept_its_checkpoint_continues_to_more_steps_as_run_py_does(tmp_path):
+    settings = ["data.size=32", "arch=skip_depth2", "experiment.runs=1", "checkpoint.keep=true", "logger=none",
+                "metrics_every=1"]
+    experiment("two_run_average", [*settings, "trainer.max_steps=2"], tmp_path)
+    kept = (tmp_path / "run0" / "metrics.json").read_bytes()
+    experiment("two_run_average", [*settings, "trainer.max_steps=2"], tmp_path)  # finished as asked: reused
+    assert (tmp_path / "run0" / "metrics.json").read_bytes() == kept
+    experiment("two_run_average", [*settings, "trainer.max_steps=3"], tmp_path)
+    metrics = json.loads((tmp_path / "run0" / "metrics.json").read_text())
+    assert (metrics["steps"], metrics["resumed_from_step"]) == (3, 2)
+
+
 def test_an_experiment_cut_short_reuses_its_finished_sub_runs_except_those_it_records(tmp_path, image_and_mask):
     image, mask = image_and_mask
     settings = [f"data.path={image}", f"data.mask={mask}", "experiment.archs=[skip_depth2,unet]", "data.size=32",

@@ -16,12 +16,12 @@ from hydra.core.hydra_config import HydraConfig
 from matplotlib.figure import Figure
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from dip.config import check_settings, checked_config, finished_run_settings, refuse_other_settings
+from dip.config import check_settings, checked_config
 from dip.errors import DipError, Interrupted, one_line
 from dip.figures import figure_png
 from dip.files import write_atomically
 from dip.metrics import psnr
-from dip.outputs import OUTPUTS_FILE, Result, finished_config
+from dip.outputs import OUTPUTS_FILE, Result, finished_config, finished_metrics
 from dip.pipeline import prepare
 from dip.pipeline import run as restore
 from dip.problem import problem_from_config
@@ -96,11 +96,10 @@ REUSED_IMAGES = ("restored", "restored_ema", "observation", "ground_truth")  # w
 
 
 def _finished_before(cfg: DictConfig, directory: Path) -> bool:
-    """Whether ``directory`` holds a run finished with ``cfg``'s settings; ``DipError`` if with others."""
-    if (saved := finished_config(directory)) is None:
-        return False
-    refuse_other_settings(directory, finished_run_settings(OmegaConf.create(saved)), finished_run_settings(cfg))
-    return True
+    """Whether ``directory`` holds a run finished with ``cfg``'s settings (as ``run.py`` decides); ``DipError``
+    if with others, unless a checkpoint kept there continues to ``cfg``'s steps."""
+    saved = finished_config(directory)
+    return finished_metrics(directory, None if saved is None else OmegaConf.create(saved), cfg) is not None
 
 
 def _finished_result(directory: Path) -> Result:
