@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 
 from dip.config import checked_config
 from dip.outputs import Result
@@ -47,6 +47,7 @@ def restore(
     problem = problem_from_config(cfg, clean=image, observation=observation, physics=physics)
     if physics is not None:
         kind = type(physics)
+        OmegaConf.resolve(cfg.task)  # the task's name may follow its physics' settings (sr_x${task.physics.factor})
         with open_dict(cfg):
             cfg.task.physics = {"_target_": f"{kind.__module__}.{kind.__qualname__}", "given": repr(physics)}
     return run(cfg, Path(output_dir) if output_dir is not None else None, problem)

@@ -257,8 +257,11 @@ def save_image(image: torch.Tensor, path: str | Path, alpha: torch.Tensor | None
 
 
 def centre_offsets(size: tuple[int, int], height: int, width: int) -> tuple[int, int]:
-    """Where ``centre_crop`` cuts an image of ``size`` (height, width): its window's (top, left)."""
-    return max(0, (size[0] - height) // 2), max(0, (size[1] - width) // 2)
+    """Where ``centre_crop`` cuts an image of ``size`` (height, width): its window's (top, left), even
+    numbers (a pixel above and left of the centre when the margin is odd), so that a crop of a colour
+    filter mosaic, and of whatever is aligned with it, keeps the 2x2 tile's phase."""
+    top, left = max(0, (size[0] - height) // 2), max(0, (size[1] - width) // 2)
+    return top - top % 2, left - left % 2
 
 
 def centre_crop(image: torch.Tensor, height: int, width: int) -> torch.Tensor:

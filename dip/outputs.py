@@ -22,8 +22,8 @@ from dip.files import write_atomically
 from dip.images import save_image
 
 BEFORE_COLLAPSE_OUTPUT = "restored_ema_before_collapse.png"  # a fit that collapsed at its end: the EMA from before
-OUTPUT_FILES = ("observation.png", "restored.png", "restored_ema.png", "bicubic.png", BEFORE_COLLAPSE_OUTPUT,
-                "metrics.json")
+OUTPUT_FILES = ("observation.png", "restored.png", "restored_ema.png", "bicubic.png", "bilinear.png",
+                BEFORE_COLLAPSE_OUTPUT, "metrics.json")
 CHECKPOINT_NAME = "checkpoint.ckpt"  # a run's training state, until it finishes (checkpoint.keep: after)
 RESTART_OUTPUT = "restored_restart{}.png"  # with restarts=N, restart k's own output
 OUTPUTS_FILE = "outputs.pt"  # a finished run's images at full precision, for what is computed from them later

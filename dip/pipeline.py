@@ -186,6 +186,8 @@ def prepare(
         z=z,
     )
     check_shapes(module, OmegaConf.select(cfg, "arch._target_"), cfg.task.name)
+    if cfg.get("early_stop"):  # refused now, not once the logger has written its first files
+        instantiate_settings(cfg.early_stop, "early_stop").check_module(module)
     return problem, module
 
 

@@ -140,7 +140,6 @@ def build_problem(
         observed = tuple(loaded.pixels.shape[-2:])
         crop = (max(1, size // scale_h), max(1, size // scale_w)) if size else observed
         top, left = centre_offsets(observed, *crop)  # the window data.size keeps, as centre_crop cuts it
-        top, left = top - top % physics.crop_multiple, left - left % physics.crop_multiple  # a mosaic's phase
         window = (..., slice(top, top + crop[0]), slice(left, left + crop[1]))
         y, alpha = loaded.pixels[None][window], None if loaded.alpha is None else loaded.alpha[window]
         height, width = physics.solution_size(*y.shape[-2:])

@@ -9,7 +9,8 @@ from omegaconf import OmegaConf
 
 from dip import restore
 from dip.errors import DipError
-from dip.physics import BayerMosaic, Inpainting, RegionMask
+from dip.images import centre_offsets
+from dip.physics import BayerMosaic, Inpainting, LanczosDownsample, RegionMask
 
 
 def test_restore_a_tensor_without_writing_anything(tmp_path, monkeypatch):
@@ -88,6 +89,7 @@ def test_demosaicing_restores_three_channels_from_one():
     mosaic = BayerMosaic()
     mosaic.prepare(13, 13)
     assert torch.equal(mosaic.A(cropped.ground_truth), cropped.observation)
+    assert centre_offsets((33, 20), 14, 14) == (8, 2)  # where a guide image or a mask is cut too
 
 
 @pytest.mark.parametrize("arguments, message", [
@@ -108,5 +110,8 @@ def test_a_degradation_built_in_python_replaces_the_tasks(tmp_path):
     recorded = OmegaConf.load(tmp_path / "csv" / "hparams.yaml")  # the logger's record of the run's settings
     assert recorded["task.physics._target_"] == "dip.physics.inpainting.Inpainting"
     assert recorded["task.physics.given"] == "Inpainting(source=RegionMask(fraction=0.25, cy=0.5, cx=0.5))"
+    scaled = restore(torch.rand(3, 16, 16), task="sr_x4", physics=LanczosDownsample(2),
+                     overrides=["trainer.max_steps=1"])
+    assert scaled.observation.shape == (1, 3, 8, 8) and scaled.metrics["task"] == "sr_x4"  # the task's name, resolved
     with pytest.raises(DipError, match="physics must be a dip.physics.Degradation, not a str"):
         restore(torch.rand(3, 16, 16), physics="blur", overrides=["trainer.max_steps=1"])

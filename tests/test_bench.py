@@ -255,6 +255,7 @@ def test_show_refuses_a_file_without_figures(bench, tmp_path, capsys, content, n
 
 @pytest.mark.parametrize("args, needles", [
     (["arch=nonexistent"], ["override arch=nonexistent"]),
+    (["task=demosaicing"], ["task=demosaicing: bench.py times the denoising step"]),
     (["--show", "BENCH_DIR"], ["--show", "cannot read it (Is a directory)"]),
 ])
 def test_bad_input_from_the_command_line_gets_one_line(tmp_path, args, needles):

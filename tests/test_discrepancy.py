@@ -213,9 +213,13 @@ def test_a_resumed_run_keeps_the_noise_level_reached_before_the_interruption(ima
     assert torch.allclose(resumed.restored, reference.restored, atol=1e-6)
 
 
-def test_a_task_without_a_noise_model_is_refused_in_one_line(image, tmp_path):
+def test_a_task_without_a_noise_model_is_refused_in_one_line_before_anything_is_written(image, tmp_path):
+    out = tmp_path / "sr"
+    cfg = compose_config([f"data.path={image}", "trainer.max_steps=2", "logger=csv", "arch=skip_depth2",
+                          "early_stop=discrepancy", "task=sr_x4", "data.size=32"], output_dir=out)
     with pytest.raises(DipError, match="needs a known noise level, which LanczosDownsample does not have"):
-        restore(image, tmp_path / "sr", 2, "task=sr_x4", "data.size=32")
+        run(cfg, out)
+    assert not out.exists()  # the logger did not start
 
 
 def test_one_weight_tensor_keeps_the_same_outputs(image, tmp_path):

@@ -12,6 +12,10 @@ class DeviceStateCallback(pl.Callback):
 
     state: dict[str, torch.Tensor]
 
+    def check_module(self, pl_module: pl.LightningModule) -> None:
+        """Raise ``DipError`` when this callback cannot serve ``pl_module``'s fit: called before the fit
+        (``dip.pipeline.prepare``), so that nothing is written for a fit that would be refused."""
+
     def start_state(self, fresh: dict[str, torch.Tensor], device: torch.device) -> None:
         """Begin a fit with ``fresh`` values, except those a resumed checkpoint restored."""
         restored = self.state  # from a checkpoint, or empty

@@ -45,11 +45,14 @@ class DiscrepancyStopping(DeviceStateCallback):
         self.stopped_at: int | None = None
         self.final: dict[str, float | list[float]] = {}
 
-    def setup(self, trainer, pl_module, stage: str) -> None:
+    def check_module(self, pl_module) -> None:
         physics = pl_module.physics
         if physics.expected_residual(pl_module.observation[:1]) is None:
             raise DipError(f"early_stop=discrepancy needs a known noise level, which {type(physics).__name__} "
                            "does not have: use it with task=denoising, or early_stop=wmv")
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self.check_module(pl_module)
         if self.delay is None:  # the mean age of the outputs in the EMA
             self.delay = round(pl_module.ema_weight / (1 - pl_module.ema_weight))
 

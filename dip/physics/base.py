@@ -21,13 +21,11 @@ class Degradation(nn.Module):
 
     ``observation_is_image`` is False for operators whose observation is not a picture (features);
     ``baseline_name`` names the naive estimate when it is not the observation itself (written as
-    ``<baseline_name>.png`` beside the result); ``crop_multiple`` is the period of an operator that
-    repeats a tile (a colour filter array), to which a crop of a given observation keeps its phase.
+    ``<baseline_name>.png`` beside the result).
     """
 
     observation_is_image = True
     baseline_name: str | None = None
-    crop_multiple = 1
 
     def extra_repr(self) -> str:
         return settings_text(self)
@@ -96,6 +94,6 @@ class OneChannelOfColour(Degradation):
 
     def solution_channels(self, observed: int) -> int:
         if observed != 1:
-            raise ValueError(f"{type(self).__name__} observes one channel, not {observed} (data.mode=L reads a "
-                             "one-channel image stored as colour)")
+            raise ValueError(f"{type(self).__name__} observes one channel, not {observed} (read the observation "
+                             "with data.mode=L)")
         return 3

@@ -21,7 +21,6 @@ class BayerMosaic(OneChannelOfColour):
     four nearest samples of that channel), written as ``bilinear.png``."""
 
     baseline_name = "bilinear"
-    crop_multiple = 2
 
     def __init__(self, pattern: str = "RGGB"):
         super().__init__()
