@@ -30,24 +30,37 @@ def restore(
     overrides: Sequence[str] = (),
     output_dir: str | Path | None = None,
     physics: Degradation | None = None,
+    generator: torch.nn.Module | None = None,
 ) -> Result:
     """Restore ``image`` (the clean image, degraded synthetically by ``task``) or a real
     ``observation`` (then ``image``, if given, is its ground truth).
 
     ``overrides`` are Hydra overrides as on the command line (``"optim.lr=0.001"``). Outputs go to
     ``output_dir`` when given (and the W&B logger with them); without it nothing is written and no
-    logger runs unless ``overrides`` names one. ``physics``, a degradation built in Python, replaces
-    the task's (``task`` still gives the steps, learning rate and input); the config records its
-    class and ``repr``.
+    logger runs unless ``overrides`` names one.
+
+    Objects built in Python stand in for the config's (which the config then records by class):
+    ``physics``, a ``dip.physics.Degradation``, replaces the task's (``task`` still gives the steps,
+    learning rate and input; its ``repr`` is recorded too); ``generator``, a network mapping the code
+    ``z`` (``input.channels`` channels) to the image, replaces ``arch`` (a copy is fitted, from the
+    weights it has; ``seed`` still draws ``z`` and the perturbations).
     """
     options = [f"task={task}"] + ([f"arch={arch}"] if arch else [])
     if output_dir is None and not any(o.startswith("logger=") for o in overrides):
         options.append("logger=none")
     cfg = checked_config([*options, *overrides], output_dir=output_dir or Path.cwd())
     problem = problem_from_config(cfg, clean=image, observation=observation, physics=physics)
-    if physics is not None:
-        kind = type(physics)
-        OmegaConf.resolve(cfg.task)  # the task's name may follow its physics' settings (sr_x${task.physics.factor})
-        with open_dict(cfg):
-            cfg.task.physics = {"_target_": f"{kind.__module__}.{kind.__qualname__}", "given": repr(physics)}
-    return run(cfg, Path(output_dir) if output_dir is not None else None, problem)
+    with open_dict(cfg):
+        if physics is not None:
+            OmegaConf.resolve(cfg.task)  # a name that follows the physics' settings (sr_x${task.physics.factor})
+            cfg.task.physics = {"_target_": _class_path(physics), "given": repr(physics)}
+        if generator is not None:
+            parameters = sum(parameter.numel() for parameter in generator.parameters())
+            cfg.arch = {"_target_": _class_path(generator), "given": f"{parameters} parameters"}
+            cfg.arch_name = type(generator).__name__
+    return run(cfg, Path(output_dir) if output_dir is not None else None, problem, generator=generator)
+
+
+def _class_path(instance: object) -> str:
+    kind = type(instance)
+    return f"{kind.__module__}.{kind.__qualname__}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
 import math
@@ -140,10 +141,12 @@ class MetricsProgressBar(TQDMProgressBar):
 
 
 def prepare(
-    cfg: DictConfig, problem: Problem | None = None, seeds: list[int] | None = None
+    cfg: DictConfig, problem: Problem | None = None, seeds: list[int] | None = None,
+    generator: torch.nn.Module | None = None,
 ) -> tuple[Problem, DeepImagePrior]:
     """Everything that can fail on the user's input, before any file is written: the problem (unless
-    given, built by ``problem_from_config(cfg)``) and the module that solves it.
+    given, built by ``problem_from_config(cfg)``) and the module that solves it, with ``cfg.arch``'s
+    generator, or a copy of ``generator`` (a network built in Python, its weights as they are).
 
     A problem of several images (``dip.problem.stack_problems``) gets one generator copy per image,
     copy ``k`` initialised, with its code, as a fit of image ``k`` alone with seed ``seeds[k]``
@@ -158,7 +161,9 @@ def prepare(
     speed: Speed = instantiate_settings(cfg.speed, "speed")
     copies = check_copies(cfg, problem.images)
     z = None
-    if problem.images > 1:
+    if generator is not None:  # one network: check_copies refuses restarts, which only a config's arch can pack
+        generator = copy.deepcopy(generator)  # the caller's network stays as it was
+    elif problem.images > 1:
         generator, z = _seeded_copies(cfg, code, problem, seeds or [cfg.seed] * problem.images)
     else:
         packing = {"copies": copies} if copies > 1 else {}
@@ -225,8 +230,8 @@ def check_shapes(module: DeepImagePrior, arch: str, task: str) -> None:
     except Exception as error:  # noqa: BLE001 (only the shapes are this check's business)
         if "meta" in str(error).lower():  # a layer the meta device cannot run
             return
-        raise DipError(f"arch {arch} / task {task}: the step fails on a {shape_text(meta.z)} code: "
-                       f"{one_line(error, 200)}") from None
+        raise DipError(f"arch {arch} / task {task}: the step fails on a {shape_text(meta.z)} code (its channels: "
+                       f"input.channels): {one_line(error, 200)}") from None
 
 
 def shape_text(tensor: torch.Tensor) -> str:
@@ -399,9 +404,11 @@ def _raised_by_compiled_code(error: BaseException) -> bool:
 
 
 def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None, callbacks=(),
-        checkpoint_dir: Path | None = None, seeds: list[int] | None = None) -> Result:
+        checkpoint_dir: Path | None = None, seeds: list[int] | None = None,
+        generator: torch.nn.Module | None = None) -> Result:
     """Restore one image as ``cfg`` says (or ``problem``, built from it; one of several images, each
-    with its seed in ``seeds``: see ``prepare``); write the outputs into ``output_dir`` unless it is None.
+    with its seed in ``seeds``; with a network of one's own, ``generator``: see ``prepare``); write the
+    outputs into ``output_dir`` unless it is None.
 
     ``callbacks`` are extra Lightning callbacks (an experiment's recorders of curves or snapshots).
     In ``checkpoint_dir`` (default: ``output_dir``), a checkpoint is written every
@@ -411,7 +418,7 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
     so far is returned, its ``stop_reason`` saying so.
     """
     checkpoint_dir = checkpoint_dir if checkpoint_dir is not None else output_dir
-    problem, module = prepare(cfg, problem, seeds)
+    problem, module = prepare(cfg, problem, seeds, generator)
     early_stopping = instantiate_settings(cfg.early_stop, "early_stop") if cfg.get("early_stop") else None
     # Early stopping already chooses the outputs; otherwise a fit that collapses at its end keeps an EMA from before
     guard = CollapseGuard(cfg.backtrack_db, cfg.metrics_every) if not early_stopping and cfg.backtrack_db else None

@@ -115,3 +115,32 @@ def test_a_degradation_built_in_python_replaces_the_tasks(tmp_path):
     assert scaled.observation.shape == (1, 3, 8, 8) and scaled.metrics["task"] == "sr_x4"  # the task's name, resolved
     with pytest.raises(DipError, match="physics must be a dip.physics.Degradation, not a str"):
         restore(torch.rand(3, 16, 16), physics="blur", overrides=["trainer.max_steps=1"])
+
+
+class TwoConvolutions(torch.nn.Module):
+    """A network of one's own: 2 code channels to 3 image channels in [0, 1]."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers = torch.nn.Sequential(torch.nn.Conv2d(2, 8, 3, padding=1), torch.nn.ReLU(),
+                                          torch.nn.Conv2d(8, 3, 3, padding=1), torch.nn.Sigmoid())
+
+    def forward(self, z):
+        return self.layers(z)
+
+
+def test_a_generator_built_in_python_replaces_the_arch(tmp_path):
+    network = TwoConvolutions()
+    before = [parameter.clone() for parameter in network.parameters()]
+    result = restore(torch.rand(3, 12, 20), generator=network, output_dir=tmp_path,
+                     overrides=["trainer.max_steps=3", "input.channels=2", "logger=csv"])
+    assert result.restored.shape == (1, 3, 12, 20) and result.metrics["arch"] == "TwoConvolutions"
+    assert all(torch.equal(a, b) for a, b in zip(before, network.parameters()))  # a copy was fitted
+    recorded = OmegaConf.load(tmp_path / "csv" / "hparams.yaml")
+    assert recorded["arch._target_"] == "tests.test_api.TwoConvolutions" and recorded["arch.given"] == "371 parameters"
+    with pytest.raises(DipError, match=re.escape("arch tests.test_api.TwoConvolutions / task denoising: the step fails "
+                                                 "on a 1 x 32 x 12 x 20 code (its channels: input.channels)")):
+        restore(torch.rand(3, 12, 20), generator=network, overrides=["trainer.max_steps=1"])  # z has 32 channels
+    with pytest.raises(DipError, match="restarts=2 packs copies of the generator into one network, which arch "
+                                       "'TwoConvolutions'"):
+        restore(torch.rand(3, 12, 20), generator=network, overrides=["trainer.max_steps=1", "restarts=2"])
