@@ -27,8 +27,9 @@ class InputCode:
         """A ``1 x channels x height x width`` code."""
         raise NotImplementedError
 
-    def prepare(self, channels: int, height: int, width: int) -> None:
-        """Check the code fits an image of this many channels and this size; load what it needs."""
+    def prepare(self, channels: int, height: int, width: int, loaded_size: tuple[int, int] | None = None) -> None:
+        """Check the code fits an image of this many channels and this size (``loaded_size`` before
+        ``data.size`` cropped it, where known); load what it needs."""
 
 
 class NoiseCode(InputCode):
@@ -60,29 +61,26 @@ class MeshgridCode(InputCode):
 class ImageCode(InputCode):
     """A given image as ``z`` (flash / no-flash: the flash photo), padded by replication if needed.
 
-    It is aligned with the restored image: of the observation's size, and given the same centre crop
-    ``crop`` (``data.size``). A pair of other sizes is refused rather than cropped out of alignment.
+    It is aligned with the restored image: of its size as loaded, and given the same centre crop. A
+    pair of other sizes is refused rather than cropped out of alignment.
     """
 
-    def __init__(self, path: str, mode: str = "RGB", crop: int | None = None, **kwargs):
+    def __init__(self, path: str, mode: str = "RGB", **kwargs):
         super().__init__(**kwargs)
-        self.path, self.mode, self.crop = path, mode, crop
+        self.path, self.mode = path, mode
         self.image: torch.Tensor | None = None
         self.channels = 3 if mode == "RGB" else 1
 
-    def prepare(self, channels, height, width):
+    def prepare(self, channels, height, width, loaded_size=None):
         from dip.errors import DipError
         from dip.images import centre_crop
 
         image = load_image(self.path, mode=self.mode, what="input image")
-        cropped = centre_crop(image, self.crop, self.crop) if self.crop else image  # as the observation was
-        if tuple(cropped.shape[-2:]) != (height, width):
-            raise DipError(
-                f"input image {self.path} is {image.shape[-1]}x{image.shape[-2]}, but the image to restore is "
-                f"{width}x{height}{' after data.size' if self.crop else ''}: the guide must be aligned with it, "
-                "of the observation's size"
-            )
-        self.image = cropped[None]
+        size, wanted = tuple(image.shape[-2:]), loaded_size or (height, width)
+        if size != wanted:
+            raise DipError(f"input image {self.path} is {size[1]}x{size[0]}, but the image to restore is "
+                           f"{wanted[1]}x{wanted[0]}: the guide must be aligned with it, of its size")
+        self.image = centre_crop(image, height, width)[None]  # as data.size cropped the observation
 
     def make(self, height, width, generator=None):
         image = self.image
@@ -105,7 +103,7 @@ class PixelCode(InputCode):
         self.mean, self.scale = mean, scale
         self.channels = 3
 
-    def prepare(self, channels, height, width):
+    def prepare(self, channels, height, width, loaded_size=None):
         self.channels = channels
 
     def make(self, height, width, generator=None):

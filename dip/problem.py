@@ -26,6 +26,7 @@ class Problem:
     alpha: torch.Tensor | None = None  # 1 x H x W: the input's alpha channel, set aside for the outputs
     bits: int = 8  # bit depth of the input, kept by the outputs
     source_mode: str = "RGB"  # the input file's mode (PIL's name)
+    loaded_size: tuple[int, int] | None = None  # the solution's (height, width) before data.size cropped it
 
     @property
     def observation_image(self) -> torch.Tensor:
@@ -72,7 +73,7 @@ def stack_problems(problems: list[Problem], names: list[str]) -> Problem:
     return Problem(
         torch.cat([problem.observation for problem in problems]), physics, first.solution_size,
         None if any(truth is None for truth in truths) else torch.cat(truths),
-        bits=first.bits, source_mode=first.source_mode,
+        bits=first.bits, source_mode=first.source_mode, loaded_size=first.loaded_size,
     )
 
 
@@ -157,7 +158,8 @@ def build_problem(
             truth = truth[..., top * scale_h : top * scale_h + height, left * scale_w : left * scale_w + width]
         _prepare(physics, height, width, generator, (full_height, full_width))
         alpha = None if alpha is None else resize_alpha(alpha, (height, width))
-        return Problem(y, physics, (height, width), truth, alpha, loaded.bits, loaded.source_mode)
+        return Problem(y, physics, (height, width), truth, alpha, loaded.bits, loaded.source_mode,
+                       (full_height, full_width))
 
     source = path if path is not None else default_image
     loaded = read_image(source, mode=mode)
@@ -173,7 +175,8 @@ def build_problem(
     alpha = None if loaded.alpha is None else _crop_to(loaded.alpha, size)[..., :height, :width]
     observation = physics.observe(clean, generator)
     _check_channels(source, physics, clean, observation)
-    return Problem(observation, physics, (height, width), clean, alpha, loaded.bits, loaded.source_mode)
+    return Problem(observation, physics, (height, width), clean, alpha, loaded.bits, loaded.source_mode,
+                   tuple(loaded.pixels.shape[-2:]))
 
 
 def with_dataset_hint(error: DipError, root: str) -> DipError:
