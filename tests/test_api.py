@@ -92,6 +92,13 @@ def test_demosaicing_restores_three_channels_from_one():
     assert centre_offsets((33, 20), 14, 14) == (8, 2)  # where a guide image or a mask is cut too
 
 
+def test_noisy_demosaicing_stops_at_the_noise_level_of_its_mosaic():
+    result = restore(torch.rand(3, 16, 16), task="demosaicing", arch="skip_depth2",
+                     overrides=["task.physics.sigma=25", "early_stop=discrepancy", "early_stop.check_every=1",
+                                "early_stop.factor=1e6", "early_stop.delay=0", "trainer.max_steps=3"])
+    assert result.metrics["noise_level_step"] == 1 and result.metrics["stop_reason"] == "early stopping"
+
+
 @pytest.mark.parametrize("arguments, message", [
     ({"image": torch.rand(1, 16, 16)}, "the image tensor has 1 channel(s), but BayerMosaic restores 3"),
     ({"observation": torch.rand(3, 16, 16)}, "the observation tensor: BayerMosaic observes one channel, not 3"),

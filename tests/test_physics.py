@@ -92,6 +92,16 @@ def test_a_bayer_mosaic_samples_one_channel_per_pixel_and_bilinear_fills_the_res
         op.solution_channels(3)
     with pytest.raises(ValueError, match="R, G and B each at least once"):
         BayerMosaic("RGGG")
+    assert op.expected_residual(x) is None  # noise-free: no noise level for the discrepancy principle
+
+
+def test_a_noisy_mosaic_has_the_noise_and_the_noise_energy_of_gaussian_noise():
+    op = BayerMosaic(sigma=25)
+    op.prepare(64, 64)
+    x = torch.full((1, 3, 64, 64), 0.5)
+    noise = op.observe(x, torch.Generator().manual_seed(0)) - op.A(x)
+    assert noise.std().item() == pytest.approx(25 / 255, rel=0.05)
+    assert torch.equal(op.expected_residual(x), GaussianNoise(25).expected_residual(op.A(x)))
 
 
 def test_inpainting_only_sees_known_pixels_and_is_self_adjoint():

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from dip.physics.base import OneChannelOfColour
+from dip.physics.denoising import GaussianNoise
 
 CHANNEL_OF = {"R": 0, "G": 1, "B": 2}
 TENT = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]])
@@ -14,7 +15,10 @@ TENT = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]])
 class BayerMosaic(OneChannelOfColour):
     """``A(x) = sum_c m_c x_c``: a one-channel mosaic of the colour image ``x``, where the masks ``m_c``
     repeat ``pattern`` (the channels of the 2x2 tile's top-left, top-right, bottom-left and
-    bottom-right pixels) over the image. Restoring ``x`` from ``y = A(x)`` is demosaicing.
+    bottom-right pixels) over the image. Restoring ``x`` from ``y = A(x)`` is demosaicing; with
+    ``sigma`` > 0 (on the 0-255 scale) a synthetic mosaic has the Gaussian noise of ``GaussianNoise``
+    (clipped to [0, 1] unless ``clip`` is false), and ``early_stop=discrepancy`` knows its energy:
+    joint demosaicing and denoising.
 
     The baseline is bilinear demosaicing: each channel keeps its samples and fills the other pixels by
     the normalised convolution ``T * (m_c y) / T * m_c`` with the 3x3 tent ``T`` (the mean of the two or
@@ -22,8 +26,9 @@ class BayerMosaic(OneChannelOfColour):
 
     baseline_name = "bilinear"
 
-    def __init__(self, pattern: str = "RGGB"):
+    def __init__(self, pattern: str = "RGGB", sigma: float = 0.0, clip: bool = True):
         super().__init__()
+        self.noise = GaussianNoise(sigma, clip)
         if len(pattern) != 4 or set(pattern) - set(CHANNEL_OF) or set(CHANNEL_OF) - set(pattern):
             raise ValueError(f"pattern must name the 2x2 tile's channels with R, G and B each at least once, "
                              f"like RGGB, got {pattern!r}")
@@ -42,6 +47,12 @@ class BayerMosaic(OneChannelOfColour):
 
     def A(self, x: torch.Tensor) -> torch.Tensor:  # noqa: N802
         return (x * self.masks.to(x.dtype)).sum(1, keepdim=True)
+
+    def observe(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.noise.observe(self.A(x), generator)
+
+    def expected_residual(self, x: torch.Tensor) -> torch.Tensor | None:
+        return self.noise.expected_residual(self.A(x)) if self.noise.sigma > 0 else None
 
     def baseline(self, y: torch.Tensor) -> torch.Tensor:
         masks = self.masks.to(y.dtype)
