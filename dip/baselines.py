@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dip.physics import Degradation, GaussianNoise, Inpainting, LanczosDownsample
+from dip.physics import BayerMosaic, Degradation, GaussianNoise, Inpainting, LanczosDownsample
 
 _BM3D_LOCK = threading.Lock()  # the bm3d library aborts the process when two threads call it at once
 
@@ -23,8 +23,9 @@ class BaselineUnavailableError(Exception):
     """An optional baseline whose package is not installed; the table says so instead of a number."""
 
 
-def bicubic(y: torch.Tensor, physics: LanczosDownsample) -> torch.Tensor:
-    """Bicubic upsampling by the super-resolution factor."""
+def operators_own(y: torch.Tensor, physics: Degradation) -> torch.Tensor:
+    """The degradation's own naive estimate (``physics.baseline``): bicubic upsampling by the
+    super-resolution factor, bilinear demosaicing."""
     return physics.baseline(y)
 
 
@@ -95,7 +96,8 @@ class Baseline:
 
 
 BASELINES = {
-    "bicubic": Baseline("bicubic", LanczosDownsample, bicubic),
+    "bicubic": Baseline("bicubic", LanczosDownsample, operators_own),
+    "bilinear": Baseline("bilinear", BayerMosaic, operators_own),
     "nlm": Baseline("NLM", GaussianNoise, non_local_means),
     "cbm3d": Baseline("CBM3D", GaussianNoise, cbm3d),
     "fill": Baseline("fill", Inpainting, normalised_fill),

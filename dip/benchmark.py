@@ -618,7 +618,8 @@ class Table:
             for name, value in scores.items():
                 if "failed" in value:
                     self.baseline_failures[name][m["image"]] = value["failed"]
-        published = [("paper", spec.paper)] + ([("reference", spec.reference)] if spec.reference else [])
+        published = [(column, node) for column, node in (("paper", spec.paper), ("reference", spec.reference))
+                     if node and (node.mean is not None or node.images)]  # a benchmark beyond the paper has none
         metric_label = "PSNR-Y" if spec.protocol == "y" else "PSNR"
         # (CSV key, markdown heading, function of the row's metrics and baselines)
         self.columns = [

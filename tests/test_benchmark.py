@@ -27,6 +27,7 @@ from dip.benchmark import ImageJob, TimeBudget, _restoration_key, _some_names, r
 from dip.config import compose_config
 from dip.datasets import open_dataset
 from dip.errors import DipError, Interrupted
+from dip.images import load_image
 from dip.metrics import psnr, psnr_y
 from dip.outputs import BEFORE_COLLAPSE_OUTPUT
 from dip.physics import BernoulliMask, GaussianNoise, Inpainting, RegionMask
@@ -908,3 +909,15 @@ def test_sigterm_to_the_main_process_alone_checkpoints_the_workers_fits_and_leav
         time.sleep(0.2)
     assert not any(alive(pid) for pid in workers)
     assert not (run_dir / "images" / "woman" / "checkpoint.ckpt").exists()  # not started: no fit starts after it
+
+
+def test_a_demosaicing_table_sets_dip_beside_bilinear_demosaicing(tmp_path):
+    root, run_dir = tmp_path / "data", tmp_path / "run"
+    make_dataset(root, "kodak24_500crop", ["kodim01.png", "kodim02.png"])
+    run_benchmark(compose("kodak24_demosaic", root, run_dir), run_dir)
+    rows = read_csv(run_dir / "table.csv")
+    assert [row["image"] for row in rows] == ["kodim01.png", "kodim02.png", "mean"]
+    assert all(float(row["bilinear_psnr"]) > 20 for row in rows)  # the astronaut's crops, demosaiced bilinearly
+    assert "| image | size | PSNR | PSNR EMA | bilinear | fit s |" in (run_dir / "table.md").read_text()  # no paper
+    assert load_image(run_dir / "images" / "kodim01" / "observation.png").shape[0] == 1
+    assert load_image(run_dir / "images" / "kodim01" / "baseline_bilinear.png").shape[0] == 3
