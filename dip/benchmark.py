@@ -398,12 +398,12 @@ def restore_all(packs: list[Pack], done_before: int, gpus: list[str], workers: i
     """Restore the jobs of ``packs``, one fit per pack, ``workers`` fits at a time (in this process
     when 1), each started only if ``budget`` allows it. A packed fit that fails (short of memory:
     refused by the memory check, or out of memory; or otherwise) is not the end of its images: they go
-    back to the queue, each to a fit of its own. A fit of one image that fails is logged (with its
-    traceback, unless it is a ``DipError``) and the others go on; an interruption (Ctrl-C, SIGTERM)
-    or a crashed worker process ends the run; a SIGTERM sent to the main process alone (a scheduler's,
-    ``timeout``'s) is passed on to the workers' fits. The metrics by output directory, why each image left
-    unrestored was not started, and why each failed (by its name). ``done_before`` restorations
-    finished before count in the progress lines."""
+    back to the queue, each to a fit of its own. A fit of one image that fails is logged in one line
+    (its traceback, unless it is a ``DipError``, in the fit folder's ``failure.log``) and the others go
+    on; an interruption (Ctrl-C, SIGTERM) or a crashed worker process ends the run; a SIGTERM sent to the
+    main process alone (a scheduler's, ``timeout``'s) is passed on to the workers' fits. The metrics by
+    output directory, why each image left unrestored was not started, and why each failed (by its
+    name). ``done_before`` restorations finished before count in the progress lines."""
     results: dict[Path, dict] = {}
     not_started: dict[str, str] = {}
     failed: dict[str, str] = {}
@@ -565,7 +565,8 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> dict:
                 baseline_scores.append(future.result())
             except Exception as error:  # the image's observation fails: so did (or would) its fits
                 baseline_scores.append(None)
-                failed.setdefault(image_runs[0].name, _failure(error, directory))
+                if image_runs[0].name not in failed:  # its fit's failure, and its traceback, come first
+                    failed[image_runs[0].name] = _failure(error, directory)
     finally:
         threads.shutdown(wait=True, cancel_futures=True)
     # an image is in the table once all its runs are done (the others wait for a later run)

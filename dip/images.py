@@ -257,14 +257,25 @@ def save_image(image: torch.Tensor, path: str | Path, alpha: torch.Tensor | None
 
 
 def centre_offsets(size: tuple[int, int], height: int, width: int) -> tuple[int, int]:
-    """Where ``centre_crop`` cuts an image of ``size`` (height, width): its window's (top, left), even
-    numbers (a pixel above and left of the centre when the margin is odd), so that a crop of a colour
-    filter mosaic, and of whatever is aligned with it, keeps the 2x2 tile's phase."""
-    top, left = max(0, (size[0] - height) // 2), max(0, (size[1] - width) // 2)
-    return top - top % 2, left - left % 2
+    """Where ``centre_crop`` cuts an image of ``size`` (height, width): its window's (top, left)."""
+    return max(0, (size[0] - height) // 2), max(0, (size[1] - width) // 2)
 
 
 def centre_crop(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """The central ``height`` x ``width`` window (no-op on a dimension already small enough)."""
     top, left = centre_offsets(tuple(image.shape[-2:]), height, width)
+    return image[..., top : top + height, left : left + width]
+
+
+def data_crop_offsets(size: tuple[int, int], height: int, width: int) -> tuple[int, int]:
+    """Where ``data.size`` cuts an input image of ``size`` (and its mask, ground truth or guide): the
+    centre window's (top, left), rounded down to even numbers, so that the crop of a colour filter
+    mosaic, and of whatever is aligned with it, keeps the 2x2 tile's phase."""
+    top, left = centre_offsets(size, height, width)
+    return top - top % 2, left - left % 2
+
+
+def data_crop(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """The window of ``data_crop_offsets``: about the centre, at even offsets."""
+    top, left = data_crop_offsets(tuple(image.shape[-2:]), height, width)
     return image[..., top : top + height, left : left + width]

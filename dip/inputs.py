@@ -61,8 +61,9 @@ class MeshgridCode(InputCode):
 class ImageCode(InputCode):
     """A given image as ``z`` (flash / no-flash: the flash photo), padded by replication if needed.
 
-    It is aligned with the restored image: of its size as loaded, and given the same centre crop. A
-    pair of other sizes is refused rather than cropped out of alignment.
+    It is aligned with the restored image, for an operator that keeps the size (flash / no-flash): of
+    its size as loaded, and given the same ``data.size`` crop. A pair of other sizes is refused rather
+    than cropped out of alignment.
     """
 
     def __init__(self, path: str, mode: str = "RGB", **kwargs):
@@ -73,14 +74,14 @@ class ImageCode(InputCode):
 
     def prepare(self, channels, height, width, loaded_size=None):
         from dip.errors import DipError
-        from dip.images import centre_crop
+        from dip.images import data_crop
 
         image = load_image(self.path, mode=self.mode, what="input image")
         size, wanted = tuple(image.shape[-2:]), loaded_size or (height, width)
         if size != wanted:
             raise DipError(f"input image {self.path} is {size[1]}x{size[0]}, but the image to restore is "
                            f"{wanted[1]}x{wanted[0]}: the guide must be aligned with it, of its size")
-        self.image = centre_crop(image, height, width)[None]  # as data.size cropped the observation
+        self.image = data_crop(image, height, width)[None]  # as data.size cropped the observation
 
     def make(self, height, width, generator=None):
         image = self.image

@@ -99,8 +99,10 @@ def finished_metrics(folder: Path, saved: DictConfig | None, cfg: DictConfig) ->
         metrics = json.loads(path.read_text())
     except (OSError, ValueError):
         raise DipError(f"cannot read {path}: delete it to run again") from None
-    # a continuation interrupted there left the record of its settings beside the shorter run's metrics
-    return None if kept_checkpoint and metrics.get("steps") != cfg.trainer.max_steps else metrics
+    # a continuation interrupted there left the record of its settings beside the shorter run's metrics; a fit
+    # that ended early (early stopping, divergence) finished short of them
+    shorter = metrics.get("steps") != cfg.trainer.max_steps and not metrics.get("stop_reason")
+    return None if kept_checkpoint and shorter else metrics
 
 
 def write_outputs(result: Result, output_dir: Path) -> None:

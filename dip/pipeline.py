@@ -159,9 +159,12 @@ def prepare(
     except DipError as error:
         raise with_dataset_hint(error, cfg.data.root) from None
     speed: Speed = instantiate_settings(cfg.speed, "speed")
+    if generator is not None and max(cfg.restarts, problem.images) > 1:
+        raise DipError(f"a generator given in Python is one network: restarts={cfg.restarts} packs copies of one "
+                       "built from a config (arch=...)")
     copies = check_copies(cfg, problem.images)
     z = None
-    if generator is not None:  # one network: check_copies refuses restarts, which only a config's arch can pack
+    if generator is not None:
         generator = copy.deepcopy(generator)  # the caller's network stays as it was
     elif problem.images > 1:
         generator, z = _seeded_copies(cfg, code, problem, seeds or [cfg.seed] * problem.images)

@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 from dip.config import check_settings, instantiate_settings
 from dip.errors import DipError
-from dip.images import centre_crop, centre_offsets, load_image, read_image, resize_alpha
+from dip.images import data_crop, data_crop_offsets, load_image, read_image, resize_alpha
 from dip.physics import Degradation
 
 log = logging.getLogger("dip")
@@ -78,7 +78,7 @@ def stack_problems(problems: list[Problem], names: list[str]) -> Problem:
 
 
 def _crop_to(image: torch.Tensor, size: int | None) -> torch.Tensor:
-    return image if not size else centre_crop(image, size, size)
+    return image if not size else data_crop(image, size, size)
 
 
 def _named(source, what: str) -> str:
@@ -140,7 +140,7 @@ def build_problem(
         scale_h, scale_w = physics.solution_size(1, 1)
         observed = tuple(loaded.pixels.shape[-2:])
         crop = (max(1, size // scale_h), max(1, size // scale_w)) if size else observed
-        top, left = centre_offsets(observed, *crop)  # the window data.size keeps, as centre_crop cuts it
+        top, left = data_crop_offsets(observed, *crop)  # the window data.size keeps
         window = (..., slice(top, top + crop[0]), slice(left, left + crop[1]))
         y, alpha = loaded.pixels[None][window], None if loaded.alpha is None else loaded.alpha[window]
         height, width = physics.solution_size(*y.shape[-2:])

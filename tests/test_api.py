@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from dip import restore
 from dip.errors import DipError
-from dip.images import centre_offsets
+from dip.images import data_crop_offsets
 from dip.physics import BayerMosaic, Inpainting, LanczosDownsample, RegionMask
 
 
@@ -89,7 +89,7 @@ def test_demosaicing_restores_three_channels_from_one():
     mosaic = BayerMosaic()
     mosaic.prepare(13, 13)
     assert torch.equal(mosaic.A(cropped.ground_truth), cropped.observation)
-    assert centre_offsets((33, 20), 14, 14) == (8, 2)  # where a guide image or a mask is cut too
+    assert data_crop_offsets((33, 20), 14, 14) == (8, 2)  # where a guide image or a mask is cut too
 
 
 def test_noisy_demosaicing_stops_at_the_noise_level_of_its_mosaic():
@@ -148,6 +148,5 @@ def test_a_generator_built_in_python_replaces_the_arch(tmp_path):
     with pytest.raises(DipError, match=re.escape("arch tests.test_api.TwoConvolutions / task denoising: the step fails "
                                                  "on a 1 x 32 x 12 x 20 code (its channels: input.channels)")):
         restore(torch.rand(3, 12, 20), generator=network, overrides=["trainer.max_steps=1"])  # z has 32 channels
-    with pytest.raises(DipError, match="restarts=2 packs copies of the generator into one network, which arch "
-                                       "'TwoConvolutions'"):
+    with pytest.raises(DipError, match="a generator given in Python is one network: restarts=2 packs copies"):
         restore(torch.rand(3, 12, 20), generator=network, overrides=["trainer.max_steps=1", "restarts=2"])

@@ -185,6 +185,21 @@ def test_a_sub_run_that_kept_its_checkpoint_continues_to_more_steps_as_run_py_do
     experiment("two_run_average", [*settings, "trainer.max_steps=3"], tmp_path)
     metrics = json.loads((tmp_path / "run0" / "metrics.json").read_text())
     assert (metrics["steps"], metrics["resumed_from_step"]) == (3, 2)
+    continued = (tmp_path / "run0" / "metrics.json").read_bytes()
+    with pytest.raises(DipError, match="already holds 3 steps"):  # refused before any fit
+        experiment("two_run_average", [*settings, "trainer.max_steps=2"], tmp_path)
+    assert (tmp_path / "run0" / "metrics.json").read_bytes() == continued
+
+
+def test_a_sub_run_that_stopped_early_and_kept_its_checkpoint_is_finished(tmp_path):
+    settings = ["data.size=32", "arch=skip_depth2", "experiment.runs=1", "checkpoint.keep=true", "logger=none",
+                "trainer.max_steps=6", "early_stop=discrepancy", "early_stop.check_every=1", "early_stop.factor=1e6",
+                "early_stop.delay=0"]
+    experiment("two_run_average", settings, tmp_path)
+    stopped = (tmp_path / "run0" / "metrics.json").read_bytes()
+    assert json.loads(stopped)["stop_reason"] == "early stopping"
+    experiment("two_run_average", settings, tmp_path)
+    assert (tmp_path / "run0" / "metrics.json").read_bytes() == stopped  # reused, not fitted on past its stop
 
 
 def test_an_experiment_cut_short_reuses_its_finished_sub_runs_except_those_it_records(tmp_path, image_and_mask):

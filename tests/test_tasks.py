@@ -13,7 +13,8 @@ from PIL import Image
 from dip import restore
 from dip.config import compose_config
 from dip.errors import DipError
-from dip.images import load_image
+from dip.images import centre_crop, load_image
+from dip.inputs import ImageCode
 from dip.metrics import psnr
 from dip.nets.alexnet import MIN_SIZE, WEIGHTS_URL, AlexNet, load_alexnet
 from dip.outputs import describe
@@ -291,3 +292,10 @@ def test_a_flash_image_of_another_size_is_refused_unless_both_are_cropped(tmp_pa
             restore(observation=noflash, task="flash_no_flash", overrides=[*overrides, f"data.size={size}"])
     cropped = restore(observation=flash, task="flash_no_flash", overrides=[*overrides, "data.size=48"])
     assert cropped.restored.shape == (1, 3, 48, 48)
+
+
+def test_a_padded_guide_is_where_the_generators_output_is_cropped(tmp_path):
+    """z is the guide padded to the network's multiple, and the output is cropped back about the same centre."""
+    code = ImageCode(str(save(smooth_image(58), tmp_path / "guide.png")))
+    code.prepare(3, 58, 58, (58, 58))
+    assert torch.equal(centre_crop(code.make(64, 64), 58, 58), code.image)  # 3 pixels of padding before

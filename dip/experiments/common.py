@@ -16,7 +16,8 @@ from hydra.core.hydra_config import HydraConfig
 from matplotlib.figure import Figure
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from dip.config import check_settings, checked_config
+from dip.checkpoint import check_resumable, find_checkpoint
+from dip.config import check_settings, checked_config, result_settings
 from dip.errors import DipError, Interrupted, one_line
 from dip.figures import figure_png
 from dip.files import write_atomically
@@ -72,6 +73,8 @@ def restore_each(runs: Sequence[SubRun]) -> list[Result]:
     for run, cfg, reuse in zip(runs, configs, reused):
         if not reuse:  # its input, network and packing too, built and let go: no fit before a later one fails
             prepare(cfg, problem_from_config(cfg, observation=run.observation))
+            if (checkpoint := find_checkpoint(cfg.resume, run.directory)) is not None:
+                check_resumable(checkpoint, result_settings(cfg), cfg.trainer.max_steps)
     results = []
     for run, cfg, reuse in zip(runs, configs, reused):
         if reuse:

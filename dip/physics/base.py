@@ -89,8 +89,8 @@ class Degradation(nn.Module):
 
 
 class OneChannelOfColour(Degradation):
-    """An operator whose observation is one channel made of a colour image's three (its luma, a colour
-    filter mosaic): three channels are restored from one."""
+    """An operator whose observation is one channel made of a colour image's three (a colour filter
+    mosaic): three channels are restored from one."""
 
     def solution_channels(self, observed: int) -> int:
         if observed != 1:

@@ -95,7 +95,7 @@ class FileMask(MaskSource):
         return f"mask {self.path}"
 
     def __call__(self, height, width, generator=None):
-        from dip.images import centre_crop, load_image
+        from dip.images import data_crop, load_image
 
         mask = load_image(self.path, mode="L", what="mask")
         size = tuple(mask.shape[-2:])
@@ -103,4 +103,4 @@ class FileMask(MaskSource):
             image = self.image_size if self.image_size and self.image_size != (height, width) else None
             cropped = f" ({image[1]}x{image[0]} before data.size cropped it)" if image else ""
             raise ValueError(f"mask {self.path} is {size[1]}x{size[0]} but the image is {width}x{height}{cropped}")
-        return (centre_crop(mask, height, width) >= 0.5).float()[None]
+        return (data_crop(mask, height, width) >= 0.5).float()[None]
