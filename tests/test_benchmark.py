@@ -805,7 +805,8 @@ def test_filing_a_run_folder_adds_its_image_and_its_wider_table_to_progress(tmp_
     (run_dir / ".hydra" / "config.yaml").write_text(hydra_config)
     (run_dir / ".hydra" / "overrides.yaml").write_text(
         "- benchmark=set5_x4\n- logger=csv\n- trainer.max_steps=2\n- '+data.size=48'\n"
-        "- 'benchmark.restore=[bird.png]'\n- checkpoint.every_n_steps=100\n- images_per_fit=2\n- speed=fast\n")
+        "- 'benchmark.restore=[bird.png]'\n- checkpoint.every_n_steps=100\n- images_per_fit=2\n- speed=fast\n"
+        "- trainer.enable_progress_bar=false\n")
     (run_dir / "packs" / "bird+1-0a1b2c3d" / "csv").mkdir(parents=True)  # a packed fit's curve
     (run_dir / "packs" / "bird+1-0a1b2c3d" / "csv" / "metrics.csv").write_text("psnr,step\n20.0,1\n")
     (run_dir / "benchmark.log").write_text("[1/1] bird.png (seed 0): psnr_y 20.00 dB\n")
