@@ -52,7 +52,7 @@ def restore(
     problem = problem_from_config(cfg, clean=image, observation=observation, physics=physics)
     with open_dict(cfg):
         if physics is not None:
-            OmegaConf.resolve(cfg.task)  # the task's name, were it to follow the config's physics (sr_x${...factor})
+            OmegaConf.resolve(cfg.task)  # a name made of the replaced physics' keys (sr_x${task.physics.factor})
             cfg.task.physics = {"_target_": _class_path(physics), "given": repr(physics)}
         if generator is not None:
             parameters = sum(parameter.numel() for parameter in generator.parameters())
