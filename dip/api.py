@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf, open_dict
+from omegaconf import open_dict
 
 from dip.config import checked_config
 from dip.outputs import Result
@@ -41,9 +41,9 @@ def restore(
 
     Objects built in Python stand in for the config's (which the config then records by class):
     ``physics``, a ``dip.physics.Degradation``, replaces the task's (``task`` still gives the steps,
-    learning rate and input; its ``repr`` is recorded too); ``generator``, a network mapping the code
-    ``z`` (``input.channels`` channels) to the image, replaces ``arch`` (a copy is fitted, from the
-    weights it has; ``seed`` still draws ``z`` and the perturbations).
+    learning rate and input; its ``repr`` is recorded too, and its class names the task); ``generator``,
+    a network mapping the code ``z`` (``input.channels`` channels) to the image, replaces ``arch`` (a copy
+    is fitted, from the weights it has; ``seed`` still draws ``z`` and the perturbations).
     """
     options = [f"task={task}"] + ([f"arch={arch}"] if arch else [])
     if output_dir is None and not any(o.startswith("logger=") for o in overrides):
@@ -52,8 +52,8 @@ def restore(
     problem = problem_from_config(cfg, clean=image, observation=observation, physics=physics)
     with open_dict(cfg):
         if physics is not None:
-            OmegaConf.resolve(cfg.task)  # a name made of the replaced physics' keys (sr_x${task.physics.factor})
             cfg.task.physics = {"_target_": _class_path(physics), "given": repr(physics)}
+            cfg.task.name = type(physics).__name__  # not sr_x4's name for a x2 operator
         if generator is not None:
             parameters = sum(parameter.numel() for parameter in generator.parameters())
             cfg.arch = {"_target_": _class_path(generator), "given": f"{parameters} parameters"}

@@ -160,8 +160,6 @@ def _restoration_key(config: dict) -> dict:
     key = {name: value for name, value in relocated.items() if name in top_level}
     key["trainer"] = {name: relocated.get("trainer", {}).get(name) for name in ("max_steps", "precision")}
     key["benchmark"] = {name: relocated.get("benchmark", {}).get(name) for name in BENCHMARK_RESULT_KEYS}
-    if key.get("backtrack_db") is None:  # then nothing reads it (as in result_settings)
-        key.pop("metrics_every", None)
     key = without_implied_settings(key)
     if "data" in key:  # a copy: the config's own stays as it is
         data = key["data"] = {name: value for name, value in key["data"].items() if name != "root"}

@@ -71,9 +71,11 @@ IMPLIED_SETTINGS = {"backtrack_against": "last", "diverged_gradient": "keep", "m
 
 
 def without_implied_settings(settings: dict) -> dict:
-    """``settings`` less each of ``IMPLIED_SETTINGS`` at the value its absence meant."""
+    """``settings`` (top-level keys as in a config, or flattened) less each of ``IMPLIED_SETTINGS`` at the
+    value its absence meant, and less ``metrics_every`` when ``backtrack_db`` is null: nothing reads it then."""
+    unread = {"metrics_every"} if settings.get("backtrack_db") is None else set()
     return {key: value for key, value in settings.items()
-            if key not in IMPLIED_SETTINGS or value != IMPLIED_SETTINGS[key]}
+            if key not in unread and (key not in IMPLIED_SETTINGS or value != IMPLIED_SETTINGS[key])}
 
 
 # Settings that change the result; the others (steps, logging, paths, device) may differ on resume.
@@ -94,10 +96,8 @@ def result_settings(cfg: DictConfig) -> dict:
     nodes = {key: OmegaConf.select(cfg, key) for key in RESULT_SETTINGS}
     selected = {key: OmegaConf.to_container(node, resolve=True) if isinstance(node, Container) else node
                 for key, node in nodes.items()}
-    settings = {key: value for key, value in dotted(selected).items() if key not in IGNORED_SETTINGS}
-    if settings["backtrack_db"] is None:
-        del settings["metrics_every"]
-    return without_implied_settings(settings)
+    return without_implied_settings({key: value for key, value in dotted(selected).items()
+                                     if key not in IGNORED_SETTINGS})
 
 
 def setting_differences(saved: dict, settings: dict) -> str:

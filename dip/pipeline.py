@@ -25,6 +25,7 @@ from pytorch_lightning.loggers import WandbLogger
 from torch.utils.data import Dataset
 
 from dip.callbacks import CollapseGuard
+from dip.callbacks.device_state import DeviceStateCallback
 from dip.checkpoint import (
     CHECKPOINT_NAME,
     Resumable,
@@ -194,9 +195,14 @@ def prepare(
         z=z,
     )
     check_shapes(module, OmegaConf.select(cfg, "arch._target_"), cfg.task.name)
-    if cfg.get("early_stop"):  # refused now, not once the logger has written its first files
-        instantiate_settings(cfg.early_stop, "early_stop").check_module(module)
+    if (stopping := early_stopping_of(cfg)) is not None:  # refused now, not once the logger has written files
+        stopping.check_module(module)
     return problem, module
+
+
+def early_stopping_of(cfg: DictConfig) -> DeviceStateCallback | None:
+    """A fresh instance of the early-stopping callback that ``cfg.early_stop`` names, if any."""
+    return instantiate_settings(cfg.early_stop, "early_stop") if cfg.get("early_stop") else None
 
 
 def check_shapes(module: DeepImagePrior, arch: str, task: str) -> None:
@@ -422,7 +428,7 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
     """
     checkpoint_dir = checkpoint_dir if checkpoint_dir is not None else output_dir
     problem, module = prepare(cfg, problem, seeds, generator)
-    early_stopping = instantiate_settings(cfg.early_stop, "early_stop") if cfg.get("early_stop") else None
+    early_stopping = early_stopping_of(cfg)
     # Early stopping already chooses the outputs; otherwise a fit that collapses at its end keeps an EMA from before
     guard = CollapseGuard(cfg.backtrack_db, cfg.metrics_every) if not early_stopping and cfg.backtrack_db else None
     chooser = early_stopping or guard
