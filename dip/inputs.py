@@ -27,9 +27,11 @@ class InputCode:
         """A ``1 x channels x height x width`` code."""
         raise NotImplementedError
 
-    def prepare(self, channels: int, height: int, width: int, loaded_size: tuple[int, int] | None = None) -> None:
+    def prepare(self, channels: int, height: int, width: int, loaded_size: tuple[int, int] | None = None,
+                offset: tuple[int, int] = (0, 0)) -> None:
         """Check the code fits an image of this many channels and this size (``loaded_size`` before
-        ``data.size`` cropped it, where known); load what it needs."""
+        ``data.size`` cropped it, where known, with the image's (top, left) in it at ``offset``); load
+        what it needs."""
 
 
 class NoiseCode(InputCode):
@@ -61,9 +63,9 @@ class MeshgridCode(InputCode):
 class ImageCode(InputCode):
     """A given image as ``z`` (flash / no-flash: the flash photo), padded by replication if needed.
 
-    It is aligned with the restored image, for an operator that keeps the size (flash / no-flash): of
-    its size as loaded, and given the same ``data.size`` crop. A pair of other sizes is refused rather
-    than cropped out of alignment.
+    It is aligned with the restored image: of its size as loaded (for super-resolution, the size the
+    observation restores to) and cut at the same window, whatever ``data.size`` crop or trim to the
+    operator's factor made it. A pair of other sizes is refused rather than cropped out of alignment.
     """
 
     def __init__(self, path: str, mode: str = "RGB", **kwargs):
@@ -72,16 +74,16 @@ class ImageCode(InputCode):
         self.image: torch.Tensor | None = None
         self.channels = 3 if mode == "RGB" else 1
 
-    def prepare(self, channels, height, width, loaded_size=None):
+    def prepare(self, channels, height, width, loaded_size=None, offset=(0, 0)):
         from dip.errors import DipError
-        from dip.images import data_crop
 
         image = load_image(self.path, mode=self.mode, what="input image")
         size, wanted = tuple(image.shape[-2:]), loaded_size or (height, width)
         if size != wanted:
             raise DipError(f"input image {self.path} is {size[1]}x{size[0]}, but the image to restore is "
                            f"{wanted[1]}x{wanted[0]}: the guide must be aligned with it, of its size")
-        self.image = data_crop(image, height, width)[None]  # as data.size cropped the observation
+        top, left = offset
+        self.image = image[None, :, top : top + height, left : left + width]
 
     def make(self, height, width, generator=None):
         image = self.image
@@ -104,7 +106,7 @@ class PixelCode(InputCode):
         self.mean, self.scale = mean, scale
         self.channels = 3
 
-    def prepare(self, channels, height, width, loaded_size=None):
+    def prepare(self, channels, height, width, loaded_size=None, offset=(0, 0)):
         self.channels = channels
 
     def make(self, height, width, generator=None):

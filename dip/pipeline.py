@@ -156,7 +156,7 @@ def prepare(
     pl.seed_everything(cfg.seed, verbose=False)
     code = instantiate_settings(cfg.input, "input")
     try:
-        code.prepare(problem.channels, *problem.solution_size, problem.loaded_size)
+        code.prepare(problem.channels, *problem.solution_size, problem.loaded_size, problem.offset)
     except DipError as error:
         raise with_dataset_hint(error, cfg.data.root) from None
     speed: Speed = instantiate_settings(cfg.speed, "speed")

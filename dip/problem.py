@@ -27,6 +27,7 @@ class Problem:
     bits: int = 8  # bit depth of the input, kept by the outputs
     source_mode: str = "RGB"  # the input file's mode (PIL's name)
     loaded_size: tuple[int, int] | None = None  # the solution's (height, width) before data.size cropped it
+    offset: tuple[int, int] = (0, 0)  # (top, left) of the solution in that loaded size: where an aligned guide is cut
 
     @property
     def observation_image(self) -> torch.Tensor:
@@ -73,7 +74,7 @@ def stack_problems(problems: list[Problem], names: list[str]) -> Problem:
     return Problem(
         torch.cat([problem.observation for problem in problems]), physics, first.solution_size,
         None if any(truth is None for truth in truths) else torch.cat(truths),
-        bits=first.bits, source_mode=first.source_mode, loaded_size=first.loaded_size,
+        bits=first.bits, source_mode=first.source_mode, loaded_size=first.loaded_size, offset=first.offset,
     )
 
 
@@ -159,12 +160,13 @@ def build_problem(
         _prepare(physics, height, width, generator, (full_height, full_width))
         alpha = None if alpha is None else resize_alpha(alpha, (height, width))
         return Problem(y, physics, (height, width), truth, alpha, loaded.bits, loaded.source_mode,
-                       (full_height, full_width))
+                       (full_height, full_width), (top * scale_h, left * scale_w))
 
     source = path if path is not None else default_image
     loaded = read_image(source, mode=mode)
     source = _named(source, "image")
     clean = _crop_to(loaded.pixels[None], size)
+    offset = data_crop_offsets(tuple(loaded.pixels.shape[-2:]), *clean.shape[-2:])  # the top-left trim keeps it
     _check(source, physics.check_fits, *clean.shape[-2:])
     height, width = physics.solution_size(*physics.observation_size(*clean.shape[-2:]))
     if (height, width) != clean.shape[-2:]:
@@ -176,7 +178,7 @@ def build_problem(
     observation = physics.observe(clean, generator)
     _check_channels(source, physics, clean, observation)
     return Problem(observation, physics, (height, width), clean, alpha, loaded.bits, loaded.source_mode,
-                   tuple(loaded.pixels.shape[-2:]))
+                   tuple(loaded.pixels.shape[-2:]), offset)
 
 
 def with_dataset_hint(error: DipError, root: str) -> DipError:

@@ -294,6 +294,24 @@ def test_a_flash_image_of_another_size_is_refused_unless_both_are_cropped(tmp_pa
     assert cropped.restored.shape == (1, 3, 48, 48)
 
 
+@pytest.mark.parametrize("clean_size, observed, data_size", [(110, False, "null"), (110, False, "100"),
+                                                             (104, True, "64")])
+def test_a_super_resolution_guide_is_cut_where_the_image_to_restore_is(tmp_path, clean_size, observed, data_size):
+    """Guided x8 super-resolution, the guide being the ground truth itself: the guide's window is the truth's,
+    after a top-left trim to the factor (110 -> 104), a data.size crop before it, or a crop of a real observation
+    (13 x 13 -> 8 x 8 at (2, 2), so 64 x 64 at (16, 16)); a centre cut of its own would be 2 to 4 pixels off."""
+    clean = save(smooth_image(clean_size), tmp_path / "clean.png")
+    data = [f"data.path={clean}", f"data.size={data_size}"]
+    if observed:
+        small = Image.open(clean).resize((clean_size // 8,) * 2, Image.BICUBIC)
+        small.save(tmp_path / "small.png")
+        data.append(f"data.observation={tmp_path / 'small.png'}")
+    problem, module = prepare(compose_config(["task=sr_x8", "input=image", f"input.path={clean}", SMALL_NET,
+                                              *data, "logger=none"]))
+    assert module.code.image.shape[-2:] == problem.ground_truth.shape[-2:] != (clean_size, clean_size)
+    assert torch.equal(module.code.image, problem.ground_truth)
+
+
 def test_a_padded_guide_is_where_the_generators_output_is_cropped(tmp_path):
     """z is the guide padded to the network's multiple, and the output is cropped back about the same centre."""
     code = ImageCode(str(save(smooth_image(58), tmp_path / "guide.png")))
