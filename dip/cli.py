@@ -105,23 +105,35 @@ def _every_job_reads_this_input(cfg: DictConfig, arguments: list[str], sweeps: l
             and not swept & {"data", "task", "mask", "profile"})
 
 
+RUN_FOLDER_KEYS = ("hydra.run.dir", "hydra.sweep.dir")
+
+
 def run_folders(arguments: list[str]) -> list[tuple[str, Path]]:
     """The run and sweep folders that the command line ``arguments`` name, with their keys."""
     named = [argument.partition("=") for argument in arguments]
-    return [(key, Path(folder)) for key, _, folder in named if key in ("hydra.run.dir", "hydra.sweep.dir")]
+    return [(key, Path(folder)) for key, _, folder in named if key in RUN_FOLDER_KEYS and _unquoted(folder)]
+
+
+def _unquoted(value: str) -> str:
+    """An override's value as Hydra reads it (``''`` is empty)."""
+    return value[1:-1] if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"" else value
 
 
 def check_run_folders(arguments: list[str]) -> None:
-    """Refuse in one line, before Hydra tries to make them, the run folders it could not make: a file
-    in the way, or a place where nothing can be written."""
+    """Refuse in one line, before Hydra tries to make them, the run folders it could not make: no name
+    (Hydra would write into the working directory), a file in the way, a name the file system refuses, or
+    a place where nothing can be written."""
+    for key, _, value in (argument.partition("=") for argument in arguments):
+        if key in RUN_FOLDER_KEYS and not _unquoted(value).strip():
+            fail(f"{key} is empty: name the folder to write into ({key}=. for the working directory)")
     for key, folder in run_folders(arguments):
-        existing = next(path for path in [folder.absolute(), *folder.absolute().parents] if path.exists())
-        if not existing.is_dir():
-            fail(f"{key}={folder}: {existing} is a file, not a folder")
         try:
+            existing = next(path for path in [folder.absolute(), *folder.absolute().parents] if path.exists())
+            if not existing.is_dir():
+                fail(f"{key}={folder}: {existing} is a file, not a folder")
             tempfile.TemporaryDirectory(dir=existing).cleanup()
         except OSError as error:
-            fail(f"{key}={folder}: cannot write in {existing} ({error.strerror or one_line(error)})")
+            fail(f"{key}={folder}: cannot write there ({error.strerror or one_line(error)})")
 
 
 def check_launcher(arguments: list[str]) -> None:
@@ -174,7 +186,11 @@ class EarlierRuns:
             raise DipError(f"{output_dir} holds a finished run without Hydra's record of its settings "
                            f"(.hydra/config.yaml; hydra.output_subdir=null?): run into another folder, or delete "
                            f"its metrics.json to replace it")
-        return OmegaConf.create(record.decode())
+        try:
+            return OmegaConf.create(record.decode())
+        except Exception:  # noqa: BLE001 (YAML's or OmegaConf's errors, or bytes that are not text)
+            raise DipError(f"{output_dir / '.hydra' / 'config.yaml'}, the record of the finished run there, cannot "
+                           f"be read: run into another folder, or delete its metrics.json to replace it") from None
 
     def discard(self, output_dir: Path) -> None:
         """Remove what this failed job left: the outputs it wrote, its log unless an earlier run's (which

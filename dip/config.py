@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import difflib
+import inspect
+import math
 import os
 import re
+import types
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,7 +19,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from hydra.types import RunMode
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from omegaconf import Container, DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
@@ -224,14 +229,46 @@ def checked_config(overrides: Sequence[str] = (), output_dir: str | Path | None 
         if key in groups and value not in groups[key]:
             raise DipError(f"unknown {key} '{value}' (choose from: {', '.join(groups[key])})")
     try:
-        return compose_config(overrides, output_dir, config_name)
+        cfg = compose_config(overrides, output_dir, config_name)
     except HydraException as error:
+        if unknown := re.match(r"Could not override '([\w.]+)'", str(error)):
+            raise DipError(_unknown_setting(unknown[1], overrides, config_name)) from None
         raise DipError(config_message(error)) from None
     except yaml.MarkedYAMLError as error:  # a config file of one's own that is not YAML
         mark = error.problem_mark
         raise DipError(f"config file {mark.name} (line {mark.line + 1}) is not valid YAML: {error.problem}") from None
     except OmegaConfBaseException as error:
         raise DipError(f"invalid config: {config_message(error)}") from None
+    for option in overrides:  # a key added to settings read by name is read by nothing: a typo (+data.maks=...)
+        key = option[1:].partition("=")[0] if option.startswith("+") and not option.startswith("++") else ""
+        if key.partition(".")[0] in SETTINGS_READ_BY_NAME and "." in key:
+            raise DipError(f"+{key}: nothing reads a setting named '{key}'{_close_setting(key, cfg)}; settings are "
+                           f"changed without '+'")
+    return cfg
+
+
+# Nodes whose settings the framework reads by name (no class is built from them with what they hold)
+SETTINGS_READ_BY_NAME = ("data", "checkpoint", "benchmark", "paths")
+
+
+def _unknown_setting(key: str, overrides: Sequence[str], config_name: str) -> str:
+    """The line for an override of a setting that the config lacks, with the nearest name it has."""
+    others = [option for option in overrides if option.lstrip("+~").partition("=")[0] != key]
+    try:
+        near = _close_setting(key, compose_config(others, config_name=config_name))
+    except Exception:  # noqa: BLE001 (the other overrides fail on their own: the line still names this one)
+        near = ""
+    return (f"{key}: no such setting{near}; +{key}=VALUE adds one, for a class that takes it as an argument "
+            f"(a network or operator of one's own)")
+
+
+def _close_setting(key: str, cfg: DictConfig) -> str:
+    """`` (did you mean data.mask?)`` when ``cfg`` has a setting beside ``key`` of a name close to its, else ``""``."""
+    parent, _, name = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    names = [str(other) for other in node.keys() if other != name] if isinstance(node, DictConfig) else []
+    close = difflib.get_close_matches(name, names, n=1)
+    return f" (did you mean {parent + '.' if parent else ''}{close[0]}?)" if close else ""
 
 
 def config_message(error: Exception) -> str:
@@ -283,11 +320,14 @@ def check_settings(cfg: DictConfig) -> None:
     if devices is not None and not one_device:  # several would start distributed training over one image
         raise DipError(f"trainer.devices={devices}: a restoration runs on one device (a list of one GPU index, "
                        f"[2], picks which); a sweep spreads runs over the GPUs: -m ... hydra/launcher=gpus")
+    for key in ("checkpoint.keep", "check_memory"):  # read as truth values: any text would count as true
+        if not isinstance(value := OmegaConf.select(cfg, key), bool):
+            raise DipError(f"{key} must be true or false, got {value!r}")
     if cfg.data.mode not in ("auto", "L", "RGB"):
         raise DipError(f"data.mode must be auto, L or RGB, got {cfg.data.mode!r}")
     for key, value in (("optim.lr", OmegaConf.select(cfg, "optim.lr")), ("backtrack_db", cfg.backtrack_db)):
-        if value is not None and not (isinstance(value, (int, float)) and value > 0):
-            raise DipError(f"{key} must be a number > 0{', or null for none' if key == 'backtrack_db' else ''}, "
+        if value is not None and not (isinstance(value, (int, float)) and 0 < value < math.inf):
+            raise DipError(f"{key} must be a finite number > 0{', or null for none' if key == 'backtrack_db' else ''}, "
                            f"got {value!r}")
     if cfg.data.get("mask") is not None and "mask_file" not in cfg.task.physics:
         raise DipError(f"data.mask={cfg.data.mask} is given, but task {cfg.task.name} takes no mask (the inpainting "
@@ -300,6 +340,7 @@ def instantiate_settings(node: DictConfig, what: str, **kwargs):
     if kwargs and not node.get("_partial_"):  # the class would be built without them, then called with them
         raise DipError(f"{what} {target}: its config needs _partial_: true (the framework builds it with "
                        f"{', '.join(f'{name}=' for name in kwargs)} added)")
+    check_setting_types(node, what)
     try:
         built = instantiate(node, _convert_="all")
         return built(**kwargs) if kwargs else built
@@ -307,6 +348,57 @@ def instantiate_settings(node: DictConfig, what: str, **kwargs):
         raise
     except Exception as error:
         raise settings_error(error, what, target, passed=tuple(kwargs)) from None
+
+
+# What a constructor's annotation asks of a setting, as a config can give it, and how a message says it.
+KINDS = {bool: "true or false", int: "a whole number", float: "a finite number", str: "text"}
+
+
+def check_setting_types(node: DictConfig, what: str) -> None:
+    """``DipError`` naming the setting of ``node`` (``what``: its place in the config), or of a node it
+    builds, whose value is not of a kind its class's constructor declares: text where a number goes
+    (``sigma=lots``), a number that is not finite (``lr=inf``), anything but true or false for a switch.
+    A constructor would take most of them as they are, or fail without naming the setting."""
+    try:
+        parameters = inspect.signature(get_object(node._target_), eval_str=True).parameters
+    except Exception:  # noqa: BLE001 (no class to ask, or annotations it cannot evaluate: its constructor checks)
+        parameters = {}
+    for key in node:
+        if str(key).startswith("_"):
+            continue
+        child = node._get_node(key)
+        # a group's node placed by interpolation (task.physics.mask: ${mask}) is named by its group
+        place = f"{what}.{key}"
+        if child._is_interpolation() and (group := re.fullmatch(r"\$\{([\w.]+)\}", str(child._value()))):
+            place = group[1]
+        try:
+            value = node[key]
+        except OmegaConfBaseException:
+            continue
+        if isinstance(value, DictConfig) and "_target_" in value:
+            check_setting_types(value, place)
+        elif key in parameters and (kinds := _kinds(parameters[key].annotation)) and not _of_kind(value, kinds):
+            said = " or ".join(KINDS[kind] for kind in kinds) + (" (or null)" if type(None) in kinds else "")
+            raise DipError(f"{place} must be {said}, got {value!r}")
+
+
+def _kinds(annotation) -> tuple[type, ...]:
+    """The kinds of ``KINDS`` (and None) an annotation allows; empty when it allows others too."""
+    kinds = typing.get_args(annotation) if isinstance(annotation, types.UnionType) or typing.get_origin(
+        annotation) is typing.Union else (annotation,)
+    return kinds if kinds and all(kind in KINDS or kind is type(None) for kind in kinds) else ()
+
+
+def _of_kind(value, kinds: tuple[type, ...]) -> bool:
+    if value is None:  # a null where the annotation has none is the constructor's to judge (a default of None)
+        return True
+    if isinstance(value, bool):
+        return bool in kinds
+    if isinstance(value, int):
+        return int in kinds or float in kinds
+    if isinstance(value, float):
+        return float in kinds and math.isfinite(value)
+    return isinstance(value, str) and str in kinds
 
 
 def settings_error(error: Exception, what: str, target: str, passed: tuple[str, ...] = ()) -> DipError:

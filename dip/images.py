@@ -189,6 +189,10 @@ def read_image(path: str | Path | torch.Tensor, mode: str = "auto", what: str = 
 
 
 def _from_tensor(image: torch.Tensor, what: str, mode: str = "auto") -> torch.Tensor:
+    if image.is_meta:
+        raise DipError(f"{what} tensor is on the meta device: it has a shape but no values")
+    if image.is_complex():  # converting it to float would keep its real part only
+        raise DipError(f"{what} tensor is {image.dtype}, not real: an image's values are real numbers in [0, 1]")
     image = image.detach().float().cpu()
     if image.dim() == 2:
         image = image[None]
@@ -197,6 +201,10 @@ def _from_tensor(image: torch.Tensor, what: str, mode: str = "auto") -> torch.Te
     if image.dim() != 3 or image.shape[0] not in (1, 3):
         raise DipError(f"{what} tensor must be C x H x W (or 1 x C x H x W) with C = 1 or 3, got shape "
                        f"{tuple(image.shape)}")
+    if image.numel() == 0:
+        raise DipError(f"{what} tensor is empty ({'x'.join(map(str, image.shape))})")
+    if nans := image.isnan().sum().item():  # its minimum and maximum would be NaN too
+        raise DipError(f"{what} tensor holds {nans} NaN value(s) of {image.numel()}")
     low, high = image.min().item(), image.max().item()
     if not (0 <= low and high <= 1):  # clamping would make 8-bit values an almost white image
         raise DipError(f"{what} tensor holds values in [{low:.4g}, {high:.4g}], not in [0, 1] (8-bit values: divide "

@@ -17,7 +17,7 @@ import yaml
 from omegaconf import DictConfig
 
 from dip.config import finished_run_settings, refuse_other_settings, setting_differences
-from dip.errors import DipError
+from dip.errors import DipError, one_line
 from dip.files import write_atomically
 from dip.images import save_image
 
@@ -107,17 +107,27 @@ def finished_metrics(folder: Path, saved: DictConfig | None, cfg: DictConfig) ->
 
 def write_outputs(result: Result, output_dir: Path) -> None:
     """Images first, ``metrics.json`` last, each written atomically: a run directory with
-    ``metrics.json`` holds a finished run."""
-    save_image(result.observation[0], output_dir / "observation.png", result.alpha, result.bits)
-    save_image(result.restored[0], output_dir / "restored.png", result.alpha, result.bits)
-    save_image(result.restored_ema[0], output_dir / "restored_ema.png", result.alpha, result.bits)
+    ``metrics.json`` holds a finished run. ``DipError`` naming the file when one cannot be written
+    (a full disk, a folder in its place); those written before it are removed."""
+    images = {"observation.png": result.observation[0], "restored.png": result.restored[0],
+              "restored_ema.png": result.restored_ema[0]}
     if result.baseline_name is not None:
-        save_image(result.baseline[0], output_dir / f"{result.baseline_name}.png", result.alpha, result.bits)
+        images[f"{result.baseline_name}.png"] = result.baseline[0]
     if result.ema_before_collapse is not None:
-        save_image(result.ema_before_collapse[0], output_dir / BEFORE_COLLAPSE_OUTPUT, result.alpha, result.bits)
+        images[BEFORE_COLLAPSE_OUTPUT] = result.ema_before_collapse[0]
     for index, image in enumerate(result.restarts if result.restarts is not None else []):
-        save_image(image, output_dir / RESTART_OUTPUT.format(index), result.alpha, result.bits)
-    write_json(result.metrics, output_dir / "metrics.json")
+        images[RESTART_OUTPUT.format(index)] = image
+    written = []
+    try:
+        for name, image in images.items():
+            save_image(image, output_dir / name, result.alpha, result.bits)
+            written.append(output_dir / name)
+        write_json(result.metrics, output_dir / "metrics.json")
+    except OSError as error:
+        for path in written:
+            path.unlink(missing_ok=True)
+        failed = error.filename2 or error.filename or output_dir
+        raise DipError(f"cannot write {failed}: {error.strerror or one_line(error)}") from None
 
 
 def write_json(data, path: Path) -> None:

@@ -518,7 +518,13 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
         if saver.interrupted and saver.path is not None:
             raise RunInterruptedError(saver.interrupted, steps, trainer.max_steps, saver.path)
         if output_dir is not None:
-            write_outputs(result, Path(output_dir))
+            try:
+                write_outputs(result, Path(output_dir))
+            except DipError as error:
+                if saver.path is None or not saver.path.is_file():
+                    raise
+                raise DipError(f"{error}; the checkpoint {saver.path} is kept: the same command, once the outputs "
+                               f"can be written, resumes from it") from None
         if saver.path is not None and not cfg.checkpoint.keep:
             saver.path.unlink(missing_ok=True)
         return result

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 from dataclasses import dataclass
 
 import torch
@@ -82,9 +83,20 @@ def _crop_to(image: torch.Tensor, size: int | None) -> torch.Tensor:
     return image if not size else data_crop(image, size, size)
 
 
-def _named(source, what: str) -> str:
-    """How a message names an image given as a file or as a tensor (whose values would fill the line)."""
-    return f"the {what} tensor" if isinstance(source, torch.Tensor) else str(source)
+def _named(source, what: str, file_prefix: str = "") -> str:
+    """How a message names an image given as a file (its path, after ``file_prefix``) or as a tensor (whose
+    values would fill the line)."""
+    return f"the {what} tensor" if isinstance(source, torch.Tensor) else f"{file_prefix}{source}"
+
+
+def _check_given(source, argument: str) -> None:
+    """Refuse an image given in Python that is neither a file nor a tensor (its text would be taken for a path)."""
+    if source is None or isinstance(source, (str, os.PathLike, torch.Tensor)):
+        return
+    kind = type(source)
+    name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+    hint = " (torch.from_numpy(a).permute(2, 0, 1) makes one of an H x W x C array)" if name == "numpy.ndarray" else ""
+    raise DipError(f"{argument} must be a file path or a torch.Tensor (C x H x W in [0, 1]), not a {name}{hint}")
 
 
 def _check(source, check, *args):
@@ -152,8 +164,8 @@ def build_problem(
             truth = load_image(path, mode="L" if channels == 1 else "RGB", what="ground-truth image")[None]
             if tuple(truth.shape[-2:]) != (full_height, full_width):
                 raise DipError(
-                    f"ground truth {_named(path, 'image')} is {truth.shape[-1]}x{truth.shape[-2]} but the "
-                    f"observation {observed_name} restores to {full_width}x{full_height}"
+                    f"{_named(path, 'ground-truth', 'ground truth ')} is {truth.shape[-1]}x{truth.shape[-2]}, but "
+                    f"{_named(observation, 'observation', 'the observation ')} restores to {full_width}x{full_height}"
                 )
             # the window the observation's crop covers (a centre crop of its own could be a pixel off)
             truth = truth[..., top * scale_h : top * scale_h + height, left * scale_w : left * scale_w + width]
@@ -196,6 +208,9 @@ def problem_from_config(cfg: DictConfig, clean=None, observation=None, physics: 
     the image's size) for ``task.physics``. The result does not depend on torch's global random state.
     The run's settings are checked first (``check_settings``)."""
     check_settings(cfg)
+    # here, not in read_image: the config's data.path may be a number (data.path=5), which is a file's name
+    _check_given(clean, "image")
+    _check_given(observation, "observation")
     if physics is None:
         physics = instantiate_settings(cfg.task.physics, "task.physics")
     elif not isinstance(physics, Degradation):

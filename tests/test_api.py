@@ -3,14 +3,17 @@
 import json
 import re
 
+import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
+from PIL import Image
 
 from dip import restore
 from dip.errors import DipError
 from dip.images import data_crop_offsets
 from dip.physics import BayerMosaic, Inpainting, LanczosDownsample, RegionMask
+from tests.conftest import make_png
 
 
 def test_restore_a_tensor_without_writing_anything(tmp_path, monkeypatch):
@@ -36,6 +39,18 @@ def test_restore_a_grey_file_into_a_directory(tmp_path, grey_png):
     ({"image": torch.rand(3, 8, 8), "task": "denoisng"}, "unknown task 'denoisng' (choose from: demosaicing, denoi"),
     ({"image": torch.full((3, 8, 8), 200.0)}, "image tensor holds values in [200, 200], not in [0, 1] (8-bit"),
     ({"image": torch.rand(3, 8, 8), "observation": torch.rand(3, 8, 8) - 0.1}, "observation tensor holds values in"),
+    ({"image": torch.rand(3, 0, 8)}, "image tensor is empty (3x0x8)"),
+    ({"image": torch.rand(3, 8, 8, device="meta")}, "image tensor is on the meta device: it has a shape but no values"),
+    ({"image": torch.rand(3, 8, 8, dtype=torch.complex64)}, "image tensor is torch.complex64, not real"),
+    ({"image": torch.rand(3, 8, 8).index_fill(2, torch.tensor([3]), float("nan"))},
+     "image tensor holds 24 NaN value(s) of 192"),  # not "values in [nan, nan]": as if all were NaN
+    ({"image": np.random.rand(8, 8, 3)}, "image must be a file path or a torch.Tensor (C x H x W in [0, 1]), not a "
+                                         "numpy.ndarray (torch.from_numpy(a).permute(2, 0, 1)"),
+    ({"observation": np.random.rand(8, 8, 3)}, "observation must be a file path or a torch.Tensor"),
+    ({"image": Image.new("RGB", (8, 8))}, "image must be a file path or a torch.Tensor (C x H x W in [0, 1]), not a "
+                                          "PIL.Image.Image"),
+    ({"image": 5}, "image must be a file path or a torch.Tensor (C x H x W in [0, 1]), not a int"),
+    ({"image": torch.rand(3, 8, 8), "generator": "net"}, "generator must be a torch.nn.Module, not a str"),
 ])
 def test_bad_input_is_one_line_as_on_the_command_line(arguments, message):
     with pytest.raises(DipError) as refused:
@@ -150,3 +165,42 @@ def test_a_generator_built_in_python_replaces_the_arch(tmp_path):
         restore(torch.rand(3, 12, 20), generator=network, overrides=["trainer.max_steps=1"])  # z has 32 channels
     with pytest.raises(DipError, match="a generator given in Python is one network: restarts=2 packs copies"):
         restore(torch.rand(3, 12, 20), generator=network, overrides=["trainer.max_steps=1", "restarts=2"])
+
+
+@pytest.mark.parametrize("overrides, kind", [("trainer.max_steps=2", "a str"),
+                                              (["trainer.max_steps=1", 2], "a list holding a int")])
+def test_overrides_must_be_a_list_of_strings(overrides, kind):
+    """One string is not one override: Hydra would read its characters as overrides."""
+    message = f"overrides must be a list of strings like ['optim.lr=0.01'], not {kind}"
+    with pytest.raises(DipError, match=re.escape(message)):
+        restore(torch.rand(3, 8, 8), overrides=overrides)
+
+
+@pytest.mark.parametrize("logger", ["logger=none", "logger=wandb"])
+def test_an_output_dir_that_a_file_stands_in_is_refused_before_the_run(tmp_path, logger):
+    taken = tmp_path / "taken"
+    taken.write_text("a file of the user's")
+    for output_dir, message in [(taken, f"output_dir {taken} is a file, not a folder"),
+                                (taken / "run", f"output_dir {taken / 'run'}: {taken} is a file, not a folder")]:
+        with pytest.raises(DipError, match=re.escape(message)):
+            restore(torch.rand(3, 8, 8), output_dir=output_dir, overrides=["trainer.max_steps=1", logger])
+    assert taken.read_text() == "a file of the user's"
+
+
+def test_a_ground_truth_of_the_wrong_size_is_named_as_a_file_or_as_a_tensor(tmp_path):
+    truth, observed = make_png(tmp_path / "a.png", 32, 32), make_png(tmp_path / "b.png", 10, 10)
+    for image, observation, message in [
+        (truth, observed, f"ground truth {truth} is 32x32, but the observation {observed} restores to 40x40"),
+        (torch.rand(3, 32, 32), torch.rand(3, 10, 10),
+         "the ground-truth tensor is 32x32, but the observation tensor restores to 40x40"),
+    ]:
+        with pytest.raises(DipError, match=re.escape(message)):
+            restore(image, observation=observation, task="sr_x4", overrides=["trainer.max_steps=1"])
+
+
+def test_resuming_from_a_torch_file_that_is_no_checkpoint_says_so(tmp_path):
+    other = tmp_path / "other.pt"
+    torch.save({"a": 1}, other)
+    with pytest.raises(DipError) as refused:
+        restore(torch.rand(3, 8, 8), overrides=["trainer.max_steps=1", f"resume={other}"])
+    assert str(refused.value) == f"{other} is not a dip checkpoint (it lacks the run's settings and step)"

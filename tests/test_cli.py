@@ -90,6 +90,8 @@ def assert_one_line_error(done, *needles):
         # refused by torch's optimizer once the fit is under way: tried before it
         (["+optim.weight_decay=-1"], ["invalid optim settings: Invalid weight_decay value: -1"]),
         (["+lrr=0.01"], ["+lrr: nothing reads a setting named 'lrr' (a typo?)"]),
+        (["+data.maks=m.png"], ["+data.maks: nothing reads a setting named 'data.maks' (did you mean data.mask?)"]),
+        (["trainer.max_step=2"], ["trainer.max_step: no such setting (did you mean trainer.max_steps?)"]),
         (["+benchmark=set5_x4"], ["+benchmark=set5_x4: the benchmarks are experiments/benchmark.py's"]),
         # refused by Hydra once started (check_overrides leaves hydra.* to it)
         (["hydra.foo=1"], ["Could not override 'hydra.foo'. To append to your config use +hydra.foo=1"]),
@@ -101,6 +103,41 @@ def test_bad_input_gets_one_line_and_no_outputs(tmp_path, args, needles):
     done = run_cli(*args, "trainer.max_steps=1", "logger=none", f"hydra.run.dir={out}")
     assert_one_line_error(done, *needles)
     assert not out.exists()
+
+
+def test_outputs_that_cannot_be_written_are_one_line_and_the_checkpoint_resumes(tmp_path):
+    """A folder where restored.png goes (as a full disk would): the images written before it are removed,
+    the last checkpoint is kept, and once the way is clear the same command finishes from it."""
+    out = tmp_path / "out"
+    (out / "restored.png").mkdir(parents=True)
+    command = ["data.size=32", "trainer.max_steps=3", "checkpoint.every_n_steps=2", "logger=none",
+               "arch=skip_depth2", f"hydra.run.dir={out}"]
+    assert_one_line_error(run_cli(*command), f"cannot write {out / 'restored.png'}: Is a directory",
+                          f"the checkpoint {out / 'checkpoint.ckpt'} is kept")
+    assert sorted(path.name for path in out.iterdir()) == ["checkpoint.ckpt", "restored.png"]
+    (out / "restored.png").rmdir()
+    assert run_cli(*command).returncode == 0
+    assert json.loads((out / "metrics.json").read_text())["resumed_from_step"] == 2
+
+
+@pytest.mark.parametrize("folder, needle", [("''", "hydra.run.dir is empty"),
+                                            ("x" * 300, "cannot write there (File name too long)")])
+def test_a_run_folder_that_names_no_folder_is_one_line(tmp_path, folder, needle):
+    """An empty name would write the run into the working directory; one too long for the file system
+    failed with a traceback."""
+    done = run_cli("data.size=32", "trainer.max_steps=1", "logger=none", f"hydra.run.dir={tmp_path}/{folder}"
+                   if folder != "''" else f"hydra.run.dir={folder}")
+    assert_one_line_error(done, needle)
+    assert not (ROOT / "metrics.json").exists()
+
+
+def test_a_finished_run_whose_record_is_damaged_is_one_line_and_its_record_stays(tmp_path):
+    out = tmp_path / "out"
+    command = ["data.size=32", "trainer.max_steps=1", "logger=none", "arch=skip_depth2", f"hydra.run.dir={out}"]
+    assert run_cli(*command).returncode == 0
+    (out / ".hydra" / "config.yaml").write_text("a: [\n")
+    assert_one_line_error(run_cli(*command), f"{out / '.hydra' / 'config.yaml'}, the record of the finished run")
+    assert (out / ".hydra" / "config.yaml").read_text() == "a: [\n"  # Hydra's rewrite of it is undone
 
 
 def test_sigterm_before_the_fit_is_one_line_and_leaves_nothing(tmp_path):

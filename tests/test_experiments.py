@@ -131,7 +131,7 @@ def test_two_run_average_averages_runs_on_the_same_observation(tmp_path):
     ("two_run_average", ["experiment.runs=0"], "experiment.runs must be a whole number >= 1, got 0"),
     ("fig8_architectures", ["experiment.archs=[]"], "experiment.archs must list at least one value"),
     ("fig8_architectures", ["experiment.archs=[skip_depth2,skip_deep]"], "unknown arch 'skip_deep'"),
-    ("fig6_inpainting_lr", ["experiment.lrs=[0.01,-1]"], "optim.lr must be a number > 0, got -1"),
+    ("fig6_inpainting_lr", ["experiment.lrs=[0.01,-1]"], "optim.lr must be a finite number > 0, got -1"),
 ])
 def test_an_experiments_impossible_settings_are_refused_before_any_fit(tmp_path, image_and_mask, name, overrides,
                                                                         message):
