@@ -44,7 +44,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from dip.baselines import BASELINES, BaselineUnavailableError
 from dip.config import RESULT_SETTINGS, check_whole_number, dotted, refuse_other_settings, without_implied_settings
@@ -507,6 +507,13 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> dict:
     check_whole_number("benchmark.shave", spec.shave, least=0)  # a negative border shaves the whole image away
     for key in ("jobs_per_gpu", "cpu_jobs", "baseline_jobs"):  # before the dataset is read, and any fit
         check_whole_number(key, cfg[key])
+    for key in ("images", "restore"):  # a name given without brackets would be read letter by letter
+        if (names := spec.get(key)) is not None and not isinstance(names, ListConfig):
+            raise DipError(f"benchmark.{key} must be a list of file names ('benchmark.{key}=[bird.png]') or null, "
+                           f"got {names!r}")
+    if spec.images is not None and not spec.images:
+        raise DipError("benchmark.images=[] names no image to restore: leave it null for the whole dataset, or "
+                       "name some ('benchmark.images=[bird.png]')")
     budget = TimeBudget(cfg.time_budget_s)  # the whole run counts, checking the dataset included
     images = open_dataset(cfg.data.root, spec.dataset, list(spec.images) if spec.images is not None else None,
                           spec.verify_checksums)

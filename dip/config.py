@@ -171,6 +171,8 @@ def use_config_dirs(arguments: Sequence[str]) -> list[str]:
         os.environ[CONFIG_DIRS_VARIABLE] = os.pathsep.join(map(str, folders))
         return []
     extra = config_dirs()[1:]
+    if missing := [folder for folder in extra if not folder.is_dir()]:
+        raise DipError(f"config folder {missing[0]} not found ({CONFIG_DIRS_VARIABLE})")
     return [searchpath_override(extra)] if extra else []
 
 

@@ -90,7 +90,14 @@ def flatten(node, prefix: str = "") -> dict:
 
 
 def read_yaml(path: Path):
-    return yaml.safe_load(path.read_text()) if path.is_file() else None
+    """The YAML in ``path`` (None when missing); ``ValueError`` naming the file when it is not YAML."""
+    try:
+        return yaml.safe_load(path.read_text()) if path.is_file() else None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise ValueError(f"{path}{where} is not valid YAML: {getattr(error, 'problem', None) or one_line(error)}") \
+            from None
 
 
 def kind(value) -> str:

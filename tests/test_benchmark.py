@@ -555,6 +555,9 @@ def test_impossible_packing_is_one_line_before_any_fit(tmp_path, overrides, mess
     (["cpu_jobs=1.5"], "cpu_jobs must be a whole number >= 1, got 1.5"),
     (["benchmark.shave=-1"], "benchmark.shave must be a whole number >= 0, got -1"),  # was a table of nan
     (["benchmark.shave=24"], r"benchmark.shave=24 leaves nothing of baby.png \(48x48\) to score"),  # nan too
+    (["benchmark.images=[]"], r"benchmark.images=\[\] names no image to restore.*"),  # was an IndexError
+    (["benchmark.images=baby.png"], r"benchmark.images must be a list of file names .* got 'baby.png'"),  # b, a, ...
+    (["benchmark.restore=baby.png"], r"benchmark.restore must be a list of file names .* got 'baby.png'"),
 ])
 def test_impossible_orchestration_settings_are_one_line_before_any_fit(tmp_path, overrides, message):
     root, run_dir = tmp_path / "data", tmp_path / "run"

@@ -323,10 +323,11 @@ def test_a_config_of_ones_own_outside_the_checkout(tmp_path, where):
     assert_one_line_error(done, "unknown arch 'wide'", "narrow, pixels")
 
 
-@pytest.mark.parametrize("added", [["--config-dir", "no_such_conf"], ["hydra.searchpath=[file://no_such_conf]"]])
+@pytest.mark.parametrize("added", [["--config-dir", "no_such_conf"], ["hydra.searchpath=[file://no_such_conf]"], []])
 def test_a_config_folder_that_is_not_there_is_one_line(tmp_path, added):
-    """Hydra only warns about it, or says a group lacks the option the folder was to give."""
-    done = run_cli(*added, "arch=narrow", "logger=none", f"hydra.run.dir={tmp_path / 'out'}")
+    """Hydra only warns about it, or says a group lacks the option the folder was to give ([]: DIP_CONFIG_DIRS)."""
+    done = run_cli(*added, "arch=narrow", "logger=none", f"hydra.run.dir={tmp_path / 'out'}",
+                   env=None if added else {"DIP_CONFIG_DIRS": "no_such_conf"})
     assert_one_line_error(done, "config folder no_such_conf not found")
     assert not (tmp_path / "out").exists()
 

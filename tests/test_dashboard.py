@@ -121,12 +121,13 @@ def test_a_sweep_where_every_fit_diverged_is_refused(tmp_path, capsys):
     ("config.yaml", "x", "holds a string, not a mapping"),
     ("config.yaml", "[1, 2]", "holds a list, not a mapping"),
     ("overrides.yaml", "{a: 1}", "holds a mapping, not a list of overrides"),
+    ("overrides.yaml", "- a: b: c\n", "(line 1) is not valid YAML: mapping values are not allowed here"),  # unnamed
 ])
 def test_a_hydra_record_of_the_wrong_shape_is_an_unreadable_row(tmp_path, name, text, fault):
     sweep = make_sweep(tmp_path)
     (sweep / "1" / ".hydra" / name).write_text(text)
     page = compare.write_dashboard(sweep, sweep).read_text()
-    assert f"unreadable: {sweep / '1' / '.hydra' / name}: {fault}" in page
+    assert f"unreadable: {sweep / '1' / '.hydra' / name}{'' if fault.startswith('(') else ':'} {fault}" in page
     assert "<a href='0/'>0</a>" in page
 
 
