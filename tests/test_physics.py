@@ -1,5 +1,6 @@
 """Operator math: Lanczos kernel, downsampling shapes, adjoints, masks, noise."""
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -149,6 +150,16 @@ def test_file_mask_white_is_known_and_size_must_match(tmp_path):
     assert torch.equal(FileMask(path, image_size=(10, 20))(6, 8), mask[..., 2:8, 6:14])
     with pytest.raises(ValueError, match="mask.png is 20x10 but the image is 8x6 \\(24x12 before data.size cropped it"):
         FileMask(path, image_size=(12, 24))(6, 8)  # larger than the crop, but not the image's size
+
+
+def test_a_transparent_pixel_of_a_mask_is_missing_whatever_its_colour(tmp_path):
+    """Holes erased to transparency in an image editor: white underneath, they were read as known."""
+    pixels = np.full((4, 6, 4), 255, dtype=np.uint8)
+    pixels[1:3, 2:4, 3] = 0  # transparent white
+    Image.fromarray(pixels, mode="RGBA").save(tmp_path / "erased.png")
+    expected = torch.ones(1, 1, 4, 6)
+    expected[..., 1:3, 2:4] = 0
+    assert torch.equal(FileMask(tmp_path / "erased.png")(4, 6), expected)
 
 
 def test_a_mask_with_no_known_pixel_is_refused_whatever_made_it(tmp_path):

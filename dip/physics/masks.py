@@ -81,7 +81,7 @@ class TextMask(MaskSource):
 
 
 class FileMask(MaskSource):
-    """A mask read from an image file: white (>= 128) marks a known pixel.
+    """A mask read from an image file: white (>= 128) marks a known pixel, unless it is transparent.
 
     Its size is the restored image's, or ``image_size`` (height, width): the size of the image it
     masks before ``data.size`` centre-cropped it, and then it is cropped the same way.
@@ -95,12 +95,15 @@ class FileMask(MaskSource):
         return f"mask {self.path}"
 
     def __call__(self, height, width, generator=None):
-        from dip.images import data_crop, load_image
+        from dip.images import data_crop, read_image
 
-        mask = load_image(self.path, mode="L", what="mask")
-        size = tuple(mask.shape[-2:])
+        loaded = read_image(self.path, mode="L", what="mask")
+        known = loaded.pixels >= 0.5
+        if loaded.alpha is not None:  # holes erased to transparency in an image editor are missing pixels too
+            known &= loaded.alpha >= 0.5
+        size = tuple(known.shape[-2:])
         if size != (height, width) and size != self.image_size:
             image = self.image_size if self.image_size and self.image_size != (height, width) else None
             cropped = f" ({image[1]}x{image[0]} before data.size cropped it)" if image else ""
             raise ValueError(f"mask {self.path} is {size[1]}x{size[0]} but the image is {width}x{height}{cropped}")
-        return (data_crop(mask, height, width) >= 0.5).float()[None]
+        return data_crop(known, height, width).float()[None]
