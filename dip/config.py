@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import itertools
 import math
 import os
 import re
@@ -228,6 +229,8 @@ def checked_config(overrides: Sequence[str] = (), output_dir: str | Path | None 
     groups = config_groups(overrides)
     for option in overrides:
         key, _, value = option.lstrip("+~").partition("=")
+        if key in groups and option.startswith("~") and not value:  # ~early_stop: none chosen, which may do
+            continue
         if key in groups and value not in groups[key]:
             raise DipError(f"unknown {key} '{value}' (choose from: {', '.join(groups[key])})")
     try:
@@ -277,7 +280,13 @@ def config_message(error: Exception) -> str:
     """The first line of a Hydra or OmegaConf message, with Hydra's "To append ..." hint (the fix) when
     it has one; the lines after it list details (the config search path, the key again)."""
     first, *rest = str(error).strip().splitlines() or [type(error).__name__]
-    return f"{first} {rest[0]}" if rest and rest[0].startswith("To append") else first
+    if rest and rest[0].startswith("To append"):
+        return f"{first} {rest[0]}"
+    listed = next((index for index, line in enumerate(rest) if line.startswith("Available options in")), None)
+    if listed is not None:
+        options = [line.strip() for line in itertools.takewhile(lambda line: line.startswith("\t"), rest[listed + 1:])]
+        return f"{first} (choose from: {', '.join(options)})"
+    return first
 
 
 def check_whole_number(key: str, value, least: int = 1, none: str | None = None, most: int | None = None) -> None:
@@ -300,6 +309,10 @@ def check_settings(cfg: DictConfig) -> None:
         raise DipError(str(error)) from None
 
     for key in ("task.name", "task.physics._target_", "arch._target_", "input._target_", "optim._target_"):
+        group = key.split(".")[0]
+        if OmegaConf.select(cfg, group) is None:  # removed (~optim)
+            raise DipError(f"the composed config has no {group}, which a run needs (choose from: "
+                           f"{', '.join(config_groups().get(group, []))})")
         if OmegaConf.select(cfg, key) is None:  # a config of one's own that replaced its group without it
             raise DipError(f"the composed config has no {key}: the {key.split('.')[0]} config chosen must set it "
                            f"(a file of one's own that sets keys of several groups starts with '# @package _global_')")

@@ -443,7 +443,7 @@ def write_dashboard(sweep_dir: Path, out: Path, by: str = "arch") -> Path:
     """Write the figures and ``dashboard.html`` for the sweep in ``sweep_dir`` into ``out``: all three
     are made first, and nothing is written when one cannot be (a ``DipError`` saying why)."""
     if not sweep_dir.is_dir():
-        raise DipError(f"{sweep_dir}: no such sweep folder")
+        raise DipError(f"{sweep_dir}: {'a file, not a' if sweep_dir.exists() else 'no such'} sweep folder")
     check_out(out)
     everything = find_runs(sweep_dir)
     runs = [run for run in everything if run.finished]

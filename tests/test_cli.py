@@ -90,12 +90,13 @@ def assert_one_line_error(done, *needles):
         # refused by torch's optimizer once the fit is under way: tried before it
         (["+optim.weight_decay=-1"], ["invalid optim settings: Invalid weight_decay value: -1"]),
         (["+lrr=0.01"], ["+lrr: nothing reads a setting named 'lrr' (a typo?)"]),
+        (["~task"], ["the composed config has no task, which a run needs (choose from: demosaicing, denoising"]),
         (["+data.maks=m.png"], ["+data.maks: nothing reads a setting named 'data.maks' (did you mean data.mask?)"]),
         (["trainer.max_step=2"], ["trainer.max_step: no such setting (did you mean trainer.max_steps?)"]),
         (["+benchmark=set5_x4"], ["+benchmark=set5_x4: the benchmarks are experiments/benchmark.py's"]),
         # refused by Hydra once started (check_overrides leaves hydra.* to it)
         (["hydra.foo=1"], ["Could not override 'hydra.foo'. To append to your config use +hydra.foo=1"]),
-        (["hydra/launcher=nope"], ["Could not find 'hydra/launcher/nope'"]),
+        (["hydra/launcher=nope"], ["Could not find 'hydra/launcher/nope' (choose from: basic, gpus, joblib"]),
     ],
 )
 def test_bad_input_gets_one_line_and_no_outputs(tmp_path, args, needles):
@@ -167,7 +168,9 @@ def test_a_failed_run_removes_the_empty_folders_made_for_it_and_only_those(tmp_p
     (["trainer.devices=2"], "trainer.devices=2: a restoration runs on one device"),
     (["trainer.devices=[0,1]"], "trainer.devices=[0, 1]: a restoration runs on one device"),
     *([] if torch.cuda.is_available() else
-      [(["trainer.accelerator=gpu"], "trainer.accelerator=gpu, but torch finds no CUDA GPU here")]),
+      [(["trainer.accelerator=gpu"], "trainer.accelerator=gpu, but torch finds no CUDA GPU here"),
+       (["speed.compile=true", "speed.compile_backend=cudagraphs"],  # was 28 lines of torch's warnings
+        "speed.compile_backend=cudagraphs replays CUDA graphs, and this run is on the CPU")]),
 ])
 def test_settings_torch_or_lightning_refuse_in_the_fit_are_refused_before_it(tmp_path, overrides, message):
     """In process (run.py turns the DipError into its one line); logger=csv: a Trainer that refuses

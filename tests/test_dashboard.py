@@ -6,6 +6,7 @@ files compare.py reads."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -231,6 +232,14 @@ def test_a_sweep_whose_only_runs_are_damaged_names_them(tmp_path, capsys):
 def test_a_bad_command_line_is_one_error_line(script, argv, fault, capsys):
     main = __import__(f"experiments.{script}", fromlist=["main"]).main
     assert refused(argv, capsys, main) == f"error: {fault} (see {Path(sys.argv[0]).name} -h)"
+
+
+@pytest.mark.parametrize("name, fault", [("missing", "no such sweep folder"),
+                                         ("file.txt", "a file, not a sweep folder")])
+def test_a_sweep_folder_that_is_not_one_is_named(tmp_path, name, fault):
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(compare.DipError, match=f"^{re.escape(str(tmp_path / name))}: {fault}$"):
+        compare.write_dashboard(tmp_path / name, tmp_path)
 
 
 def test_a_bad_command_line_as_the_user_runs_it():
