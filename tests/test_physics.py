@@ -140,6 +140,14 @@ def test_text_mask_hides_some_pixels_at_any_size():
         assert 0.01 < 1 - mask.mean().item() < 0.5
 
 
+@pytest.mark.parametrize("settings, message", [({"font_size": -1}, r"font_size .* in \(0, 1\], got -1"),
+                                               ({"line_spacing": 0}, "line_spacing .* above 0, got 0")])
+def test_a_text_mask_of_no_size_is_refused(settings, message):
+    """It was drawn at the least size, 6 pixels, as if the setting were right."""
+    with pytest.raises(ValueError, match=message):
+        TextMask(**settings)
+
+
 def test_file_mask_white_is_known_and_size_must_match(tmp_path):
     path = make_png(tmp_path / "mask.png", 20, 10, mode="L")
     mask = FileMask(path)(10, 20)

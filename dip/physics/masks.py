@@ -64,6 +64,10 @@ class TextMask(MaskSource):
     """
 
     def __init__(self, text: str = "Deep Image Prior", font_size: float = 0.08, line_spacing: float = 2.0):
+        if not 0 < font_size <= 1:  # the least drawn is 6 pixels, whatever the fraction
+            raise ValueError(f"font_size is a fraction of the image height, in (0, 1], got {font_size}")
+        if not line_spacing > 0:
+            raise ValueError(f"line_spacing is in font sizes, above 0, got {line_spacing}")
         self.text, self.font_size, self.line_spacing = text, font_size, line_spacing
 
     def __str__(self) -> str:
