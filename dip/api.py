@@ -15,7 +15,7 @@ import torch
 from omegaconf import open_dict
 
 from dip.config import checked_config
-from dip.errors import DipError
+from dip.errors import DipError, RunInterruptedError
 from dip.outputs import Result
 from dip.physics import Degradation
 from dip.pipeline import run
@@ -64,7 +64,10 @@ def restore(
             parameters = sum(parameter.numel() for parameter in generator.parameters())
             cfg.arch = {"_target_": _class_path(generator), "given": f"{parameters} parameters"}
             cfg.arch_name = type(generator).__name__
-    return run(cfg, Path(output_dir) if output_dir is not None else None, problem, generator=generator)
+    try:
+        return run(cfg, Path(output_dir) if output_dir is not None else None, problem, generator=generator)
+    except RunInterruptedError as interruption:  # its own advice is the command line's
+        raise interruption.advised(f"call restore() again with output_dir={output_dir}") from None
 
 
 def _class_path(instance: object) -> str:

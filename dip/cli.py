@@ -138,7 +138,9 @@ def check_run_folders(arguments: list[str]) -> None:
 
 def check_launcher(arguments: list[str]) -> None:
     """Refuse in one line, before Hydra makes the sweep's folder, a launcher that cannot start here
-    (its own error is a traceback)."""
+    (its own error is a traceback); printing the config (``--cfg``) starts none."""
+    if any(argument in ("--cfg", "-c") or argument.startswith("--cfg=") for argument in arguments):
+        return
     chosen = dict(argument.partition("=")[::2] for argument in arguments).get("hydra/launcher")
     if chosen == "ray_cluster" and importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is None:
         fail("hydra/launcher=ray_cluster needs Hydra's Ray launcher, which is not installed: pip install -e '.[ray]'")

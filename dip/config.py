@@ -316,6 +316,9 @@ def check_settings(cfg: DictConfig) -> None:
         if OmegaConf.select(cfg, key) is None:  # a config of one's own that replaced its group without it
             raise DipError(f"the composed config has no {key}: the {key.split('.')[0]} config chosen must set it "
                            f"(a file of one's own that sets keys of several groups starts with '# @package _global_')")
+    if str(OmegaConf.select(cfg, "input._target_")).endswith(".PixelCode") and OmegaConf.select(cfg, "input.path"):
+        raise DipError(f"prior=tv fits the pixels themselves: task {cfg.task.name}'s input image (input.path) would "
+                       f"be ignored; it is the code z of the dip prior")
     check_whole_number("trainer.max_steps", cfg.trainer.max_steps)
     check_whole_number("data.size", cfg.data.size, none="the whole image")
     check_whole_number("metrics_every", cfg.metrics_every)

@@ -63,22 +63,24 @@ def interruption_signal(interruption: BaseException) -> int:
 
 
 class RunInterruptedError(Exception):
-    """The run stopped on a signal after writing a checkpoint; re-running resumes it."""
+    """The run stopped on a signal after writing a checkpoint; re-running resumes it. ``advice`` says how
+    (default: the command line's way)."""
 
-    def __init__(self, signum: int, step: int, max_steps: int, checkpoint: Path):
+    def __init__(self, signum: int, step: int, max_steps: int, checkpoint: Path, advice: str | None = None):
         self.signum, self.step, self.max_steps, self.checkpoint = signum, step, max_steps, checkpoint
-        super().__init__(
-            f"interrupted by {signal.Signals(signum).name} at step {step} of {max_steps}; checkpoint written to "
-            f"{checkpoint}: run the same command again with hydra.run.dir={checkpoint.parent} "
-            f"(or resume={checkpoint}) to continue"
-        )
+        self.advice = advice or (f"run the same command again with hydra.run.dir={checkpoint.parent} "
+                                 f"(or resume={checkpoint})")
+        super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step} of {max_steps}; checkpoint "
+                         f"written to {checkpoint}: {self.advice} to continue")
 
     def continue_in(self, run_dir: Path, key: str = "hydra.run.dir") -> str:
         """The message for a run continued from ``run_dir`` rather than the checkpoint's folder: an
         experiment's (its sub-runs'), or a sweep's (``key`` hydra.sweep.dir) that the job was part of."""
-        return (f"interrupted by {signal.Signals(self.signum).name} at step {self.step} of {self.max_steps}; "
-                f"checkpoint written to {self.checkpoint}: run the same command again with {key}={run_dir} "
-                f"to continue")
+        return str(self.advised(f"run the same command again with {key}={run_dir}"))
+
+    def advised(self, advice: str) -> RunInterruptedError:
+        """This interruption, saying ``advice`` for how to continue."""
+        return type(self)(self.signum, self.step, self.max_steps, self.checkpoint, advice)
 
     def __reduce__(self):  # from a benchmark's worker process to the main one
-        return type(self), (self.signum, self.step, self.max_steps, self.checkpoint)
+        return type(self), (self.signum, self.step, self.max_steps, self.checkpoint, self.advice)

@@ -1,7 +1,9 @@
 """The Python API that run.py and notebooks share."""
 
 import json
+import os
 import re
+import signal
 
 import numpy as np
 import pytest
@@ -10,8 +12,9 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from dip import restore
-from dip.errors import DipError
+from dip.errors import DipError, RunInterruptedError
 from dip.images import data_crop_offsets
+from dip.module import DeepImagePrior
 from dip.physics import BayerMosaic, Inpainting, LanczosDownsample, RegionMask
 from tests.conftest import make_png
 
@@ -25,6 +28,24 @@ def test_restore_a_tensor_without_writing_anything(tmp_path, monkeypatch):
     assert torch.equal(result.ground_truth[0], image)
     assert result.metrics["steps"] == 2 and result.output_dir is None
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_interrupted_restore_into_a_folder_says_how_to_continue_in_python(tmp_path, monkeypatch):
+    """Ctrl-C in a notebook: the message was the command line's (hydra.run.dir=...)."""
+    step = DeepImagePrior.training_step
+
+    def interrupted_at_first(self, batch, batch_idx):
+        if self.global_step == 0:
+            os.kill(os.getpid(), signal.SIGINT)
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(DeepImagePrior, "training_step", interrupted_at_first)
+    image, out = torch.rand(3, 16, 16), tmp_path / "out"
+    call = {"arch": "skip_depth2", "output_dir": out, "overrides": ["trainer.max_steps=3", "logger=none"]}
+    with pytest.raises(RunInterruptedError, match=re.escape(f"call restore() again with output_dir={out} to continue")):
+        restore(image, **call)
+    monkeypatch.undo()
+    assert restore(image, **call).metrics["resumed_from_step"] == 1
 
 
 def test_restore_a_grey_file_into_a_directory(tmp_path, grey_png):

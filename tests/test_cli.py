@@ -77,7 +77,7 @@ def assert_one_line_error(done, *needles):
         (["task=deblurring"], ["unknown task 'deblurring'", "denoising"]),
         (["arch=vgg"], ["unknown arch 'vgg'"]),
         (["+arch.depht=4"], ["Skip takes no setting 'depht' (drop it with ~arch.depht"]),
-        (["task=flash_no_flash", "prior=tv"], ["PixelCode takes no setting 'path' (drop it with ~input.path"]),
+        (["task=flash_no_flash", "prior=tv"], ["prior=tv fits the pixels themselves: task flash_no_flash's input"]),
         (["task=sr_x8", "task.physics.factor=64", "data.size=64"], ["too small for x64"]),
         (["arch.upsample_mode=cubic"], ["upsample mode 'cubic'"]),
         (["input.distribution=poisson"], ["noise distribution 'poisson'"]),

@@ -309,8 +309,8 @@ def test_step_loader_continues_at_the_saved_step():
 
 def test_an_interruption_crosses_from_a_worker_process_whole():
     """A benchmark's worker raises it; the main process gets it through pickling."""
-    interruption = RunInterruptedError(signal.SIGTERM, 7, 10, Path("run/checkpoint.ckpt"))
+    interruption = RunInterruptedError(signal.SIGTERM, 7, 10, Path("run/checkpoint.ckpt")).advised("call again")
     received = pickle.loads(pickle.dumps(interruption))
     assert (received.signum, received.step, received.max_steps, received.checkpoint) == (
         signal.SIGTERM, 7, 10, Path("run/checkpoint.ckpt"))
-    assert str(received) == str(interruption)
+    assert str(received) == str(interruption) and "call again to continue" in str(received)
