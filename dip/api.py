@@ -16,6 +16,7 @@ from omegaconf import open_dict
 
 from dip.config import checked_config
 from dip.errors import DipError, RunInterruptedError
+from dip.files import existing_ancestor
 from dip.outputs import Result
 from dip.physics import Degradation
 from dip.pipeline import run
@@ -48,7 +49,7 @@ def restore(
     """
     _check_overrides(overrides)
     if generator is not None and not isinstance(generator, torch.nn.Module):
-        raise DipError(f"generator must be a torch.nn.Module, not a {type(generator).__name__}")
+        raise DipError(f"generator must be a torch.nn.Module, not of type {type(generator).__name__}")
     if output_dir is not None:
         _check_output_dir(Path(output_dir))
     options = [f"task={task}"] + ([f"arch={arch}"] if arch else [])
@@ -79,14 +80,14 @@ def _check_overrides(overrides) -> None:
     """Refuse ``overrides`` that are not a list of strings: one string would be read as its characters."""
     wanted = "overrides must be a list of strings like ['optim.lr=0.01']"
     if isinstance(overrides, str) or not isinstance(overrides, Sequence):
-        raise DipError(f"{wanted}, not a {type(overrides).__name__}")
+        raise DipError(f"{wanted}, not of type {type(overrides).__name__}")
     if others := [option for option in overrides if not isinstance(option, str)]:
-        raise DipError(f"{wanted}, not a list holding a {type(others[0]).__name__}")
+        raise DipError(f"{wanted}, not a list holding one of type {type(others[0]).__name__}")
 
 
 def _check_output_dir(output_dir: Path) -> None:
     """Refuse, before anything is made, an ``output_dir`` that a file stands in for (it, or a folder above it)."""
-    existing = next(path for path in [output_dir.absolute(), *output_dir.absolute().parents] if path.exists())
+    existing = existing_ancestor(output_dir)
     if not existing.is_dir():
         where = "" if existing == output_dir.absolute() else f": {existing}"
         raise DipError(f"output_dir {output_dir}{where} is a file, not a folder")

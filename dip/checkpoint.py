@@ -80,19 +80,19 @@ class Resumable:
     wandb_run_id: str | None  # the W&B run it logged to, for an online logger to continue
 
 
-def check_resumable(path: Path, settings: dict, max_steps: int) -> Resumable:
-    """The step (and W&B run) the checkpoint ``path`` holds; ``DipError`` if it is unreadable, was
-    made with other settings than ``settings`` (see ``result_settings``) or already holds
-    ``max_steps`` steps."""
-    # no advice to delete it or run elsewhere: ``path`` may be a file of the user's that resume= names
+def check_resumable(path: Path, settings: dict, max_steps: int, advice: str = "") -> Resumable:
+    """The step (and W&B run) the checkpoint ``path`` holds; ``DipError`` if it is unreadable (then
+    ending with ``advice``), was made with other settings than ``settings`` (see ``result_settings``) or
+    already holds ``max_steps`` steps."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch.load raises many kinds on a damaged file
-        raise DipError(f"cannot read checkpoint {path} ({load_fault(error)}): damaged, or not a checkpoint") from None
+        raise DipError(f"cannot read checkpoint {path} ({load_fault(error)}): damaged, or not a checkpoint"
+                       f"{advice}") from None
     try:
         saved, step = checkpoint["dip"]["settings"], int(checkpoint["global_step"])
     except (LookupError, TypeError, ValueError):  # a PyTorch file that something else saved
-        raise DipError(f"{path} is not a dip checkpoint (it lacks the run's settings and step)") from None
+        raise DipError(f"{path} is not a dip checkpoint (it lacks the run's settings and step){advice}") from None
     if differences := setting_differences(saved, settings):
         raise DipError(f"checkpoint {path} was made with other settings ({differences}): use the same settings "
                        f"or another run directory")

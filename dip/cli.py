@@ -35,6 +35,7 @@ from dip.errors import (
     kept_traceback,
     one_line,
 )
+from dip.files import existing_ancestor
 from dip.outputs import OUTPUT_FILES, RESTART_OUTPUT, decibels, describe, finished_metrics
 from dip.problem import problem_from_config
 from dip.signals import signal_finished_first
@@ -111,7 +112,7 @@ RUN_FOLDER_KEYS = ("hydra.run.dir", "hydra.sweep.dir")
 def run_folders(arguments: list[str]) -> list[tuple[str, Path]]:
     """The run and sweep folders that the command line ``arguments`` name, with their keys."""
     named = [argument.partition("=") for argument in arguments]
-    return [(key, Path(folder)) for key, _, folder in named if key in RUN_FOLDER_KEYS and _unquoted(folder)]
+    return [(key, Path(_unquoted(folder))) for key, _, folder in named if key in RUN_FOLDER_KEYS and _unquoted(folder)]
 
 
 def _unquoted(value: str) -> str:
@@ -128,7 +129,7 @@ def check_run_folders(arguments: list[str]) -> None:
             fail(f"{key} is empty: name the folder to write into ({key}=. for the working directory)")
     for key, folder in run_folders(arguments):
         try:
-            existing = next(path for path in [folder.absolute(), *folder.absolute().parents] if path.exists())
+            existing = existing_ancestor(folder)
             if not existing.is_dir():
                 fail(f"{key}={folder}: {existing} is a file, not a folder")
             tempfile.TemporaryDirectory(dir=existing).cleanup()

@@ -16,11 +16,12 @@ from pathlib import Path
 import torch
 import yaml
 from hydra import compose, initialize_config_dir
+from hydra._internal.utils import _locate
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from hydra.types import RunMode
-from hydra.utils import get_object, instantiate
+from hydra.utils import instantiate
 from omegaconf import Container, DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
@@ -30,6 +31,8 @@ from dip.images import BUILTIN_PREFIX
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 PROFILES = ("auto", "full", "quick")
+# What a constructor's annotation asks of a setting, as a config can give it, and how a message says it
+KINDS = {bool: "true or false", int: "a whole number", float: "a finite number", str: "text"}
 
 
 def use_full_settings(profile: str) -> bool:
@@ -222,6 +225,12 @@ def compose_config(overrides: Sequence[str] = (), output_dir: str | Path | None 
     return cfg
 
 
+# Config groups a run can do without (~early_stop); the others it reads
+OPTIONAL_GROUPS = ("early_stop",)
+# Nodes whose settings the framework reads by name (no class is built from them with what they hold)
+SETTINGS_READ_BY_NAME = ("data", "checkpoint", "benchmark", "paths")
+
+
 def checked_config(overrides: Sequence[str] = (), output_dir: str | Path | None = None,
                    config_name: str = "config") -> DictConfig:
     """``compose_config``, with an override that picks an option its config group lacks, or that Hydra
@@ -229,14 +238,17 @@ def checked_config(overrides: Sequence[str] = (), output_dir: str | Path | None 
     groups = config_groups(overrides)
     for option in overrides:
         key, _, value = option.lstrip("+~").partition("=")
-        if key in groups and option.startswith("~") and not value:  # ~early_stop: none chosen, which may do
-            continue
-        if key in groups and value not in groups[key]:
+        if key in groups and option.startswith("~") and not value:
+            if key not in OPTIONAL_GROUPS:
+                raise DipError(f"~{key}: a run needs a config of the {key} group (choose from: "
+                               f"{', '.join(groups[key])})")
+        elif key in groups and value not in groups[key]:
             raise DipError(f"unknown {key} '{value}' (choose from: {', '.join(groups[key])})")
     try:
         cfg = compose_config(overrides, output_dir, config_name)
     except HydraException as error:
-        if unknown := re.match(r"Could not override '([\w.]+)'", str(error)):
+        unknown = re.match(r"Could not override '([\w.]+)'", str(error))
+        if unknown and unknown[1] not in groups:  # a group's own message says to add it with '+', which is right
             raise DipError(_unknown_setting(unknown[1], overrides, config_name)) from None
         raise DipError(config_message(error)) from None
     except yaml.MarkedYAMLError as error:  # a config file of one's own that is not YAML
@@ -246,25 +258,29 @@ def checked_config(overrides: Sequence[str] = (), output_dir: str | Path | None 
         raise DipError(f"invalid config: {config_message(error)}") from None
     for option in overrides:  # a key added to settings read by name is read by nothing: a typo (+data.maks=...)
         key = option[1:].partition("=")[0] if option.startswith("+") and not option.startswith("++") else ""
-        if key.partition(".")[0] in SETTINGS_READ_BY_NAME and "." in key:
+        if key.partition(".")[0] in SETTINGS_READ_BY_NAME and "." in key and not _interpolated(key, cfg):
             raise DipError(f"+{key}: nothing reads a setting named '{key}'{_close_setting(key, cfg)}; settings are "
                            f"changed without '+'")
     return cfg
 
 
-# Nodes whose settings the framework reads by name (no class is built from them with what they hold)
-SETTINGS_READ_BY_NAME = ("data", "checkpoint", "benchmark", "paths")
+def _interpolated(key: str, cfg: DictConfig) -> bool:
+    """Whether a value of ``cfg`` refers to ``key`` (``data.path=${data.folder}/a.png``): then it is read."""
+    return re.search(r"\$\{" + re.escape(key) + r"[}.:]", OmegaConf.to_yaml(cfg)) is not None
 
 
 def _unknown_setting(key: str, overrides: Sequence[str], config_name: str) -> str:
-    """The line for an override of a setting that the config lacks, with the nearest name it has."""
+    """The line for an override of a setting that the config lacks, with the nearest name it has, and for
+    a class's settings, how to add one that it takes."""
     others = [option for option in overrides if option.lstrip("+~").partition("=")[0] != key]
     try:
-        near = _close_setting(key, compose_config(others, config_name=config_name))
+        cfg = compose_config(others, config_name=config_name)
     except Exception:  # noqa: BLE001 (the other overrides fail on their own: the line still names this one)
-        near = ""
-    return (f"{key}: no such setting{near}; +{key}=VALUE adds one, for a class that takes it as an argument "
-            f"(a network or operator of one's own)")
+        return f"{key}: no such setting"
+    parent = OmegaConf.select(cfg, key.rpartition(".")[0]) if "." in key else None
+    built = isinstance(parent, DictConfig) and "_target_" in parent
+    added = f"; +{key}=VALUE adds one, if {parent._target_} takes it" if built else ""
+    return f"{key}: no such setting{_close_setting(key, cfg)}{added}"
 
 
 def _close_setting(key: str, cfg: DictConfig) -> str:
@@ -309,16 +325,12 @@ def check_settings(cfg: DictConfig) -> None:
         raise DipError(str(error)) from None
 
     for key in ("task.name", "task.physics._target_", "arch._target_", "input._target_", "optim._target_"):
-        group = key.split(".")[0]
-        if OmegaConf.select(cfg, group) is None:  # removed (~optim)
-            raise DipError(f"the composed config has no {group}, which a run needs (choose from: "
-                           f"{', '.join(config_groups().get(group, []))})")
         if OmegaConf.select(cfg, key) is None:  # a config of one's own that replaced its group without it
             raise DipError(f"the composed config has no {key}: the {key.split('.')[0]} config chosen must set it "
                            f"(a file of one's own that sets keys of several groups starts with '# @package _global_')")
-    if str(OmegaConf.select(cfg, "input._target_")).endswith(".PixelCode") and OmegaConf.select(cfg, "input.path"):
-        raise DipError(f"prior=tv fits the pixels themselves: task {cfg.task.name}'s input image (input.path) would "
-                       f"be ignored; it is the code z of the dip prior")
+    if OmegaConf.select(cfg, "input.path") and _builds(cfg.input, "dip.inputs.PixelCode"):
+        raise DipError(f"input {cfg.input._target_} (prior=tv, input=pixels) fits the pixels themselves, so task "
+                       f"{cfg.task.name}'s input image (input.path) would be ignored: it is the code z of prior=dip")
     check_whole_number("trainer.max_steps", cfg.trainer.max_steps)
     check_whole_number("data.size", cfg.data.size, none="the whole image")
     check_whole_number("metrics_every", cfg.metrics_every)
@@ -368,18 +380,14 @@ def instantiate_settings(node: DictConfig, what: str, **kwargs):
         raise settings_error(error, what, target, passed=tuple(kwargs)) from None
 
 
-# What a constructor's annotation asks of a setting, as a config can give it, and how a message says it.
-KINDS = {bool: "true or false", int: "a whole number", float: "a finite number", str: "text"}
-
-
 def check_setting_types(node: DictConfig, what: str) -> None:
     """``DipError`` naming the setting of ``node`` (``what``: its place in the config), or of a node it
     builds, whose value is not of a kind its class's constructor declares: text where a number goes
     (``sigma=lots``), a number that is not finite (``lr=inf``), anything but true or false for a switch.
     A constructor would take most of them as they are, or fail without naming the setting."""
     try:
-        parameters = inspect.signature(get_object(node._target_), eval_str=True).parameters
-    except Exception:  # noqa: BLE001 (no class to ask, or annotations it cannot evaluate: its constructor checks)
+        parameters = _declared_parameters(_locate(node._target_))
+    except Exception:  # noqa: BLE001 (no class to ask: instantiating it says so)
         parameters = {}
     for key in node:
         if str(key).startswith("_"):
@@ -396,15 +404,38 @@ def check_setting_types(node: DictConfig, what: str) -> None:
         if isinstance(value, DictConfig) and "_target_" in value:
             check_setting_types(value, place)
         elif key in parameters and (kinds := _kinds(parameters[key].annotation)) and not _of_kind(value, kinds):
-            said = " or ".join(KINDS[kind] for kind in kinds) + (" (or null)" if type(None) in kinds else "")
-            raise DipError(f"{place} must be {said}, got {value!r}")
+            said = " or ".join(KINDS[kind] for kind in kinds if kind in KINDS)
+            if set(kinds) - {type(None)} == {str} and isinstance(value, (int, float)):  # Hydra reads a bare number
+                raise DipError(f"{place} must be text, got the number {value!r}: quote it ({place}=\"'{value}'\")")
+            raise DipError(f"{place} must be {said}{' (or null)' if type(None) in kinds else ''}, got {value!r}")
+
+
+def _declared_parameters(target) -> dict[str, inspect.Parameter]:
+    """The parameters ``target`` takes by name, a class's with those its ``__init__`` hands on to its
+    bases' through ``**kwargs`` (``NoiseCode``'s ``reg_noise_std``); none where an annotation cannot be read."""
+    own_inits = [vars(kind)["__init__"] for kind in inspect.getmro(target)
+                 if kind is not object and "__init__" in vars(kind)] if inspect.isclass(target) else [target]
+    parameters: dict[str, inspect.Parameter] = {}
+    for function in own_inits:
+        try:
+            signature = inspect.signature(function, eval_str=True)
+        except Exception:  # noqa: BLE001 (an annotation naming what its module does not import)
+            return {}
+        named = {name: parameter for name, parameter in signature.parameters.items()
+                 if parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)}
+        parameters = named | parameters  # a subclass's own annotation first
+        if not any(parameter.kind is parameter.VAR_KEYWORD for parameter in signature.parameters.values()):
+            break
+    return parameters
 
 
 def _kinds(annotation) -> tuple[type, ...]:
     """The kinds of ``KINDS`` (and None) an annotation allows; empty when it allows others too."""
-    kinds = typing.get_args(annotation) if isinstance(annotation, types.UnionType) or typing.get_origin(
-        annotation) is typing.Union else (annotation,)
-    return kinds if kinds and all(kind in KINDS or kind is type(None) for kind in kinds) else ()
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        kinds = typing.get_args(annotation)
+    else:
+        kinds = (annotation,)
+    return kinds if all(kind in KINDS or kind is type(None) for kind in kinds) else ()
 
 
 def _of_kind(value, kinds: tuple[type, ...]) -> bool:
@@ -417,6 +448,15 @@ def _of_kind(value, kinds: tuple[type, ...]) -> bool:
     if isinstance(value, float):
         return float in kinds and math.isfinite(value)
     return isinstance(value, str) and str in kinds
+
+
+def _builds(node: DictConfig, class_path: str) -> bool:
+    """Whether ``node`` builds an instance of the class ``class_path`` (or of a subclass)."""
+    try:
+        target, wanted = _locate(node._target_), _locate(class_path)
+    except Exception:  # noqa: BLE001 (no class there: instantiating it says so)
+        return False
+    return inspect.isclass(target) and issubclass(target, wanted)
 
 
 def settings_error(error: Exception, what: str, target: str, passed: tuple[str, ...] = ()) -> DipError:

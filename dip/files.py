@@ -42,3 +42,9 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """``path`` written by ``write(handle)``, whole or not at all (``atomic_path``)."""
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         write(handle)
+
+
+def existing_ancestor(path: Path) -> Path:
+    """``path`` (made absolute) if it exists, else the nearest folder above it that does: where making it
+    would start, and what stands in its way if that is a file."""
+    return next(folder for folder in [path.absolute(), *path.absolute().parents] if folder.exists())

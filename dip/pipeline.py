@@ -443,7 +443,9 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
     need = check_fits(module, device, cfg.trainer.precision, kept) if cfg.check_memory else None
     settings = result_settings(cfg)
     resume = find_checkpoint(cfg.resume, checkpoint_dir)
-    resumable = check_resumable(resume, settings, cfg.trainer.max_steps) if resume else Resumable(0, None)
+    # a damaged checkpoint of the run folder's own is in the way of a fresh run too; one resume= names is not
+    advice = "" if cfg.resume else ": delete it, or run into another folder"
+    resumable = check_resumable(resume, settings, cfg.trainer.max_steps, advice) if resume else Resumable(0, None)
     timer, memory = FitTimer(resumed=resume is not None), PeakMemory()
     callbacks = [timer, memory, *callbacks] + ([chooser] if chooser else [])
     # after the others: it saves their state once their step is done; without a folder it only stops
@@ -526,8 +528,8 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
             except DipError as error:
                 if saver.path is None or not saver.path.is_file():
                     raise
-                raise DipError(f"{error}; the checkpoint {saver.path} is kept: the same command, once the outputs "
-                               f"can be written, resumes from it") from None
+                raise DipError(f"{error}; the checkpoint {saver.path} is kept: a run into {output_dir}, once the "
+                               f"outputs can be written there, resumes from it") from None
         if saver.path is not None and not cfg.checkpoint.keep:
             saver.path.unlink(missing_ok=True)
         return result

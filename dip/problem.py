@@ -96,7 +96,7 @@ def _check_given(source, argument: str) -> None:
     kind = type(source)
     name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
     hint = " (torch.from_numpy(a).permute(2, 0, 1) makes one of an H x W x C array)" if name == "numpy.ndarray" else ""
-    raise DipError(f"{argument} must be a file path or a torch.Tensor (C x H x W in [0, 1]), not a {name}{hint}")
+    raise DipError(f"{argument} must be a file path or a torch.Tensor (C x H x W in [0, 1]), not of type {name}{hint}")
 
 
 def _check(source, check, *args):
@@ -214,7 +214,7 @@ def problem_from_config(cfg: DictConfig, clean=None, observation=None, physics: 
     if physics is None:
         physics = instantiate_settings(cfg.task.physics, "task.physics")
     elif not isinstance(physics, Degradation):
-        raise DipError(f"physics must be a dip.physics.Degradation, not a {type(physics).__name__}")
+        raise DipError(f"physics must be a dip.physics.Degradation, not of type {type(physics).__name__}")
     else:
         physics = copy.deepcopy(physics)
     data = cfg.data

@@ -96,8 +96,8 @@ def read_yaml(path: Path):
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
-        raise ValueError(f"{path}{where} is not valid YAML: {getattr(error, 'problem', None) or one_line(error)}") \
-            from None
+        problem = getattr(error, "problem", None) or one_line(error)
+        raise ValueError(f"{path}{where} is not valid YAML: {problem}") from None
 
 
 def kind(value) -> str:

@@ -65,13 +65,13 @@ def test_restore_a_grey_file_into_a_directory(tmp_path, grey_png):
     ({"image": torch.rand(3, 8, 8, dtype=torch.complex64)}, "image tensor is torch.complex64, not real"),
     ({"image": torch.rand(3, 8, 8).index_fill(2, torch.tensor([3]), float("nan"))},
      "image tensor holds 24 NaN value(s) of 192"),  # not "values in [nan, nan]": as if all were NaN
-    ({"image": np.random.rand(8, 8, 3)}, "image must be a file path or a torch.Tensor (C x H x W in [0, 1]), not a "
-                                         "numpy.ndarray (torch.from_numpy(a).permute(2, 0, 1)"),
+    ({"image": np.random.rand(8, 8, 3)}, "image must be a file path or a torch.Tensor (C x H x W in [0, 1]), not of "
+                                         "type numpy.ndarray (torch.from_numpy(a).permute(2, 0, 1)"),
     ({"observation": np.random.rand(8, 8, 3)}, "observation must be a file path or a torch.Tensor"),
-    ({"image": Image.new("RGB", (8, 8))}, "image must be a file path or a torch.Tensor (C x H x W in [0, 1]), not a "
-                                          "PIL.Image.Image"),
-    ({"image": 5}, "image must be a file path or a torch.Tensor (C x H x W in [0, 1]), not a int"),
-    ({"image": torch.rand(3, 8, 8), "generator": "net"}, "generator must be a torch.nn.Module, not a str"),
+    ({"image": Image.new("RGB", (8, 8))}, "image must be a file path or a torch.Tensor (C x H x W in [0, 1]), not of "
+                                          "type PIL.Image.Image"),
+    ({"image": 5}, "image must be a file path or a torch.Tensor (C x H x W in [0, 1]), not of type int"),
+    ({"image": torch.rand(3, 8, 8), "generator": "net"}, "generator must be a torch.nn.Module, not of type str"),
 ])
 def test_bad_input_is_one_line_as_on_the_command_line(arguments, message):
     with pytest.raises(DipError) as refused:
@@ -156,7 +156,7 @@ def test_a_degradation_built_in_python_replaces_the_tasks(tmp_path):
     scaled = restore(torch.rand(3, 16, 16), task="sr_x4", physics=LanczosDownsample(2),
                      overrides=["trainer.max_steps=1"])
     assert scaled.observation.shape == (1, 3, 8, 8) and scaled.metrics["task"] == "LanczosDownsample"  # not sr_x4
-    with pytest.raises(DipError, match="physics must be a dip.physics.Degradation, not a str"):
+    with pytest.raises(DipError, match="physics must be a dip.physics.Degradation, not of type str"):
         restore(torch.rand(3, 16, 16), physics="blur", overrides=["trainer.max_steps=1"])
 
 
@@ -188,8 +188,8 @@ def test_a_generator_built_in_python_replaces_the_arch(tmp_path):
         restore(torch.rand(3, 12, 20), generator=network, overrides=["trainer.max_steps=1", "restarts=2"])
 
 
-@pytest.mark.parametrize("overrides, kind", [("trainer.max_steps=2", "a str"),
-                                              (["trainer.max_steps=1", 2], "a list holding a int")])
+@pytest.mark.parametrize("overrides, kind", [("trainer.max_steps=2", "of type str"),
+                                              (["trainer.max_steps=1", 2], "a list holding one of type int")])
 def test_overrides_must_be_a_list_of_strings(overrides, kind):
     """One string is not one override: Hydra would read its characters as overrides."""
     message = f"overrides must be a list of strings like ['optim.lr=0.01'], not {kind}"

@@ -132,6 +132,12 @@ def test_a_run_folder_that_names_no_folder_is_one_line(tmp_path, folder, needle)
     assert not (ROOT / "metrics.json").exists()
 
 
+def test_a_quoted_run_folder_is_checked_as_hydra_reads_it(tmp_path):
+    (tmp_path / "file").write_text("x")
+    done = run_cli("data.size=32", "trainer.max_steps=1", "logger=none", f"hydra.run.dir='{tmp_path / 'file' / 'x'}'")
+    assert_one_line_error(done, f"{tmp_path / 'file'} is a file, not a folder")
+
+
 def test_a_finished_run_whose_record_is_damaged_is_one_line_and_its_record_stays(tmp_path):
     out = tmp_path / "out"
     command = ["data.size=32", "trainer.max_steps=1", "logger=none", "arch=skip_depth2", f"hydra.run.dir={out}"]
@@ -166,6 +172,10 @@ def test_a_failed_run_removes_the_empty_folders_made_for_it_and_only_those(tmp_p
     (["restarts=abc"], "restarts must be a whole number >= 1, got 'abc'"),
     (["checkpoint.every_n_steps=-1"], "checkpoint.every_n_steps must be a whole number >= 0"),
     (["trainer.devices=2"], "trainer.devices=2: a restoration runs on one device"),
+    # of a kind the constructor's annotation excludes, in a node built after the problem is read
+    (["early_stop=discrepancy", "early_stop.delay=1.5"], "early_stop.delay must be a whole number (or null), got 1.5"),
+    (["input.optimize=maybe"], "input.optimize must be true or false, got 'maybe'"),  # NoiseCode passes it on
+    (["task=inpainting", "mask.text=2024"], "mask.text must be text, got the number 2024: quote it"),
     (["trainer.devices=[0,1]"], "trainer.devices=[0, 1]: a restoration runs on one device"),
     *([] if torch.cuda.is_available() else
       [(["trainer.accelerator=gpu"], "trainer.accelerator=gpu, but torch finds no CUDA GPU here"),

@@ -127,6 +127,23 @@ def test_impossible_settings_are_one_line_before_anything_is_built(overrides, ne
         problem_from_config(compose_config(overrides.split()))
 
 
+def test_overrides_that_name_no_setting_say_what_would():
+    from dip.config import checked_config
+    from dip.errors import DipError
+
+    assert checked_config(["~early_stop"]).get("early_stop") is None  # a run can do without it
+    assert checked_config(["+data.folder=/x", "data.path=${data.folder}/a.png"]).data.path == "/x/a.png"  # read
+    for overrides, pattern in [
+        (["~speed"], r"~speed: a run needs a config of the speed group \(choose from: default, exact, fast\)"),
+        (["+data.maks=m.png"], r"\+data.maks: nothing reads a setting named 'data.maks' \(did you mean data.mask\?\)"),
+        (["data.maks=m.png"], r"data.maks: no such setting \(did you mean data.mask\?\)$"),  # not: add it with '+'
+        (["optim.lrr=1"], r"optim.lrr: no such setting \(did you mean optim.lr\?\); \+optim.lrr=VALUE adds one"),
+        (["experiment=fig2_noise_impedance"], r"use \+experiment=fig2_noise_impedance"),  # a group: Hydra's advice
+    ]:
+        with pytest.raises(DipError, match=pattern):
+            checked_config(overrides)
+
+
 @pytest.mark.parametrize("overrides, name", [(["task=sr_x4"], "sr_x4"), (["task=sr_x8"], "sr_x8"),
                                              (["task=sr_x4", "task.physics.factor=3"], "sr_x3")])
 def test_a_super_resolution_task_is_named_by_its_factor(overrides, name):
