@@ -23,7 +23,7 @@ from hydra.errors import HydraException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import Container, DictConfig, ListConfig, OmegaConf, open_dict
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from dip.errors import DipError, one_line
 from dip.gpus import visible_gpus, worker_count
@@ -466,6 +466,8 @@ def settings_error(error: Exception, what: str, target: str, passed: tuple[str, 
     cause = error.__cause__ or error
     if isinstance(cause, DipError):
         return cause
+    if isinstance(cause, MissingMandatoryValue):  # a ??? of the config (input=image's path)
+        return DipError(f"{cause.full_key} must be given: {target} needs it ({cause.full_key}=...)")
     if isinstance(cause, TypeError) and (unknown := re.search(r"unexpected keyword argument '(\w+)'", str(cause))):
         if unknown[1] in passed:
             return DipError(f"{what} {target} takes no argument {unknown[1]!r}, which the framework passes: it is "

@@ -90,6 +90,7 @@ def assert_one_line_error(done, *needles):
         # refused by torch's optimizer once the fit is under way: tried before it
         (["+optim.weight_decay=-1"], ["invalid optim settings: Invalid weight_decay value: -1"]),
         (["+lrr=0.01"], ["+lrr: nothing reads a setting named 'lrr' (a typo?)"]),
+        (["input=image"], ["input.path must be given: dip.inputs.ImageCode needs it (input.path=...)"]),
         (["~task"], ["the composed config has no task, which a run needs (choose from: demosaicing, denoising"]),
         (["+data.maks=m.png"], ["+data.maks: nothing reads a setting named 'data.maks' (did you mean data.mask?)"]),
         (["trainer.max_step=2"], ["trainer.max_step: no such setting (did you mean trainer.max_steps?)"]),
