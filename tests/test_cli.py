@@ -77,7 +77,8 @@ def assert_one_line_error(done, *needles):
         (["task=deblurring"], ["unknown task 'deblurring'", "denoising"]),
         (["arch=vgg"], ["unknown arch 'vgg'"]),
         (["+arch.depht=4"], ["Skip takes no setting 'depht' (drop it with ~arch.depht"]),
-        (["task=flash_no_flash", "prior=tv"], ["prior=tv fits the pixels themselves: task flash_no_flash's input"]),
+        (["task=flash_no_flash", "prior=tv"], ["(prior=tv, input=pixels) fits the pixels themselves, so task "
+                                                "flash_no_flash's input image (input.path) would be ignored"]),
         (["task=sr_x8", "task.physics.factor=64", "data.size=64"], ["too small for x64"]),
         (["arch.upsample_mode=cubic"], ["upsample mode 'cubic'"]),
         (["input.distribution=poisson"], ["noise distribution 'poisson'"]),
@@ -91,7 +92,7 @@ def assert_one_line_error(done, *needles):
         (["+optim.weight_decay=-1"], ["invalid optim settings: Invalid weight_decay value: -1"]),
         (["+lrr=0.01"], ["+lrr: nothing reads a setting named 'lrr' (a typo?)"]),
         (["input=image"], ["input.path must be given: dip.inputs.ImageCode needs it (input.path=...)"]),
-        (["~task"], ["the composed config has no task, which a run needs (choose from: demosaicing, denoising"]),
+        (["~task"], ["~task: a run needs a config of the task group (choose from: demosaicing, denoising"]),
         (["+data.maks=m.png"], ["+data.maks: nothing reads a setting named 'data.maks' (did you mean data.mask?)"]),
         (["trainer.max_step=2"], ["trainer.max_step: no such setting (did you mean trainer.max_steps?)"]),
         (["+benchmark=set5_x4"], ["+benchmark=set5_x4: the benchmarks are experiments/benchmark.py's"]),
