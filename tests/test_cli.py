@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from dip.config import compose_config
+from dip.config import checked_config, compose_config
 from dip.errors import DipError
-from dip.pipeline import run
+from dip.pipeline import prepare, run
 from dip.wandb_files import offline_run_file, offline_run_info, offline_summary
 from tests.conftest import ROOT, make_png, run_cli, run_cli_probing_lightning, run_cli_signalled
 
@@ -74,26 +74,9 @@ def assert_one_line_error(done, *needles):
     [
         (["data.path=missing.png"], ["missing.png", "not found"]),
         (["data.path=photo(1).png"], ["cannot parse overrides", "quote a value holding spaces, brackets"]),
-        (["task=deblurring"], ["unknown task 'deblurring'", "denoising"]),
-        (["arch=vgg"], ["unknown arch 'vgg'"]),
         (["+arch.depht=4"], ["Skip takes no setting 'depht' (drop it with ~arch.depht"]),
-        (["task=flash_no_flash", "prior=tv"], ["(prior=tv, input=pixels) fits the pixels themselves, so task "
-                                                "flash_no_flash's input image (input.path) would be ignored"]),
-        (["task=sr_x8", "task.physics.factor=64", "data.size=64"], ["too small for x64"]),
-        (["arch.upsample_mode=cubic"], ["upsample mode 'cubic'"]),
-        (["input.distribution=poisson"], ["noise distribution 'poisson'"]),
-        (["input.reg_noise_std=-1"], ["invalid input settings: reg_noise_std must be >= 0, got -1"]),
-        (["backtrack_against=worst"], ["backtrack_against must be 'last' or 'best'", "'worst'"]),
         (["ema_weight=1"], ["ema_weight must be in [0, 1), got 1"]),
-        (["data.size=0"], ["data.size must be a whole number >= 1, or null for the whole image, got 0"]),
-        (["diverged_gradient=skip"], ["diverged_gradient must be one of keep, drop, damp", "'skip'"]),
-        (["diverged_gradient=damp", "optim._target_=torch.optim.SGD"], ["diverged_gradient=damp", "SGD does not have"]),
-        # refused by torch's optimizer once the fit is under way: tried before it
-        (["+optim.weight_decay=-1"], ["invalid optim settings: Invalid weight_decay value: -1"]),
         (["+lrr=0.01"], ["+lrr: nothing reads a setting named 'lrr' (a typo?)"]),
-        (["input=image"], ["input.path must be given: dip.inputs.ImageCode needs it (input.path=...)"]),
-        (["~task"], ["~task: a run needs a config of the task group (choose from: demosaicing, denoising"]),
-        (["+data.maks=m.png"], ["+data.maks: nothing reads a setting named 'data.maks' (did you mean data.mask?)"]),
         (["trainer.max_step=2"], ["trainer.max_step: no such setting (did you mean trainer.max_steps?)"]),
         (["+benchmark=set5_x4"], ["+benchmark=set5_x4: the benchmarks are experiments/benchmark.py's"]),
         # refused by Hydra once started (check_overrides leaves hydra.* to it)
@@ -102,25 +85,57 @@ def assert_one_line_error(done, *needles):
     ],
 )
 def test_bad_input_gets_one_line_and_no_outputs(tmp_path, args, needles):
+    """One of each place a command is refused: its overrides, the config, the input, the module."""
     out = tmp_path / "out"
     done = run_cli(*args, "trainer.max_steps=1", "logger=none", f"hydra.run.dir={out}")
     assert_one_line_error(done, *needles)
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (["task=deblurring"], ["unknown task 'deblurring'", "denoising"]),
+        (["arch=vgg"], ["unknown arch 'vgg'"]),
+        (["task=flash_no_flash", "prior=tv"], ["(prior=tv, input=pixels) fits the pixels themselves, so task "
+                                                "flash_no_flash's input image (input.path) would be ignored"]),
+        (["task=sr_x8", "task.physics.factor=64", "data.size=64"], ["too small for x64"]),
+        (["arch.upsample_mode=cubic"], ["upsample mode 'cubic'"]),
+        (["input.distribution=poisson"], ["noise distribution 'poisson'"]),
+        (["input.reg_noise_std=-1"], ["invalid input settings: reg_noise_std must be >= 0, got -1"]),
+        (["backtrack_against=worst"], ["backtrack_against must be 'last' or 'best'", "'worst'"]),
+        (["data.size=0"], ["data.size must be a whole number >= 1, or null for the whole image, got 0"]),
+        (["diverged_gradient=skip"], ["diverged_gradient must be one of keep, drop, damp", "'skip'"]),
+        (["diverged_gradient=damp", "optim._target_=torch.optim.SGD"], ["diverged_gradient=damp", "SGD does not have"]),
+        # refused by torch's optimizer once the fit is under way: tried before it
+        (["+optim.weight_decay=-1"], ["invalid optim settings: Invalid weight_decay value: -1"]),
+        (["input=image"], ["input.path must be given: dip.inputs.ImageCode needs it (input.path=...)"]),
+        (["~task"], ["~task: a run needs a config of the task group (choose from: demosaicing, denoising"]),
+        (["+data.maks=m.png"], ["+data.maks: nothing reads a setting named 'data.maks' (did you mean data.mask?)"]),
+    ],
+)
+def test_bad_settings_are_one_line_before_the_module_exists(args, needles):
+    """In process, the refusals of the config, the input and the module that run.py prints as its one line
+    (a representative of each above): the run's own start is seconds per case."""
+    with pytest.raises(DipError) as refused:
+        prepare(checked_config([*args, "trainer.max_steps=1", "logger=none"]))
+    assert "\n" not in str(refused.value) and all(needle in str(refused.value) for needle in needles)
+
+
 def test_outputs_that_cannot_be_written_are_one_line_and_the_checkpoint_resumes(tmp_path):
     """A folder where restored.png goes (as a full disk would): the images written before it are removed,
-    the last checkpoint is kept, and once the way is clear the same command finishes from it."""
+    the last checkpoint is kept, and once the way is clear a run into the folder finishes from it."""
     out = tmp_path / "out"
     (out / "restored.png").mkdir(parents=True)
-    command = ["data.size=32", "trainer.max_steps=3", "checkpoint.every_n_steps=2", "logger=none",
-               "arch=skip_depth2", f"hydra.run.dir={out}"]
-    assert_one_line_error(run_cli(*command), f"cannot write {out / 'restored.png'}: Is a directory",
-                          f"the checkpoint {out / 'checkpoint.ckpt'} is kept")
+    cfg = compose_config(["data.size=32", "trainer.max_steps=3", "checkpoint.every_n_steps=2", "logger=none",
+                          "arch=skip_depth2"], output_dir=out)
+    with pytest.raises(DipError) as refused:
+        run(cfg, out)
+    assert str(refused.value).startswith(f"cannot write {out / 'restored.png'}: Is a directory; the checkpoint "
+                                         f"{out / 'checkpoint.ckpt'} is kept")
     assert sorted(path.name for path in out.iterdir()) == ["checkpoint.ckpt", "restored.png"]
     (out / "restored.png").rmdir()
-    assert run_cli(*command).returncode == 0
-    assert json.loads((out / "metrics.json").read_text())["resumed_from_step"] == 2
+    assert run(cfg, out).metrics["resumed_from_step"] == 2
 
 
 @pytest.mark.parametrize("folder, needle", [("''", "hydra.run.dir is empty"),
