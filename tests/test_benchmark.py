@@ -307,6 +307,7 @@ def test_time_budget_starts_what_the_slowest_rate_so_far_finishes_in_time():
         TimeBudget(0)
 
 
+@pytest.mark.slow
 def test_a_time_budget_leaves_the_images_that_would_not_finish_for_a_later_run(tmp_path, monkeypatch):
     """With time_budget_s, the two workers start an image each (nothing measured yet); the third would
     not finish in time, so it waits. The table covers the two and says so; the same command with no
@@ -326,7 +327,7 @@ def test_a_time_budget_leaves_the_images_that_would_not_finish_for_a_later_run(t
     assert "2 restoration(s) reused" in (run_dir / "table.md").read_text()
 
 
-@pytest.mark.parametrize("gpus", ["", "4,7"])  # in this process; two worker processes
+@pytest.mark.parametrize("gpus", ["", pytest.param("4,7", marks=pytest.mark.slow)])  # here; two worker processes
 def test_a_failed_fit_leaves_the_others_to_finish_then_is_retried(tmp_path, monkeypatch, gpus):
     """An image too small for x4 fails its fit; the other image is still restored and tabulated, the
     run line names the failure, and the run ends with one line naming it. Once the image is replaced,

@@ -169,6 +169,7 @@ def restore(image, out, steps: int, *extra: str):
     return run(cfg, out)
 
 
+@pytest.mark.slow
 def test_packed_restarts_stop_each_at_the_noise_level(image, tmp_path):
     out = tmp_path / "out"
     result = restore(image, out, 400, "restarts=2", "early_stop.check_every=10")

@@ -230,6 +230,7 @@ def test_a_job_that_raises_a_bug_fails_alone_with_one_line_and_keeps_its_traceba
     assert "sweep: 1 finished run(s)" in result.stdout and "failed: 1 job(s)" in result.stdout
 
 
+@pytest.mark.slow
 def test_a_sweep_run_again_into_its_folder_runs_only_the_jobs_it_lacks(tmp_path):
     sweep = tmp_path / "sweep"
     multirun(sweep, "seed=0,1", "logger=none")
