@@ -25,7 +25,7 @@ from hydra.utils import instantiate
 from omegaconf import Container, DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from dip.errors import DipError, one_line
+from dip.errors import DipError, invalid_yaml, one_line
 from dip.gpus import visible_gpus, worker_count
 from dip.images import BUILTIN_PREFIX
 
@@ -252,8 +252,7 @@ def checked_config(overrides: Sequence[str] = (), output_dir: str | Path | None 
             raise DipError(_unknown_setting(unknown[1], overrides, config_name)) from None
         raise DipError(config_message(error)) from None
     except yaml.MarkedYAMLError as error:  # a config file of one's own that is not YAML
-        mark = error.problem_mark
-        raise DipError(f"config file {mark.name} (line {mark.line + 1}) is not valid YAML: {error.problem}") from None
+        raise DipError(f"config file {invalid_yaml(error.problem_mark.name, error)}") from None
     except OmegaConfBaseException as error:
         raise DipError(f"invalid config: {config_message(error)}") from None
     for option in overrides:  # a key added to settings read by name is read by nothing: a typo (+data.maks=...)

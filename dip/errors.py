@@ -15,6 +15,13 @@ def one_line(error: BaseException, limit: int | None = None) -> str:
     return " ".join(str(error).split())[:limit] or type(error).__name__
 
 
+def invalid_yaml(name, error: Exception) -> str:
+    """``NAME (line N) is not valid YAML: PROBLEM``, for a YAML parser's ``error`` reading the file ``name``."""
+    mark = getattr(error, "problem_mark", None)
+    where = f" (line {mark.line + 1})" if mark else ""
+    return f"{name}{where} is not valid YAML: {getattr(error, 'problem', None) or one_line(error)}"
+
+
 def kept_traceback(error: BaseException, log_file: Path, limit: int = 200) -> str:
     """One line for a bug's ``error`` (its type and message), its traceback appended to ``log_file``: the
     console keeps to one line an error, and the file keeps what a fix needs."""

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from dip.config import image_name  # noqa: E402
-from dip.errors import DipError, fail, one_line  # noqa: E402
+from dip.errors import DipError, fail, invalid_yaml, one_line  # noqa: E402
 from dip.figures import figure_png  # noqa: E402
 from dip.sweeps import FAILED_JOBS, failed_jobs  # noqa: E402
 from dip.wandb_files import offline_history  # noqa: E402
@@ -94,10 +94,7 @@ def read_yaml(path: Path):
     try:
         return yaml.safe_load(path.read_text()) if path.is_file() else None
     except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark else ""
-        problem = getattr(error, "problem", None) or one_line(error)
-        raise ValueError(f"{path}{where} is not valid YAML: {problem}") from None
+        raise ValueError(invalid_yaml(path, error)) from None
 
 
 def kind(value) -> str:
