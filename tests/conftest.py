@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -44,12 +46,65 @@ def grey_png(tmp_path) -> Path:
     return make_png(tmp_path / "grey.png", 61, 47, mode="L")
 
 
-def run_cli(*args: str, script: str = "run.py", env: dict | None = None, timeout: int = 600):
-    """Run a script of the project as a user would, from the repository root."""
+def cli_environment(env: dict | None = None) -> dict:
     environment = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
     environment.pop("HYDRA_FULL_ERROR", None)  # the user-facing errors are what is tested
-    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, env=environment,
-                          capture_output=True, text=True, timeout=timeout)
+    return environment
+
+
+def run_cli(*args: str, script: str = "run.py", env: dict | None = None, timeout: int = 600,
+            fresh: bool = False) -> subprocess.CompletedProcess:
+    """Run a script of the project as a user would, from the repository root: in a child forked from a
+    Python that has imported the heavy libraries (``tests/warm_python.py``), or, where the test needs a
+    fresh interpreter (``fresh``: what a script imports is tested) or the environment changes how one
+    starts, in a new one."""
+    environment = cli_environment(env)
+    command = [sys.executable, str(ROOT / script), *args]
+    if fresh or WarmPython.starts_differently(environment):
+        return subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=timeout)
+    return WarmPython.shared().run(command, environment, timeout)
+
+
+class WarmPython:
+    """The client of one ``tests/warm_python.py`` process, started on first use and kept for the test process."""
+
+    _shared: WarmPython | None = None
+    # read as the interpreter or its libraries start, so the forked child could not honour a change
+    STARTUP_PREFIXES = ("PYTHON", "OMP_", "MKL_", "KMP_", "GOMP_", "LD_")
+
+    def __init__(self):
+        self.environment = cli_environment()
+        self.process = subprocess.Popen([sys.executable, str(ROOT / "tests" / "warm_python.py")], cwd=ROOT,
+                                        env=self.environment, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    @classmethod
+    def shared(cls) -> WarmPython:
+        if cls._shared is None or cls._shared.process.poll() is not None:
+            cls._shared = cls()
+        return cls._shared
+
+    @classmethod
+    def starts_differently(cls, environment: dict) -> bool:
+        started = cli_environment()
+        return any(started.get(key) != environment.get(key) for key in {*started, *environment}
+                   if key.startswith(cls.STARTUP_PREFIXES))
+
+    def run(self, command: list[str], environment: dict, timeout: float) -> subprocess.CompletedProcess:
+        with tempfile.TemporaryDirectory() as folder:
+            outputs = {name: os.path.join(folder, name) for name in ("stdout", "stderr")}
+            request = {"script": command[1], "args": command[2:], "cwd": str(ROOT), "env": environment,
+                       "timeout": timeout, **outputs}
+            try:
+                self.process.stdin.write(json.dumps(request) + "\n")
+                self.process.stdin.flush()
+                reply = json.loads(self.process.stdout.readline())
+            except BaseException:  # an interrupted exchange leaves the protocol out of step: start afresh
+                self.process.kill()
+                raise
+            stdout, stderr = (Path(outputs[name]).read_text() for name in ("stdout", "stderr"))
+        if reply["timed_out"]:
+            raise subprocess.TimeoutExpired(command, timeout, stdout, stderr)
+        return subprocess.CompletedProcess(command, reply["returncode"], stdout, stderr)
 
 
 LIGHTNING_PROBE = """import runpy, sys
@@ -66,7 +121,7 @@ def run_cli_probing_lightning(folder: Path, *args: str, script: str = "run.py", 
     imported Lightning: ``lightning imported: True`` or ``False``."""
     probe = folder / "probe.py"
     probe.write_text(LIGHTNING_PROBE.format(script=str(ROOT / script)))
-    return run_cli(*args, script=str(probe), env=env)
+    return run_cli(*args, script=str(probe), env=env, fresh=True)
 
 
 SIGNAL_DRIVER = """import os, runpy, signal, sys

@@ -1,0 +1,31 @@
+"""The warm Python that runs the command-line tests' scripts behaves as a fresh interpreter would."""
+
+import pytest
+
+from tests.conftest import run_cli
+
+SCRIPT = """import os, sys
+print(sys.argv[1:], os.getcwd(), os.environ.get("DIP_PROBE"), sys.path[0] == os.path.dirname(os.path.abspath(__file__)))
+print("to stderr", file=sys.stderr)
+how = sys.argv[1]
+if how == "exit":
+    sys.exit(3)
+if how == "message":
+    sys.exit("a message")
+if how == "raise":
+    raise ValueError("uncaught")
+if how == "interrupt":
+    raise KeyboardInterrupt
+"""
+
+
+@pytest.mark.parametrize("how", ["return", "exit", "message", "raise", "interrupt"])
+def test_a_script_ends_as_in_a_fresh_interpreter(how, tmp_path):
+    script = tmp_path / "probe.py"
+    script.write_text(SCRIPT)
+    warm, fresh = (run_cli(how, "two words", script=str(script), env={"DIP_PROBE": "set"}, fresh=new)
+                   for new in (False, True))
+    assert (warm.returncode, warm.stdout) == (fresh.returncode, fresh.stdout)
+    assert warm.stderr.splitlines()[-1] == fresh.stderr.splitlines()[-1]
+    assert {"return": 0, "exit": 3, "message": 1, "raise": 1, "interrupt": -2}[how] == warm.returncode
+    assert warm.stdout.startswith(f"['{how}', 'two words'] ") and warm.stdout.endswith(" set True\n")
