@@ -21,7 +21,6 @@ from omegaconf import DictConfig, OmegaConf
 from dip.config import (
     CONF_DIR,
     checked_config,
-    config_groups,
     config_message,
     register_resolvers,
     use_config_dirs,
@@ -63,15 +62,10 @@ def check_overrides(arguments: list[str], config_name: str = "config") -> DictCo
     except HydraException as error:
         fail(f"cannot parse overrides: {str(error).splitlines()[0]} (quote a value holding spaces, brackets, = or "
              f"commas: data.path=\"'my photo (1).png'\")")
-    groups = config_groups()
-    for override in parsed:  # nothing reads a new top-level key: a typo (+lrr=0.01) would pass unnoticed
-        key = override.key_or_group
-        if key == "benchmark" and config_name == "config":  # run.py would restore its default image, not the set
+    for override in parsed:
+        if override.key_or_group == "benchmark" and config_name == "config":  # run.py would restore its default image
             fail(f"{override.input_line}: the benchmarks are experiments/benchmark.py's "
                  f"(python experiments/benchmark.py benchmark=NAME)")
-        if override.is_add() and "." not in key and "@" not in key and key not in groups:
-            fail(f"+{key}: nothing reads a setting named '{key}' (a typo?); settings are changed without '+' "
-                 f"(optim.lr=0.01), config groups added with it (+experiment=NAME)")
     fixed, sweeps = [], []
     for override, text in zip(parsed, overrides):
         if not override.is_sweep_override():

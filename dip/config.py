@@ -255,12 +255,38 @@ def checked_config(overrides: Sequence[str] = (), output_dir: str | Path | None 
         raise DipError(f"config file {invalid_yaml(error.problem_mark.name, error)}") from None
     except OmegaConfBaseException as error:
         raise DipError(f"invalid config: {config_message(error)}") from None
-    for option in overrides:  # a key added to settings read by name is read by nothing: a typo (+data.maks=...)
-        key = option[1:].partition("=")[0] if option.startswith("+") and not option.startswith("++") else ""
-        if key.partition(".")[0] in SETTINGS_READ_BY_NAME and "." in key and not _interpolated(key, cfg):
-            raise DipError(f"+{key}: nothing reads a setting named '{key}'{_close_setting(key, cfg)}; settings are "
+    for added, key in _added_settings(overrides, config_name):  # read by nothing: a typo (+lrr=0.01, +data.maks=...)
+        if _interpolated(key, cfg):
+            continue
+        if "." not in key and "@" not in key and key not in groups:
+            raise DipError(f"{added}: nothing reads a setting named '{key}' (a typo?); settings are changed without "
+                           f"'+' (optim.lr=0.01), config groups added with it (+experiment=NAME)")
+        if "." in key and key.partition(".")[0] in SETTINGS_READ_BY_NAME:
+            raise DipError(f"{added}: nothing reads a setting named '{key}'{_close_setting(key, cfg)}; settings are "
                            f"changed without '+'")
     return cfg
+
+
+def _added_settings(overrides: Sequence[str], config_name: str) -> list[tuple[str, str]]:
+    """``(+key, key)`` for each override that adds a key to the config: ``+key=...``, and ``++key=...`` where
+    the config lacks it (where it has it, ``++`` sets it as a plain override does)."""
+    added = [(option.partition("=")[0], option[1:].partition("=")[0]) for option in overrides
+             if option.startswith("+") and not option.startswith("++")]
+    forced = [option.partition("=")[0] for option in overrides if option.startswith("++")]
+    if forced:
+        try:
+            before = compose_config([option for option in overrides if not option.startswith("++")],
+                                    config_name=config_name)
+        except Exception:  # noqa: BLE001 (the others need what ++ adds: it adds nothing that is not read)
+            return added
+        added += [(option, option[2:]) for option in forced if not _has_key(before, option[2:])]
+    return added
+
+
+def _has_key(cfg: DictConfig, key: str) -> bool:
+    parent, _, name = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    return isinstance(node, DictConfig) and name in node
 
 
 def _interpolated(key: str, cfg: DictConfig) -> bool:
@@ -376,7 +402,23 @@ def instantiate_settings(node: DictConfig, what: str, **kwargs):
     except DipError:
         raise
     except Exception as error:
+        nested = _nested_rejecter(node, what, error)
+        if nested:
+            raise settings_error(error, *nested) from None
         raise settings_error(error, what, target, passed=tuple(kwargs)) from None
+
+
+def _nested_rejecter(node: DictConfig, what: str, error: Exception) -> tuple[str, str] | None:
+    """The settings and class of a node inside ``node`` whose constructor raised ``error`` (Hydra names it in
+    its message), by the name the user sets it under: ``mask``, which ``task.physics.mask: ${mask}`` reads."""
+    found = re.search(r"^Error in call to target '([\w.]+)'.*\nfull_key: ([\w.]+)$", str(error), re.DOTALL)
+    if not found or not found[2].startswith(f"{what}."):
+        return None
+    inner = node
+    for key in found[2][len(what) + 1:].split("."):
+        inner = inner._get_node(key)
+    read = re.fullmatch(r"\$\{([\w.]+)\}", str(inner._value())) if inner._is_interpolation() else None
+    return (read[1] if read else found[2]), found[1]
 
 
 def check_setting_types(node: DictConfig, what: str) -> None:

@@ -436,7 +436,8 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
     device = run_device(cfg.trainer.accelerator, cfg.trainer.devices)
     if cfg.speed.compile and device.type == "cpu" and cfg.speed.compile_backend == "cudagraphs":
         raise DipError("speed.compile_backend=cudagraphs replays CUDA graphs, and this run is on the CPU: leave "
-                       "speed.compile false here, or use compile_backend=inductor")
+                       "speed.compile false here, or use compile_backend=inductor (or aot_eager: the same trace, "
+                       "run as it is)")
     if cfg.speed.compile and device.type == "cpu":
         log.warning("speed.compile on a CPU: torch.compile takes minutes before the first step, and the step is "
                     "slower for it here (docs/speed.md); speed=default does not compile")

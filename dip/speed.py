@@ -21,7 +21,7 @@ from dip.nets.normalised import drop_cancelled_biases, drop_running_statistics
 
 FUSED_DEVICES = ("cuda", "cpu")  # where torch's fused Adam, AdamW and SGD kernels exist
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-COMPILE_BACKENDS = ("inductor", "cudagraphs")
+COMPILE_BACKENDS = ("inductor", "cudagraphs", "aot_eager")
 GRAPHS_PER_FUNCTION = 64  # image sizes one process may compile a fit for (Set14 has eleven)
 
 
@@ -52,7 +52,8 @@ class Speed:
       ``reduce-overhead`` also replays the step's kernels as a CUDA graph. ``compile_backend``
       ``cudagraphs`` generates no kernels: it traces the step and replays torch's own kernels as CUDA
       graphs, which takes seconds where inductor's code generation takes about a minute (``compile_mode``
-      is inductor's; on a CPU the traced step runs as it is). Tracing turns the upsamplings' gradients
+      is inductor's). ``aot_eager`` runs that traced step as it is, on any device: the trace without CUDA
+      graphs, to check what it computes on a CPU. Tracing turns the upsamplings' gradients
       into accumulating ``index_put``s, which made it 2x slower than the default step on an H200
       (docs/speed.md).
     - ``one_weight_tensor``: during a fit, autograd and the optimizer see the generator's weights as

@@ -112,6 +112,10 @@ def test_bad_input_gets_one_line_and_no_outputs(tmp_path, args, needles):
         (["input=image"], ["input.path must be given: dip.inputs.ImageCode needs it (input.path=...)"]),
         (["~task"], ["~task: a run needs a config of the task group (choose from: demosaicing, denoising"]),
         (["+data.maks=m.png"], ["+data.maks: nothing reads a setting named 'data.maks' (did you mean data.mask?)"]),
+        # a node built inside another (the operator's mask) is named as the user sets it
+        (["task=inpainting", "mask.font_size=0"], ["invalid mask settings: font_size is a fraction"]),
+        (["task=inpainting_bernoulli", "+mask.seed=1"], ["invalid mask settings: dip.physics.masks.BernoulliMask "
+                                                          "takes no setting 'seed' (drop it with ~mask.seed"]),
     ],
 )
 def test_bad_settings_are_one_line_before_the_module_exists(args, needles):

@@ -133,9 +133,13 @@ def test_overrides_that_name_no_setting_say_what_would():
 
     assert checked_config(["~early_stop"]).get("early_stop") is None  # a run can do without it
     assert checked_config(["+data.folder=/x", "data.path=${data.folder}/a.png"]).data.path == "/x/a.png"  # read
+    assert checked_config(["+folder=/x", "data.path=${folder}/a.png"]).data.path == "/x/a.png"
+    assert checked_config(["++seed=3", "++data.size=16"]).data.size == 16  # ++ sets what is there as = does
     for overrides, pattern in [
         (["~speed"], r"~speed: a run needs a config of the speed group \(choose from: default, exact, fast\)"),
         (["+data.maks=m.png"], r"\+data.maks: nothing reads a setting named 'data.maks' \(did you mean data.mask\?\)"),
+        (["++data.maks=m.png"], r"\+\+data.maks: nothing reads a setting named 'data.maks' \(did you mean data.mask"),
+        (["++lrr=0.01"], r"\+\+lrr: nothing reads a setting named 'lrr' \(a typo\?\)"),
         (["data.maks=m.png"], r"data.maks: no such setting \(did you mean data.mask\?\)$"),  # not: add it with '+'
         (["optim.lrr=1"], r"optim.lrr: no such setting \(did you mean optim.lr\?\); \+optim.lrr=VALUE adds one"),
         (["experiment=fig2_noise_impedance"], r"use \+experiment=fig2_noise_impedance"),  # a group: Hydra's advice

@@ -74,7 +74,7 @@ def test_what_cannot_be_packed_is_one_clear_line(tmp_path):
 @pytest.mark.slow
 def test_a_packed_fit_traced_over_one_weight_tensor_takes_the_eager_steps(tmp_path):
     """The device plan's packed fits under ``speed.compile`` (Table 1 with ``images_per_fit=4``): the
-    traced step over the copies' one weight tensor (CUDA graphs on a GPU, run as traced here) trains
+    traced step over the copies' one weight tensor (CUDA graphs on a GPU, run as traced here: aot_eager) trains
     every image as the eager packed fit does, up to the rounding of the traced backward. With SGD, whose
     steps are linear in the gradient: Adam turns that rounding, in near-zero gradients, into full steps
     (on an AMD CPU four Adam steps moved pixels by 3e-3, four SGD steps by 2e-6)."""
@@ -88,7 +88,7 @@ def test_a_packed_fit_traced_over_one_weight_tensor_takes_the_eager_steps(tmp_pa
         return run(cfg, None, stacked, seeds=seeds)
 
     eager = fit()
-    traced = fit("speed.compile=true", "speed.compile_backend=cudagraphs", "speed.one_weight_tensor=true")
+    traced = fit("speed.compile=true", "speed.compile_backend=aot_eager", "speed.one_weight_tensor=true")
     torch.testing.assert_close(traced.restored, eager.restored, rtol=0, atol=1e-4)
     assert traced.metrics["psnr"] == pytest.approx(eager.metrics["psnr"], abs=1e-3)
     assert traced.metrics["psnr"][0] != traced.metrics["psnr"][1]

@@ -16,10 +16,15 @@ if how == "raise":
     raise ValueError("uncaught")
 if how == "interrupt":
     raise KeyboardInterrupt
+if how == "logging":  # Lightning sets its logging up as it is imported, by whether the root logger has a handler
+    import logging
+    logging.basicConfig()
+    import pytorch_lightning
+    print("lightning propagates:", logging.getLogger("pytorch_lightning").propagate)
 """
 
 
-@pytest.mark.parametrize("how", ["return", "exit", "message", "raise", "interrupt"])
+@pytest.mark.parametrize("how", ["return", "exit", "message", "raise", "interrupt", "logging"])
 def test_a_script_ends_as_in_a_fresh_interpreter(how, tmp_path):
     script = tmp_path / "probe.py"
     script.write_text(SCRIPT)
@@ -27,5 +32,6 @@ def test_a_script_ends_as_in_a_fresh_interpreter(how, tmp_path):
                    for new in (False, True))
     assert (warm.returncode, warm.stdout) == (fresh.returncode, fresh.stdout)
     assert warm.stderr.splitlines()[-1] == fresh.stderr.splitlines()[-1]
-    assert {"return": 0, "exit": 3, "message": 1, "raise": 1, "interrupt": -2}[how] == warm.returncode
-    assert warm.stdout.startswith(f"['{how}', 'two words'] ") and warm.stdout.endswith(" set True\n")
+    assert {"return": 0, "exit": 3, "message": 1, "raise": 1, "interrupt": -2, "logging": 0}[how] == warm.returncode
+    assert warm.stdout.startswith(f"['{how}', 'two words'] ")
+    assert warm.stdout.endswith("lightning propagates: True\n" if how == "logging" else " set True\n")

@@ -2,8 +2,9 @@
 child, as ``python SCRIPT ARGS`` would: its own process, working directory, environment, exit status and
 output files.
 
-Importing torch, Lightning and torchmetrics takes a fresh interpreter 6 to 9 s on a 2-core machine, longer
-than most of the command-line tests' fits; a fork of this process starts in milliseconds. It stays single-
+Importing torch, torchmetrics and Lightning takes a fresh interpreter 6 to 9 s on a 2-core machine, longer
+than most of the command-line tests' fits; a fork of this process starts in milliseconds (and imports the
+rest of Lightning in a third of a second). It stays single-
 threaded and never runs a torch operation, so the children fork from a state that is safe to fork.
 
 Protocol (one JSON object per line): a request ``{"script", "args", "cwd", "env", "stdout", "stderr",
@@ -89,9 +90,12 @@ def serve() -> None:
     quiet = os.open(os.devnull, os.O_RDWR)
     os.dup2(quiet, 0)
     os.dup2(quiet, 1)
-    # not wandb: it makes a temporary folder as it is imported, which the first child's exit would remove
+    # Lightning's own weight: not Lightning, whose import sets up its logging by whether the root logger has a
+    # handler yet (Hydra's job, the script's); not wandb, which makes a temporary folder as it is imported that
+    # the first child's exit would remove
     import hydra  # noqa: F401
-    import pytorch_lightning  # noqa: F401 - imports torch and torchmetrics too
+    import torch._dynamo  # noqa: F401
+    import torchmetrics  # noqa: F401
 
     for line in requests:
         request = json.loads(line)
