@@ -48,7 +48,6 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from hydra.errors import HydraException
 from hydra.utils import instantiate
 from omegaconf import Container, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -56,7 +55,7 @@ from skimage.metrics import peak_signal_noise_ratio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dip.config import check_settings, compose_config, config_message  # noqa: E402
+from dip.config import check_settings, checked_config, config_message  # noqa: E402
 from dip.errors import DipError, fail, one_line  # noqa: E402
 from dip.files import write_atomically  # noqa: E402
 from dip.images import load_image  # noqa: E402
@@ -410,7 +409,8 @@ def run_official(cfg, warmup: int, steps: int) -> Measurement:
 
 
 def compose(size: int, warmup: int, steps: int, overrides: list[str]):
-    return compose_config([
+    """The config of a loop; an override the config refuses is a ``DipError`` naming it (run.py's checks)."""
+    return checked_config([
         "task=denoising", "logger=none", f"data.size={size}", f"trainer.max_steps={warmup + steps}",
         f"metrics_every={max(1, min(50, warmup + steps))}", *overrides,
     ])
@@ -681,7 +681,7 @@ def check_arguments(args) -> None:
 def composes(size: int, args, overrides: list[str]) -> bool:
     try:
         compose(size, args.warmup, args.steps, overrides)
-    except (HydraException, OmegaConfBaseException):
+    except DipError:
         return False
     return True
 
@@ -693,12 +693,12 @@ def check_configs(size: int, args, variants: dict[str, list[str]]) -> None:
     def composed(overrides: list[str], where: str):
         try:
             return compose(size, args.warmup, args.steps, overrides)
-        except (HydraException, OmegaConfBaseException) as error:
-            # Hydra's message does not always name the override (a parse error quotes a fragment of it):
+        except DipError as error:
+            # the message does not always name the override (a parse error quotes a fragment of it):
             # the culprit is the first whose addition to the ones before it fails
             culprit = next((override for end, override in enumerate(overrides, 1)
                             if not composes(size, args, overrides[:end])), " ".join(overrides))
-            fail(f"{where} {culprit}: {config_message(error)}")
+            fail(f"{where} {culprit}: {error}")
 
     cfg = composed(args.overrides, "override")
     try:  # resolved (an interpolation to nothing fails here), but for Hydra's own node, which only a job resolves
