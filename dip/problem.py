@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from dip.config import check_settings, instantiate_settings
 from dip.errors import DipError
-from dip.images import data_crop, data_crop_offsets, load_image, read_image, resize_alpha
+from dip.images import data_crop_offsets, load_image, read_image, resize_alpha
 from dip.physics import Degradation
 
 log = logging.getLogger("dip")
@@ -77,10 +77,6 @@ def stack_problems(problems: list[Problem], names: list[str]) -> Problem:
         None if any(truth is None for truth in truths) else torch.cat(truths),
         bits=first.bits, source_mode=first.source_mode, loaded_size=first.loaded_size, offset=first.offset,
     )
-
-
-def _crop_to(image: torch.Tensor, size: int | None) -> torch.Tensor:
-    return image if not size else data_crop(image, size, size)
 
 
 def _named(source, what: str, file_prefix: str = "") -> str:
@@ -177,20 +173,22 @@ def build_problem(
     source = path if path is not None else default_image
     loaded = read_image(source, mode=mode)
     source = _named(source, "image")
-    clean = _crop_to(loaded.pixels[None], size)
-    offset = data_crop_offsets(tuple(loaded.pixels.shape[-2:]), *clean.shape[-2:])  # the top-left trim keeps it
-    _check(source, physics.check_fits, *clean.shape[-2:])
-    height, width = physics.solution_size(*physics.observation_size(*clean.shape[-2:]))
-    if (height, width) != clean.shape[-2:]:
-        log.info(f"{source}: {clean.shape[-1]}x{clean.shape[-2]} cropped from the top-left to {width}x{height}, "
+    loaded_size = tuple(loaded.pixels.shape[-2:])
+    cropped = (min(size, loaded_size[0]), min(size, loaded_size[1])) if size else loaded_size
+    _check(source, physics.check_fits, *cropped)
+    height, width = physics.solution_size(*physics.observation_size(*cropped))
+    if (height, width) != cropped:
+        log.info(f"{source}: {cropped[1]}x{cropped[0]} cropped from the top-left to {width}x{height}, "
                  f"the size the task's operator maps exactly")
-    clean = clean[..., :height, :width]
-    _prepare(physics, height, width, generator, tuple(loaded.pixels.shape[-2:]))
-    alpha = None if loaded.alpha is None else _crop_to(loaded.alpha, size)[..., :height, :width]
+    top, left = data_crop_offsets(loaded_size, *cropped)  # the window data.size keeps; the top-left trim keeps it
+    window = (..., slice(top, top + height), slice(left, left + width))
+    clean = loaded.pixels[None][window]
+    _prepare(physics, height, width, generator, loaded_size)
+    alpha = None if loaded.alpha is None else loaded.alpha[window]
     observation = physics.observe(clean, generator)
     _check_channels(source, physics, clean, observation)
     return Problem(observation, physics, (height, width), clean, alpha, loaded.bits, loaded.source_mode,
-                   tuple(loaded.pixels.shape[-2:]), offset)
+                   loaded_size, (top, left))
 
 
 def with_dataset_hint(error: DipError, root: str) -> DipError:

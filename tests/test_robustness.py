@@ -27,7 +27,7 @@ from dip.outputs import OUTPUT_FILES, describe
 from dip.pipeline import check_shapes, prepare, run
 from tests.conftest import make_png, run_cli
 
-FAST = ["logger=none", "arch=skip_depth2", "checkpoint.every_n_steps=0"]
+FAST = ["logger=none", "arch=skip_depth2", "checkpoint.every_n_steps=0", "trainer.enable_progress_bar=false"]
 
 
 def rgb(height: int, width: int, seed: int = 0) -> np.ndarray:

@@ -60,15 +60,17 @@ def exit_status_of(code) -> int:
 
 
 def child(request: dict) -> None:
+    """Never returns: a child that did would serve requests beside its parent."""
+    status = 1
     try:
         status = run_script(request)
-    finally:
         sys.stdout.flush()
         sys.stderr.flush()
-    if status < 0:  # killed by an uncaught Ctrl-C, as the interpreter does
-        signal.signal(-status, signal.SIG_DFL)
-        os.kill(os.getpid(), -status)
-    os._exit(status & 0xFF)
+        if status < 0:  # killed by an uncaught Ctrl-C, as the interpreter does
+            signal.signal(-status, signal.SIG_DFL)
+            os.kill(os.getpid(), -status)
+    finally:
+        os._exit(status & 0xFF)
 
 
 def wait(pid: int, timeout: float) -> tuple[int, bool]:
