@@ -85,7 +85,10 @@ class WarmPython:
 
     @classmethod
     def starts_differently(cls, environment: dict) -> bool:
-        started = cli_environment()
+        """Whether ``environment`` differs in what is read at start-up from the warm Python's (started now if
+        there is none: with the test process's environment of now)."""
+        alive = cls._shared is not None and cls._shared.process.poll() is None
+        started = cls._shared.environment if alive else cli_environment()
         return any(started.get(key) != environment.get(key) for key in {*started, *environment}
                    if key.startswith(cls.STARTUP_PREFIXES))
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import WarmPython, cli_environment, run_cli
 
 SCRIPT = """import os, sys
 print(sys.argv[1:], os.getcwd(), os.environ.get("DIP_PROBE"), sys.path[0] == os.path.dirname(os.path.abspath(__file__)))
@@ -35,3 +35,12 @@ def test_a_script_ends_as_in_a_fresh_interpreter(how, tmp_path):
     assert {"return": 0, "exit": 3, "message": 1, "raise": 1, "interrupt": -2, "logging": 0}[how] == warm.returncode
     assert warm.stdout.startswith(f"['{how}', 'two words'] ")
     assert warm.stdout.endswith("lightning propagates: True\n" if how == "logging" else " set True\n")
+
+
+def test_a_start_up_setting_that_changed_since_the_warm_python_started_gets_a_fresh_one(monkeypatch, tmp_path):
+    script = tmp_path / "threads.py"
+    script.write_text("import os\nprint(os.environ['OMP_NUM_THREADS'])\n")
+    run_cli(script=str(script))  # the warm Python is started by now
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # read as OpenMP starts: a forked child would run with the old one
+    assert WarmPython.starts_differently(cli_environment())
+    assert run_cli(script=str(script)).stdout == "3\n"
