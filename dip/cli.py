@@ -14,6 +14,7 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Glob
 from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -21,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from dip.config import (
     CONF_DIR,
     checked_config,
+    config_groups,
     config_message,
     register_resolvers,
     use_config_dirs,
@@ -66,12 +68,20 @@ def check_overrides(arguments: list[str], config_name: str = "config") -> DictCo
         if override.key_or_group == "benchmark" and config_name == "config":  # run.py would restore its default image
             fail(f"{override.input_line}: the benchmarks are experiments/benchmark.py's "
                  f"(python experiments/benchmark.py benchmark=NAME)")
-    fixed, sweeps = [], []
+    fixed, sweeps, groups = [], [], config_groups(overrides)
     for override, text in zip(parsed, overrides):
         if not override.is_sweep_override():
             fixed.append(text)
+        elif isinstance(override.value(), Glob):  # Hydra expands it with a running app's config loader: here, groups
+            options = override.value().filter(groups.get(override.key_or_group, []))
+            if not options:
+                fail(f"{text}: matches no {override.key_or_group} (choose from: "
+                     f"{', '.join(groups.get(override.key_or_group, [])) or 'none: not a config group'})")
+            sweeps.append([f"{override.get_key_element()}={option}" for option in options])
         elif override.is_choice_sweep():
             sweeps.append([f"{override.get_key_element()}={v}" for v in override.sweep_string_iterator()])
+        elif (override.is_add() or override.is_force_add()) and override.key_or_group not in groups:
+            sweeps.append([f"{override.get_key_element()}=null"])  # range(), interval(): whether the key is read
     checks = [fixed] + [fixed + [choice] for sweep in sweeps for choice in sweep]
     for check in checks:
         try:

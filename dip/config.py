@@ -244,6 +244,7 @@ def checked_config(overrides: Sequence[str] = (), output_dir: str | Path | None 
                                f"{', '.join(groups[key])})")
         elif key in groups and value not in groups[key]:
             raise DipError(f"unknown {key} '{value}' (choose from: {', '.join(groups[key])})")
+    added_settings = _added_settings(overrides, groups, config_name)  # before: Hydra keeps the last config composed
     try:
         cfg = compose_config(overrides, output_dir, config_name)
     except HydraException as error:
@@ -255,10 +256,10 @@ def checked_config(overrides: Sequence[str] = (), output_dir: str | Path | None 
         raise DipError(f"config file {invalid_yaml(error.problem_mark.name, error)}") from None
     except OmegaConfBaseException as error:
         raise DipError(f"invalid config: {config_message(error)}") from None
-    for added, key in _added_settings(overrides, config_name):  # read by nothing: a typo (+lrr=0.01, +data.maks=...)
+    for added, key, new_node in added_settings:  # read by nothing: a typo (+lrr=0.01, +data.maks=..., +optimm.lr=...)
         if _interpolated(key, cfg):
             continue
-        if "." not in key and "@" not in key and key not in groups:
+        if new_node:
             raise DipError(f"{added}: nothing reads a setting named '{key}' (a typo?); settings are changed without "
                            f"'+' (optim.lr=0.01), config groups added with it (+experiment=NAME)")
         if "." in key and key.partition(".")[0] in SETTINGS_READ_BY_NAME:
@@ -267,26 +268,31 @@ def checked_config(overrides: Sequence[str] = (), output_dir: str | Path | None 
     return cfg
 
 
-def _added_settings(overrides: Sequence[str], config_name: str) -> list[tuple[str, str]]:
-    """``(+key, key)`` for each override that adds a key to the config: ``+key=...``, and ``++key=...`` where
-    the config lacks it (where it has it, ``++`` sets it as a plain override does)."""
-    added = [(option.partition("=")[0], option[1:].partition("=")[0]) for option in overrides
-             if option.startswith("+") and not option.startswith("++")]
-    forced = [option.partition("=")[0] for option in overrides if option.startswith("++")]
-    if forced:
-        try:
-            before = compose_config([option for option in overrides if not option.startswith("++")],
-                                    config_name=config_name)
-        except Exception:  # noqa: BLE001 (the others need what ++ adds: it adds nothing that is not read)
-            return added
-        added += [(option, option[2:]) for option in forced if not _has_key(before, option[2:])]
+def _added_settings(overrides: Sequence[str], groups: dict, config_name: str) -> list[tuple[str, str, bool]]:
+    """``(+key, key, whether it makes a top-level node)`` for each override that adds a setting: ``+key=...``,
+    and ``++key=...`` where the config lacks the key (where it has it, ``++`` sets it as a plain override does).
+    Found in the config composed without them (config groups added, ``+experiment=...``, stay in it)."""
+    adds = [option for option in overrides if option.startswith("+")
+            and option.lstrip("+").partition("=")[0] not in groups and "@" not in option.partition("=")[0]]
+    if not adds:
+        return []
+    try:
+        before = compose_config([option for option in overrides if option not in adds], config_name=config_name)
+    except Exception:  # noqa: BLE001 (the others need what is added: composing them all says what is wrong)
+        return []
+    added = []
+    for option in adds:
+        given = option.partition("=")[0]
+        key = given.lstrip("+")
+        if not (given.startswith("++") and _has_key(before, key)):
+            added.append((given, key, key.partition(".")[0] not in before.keys()))
     return added
 
 
 def _has_key(cfg: DictConfig, key: str) -> bool:
     parent, _, name = key.rpartition(".")
     node = OmegaConf.select(cfg, parent) if parent else cfg
-    return isinstance(node, DictConfig) and name in node
+    return isinstance(node, DictConfig) and name in node.keys()  # keys(): a ??? value is there too
 
 
 def _interpolated(key: str, cfg: DictConfig) -> bool:
@@ -415,9 +421,12 @@ def _nested_rejecter(node: DictConfig, what: str, error: Exception) -> tuple[str
     if not found or not found[2].startswith(f"{what}."):
         return None
     inner = node
-    for key in found[2][len(what) + 1:].split("."):
-        inner = inner._get_node(key)
-    read = re.fullmatch(r"\$\{([\w.]+)\}", str(inner._value())) if inner._is_interpolation() else None
+    try:
+        for key in found[2][len(what) + 1:].split("."):
+            inner = inner._get_node(key)
+        read = re.fullmatch(r"\$\{([\w.]+)\}", str(inner._value())) if inner._is_interpolation() else None
+    except (AttributeError, KeyError, OmegaConfBaseException):  # a path through what Hydra resolved: its own key
+        read = None
     return (read[1] if read else found[2]), found[1]
 
 

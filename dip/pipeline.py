@@ -438,7 +438,7 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
         raise DipError("speed.compile_backend=cudagraphs replays CUDA graphs, and this run is on the CPU: leave "
                        "speed.compile false here, or use compile_backend=inductor (or aot_eager: the same trace, "
                        "run as it is)")
-    if cfg.speed.compile and device.type == "cpu":
+    if cfg.speed.compile and device.type == "cpu" and cfg.speed.compile_backend == "inductor":
         log.warning("speed.compile on a CPU: torch.compile takes minutes before the first step, and the step is "
                     "slower for it here (docs/speed.md); speed=default does not compile")
     need = check_fits(module, device, cfg.trainer.precision, kept) if cfg.check_memory else None

@@ -694,10 +694,13 @@ def check_configs(size: int, args, variants: dict[str, list[str]]) -> None:
         try:
             return compose(size, args.warmup, args.steps, overrides)
         except DipError as error:
-            # the message does not always name the override (a parse error quotes a fragment of it):
-            # the culprit is the first whose addition to the ones before it fails
-            culprit = next((override for end, override in enumerate(overrides, 1)
-                            if not composes(size, args, overrides[:end])), " ".join(overrides))
+            # the message does not always name the override (a parse error quotes a fragment of it): the
+            # culprit is the one without which the rest compose (+folder=/x is read by a data.path after it),
+            # else the first whose addition to the ones before it fails
+            culprit = next((override for index, override in enumerate(overrides)
+                            if composes(size, args, overrides[:index] + overrides[index + 1:])), None)
+            culprit = culprit or next((override for end, override in enumerate(overrides, 1)
+                                       if not composes(size, args, overrides[:end])), " ".join(overrides))
             fail(f"{where} {culprit}: {error}")
 
     cfg = composed(args.overrides, "override")

@@ -209,6 +209,7 @@ EARLIER = b'{"figures": "of an earlier run"}\n'
     (["--variant", "a=seed=1", "--variant", "a=seed=2"], ["--variant a", "another --variant"]),
     (["arch=nonexistent"], ["override arch=nonexistent: unknown arch 'nonexistent' (choose from: "]),
     (["seed=1", "foo=bar"], ["override foo=bar: foo: no such setting"]),
+    (["+folder=/x", "data.path=${folder}/a.png", "foo=bar"], ["override foo=bar: foo: no such setting"]),
     (["trainer.max_step=2"], ["override trainer.max_step=2: trainer.max_step: no such setting (did you mean "
                               "trainer.max_steps?)"]),  # run.py's checks, not Hydra's message
     (["optim.lr=[1"], ["override optim.lr=[1"]),

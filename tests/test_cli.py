@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from dip.cli import check_overrides
 from dip.config import checked_config, compose_config
 from dip.errors import DipError
 from dip.pipeline import prepare, run
@@ -389,3 +390,17 @@ def test_mistakes_in_a_config_of_ones_own_are_one_line(tmp_path, path, text, ove
     done = run_cli("--config-dir", str(mine), override, "logger=none", f"hydra.run.dir={tmp_path / 'out'}")
     assert_one_line_error(done, message)
     assert not (tmp_path / "out").exists()
+
+
+def test_sweeps_of_every_kind_are_checked_before_hydra_starts(capsys):
+    """A glob over a group is expanded here (Hydra's needs a running app: it failed with 'ConfigLoader is not
+    set'), and a range or interval sweep of an added key is checked for whether anything reads the key."""
+    assert check_overrides(["-m", "arch=glob(skip_depth*,exclude=skip_depth6)", "logger=none"]).arch is not None
+    assert check_overrides(["-m", "+optim.weight_decay=interval(0,0.1)", "logger=none"]) is not None
+    for arguments, message in [
+        (["arch=glob(nomatch*)"], "error: arch=glob(nomatch*): matches no arch (choose from: pixels, resnet, "),
+        (["+lrr=range(1,3)"], "error: +lrr: nothing reads a setting named 'lrr' (a typo?)"),
+    ]:
+        with pytest.raises(SystemExit) as exited:
+            check_overrides(["-m", *arguments, "logger=none"])
+        assert exited.value.code == 2 and capsys.readouterr().err.startswith(message)
