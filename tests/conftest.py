@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import sys
 import tempfile
@@ -69,8 +70,10 @@ class WarmPython:
     """The client of one ``tests/warm_python.py`` process, started on first use and kept for the test process."""
 
     _shared: WarmPython | None = None
-    # read as the interpreter or its libraries start, so the forked child could not honour a change
-    STARTUP_PREFIXES = ("PYTHON", "OMP_", "MKL_", "KMP_", "GOMP_", "LD_")
+    # read as the interpreter or the libraries it has imported start (torch's TORCH_LOGS, TORCHINDUCTOR_*, ...;
+    # matplotlib's; the locale), so the forked child could not honour a change
+    STARTUP_PREFIXES = ("PYTHON", "OMP_", "MKL_", "KMP_", "GOMP_", "OPENBLAS_", "LD_", "TORCH", "MPL", "XDG_",
+                        "HOME", "LANG", "LC_")
 
     def __init__(self):
         self.environment = cli_environment()
@@ -83,12 +86,17 @@ class WarmPython:
             cls._shared = cls()
         return cls._shared
 
+    def stop(self) -> None:
+        """Kill it (its running child dies with it) and start afresh at the next use."""
+        self.process.kill()
+        self.process.wait()
+        WarmPython._shared = None
+
     @classmethod
     def starts_differently(cls, environment: dict) -> bool:
         """Whether ``environment`` differs in what is read at start-up from the warm Python's (started now if
         there is none: with the test process's environment of now)."""
-        alive = cls._shared is not None and cls._shared.process.poll() is None
-        started = cls._shared.environment if alive else cli_environment()
+        started = cls._shared.environment if cls._shared is not None else cli_environment()
         return any(started.get(key) != environment.get(key) for key in {*started, *environment}
                    if key.startswith(cls.STARTUP_PREFIXES))
 
@@ -100,9 +108,11 @@ class WarmPython:
             try:
                 self.process.stdin.write(json.dumps(request) + "\n")
                 self.process.stdin.flush()
+                if not select.select([self.process.stdout], [], [], timeout + 60)[0]:  # it enforces the timeout
+                    raise RuntimeError(f"the warm Python did not answer in {timeout + 60} s")
                 reply = json.loads(self.process.stdout.readline())
-            except BaseException:  # an interrupted exchange leaves the protocol out of step: start afresh
-                self.process.kill()
+            except BaseException:  # an interrupted or failed exchange leaves the protocol out of step
+                self.stop()
                 raise
             stdout, stderr = (Path(outputs[name]).read_text() for name in ("stdout", "stderr"))
         if reply["timed_out"]:
