@@ -260,7 +260,10 @@ def checked_config(overrides: Sequence[str] = (), output_dir: str | Path | None 
         if _interpolated(key, cfg):
             continue
         if new_node:
-            raise DipError(f"{added}: nothing reads a setting named '{key}' (a typo?); settings are changed without "
+            head, dot, rest = key.partition(".")
+            close = difflib.get_close_matches(head, [str(name) for name in cfg.keys() if name != head], n=1)
+            hint = f"did you mean {close[0]}{dot}{rest}?" if close else "a typo?"
+            raise DipError(f"{added}: nothing reads a setting named '{key}' ({hint}); settings are changed without "
                            f"'+' (optim.lr=0.01), config groups added with it (+experiment=NAME)")
         if "." in key and key.partition(".")[0] in SETTINGS_READ_BY_NAME:
             raise DipError(f"{added}: nothing reads a setting named '{key}'{_close_setting(key, cfg)}; settings are "

@@ -140,7 +140,7 @@ def test_overrides_that_name_no_setting_say_what_would():
         (["+data.maks=m.png"], r"\+data.maks: nothing reads a setting named 'data.maks' \(did you mean data.mask\?\)"),
         (["++data.maks=m.png"], r"\+\+data.maks: nothing reads a setting named 'data.maks' \(did you mean data.mask"),
         (["++lrr=0.01"], r"\+\+lrr: nothing reads a setting named 'lrr' \(a typo\?\)"),
-        (["+optimm.lr=0.1"], r"\+optimm.lr: nothing reads a setting named 'optimm.lr' \(a typo\?\)"),  # a new node
+        (["+optimm.lr=0.1"], r"\+optimm.lr: nothing reads a setting named 'optimm.lr' \(did you mean optim.lr\?\)"),
         (["data.maks=m.png"], r"data.maks: no such setting \(did you mean data.mask\?\)$"),  # not: add it with '+'
         (["optim.lrr=1"], r"optim.lrr: no such setting \(did you mean optim.lr\?\); \+optim.lrr=VALUE adds one"),
         (["experiment=fig2_noise_impedance"], r"use \+experiment=fig2_noise_impedance"),  # a group: Hydra's advice
