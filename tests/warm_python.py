@@ -72,7 +72,8 @@ def child(request: dict) -> None:
     """Never returns: a child that did would serve requests beside its parent."""
     status = 1
     try:
-        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # no orphan if the warm Python is killed
+        if sys.platform == "linux":  # no orphan if the warm Python is killed
+            ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         status, interrupted = run_script(request)
         sys.stdout.flush()
         sys.stderr.flush()
