@@ -261,8 +261,8 @@ def checked_config(overrides: Sequence[str] = (), output_dir: str | Path | None 
             continue
         if new_node:
             head, dot, rest = key.partition(".")
-            close = difflib.get_close_matches(head, [str(name) for name in cfg.keys() if name != head], n=1)
-            hint = f"did you mean {close[0]}{dot}{rest}?" if close else "a typo?"
+            close = _nearest_name(head, cfg)
+            hint = f"did you mean {close}{dot}{rest}?" if close else "a typo?"
             raise DipError(f"{added}: nothing reads a setting named '{key}' ({hint}); settings are changed without "
                            f"'+' (optim.lr=0.01), config groups added with it (+experiment=NAME)")
         if "." in key and key.partition(".")[0] in SETTINGS_READ_BY_NAME:
@@ -293,9 +293,8 @@ def _added_settings(overrides: Sequence[str], groups: dict, config_name: str) ->
 
 
 def _has_key(cfg: DictConfig, key: str) -> bool:
-    parent, _, name = key.rpartition(".")
-    node = OmegaConf.select(cfg, parent) if parent else cfg
-    return isinstance(node, DictConfig) and name in node.keys()  # keys(): a ??? value is there too
+    node, _, name = _parent_node(cfg, key)
+    return node is not None and name in node.keys()  # keys(): a ??? value is there too
 
 
 def _interpolated(key: str, cfg: DictConfig) -> bool:
@@ -311,19 +310,31 @@ def _unknown_setting(key: str, overrides: Sequence[str], config_name: str) -> st
         cfg = compose_config(others, config_name=config_name)
     except Exception:  # noqa: BLE001 (the other overrides fail on their own: the line still names this one)
         return f"{key}: no such setting"
-    parent = OmegaConf.select(cfg, key.rpartition(".")[0]) if "." in key else None
-    built = isinstance(parent, DictConfig) and "_target_" in parent
+    parent, _, _ = _parent_node(cfg, key)
+    built = parent is not None and "_target_" in parent
     added = f"; +{key}=VALUE adds one, if {parent._target_} takes it" if built else ""
     return f"{key}: no such setting{_close_setting(key, cfg)}{added}"
 
 
 def _close_setting(key: str, cfg: DictConfig) -> str:
     """`` (did you mean data.mask?)`` when ``cfg`` has a setting beside ``key`` of a name close to its, else ``""``."""
+    node, parent, name = _parent_node(cfg, key)
+    close = _nearest_name(name, node)
+    return f" (did you mean {parent + '.' if parent else ''}{close}?)" if close else ""
+
+
+def _parent_node(cfg: DictConfig, key: str) -> tuple[DictConfig | None, str, str]:
+    """The node of ``cfg`` that holds (or would hold) ``key``, None where there is no such node; its path; the
+    key's own name."""
     parent, _, name = key.rpartition(".")
     node = OmegaConf.select(cfg, parent) if parent else cfg
-    names = [str(other) for other in node.keys() if other != name] if isinstance(node, DictConfig) else []
-    close = difflib.get_close_matches(name, names, n=1)
-    return f" (did you mean {parent + '.' if parent else ''}{close[0]}?)" if close else ""
+    return (node if isinstance(node, DictConfig) else None), parent, name
+
+
+def _nearest_name(name: str, node: DictConfig | None) -> str | None:
+    """The other name of ``node``'s settings closest to ``name``, if one is close."""
+    names = [str(other) for other in node.keys() if other != name] if node is not None else []
+    return next(iter(difflib.get_close_matches(name, names, n=1)), None)
 
 
 def config_message(error: Exception) -> str:

@@ -434,13 +434,14 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
     chooser = early_stopping or guard
     kept = chooser.kept_copies if chooser else (0, 0)
     device = run_device(cfg.trainer.accelerator, cfg.trainer.devices)
-    if cfg.speed.compile and device.type == "cpu" and cfg.speed.compile_backend == "cudagraphs":
-        raise DipError("speed.compile_backend=cudagraphs replays CUDA graphs, and this run is on the CPU: leave "
-                       "speed.compile false here, or use compile_backend=inductor (or aot_eager: the same trace, "
-                       "run as it is)")
-    if cfg.speed.compile and device.type == "cpu" and cfg.speed.compile_backend == "inductor":
-        log.warning("speed.compile on a CPU: torch.compile takes minutes before the first step, and the step is "
-                    "slower for it here (docs/speed.md); speed=default does not compile")
+    if cfg.speed.compile and device.type == "cpu":
+        if cfg.speed.compile_backend == "cudagraphs":
+            raise DipError("speed.compile_backend=cudagraphs replays CUDA graphs, and this run is on the CPU: leave "
+                           "speed.compile false here, or use compile_backend=inductor (or aot_eager: the same "
+                           "trace, run as it is)")
+        if cfg.speed.compile_backend == "inductor":
+            log.warning("speed.compile on a CPU: torch.compile takes minutes before the first step, and the step is "
+                        "slower for it here (docs/speed.md); speed=default does not compile")
     need = check_fits(module, device, cfg.trainer.precision, kept) if cfg.check_memory else None
     settings = result_settings(cfg)
     resume = find_checkpoint(cfg.resume, checkpoint_dir)
