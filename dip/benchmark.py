@@ -49,7 +49,15 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from dip.baselines import BASELINES, BaselineUnavailableError
 from dip.config import RESULT_SETTINGS, check_whole_number, dotted, refuse_other_settings, without_implied_settings
 from dip.datasets import DatasetImage, open_dataset
-from dip.errors import DipError, Interrupted, MemoryShortError, RunInterruptedError, kept_traceback, one_line
+from dip.errors import (
+    DipError,
+    Interrupted,
+    MemoryShortError,
+    OutputsNotWrittenError,
+    RunInterruptedError,
+    kept_traceback,
+    one_line,
+)
 from dip.files import write_atomically
 from dip.gpus import pin_to_gpu, visible_gpus, worker_count
 from dip.images import save_image
@@ -57,7 +65,7 @@ from dip.memory import activation_dtype
 from dip.metrics import psnr, psnr_y
 from dip.outputs import BEFORE_COLLAPSE_OUTPUT, OUTPUTS_FILE, Result, finished_config, write_json, write_outputs
 from dip.problem import problem_from_config, stack_problems
-from dip.signals import held_signals, signal_finished_first
+from dip.signals import signal_finished_first
 
 log = logging.getLogger("dip.benchmark")
 
@@ -74,6 +82,7 @@ class ImageJob:
     shave: int
     size: tuple[int, int]  # (height, width) of the image as restored (the manifest's, cut to data.size)
     keep_outputs: bool = False  # save the float outputs (OUTPUTS_FILE) for averaging runs
+    sha256: str | None = None  # the image's, as the dataset's manifest gives it
 
     @property
     def pixels(self) -> int:
@@ -134,7 +143,8 @@ def score(x: torch.Tensor, truth: torch.Tensor, protocol: str, shave: int) -> di
 
 
 class IncompleteTableError(DipError):
-    """Some images or baselines failed; the table written covers the others."""
+    """Some images or baselines failed after the fits began: the table written, if any image finished,
+    covers the others, and the run's log says what happened."""
 
 
 def _config_text(config: dict) -> str:
@@ -188,9 +198,15 @@ def _finished(job: ImageJob, saved: dict | None) -> dict | None:
         return None
     path = job.output_dir / "metrics.json"
     try:
-        return json.loads(path.read_text())
+        metrics = json.loads(path.read_text())
     except (OSError, ValueError):
         raise DipError(f"cannot read {path}: delete it to restore {job.name} again") from None
+    # the same file name with other pixels (a dataset replaced): kept, as one finished with other settings is
+    if (recorded := metrics.get("image_sha256")) and job.sha256 and recorded != job.sha256:
+        raise DipError(f"{job.output_dir} holds a restoration of another {job.name} (sha256 {recorded[:12]}..., the "
+                       f"dataset's is {job.sha256[:12]}...): delete its metrics.json to restore the image again, or "
+                       f"run into another folder")
+    return metrics
 
 
 @dataclass(frozen=True)
@@ -240,24 +256,35 @@ def _pack_name(jobs: tuple[ImageJob, ...]) -> str:
 def restore_pack(pack: Pack) -> list[dict]:
     """Restore the pack's images by one fit (in a worker process or in-process) and score each one's
     last output and EMA with the benchmark's protocol; each job's outputs, ``config.yaml`` and
-    ``metrics.json`` go to its sub-run."""
+    ``metrics.json`` go to its sub-run. The fit's checkpoint stays until all are written: when one
+    cannot be, none of the pack counts as finished, so the same command packs them again and resumes it."""
     from dip.pipeline import run  # here, not at the top: a missing dataset is reported before Lightning loads
+
+    written: list[dict] = []
+
+    def write(result: Result) -> None:
+        images = [result] if len(pack.jobs) == 1 else [result.image(k) for k in range(len(pack.jobs))]
+        try:
+            for job, image in zip(pack.jobs, images, strict=True):
+                written.append(_score_and_write(job, image, pack))
+        except DipError:
+            for job in pack.jobs[:len(written)]:
+                (job.output_dir / "metrics.json").unlink(missing_ok=True)
+            raise
 
     first = pack.jobs[0]
     # the checkpoint in the sub-run (or the pack's folder): an interrupted benchmark, run again, continues it
     if len(pack.jobs) == 1:
-        results = [run(OmegaConf.create(first.config), None, checkpoint_dir=first.output_dir)]
+        run(OmegaConf.create(first.config), None, checkpoint_dir=first.output_dir, write=write)
     else:
         config = _relocate(first.config, first.config["paths"]["output_dir"], str(pack.directory))
         if "group" in config["logger"]:  # W&B: the fit's run is named by its folder
             config["logger"]["name"] = f"{config['benchmark']['name']}/{pack.directory.name}"
         problem = stack_problems([problem_from_config(OmegaConf.create(job.config)) for job in pack.jobs],
                                  [job.name for job in pack.jobs])
-        result = run(OmegaConf.create(config), None, problem, checkpoint_dir=pack.directory,
-                     seeds=[job.config["seed"] for job in pack.jobs])
-        results = [result.image(k) for k in range(len(pack.jobs))]
-    with held_signals():  # the fit's checkpoint is gone: a signal now would lose it
-        return [_score_and_write(job, result, pack) for job, result in zip(pack.jobs, results)]
+        run(OmegaConf.create(config), None, problem, checkpoint_dir=pack.directory,
+            seeds=[job.config["seed"] for job in pack.jobs], write=write)
+    return written
 
 
 def _score_and_write(job: ImageJob, result: Result, pack: Pack) -> dict:
@@ -273,17 +300,18 @@ def _score_and_write(job: ImageJob, result: Result, pack: Pack) -> dict:
     if result.ema_before_collapse is not None:  # scored as the table's columns are, for its note
         metrics.update({f"{key}_ema_before_collapse": value for key, value in
                         score(result.ema_before_collapse, result.ground_truth, job.protocol, job.shave).items()})
-    metrics.update(image=job.name, seed=job.config["seed"], gpus_visible=os.environ.get("CUDA_VISIBLE_DEVICES"),
+    metrics.update(image=job.name, image_sha256=job.sha256, seed=job.config["seed"],
+                   gpus_visible=os.environ.get("CUDA_VISIBLE_DEVICES"),
                    device_name=torch.cuda.get_device_name() if metrics["device"].startswith("cuda") else "CPU")
     if len(pack.jobs) > 1:  # the fit's seconds and peak memory are those of all its images together
         metrics["packed_with"] = [other.name for other in pack.jobs if other is not job]
+    text = _config_text(job.config).encode()
+    # the config only now, beside the metrics.json that follows: a fit that fails leaves a finished one's as it was
+    files = {"config.yaml": lambda handle: handle.write(text)}
     if job.keep_outputs:
         outputs = {"restored": result.restored, "restored_ema": result.restored_ema}
-        write_atomically(job.output_dir / OUTPUTS_FILE, lambda handle: torch.save(outputs, handle))
-    # only now, beside the metrics.json that follows: a fit that fails leaves a finished one's config as it was
-    text = _config_text(job.config).encode()
-    write_atomically(job.output_dir / "config.yaml", lambda handle: handle.write(text))
-    write_outputs(result, job.output_dir)
+        files[OUTPUTS_FILE] = lambda handle: torch.save(outputs, handle)
+    write_outputs(result, job.output_dir, files)
     return metrics
 
 
@@ -303,20 +331,22 @@ def average_runs(jobs: list[ImageJob], runs: list[dict], directory: Path) -> dic
 
 def compute_baselines(job: ImageJob, names: list[str]) -> dict:
     """Rebuild the image's observation (same observation seed, so the same noise or mask as its
-    restorations), run each classical baseline on it and score it; each estimate is saved as
-    ``baseline_NAME.png`` and the scores in ``baselines.json`` (an unavailable optional baseline
-    records why). A baseline that raises scores ``{"failed": reason}`` and is left out of the file,
-    so the next run tries it again; the image's restorations do not depend on it."""
+    restorations), run each classical baseline not yet in ``baselines.json`` (for this observation,
+    image file and protocol) on it and score it; each estimate is saved as ``baseline_NAME.png`` and
+    the scores in ``baselines.json``. An optional baseline whose package is missing scores
+    ``{"unavailable": reason}``, one that raises ``{"failed": reason}``; both are left out of the
+    file, so the next run tries them again. The image's restorations do not depend on them."""
     restoration = _restoration_key(job.config)
     key = {name: restoration[name] for name in ("task", "data", "observation_seed")}
+    key.update(image_sha256=job.sha256, protocol=job.protocol, shave=job.shave)  # what the scores are of
     saved_file = job.output_dir / "baselines.json"
-    if saved_file.is_file():
-        saved = json.loads(saved_file.read_text())
-        if saved.get("observation") == key and set(names) <= set(saved["scores"]):
-            return saved["scores"]
+    saved = json.loads(saved_file.read_text()) if saved_file.is_file() else {}
+    scores = dict(saved["scores"]) if saved.get("observation") == key else {}
+    missing = [name for name in names if name not in scores]
+    if not missing:
+        return scores
     problem = problem_from_config(OmegaConf.create(job.config))
-    scores = {}
-    for name in names:
+    for name in missing:
         try:
             estimate = BASELINES[name].estimate(problem.observation, problem.physics)
         except BaselineUnavailableError as error:
@@ -328,7 +358,8 @@ def compute_baselines(job: ImageJob, names: list[str]) -> dict:
             continue
         save_image(estimate[0], job.output_dir / f"baseline_{name}.png")
         scores[name] = score(estimate, problem.ground_truth, job.protocol, job.shave)
-    kept = {name: value for name, value in scores.items() if "failed" not in value}
+    # one that failed, or whose package is missing, is tried again by the next run
+    kept = {name: value for name, value in scores.items() if not {"failed", "unavailable"} & value.keys()}
     write_json({"observation": key, "scores": kept}, saved_file)
     return scores
 
@@ -370,7 +401,8 @@ def image_jobs(cfg: DictConfig, image: DatasetImage, directory: Path) -> list[Im
                 job.logger.group = cfg.benchmark.name
                 job.logger.name = f"{cfg.benchmark.name}/{image.stem}" + (f"/seed{seed}" if runs > 1 else "")
         jobs.append(ImageJob(image.name, OmegaConf.to_container(job, resolve=True), output_dir,
-                             cfg.benchmark.protocol, cfg.benchmark.shave, size, keep_outputs=runs > 1))
+                             cfg.benchmark.protocol, cfg.benchmark.shave, size, keep_outputs=runs > 1,
+                             sha256=image.sha256))
     return jobs
 
 
@@ -380,7 +412,8 @@ FAILURE_LOG = "failure.log"
 def _failure(error: Exception, folder: Path) -> str:
     """Why a restoration or baseline failed, in one line: a ``DipError``'s message, or the error's type and
     message, its traceback appended to ``folder``'s ``failure.log``."""
-    return one_line(error, 300) if isinstance(error, DipError) else kept_traceback(error, folder / FAILURE_LOG, 300)
+    # our own message names its files, often two paths: room for them
+    return one_line(error, 600) if isinstance(error, DipError) else kept_traceback(error, folder / FAILURE_LOG, 300)
 
 
 def _start_worker(slots, gpus: list[str], cpu_threads: int) -> None:
@@ -434,7 +467,8 @@ def restore_all(packs: list[Pack], done_before: int, gpus: list[str], workers: i
     def fail(pack: Pack, error: Exception) -> None:
         if isinstance(error, (RunInterruptedError, BrokenProcessPool)):
             raise error
-        if len(pack.jobs) > 1:  # each image alone may fit, or find the one image at fault
+        # each image alone may fit, or find the one image at fault; a fit that finished is resumed as it was
+        if len(pack.jobs) > 1 and not isinstance(error, OutputsNotWrittenError):
             why = "does not fit in memory" if isinstance(error, MemoryShortError) else "failed"
             log.warning(f"the packed fit of {pack.names} {why} ({_failure(error, pack.directory)}); restoring its "
                         f"images one at a time")
@@ -517,6 +551,12 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> dict:
     budget = TimeBudget(cfg.time_budget_s)  # the whole run counts, checking the dataset included
     images = open_dataset(cfg.data.root, spec.dataset, list(spec.images) if spec.images is not None else None,
                           spec.verify_checksums)
+    by_stem: dict[str, list[str]] = {}
+    for image in images:  # each image's sub-run is named by its stem
+        by_stem.setdefault(image.stem, []).append(image.name)
+    if shared := next(((stem, names) for stem, names in by_stem.items() if len(names) > 1), None):
+        raise DipError(f"{' and '.join(shared[1])} in {Path(cfg.data.root) / spec.dataset} would share the sub-run "
+                       f"images/{shared[0]}: rename one, or leave one out with benchmark.images")
     restorable = None if spec.restore is None else set(spec.restore)
     if unknown := sorted((restorable or set()) - {image.name for image in images}):
         raise DipError(f"benchmark.restore names {', '.join(unknown)}, not among the images of this benchmark "
@@ -597,9 +637,8 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> dict:
         name, reason = next(iter(run_info["failed"].items()))
         first = reason if len(failed) == 1 else f"the first, {name}: {reason}"
         covered = f"the table in {run_dir} covers the {len(metrics)} image(s) finished" if metrics else "no table"
-        error = IncompleteTableError if metrics else DipError
-        raise error(f"{len(failed)} image(s) failed ({_some_names(sorted(failed))}): {first}; {covered}, and "
-                    f"the same command retries the failed")
+        raise IncompleteTableError(f"{len(failed)} image(s) failed ({_some_names(sorted(failed))}): {first}; "
+                                   f"{covered}, and the same command retries the failed")
     if table.baseline_failures:
         name, failures = next(iter(table.baseline_failures.items()))
         raise IncompleteTableError(f"baseline {name} failed on {len(failures)} image(s) "
@@ -654,7 +693,8 @@ class Table:
             ]
         if cfg.get("early_stop"):  # the step whose outputs were kept (with restarts, each one's)
             self.columns.append(("early_stop_step", "stop step", lambda m, b: m.get("early_stop_step")))
-            if spec.protocol == "rgb" and not spec.shave:  # the callback's last-step PSNRs are this protocol's
+            # the discrepancy callback's last-step PSNRs, which are this protocol's
+            if spec.protocol == "rgb" and not spec.shave and any("psnr_ema_final" in m for m in metrics):
                 self.columns.append(("psnr_ema_final", "EMA at the end", lambda m, b: m.get("psnr_ema_final")))
                 if cfg.restarts > 1:
                     self.columns.append(("psnr_ema_final_restart_mean", "EMA one run at the end",

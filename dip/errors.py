@@ -55,6 +55,11 @@ class MemoryShortError(DipError):
     during the fit. A smaller run can still fit, which is what a packed benchmark fit falls back to."""
 
 
+class OutputsNotWrittenError(DipError):
+    """A fit finished but its outputs could not be written; its last checkpoint is kept for a later run
+    to finish from (which is why a packed benchmark fit that raises it is not split into fits of one)."""
+
+
 class Interrupted(KeyboardInterrupt):
     """A signal stopped a run outside a fit (none under way to checkpoint): Ctrl-C, or a SIGTERM that
     ``dip.cli.launch`` turns into one, or either after a fit finished before acting on it."""

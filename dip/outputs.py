@@ -9,8 +9,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 import yaml
@@ -105,10 +107,12 @@ def finished_metrics(folder: Path, saved: DictConfig | None, cfg: DictConfig) ->
     return None if kept_checkpoint and shorter else metrics
 
 
-def write_outputs(result: Result, output_dir: Path) -> None:
-    """Images first, ``metrics.json`` last, each written atomically: a run directory with
-    ``metrics.json`` holds a finished run. ``DipError`` naming the file when one cannot be written
-    (a full disk, a folder in its place); those written before it are removed."""
+def write_outputs(result: Result, output_dir: Path,
+                  files: dict[str, Callable[[BinaryIO], object]] | None = None) -> None:
+    """Images and ``files`` (a name and the writer of its bytes: a benchmark's config) first, ``metrics.json``
+    last, each written atomically: a run directory with ``metrics.json`` holds a finished run. ``DipError``
+    naming the file when one cannot be written (a full disk, a folder in its place); those written before
+    it are removed."""
     images = {"observation.png": result.observation[0], "restored.png": result.restored[0],
               "restored_ema.png": result.restored_ema[0]}
     if result.baseline_name is not None:
@@ -121,6 +125,9 @@ def write_outputs(result: Result, output_dir: Path) -> None:
     try:
         for name, image in images.items():
             save_image(image, output_dir / name, result.alpha, result.bits)
+            written.append(output_dir / name)
+        for name, write in (files or {}).items():
+            write_atomically(output_dir / name, write)
             written.append(output_dir / name)
         write_json(result.metrics, output_dir / "metrics.json")
     except OSError as error:

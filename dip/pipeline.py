@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import logging
 import math
@@ -35,7 +36,7 @@ from dip.checkpoint import (
     find_checkpoint,
 )
 from dip.config import check_whole_number, instantiate_settings, result_settings, settings_error
-from dip.errors import DipError, Interrupted, RunInterruptedError, one_line
+from dip.errors import DipError, Interrupted, OutputsNotWrittenError, RunInterruptedError, one_line
 from dip.inputs import padded_size
 from dip.loggers import ImageLogger, flat_config
 from dip.memory import check_fits, checked_estimate, meta_copy, out_of_memory, run_device
@@ -414,17 +415,18 @@ def _raised_by_compiled_code(error: BaseException) -> bool:
 
 def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None, callbacks=(),
         checkpoint_dir: Path | None = None, seeds: list[int] | None = None,
-        generator: torch.nn.Module | None = None) -> Result:
+        generator: torch.nn.Module | None = None, write: Callable[[Result], object] | None = None) -> Result:
     """Restore one image as ``cfg`` says (or ``problem``, built from it; one of several images, each
     with its seed in ``seeds``; with a network of one's own, ``generator``: see ``prepare``); write the
-    outputs into ``output_dir`` unless it is None.
+    outputs into ``output_dir`` unless it is None (or by ``write(result)``: a benchmark's files).
 
     ``callbacks`` are extra Lightning callbacks (an experiment's recorders of curves or snapshots).
     In ``checkpoint_dir`` (default: ``output_dir``), a checkpoint is written every
     ``checkpoint.every_n_steps`` steps and on SIGINT / SIGTERM (then ``RunInterruptedError`` is
     raised); a checkpoint already there, or ``resume=PATH``, is resumed from. Without either folder
     (the Python API's default), SIGINT / SIGTERM end the fit at the end of its step and the result
-    so far is returned, its ``stop_reason`` saying so.
+    so far is returned, its ``stop_reason`` saying so. The checkpoint is deleted once the outputs are
+    written (unless ``checkpoint.keep``); when they cannot be, ``OutputsNotWrittenError`` says where it is.
     """
     checkpoint_dir = checkpoint_dir if checkpoint_dir is not None else output_dir
     problem, module = prepare(cfg, problem, seeds, generator)
@@ -524,14 +526,21 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
             wandb.finish()
         if saver.interrupted and saver.path is not None:
             raise RunInterruptedError(saver.interrupted, steps, trainer.max_steps, saver.path)
-        if output_dir is not None:
+        if write is None and output_dir is not None:
+            write = functools.partial(write_outputs, output_dir=Path(output_dir))
+        if write is not None:
             try:
-                write_outputs(result, Path(output_dir))
+                write(result)
             except DipError as error:
                 if saver.path is None or not saver.path.is_file():
                     raise
-                raise DipError(f"{error}; the checkpoint {saver.path} is kept: a run into {output_dir}, once the "
-                               f"outputs can be written there, resumes from it") from None
+                if cfg.checkpoint.keep:  # it holds the last step, past which a run with these settings cannot go
+                    checkpoint = (f"the checkpoint {saver.path} holds the whole fit, which a run with a larger "
+                            f"trainer.max_steps continues (this fit's outputs are not written)")
+                else:
+                    checkpoint = (f"the checkpoint {saver.path} is kept: the same command, once the outputs can be "
+                            f"written, resumes from it")
+                raise OutputsNotWrittenError(f"{error}; {checkpoint}") from None
         if saver.path is not None and not cfg.checkpoint.keep:
             saver.path.unlink(missing_ok=True)
         return result

@@ -29,7 +29,7 @@ def benchmark(cfg: DictConfig) -> None:
     try:
         run_benchmark(cfg, run_dir)
     except DipError as error:
-        if not isinstance(error, IncompleteTableError):  # a table written is this run's, and so is its log
+        if not isinstance(error, IncompleteTableError):  # once fits ran, the log (and any table) is this run's
             EARLIER_RUNS.discard(run_dir)
         fail(str(error))
     except (RunInterruptedError, KeyboardInterrupt) as interruption:

@@ -22,8 +22,16 @@ import yaml
 from PIL import Image
 from skimage import data as skdata
 
-from dip.baselines import BASELINES, normalised_fill
-from dip.benchmark import ImageJob, TimeBudget, _restoration_key, _some_names, run_benchmark
+from dip.baselines import BASELINES, BaselineUnavailableError, normalised_fill
+from dip.benchmark import (
+    ImageJob,
+    TimeBudget,
+    _restoration_key,
+    _some_names,
+    compute_baselines,
+    image_jobs,
+    run_benchmark,
+)
 from dip.config import compose_config
 from dip.datasets import open_dataset
 from dip.errors import DipError, Interrupted
@@ -181,16 +189,16 @@ def test_an_image_cut_mid_fit_continues_from_its_checkpoint(tmp_path):
 
 
 def test_ctrl_c_while_an_image_is_written_keeps_it_and_starts_no_other(tmp_path, monkeypatch, capfd):
-    """The fit's checkpoint is gone by then: the image is written whole, then the run stops."""
+    """The fit is over: the image is written whole, then the run stops."""
     import dip.benchmark
 
     root, run_dir = tmp_path / "data", tmp_path / "run"
     make_dataset(root, "Set5", ["baby.png", "bird.png"])
     write_outputs = dip.benchmark.write_outputs
 
-    def press_ctrl_c_first(result, output_dir):
+    def press_ctrl_c_first(result, output_dir, files):
         os.kill(os.getpid(), signal.SIGINT)
-        write_outputs(result, output_dir)
+        write_outputs(result, output_dir, files)
 
     monkeypatch.setattr(dip.benchmark, "write_outputs", press_ctrl_c_first)
     with pytest.raises(Interrupted):
@@ -218,6 +226,32 @@ def test_a_packed_fit_cut_mid_fit_continues_from_its_checkpoint(tmp_path):
         metrics = json.loads((run_dir / "images" / stem / "metrics.json").read_text())
         assert (metrics["resumed_from_step"], metrics["steps"]) == (2, 3)
     assert not (pack / "checkpoint.ckpt").exists()
+
+
+@pytest.mark.parametrize("images_per_fit", [1, 2])
+def test_outputs_that_cannot_be_written_keep_the_fit_for_the_same_command_to_finish(tmp_path, images_per_fit):
+    """A folder where bird's restored.png goes (as a full disk would): the fit's checkpoint stays, and
+    no image of that fit counts as finished (a packed fit is not split into fits of one, which would
+    start again from step 0). Once the way is clear, the same command resumes the fit and writes them."""
+    root, run_dir = tmp_path / "data", tmp_path / "run"
+    make_dataset(root, "Set5", ["baby.png", "bird.png"])
+    settings = [f"images_per_fit={images_per_fit}", "trainer.max_steps=3", "checkpoint.every_n_steps=2",
+                "benchmark.baselines=[]"]
+    blocked = run_dir / "images" / "bird" / "restored.png"
+    blocked.mkdir(parents=True)
+    with pytest.raises(DipError, match=f"cannot write {re.escape(str(blocked))}: Is a directory; the checkpoint "
+                                       r"\S+ is kept: the same command, once the outputs can be written, resumes"):
+        run_benchmark(compose("set5_x4", root, run_dir, *settings), run_dir)
+    packed = images_per_fit > 1
+    checkpoint = (next((run_dir / "packs").iterdir()) if packed else blocked.parent) / "checkpoint.ckpt"
+    assert checkpoint.is_file() and not (blocked.parent / "metrics.json").exists()
+    assert (run_dir / "images" / "baby" / "metrics.json").exists() is not packed
+    blocked.rmdir()
+    run_benchmark(compose("set5_x4", root, run_dir, *settings), run_dir)
+    for stem in ("baby", "bird") if packed else ("bird",):
+        metrics = json.loads((run_dir / "images" / stem / "metrics.json").read_text())
+        assert (metrics["resumed_from_step"], metrics["steps"], "packed_with" in metrics) == (2, 3, packed)
+    assert not checkpoint.exists()
 
 
 def test_restorations_carried_from_another_machine_are_reused(tmp_path):
@@ -386,6 +420,61 @@ def test_a_failed_baseline_leaves_the_restorations_in_the_table_then_is_retried(
     rows = read_csv(run_dir / "table.csv")
     assert all(row["bicubic_psnr_y"] for row in rows)
     assert "2 restorations finished by earlier runs" in (run_dir / "table.md").read_text()
+
+
+def test_saved_baselines_count_for_the_same_image_observation_and_protocol_only(tmp_path, monkeypatch):
+    """baselines.json is reused only for the image file, observation and scoring window it was computed
+    for; a baseline whose package was missing is not saved, so installing it later fills its cells."""
+    root = tmp_path / "data"
+    make_dataset(root, "Set5", ["baby.png"])
+    cfg = compose("set5_x4", root, tmp_path / "run")
+    (job,) = image_jobs(cfg, open_dataset(root, "Set5")[0], tmp_path / "run" / "images" / "baby")
+    bicubic, calls = BASELINES["bicubic"], []
+
+    def counted(y, physics):
+        calls.append(y)
+        return bicubic.estimate(y, physics)
+
+    monkeypatch.setitem(BASELINES, "bicubic", dataclasses.replace(bicubic, estimate=counted))
+    shaved = compute_baselines(job, ["bicubic"])["bicubic"]["psnr_y"]
+    assert compute_baselines(job, ["bicubic"])["bicubic"]["psnr_y"] == shaved and len(calls) == 1
+    whole = compute_baselines(dataclasses.replace(job, shave=0), ["bicubic"])["bicubic"]["psnr_y"]
+    assert len(calls) == 2 and whole != shaved
+    compute_baselines(dataclasses.replace(job, shave=0, sha256="another image's"), ["bicubic"])
+    assert len(calls) == 3
+
+    def missing(y, physics):
+        raise BaselineUnavailableError("bicubic skipped: its package is not installed")
+
+    monkeypatch.setitem(BASELINES, "bicubic", dataclasses.replace(bicubic, estimate=missing))
+    assert "unavailable" in compute_baselines(job, ["bicubic"])["bicubic"]
+    assert json.loads((job.output_dir / "baselines.json").read_text())["scores"] == {}
+    monkeypatch.setitem(BASELINES, "bicubic", dataclasses.replace(bicubic, estimate=counted))
+    assert compute_baselines(job, ["bicubic"])["bicubic"]["psnr_y"] == shaved and len(calls) == 4
+
+
+def test_a_restoration_of_an_image_since_replaced_is_kept_and_refused(tmp_path):
+    """A dataset replaced under the same file names (its manifest updated): the sub-run restored the old
+    pixels, so it is neither reused nor overwritten."""
+    root, run_dir = tmp_path / "data", tmp_path / "run"
+    make_dataset(root, "Set5", ["baby.png"])
+    run_benchmark(compose("set5_x4", root, run_dir, "benchmark.baselines=[]"), run_dir)
+    shutil.rmtree(root)
+    make_dataset(root, "Set5", ["other.png", "baby.png"])  # baby.png now holds the second crop
+    finished = (run_dir / "images" / "baby" / "metrics.json").read_bytes()
+    with pytest.raises(DipError, match=rf"^{re.escape(str(run_dir / 'images' / 'baby'))} holds a restoration of "
+                                       r"another baby.png \(sha256 \w{12}\.\.\., the dataset's is \w{12}\.\.\.\)"):
+        run_benchmark(compose("set5_x4", root, run_dir, "benchmark.baselines=[]", "benchmark.images=[baby.png]"),
+                      run_dir)
+    assert (run_dir / "images" / "baby" / "metrics.json").read_bytes() == finished
+
+
+def test_images_whose_names_share_a_stem_are_refused_before_any_fit(tmp_path):
+    root, run_dir = tmp_path / "data", tmp_path / "run"
+    make_dataset(root, "Set5", ["x.png", "x.bmp"])
+    with pytest.raises(DipError, match=r"x.png and x.bmp in .*Set5 would share the sub-run images/x: rename one"):
+        run_benchmark(compose("set5_x4", root, run_dir), run_dir)
+    assert not (run_dir / "images").exists()
 
 
 @pytest.mark.slow
@@ -645,6 +734,18 @@ def test_packed_fits_under_the_discrepancy_principle_keep_each_copy_s_step(tmp_p
     assert f"| {cell} |" in table
 
 
+def test_a_table_under_variance_early_stopping_has_no_empty_column_of_the_last_step_s_ema(tmp_path):
+    """Only the discrepancy principle records the EMA at the last step; a column of nothing is left out."""
+    root, run_dir = tmp_path / "data", tmp_path / "run"
+    make_dataset(root, "bm3d_color", ["one.png"])
+    run_benchmark(compose("cset9_denoise25", root, run_dir, "data.size=32", "trainer.max_steps=4",
+                          "benchmark.baselines=[]", "early_stop=wmv", "early_stop.window=2", "early_stop.patience=1",
+                          "early_stop.check_every=1"), run_dir)
+    header = read_csv(run_dir / "table.csv")[0].keys()
+    assert "early_stop_step" in header and "psnr_ema_final" not in header
+    assert "| stop step |" in (run_dir / "table.md").read_text()
+
+
 def test_inpainting_table_quotes_the_paper_and_csc_per_image(tmp_path):
     root, run_dir = tmp_path / "data", tmp_path / "run"
     make_dataset(root, "inpainting_heide", ["barbara.png", "boat.png"], mode="L")
@@ -717,6 +818,20 @@ def test_cli_keeps_a_partly_failed_benchmark_and_refuses_to_replace_it_with_othe
                                    "(observation_seed: 0 -> 1; seed: 0 -> 1): run into another folder, or delete its "
                                    "metrics.json to replace that run")
     assert {path: path.read_bytes() for path in kept} == kept
+
+
+def test_cli_keeps_the_log_of_a_benchmark_whose_every_image_failed(tmp_path):
+    """Fits ran, for hours perhaps: the log that says how they failed stays, though there is no table
+    (here the one image's outputs cannot be written: a folder stands where restored.png goes)."""
+    make_dataset(tmp_path / "data", "Set5", ["bird.png"])
+    out = tmp_path / "out"
+    (out / "images" / "bird" / "restored.png").mkdir(parents=True)
+    done = run_script("benchmark=set5_x4", *FAST, "benchmark.baselines=[]", f"hydra.run.dir={out}",
+                      data=tmp_path / "data")
+    assert done.returncode == 2 and len(done.stderr.splitlines()) == 1
+    assert done.stderr.startswith("error: 1 image(s) failed (bird.png)") and "; no table" in done.stderr
+    assert "restored.png: Is a directory" in (out / "benchmark.log").read_text()
+    assert not (out / "table.md").exists()
 
 
 @pytest.mark.skipif(not (SHARED / "Set5" / "MANIFEST.tsv").is_file(), reason=f"no shared datasets at {SHARED}")

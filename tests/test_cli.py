@@ -127,20 +127,27 @@ def test_bad_settings_are_one_line_before_the_module_exists(args, needles):
     assert "\n" not in str(refused.value) and all(needle in str(refused.value) for needle in needles)
 
 
-def test_outputs_that_cannot_be_written_are_one_line_and_the_checkpoint_resumes(tmp_path):
+@pytest.mark.parametrize("keep", [False, True])
+def test_outputs_that_cannot_be_written_are_one_line_and_the_checkpoint_resumes(tmp_path, keep):
     """A folder where restored.png goes (as a full disk would): the images written before it are removed,
-    the last checkpoint is kept, and once the way is clear a run into the folder finishes from it."""
+    the last checkpoint is kept, and once the way is clear a run into the folder finishes from it. With
+    checkpoint.keep, the checkpoint holds the last step, which only a longer run can go on from: the
+    message says so, not that the same run resumes."""
     out = tmp_path / "out"
     (out / "restored.png").mkdir(parents=True)
     cfg = compose_config(["data.size=32", "trainer.max_steps=3", "checkpoint.every_n_steps=2", "logger=none",
-                          "arch=skip_depth2"], output_dir=out)
+                          "arch=skip_depth2", f"checkpoint.keep={keep}"], output_dir=out)
     with pytest.raises(DipError) as refused:
         run(cfg, out)
-    assert str(refused.value).startswith(f"cannot write {out / 'restored.png'}: Is a directory; the checkpoint "
-                                         f"{out / 'checkpoint.ckpt'} is kept")
+    kept = ("holds the whole fit, which a run with a larger trainer.max_steps continues" if keep else
+            "is kept: the same command, once the outputs can be written, resumes from it")
+    assert str(refused.value) == (f"cannot write {out / 'restored.png'}: Is a directory; the checkpoint "
+                                  f"{out / 'checkpoint.ckpt'} {kept}" + (" (this fit's outputs are not written)"
+                                                                         if keep else ""))
     assert sorted(path.name for path in out.iterdir()) == ["checkpoint.ckpt", "restored.png"]
-    (out / "restored.png").rmdir()
-    assert run(cfg, out).metrics["resumed_from_step"] == 2
+    if not keep:
+        (out / "restored.png").rmdir()
+        assert run(cfg, out).metrics["resumed_from_step"] == 2
 
 
 @pytest.mark.parametrize("folder, needle", [("''", "hydra.run.dir is empty"),
