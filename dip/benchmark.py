@@ -63,7 +63,15 @@ from dip.gpus import pin_to_gpu, visible_gpus, worker_count
 from dip.images import save_image
 from dip.memory import activation_dtype
 from dip.metrics import psnr, psnr_y
-from dip.outputs import BEFORE_COLLAPSE_OUTPUT, OUTPUTS_FILE, Result, finished_config, write_json, write_outputs
+from dip.outputs import (
+    BEFORE_COLLAPSE_OUTPUT,
+    CHECKPOINT_NAME,
+    OUTPUTS_FILE,
+    Result,
+    finished_config,
+    write_json,
+    write_outputs,
+)
 from dip.problem import problem_from_config, stack_problems
 from dip.signals import signal_finished_first
 
@@ -209,6 +217,17 @@ def _finished(job: ImageJob, saved: dict | None) -> dict | None:
     return metrics
 
 
+def _continued(job: ImageJob, saved: dict, pack: Pack) -> bool:
+    """Whether ``job`` goes on from the fit kept in ``pack``'s folder (``checkpoint.keep``) that finished
+    the restoration whose config was ``saved``: the same settings, more steps."""
+    if not (pack.directory / CHECKPOINT_NAME).is_file():
+        return False
+    earlier, now = _restoration_key(saved), _restoration_key(job.config)
+    more = earlier["trainer"]["max_steps"] < now["trainer"]["max_steps"]
+    earlier["trainer"]["max_steps"] = now["trainer"]["max_steps"]
+    return more and earlier == now
+
+
 @dataclass(frozen=True)
 class Pack:
     """Jobs restored by one fit: one job, or up to ``images_per_fit`` images of one size packed into
@@ -240,14 +259,17 @@ def pack_jobs(jobs: list[ImageJob], images_per_fit: int, directory: Path) -> lis
     for group in by_size.values():
         for start in range(0, len(group), images_per_fit):
             members = tuple(group[start:start + images_per_fit])
-            packs.append(Pack(members, members[0].output_dir if len(members) == 1 else directory / _pack_name(members)))
+            packs.append(Pack(members, members[0].output_dir if len(members) == 1 else
+                              directory / _pack_name(members, directory.parent)))
     return packs
 
 
-def _pack_name(jobs: tuple[ImageJob, ...]) -> str:
+def _pack_name(jobs: tuple[ImageJob, ...], run_dir: Path) -> str:
     """A packed fit's folder: its first sub-run, how many more, and a digest of them all (another
-    selection of images makes another fit, which must not resume this one's checkpoint)."""
-    digest = hashlib.sha1("\n".join(str(job.output_dir) for job in jobs).encode()).hexdigest()[:8]
+    selection of images makes another fit, which must not resume this one's checkpoint), named within
+    ``run_dir``: a run folder moved elsewhere resumes its packed fits."""
+    names = "\n".join(job.output_dir.relative_to(run_dir).as_posix() for job in jobs)
+    digest = hashlib.sha1(names.encode()).hexdigest()[:8]
     first = jobs[0].output_dir
     label = first.name if first.parent.name == "images" else f"{first.parent.name}-{first.name}"  # runs: seed<S>
     return f"{label}+{len(jobs) - 1}-{digest}"
@@ -443,7 +465,7 @@ def restore_all(packs: list[Pack], done_before: int, gpus: list[str], workers: i
 
     def report(pack: Pack, pack_metrics: list[dict]) -> None:
         budget.record(pack, pack_metrics[0])  # the fit's steps and seconds, the same for each of its images
-        for job, metrics in zip(pack.jobs, pack_metrics):
+        for job, metrics in zip(pack.jobs, pack_metrics, strict=True):
             results[job.output_dir] = metrics
             key = "psnr_y" if "psnr_y" in metrics else "psnr"
             packed = f", packed with {len(pack.jobs) - 1} more" if len(pack.jobs) > 1 else ""
@@ -570,22 +592,23 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> dict:
     outside = {job.name: "they are outside benchmark.restore" for job in jobs
                if job.output_dir not in finished and restorable is not None and job.name not in restorable}
     to_restore = [job for job in jobs if job.output_dir not in finished and job.name not in outside]
-    for job in to_restore:  # before any fit: a restoration finished with other settings is kept
-        if saved[job.output_dir] is not None:
-            refuse_other_settings(job.output_dir, dotted(_restoration_key(saved[job.output_dir])),
-                                  dotted(_restoration_key(job.config)))
+    if cfg.images_per_fit < 1:
+        raise DipError(f"images_per_fit must be at least 1, got {cfg.images_per_fit}")
+    packs = pack_jobs(to_restore, cfg.images_per_fit, run_dir / "packs")
+    for pack in packs:  # before any fit: a restoration finished with other settings is kept
+        for job in pack.jobs:
+            if saved[job.output_dir] is not None and not _continued(job, saved[job.output_dir], pack):
+                refuse_other_settings(job.output_dir, dotted(_restoration_key(saved[job.output_dir])),
+                                      dotted(_restoration_key(job.config)))
     if restorable == set() and not any(all(job.output_dir in finished for job in image_runs)
                                        for _, image_runs in per_image):
         raise DipError(f"benchmark.restore=[] only tabulates, but no image of {spec.name} is restored in "
                        f"{run_dir / 'images'}: there is no table to write")
     check_baselines(list(spec.baselines), jobs[0])
-    if cfg.images_per_fit < 1:
-        raise DipError(f"images_per_fit must be at least 1, got {cfg.images_per_fit}")
     if cfg.images_per_fit > 1:
         from dip.pipeline import check_copies  # after the dataset checks: Lightning takes seconds to load
 
         check_copies(cfg, cfg.images_per_fit)
-    packs = pack_jobs(to_restore, cfg.images_per_fit, run_dir / "packs")
     gpus = [] if cfg.trainer.accelerator == "cpu" else visible_gpus()
     workers = max(1, min(len(packs), worker_count(gpus, cfg.jobs_per_gpu, cfg.cpu_jobs)))
     log.info(f"{spec.name}: {len(images)} images x {spec.runs} run(s) from {Path(cfg.data.root) / spec.dataset}, "
@@ -605,7 +628,7 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> dict:
         restored.update(finished)
         not_started.update(outside)
         baseline_scores = []
-        for (directory, image_runs), future in zip(per_image, baselines):
+        for (directory, image_runs), future in zip(per_image, baselines, strict=True):
             try:
                 baseline_scores.append(future.result())
             except Exception as error:  # the image's observation fails: so did (or would) its fits
@@ -615,7 +638,8 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> dict:
     finally:
         threads.shutdown(wait=True, cancel_futures=True)
     # an image is in the table once all its runs are done (the others wait for a later run)
-    done = [(directory, image_runs, scores) for (directory, image_runs), scores in zip(per_image, baseline_scores)
+    done = [(directory, image_runs, scores)
+            for (directory, image_runs), scores in zip(per_image, baseline_scores, strict=True)
             if scores is not None and all(job.output_dir in restored for job in image_runs)]
     metrics = [restored[image_runs[0].output_dir] if spec.runs == 1 else
                average_runs(image_runs, [restored[job.output_dir] for job in image_runs], directory)
@@ -659,7 +683,7 @@ class Table:
                             if (reason := value.get("unavailable"))}
         usable = [name for name in spec.baselines if name not in self.unavailable]
         self.baseline_failures: dict[str, dict[str, str]] = collections.defaultdict(dict)  # name: {image: why}
-        for m, scores in zip(metrics, baselines):
+        for m, scores in zip(metrics, baselines, strict=True):
             for name, value in scores.items():
                 if "failed" in value:
                     self.baseline_failures[name][m["image"]] = value["failed"]
@@ -704,7 +728,8 @@ class Table:
             ("steps", None, lambda m, b: m["steps"]),
             ("seconds", "fit s", lambda m, b: _fit_seconds(m)),
         ]
-        self.rows = [{column: value(m, b) for column, _, value in self.columns} for m, b in zip(metrics, baselines)]
+        self.rows = [{column: value(m, b) for column, _, value in self.columns}
+                     for m, b in zip(metrics, baselines, strict=True)]
         self.metrics = metrics
         self.mean = {"image": "mean"}
         for column, _, _ in self.columns[4:]:

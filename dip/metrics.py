@@ -3,6 +3,9 @@ so that nothing is pooled across calls)."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
+
 import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
@@ -14,6 +17,11 @@ def psnr(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
 
 def psnr_from_mse(mse: torch.Tensor) -> torch.Tensor:
     return -10.0 * torch.log10(mse)
+
+
+def rounded(values: Iterable[float] | torch.Tensor) -> list[float | None]:
+    """Rounded as ``metrics.json`` keeps them; null where infinite (an exact fit) or NaN (a diverged one)."""
+    return [round(value, 4) if math.isfinite(value) else None for value in map(float, values)]
 
 
 def per_image_psnr(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,6 @@ import copy
 import functools
 import inspect
 import logging
-import math
 import resource
 import signal
 import sys
@@ -40,7 +39,7 @@ from dip.errors import DipError, Interrupted, OutputsNotWrittenError, RunInterru
 from dip.inputs import padded_size
 from dip.loggers import ImageLogger, flat_config
 from dip.memory import check_fits, checked_estimate, meta_copy, out_of_memory, run_device
-from dip.metrics import per_image_psnr, psnr, psnr_from_mse, ssim
+from dip.metrics import per_image_psnr, psnr, psnr_from_mse, rounded, ssim
 from dip.module import DeepImagePrior
 from dip.nets.packed import pack_state_dicts
 from dip.outputs import Result, write_outputs
@@ -313,12 +312,12 @@ def final_metrics(
             ssim=_each_image(ssim, restored, truth), ssim_ema=_each_image(ssim, ema, truth),
             psnr_observation=None if baseline is None else _each_image(psnr, baseline, truth),
         )
-    metrics["psnr_fit"] = _rounded(fit.tolist())
+    metrics["psnr_fit"] = rounded(fit)
     if not module.separate_images:
         metrics = _first_image(metrics)
         if module.restarts > 1 and truth is not None:  # each restart's own figures, beside their average's
             for key, images in (("psnr_restarts", outputs), ("psnr_ema_restarts", module.ema)):
-                metrics[key] = _rounded(per_image_psnr(images, truth).tolist())
+                metrics[key] = rounded(per_image_psnr(images, truth))
     return metrics
 
 
@@ -334,12 +333,7 @@ def before_collapse_metrics(module: DeepImagePrior, ema: torch.Tensor) -> dict:
 def _each_image(metric, images: torch.Tensor, truth: torch.Tensor) -> list[float | None]:
     """``metric`` of each image against its own ground truth, rounded as ``metrics.json`` keeps it;
     null where it is infinite (an observation with nothing missing), which strict JSON cannot hold."""
-    return _rounded([float(metric(images[k:k + 1], truth[k:k + 1])) for k in range(len(images))])
-
-
-def _rounded(values: list[float]) -> list[float | None]:
-    """Rounded as ``metrics.json`` keeps them; null where infinite (an exact fit) or NaN (a diverged one)."""
-    return [round(value, 4) if math.isfinite(value) else None for value in values]
+    return rounded([float(metric(images[k:k + 1], truth[k:k + 1])) for k in range(len(images))])
 
 
 def _first_image(metrics: dict) -> dict:

@@ -254,6 +254,40 @@ def test_outputs_that_cannot_be_written_keep_the_fit_for_the_same_command_to_fin
     assert not checkpoint.exists()
 
 
+@pytest.mark.parametrize("images_per_fit", [1, 2])
+def test_a_finished_benchmark_whose_fits_were_kept_goes_on_to_more_steps(tmp_path, images_per_fit):
+    """checkpoint.keep=true: a larger trainer.max_steps continues each kept fit and replaces its
+    restorations; another seed is still refused, the finished restorations kept."""
+    root, run_dir = tmp_path / "data", tmp_path / "run"
+    make_dataset(root, "Set5", ["baby.png", "bird.png"])
+    settings = [f"images_per_fit={images_per_fit}", "checkpoint.keep=true", "benchmark.baselines=[]"]
+    run_benchmark(compose("set5_x4", root, run_dir, *settings), run_dir)
+    with pytest.raises(DipError, match="holds a finished run with other settings .*seed: 0 -> 1"):
+        run_benchmark(compose("set5_x4", root, run_dir, *settings, "seed=1", "trainer.max_steps=3"), run_dir)
+    run_benchmark(compose("set5_x4", root, run_dir, *settings, "trainer.max_steps=3"), run_dir)
+    for stem in ("baby", "bird"):
+        metrics = json.loads((run_dir / "images" / stem / "metrics.json").read_text())
+        assert (metrics["resumed_from_step"], metrics["steps"]) == (2, 3)
+    assert [row["steps"] for row in read_csv(run_dir / "table.csv")] == ["3", "3", "3"]
+
+
+def test_a_packed_fit_carried_with_its_run_folder_to_other_paths_continues_there(tmp_path):
+    """As from a CPU to a GPU machine: the run folder and the datasets both lie elsewhere there."""
+    root, run_dir = tmp_path / "data", tmp_path / "run"
+    make_dataset(root, "Set5", ["baby.png", "bird.png"])
+    run_benchmark(compose("set5_x4", root, run_dir, "images_per_fit=2", "checkpoint.keep=true",
+                          "benchmark.baselines=[]"), run_dir)
+    for stem in ("baby", "bird"):  # as if the benchmark had been stopped after step 2
+        (run_dir / "images" / stem / "metrics.json").unlink()
+    root, run_dir = (Path(shutil.move(old, new)) for old, new in ((root, tmp_path / "datasets"),
+                                                                   (run_dir, tmp_path / "elsewhere" / "run")))
+    run_benchmark(compose("set5_x4", root, run_dir, "images_per_fit=2", "trainer.max_steps=3",
+                          "benchmark.baselines=[]"), run_dir)
+    for stem in ("baby", "bird"):
+        metrics = json.loads((run_dir / "images" / stem / "metrics.json").read_text())
+        assert (metrics["resumed_from_step"], metrics["steps"]) == (2, 3)
+
+
 def test_restorations_carried_from_another_machine_are_reused(tmp_path):
     """A sub-run's config, metrics and baselines, copied from a run with another data root, run
     folder (another checkout or machine), image selection, thread count and speed switches, count as

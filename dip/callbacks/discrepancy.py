@@ -7,7 +7,7 @@ import torch
 
 from dip.callbacks.device_state import DeviceStateCallback
 from dip.errors import DipError
-from dip.metrics import per_image_psnr
+from dip.metrics import per_image_psnr, rounded
 
 
 class DiscrepancyStopping(DeviceStateCallback):
@@ -98,15 +98,15 @@ class DiscrepancyStopping(DeviceStateCallback):
             self.final = {"psnr_final": self._psnr(pl_module, pl_module.combine(outputs)),
                           "psnr_ema_final": self._psnr(pl_module, pl_module.combine(emas))}
             if pl_module.restarts > 1 and not pl_module.separate_images:  # each restart's own, as a run of its own
-                self.final |= {"psnr_final_restarts": _rounded(per_image_psnr(outputs, pl_module.ground_truth)),
-                               "psnr_ema_final_restarts": _rounded(per_image_psnr(emas, pl_module.ground_truth))}
+                self.final |= {"psnr_final_restarts": rounded(per_image_psnr(outputs, pl_module.ground_truth)),
+                               "psnr_ema_final_restarts": rounded(per_image_psnr(emas, pl_module.ground_truth))}
         pl_module.ema.copy_(torch.where(kept.view(-1, 1, 1, 1), self.state["kept_ema"], pl_module.ema))
         torch.where(pl_module.per_weight(kept), self.state["kept_weights"], pl_module.flat_weights,
                     out=pl_module.flat_weights)
 
     @staticmethod
     def _psnr(pl_module, restorations: torch.Tensor) -> float | list[float]:
-        values = _rounded(per_image_psnr(restorations, pl_module.ground_truth))
+        values = rounded(per_image_psnr(restorations, pl_module.ground_truth))
         return values if pl_module.separate_images else values[0]
 
     def summary(self) -> dict:
@@ -123,6 +123,3 @@ class DiscrepancyStopping(DeviceStateCallback):
         return {"early_stop_step": steps("stopped_step"), "noise_level_step": steps("noise_level_step"),
                 "early_stopped_at": self.stopped_at, **self.final}
 
-
-def _rounded(values: torch.Tensor) -> list[float]:
-    return [round(float(value), 4) for value in values]
