@@ -386,10 +386,19 @@ def compute_baselines(job: ImageJob, names: list[str]) -> dict:
     return scores
 
 
-def check_baselines(names: list[str], job: ImageJob) -> None:
-    """Each baseline named must exist and undo the benchmark's kind of degradation (checked on the
-    problem of the first image, which also proves the images load)."""
-    physics = problem_from_config(OmegaConf.create(job.config)).physics
+def check_baselines(names: list[str], jobs: list[ImageJob]) -> None:
+    """Each baseline named must exist and undo the benchmark's kind of degradation, checked on the
+    problem of the first image that makes one. An image that does not fails its own fit, the others go
+    on; when none does, the first one's error ends the run before any fit."""
+    errors = []
+    for job in jobs:
+        try:
+            physics = problem_from_config(OmegaConf.create(job.config)).physics
+            break
+        except DipError as error:
+            errors.append(error)
+    else:
+        raise errors[0]
     for name in names:
         if name not in BASELINES:
             raise DipError(f"unknown baseline '{name}' (choose from: {', '.join(BASELINES)})")
@@ -604,7 +613,7 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> dict:
                                        for _, image_runs in per_image):
         raise DipError(f"benchmark.restore=[] only tabulates, but no image of {spec.name} is restored in "
                        f"{run_dir / 'images'}: there is no table to write")
-    check_baselines(list(spec.baselines), jobs[0])
+    check_baselines(list(spec.baselines), [image_runs[0] for _, image_runs in per_image])
     if cfg.images_per_fit > 1:
         from dip.pipeline import check_copies  # after the dataset checks: Lightning takes seconds to load
 

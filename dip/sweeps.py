@@ -128,12 +128,17 @@ class SweepSummary(Callback):
             raise SystemExit(2)
 
 
+# the dashboard, named in a sweep's summary as it can be typed where the sweep ran
+COMPARE_SCRIPT = Path(__file__).resolve().parent.parent / "experiments" / "compare.py"
+
+
 def sweep_summary(sweep_dir: Path) -> str:
     runs = sorted(path.parent for path in sweep_dir.glob("**/metrics.json"))
     failures = failed_jobs(sweep_dir)
     lines = [f"sweep: {len(runs)} finished run(s) in {sweep_dir}"]
     if runs:  # the dashboard needs one: with none, compare.py would only say so
-        lines.append(f"dashboard: python experiments/compare.py {sweep_dir}")
+        script = COMPARE_SCRIPT.relative_to(Path.cwd()) if COMPARE_SCRIPT.is_relative_to(Path.cwd()) else COMPARE_SCRIPT
+        lines.append(f"dashboard: python {script} {sweep_dir}")
     if failures:
         lines += [f"failed: {len(failures)} job(s), listed in {sweep_dir / FAILED_JOBS}",
                   *(f"  {line}" for line in failures)]

@@ -397,24 +397,24 @@ def test_a_time_budget_leaves_the_images_that_would_not_finish_for_a_later_run(t
 
 @pytest.mark.parametrize("gpus", ["", pytest.param("4,7", marks=pytest.mark.slow)])  # here; two worker processes
 def test_a_failed_fit_leaves_the_others_to_finish_then_is_retried(tmp_path, monkeypatch, gpus):
-    """An image too small for x4 fails its fit; the other image is still restored and tabulated, the
-    run line names the failure, and the run ends with one line naming it. Once the image is replaced,
-    the same command restores only it."""
+    """An image too small for x4 fails its fit, also when it comes first (whose problem the baselines'
+    check would build); the other image is still restored and tabulated, the run line names the failure,
+    and the run ends with one line naming it. Once the image is replaced, the same command restores only it."""
     root, run_dir = tmp_path / "data", tmp_path / "run"
     directory = make_dataset(root, "Set5", ["baby.png", "bird.png"])
-    good = (directory / "bird.png").read_bytes()
-    Image.fromarray(np.zeros((6, 6, 3), np.uint8)).save(directory / "bird.png")
+    good = (directory / "baby.png").read_bytes()
+    Image.fromarray(np.zeros((6, 6, 3), np.uint8)).save(directory / "baby.png")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", gpus)
     settings = ["jobs_per_gpu=1", "benchmark.baselines=[]", "benchmark.verify_checksums=false"]
-    failure = r"^1 image\(s\) failed \(bird.png\): .*bird.png: a 6x6 image is too small for x4"
+    failure = r"^1 image\(s\) failed \(baby.png\): .*baby.png: a 6x6 image is too small for x4"
     with pytest.raises(DipError, match=failure) as error:
         run_benchmark(compose("set5_x4", root, run_dir, *settings), run_dir)
     assert "covers the 1 image(s) finished, and the same command retries the failed" in str(error.value)
-    assert [row["image"] for row in read_csv(run_dir / "table.csv")] == ["baby.png", "mean"]
+    assert [row["image"] for row in read_csv(run_dir / "table.csv")] == ["bird.png", "mean"]
     run_line = next(line for line in (run_dir / "table.md").read_text().splitlines() if line.startswith("- run:"))
-    assert "; failed (" in run_line and "bird.png: a 6x6 image is too small for x4" in run_line
-    assert not (run_dir / "images" / "bird" / "config.yaml").exists()  # written beside metrics.json only
-    (directory / "bird.png").write_bytes(good)
+    assert "; failed (" in run_line and "baby.png: a 6x6 image is too small for x4" in run_line
+    assert not (run_dir / "images" / "baby" / "config.yaml").exists()  # written beside metrics.json only
+    (directory / "baby.png").write_bytes(good)
     run_benchmark(compose("set5_x4", root, run_dir, *settings), run_dir)
     assert [row["image"] for row in read_csv(run_dir / "table.csv")] == ["baby.png", "bird.png", "mean"]
     assert "1 restoration(s) reused" in (run_dir / "table.md").read_text()

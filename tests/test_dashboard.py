@@ -197,7 +197,7 @@ def test_nothing_is_written_when_the_page_cannot_be_made(tmp_path, capsys, monke
     assert (out / "dashboard.html").read_text() == "the old page"
 
 
-def test_a_sweep_whose_jobs_all_failed_says_so(tmp_path, capsys):
+def test_a_sweep_whose_jobs_all_failed_says_so(tmp_path, capsys, monkeypatch):
     sweep = tmp_path / "sweep"
     sweep.mkdir()
     sweeps.record_failure(sweep, "job 0 (data.path=a.png): image file not found: a.png")
@@ -207,6 +207,9 @@ def test_a_sweep_whose_jobs_all_failed_says_so(tmp_path, capsys):
                                              f"1 job(s) failed, listed in {sweep / sweeps.FAILED_JOBS}")
     make_run(sweep, "1")
     assert "dashboard: python experiments/compare.py" in sweeps.sweep_summary(sweep)
+    monkeypatch.chdir(tmp_path)  # a sweep run from outside the checkout: a command that works there
+    assert f"dashboard: python {sweeps.COMPARE_SCRIPT} {sweep}" in sweeps.sweep_summary(sweep)
+    assert sweeps.COMPARE_SCRIPT.is_file()
 
 
 def test_a_sweep_whose_only_runs_are_damaged_names_them(tmp_path, capsys):
