@@ -176,7 +176,8 @@ def _restoration_key(config: dict) -> dict:
     relocated = _relocate(config, output_dir, "{output_dir}") if output_dir else config
     top_level = {name.split(".")[0] for name in RESULT_SETTINGS} - {"speed", "trainer"}
     key = {name: value for name, value in relocated.items() if name in top_level}
-    key["trainer"] = {name: relocated.get("trainer", {}).get(name) for name in ("max_steps", "precision")}
+    trainer = ["max_steps", *(name.split(".")[1] for name in RESULT_SETTINGS if name.startswith("trainer."))]
+    key["trainer"] = {name: relocated.get("trainer", {}).get(name) for name in trainer}
     key["benchmark"] = {name: relocated.get("benchmark", {}).get(name) for name in BENCHMARK_RESULT_KEYS}
     key = without_implied_settings(key)
     if "data" in key:  # a copy: the config's own stays as it is

@@ -92,6 +92,8 @@ def without_implied_settings(settings: dict) -> dict:
 RESULT_SETTINGS = ("seed", "observation_seed", "task", "arch", "input", "optim", "data", "regularizer", "ema_weight",
                    "backtrack_db", "backtrack_against", "diverged_gradient", "max_rollbacks", "early_stop",
                    "trainer.precision", "restarts",
+                   # the Trainer's own hands on the update (absent: null, as in a run from before they counted)
+                   "trainer.gradient_clip_val", "trainer.gradient_clip_algorithm", "trainer.accumulate_grad_batches",
                    # how often a collapse is judged and max_rollbacks checked (nothing else when backtrack_db=null)
                    "metrics_every",
                    # not the result, but which weights and buffers the checkpoint holds
