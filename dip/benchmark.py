@@ -205,12 +205,18 @@ def _finished(job: ImageJob, saved: dict | None) -> dict | None:
         return None
     if job.keep_outputs and not (job.output_dir / OUTPUTS_FILE).is_file():
         return None
+    return _saved_metrics(job)
+
+
+def _saved_metrics(job: ImageJob) -> dict:
+    """The ``metrics.json`` of ``job``'s finished sub-run; ``DipError`` if it is unreadable, or if it
+    restored the same file name with other pixels (a dataset replaced): that sub-run is kept, as one
+    finished with other settings is."""
     path = job.output_dir / "metrics.json"
     try:
         metrics = json.loads(path.read_text())
     except (OSError, ValueError):
         raise DipError(f"cannot read {path}: delete it to restore {job.name} again") from None
-    # the same file name with other pixels (a dataset replaced): kept, as one finished with other settings is
     if (recorded := metrics.get("image_sha256")) and job.sha256 and recorded != job.sha256:
         raise DipError(f"{job.output_dir} holds a restoration of another {job.name} (sha256 {recorded[:12]}..., the "
                        f"dataset's is {job.sha256[:12]}...): delete its metrics.json to restore the image again, or "
@@ -226,7 +232,10 @@ def _continued(job: ImageJob, saved: dict, pack: Pack) -> bool:
     earlier, now = _restoration_key(saved), _restoration_key(job.config)
     more = earlier["trainer"]["max_steps"] < now["trainer"]["max_steps"]
     earlier["trainer"]["max_steps"] = now["trainer"]["max_steps"]
-    return more and earlier == now
+    if not (more and earlier == now):
+        return False
+    _saved_metrics(job)  # a restoration of an image since replaced is refused, not continued
+    return True
 
 
 @dataclass(frozen=True)
@@ -280,7 +289,8 @@ def restore_pack(pack: Pack) -> list[dict]:
     """Restore the pack's images by one fit (in a worker process or in-process) and score each one's
     last output and EMA with the benchmark's protocol; each job's outputs, ``config.yaml`` and
     ``metrics.json`` go to its sub-run. The fit's checkpoint stays until all are written: when one
-    cannot be, none of the pack counts as finished, so the same command packs them again and resumes it."""
+    cannot be and there is a checkpoint, none of the pack counts as finished, so the same command packs
+    them again and resumes it."""
     from dip.pipeline import run  # here, not at the top: a missing dataset is reported before Lightning loads
 
     written: list[dict] = []
@@ -290,9 +300,10 @@ def restore_pack(pack: Pack) -> list[dict]:
         try:
             for job, image in zip(pack.jobs, images, strict=True):
                 written.append(_score_and_write(job, image, pack))
-        except DipError:
-            for job in pack.jobs[:len(written)]:
-                (job.output_dir / "metrics.json").unlink(missing_ok=True)
+        except BaseException:
+            if (pack.directory / CHECKPOINT_NAME).is_file():  # the fit resumes from it, for all its images
+                for job in pack.jobs[:len(written)]:
+                    (job.output_dir / "metrics.json").unlink(missing_ok=True)
             raise
 
     first = pack.jobs[0]
@@ -427,7 +438,7 @@ def image_jobs(cfg: DictConfig, image: DatasetImage, directory: Path) -> list[Im
             job.pop("hydra", None)
             job.observation_seed = cfg.observation_seed
             job.seed = seed
-            job.data.path = str(image.path.resolve())
+            job.data.path = str(image.path.absolute())  # under data.root, symbolic links kept: result_settings
             job.paths.output_dir = str(output_dir)
             if "group" in job.logger:  # W&B: one run per restoration, grouped by benchmark
                 job.logger.group = cfg.benchmark.name

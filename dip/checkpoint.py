@@ -9,6 +9,7 @@ states (CPU and CUDA: ``reg_noise_std`` draws from them), the backtracking weigh
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from dataclasses import dataclass
@@ -103,17 +104,19 @@ def check_resumable(path: Path, settings: dict, max_steps: int, advice: str = ""
 
 
 class RunCheckpoint(pl.Callback):
-    """Writes ``path`` atomically every ``every_n_steps`` steps (0 or None: never), after the last
-    step if ``keep_final`` (so that a larger ``trainer.max_steps`` continues the run later) and, on
-    the first SIGINT or SIGTERM, at the end of the step under way, then stops the run
-    (``interrupted`` holds the signal), unless that step ends the fit anyway (its last, or early
-    stopping's): then the run finishes. A second SIGINT aborts at once. Restores the RNG states of a
-    resumed run just before its first step."""
+    """Writes ``path`` atomically every ``every_n_steps`` steps (0 or None: never) and, on the first
+    SIGINT or SIGTERM, at the end of the step under way, then stops the run (``interrupted`` holds the
+    signal), unless that step ends the fit anyway (its last, or early stopping's): then the run
+    finishes. A second SIGINT aborts at once. Restores the RNG states of a resumed run just before its
+    first step. With ``keep_final`` (so that a larger ``trainer.max_steps`` continues the run later),
+    the last step's checkpoint goes to ``final_path`` until ``finish`` puts it in place, once the
+    outputs are written: until then, the one a run resumes is the last written every N steps."""
 
     def __init__(self, path: Path | None, every_n_steps: int | None, settings: dict, keep_final: bool = False):
         self.path = Path(path) if path is not None else None  # None: a run without a folder stops, writes nothing
         self.every_n_steps, self.settings = every_n_steps or 0, settings
         self.keep_final = keep_final
+        self.final_path = self.path.with_name(self.path.name + ".final") if self.path is not None else None
         self.interrupted: int | None = None
         self._signals = CaughtSignals()
         self._rng_to_restore: dict | None = None
@@ -126,6 +129,7 @@ class RunCheckpoint(pl.Callback):
         forget_finished_first()
         for stale in self.path.parent.glob(f".{self.path.name}.*.tmp") if self.path else ():  # killed mid-write
             stale.unlink(missing_ok=True)
+        self.discard_final()  # of a run killed before its outputs were written
         self._signals.install()  # after Lightning's own SIGTERM handler (installed when fit starts), which would raise
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
@@ -146,7 +150,7 @@ class RunCheckpoint(pl.Callback):
             self.interrupted = received
             trainer.should_stop = True
         elif self.keep_final and last:
-            self.save(trainer)
+            self.save(trainer, self.final_path)
         elif self.every_n_steps and step % self.every_n_steps == 0 and step < trainer.max_steps:
             self.save(trainer)
 
@@ -168,12 +172,27 @@ class RunCheckpoint(pl.Callback):
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         self._rng_to_restore = checkpoint["dip"]["rng"]
 
-    def save(self, trainer: pl.Trainer) -> None:
-        """Write the checkpoint next to its final name, then rename: a reader (or a resume after a
-        crash mid-write) only ever sees a whole checkpoint. Nothing without a path."""
+    def finish(self) -> None:
+        """The fit's outputs are written: its checkpoint is removed, or with ``keep_final`` replaced by
+        the last step's."""
+        if self.path is None:
+            return
+        if self.keep_final and self.final_path.is_file():
+            os.replace(self.final_path, self.path)
+        else:
+            self.path.unlink(missing_ok=True)
+
+    def discard_final(self) -> None:
+        if self.final_path is not None:
+            self.final_path.unlink(missing_ok=True)
+
+    def save(self, trainer: pl.Trainer, path: Path | None = None) -> None:
+        """Write the checkpoint (to ``path``, default ``self.path``) next to its final name, then rename:
+        a reader (or a resume after a crash mid-write) only ever sees a whole checkpoint. Nothing without
+        a path."""
         if self.path is None:
             return
         if trainer.logger is not None:  # the curve up to this step on disk too: a resume keeps its rows
             trainer.logger.save()
-        with atomic_path(self.path) as tmp:
+        with atomic_path(path or self.path) as tmp:
             trainer.save_checkpoint(tmp, weights_only=False)  # the optimizer too (and no log line saying so)

@@ -104,17 +104,18 @@ IGNORED_SETTINGS = ("data.root",)
 
 
 def result_settings(cfg: DictConfig) -> dict:
-    """The resolved settings that decide the result, flattened to ``{"optim.lr": 0.01, ...}``. An image
-    under ``data.root`` is named relative to it, so that a benchmark's checkpoint carried to a machine
-    whose datasets lie elsewhere resumes there."""
+    """The resolved settings that decide the result, flattened to ``{"optim.lr": 0.01, ...}``. A
+    benchmark's image is named as its dataset's (``Set5/bird.png``, under ``data.root``), so that its
+    checkpoint, carried to a machine whose datasets lie elsewhere, resumes there."""
     nodes = {key: OmegaConf.select(cfg, key) for key in RESULT_SETTINGS}
     selected = {key: OmegaConf.to_container(node, resolve=True) if isinstance(node, Container) else node
                 for key, node in nodes.items()}
     settings = {key: value for key, value in dotted(selected).items() if key not in IGNORED_SETTINGS}
-    root = OmegaConf.select(cfg, "data.root")
-    if isinstance(path := settings.get("data.path"), str) and root and not path.startswith(BUILTIN_PREFIX):
-        with contextlib.suppress(ValueError):  # not under the data root: named as given
-            settings["data.path"] = Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
+    # run.py's data.path is the user's, named as given
+    if OmegaConf.select(cfg, "benchmark.dataset") and isinstance(settings.get("data.path"), str):
+        with contextlib.suppress(ValueError):  # an image given outside the data root
+            root = Path(cfg.data.root).expanduser().absolute()  # as the benchmark names its images
+            settings["data.path"] = Path(settings["data.path"]).relative_to(root).as_posix()
     return without_implied_settings(settings)
 
 

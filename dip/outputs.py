@@ -112,7 +112,7 @@ def write_outputs(result: Result, output_dir: Path,
     """Images and ``files`` (a name and the writer of its bytes: a benchmark's config) first, ``metrics.json``
     last, each written atomically: a run directory with ``metrics.json`` holds a finished run. ``DipError``
     naming the file when one cannot be written (a full disk, a folder in its place); those written before
-    it are removed."""
+    it are removed, and with them a ``metrics.json`` already there."""
     images = {"observation.png": result.observation[0], "restored.png": result.restored[0],
               "restored_ema.png": result.restored_ema[0]}
     if result.baseline_name is not None:
@@ -133,6 +133,8 @@ def write_outputs(result: Result, output_dir: Path,
     except OSError as error:
         for path in written:
             path.unlink(missing_ok=True)
+        if written:  # they replaced a finished run's (one continued), whose record no longer holds
+            (output_dir / "metrics.json").unlink(missing_ok=True)
         failed = error.filename2 or error.filename or output_dir
         raise DipError(f"cannot write {failed}: {error.strerror or one_line(error)}") from None
 

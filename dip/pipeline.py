@@ -420,7 +420,8 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
     raised); a checkpoint already there, or ``resume=PATH``, is resumed from. Without either folder
     (the Python API's default), SIGINT / SIGTERM end the fit at the end of its step and the result
     so far is returned, its ``stop_reason`` saying so. The checkpoint is deleted once the outputs are
-    written (unless ``checkpoint.keep``); when they cannot be, ``OutputsNotWrittenError`` says where it is.
+    written (with ``checkpoint.keep``, replaced by the last step's); when they cannot be, the last one
+    written every N steps stays, and ``OutputsNotWrittenError`` says where.
     """
     checkpoint_dir = checkpoint_dir if checkpoint_dir is not None else output_dir
     problem, module = prepare(cfg, problem, seeds, generator)
@@ -526,15 +527,10 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
             try:
                 write(result)
             except DipError as error:
+                saver.discard_final()
                 if saver.path is None or not saver.path.is_file():
                     raise
-                if cfg.checkpoint.keep:  # it holds the last step, past which a run with these settings cannot go
-                    checkpoint = (f"the checkpoint {saver.path} holds the whole fit, which a run with a larger "
-                            f"trainer.max_steps continues (this fit's outputs are not written)")
-                else:
-                    checkpoint = (f"the checkpoint {saver.path} is kept: the same command, once the outputs can be "
-                            f"written, resumes from it")
-                raise OutputsNotWrittenError(f"{error}; {checkpoint}") from None
-        if saver.path is not None and not cfg.checkpoint.keep:
-            saver.path.unlink(missing_ok=True)
+                raise OutputsNotWrittenError(f"{error}; the checkpoint {saver.path} is kept: the same command, once "
+                                             f"the outputs can be written, resumes from it") from None
+        saver.finish()
         return result

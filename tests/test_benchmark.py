@@ -228,15 +228,17 @@ def test_a_packed_fit_cut_mid_fit_continues_from_its_checkpoint(tmp_path):
     assert not (pack / "checkpoint.ckpt").exists()
 
 
-@pytest.mark.parametrize("images_per_fit", [1, 2])
-def test_outputs_that_cannot_be_written_keep_the_fit_for_the_same_command_to_finish(tmp_path, images_per_fit):
+@pytest.mark.parametrize("images_per_fit, keep", [(1, False), (2, True)])
+def test_outputs_that_cannot_be_written_keep_the_fit_for_the_same_command_to_finish(tmp_path, images_per_fit,
+                                                                                    keep):
     """A folder where bird's restored.png goes (as a full disk would): the fit's checkpoint stays, and
     no image of that fit counts as finished (a packed fit is not split into fits of one, which would
-    start again from step 0). Once the way is clear, the same command resumes the fit and writes them."""
+    start again from step 0). Once the way is clear, the same command resumes the fit and writes them
+    (with checkpoint.keep, the last step's checkpoint then replaces the one it resumed)."""
     root, run_dir = tmp_path / "data", tmp_path / "run"
     make_dataset(root, "Set5", ["baby.png", "bird.png"])
     settings = [f"images_per_fit={images_per_fit}", "trainer.max_steps=3", "checkpoint.every_n_steps=2",
-                "benchmark.baselines=[]"]
+                "benchmark.baselines=[]", f"checkpoint.keep={keep}"]
     blocked = run_dir / "images" / "bird" / "restored.png"
     blocked.mkdir(parents=True)
     with pytest.raises(DipError, match=f"cannot write {re.escape(str(blocked))}: Is a directory; the checkpoint "
@@ -251,7 +253,7 @@ def test_outputs_that_cannot_be_written_keep_the_fit_for_the_same_command_to_fin
     for stem in ("baby", "bird") if packed else ("bird",):
         metrics = json.loads((run_dir / "images" / stem / "metrics.json").read_text())
         assert (metrics["resumed_from_step"], metrics["steps"], "packed_with" in metrics) == (2, 3, packed)
-    assert not checkpoint.exists()
+    assert checkpoint.exists() is keep
 
 
 @pytest.mark.parametrize("images_per_fit", [1, 2])
@@ -487,19 +489,20 @@ def test_saved_baselines_count_for_the_same_image_observation_and_protocol_only(
     assert compute_baselines(job, ["bicubic"])["bicubic"]["psnr_y"] == shaved and len(calls) == 4
 
 
-def test_a_restoration_of_an_image_since_replaced_is_kept_and_refused(tmp_path):
+@pytest.mark.parametrize("first, then", [([], []), (["checkpoint.keep=true"], ["trainer.max_steps=3"])])
+def test_a_restoration_of_an_image_since_replaced_is_kept_and_refused(tmp_path, first, then):
     """A dataset replaced under the same file names (its manifest updated): the sub-run restored the old
-    pixels, so it is neither reused nor overwritten."""
+    pixels, so it is neither reused nor overwritten, nor its kept fit continued on the new ones."""
     root, run_dir = tmp_path / "data", tmp_path / "run"
     make_dataset(root, "Set5", ["baby.png"])
-    run_benchmark(compose("set5_x4", root, run_dir, "benchmark.baselines=[]"), run_dir)
+    run_benchmark(compose("set5_x4", root, run_dir, "benchmark.baselines=[]", *first), run_dir)
     shutil.rmtree(root)
     make_dataset(root, "Set5", ["other.png", "baby.png"])  # baby.png now holds the second crop
     finished = (run_dir / "images" / "baby" / "metrics.json").read_bytes()
     with pytest.raises(DipError, match=rf"^{re.escape(str(run_dir / 'images' / 'baby'))} holds a restoration of "
                                        r"another baby.png \(sha256 \w{12}\.\.\., the dataset's is \w{12}\.\.\.\)"):
-        run_benchmark(compose("set5_x4", root, run_dir, "benchmark.baselines=[]", "benchmark.images=[baby.png]"),
-                      run_dir)
+        run_benchmark(compose("set5_x4", root, run_dir, "benchmark.baselines=[]", "benchmark.images=[baby.png]",
+                              *first, *then), run_dir)
     assert (run_dir / "images" / "baby" / "metrics.json").read_bytes() == finished
 
 

@@ -12,6 +12,7 @@ from PIL import Image
 from dip.cli import check_overrides
 from dip.config import checked_config, compose_config
 from dip.errors import DipError
+from dip.outputs import Result, write_outputs
 from dip.pipeline import prepare, run
 from dip.wandb_files import offline_run_file, offline_run_info, offline_summary
 from tests.conftest import ROOT, make_png, run_cli, run_cli_probing_lightning, run_cli_signalled
@@ -131,23 +132,35 @@ def test_bad_settings_are_one_line_before_the_module_exists(args, needles):
 def test_outputs_that_cannot_be_written_are_one_line_and_the_checkpoint_resumes(tmp_path, keep):
     """A folder where restored.png goes (as a full disk would): the images written before it are removed,
     the last checkpoint is kept, and once the way is clear a run into the folder finishes from it. With
-    checkpoint.keep, the checkpoint holds the last step, which only a longer run can go on from: the
-    message says so, not that the same run resumes."""
+    checkpoint.keep, the last step's checkpoint replaces it only once the outputs are written."""
     out = tmp_path / "out"
     (out / "restored.png").mkdir(parents=True)
     cfg = compose_config(["data.size=32", "trainer.max_steps=3", "checkpoint.every_n_steps=2", "logger=none",
                           "arch=skip_depth2", f"checkpoint.keep={keep}"], output_dir=out)
     with pytest.raises(DipError) as refused:
         run(cfg, out)
-    kept = ("holds the whole fit, which a run with a larger trainer.max_steps continues" if keep else
-            "is kept: the same command, once the outputs can be written, resumes from it")
     assert str(refused.value) == (f"cannot write {out / 'restored.png'}: Is a directory; the checkpoint "
-                                  f"{out / 'checkpoint.ckpt'} {kept}" + (" (this fit's outputs are not written)"
-                                                                         if keep else ""))
+                                  f"{out / 'checkpoint.ckpt'} is kept: the same command, once the outputs can be "
+                                  f"written, resumes from it")
     assert sorted(path.name for path in out.iterdir()) == ["checkpoint.ckpt", "restored.png"]
-    if not keep:
-        (out / "restored.png").rmdir()
-        assert run(cfg, out).metrics["resumed_from_step"] == 2
+    (out / "restored.png").rmdir()
+    assert run(cfg, out).metrics["resumed_from_step"] == 2
+    assert sorted(path.name for path in out.glob("checkpoint*")) == (["checkpoint.ckpt"] if keep else [])
+    if keep:
+        assert torch.load(out / "checkpoint.ckpt", weights_only=False)["global_step"] == 3
+
+
+def test_outputs_that_fail_over_a_finished_run_s_leave_it_unfinished(tmp_path):
+    """Continuing a finished run (checkpoint.keep) rewrites its images: when one cannot be written, those
+    rewritten are removed, and the metrics.json that described the run before goes with them."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "metrics.json").write_text("{}")
+    (out / "restored_ema.png").mkdir()
+    image = torch.full((1, 1, 4, 4), 0.5)
+    with pytest.raises(DipError, match=f"cannot write {out / 'restored_ema.png'}"):
+        write_outputs(Result(image, image, image, image, metrics={"psnr": 1.0}), out)
+    assert sorted(path.name for path in out.iterdir()) == ["restored_ema.png"]
 
 
 @pytest.mark.parametrize("folder, needle", [("''", "hydra.run.dir is empty"),

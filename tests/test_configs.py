@@ -166,16 +166,20 @@ def test_metrics_every_decides_the_result_only_with_rollbacks():
     assert differences("backtrack_db=null") == ""
 
 
-def test_the_trainer_s_gradient_settings_decide_the_result_and_the_image_is_named_under_the_data_root(tmp_path):
+def test_the_trainer_s_gradient_settings_decide_the_result_and_a_benchmark_s_image_is_named_by_its_dataset(
+        tmp_path):
     """Gradient clipping changes every update: a finished run or checkpoint without it is another result.
-    An image under data.root is named relative to it, so a checkpoint moves with the datasets' folder."""
+    A benchmark's image is named under data.root, so its checkpoint moves with the datasets' folder; the
+    image a user gives run.py is named as given."""
     plain = result_settings(compose_config([]))
     clipped = result_settings(compose_config(["+trainer.gradient_clip_val=0.5"]))
     assert setting_differences(plain, clipped) == "trainer.gradient_clip_val: None -> 0.5"
-    (tmp_path / "Set5").mkdir()
-    inside = result_settings(compose_config([f"data.root={tmp_path}", f"data.path={tmp_path / 'Set5' / 'a.png'}"]))
-    outside = result_settings(compose_config([f"data.root={tmp_path / 'Set5'}", "data.path=/elsewhere/a.png"]))
-    assert (inside["data.path"], outside["data.path"]) == ("Set5/a.png", "/elsewhere/a.png")
+    image = tmp_path / "Set5" / "a.png"
+    named = {config_name: result_settings(compose_config([f"data.root={tmp_path}", f"data.path={image}",
+                                                           *(["benchmark=set5_x4"] if config_name else [])],
+                                                          config_name=config_name or "config"))["data.path"]
+             for config_name in ("benchmark", None)}
+    assert named == {"benchmark": "Set5/a.png", None: str(image)}
 
 
 def test_settings_at_their_bounds_are_accepted():

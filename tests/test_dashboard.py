@@ -206,6 +206,7 @@ def test_a_sweep_whose_jobs_all_failed_says_so(tmp_path, capsys, monkeypatch):
     assert refused([str(sweep)], capsys) == (f"error: {sweep}: no finished run (no */metrics.json under it); "
                                              f"1 job(s) failed, listed in {sweep / sweeps.FAILED_JOBS}")
     make_run(sweep, "1")
+    monkeypatch.chdir(ROOT)
     assert "dashboard: python experiments/compare.py" in sweeps.sweep_summary(sweep)
     monkeypatch.chdir(tmp_path)  # a sweep run from outside the checkout: a command that works there
     assert f"dashboard: python {sweeps.COMPARE_SCRIPT} {sweep}" in sweeps.sweep_summary(sweep)
