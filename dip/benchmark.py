@@ -641,7 +641,9 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> dict:
     threads = ThreadPoolExecutor(max(1, cfg.baseline_jobs))
     try:
         # one observation per image whatever the run's seed: the baselines once, in the image's folder
-        baselines: list[Future] = [
+        # (none for an image outside benchmark.restore and unfinished: it has no row in this run's table)
+        baselines: list[Future | None] = [
+            None if image_runs[0].name in outside else
             threads.submit(compute_baselines, dataclasses.replace(image_runs[0], output_dir=directory),
                            list(spec.baselines))
             for directory, image_runs in per_image]
@@ -651,7 +653,7 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> dict:
         baseline_scores = []
         for (directory, image_runs), future in zip(per_image, baselines, strict=True):
             try:
-                baseline_scores.append(future.result())
+                baseline_scores.append(future.result() if future is not None else None)
             except Exception as error:  # the image's observation fails: so did (or would) its fits
                 baseline_scores.append(None)
                 if image_runs[0].name not in failed:  # its fit's failure, and its traceback, come first

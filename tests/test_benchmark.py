@@ -526,13 +526,15 @@ def test_a_table_of_bf16_fits_says_so(tmp_path):
 
 def test_restore_adds_one_image_to_a_table_of_images_finished_elsewhere(tmp_path):
     """benchmark.restore: a run seeded with another run's finished sub-runs restores only the images
-    named, and its table covers those finished before too; [] restores nothing and only remakes the
-    table. A name outside the selection, or nothing restored at all, is an error, not an empty table."""
+    named (and computes only their baselines), and its table covers those finished before too; []
+    restores nothing and only remakes the table. A name outside the selection, or nothing restored at
+    all, is an error, not an empty table."""
     root, elsewhere, run_dir = tmp_path / "data", tmp_path / "elsewhere", tmp_path / "run"
     make_dataset(root, "Set5", ["baby.png", "bird.png", "woman.png"])
     settings = ["benchmark.baselines=[]", "cpu_jobs=1"]
-    run_benchmark(compose("set5_x4", root, elsewhere, *settings, "benchmark.restore=[bird.png]"), elsewhere)
-    assert sorted(path.parent.name for path in elsewhere.glob("images/*/metrics.json")) == ["bird"]
+    run_benchmark(compose("set5_x4", root, elsewhere, "cpu_jobs=1", "benchmark.restore=[bird.png]"), elsewhere)
+    for name in ("metrics.json", "baselines.json"):  # no baseline for an image left out of the table either
+        assert sorted(path.parent.name for path in elsewhere.glob(f"images/*/{name}")) == ["bird"]
 
     shutil.copytree(elsewhere / "images", run_dir / "images")
     run_benchmark(compose("set5_x4", root, run_dir, *settings, "benchmark.restore=[woman.png]"), run_dir)
