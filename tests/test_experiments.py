@@ -191,6 +191,25 @@ def test_a_sub_run_that_kept_its_checkpoint_continues_to_more_steps_as_run_py_do
     assert (tmp_path / "run0" / "metrics.json").read_bytes() == continued
 
 
+def test_recorded_sub_runs_continued_from_their_checkpoints_keep_what_they_recorded_before(tmp_path,
+                                                                                           image_and_mask):
+    """Fig. 2's loss curves and Fig. 3's snapshots are in the fit's checkpoints: a sub-run continued
+    from one (cut short, or kept and given more steps) records from its first step, not from the
+    checkpoint's. Fig. 2 on one's own image, cut to data.size, scores each fit against the cut image."""
+    image, _ = image_and_mask
+    settings = [f"data.path={image}", "data.size=32", "arch=skip_depth2", "checkpoint.keep=true", "logger=none"]
+    for steps in (2, 3):
+        experiment("fig2_noise_impedance", [*settings, f"trainer.max_steps={steps}"], tmp_path / "fig2")
+    assert [int(row["step"]) for row in read_csv(tmp_path / "fig2" / "curves.csv")] == [1, 2, 3]
+    assert json.loads((tmp_path / "fig2" / "natural" / "metrics.json").read_text())["resumed_from_step"] == 2
+    snapshots = ["data.observation=null", "data.size=32", "arch=skip_depth2", "experiment.snapshots=[1,2]",
+                 "checkpoint.keep=true", "logger=none"]
+    for steps in (2, 3):
+        experiment("fig3_jpeg_progress", [*snapshots, f"trainer.max_steps={steps}"], tmp_path / "fig3")
+    progress = json.loads((tmp_path / "fig3" / "fig3_jpeg_progress.json").read_text())["snapshots"]
+    assert [p["step"] for p in progress] == [1, 2, 3]
+
+
 def test_a_sub_run_that_stopped_early_and_kept_its_checkpoint_is_finished(tmp_path):
     settings = ["data.size=32", "arch=skip_depth2", "experiment.runs=1", "checkpoint.keep=true", "logger=none",
                 "trainer.max_steps=6", "early_stop=discrepancy", "early_stop.check_every=1", "early_stop.factor=1e6",
@@ -227,7 +246,8 @@ def test_an_experiment_cut_short_reuses_its_finished_sub_runs_except_those_it_re
 def test_ctrl_c_while_a_sub_run_is_written_says_how_to_continue(tmp_path, image_and_mask):
     image, mask = image_and_mask
     out = tmp_path / "out"
-    done = run_cli_signalled(tmp_path, "dip.pipeline.write_outputs", "SIGINT", "+experiment=fig8_architectures",
+    done = run_cli_signalled(tmp_path, "dip.experiments.common._write_sub_run", "SIGINT",
+                             "+experiment=fig8_architectures",
                              f"data.path={image}", f"data.mask={mask}", "data.size=32",
                              "experiment.archs=[skip_depth2,unet]", *TINY, f"hydra.run.dir={out}")
     assert done.returncode == 130 and "Traceback" not in done.stderr, done.stderr[-2000:]

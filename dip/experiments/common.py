@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import logging
@@ -22,11 +23,11 @@ from dip.errors import DipError, Interrupted, one_line
 from dip.figures import figure_png
 from dip.files import write_atomically
 from dip.metrics import psnr
-from dip.outputs import OUTPUTS_FILE, Result, finished_config, finished_metrics
+from dip.outputs import OUTPUTS_FILE, Result, finished_config, finished_metrics, write_outputs
 from dip.pipeline import prepare
 from dip.pipeline import run as restore
 from dip.problem import problem_from_config
-from dip.signals import held_signals, signal_finished_first
+from dip.signals import signal_finished_first
 
 log = logging.getLogger("dip")
 
@@ -50,11 +51,13 @@ def sub_config(overrides: Sequence[str], output_dir: Path) -> DictConfig:
 @dataclass(frozen=True)
 class SubRun:
     """One restoration of an experiment, in ``directory``: the experiment's config with ``overrides``,
-    restoring ``observation`` when given, with extra Lightning ``callbacks``."""
+    restoring ``observation`` when given (scored against ``clean`` when given), with extra Lightning
+    ``callbacks``."""
 
     directory: Path
     overrides: Sequence[str] = ()
     observation: torch.Tensor | None = None
+    clean: torch.Tensor | None = None
     callbacks: Sequence[pl.Callback] = ()
 
 
@@ -72,7 +75,7 @@ def restore_each(runs: Sequence[SubRun]) -> list[Result]:
                       and (run.directory / OUTPUTS_FILE).is_file())
     for run, cfg, reuse in zip(runs, configs, reused):
         if not reuse:  # its input, network and packing too, built and let go: no fit before a later one fails
-            prepare(cfg, problem_from_config(cfg, observation=run.observation))
+            prepare(cfg, problem_from_config(cfg, clean=run.clean, observation=run.observation))
             if (checkpoint := find_checkpoint(cfg.resume, run.directory)) is not None:
                 check_resumable(checkpoint, result_settings(cfg), cfg.trainer.max_steps)
     results = []
@@ -81,21 +84,24 @@ def restore_each(runs: Sequence[SubRun]) -> list[Result]:
             log.info(f"reusing the run finished in {run.directory}")
             results.append(_finished_result(run.directory))
             continue
-        problem = problem_from_config(cfg, observation=run.observation)
-        result = restore(cfg, run.directory, problem, run.callbacks)
-        with held_signals():  # what marks the sub-run finished, written whole
-            text = OmegaConf.to_yaml(cfg)  # after the fit: a fit refused or failed leaves no config behind
-            write_atomically(run.directory / "config.yaml", lambda handle, text=text: handle.write(text.encode()))
-            images = {name: None if (image := getattr(result, name)) is None else image.cpu()
-                      for name in REUSED_IMAGES}
-            write_atomically(run.directory / OUTPUTS_FILE, lambda handle, images=images: torch.save(images, handle))
-        results.append(result)
+        problem = problem_from_config(cfg, clean=run.clean, observation=run.observation)
+        results.append(restore(cfg, run.directory, problem, run.callbacks,
+                               write=functools.partial(_write_sub_run, cfg=cfg, directory=run.directory)))
         if (signum := signal_finished_first()) is not None and len(results) < len(runs):
             raise Interrupted(signum)
     return results
 
 
 REUSED_IMAGES = ("restored", "restored_ema", "observation", "ground_truth")  # what the runners read of a result
+
+
+def _write_sub_run(result: Result, cfg: DictConfig, directory: Path) -> None:
+    """The sub-run's outputs, with its config and the images a later run reuses, before the
+    ``metrics.json`` that marks it finished (a fit refused or failed leaves no config behind)."""
+    text = OmegaConf.to_yaml(cfg)
+    images = {name: None if (image := getattr(result, name)) is None else image.cpu() for name in REUSED_IMAGES}
+    write_outputs(result, directory, {"config.yaml": lambda handle: handle.write(text.encode()),
+                                      OUTPUTS_FILE: lambda handle: torch.save(images, handle)})
 
 
 def _finished_before(cfg: DictConfig, directory: Path) -> bool:
@@ -124,11 +130,13 @@ def listed(cfg: DictConfig, key: str) -> list:
 
 
 class LossRecorder(pl.Callback):
-    """The training loss every ``every`` steps, kept on the device until the run ends (no host sync)."""
+    """The training loss every ``every`` steps, kept on the device until the run ends (no host sync but
+    at a checkpoint, which holds the curve so far: a resumed fit's curve starts at its first step)."""
 
     def __init__(self, every: int = 1):
         self.every = max(1, int(every))
         self.steps: list[int] = []
+        self._earlier: list[float] = []  # recorded before the checkpoint this fit resumed
         self._losses: list[torch.Tensor] = []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
@@ -137,11 +145,18 @@ class LossRecorder(pl.Callback):
             self._losses.append(outputs["loss"].detach())
 
     def losses(self) -> list[float]:
-        return torch.stack(self._losses).cpu().tolist() if self._losses else []
+        return self._earlier + (torch.stack(self._losses).cpu().tolist() if self._losses else [])
+
+    def state_dict(self) -> dict:
+        return {"steps": list(self.steps), "losses": self.losses()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.steps, self._earlier, self._losses = list(state_dict["steps"]), list(state_dict["losses"]), []
 
 
 class Snapshots(pl.Callback):
-    """The output ``f(z)`` after each of ``steps`` steps (those the run reaches)."""
+    """The output ``f(z)`` after each of ``steps`` steps (those the run reaches), also those taken before
+    the checkpoint a fit resumed (its checkpoints hold them)."""
 
     def __init__(self, steps: Iterable[int]):
         self.steps = set(int(step) for step in steps)
@@ -150,6 +165,12 @@ class Snapshots(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if trainer.global_step in self.steps:
             self.images[trainer.global_step] = pl_module.restored().detach().clone()
+
+    def state_dict(self) -> dict:
+        return {"images": {step: image.cpu() for step, image in self.images.items()}}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.images = dict(state_dict["images"])
 
 
 def psnr_or_none(image: torch.Tensor, reference: torch.Tensor | None) -> float | None:

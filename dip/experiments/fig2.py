@@ -37,7 +37,8 @@ def run(cfg: DictConfig, output_dir: Path) -> str:
                           mode=data.mode, seed=cfg.seed).ground_truth
     images = targets(clean, cfg.experiment.sigma, torch.Generator().manual_seed(cfg.seed))
     recorders = {name: LossRecorder(cfg.experiment.record_every) for name in images}
-    restore_each([SubRun(output_dir / name, observation=image[0], callbacks=[recorders[name]])
+    # each scored against the image as fitted here (cut to data.size), not the file at full size
+    restore_each([SubRun(output_dir / name, observation=image[0], clean=clean[0], callbacks=[recorders[name]])
                   for name, image in images.items()])
     curves = {name: (recorder.steps, recorder.losses()) for name, recorder in recorders.items()}
 
