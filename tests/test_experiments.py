@@ -132,6 +132,13 @@ def test_two_run_average_averages_runs_on_the_same_observation(tmp_path):
     ("fig8_architectures", ["experiment.archs=[]"], "experiment.archs must list at least one value"),
     ("fig8_architectures", ["experiment.archs=[skip_depth2,skip_deep]"], "unknown arch 'skip_deep'"),
     ("fig6_inpainting_lr", ["experiment.lrs=[0.01,-1]"], "optim.lr must be a finite number > 0, got -1"),
+    ("fig2_noise_impedance", ["experiment.sigma=-3"], "experiment.sigma must be a finite number >= 0"),
+    # no step of a 2-step run would be recorded: no curve to write, found after the four fits
+    ("fig2_noise_impedance", ["experiment.record_every=3"],
+     "experiment.record_every must be a whole number from 1 to 2, got 3"),
+    ("fig3_jpeg_progress", ["experiment.snapshots=[1,abc]"], "experiment.snapshots must list step numbers"),
+    ("fig8_architectures", ["experiment.runner=dip.experiments.nope.run"],
+     "experiment.runner=dip.experiments.nope.run names no function"),
 ])
 def test_an_experiments_impossible_settings_are_refused_before_any_fit(tmp_path, image_and_mask, name, overrides,
                                                                         message):

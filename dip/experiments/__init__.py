@@ -13,8 +13,14 @@ from pathlib import Path
 from hydra.utils import get_method
 from omegaconf import DictConfig
 
+from dip.errors import DipError, one_line
+
 
 def run_experiment(cfg: DictConfig, output_dir: str | Path) -> str:
     """Run the experiment ``cfg.experiment.runner`` names; returns its summary."""
-    runner = get_method(cfg.experiment.runner)
+    try:
+        runner = get_method(cfg.experiment.runner)
+    except Exception as error:  # Hydra's own, wrapping the import's
+        raise DipError(f"experiment.runner={cfg.experiment.runner} names no function ({one_line(error, 200)})") \
+            from None
     return runner(cfg, Path(output_dir))

@@ -3,11 +3,14 @@ noise added, with its pixels shuffled, and white noise."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
 
+from dip.config import check_whole_number
+from dip.errors import DipError
 from dip.experiments.common import LossRecorder, SubRun, plot_curves, restore_each, write_csv
 from dip.outputs import write_json
 from dip.physics import GaussianNoise, Identity
@@ -32,6 +35,10 @@ def targets(clean: torch.Tensor, sigma: float, generator: torch.Generator) -> di
 
 def run(cfg: DictConfig, output_dir: Path) -> str:
     stem = cfg.experiment.name  # of the files: a config of one's own on this runner names its own
+    check_whole_number("experiment.record_every", cfg.experiment.record_every, most=cfg.trainer.max_steps)
+    sigma = cfg.experiment.sigma
+    if isinstance(sigma, bool) or not (isinstance(sigma, (int, float)) and 0 <= sigma < math.inf):
+        raise DipError(f"experiment.sigma must be a finite number >= 0 (the noise std, 0-255 scale), got {sigma!r}")
     data = cfg.data
     clean = build_problem(Identity(), path=data.path, default_image=data.default_image, size=data.size,
                           mode=data.mode, seed=cfg.seed).ground_truth

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from dip.experiments.common import Snapshots, SubRun, image_grid, psnr_or_none, restore_each, titled
+from dip.errors import DipError
+from dip.experiments.common import Snapshots, SubRun, image_grid, listed, psnr_or_none, restore_each, titled
 from dip.outputs import write_json
 
 
 def run(cfg: DictConfig, output_dir: Path) -> str:
     stem = cfg.experiment.name  # of the files: a config of one's own on this runner names its own
     max_steps = cfg.trainer.max_steps
-    steps = sorted({step for step in cfg.experiment.snapshots if 0 < step <= max_steps} | {max_steps})
+    wanted = listed(cfg, "experiment.snapshots")
+    if not all(isinstance(step, int) and not isinstance(step, bool) for step in wanted):
+        raise DipError(f"experiment.snapshots must list step numbers ('experiment.snapshots=[100,600]'), got "
+                       f"{OmegaConf.to_container(wanted)!r}")
+    steps = sorted({step for step in wanted if 0 < step <= max_steps} | {max_steps})
     snapshots = Snapshots(steps)
     [result] = restore_each([SubRun(output_dir / "jpeg", callbacks=[snapshots])])
 

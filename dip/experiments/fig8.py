@@ -6,13 +6,17 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from dip.errors import DipError
 from dip.experiments.common import SubRun, image_grid, listed, restore_each, titled, write_csv
 
 
 def run(cfg: DictConfig, output_dir: Path) -> str:
     stem = cfg.experiment.name  # of the files: a config of one's own on this runner names its own
     archs = listed(cfg, "experiment.archs")
-    extras = {arch: list(cfg.experiment.arch_overrides.get(arch) or []) for arch in archs}
+    arch_overrides = cfg.experiment.get("arch_overrides") or {}  # null: none
+    if not isinstance(arch_overrides, DictConfig):
+        raise DipError(f"experiment.arch_overrides must map an arch to its overrides, got {arch_overrides!r}")
+    extras = {arch: list(arch_overrides.get(arch) or []) for arch in archs}
     results = restore_each([SubRun(output_dir / arch, [f"arch={arch}", *extras[arch]]) for arch in archs])
     rows, cells = [], []
     for arch, result in zip(archs, results):
