@@ -135,8 +135,12 @@ def write_outputs(result: Result, output_dir: Path,
             path.unlink(missing_ok=True)
         if written:  # they replaced a finished run's (one continued), whose record no longer holds
             (output_dir / "metrics.json").unlink(missing_ok=True)
-        failed = error.filename2 or error.filename or output_dir
-        raise DipError(f"cannot write {failed}: {error.strerror or one_line(error)}") from None
+        raise unwritable(error, output_dir) from None
+
+
+def unwritable(error: OSError, folder: Path) -> DipError:
+    """The one line for a file that could not be written in ``folder`` (a full disk, a folder in its place)."""
+    return DipError(f"cannot write {error.filename2 or error.filename or folder}: {error.strerror or one_line(error)}")
 
 
 def write_json(data, path: Path) -> None:

@@ -125,6 +125,13 @@ def test_two_run_average_averages_runs_on_the_same_observation(tmp_path):
     average = load_image(tmp_path / "average.png")
     assert np.abs(average - (runs[0] + runs[1]) / 2).max() <= 1.5 / 255  # up to 8-bit rounding
     assert summary["psnr_average"] is not None and (tmp_path / "two_run_average.png").is_file()
+    # a figure's numbers that cannot be written (a folder in their place): one line, the sub-runs kept
+    (tmp_path / "two_run_average.json").unlink()
+    (tmp_path / "two_run_average.json").mkdir()
+    with pytest.raises(DipError, match=f"^cannot write {re.escape(str(tmp_path / 'two_run_average.json'))}: Is a "
+                                       "directory$"):
+        experiment("two_run_average", ["data.size=32", "arch=skip_depth2", *TINY], tmp_path)
+    assert (tmp_path / "run1" / "metrics.json").is_file()
 
 
 @pytest.mark.parametrize("name, overrides, message", [

@@ -14,6 +14,7 @@ from hydra.utils import get_method
 from omegaconf import DictConfig
 
 from dip.errors import DipError, one_line
+from dip.outputs import unwritable
 
 
 def run_experiment(cfg: DictConfig, output_dir: str | Path) -> str:
@@ -23,4 +24,7 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path) -> str:
     except Exception as error:  # Hydra's own, wrapping the import's
         raise DipError(f"experiment.runner={cfg.experiment.runner} names no function ({one_line(error, 200)})") \
             from None
-    return runner(cfg, Path(output_dir))
+    try:
+        return runner(cfg, Path(output_dir))
+    except OSError as error:  # a figure or table that cannot be written; the sub-runs finished are kept
+        raise unwritable(error, Path(output_dir)) from None
