@@ -17,7 +17,7 @@ from omegaconf import OmegaConf, open_dict
 from dip.config import checked_config
 from dip.errors import DipError, RunInterruptedError
 from dip.files import existing_ancestor
-from dip.outputs import CHECKPOINT_NAME, Result
+from dip.outputs import Result
 from dip.physics import Degradation
 from dip.pipeline import run
 from dip.problem import problem_from_config
@@ -89,12 +89,8 @@ def _check_overrides(overrides) -> None:
 
 
 def _check_output_dir(output_dir: Path) -> None:
-    """Refuse, before anything is made, an ``output_dir`` that a file stands in for (it, or a folder above it),
-    or that holds a finished run (its ``metrics.json``), unless its checkpoint was kept to go on from."""
+    """Refuse, before anything is made, an ``output_dir`` that a file stands in for (it, or a folder above it)."""
     existing = existing_ancestor(output_dir)
     if not existing.is_dir():
         where = "" if existing == output_dir.absolute() else f": {existing}"
         raise DipError(f"output_dir {output_dir}{where} is a file, not a folder")
-    if (output_dir / "metrics.json").is_file() and not (output_dir / CHECKPOINT_NAME).is_file():
-        raise DipError(f"output_dir {output_dir} holds a finished run: give another output_dir, or delete its "
-                       f"metrics.json to replace that run")

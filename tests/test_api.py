@@ -208,15 +208,8 @@ def test_an_output_dir_that_a_file_stands_in_is_refused_before_the_run(tmp_path,
     assert taken.read_text() == "a file of the user's"
 
 
-def test_a_finished_run_is_not_replaced_and_an_experiment_is_not_one_restoration(tmp_path):
-    """As run.py keeps a finished run: the second call into the same output_dir is refused before any fit,
-    the first run's files as they were. +experiment=NAME would otherwise quietly be one restoration."""
-    call = {"arch": "skip_depth2", "output_dir": tmp_path, "overrides": ["trainer.max_steps=1", "logger=none"]}
-    restore(torch.rand(3, 16, 16), **call)
-    finished = (tmp_path / "metrics.json").read_bytes()
-    with pytest.raises(DipError, match=re.escape(f"output_dir {tmp_path} holds a finished run: give another")):
-        restore(torch.rand(3, 16, 16), **dict(call, overrides=["trainer.max_steps=1", "logger=none", "seed=7"]))
-    assert (tmp_path / "metrics.json").read_bytes() == finished
+def test_an_experiment_is_not_one_restoration():
+    """+experiment=NAME makes a figure of several runs; restore() would quietly have made one of its task."""
     with pytest.raises(DipError, match=re.escape("restore() makes one restoration, and +experiment=NAME a figure")):
         restore(torch.rand(3, 16, 16), overrides=["+experiment=fig8_architectures"])
 

@@ -144,6 +144,7 @@ def test_two_run_average_averages_runs_on_the_same_observation(tmp_path):
     ("fig2_noise_impedance", ["experiment.record_every=3"],
      "experiment.record_every must be a whole number from 1 to 2, got 3"),
     ("fig3_jpeg_progress", ["experiment.snapshots=[1,abc]"], "experiment.snapshots must list step numbers"),
+    ("fig3_jpeg_progress", ["experiment.snapshots=5"], "experiment.snapshots must list step numbers"),
     ("fig8_architectures", ["experiment.runner=dip.experiments.nope.run"],
      "experiment.runner=dip.experiments.nope.run names no function"),
 ])
@@ -222,6 +223,14 @@ def test_recorded_sub_runs_continued_from_their_checkpoints_keep_what_they_recor
         experiment("fig3_jpeg_progress", [*snapshots, f"trainer.max_steps={steps}"], tmp_path / "fig3")
     progress = json.loads((tmp_path / "fig3" / "fig3_jpeg_progress.json").read_text())["snapshots"]
     assert [p["step"] for p in progress] == [1, 2, 3]
+    # kept once more and continued, asking for other snapshots and a coarser curve: what is asked for only
+    experiment("fig3_jpeg_progress", [*snapshots[:3], "experiment.snapshots=[]", *snapshots[4:],
+                                      "trainer.max_steps=4"], tmp_path / "fig3")
+    progress = json.loads((tmp_path / "fig3" / "fig3_jpeg_progress.json").read_text())["snapshots"]
+    assert [p["step"] for p in progress] == [4]
+    experiment("fig2_noise_impedance", [*settings, "trainer.max_steps=4", "experiment.record_every=2"],
+               tmp_path / "fig2")
+    assert [int(row["step"]) for row in read_csv(tmp_path / "fig2" / "curves.csv")] == [2, 4]
 
 
 def test_a_sub_run_that_stopped_early_and_kept_its_checkpoint_is_finished(tmp_path):

@@ -27,4 +27,6 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path) -> str:
     try:
         return runner(cfg, Path(output_dir))
     except OSError as error:  # a figure or table that cannot be written; the sub-runs finished are kept
+        if error.filename is None and error.filename2 is None:  # not a file's (a logger's connection, say)
+            raise
         raise unwritable(error, Path(output_dir)) from None

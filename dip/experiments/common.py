@@ -151,7 +151,10 @@ class LossRecorder(pl.Callback):
         return {"steps": list(self.steps), "losses": self.losses()}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self.steps, self._earlier, self._losses = list(state_dict["steps"]), list(state_dict["losses"]), []
+        # the points on this run's grid (every ``every`` steps), also when the interrupted run's was finer
+        kept = [(step, loss) for step, loss in zip(state_dict["steps"], state_dict["losses"], strict=True)
+                if step % self.every == 0]
+        self.steps, self._earlier, self._losses = [step for step, _ in kept], [loss for _, loss in kept], []
 
 
 class Snapshots(pl.Callback):
@@ -170,7 +173,7 @@ class Snapshots(pl.Callback):
         return {"images": {step: image.cpu() for step, image in self.images.items()}}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self.images = dict(state_dict["images"])
+        self.images = {step: image for step, image in state_dict["images"].items() if step in self.steps}
 
 
 def psnr_or_none(image: torch.Tensor, reference: torch.Tensor | None) -> float | None:

@@ -4,21 +4,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from dip.errors import DipError
-from dip.experiments.common import Snapshots, SubRun, image_grid, listed, psnr_or_none, restore_each, titled
+from dip.experiments.common import Snapshots, SubRun, image_grid, psnr_or_none, restore_each, titled
 from dip.outputs import write_json
 
 
 def run(cfg: DictConfig, output_dir: Path) -> str:
     stem = cfg.experiment.name  # of the files: a config of one's own on this runner names its own
     max_steps = cfg.trainer.max_steps
-    wanted = listed(cfg, "experiment.snapshots")
-    if not all(isinstance(step, int) and not isinstance(step, bool) for step in wanted):
+    wanted = OmegaConf.select(cfg, "experiment.snapshots")  # [] or null: the last step only
+    if wanted is not None and not (isinstance(wanted, ListConfig) and all(
+            isinstance(step, int) and not isinstance(step, bool) for step in wanted)):
+        shown = OmegaConf.to_container(wanted) if isinstance(wanted, DictConfig) else wanted
         raise DipError(f"experiment.snapshots must list step numbers ('experiment.snapshots=[100,600]'), got "
-                       f"{OmegaConf.to_container(wanted)!r}")
-    steps = sorted({step for step in wanted if 0 < step <= max_steps} | {max_steps})
+                       f"{shown!r}")
+    steps = sorted({step for step in wanted or [] if 0 < step <= max_steps} | {max_steps})
     snapshots = Snapshots(steps)
     [result] = restore_each([SubRun(output_dir / "jpeg", callbacks=[snapshots])])
 
