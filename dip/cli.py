@@ -40,25 +40,54 @@ from dip.files import existing_ancestor
 from dip.outputs import OUTPUT_FILES, RESTART_OUTPUT, decibels, describe, finished_metrics
 from dip.problem import problem_from_config
 from dip.signals import signal_finished_first
-from dip.sweeps import FAILED_JOBS, record_failure
+from dip.sweeps import FAILED_JOBS, record_failure, sweep_folder
 
 log = logging.getLogger("dip")
 OPTIONS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
                       "--config-dir", "-cd", "--experimental-rerun"}
 
 
-def check_overrides(arguments: list[str], config_name: str = "config") -> DictConfig:
-    """Reject unknown config options and keys with one line, before Hydra starts a job; else return
-    the config of the overrides that are not sweeps.
-
-    Hydra's own messages span several lines; each value of a sweep is checked like a single run.
-    """
+def _override_arguments(arguments: list[str]) -> list[str]:
+    """The config overrides on the command line: not Hydra's options, nor its own settings (``hydra.*``)."""
     overrides, skip_next = [], False
     for argument in arguments:
         if skip_next or argument.startswith("hydra") or argument.startswith("-"):
             skip_next = argument in OPTIONS_WITH_VALUE
             continue
         overrides.append(argument)
+    return overrides
+
+
+def expanded_globs(arguments: list[str]) -> list[str]:
+    """``arguments`` with each ``GROUP=glob(...)`` written out as ``GROUP=choice(...)`` of the group's
+    options that match: Hydra expands a glob only in a running app, and Optuna's sweeper never. One
+    that matches no option is refused in one line."""
+    overrides, groups = set(_override_arguments(arguments)), config_groups(arguments)
+    expanded = []
+    for argument in arguments:
+        try:
+            override = OverridesParser.create().parse_overrides([argument])[0] if argument in overrides else None
+        except HydraException:  # check_overrides says what is wrong with it
+            override = None
+        if override is None or not isinstance(override.value(), Glob):
+            expanded.append(argument)
+            continue
+        options = override.value().filter(groups.get(override.key_or_group, []))
+        if not options:
+            fail(f"{argument}: matches no {override.key_or_group} (choose from: "
+                 f"{', '.join(groups.get(override.key_or_group, [])) or 'none: not a config group'})")
+        expanded.append(f"{override.get_key_element()}=choice({','.join(options)})")
+    return expanded
+
+
+def check_overrides(arguments: list[str], config_name: str = "config") -> DictConfig:
+    """Reject unknown config options and keys with one line, before Hydra starts a job; else return
+    the config of the overrides that are not sweeps. Globs are expanded first (``expanded_globs``).
+
+    Hydra's own messages span several lines; each value of a sweep is checked like a single run (a
+    range by its first and last values).
+    """
+    overrides = _override_arguments(arguments)
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as error:
@@ -68,22 +97,21 @@ def check_overrides(arguments: list[str], config_name: str = "config") -> DictCo
         if override.key_or_group == "benchmark" and config_name == "config":  # run.py would restore its default image
             fail(f"{override.input_line}: the benchmarks are experiments/benchmark.py's "
                  f"(python experiments/benchmark.py benchmark=NAME)")
-    fixed, sweeps, groups = [], [], config_groups(overrides)
+    fixed, checked, swept, groups = [], [], set(), config_groups(overrides)
     for override, text in zip(parsed, overrides):
+        key = override.get_key_element()
         if not override.is_sweep_override():
             fixed.append(text)
-        elif isinstance(override.value(), Glob):  # Hydra expands it with a running app's config loader: here, groups
-            options = override.value().filter(groups.get(override.key_or_group, []))
-            if not options:
-                fail(f"{text}: matches no {override.key_or_group} (choose from: "
-                     f"{', '.join(groups.get(override.key_or_group, [])) or 'none: not a config group'})")
-            sweeps.append([f"{override.get_key_element()}={option}" for option in options])
-        elif override.is_choice_sweep():
-            sweeps.append([f"{override.get_key_element()}={v}" for v in override.sweep_string_iterator()])
+            continue
+        swept.add(override.key_or_group)
+        if override.is_choice_sweep():
+            checked += [f"{key}={value}" for value in override.sweep_string_iterator()]
         elif (override.is_add() or override.is_force_add()) and override.key_or_group not in groups:
-            sweeps.append([f"{override.get_key_element()}=null"])  # range(), interval(): whether the key is read
-    checks = [fixed] + [fixed + [choice] for sweep in sweeps for choice in sweep]
-    for check in checks:
+            checked.append(f"{key}=null")  # range(), interval(): whether the key is read
+        elif override.is_range_sweep():
+            values = list(override.sweep_string_iterator())
+            checked += list(dict.fromkeys(f"{key}={value}" for value in values[:1] + values[-1:]))
+    for check in [fixed] + [fixed + [choice] for choice in checked]:
         try:
             cfg = checked_config(check, config_name=config_name)
             OmegaConf.to_container(cfg, resolve=False)
@@ -92,7 +120,9 @@ def check_overrides(arguments: list[str], config_name: str = "config") -> DictCo
         if check is not fixed:
             continue
         fixed_cfg = cfg
-        if config_name == "config" and _every_job_reads_this_input(cfg, arguments, sweeps):
+        multirun = bool(swept) or "-m" in arguments or "--multirun" in arguments \
+            or str(OmegaConf.select(cfg, "hydra.mode")) == str(RunMode.MULTIRUN)
+        if config_name == "config" and multirun and _every_job_reads_this_input(cfg, arguments, swept):
             try:  # an input that every job shares and would fail on: once, not once per job or trial
                 problem_from_config(cfg)
             except DipError as error:
@@ -100,14 +130,18 @@ def check_overrides(arguments: list[str], config_name: str = "config") -> DictCo
     return fixed_cfg
 
 
-def _every_job_reads_this_input(cfg: DictConfig, arguments: list[str], sweeps: list[list[str]]) -> bool:
-    """Whether ``cfg`` (the fixed overrides) is a multirun of ``run.py`` whose jobs all restore the
-    same input: no sweep over the data, task or mask, and no experiment (which reads its own)."""
-    multirun = bool(sweeps) or "-m" in arguments or "--multirun" in arguments \
-        or str(OmegaConf.select(cfg, "hydra.mode")) == str(RunMode.MULTIRUN)
-    swept = {choices[0].lstrip("+~").partition("=")[0].partition(".")[0] for choices in sweeps if choices}
-    return (multirun and not OmegaConf.select(cfg, "experiment.runner")
-            and not swept & {"data", "task", "mask", "profile"})
+SEARCH_SPACE = "hydra.sweeper.params."  # an Optuna search's settings, each drawn per trial
+
+
+def _every_job_reads_this_input(cfg: DictConfig, arguments: list[str], swept: set[str]) -> bool:
+    """Whether the jobs of a multirun of ``run.py`` whose fixed settings are ``cfg`` all restore the same
+    input: no sweep over the data, task or mask (``swept``, or an Optuna search's), and no experiment
+    (which reads its own)."""
+    searched = [*(OmegaConf.select(cfg, SEARCH_SPACE.rstrip(".")) or {}),
+                *(argument.lstrip("+~").partition("=")[0].removeprefix(SEARCH_SPACE) for argument in arguments
+                  if argument.lstrip("+~").startswith(SEARCH_SPACE))]
+    varied = {key.lstrip("+~").removeprefix(SEARCH_SPACE).partition(".")[0] for key in [*swept, *searched]}
+    return not OmegaConf.select(cfg, "experiment.runner") and not varied & {"data", "task", "mask", "profile"}
 
 
 RUN_FOLDER_KEYS = ("hydra.run.dir", "hydra.sweep.dir")
@@ -115,8 +149,13 @@ RUN_FOLDER_KEYS = ("hydra.run.dir", "hydra.sweep.dir")
 
 def run_folders(arguments: list[str]) -> list[tuple[str, Path]]:
     """The run and sweep folders that the command line ``arguments`` name, with their keys."""
-    named = [argument.partition("=") for argument in arguments]
-    return [(key, Path(_unquoted(folder))) for key, _, folder in named if key in RUN_FOLDER_KEYS and _unquoted(folder)]
+    return [(key, Path(_unquoted(folder))) for key, folder in _run_folder_arguments(arguments) if _unquoted(folder)]
+
+
+def _run_folder_arguments(arguments: list[str]) -> list[tuple[str, str]]:
+    """``(key, value)`` of each argument that sets a run or sweep folder, with or without ``+``/``++``."""
+    named = [(key.lstrip("+"), value) for key, _, value in (argument.partition("=") for argument in arguments)]
+    return [(key, value) for key, value in named if key in RUN_FOLDER_KEYS]
 
 
 def _unquoted(value: str) -> str:
@@ -128,8 +167,8 @@ def check_run_folders(arguments: list[str]) -> None:
     """Refuse in one line, before Hydra tries to make them, the run folders it could not make: no name
     (Hydra would write into the working directory), a file in the way, a name the file system refuses, or
     a place where nothing can be written."""
-    for key, _, value in (argument.partition("=") for argument in arguments):
-        if key in RUN_FOLDER_KEYS and not _unquoted(value).strip():
+    for key, value in _run_folder_arguments(arguments):
+        if not _unquoted(value).strip():
             fail(f"{key} is empty: name the folder to write into ({key}=. for the working directory)")
     for key, folder in run_folders(arguments):
         try:
@@ -175,7 +214,7 @@ class EarlierRuns:
     def record(self, arguments: list[str]) -> None:
         """Note what the folders named in the command line ``arguments`` and their job folders hold."""
         for _, folder in run_folders(arguments):
-            for run_dir in [folder, *(sub for sub in folder.iterdir() if sub.is_dir())] if folder.is_dir() else []:
+            for run_dir in _run_dirs_in(folder):
                 for path in _job_files(run_dir):
                     self.written[path.resolve()] = path.stat().st_mtime_ns
                 for path in (run_dir / ".hydra").glob("*"):
@@ -221,6 +260,15 @@ class EarlierRuns:
                 if folder in self.folders or any(folder.iterdir()):
                     break
                 folder.rmdir()
+
+
+def _run_dirs_in(folder: Path) -> set[Path]:
+    """``folder`` and the job folders in it, at any depth (``hydra.sweep.subdir=${arch}/${seed}``): those
+    holding Hydra's record or a finished run, and its direct subfolders (a job's log alone)."""
+    if not folder.is_dir():
+        return set()
+    nested = {path.parent for name in (".hydra", "metrics.json") for path in folder.glob(f"**/{name}")}
+    return {folder, *(sub for sub in folder.iterdir() if sub.is_dir()), *nested}
 
 
 def _job_files(run_dir: Path) -> list[Path]:
@@ -313,7 +361,7 @@ def _failed_job(message: str) -> None:
     hydra_config = HydraConfig.get()
     line = f"job {hydra_config.job.num} ({' '.join(hydra_config.overrides.task)}): {message}"
     print(f"error: {line}", file=sys.stderr)
-    FAILURES_FILE.append(record_failure(Path(hydra_config.sweep.dir), line))
+    FAILURES_FILE.append(record_failure(sweep_folder(hydra_config), line))
 
 
 def search_value(metrics: dict) -> float | None:
@@ -341,6 +389,7 @@ def launch(app, config_name: str = "config") -> None:
         except DipError as error:
             fail(str(error))
         EARLIER_RUNS.record(sys.argv[1:])
+        sys.argv[1:] = expanded_globs(sys.argv[1:])
         if not any(a in ("--help", "-h", "--hydra-help", "--info", "--shell-completion") for a in sys.argv[1:]):
             cfg = check_overrides(sys.argv[1:], config_name=config_name)
             run_dir = dict(run_folders(sys.argv[1:])).get("hydra.run.dir")  # check_overrides leaves hydra.* out
@@ -360,7 +409,7 @@ def launch(app, config_name: str = "config") -> None:
             raise
         # this process's jobs' list (Hydra's config is no longer the sweep's here), else the sweep's folder,
         # where a launcher's worker processes wrote it
-        listed = FAILURES_FILE[-1] if FAILURES_FILE else Path(HydraConfig.get().sweep.dir) / FAILED_JOBS
+        listed = FAILURES_FILE[-1] if FAILURES_FILE else sweep_folder(HydraConfig.get()) / FAILED_JOBS
         where = f": {listed} lists them" if listed.is_file() else ""
         fail(f"no trial of the search finished, each one failed{where}")
     except BrokenPipeError:  # the reader of the output left (run.py --help | head): not an error of ours

@@ -38,7 +38,7 @@ from dip.config import check_whole_number, instantiate_settings, result_settings
 from dip.errors import DipError, Interrupted, OutputsNotWrittenError, RunInterruptedError, one_line
 from dip.inputs import padded_size
 from dip.loggers import ImageLogger, flat_config
-from dip.memory import check_fits, checked_estimate, meta_copy, out_of_memory, run_device
+from dip.memory import check_codes_fit, check_fits, checked_estimate, meta_copy, out_of_memory, run_device
 from dip.metrics import per_image_psnr, psnr, psnr_from_mse, rounded, ssim
 from dip.module import DeepImagePrior
 from dip.nets.packed import pack_state_dicts
@@ -164,6 +164,8 @@ def prepare(
         raise DipError(f"a generator given in Python is one network: restarts={cfg.restarts} packs copies of one "
                        "built from a config (arch=...)")
     copies = check_copies(cfg, problem.images)
+    if cfg.check_memory:
+        check_codes_fit(code.channels, *problem.solution_size, max(copies, problem.images))
     z = None
     if generator is not None:
         generator = copy.deepcopy(generator)  # the caller's network stays as it was

@@ -89,10 +89,17 @@ class PinToGPU(Callback):
             log.info("job %s runs on the CPU (no GPU visible)", config.hydra.job.num)
             return
         slots = len(gpus) * self.jobs_per_gpu
-        slot = claim_slot(Path(config.hydra.sweep.dir) / ".gpu_slots", slots)
+        slot = claim_slot(sweep_folder(config.hydra) / ".gpu_slots", slots)
         gpu = pin_to_gpu(slot, gpus)
         log.info("job %s runs on GPU %s (worker slot %d of %d, pid %d)",
                  config.hydra.job.num, gpu, slot, slots, os.getpid())
+
+
+def sweep_folder(hydra_config: DictConfig) -> Path:
+    """The sweep's folder as the launching process names it: ``hydra.sweep.dir`` against the directory
+    it started in, since a job under ``hydra.job.chdir=true`` runs in its own folder (``hydra_config``:
+    a job's ``HydraConfig``, or a config's ``hydra`` node)."""
+    return Path(hydra_config.runtime.cwd, hydra_config.sweep.dir)
 
 
 def record_failure(sweep_dir: Path, line: str) -> Path:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dip.cli import check_overrides
+from dip.cli import check_overrides, expanded_globs
 from dip.config import checked_config, compose_config
 from dip.errors import DipError
 from dip.outputs import Result, write_outputs
@@ -413,14 +413,33 @@ def test_mistakes_in_a_config_of_ones_own_are_one_line(tmp_path, path, text, ove
 
 
 def test_sweeps_of_every_kind_are_checked_before_hydra_starts(capsys):
-    """A glob over a group is expanded here (Hydra's needs a running app: it failed with 'ConfigLoader is not
-    set'), and a range or interval sweep of an added key is checked for whether anything reads the key."""
-    assert check_overrides(["-m", "arch=glob(skip_depth*,exclude=skip_depth6)", "logger=none"]).arch is not None
+    """A glob over a group is written out as a choice of its options here (Hydra's expansion needs a running
+    app, and Optuna's sweeper has none), and a range or interval sweep of an added key is checked for
+    whether anything reads the key."""
+    globbed = expanded_globs(["-m", "arch=glob(skip_depth*,exclude=skip_depth6)", "hydra.run.dir=glob(x)"])
+    assert globbed == ["-m", "arch=choice(skip_depth2,skip_depth4)", "hydra.run.dir=glob(x)"]
+    assert check_overrides([*globbed, "logger=none"]).arch is not None
     assert check_overrides(["-m", "+optim.weight_decay=interval(0,0.1)", "logger=none"]) is not None
-    for arguments, message in [
-        (["arch=glob(nomatch*)"], "error: arch=glob(nomatch*): matches no arch (choose from: pixels, resnet, "),
-        (["+lrr=range(1,3)"], "error: +lrr: nothing reads a setting named 'lrr' (a typo?)"),
+    for check, arguments, message in [
+        (expanded_globs, ["arch=glob(nomatch*)"], "error: arch=glob(nomatch*): matches no arch (choose from: pixels, "),
+        (check_overrides, ["+lrr=range(1,3)"], "error: +lrr: nothing reads a setting named 'lrr' (a typo?)"),
+        (check_overrides, ["seed=range(0,3)", "optim.lrr=range(1,3)"], "error: optim.lrr: no such setting"),
     ]:
         with pytest.raises(SystemExit) as exited:
-            check_overrides(["-m", *arguments, "logger=none"])
+            check(["-m", *arguments, "logger=none"])
         assert exited.value.code == 2 and capsys.readouterr().err.startswith(message)
+
+
+@pytest.mark.parametrize("search", [False, True])
+def test_an_input_that_a_range_or_a_search_varies_is_left_to_each_job(tmp_path, monkeypatch, search):
+    """A 32 px mask fits the jobs' 32 px crops, not the 128 px image that the other settings give."""
+    mask = make_png(tmp_path / "mask.png", 32, 32, mode="L")
+    sweep = ["-m", "data.size=range(32,33)"]
+    if search:  # an Optuna search of one's own over the crop size
+        (tmp_path / "hparams_search").mkdir()
+        (tmp_path / "hparams_search" / "sizes.yaml").write_text(
+            "# @package _global_\ndefaults:\n  - override /hydra/sweeper: optuna\n"
+            "hydra:\n  mode: MULTIRUN\n  sweeper:\n    params:\n      data.size: choice(32)\n")
+        monkeypatch.setenv("DIP_CONFIG_DIRS", str(tmp_path))
+        sweep = ["+hparams_search=sizes"]
+    assert check_overrides([*sweep, "task=inpainting", f"data.mask={mask}", "logger=none"]) is not None

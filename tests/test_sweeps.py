@@ -96,7 +96,8 @@ def test_a_worker_keeps_its_slot_across_jobs(tmp_path, monkeypatch):
 
 
 def job_config(sweep_dir: Path, num: int, mode=RunMode.MULTIRUN):
-    return OmegaConf.create({"hydra": {"mode": mode, "job": {"num": num}, "sweep": {"dir": str(sweep_dir)}}})
+    return OmegaConf.create({"hydra": {"mode": mode, "job": {"num": num}, "sweep": {"dir": str(sweep_dir)},
+                                       "runtime": {"cwd": str(ROOT)}}})
 
 
 def test_pin_to_gpu_puts_jobs_per_gpu_workers_on_each_gpu(tmp_path, monkeypatch, fresh_slot):
@@ -230,6 +231,30 @@ def test_a_job_that_raises_a_bug_fails_alone_with_one_line_and_keeps_its_traceba
     assert "sweep: 1 finished run(s)" in result.stdout and "failed: 1 job(s)" in result.stdout
 
 
+def test_a_finished_run_in_a_nested_job_folder_is_kept_when_the_sweep_runs_again_otherwise(tmp_path):
+    """Job folders below the sweep's (``hydra.sweep.subdir``) and a sweep folder set with ``++`` are
+    protected as ``<sweep>/<num>`` is: a job of other settings is refused, and the finished run stays."""
+    sweep, nested = tmp_path / "sweep", "hydra.sweep.subdir=${hydra.runtime.choices.arch}/${hydra.job.num}"
+    multirun(sweep, "arch=skip_depth2", "seed=0", "logger=none", nested)
+    job = sweep / "skip_depth2" / "0"
+    written = {path.name: path.read_bytes() for path in job.iterdir() if path.is_file()}
+    again = run_cli("-m", "arch=skip_depth2", "seed=5", "logger=none", nested, *TINY, f"++hydra.sweep.dir={sweep}")
+    assert again.returncode == 2 and "Traceback" not in again.stderr, again.stderr[-2000:]
+    assert f"{job} holds a finished run with other settings" in again.stderr
+    assert {path.name: path.read_bytes() for path in job.iterdir() if path.is_file()} == written
+
+
+def test_a_failed_job_of_a_sweep_whose_jobs_change_directory_is_listed(tmp_path):
+    """``hydra.job.chdir=true`` runs each job in its folder, which a failed job removes: the sweep's list of
+    failures is kept where the sweep's folder is, named from where the sweep started."""
+    sweep = tmp_path / "sweep"
+    done = run_cli("-m", "hydra.job.chdir=true", "ema_weight=0.5,1.5", "logger=none", *TINY,
+                   f"hydra.sweep.dir={os.path.relpath(sweep, ROOT)}")
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert (sweep / "0" / "metrics.json").is_file() and not (sweep / "1").exists()
+    assert len(sweeps.failed_jobs(sweep)) == 1 and "failed: 1 job(s)" in done.stdout
+
+
 @pytest.mark.slow
 def test_a_sweep_run_again_into_its_folder_runs_only_the_jobs_it_lacks(tmp_path):
     sweep = tmp_path / "sweep"
@@ -358,6 +383,13 @@ def test_optuna_search_of_two_trials(tmp_path):
     assert 1e-4 <= found["best_params"]["optim.lr"] <= 0.05
     lrs = [yaml.safe_load((sweep / str(job) / ".hydra" / "overrides.yaml").read_text()) for job in range(2)]
     assert lrs[0] != lrs[1]
+
+
+def test_an_optuna_search_chooses_among_a_globs_options(tmp_path):
+    """Optuna's sweeper reads a choice, not a glob (it asserted): run.py writes the glob out as one."""
+    sweep = tmp_path / "optuna"
+    multirun(sweep, "+hparams_search=optuna_lr", "hydra.sweeper.n_trials=1", "arch=glob(skip_depth2)", "logger=none")
+    assert metrics(sweep / "0")["arch"] == "skip_depth2"
 
 
 @pytest.mark.parametrize("search", [["+hparams_search=optuna_lr", "hydra.sweeper.n_trials=2"], ["-m", "seed=0,1"]])
