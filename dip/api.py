@@ -16,7 +16,7 @@ from omegaconf import OmegaConf, open_dict
 
 from dip.config import checked_config
 from dip.errors import DipError, RunInterruptedError
-from dip.files import existing_ancestor
+from dip.files import unwritable
 from dip.outputs import Result
 from dip.physics import Degradation
 from dip.pipeline import run
@@ -89,8 +89,6 @@ def _check_overrides(overrides) -> None:
 
 
 def _check_output_dir(output_dir: Path) -> None:
-    """Refuse, before anything is made, an ``output_dir`` that a file stands in for (it, or a folder above it)."""
-    existing = existing_ancestor(output_dir)
-    if not existing.is_dir():
-        where = "" if existing == output_dir.absolute() else f": {existing}"
-        raise DipError(f"output_dir {output_dir}{where} is a file, not a folder")
+    """Refuse, before anything is made, an ``output_dir`` that no run could write into."""
+    if problem := unwritable(output_dir):
+        raise DipError(f"output_dir {output_dir}: {problem}")

@@ -8,7 +8,6 @@ import os
 import shutil
 import signal
 import sys
-import tempfile
 from pathlib import Path
 
 import hydra
@@ -34,9 +33,8 @@ from dip.errors import (
     fail,
     interruption_signal,
     kept_traceback,
-    one_line,
 )
-from dip.files import existing_ancestor
+from dip.files import unwritable
 from dip.outputs import OUTPUT_FILES, RESTART_OUTPUT, decibels, describe, finished_metrics
 from dip.problem import problem_from_config
 from dip.signals import signal_finished_first
@@ -171,13 +169,8 @@ def check_run_folders(arguments: list[str]) -> None:
         if not _unquoted(value).strip():
             fail(f"{key} is empty: name the folder to write into ({key}=. for the working directory)")
     for key, folder in run_folders(arguments):
-        try:
-            existing = existing_ancestor(folder)
-            if not existing.is_dir():
-                fail(f"{key}={folder}: {existing} is a file, not a folder")
-            tempfile.TemporaryDirectory(dir=existing).cleanup()
-        except OSError as error:
-            fail(f"{key}={folder}: cannot write there ({error.strerror or one_line(error)})")
+        if problem := unwritable(folder):
+            fail(f"{key}={folder}: {problem}")
 
 
 def check_launcher(arguments: list[str]) -> None:

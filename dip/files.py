@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from dip.errors import one_line
+
 
 def _process_umask() -> int:
     umask = os.umask(0)
@@ -42,6 +44,19 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """``path`` written by ``write(handle)``, whole or not at all (``atomic_path``)."""
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         write(handle)
+
+
+def unwritable(folder: Path) -> str | None:
+    """Why no run could write into ``folder`` (made where missing), or None: a file in the way (it, or one
+    above it), or a place where the file system refuses a new file (read-only, a name too long)."""
+    try:
+        existing = existing_ancestor(folder)
+        if not existing.is_dir():
+            return f"{existing} is a file, not a folder"
+        tempfile.TemporaryDirectory(dir=existing).cleanup()
+    except OSError as error:
+        return f"cannot write there ({error.strerror or one_line(error)})"
+    return None
 
 
 def existing_ancestor(path: Path) -> Path:

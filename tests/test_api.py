@@ -201,11 +201,19 @@ def test_overrides_must_be_a_list_of_strings(overrides, kind):
 def test_an_output_dir_that_a_file_stands_in_is_refused_before_the_run(tmp_path, logger):
     taken = tmp_path / "taken"
     taken.write_text("a file of the user's")
-    for output_dir, message in [(taken, f"output_dir {taken} is a file, not a folder"),
+    for output_dir, message in [(taken, f"output_dir {taken}: {taken} is a file, not a folder"),
                                 (taken / "run", f"output_dir {taken / 'run'}: {taken} is a file, not a folder")]:
         with pytest.raises(DipError, match=re.escape(message)):
             restore(torch.rand(3, 8, 8), output_dir=output_dir, overrides=["trainer.max_steps=1", logger])
     assert taken.read_text() == "a file of the user's"
+
+
+def test_an_output_dir_the_file_system_refuses_is_refused_before_the_fit(tmp_path, monkeypatch):
+    """The fit ran to its end and only then failed to write (or the W&B logger's folder failed first)."""
+    monkeypatch.setattr("dip.api.run", lambda *args, **kwargs: pytest.fail("the fit started"))
+    too_long = tmp_path / ("x" * 300)
+    with pytest.raises(DipError, match=re.escape(f"output_dir {too_long}: cannot write there (File name too long)")):
+        restore(torch.rand(3, 8, 8), output_dir=too_long, overrides=["trainer.max_steps=1"])
 
 
 def test_an_experiment_is_not_one_restoration():
