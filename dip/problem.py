@@ -152,6 +152,8 @@ def build_problem(
         top, left = data_crop_offsets(observed, *crop)  # the window data.size keeps
         window = (..., slice(top, top + crop[0]), slice(left, left + crop[1]))
         y, alpha = loaded.pixels[None][window], None if loaded.alpha is None else loaded.alpha[window]
+        if (kept := tuple(y.shape[-2:])) != observed:
+            log.info(_cropped(observed_name, observed, kept, size))
         height, width = physics.solution_size(*y.shape[-2:])
         _check(observed_name, physics.check_fits, height, width)
         full_height, full_width = physics.solution_size(*observed)
@@ -176,6 +178,8 @@ def build_problem(
     loaded_size = tuple(loaded.pixels.shape[-2:])
     cropped = (min(size, loaded_size[0]), min(size, loaded_size[1])) if size else loaded_size
     _check(source, physics.check_fits, *cropped)
+    if cropped != loaded_size:
+        log.info(_cropped(source, loaded_size, cropped, size))
     height, width = physics.solution_size(*physics.observation_size(*cropped))
     if (height, width) != cropped:
         log.info(f"{source}: {cropped[1]}x{cropped[0]} cropped from the top-left to {width}x{height}, "
@@ -189,6 +193,12 @@ def build_problem(
     _check_channels(source, physics, clean, observation)
     return Problem(observation, physics, (height, width), clean, alpha, loaded.bits, loaded.source_mode,
                    loaded_size, (top, left))
+
+
+def _cropped(name: str, loaded: tuple[int, int], kept: tuple[int, int], size: int) -> str:
+    """The line that says a file is restored in part (the quick profile crops on a CPU unasked)."""
+    return (f"{name}: restoring the centre {kept[1]}x{kept[0]} of its {loaded[1]}x{loaded[0]} pixels "
+            f"(data.size={size} crops the restored image; data.size=null restores all of it)")
 
 
 def with_dataset_hint(error: DipError, root: str) -> DipError:

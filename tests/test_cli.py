@@ -35,6 +35,8 @@ def test_inpainting_with_skip_depth6_writes_every_output(tmp_path):
     for name in ("observation.png", "restored.png", "restored_ema.png"):
         assert Image.open(out / name).size == (64, 64)
     assert "PSNR observation" in done.stdout
+    # the default image is 512x512: the crop is said, not silent (the quick profile makes one unasked)
+    assert "restoring the centre 64x64 of its 512x512 pixels (data.size=64 crops the restored image; " in done.stdout
     assert (out / "csv" / "metrics.csv").is_file()
 
 
@@ -46,6 +48,7 @@ def test_real_observation_without_ground_truth(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["psnr"] is None and metrics["psnr_fit"] is not None
     assert Image.open(out / "restored.png").size == (40, 36)
+    assert "restoring the centre" not in done.stdout  # the quick profile's 128 px keep all of it
 
 
 def test_sr_on_a_grey_file_restores_the_full_size(tmp_path):
