@@ -39,6 +39,8 @@ class NoiseCode(InputCode):
 
     def __init__(self, channels: int = 32, scale: float = 0.1, distribution: str = "uniform", **kwargs):
         super().__init__(**kwargs)
+        if channels < 1:
+            raise ValueError(f"channels must be >= 1, got {channels}")
         if distribution not in ("uniform", "normal"):
             raise ValueError(f"unknown noise distribution '{distribution}' (choose from: uniform, normal)")
         self.channels, self.scale, self.distribution = channels, scale, distribution

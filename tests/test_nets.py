@@ -42,6 +42,13 @@ def test_skip_rejects_impossible_options():
         Skip(2, 3, channels_skip=[4, 4])
     with pytest.raises(ValueError, match="activation"):
         Skip(2, 3, act="Tanhish")
+    with pytest.raises(ValueError, match=r"channels_down lists the channels of each scale, .* not 16$"):
+        Skip(2, 3, channels_down=16)  # len() of an int, before
+    with pytest.raises(ValueError, match=r"at least one channel down and up .* channels_up=\[8, 0\]"):
+        Skip(2, 3, channels_down=[8, 8], channels_up=[8, 0], channels_skip=4)  # a failed step, before
+    with pytest.raises(ValueError, match="channels must be >= 1, got 0"):
+        NoiseCode(channels=0)
+    assert Skip(2, 3, channels_down=[8, 8], channels_up=8, channels_skip=0).size_multiple == 4  # no skips: fine
 
 
 @pytest.mark.parametrize("mode", ["nearest", "bilinear"])

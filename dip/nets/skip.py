@@ -85,10 +85,19 @@ class Skip(nn.Module):
         super().__init__()
         if copies < 1:
             raise ValueError(f"copies must be >= 1, got {copies}")
+        if not isinstance(channels_down, (list, tuple)):
+            raise ValueError(f"channels_down lists the channels of each scale, its length the depth "
+                             f"([16, 32, 64] for three scales), not {channels_down!r}")
         scales = len(channels_down)
+        channels_up = per_scale(channels_up, scales, "channels_up")
+        channels_skip = per_scale(channels_skip, scales, "channels_skip")
+        if min(*channels_down, *channels_up) < 1 or min(channels_skip) < 0:
+            raise ValueError(f"a scale needs at least one channel down and up (and none or more on its skip), not "
+                             f"channels_down={list(channels_down)}, channels_up={channels_up}, "
+                             f"channels_skip={channels_skip}")
         channels_down = [copies * c for c in channels_down]
-        channels_up = [copies * c for c in per_scale(channels_up, scales, "channels_up")]
-        channels_skip = [copies * c for c in per_scale(channels_skip, scales, "channels_skip")]
+        channels_up = [copies * c for c in channels_up]
+        channels_skip = [copies * c for c in channels_skip]
         in_channels, out_channels = copies * in_channels, copies * out_channels
         kernel_down = per_scale(kernel_down, scales, "kernel_down")
         kernel_up = per_scale(kernel_up, scales, "kernel_up")
