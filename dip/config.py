@@ -408,6 +408,9 @@ def check_settings(cfg: DictConfig) -> None:
     for key in ("checkpoint.keep", "check_memory"):  # read as truth values: any text would count as true
         if not isinstance(value := OmegaConf.select(cfg, key), bool):
             raise DipError(f"{key} must be true or false, got {value!r}")
+    for key in ("path", "observation", "mask"):  # Path("") is the working directory, or no mask at all
+        if isinstance(value := cfg.data.get(key), str) and not value.strip():
+            raise DipError(f"data.{key} is empty: name a file, or leave data.{key} out")
     if cfg.data.mode not in ("auto", "L", "RGB"):
         raise DipError(f"data.mode must be auto, L or RGB, got {cfg.data.mode!r}")
     for key, value in (("optim.lr", OmegaConf.select(cfg, "optim.lr")), ("backtrack_db", cfg.backtrack_db)):

@@ -129,6 +129,8 @@ def test_denoising_gains_on_a_tiny_image(tmp_path):
     ("task=inpainting mask=bernoulli mask.fraction=abc", "mask.fraction must be a finite number, got 'abc'"),
     ("optim.lr=inf", "optim.lr must be a finite number > 0, got inf"),  # was a fit of NaNs
     ("checkpoint.keep=maybe", "checkpoint.keep must be true or false, got 'maybe'"),  # was read as true
+    ("data.path=", "data.path is empty: name a file, or leave data.path out"),  # was "image file . is a directory"
+    ("task=inpainting data.mask=", "data.mask is empty: name a file"),  # was the text mask, silently
 ])
 def test_impossible_settings_are_one_line_before_anything_is_built(overrides, needle):
     from dip.errors import DipError
