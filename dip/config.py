@@ -349,9 +349,10 @@ def _nearest_name(name: str, node: DictConfig | None) -> str | None:
 
 def config_message(error: Exception) -> str:
     """The first line of a Hydra or OmegaConf message, with Hydra's "To append ..." hint (the fix) when
-    it has one; the lines after it list details (the config search path, the key again)."""
+    it has one, or the line it ends in a colon before (an instantiation's reason); the lines after it
+    list details (the config search path, the key again)."""
     first, *rest = str(error).strip().splitlines() or [type(error).__name__]
-    if rest and rest[0].startswith("To append"):
+    if rest and (rest[0].startswith("To append") or first.endswith(":")):  # the fix, or the reason (instantiate's)
         return f"{first} {rest[0]}"
     listed = next((index for index, line in enumerate(rest) if line.startswith("Available options in")), None)
     if listed is not None:

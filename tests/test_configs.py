@@ -201,3 +201,15 @@ def test_settings_at_their_bounds_are_accepted():
     cfg = compose_config(["trainer.max_steps=1", "data.size=1", "backtrack_db=null", "max_rollbacks=null",
                           "data.mode=L", "metrics_every=1"])
     assert problem_from_config(cfg).observation.shape[-2:] == (1, 1)
+
+
+def test_a_hydra_message_keeps_the_line_that_gives_its_reason():
+    from hydra.errors import InstantiationException
+
+    from dip.config import config_message
+
+    error = InstantiationException("Error in call to target 'dip.sweeps.PinToGPU':\n"
+                                   "ValueError('jobs_per_gpu must be >= 1, got 0')\nfull_key: hydra.callbacks.x")
+    assert config_message(error) == ("Error in call to target 'dip.sweeps.PinToGPU': "
+                                     "ValueError('jobs_per_gpu must be >= 1, got 0')")  # the first line alone, before
+    assert config_message(InstantiationException("Cannot find key\nfull_key: arch")) == "Cannot find key"
