@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import shlex
 from pathlib import Path
 from typing import IO, Any
 
@@ -145,14 +146,14 @@ def sweep_summary(sweep_dir: Path) -> str:
     lines = [f"sweep: {len(runs)} finished run(s) in {sweep_dir}"]
     if runs:  # the dashboard needs one: with none, compare.py would only say so
         script = COMPARE_SCRIPT.relative_to(Path.cwd()) if COMPARE_SCRIPT.is_relative_to(Path.cwd()) else COMPARE_SCRIPT
-        lines.append(f"dashboard: python {script} {sweep_dir}")
+        lines.append(f"dashboard: python {shlex.quote(str(script))} {shlex.quote(str(sweep_dir))}")
     if failures:
         lines += [f"failed: {len(failures)} job(s), listed in {sweep_dir / FAILED_JOBS}",
                   *(f"  {line}" for line in failures)]
     offline = sorted(sweep_dir.glob("**/wandb/offline-run-*"))
     if offline:  # one glob per depth of run folder: <sweep>/*/wandb/offline-run-*
-        patterns = sorted({str(sweep_dir.joinpath(*["*"] * (len(path.relative_to(sweep_dir).parts) - 2),
-                                                  "wandb", "offline-run-*")) for path in offline})
+        patterns = sorted({"/".join([shlex.quote(str(sweep_dir)), *["*"] * (len(path.relative_to(sweep_dir).parts) - 2),
+                                     "wandb", "offline-run-*"]) for path in offline})  # the shell expands the *
         lines += [f"W&B: {len(offline)} offline run(s), one group named '{sweep_dir.name}'; upload them with",
                   f"  wandb sync {' '.join(patterns)}"]
     return "\n".join(lines)

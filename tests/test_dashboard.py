@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -195,6 +196,17 @@ def test_nothing_is_written_when_the_page_cannot_be_made(tmp_path, capsys, monke
         f"error: {out / 'image_grid.png'}: a folder, where the dashboard writes its image_grid.png")
     assert sorted(path.name for path in out.iterdir()) == ["dashboard.html", "image_grid.png"]
     assert (out / "dashboard.html").read_text() == "the old page"
+
+
+def test_the_commands_a_sweep_prints_can_be_pasted_into_a_shell(tmp_path, monkeypatch):
+    """A folder name with a space split the dashboard's command in two ("unrecognized arguments")."""
+    sweep = tmp_path / "my sweep"
+    (make_run(sweep, "0") / "wandb" / "offline-run-20261207_000000-a").mkdir(parents=True)
+    monkeypatch.chdir(ROOT)
+    lines = {line.split(":")[0].strip(): line for line in sweeps.sweep_summary(sweep).splitlines()}
+    assert shlex.split(lines["dashboard"])[1:] == ["python", "experiments/compare.py", str(sweep)]
+    upload = next(line for line in sweeps.sweep_summary(sweep).splitlines() if "wandb sync" in line)
+    assert shlex.split(upload) == ["wandb", "sync", f"{sweep}/*/wandb/offline-run-*"]  # the shell expands the *
 
 
 def test_a_sweep_whose_jobs_all_failed_says_so(tmp_path, capsys, monkeypatch):
