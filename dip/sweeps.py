@@ -144,7 +144,7 @@ def sweep_summary(sweep_dir: Path) -> str:
     runs = sorted(path.parent for path in sweep_dir.glob("**/metrics.json"))
     failures = failed_jobs(sweep_dir)
     lines = [f"sweep: {len(runs)} finished run(s) in {sweep_dir}"]
-    if runs:  # the dashboard needs one: with none, compare.py would only say so
+    if any((run / ".hydra" / "config.yaml").is_file() for run in runs):  # with none, compare.py would only say so
         script = COMPARE_SCRIPT.relative_to(Path.cwd()) if COMPARE_SCRIPT.is_relative_to(Path.cwd()) else COMPARE_SCRIPT
         lines.append(f"dashboard: python {shlex.quote(str(script))} {shlex.quote(str(sweep_dir))}")
     if failures:

@@ -395,6 +395,10 @@ def no_finished_run(sweep_dir: Path, unreadable: list[Run], failures: list[str])
     if unreadable:
         more = f" (and {len(unreadable) - 1} more unreadable)" if len(unreadable) > 1 else ""
         problem = f"no finished run it can read: {unreadable[0].unreadable}{more}"
+    elif unrecorded := [path.parent for path in sweep_dir.glob("**/metrics.json")
+                        if not (path.parent / ".hydra" / "config.yaml").is_file()]:
+        problem = (f"no run with Hydra's record of its settings, which the dashboard compares: {len(unrecorded)} "
+                   f"finished run(s) without .hydra/config.yaml (hydra.output_subdir=null?), such as {unrecorded[0]}")
     else:
         problem = "no finished run (no */metrics.json under it)"
     if failures:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
 import sys
 from pathlib import Path
 
@@ -207,6 +208,16 @@ def test_the_commands_a_sweep_prints_can_be_pasted_into_a_shell(tmp_path, monkey
     assert shlex.split(lines["dashboard"])[1:] == ["python", "experiments/compare.py", str(sweep)]
     upload = next(line for line in sweeps.sweep_summary(sweep).splitlines() if "wandb sync" in line)
     assert shlex.split(upload) == ["wandb", "sync", f"{sweep}/*/wandb/offline-run-*"]  # the shell expands the *
+
+
+def test_runs_without_hydras_record_are_named_not_said_missing(tmp_path, capsys):
+    """hydra.output_subdir=null: the summary offered the dashboard, which then found "no */metrics.json"."""
+    sweep = tmp_path / "sweep"
+    shutil.rmtree(make_run(sweep, "0") / ".hydra")
+    assert "sweep: 1 finished run(s)" in sweeps.sweep_summary(sweep) and "dashboard:" not in sweeps.sweep_summary(sweep)
+    assert refused([str(sweep)], capsys) == (f"error: {sweep}: no run with Hydra's record of its settings, which the "
+                                             f"dashboard compares: 1 finished run(s) without .hydra/config.yaml "
+                                             f"(hydra.output_subdir=null?), such as {sweep / '0'}")
 
 
 def test_a_sweep_whose_jobs_all_failed_says_so(tmp_path, capsys, monkeypatch):
