@@ -56,6 +56,7 @@ class Run:
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # metric -> [(step, value)]
     curve_source: str = "none"
     unreadable: str | None = None  # why the folder's files could not be read (then metrics is None)
+    image_label: str | None = None  # the image's row, where its file's stem alone is ambiguous (label_images)
 
     @property
     def finished(self) -> bool:
@@ -63,8 +64,16 @@ class Run:
 
     @property
     def image(self) -> str:
+        if self.image_label is not None:
+            return self.image_label
         data = {key: self.config.get(f"data.{key}") for key in ("path", "observation", "default_image")}
         return image_name(data["path"], data["observation"], data["default_image"] or "image")
+
+    @property
+    def observed(self) -> dict:
+        """The settings that make the observation: runs alike in these restore the same degraded image."""
+        return {key: value for key, value in self.config.items()
+                if key.startswith(("data.", "task.", "mask.")) or key == "observation_seed"}
 
     def _sources(self) -> tuple[dict, ...]:
         """Where a name is looked up, in order: metrics.json, the config, Hydra's group choices."""
@@ -281,6 +290,20 @@ def plot_curves(groups: dict[str, list[Run]], key: str) -> bytes:
     return figure_png(figure)
 
 
+def label_images(runs: list[Run]) -> None:
+    """Give each image a row of its own: where runs restore different observations under one file stem
+    (two folders' ``photo.png``, a sweep over the task, the crop or the noise), the stem is followed by
+    the settings that tell them apart."""
+    by_stem: dict[str, list[Run]] = {}
+    for run in runs:
+        by_stem.setdefault(run.image, []).append(run)
+    for stem, alike in by_stem.items():
+        keys = sorted({key for run in alike for key in run.observed})
+        differing = [key for key in keys if len({repr(run.observed.get(key)) for run in alike}) > 1]
+        for run in alike if differing else ():
+            run.image_label = f"{stem} ({', '.join(f'{key}={run.observed.get(key)}' for key in differing)})"
+
+
 def best_per_image(runs: list[Run], key: str) -> dict[str, Run]:
     best: dict[str, Run] = {}
     for run in runs:
@@ -459,6 +482,7 @@ def write_dashboard(sweep_dir: Path, out: Path, by: str = "arch") -> Path:
     runs = [run for run in runs if run.metrics[key] is not None]
     if not runs:
         raise DipError(f"{sweep_dir}: no finished run has a finite {key} (every fit diverged?)")
+    label_images(runs)
     groups: dict[str, list[Run]] = {}
     for run in runs:
         groups.setdefault(str(run.value(by)), []).append(run)

@@ -220,6 +220,22 @@ def test_runs_without_hydras_record_are_named_not_said_missing(tmp_path, capsys)
                                              f"(hydra.output_subdir=null?), such as {sweep / '0'}")
 
 
+def test_images_that_share_a_file_stem_get_rows_of_their_own():
+    """Two folders' photo.png (or one image under two tasks) were one row of the grid, showing the first
+    one's observation, and one "best" run over both."""
+    def run(name: str, **config) -> compare.Run:
+        settings = {"data.path": "/a/photo.png", "data.default_image": "astronaut", "task.name": "denoising", **config}
+        return compare.Run(path=Path(name), name=name, overrides=[], config=settings, choices={}, metrics={})
+
+    runs = [run("0"), run("1", **{"data.path": "/b/photo.png"}), run("2"), run("3", **{"data.path": "/c/other.png"})]
+    compare.label_images(runs)
+    assert [r.image for r in runs] == ["photo (data.path=/a/photo.png)", "photo (data.path=/b/photo.png)",
+                                       "photo (data.path=/a/photo.png)", "other"]
+    by_task = [run("0"), run("1", **{"task.name": "jpeg"})]
+    compare.label_images(by_task)
+    assert [r.image for r in by_task] == ["photo (task.name=denoising)", "photo (task.name=jpeg)"]
+
+
 def test_a_sweep_whose_jobs_all_failed_says_so(tmp_path, capsys, monkeypatch):
     sweep = tmp_path / "sweep"
     sweep.mkdir()
