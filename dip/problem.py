@@ -155,7 +155,9 @@ def build_problem(
         if (kept := tuple(y.shape[-2:])) != observed:
             log.info(_cropped(observed_name, observed, kept, size))
         height, width = physics.solution_size(*y.shape[-2:])
-        _check(observed_name, physics.check_fits, height, width)
+        restored = observed_name if (height, width) == y.shape[-2:] else \
+            f"{observed_name}: its {y.shape[-1]}x{y.shape[-2]} observation restores to {width}x{height}"
+        _check(restored, physics.check_fits, height, width)
         full_height, full_width = physics.solution_size(*observed)
         truth = None
         if path is not None:

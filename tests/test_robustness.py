@@ -262,6 +262,10 @@ def test_too_small_for_super_resolution_is_one_clear_line(tmp_path):
     with pytest.raises(DipError, match=r"tiny.png.*too small for x4") as error:
         prepare(compose_config(["task=sr_x4", f"data.path={tmp_path / 'tiny.png'}", "logger=none"]))
     assert "\n" not in str(error.value)
+    Image.fromarray(rgb(1, 2)).save(tmp_path / "observed.png")  # said at its restored size alone, before
+    with pytest.raises(DipError, match=re.escape(f"{tmp_path / 'observed.png'}: its 2x1 observation restores to "
+                                                 "16x8: a 16x8 image is too small for x8")):
+        prepare(compose_config(["task=sr_x8", f"data.observation={tmp_path / 'observed.png'}", "logger=none"]))
 
 
 def test_cli_odd_sized_grey_png_keeps_size_and_mode(tmp_path):
