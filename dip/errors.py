@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 import signal
 import sys
 import traceback
@@ -35,9 +34,11 @@ def load_fault(error: BaseException) -> str:
     """Why ``torch.load(..., weights_only=True)`` failed, on one line. Not torch's advice for a file it
     cannot unpickle (load it without ``weights_only``, which can run arbitrary code): such a file is not
     one of tensors at all."""
-    if isinstance(error, pickle.UnpicklingError):
-        return "not a PyTorch file of tensors"
-    return one_line(error, 80)
+    if isinstance(error, OSError):
+        return error.strerror or one_line(error, 80)
+    if isinstance(error, RuntimeError):  # torch's own, reading a damaged archive
+        return one_line(error, 80)
+    return "not a PyTorch file of tensors"  # the unpickler's, on a file of another kind (KeyError, EOFError, ...)
 
 
 def fail(message: str) -> NoReturn:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -247,9 +248,19 @@ def test_alexnet_weights_load_in_torchvisions_format_and_absent_weights_say_wher
     with pytest.raises(DipError, match="not found") as error:
         load_alexnet(tmp_path / "absent.pth")
     assert WEIGHTS_URL in str(error.value) and "\n" not in str(error.value)
-    path.write_bytes(b"not a state dict")
-    with pytest.raises(DipError, match="cannot load AlexNet weights .*: not a PyTorch file of tensors$"):
-        load_alexnet(path)
+    for text in (b"not a state dict", b"e", b""):  # "e" and "" gave KeyError's '101' and EOFError
+        path.write_bytes(text)
+        with pytest.raises(DipError, match="cannot load AlexNet weights .*: not a PyTorch file of tensors$"):
+            load_alexnet(path)
+    state = alexnet.state_dict()
+    for other, problem in [({"conv.weight": torch.zeros(1)}, "16 of its 16 tensors missing, features.0.weight first"),
+                           ({**state, "extra": torch.zeros(1)}, "1 tensor(s) that it lacks, extra first"),
+                           ({**state, "classifier.6.bias": torch.zeros(10)}, "classifier.6.bias is (10,), not (1000,)"),
+                           ([1, 2], "a list, not a dict of tensors")]:
+        torch.save(other, path)
+        with pytest.raises(DipError, match=re.escape(f"{path} holds no AlexNet weights (torchvision's alexnet state "
+                                                     f"dict): {problem}")):
+            load_alexnet(path)
     with pytest.raises(DipError, match="^AlexNet ImageNet weights not found"):  # as is, not as "invalid settings"
         prepare(compose_config(["task=preimage", f"task.physics.weights={tmp_path / 'absent.pth'}", *TINY]))
 

@@ -101,7 +101,25 @@ def load_alexnet(weights: str | Path | None = None) -> AlexNet:
         )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-        net.load_state_dict(state)
-    except Exception as error:  # a corrupt file, another network's weights: say which file
+    except Exception as error:  # a corrupt or empty file, not one of torch's: say which file
         raise DipError(f"cannot load AlexNet weights from {path}: {load_fault(error)}") from None
+    if problem := _not_alexnet(net, state):
+        raise DipError(f"{path} holds no AlexNet weights (torchvision's alexnet state dict): {problem}")
+    net.load_state_dict(state)
     return net
+
+
+def _not_alexnet(net: nn.Module, state) -> str | None:
+    """What stops ``state`` loading into ``net`` (another network's weights, not a state dict), else None."""
+    if not isinstance(state, dict):
+        return f"a {type(state).__name__}, not a dict of tensors"
+    wanted = net.state_dict()
+    if missing := [key for key in wanted if key not in state]:
+        return f"{len(missing)} of its {len(wanted)} tensors missing, {missing[0]} first"
+    if extra := [key for key in state if key not in wanted]:
+        return f"{len(extra)} tensor(s) that it lacks, {extra[0]} first"
+    shapes = {key: tuple(state[key].shape) for key in wanted if getattr(state[key], "shape", None) != wanted[key].shape}
+    if shapes:
+        key, shape = next(iter(shapes.items()))
+        return f"{key} is {shape}, not {tuple(wanted[key].shape)}"
+    return None
