@@ -45,11 +45,12 @@ OPTIONS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", 
                       "--config-dir", "-cd", "--experimental-rerun"}
 
 
-def _override_arguments(arguments: list[str]) -> list[str]:
-    """The config overrides on the command line: not Hydra's options, nor its own settings (``hydra.*``)."""
+def _override_arguments(arguments: list[str], hydra: bool = False) -> list[str]:
+    """The overrides on the command line, not Hydra's options; Hydra's own settings (``hydra.*``) too
+    if ``hydra``."""
     overrides, skip_next = [], False
     for argument in arguments:
-        if skip_next or argument.startswith("hydra") or argument.startswith("-"):
+        if skip_next or (argument.startswith("hydra") and not hydra) or argument.startswith("-"):
             skip_next = argument in OPTIONS_WITH_VALUE
             continue
         overrides.append(argument)
@@ -86,11 +87,12 @@ def check_overrides(arguments: list[str], config_name: str = "config") -> DictCo
     range by its first and last values).
     """
     overrides = _override_arguments(arguments)
-    try:
+    try:  # Hydra's settings too: "hydra.run.dir=my runs" gets the hint, not the parser's name for its error
+        OverridesParser.create().parse_overrides(_override_arguments(arguments, hydra=True))
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as error:
-        fail(f"cannot parse overrides: {str(error).splitlines()[0]} (quote a value holding spaces, brackets, = or "
-             f"commas: data.path=\"'my photo (1).png'\")")
+        fail(f"cannot parse overrides: {str(error).splitlines()[0]} (quote a value holding spaces, brackets, =, "
+             f"commas or letters beyond ASCII: data.path=\"'my photo (1).png'\")")
     for override in parsed:
         if override.key_or_group == "benchmark" and config_name == "config":  # run.py would restore its default image
             fail(f"{override.input_line}: the benchmarks are experiments/benchmark.py's "

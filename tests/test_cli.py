@@ -79,6 +79,7 @@ def assert_one_line_error(done, *needles):
     [
         (["data.path=missing.png"], ["missing.png", "not found"]),
         (["data.path=photo(1).png"], ["cannot parse overrides", "quote a value holding spaces, brackets"]),
+        (["hydra.job.name=jöb"], ["cannot parse overrides: LexerNoViableAltException: hydra.job.name=jöb (quote"]),
         (["+arch.depht=4"], ["Skip takes no setting 'depht' (drop it with ~arch.depht"]),
         (["ema_weight=1"], ["ema_weight must be in [0, 1), got 1"]),
         (["+lrr=0.01"], ["+lrr: nothing reads a setting named 'lrr' (a typo?)"]),
