@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dip.config import (
     CONF_DIR,
+    absolute_locations,
     checked_config,
     config_groups,
     config_message,
@@ -290,6 +291,10 @@ def describe_finished(metrics: dict, output_dir: Path) -> str:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def hydra_main(cfg: DictConfig) -> float | None:
     output_dir = Path(HydraConfig.get().runtime.output_dir)
+    # the job runs in output_dir: files named relative to where the command ran, in its config as in a finished run's
+    launched_from = HydraConfig.get().runtime.cwd if HydraConfig.get().job.chdir else None
+    if launched_from:
+        absolute_locations(cfg, launched_from)
     runner = OmegaConf.select(cfg, "experiment.runner")
     try:
         if runner:  # +experiment=NAME: a figure made of several runs
@@ -302,6 +307,8 @@ def hydra_main(cfg: DictConfig) -> float | None:
         # function with a copy of what it refers to, taken after launch filled it; the worker's module has
         # a fresh, empty one
         earlier = EARLIER_RUNS.finished_config(output_dir)
+        if earlier is not None and launched_from:
+            absolute_locations(earlier, launched_from)
         if (finished := finished_metrics(output_dir, earlier, cfg)) is not None:  # a sweep run again
             EARLIER_RUNS.discard(output_dir)  # puts back Hydra's record; the run's files are as they were
             print(describe_finished(finished, output_dir))

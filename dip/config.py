@@ -52,6 +52,22 @@ def image_name(path: str | None, observation: str | None, default_image: str) ->
     return Path(source.removeprefix(BUILTIN_PREFIX)).stem
 
 
+# settings that name a file or folder, relative to where the command ran
+LOCATION_SETTINGS = ("data.root", "data.path", "data.observation", "data.mask", "input.path", "task.physics.weights",
+                     "resume")
+
+
+def absolute_locations(cfg: DictConfig, start: str | Path) -> None:
+    """Make the files and folders that ``cfg`` names relative to ``start`` (the folder the command ran in)
+    absolute, for a job that runs in a folder of its own (``hydra.job.chdir=true``); an interpolation
+    built on one that comes before it (``input.path: ${data.root}/...``) follows it."""
+    for key in LOCATION_SETTINGS:
+        value = OmegaConf.select(cfg, key, throw_on_missing=False)
+        if (isinstance(value, str) and value not in ("", "random", "???") and not value.startswith(BUILTIN_PREFIX)
+                and not Path(value).expanduser().is_absolute()):
+            OmegaConf.update(cfg, key, str(Path(start, value)))
+
+
 def sweep_name(single_run_name: str) -> str:
     """The name of the multirun this job belongs to (its sweep folder's name), else ``single_run_name``."""
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:

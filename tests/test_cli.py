@@ -1,6 +1,7 @@
 """``run.py`` as a user runs it: files written, exit codes, one-line errors."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -49,6 +50,19 @@ def test_real_observation_without_ground_truth(tmp_path):
     assert metrics["psnr"] is None and metrics["psnr_fit"] is not None
     assert Image.open(out / "restored.png").size == (40, 36)
     assert "restoring the centre" not in done.stdout  # the quick profile's 128 px keep all of it
+
+
+def test_a_job_run_in_its_own_folder_reads_files_named_from_where_the_command_ran(tmp_path):
+    """hydra.job.chdir=true: "image file not found: photo.png" for a file beside the command, before; and the
+    same command again finds the run finished (its record names the file as given)."""
+    photo = os.path.relpath(make_png(tmp_path / "photo.png", 24, 20), ROOT)
+    command = ["hydra.job.chdir=true", f"data.path={photo}", "trainer.max_steps=1", "logger=none",
+               f"hydra.run.dir={tmp_path / 'out'}"]
+    done = run_cli(*command)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert Image.open(tmp_path / "out" / "restored.png").size == (24, 20)
+    again = run_cli(*command)
+    assert again.returncode == 0 and f"already finished in {tmp_path / 'out'}" in again.stdout, again.stderr[-2000:]
 
 
 def test_sr_on_a_grey_file_restores_the_full_size(tmp_path):
