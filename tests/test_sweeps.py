@@ -237,11 +237,14 @@ def test_a_finished_run_in_a_nested_job_folder_is_kept_when_the_sweep_runs_again
     sweep, nested = tmp_path / "sweep", "hydra.sweep.subdir=${hydra.runtime.choices.arch}/${hydra.job.num}"
     multirun(sweep, "arch=skip_depth2", "seed=0", "logger=none", nested)
     job = sweep / "skip_depth2" / "0"
-    written = {path.name: path.read_bytes() for path in job.iterdir() if path.is_file()}
+    def outputs() -> dict:  # the job's log is added to, as a run's log is
+        return {path.name: path.read_bytes() for path in job.iterdir() if path.is_file() and path.suffix != ".log"}
+
+    written = outputs()
     again = run_cli("-m", "arch=skip_depth2", "seed=5", "logger=none", nested, *TINY, f"++hydra.sweep.dir={sweep}")
     assert again.returncode == 2 and "Traceback" not in again.stderr, again.stderr[-2000:]
     assert f"{job} holds a finished run with other settings" in again.stderr
-    assert {path.name: path.read_bytes() for path in job.iterdir() if path.is_file()} == written
+    assert outputs() == written and (job / ".hydra" / "config.yaml").is_file()
 
 
 def test_a_failed_job_of_a_sweep_whose_jobs_change_directory_is_listed(tmp_path):
