@@ -306,19 +306,39 @@ def restore_pack(pack: Pack) -> list[dict]:
                     (job.output_dir / "metrics.json").unlink(missing_ok=True)
             raise
 
-    first = pack.jobs[0]
     # the checkpoint in the sub-run (or the pack's folder): an interrupted benchmark, run again, continues it
+    config = OmegaConf.create(_fit_config(pack))
     if len(pack.jobs) == 1:
-        run(OmegaConf.create(first.config), None, checkpoint_dir=first.output_dir, write=write)
+        run(config, None, checkpoint_dir=pack.directory, write=write)
     else:
-        config = _relocate(first.config, first.config["paths"]["output_dir"], str(pack.directory))
-        if "group" in config["logger"]:  # W&B: the fit's run is named by its folder
-            config["logger"]["name"] = f"{config['benchmark']['name']}/{pack.directory.name}"
         problem = stack_problems([problem_from_config(OmegaConf.create(job.config)) for job in pack.jobs],
                                  [job.name for job in pack.jobs])
-        run(OmegaConf.create(config), None, problem, checkpoint_dir=pack.directory,
-            seeds=[job.config["seed"] for job in pack.jobs], write=write)
+        run(config, None, problem, checkpoint_dir=pack.directory, seeds=[job.config["seed"] for job in pack.jobs],
+            write=write)
     return written
+
+
+def _fit_config(pack: Pack) -> dict:
+    """The config of the fit that restores ``pack``: its one job's, or the first job's moved to the pack's folder."""
+    first = pack.jobs[0]
+    if len(pack.jobs) == 1:
+        return first.config
+    config = _relocate(first.config, first.config["paths"]["output_dir"], str(pack.directory))
+    if "group" in config["logger"]:  # W&B: the fit's run is named by its folder
+        config["logger"]["name"] = f"{config['benchmark']['name']}/{pack.directory.name}"
+    return config
+
+
+def _check_checkpoint(pack: Pack) -> None:
+    """``DipError`` before any fit when the checkpoint in ``pack``'s folder cannot be continued by its fit
+    (made with other settings, damaged): found in the fit, it failed that fit alone, after the others ran."""
+    if (checkpoint := pack.directory / CHECKPOINT_NAME).is_file():
+        from dip.checkpoint import check_resumable  # only here: Lightning takes seconds to load
+        from dip.config import result_settings
+
+        config = OmegaConf.create(_fit_config(pack))
+        check_resumable(checkpoint, result_settings(config), config.trainer.max_steps,
+                        ": delete it, or run into another folder")
 
 
 def _score_and_write(job: ImageJob, result: Result, pack: Pack) -> dict:
@@ -616,11 +636,16 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> dict:
     if cfg.images_per_fit < 1:
         raise DipError(f"images_per_fit must be at least 1, got {cfg.images_per_fit}")
     packs = pack_jobs(to_restore, cfg.images_per_fit, run_dir / "packs")
-    for pack in packs:  # before any fit: a restoration finished with other settings is kept
-        for job in pack.jobs:
-            if saved[job.output_dir] is not None and not _continued(job, saved[job.output_dir], pack):
-                refuse_other_settings(job.output_dir, dotted(_restoration_key(saved[job.output_dir])),
-                                      dotted(_restoration_key(job.config)))
+    pack_of = {job.output_dir: pack for pack in packs for job in pack.jobs}
+    # before any fit: a restoration finished with other settings is kept, and one outside benchmark.restore
+    # too (the folder would hold two settings, and neither command could finish it)
+    for job in jobs:
+        earlier, pack = saved[job.output_dir], pack_of.get(job.output_dir)
+        if earlier is not None and job.output_dir not in finished and not (pack and _continued(job, earlier, pack)):
+            refuse_other_settings(job.output_dir, dotted(_restoration_key(earlier)),
+                                  dotted(_restoration_key(job.config)))
+    for pack in packs:
+        _check_checkpoint(pack)
     if restorable == set() and not any(all(job.output_dir in finished for job in image_runs)
                                        for _, image_runs in per_image):
         raise DipError(f"benchmark.restore=[] only tabulates, but no image of {spec.name} is restored in "

@@ -170,6 +170,10 @@ def test_sr_table_has_a_row_per_image_a_mean_row_and_resumes(tmp_path):
                                        r"\(observation_seed: 0 -> 1; seed: 0 -> 1\)"):
         run_benchmark(compose("set5_x4", root, run_dir, "seed=1"), run_dir)  # refused before any fit
     assert finished.stat().st_mtime_ns == before and (run_dir / "table.csv").read_bytes() == table_before
+    shutil.rmtree(run_dir / "images" / "woman")  # restoring it alone with seed=1 would leave two settings here
+    with pytest.raises(DipError, match=r"images/baby holds a finished run with other settings"):
+        run_benchmark(compose("set5_x4", root, run_dir, "seed=1", "benchmark.restore=[woman.png]"), run_dir)
+    assert not (run_dir / "images" / "woman").exists()
     (run_dir / "images" / "bird" / "config.yaml").write_text("{damaged")
     with pytest.raises(DipError, match=r"cannot read .*bird/config.yaml: delete .*bird/metrics.json to restore"):
         run_benchmark(compose("set5_x4", root, run_dir), run_dir)
@@ -177,12 +181,16 @@ def test_sr_table_has_a_row_per_image_a_mean_row_and_resumes(tmp_path):
 
 def test_an_image_cut_mid_fit_continues_from_its_checkpoint(tmp_path):
     root, run_dir = tmp_path / "data", tmp_path / "run"
-    make_dataset(root, "Set5", ["bird.png"])
+    make_dataset(root, "Set5", ["bird.png", "baby.png"])
     image_run = run_dir / "images" / "bird"
-    run_benchmark(compose("set5_x4", root, run_dir, "checkpoint.keep=true"), run_dir)
+    run_benchmark(compose("set5_x4", root, run_dir, "checkpoint.keep=true", "benchmark.images=[bird.png]"), run_dir)
     assert (image_run / "checkpoint.ckpt").is_file()
     (image_run / "metrics.json").unlink()  # as if the benchmark had been stopped after step 2
-    run_benchmark(compose("set5_x4", root, run_dir, "trainer.max_steps=3"), run_dir)
+    # another seed: refused before any fit (it failed bird's fit alone, after baby's had run with it)
+    with pytest.raises(DipError, match=r"checkpoint .*bird/checkpoint.ckpt was made with other settings .*seed: 0"):
+        run_benchmark(compose("set5_x4", root, run_dir, "trainer.max_steps=3", "seed=1"), run_dir)
+    assert not (run_dir / "images" / "baby").exists()
+    run_benchmark(compose("set5_x4", root, run_dir, "trainer.max_steps=3", "benchmark.images=[bird.png]"), run_dir)
     metrics = json.loads((image_run / "metrics.json").read_text())
     assert (metrics["resumed_from_step"], metrics["steps"]) == (2, 3)
     assert not (image_run / "checkpoint.ckpt").exists()  # a finished image keeps none (checkpoint.keep=false)
