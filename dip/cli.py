@@ -234,6 +234,17 @@ class EarlierRuns:
             raise DipError(f"{output_dir / '.hydra' / 'config.yaml'}, the record of the finished run there, cannot "
                            f"be read: run into another folder, or delete its metrics.json to replace it") from None
 
+    def refuse_other_kind(self, output_dir: Path, cfg: DictConfig) -> None:
+        """``DipError`` when ``output_dir`` held a run of another kind than ``cfg``'s (a benchmark, a figure
+        experiment, one restoration) before Hydra started: neither keeps the other's files and record."""
+        record = self.records.get((output_dir / ".hydra" / "config.yaml").resolve())
+        try:
+            earlier = run_kind(OmegaConf.create(record.decode())) if record is not None else None
+        except Exception:  # noqa: BLE001 (an unreadable record: finished_config says so where it matters)
+            return
+        if earlier is not None and earlier != run_kind(cfg):
+            raise DipError(f"{output_dir} holds {earlier}, not {run_kind(cfg)}: run into another folder")
+
     def discard(self, output_dir: Path) -> None:
         """Remove what this failed job left: the outputs it wrote, its log unless an earlier run's (which
         it added to), Hydra's record (an earlier run's is put back), then the folder if empty, and the
@@ -267,6 +278,15 @@ def _run_dirs_in(folder: Path) -> set[Path]:
     return {folder, *(sub for sub in folder.iterdir() if sub.is_dir()), *nested}
 
 
+def run_kind(cfg: DictConfig) -> str:
+    """What a run of ``cfg`` is, in words: a benchmark's table, a figure experiment or one restoration."""
+    if OmegaConf.select(cfg, "benchmark.name", default=None) is not None:
+        return "a benchmark's run (experiments/benchmark.py)"
+    if OmegaConf.select(cfg, "experiment.runner", default=None) is not None:
+        return "a figure experiment's run (+experiment=NAME)"
+    return "a single restoration (run.py)"
+
+
 def _job_files(run_dir: Path) -> list[Path]:
     """The files a job writes directly in its run folder: the outputs and Hydra's log."""
     names = [run_dir / name for name in OUTPUT_FILES]
@@ -297,6 +317,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
         absolute_locations(cfg, launched_from)
     runner = OmegaConf.select(cfg, "experiment.runner")
     try:
+        EARLIER_RUNS.refuse_other_kind(output_dir, cfg)
         if runner:  # +experiment=NAME: a figure made of several runs
             from dip.experiments import run_experiment
 

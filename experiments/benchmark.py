@@ -27,6 +27,7 @@ from dip.errors import DipError, RunInterruptedError, interruption_signal  # noq
 def benchmark(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
+        EARLIER_RUNS.refuse_other_kind(run_dir, cfg)
         run_benchmark(cfg, run_dir)
     except DipError as error:
         if not isinstance(error, IncompleteTableError):  # once fits ran, the log (and any table) is this run's
@@ -35,8 +36,8 @@ def benchmark(cfg: DictConfig) -> None:
     except (RunInterruptedError, KeyboardInterrupt) as interruption:
         signum = interruption_signal(interruption)
         print(f"interrupted by {signal.Signals(signum).name}: the finished images and the unfinished ones' "
-              f"checkpoints are in {run_dir / 'images'}; run the same command again with hydra.run.dir={run_dir} "
-              f"to continue", file=sys.stderr)
+              f"checkpoints are in {run_dir / 'images'} (those of fits of several images in {run_dir / 'packs'}); "
+              f"run the same command again with hydra.run.dir={run_dir} to continue", file=sys.stderr)
         raise SystemExit(128 + signum) from None
     print((run_dir / "table.md").read_text(), end="")
     print(f"tables in {run_dir}")

@@ -65,6 +65,22 @@ def test_a_job_run_in_its_own_folder_reads_files_named_from_where_the_command_ra
     assert again.returncode == 0 and f"already finished in {tmp_path / 'out'}" in again.stdout, again.stderr[-2000:]
 
 
+@pytest.mark.parametrize("script, record, kind", [
+    ("run.py", "benchmark:\n  name: set5_x4\n", "a benchmark's run (experiments/benchmark.py)"),
+    ("experiments/benchmark.py", "seed: 0\n", "a single restoration (run.py)"),
+])
+def test_a_folder_holding_a_run_of_another_kind_is_refused_and_kept(tmp_path, script, record, kind):
+    """run.py into a benchmark's folder rewrote its record and put a metrics.json beside its table, and
+    the benchmark into a restoration's folder did the same to it."""
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "config.yaml").write_text(record)
+    (tmp_path / "metrics.json").write_text("{}")
+    done = run_cli("trainer.max_steps=1", "data.size=32", "logger=none", f"hydra.run.dir={tmp_path}", script=script)
+    assert_one_line_error(done, f"{tmp_path} holds {kind}, not ")
+    assert (tmp_path / ".hydra" / "config.yaml").read_text() == record
+    assert sorted(path.name for path in tmp_path.iterdir()) == [".hydra", "metrics.json"]
+
+
 def test_sr_on_a_grey_file_restores_the_full_size(tmp_path):
     clean = make_png(tmp_path / "clean.png", 61, 47, mode="L")
     out = tmp_path / "out"
