@@ -1,11 +1,13 @@
 """Restore an image with Deep Image Prior: ``python run.py task=inpainting arch=skip_depth6``."""
 
-import sys
+import signal
+
+from dip.errors import exit_interrupted, raise_interrupted  # light: torch and Hydra load below
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, raise_interrupted)  # a stop while the libraries load ends the command as Ctrl-C does
     try:
         from dip.cli import main
-    except KeyboardInterrupt:  # Ctrl-C while the libraries load: nothing has started
-        print("interrupted by SIGINT", file=sys.stderr)
-        raise SystemExit(130) from None
+    except KeyboardInterrupt as interruption:  # nothing has started
+        exit_interrupted(interruption)
     main()

@@ -29,11 +29,12 @@ from dip.config import (
 )
 from dip.errors import (
     DipError,
-    Interrupted,
     RunInterruptedError,
+    exit_interrupted,
     fail,
     interruption_signal,
     kept_traceback,
+    raise_interrupted,
 )
 from dip.files import unwritable
 from dip.outputs import OUTPUT_FILES, RESTART_OUTPUT, decibels, describe, finished_metrics
@@ -392,17 +393,13 @@ def search_value(metrics: dict) -> float | None:
     return metrics["psnr"] if metrics.get("psnr") is not None else metrics["psnr_fit"]
 
 
-def _interrupt(signum, frame):
-    raise Interrupted(signum)
-
-
 def launch(app, config_name: str = "config") -> None:
     """Start the Hydra ``app`` composing ``config_name``, its overrides checked first (unless the
     user asked for Hydra's help). What Hydra or a sweeper refuses once started is one line too,
     unless the user asked for Hydra's full tracebacks (``HYDRA_FULL_ERROR=1``)."""
     full_tracebacks = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises what it would print as a traceback, for the lines below
-    signal.signal(signal.SIGTERM, _interrupt)  # a scheduler's stop, outside a fit, ends a job as Ctrl-C does
+    signal.signal(signal.SIGTERM, raise_interrupted)  # a scheduler's stop, outside a fit, ends a job as Ctrl-C does
     try:
         register_resolvers()
         check_run_folders(sys.argv[1:])
@@ -420,9 +417,7 @@ def launch(app, config_name: str = "config") -> None:
             EARLIER_RUNS.note_folders(run_dir or configured)
         app()
     except KeyboardInterrupt as interruption:  # outside a job (which says what it keeps): while starting or ending
-        signum = interruption_signal(interruption)
-        print(f"interrupted by {signal.Signals(signum).name}", file=sys.stderr)
-        raise SystemExit(128 + signum) from None
+        exit_interrupted(interruption)
     except HydraException as error:
         if full_tracebacks:
             raise

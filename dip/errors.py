@@ -75,6 +75,19 @@ def interruption_signal(interruption: BaseException) -> int:
     return getattr(interruption, "signum", signal.SIGINT)
 
 
+def raise_interrupted(signum: int, frame) -> NoReturn:
+    """A SIGTERM handler: the signal ends what runs as Ctrl-C does (a scheduler's stop, outside a fit)."""
+    raise Interrupted(signum)
+
+
+def exit_interrupted(interruption: BaseException) -> NoReturn:
+    """End the command that ``interruption`` (Ctrl-C, or a signal ``raise_interrupted`` turned into one)
+    stopped before anything started: one line, and the shell's status for the signal."""
+    signum = interruption_signal(interruption)
+    print(f"interrupted by {signal.Signals(signum).name}", file=sys.stderr)
+    raise SystemExit(128 + signum) from None
+
+
 class RunInterruptedError(Exception):
     """The run stopped on a signal after writing a checkpoint; re-running resumes it. ``advice`` says how
     (default: the command line's way)."""

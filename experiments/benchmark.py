@@ -13,14 +13,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's dip, wherever it is installed
 
-import hydra  # noqa: E402
-from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
+from dip.errors import exit_interrupted, raise_interrupted  # noqa: E402  (light: torch and Hydra load below)
 
-from dip.benchmark import IncompleteTableError, run_benchmark  # noqa: E402
-from dip.cli import EARLIER_RUNS, fail, launch  # noqa: E402
-from dip.config import CONF_DIR  # noqa: E402
-from dip.errors import DipError, RunInterruptedError, interruption_signal  # noqa: E402
+if __name__ == "__main__":  # a stop while the libraries load ends the command as Ctrl-C does
+    signal.signal(signal.SIGTERM, raise_interrupted)
+try:
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import DictConfig
+
+    from dip.benchmark import IncompleteTableError, run_benchmark
+    from dip.cli import EARLIER_RUNS, fail, launch
+    from dip.config import CONF_DIR
+    from dip.errors import DipError, RunInterruptedError, interruption_signal
+except KeyboardInterrupt as interruption:  # nothing has started
+    exit_interrupted(interruption)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="benchmark")

@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ from dip.errors import DipError
 from dip.outputs import Result, write_outputs
 from dip.pipeline import prepare, run
 from dip.wandb_files import offline_run_file, offline_run_info, offline_summary
-from tests.conftest import ROOT, make_png, run_cli, run_cli_probing_lightning, run_cli_signalled
+from tests.conftest import ROOT, cli_environment, make_png, run_cli, run_cli_probing_lightning, run_cli_signalled
 
 TINY = ["trainer.max_steps=3", "data.size=64", "logger=csv"]
 
@@ -79,6 +80,19 @@ def test_a_folder_holding_a_run_of_another_kind_is_refused_and_kept(tmp_path, sc
     assert_one_line_error(done, f"{tmp_path} holds {kind}, not ")
     assert (tmp_path / ".hydra" / "config.yaml").read_text() == record
     assert sorted(path.name for path in tmp_path.iterdir()) == [".hydra", "metrics.json"]
+
+
+@pytest.mark.parametrize("script", ["run.py", "experiments/benchmark.py"])
+def test_sigterm_while_the_libraries_load_is_one_line(tmp_path, script):
+    """A scheduler's stop in a script's first seconds (torch and Hydra loading) ended it with no word and
+    Python's status for a killed process; it ends as one a moment later does."""
+    started = subprocess.Popen([sys.executable, str(ROOT / script), f"hydra.run.dir={tmp_path / 'out'}"], cwd=ROOT,
+                               env=cli_environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    started.send_signal(signal.SIGTERM)
+    _, stderr = started.communicate(timeout=120)
+    assert started.returncode == 128 + signal.SIGTERM and stderr.endswith("interrupted by SIGTERM\n"), stderr[-2000:]
+    assert not (tmp_path / "out").exists()
 
 
 def test_sr_on_a_grey_file_restores_the_full_size(tmp_path):
