@@ -64,10 +64,10 @@ def expanded_globs(arguments: list[str]) -> list[str]:
     options that match: Hydra expands a glob only in a running app, and Optuna's sweeper never. One
     that matches no option is refused in one line."""
     overrides, groups = set(_override_arguments(arguments)), config_groups(arguments)
-    expanded = []
+    parser, expanded = OverridesParser.create(), []
     for argument in arguments:
         try:
-            override = OverridesParser.create().parse_overrides([argument])[0] if argument in overrides else None
+            override = parser.parse_overrides([argument])[0] if argument in overrides else None
         except HydraException:  # check_overrides says what is wrong with it
             override = None
         if override is None or not isinstance(override.value(), Glob):
@@ -140,7 +140,7 @@ def _every_job_reads_this_input(cfg: DictConfig, arguments: list[str], swept: se
     input: no sweep over the data, task or mask (``swept``, or an Optuna search's), and no experiment
     (which reads its own)."""
     searched = [*(OmegaConf.select(cfg, SEARCH_SPACE.rstrip(".")) or {}),
-                *(argument.lstrip("+~").partition("=")[0].removeprefix(SEARCH_SPACE) for argument in arguments
+                *(argument.lstrip("+~").partition("=")[0] for argument in arguments
                   if argument.lstrip("+~").startswith(SEARCH_SPACE))]
     varied = {key.lstrip("+~").removeprefix(SEARCH_SPACE).partition(".")[0] for key in [*swept, *searched]}
     return not OmegaConf.select(cfg, "experiment.runner") and not varied & {"data", "task", "mask", "profile"}

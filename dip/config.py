@@ -63,7 +63,7 @@ def absolute_locations(cfg: DictConfig, start: str | Path) -> None:
     built on one that comes before it (``input.path: ${data.root}/...``) follows it."""
     for key in LOCATION_SETTINGS:
         value = OmegaConf.select(cfg, key, throw_on_missing=False)
-        if (isinstance(value, str) and value not in ("", "random", "???") and not value.startswith(BUILTIN_PREFIX)
+        if (isinstance(value, str) and value not in ("", "random") and not value.startswith(BUILTIN_PREFIX)
                 and not Path(value).expanduser().is_absolute()):
             OmegaConf.update(cfg, key, str(Path(start, value)))
 

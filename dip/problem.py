@@ -154,9 +154,9 @@ def build_problem(
         y, alpha = loaded.pixels[None][window], None if loaded.alpha is None else loaded.alpha[window]
         if (kept := tuple(y.shape[-2:])) != observed:
             log.info(_cropped(observed_name, observed, kept, size))
-        height, width = physics.solution_size(*y.shape[-2:])
-        restored = observed_name if (height, width) == y.shape[-2:] else \
-            f"{observed_name}: its {y.shape[-1]}x{y.shape[-2]} observation restores to {width}x{height}"
+        height, width = physics.solution_size(*kept)
+        restored = observed_name if (height, width) == kept else \
+            f"{observed_name}: its {kept[1]}x{kept[0]} observation restores to {width}x{height}"
         _check(restored, physics.check_fits, height, width)
         full_height, full_width = physics.solution_size(*observed)
         truth = None

@@ -256,6 +256,7 @@ def test_alexnet_weights_load_in_torchvisions_format_and_absent_weights_say_wher
     for other, problem in [({"conv.weight": torch.zeros(1)}, "16 of its 16 tensors missing, features.0.weight first"),
                            ({**state, "extra": torch.zeros(1)}, "1 tensor(s) that it lacks, extra first"),
                            ({**state, "classifier.6.bias": torch.zeros(10)}, "classifier.6.bias is (10,), not (1000,)"),
+                           ({**state, "features.0.bias": 3}, "features.0.bias is of type int, not (64,)"),
                            ([1, 2], "a list, not a dict of tensors")]:
         torch.save(other, path)
         with pytest.raises(DipError, match=re.escape(f"{path} holds no AlexNet weights (torchvision's alexnet state "

@@ -118,8 +118,8 @@ def _not_alexnet(net: nn.Module, state) -> str | None:
         return f"{len(missing)} of its {len(wanted)} tensors missing, {missing[0]} first"
     if extra := [key for key in state if key not in wanted]:
         return f"{len(extra)} tensor(s) that it lacks, {extra[0]} first"
-    shapes = {key: tuple(state[key].shape) for key in wanted if getattr(state[key], "shape", None) != wanted[key].shape}
-    if shapes:
-        key, shape = next(iter(shapes.items()))
-        return f"{key} is {shape}, not {tuple(wanted[key].shape)}"
+    for key, tensor in wanted.items():
+        if (shape := getattr(state[key], "shape", None)) != tensor.shape:
+            found = tuple(shape) if shape is not None else f"of type {type(state[key]).__name__}"
+            return f"{key} is {found}, not {tuple(tensor.shape)}"
     return None
