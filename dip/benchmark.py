@@ -337,8 +337,7 @@ def _check_checkpoint(pack: Pack) -> None:
         from dip.config import result_settings
 
         config = OmegaConf.create(_fit_config(pack))
-        check_resumable(checkpoint, result_settings(config), config.trainer.max_steps,
-                        ": delete it, or run into another folder")
+        check_resumable(checkpoint, result_settings(config), config.trainer.max_steps, pack.directory)
 
 
 def _score_and_write(job: ImageJob, result: Result, pack: Pack) -> dict:

@@ -81,25 +81,29 @@ class Resumable:
     wandb_run_id: str | None  # the W&B run it logged to, for an online logger to continue
 
 
-def check_resumable(path: Path, settings: dict, max_steps: int, advice: str = "") -> Resumable:
-    """The step (and W&B run) the checkpoint ``path`` holds; ``DipError`` if it is unreadable (then
-    ending with ``advice``), was made with other settings than ``settings`` (see ``result_settings``) or
-    already holds ``max_steps`` steps."""
+def check_resumable(path: Path, settings: dict, max_steps: int, output_dir: Path | None) -> Resumable:
+    """The step (and W&B run) the checkpoint ``path`` holds; ``DipError`` if it is unreadable, was made
+    with other settings than ``settings`` (see ``result_settings``) or already holds ``max_steps`` steps,
+    with advice for a checkpoint the run folder ``output_dir`` holds or for one that ``resume=`` named."""
+    if output_dir is not None and Path(path) == Path(output_dir) / CHECKPOINT_NAME:
+        instead = "delete it, or run into another folder"
+    else:  # another folder is no help: the same resume= is read from any
+        instead = "name another with resume=, or leave resume= out"
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch.load raises many kinds on a damaged file
-        raise DipError(f"cannot read checkpoint {path} ({load_fault(error)}): damaged, or not a checkpoint"
-                       f"{advice}") from None
+        raise DipError(f"cannot read checkpoint {path} ({load_fault(error)}): damaged, or not a checkpoint: "
+                       f"{instead}") from None
     try:
         saved, step = checkpoint["dip"]["settings"], int(checkpoint["global_step"])
     except (LookupError, TypeError, ValueError):  # a PyTorch file that something else saved
-        raise DipError(f"{path} is not a dip checkpoint (it lacks the run's settings and step){advice}") from None
+        raise DipError(f"{path} is not a dip checkpoint (it lacks the run's settings and step): {instead}") from None
     if differences := setting_differences(saved, settings):
-        raise DipError(f"checkpoint {path} was made with other settings ({differences}): use the same settings "
-                       f"or another run directory")
+        raise DipError(f"checkpoint {path} was made with other settings ({differences}): use the same settings, "
+                       f"or {instead}")
     if step >= max_steps:
         raise DipError(f"checkpoint {path} already holds {step} steps (trainer.max_steps={max_steps}): raise "
-                       f"trainer.max_steps to continue it, or use another run directory")
+                       f"trainer.max_steps to continue it, or {instead}")
     return Resumable(step, checkpoint["dip"].get("wandb_run_id"))
 
 

@@ -444,9 +444,8 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
     need = check_fits(module, device, cfg.trainer.precision, kept) if cfg.check_memory else None
     settings = result_settings(cfg)
     resume = find_checkpoint(cfg.resume, checkpoint_dir)
-    # a damaged checkpoint of the run folder's own is in the way of a fresh run too; one resume= names is not
-    advice = "" if cfg.resume else ": delete it, or run into another folder"
-    resumable = check_resumable(resume, settings, cfg.trainer.max_steps, advice) if resume else Resumable(0, None)
+    resumable = Resumable(0, None) if resume is None else check_resumable(resume, settings, cfg.trainer.max_steps,
+                                                                          checkpoint_dir)
     timer, memory = FitTimer(resumed=resume is not None), PeakMemory()
     callbacks = [timer, memory, *callbacks] + ([chooser] if chooser else [])
     # after the others: it saves their state once their step is done; without a folder it only stops

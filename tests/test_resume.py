@@ -269,7 +269,8 @@ def test_sigterm_on_the_command_line_then_resume(image, tmp_path):
     step = int(torch.load(out / CHECKPOINT_NAME, weights_only=True)["global_step"])
 
     # Continue two steps past the checkpoint (max_steps may change on resume) and compare.
-    with pytest.raises(DipError, match="other settings.*seed: 0 -> 1"):
+    with pytest.raises(DipError, match=r"other settings.*seed: 0 -> 1\): use the same settings, or name another "
+                                       r"with resume=, or leave resume= out"):
         restore(image, tmp_path / "elsewhere", step + 2, "seed=1", f"resume={out}")
     with pytest.raises(DipError, match="other settings.*speed.batchnorm_running_stats: False -> True"):
         restore(image, tmp_path / "elsewhere", step + 2, "speed=exact", f"resume={out}")  # other weights and buffers
@@ -278,7 +279,8 @@ def test_sigterm_on_the_command_line_then_resume(image, tmp_path):
     assert_same_result(resumed, restore(image, tmp_path / "uninterrupted", step + 2))
 
     # checkpoint.keep=true leaves the final state: a larger max_steps continues the finished run.
-    with pytest.raises(DipError, match=f"already holds {step + 2} steps"):
+    with pytest.raises(DipError, match=f"already holds {step + 2} steps.*: raise trainer.max_steps to continue it, "
+                                       "or delete it, or run into another folder"):
         restore(image, out, step + 2)
     extended = restore(image, out, step + 4)
     assert extended.metrics["resumed_from_step"] == step + 2
@@ -292,6 +294,9 @@ def test_damaged_or_missing_checkpoint_is_one_clear_line(image, tmp_path):
         restore(image, tmp_path / "run", 4)
     # not torch's advice to load it without weights_only, which could run code from the file
     assert "(not a PyTorch file of tensors)" in str(error.value) and "weights_only" not in str(error.value)
+    assert str(error.value).endswith("delete it, or run into another folder")
+    with pytest.raises(DipError, match="damaged, or not a checkpoint: name another with resume=, or leave resume= out"):
+        restore(image, tmp_path / "new", 4, f"resume={tmp_path / 'run'}")  # another folder would read it again
     with pytest.raises(DipError, match="checkpoint not found"):
         restore(image, tmp_path / "new", 4, f"resume={tmp_path / 'nowhere.ckpt'}")
 

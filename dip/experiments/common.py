@@ -77,7 +77,7 @@ def restore_each(runs: Sequence[SubRun]) -> list[Result]:
         if not reuse:  # its input, network and packing too, built and let go: no fit before a later one fails
             prepare(cfg, problem_from_config(cfg, clean=run.clean, observation=run.observation))
             if (checkpoint := find_checkpoint(cfg.resume, run.directory)) is not None:
-                check_resumable(checkpoint, result_settings(cfg), cfg.trainer.max_steps)
+                check_resumable(checkpoint, result_settings(cfg), cfg.trainer.max_steps, run.directory)
     results = []
     for run, cfg, reuse in zip(runs, configs, reused):
         if reuse:
