@@ -17,7 +17,7 @@ from omegaconf import OmegaConf, open_dict
 from dip.config import checked_config
 from dip.errors import DipError, RunInterruptedError
 from dip.files import unwritable
-from dip.outputs import Result
+from dip.outputs import CHECKPOINT_NAME, Result
 from dip.physics import Degradation
 from dip.pipeline import run
 from dip.problem import problem_from_config
@@ -89,6 +89,10 @@ def _check_overrides(overrides) -> None:
 
 
 def _check_output_dir(output_dir: Path) -> None:
-    """Refuse, before anything is made, an ``output_dir`` that no run could write into."""
+    """Refuse, before anything is made, an ``output_dir`` that no run could write into, or one that holds
+    a finished run (unless a checkpoint kept there is to continue it): a call run again would replace it."""
     if problem := unwritable(output_dir):
         raise DipError(f"output_dir {output_dir}: {problem}")
+    if (output_dir / "metrics.json").is_file() and not (output_dir / CHECKPOINT_NAME).is_file():
+        raise DipError(f"output_dir {output_dir} holds a finished run (its metrics.json), which restore() does not "
+                       f"replace: choose another output_dir, or delete that metrics.json to run again")

@@ -54,6 +54,10 @@ def test_restore_a_grey_file_into_a_directory(tmp_path, grey_png):
                      overrides=["trainer.max_steps=2", "logger=csv", "mask=bernoulli"])
     assert result.restored.shape == (1, 1, 47, 61)
     assert json.loads((out / "metrics.json").read_text())["psnr"] == result.metrics["psnr"]
+    finished = {path.name: path.stat().st_mtime_ns for path in out.iterdir()}
+    with pytest.raises(DipError, match=f"output_dir {out} holds a finished run .*delete that metrics.json"):
+        restore(grey_png, task="inpainting", arch="skip_depth2", output_dir=out, overrides=["trainer.max_steps=3"])
+    assert {path.name: path.stat().st_mtime_ns for path in out.iterdir()} == finished
 
 
 @pytest.mark.parametrize("arguments, message", [
