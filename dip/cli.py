@@ -222,29 +222,34 @@ class EarlierRuns:
         """The config of the run that had finished in ``output_dir`` before Hydra started (its
         ``metrics.json`` and Hydra's record of it were there), else None; ``DipError`` when the record
         is missing (``hydra.output_subdir=null``): nothing says what the run there was."""
-        record = self.records.get((output_dir / ".hydra" / "config.yaml").resolve())
         if (output_dir / "metrics.json").resolve() not in self.written:
             return None
-        if record is None:
+        if (record := self._record(output_dir)) is None:
             raise DipError(f"{output_dir} holds a finished run without Hydra's record of its settings "
                            f"(.hydra/config.yaml; hydra.output_subdir=null?): run into another folder, or delete "
                            f"its metrics.json to replace it")
+        return record
+
+    def refuse_other_kind(self, output_dir: Path, cfg: DictConfig) -> None:
+        """``DipError`` when ``output_dir`` held a run of another kind than ``cfg``'s (a benchmark, a figure
+        experiment, one restoration) before Hydra started: neither keeps the other's files and record."""
+        try:
+            record = self._record(output_dir)
+        except DipError:  # finished_config says so where it matters
+            return
+        if record is not None and (earlier := run_kind(record)) != run_kind(cfg):
+            raise DipError(f"{output_dir} holds {earlier}, not {run_kind(cfg)}: run into another folder")
+
+    def _record(self, output_dir: Path) -> DictConfig | None:
+        """Hydra's record of the run ``output_dir`` held before Hydra started (None: none); ``DipError``
+        when it cannot be read."""
+        if (record := self.records.get((output_dir / ".hydra" / "config.yaml").resolve())) is None:
+            return None
         try:
             return OmegaConf.create(record.decode())
         except Exception:  # noqa: BLE001 (YAML's or OmegaConf's errors, or bytes that are not text)
             raise DipError(f"{output_dir / '.hydra' / 'config.yaml'}, the record of the finished run there, cannot "
                            f"be read: run into another folder, or delete its metrics.json to replace it") from None
-
-    def refuse_other_kind(self, output_dir: Path, cfg: DictConfig) -> None:
-        """``DipError`` when ``output_dir`` held a run of another kind than ``cfg``'s (a benchmark, a figure
-        experiment, one restoration) before Hydra started: neither keeps the other's files and record."""
-        record = self.records.get((output_dir / ".hydra" / "config.yaml").resolve())
-        try:
-            earlier = run_kind(OmegaConf.create(record.decode())) if record is not None else None
-        except Exception:  # noqa: BLE001 (an unreadable record: finished_config says so where it matters)
-            return
-        if earlier is not None and earlier != run_kind(cfg):
-            raise DipError(f"{output_dir} holds {earlier}, not {run_kind(cfg)}: run into another folder")
 
     def discard(self, output_dir: Path) -> None:
         """Remove what this failed job left: the outputs it wrote, its log unless an earlier run's (which
