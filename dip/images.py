@@ -6,6 +6,7 @@ import logging
 import struct
 import sys
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -174,18 +175,34 @@ def read_image(path: str | Path | torch.Tensor, mode: str = "auto", what: str = 
         raise DipError(f"{what} file {file} is not a regular file")
     if not file.is_file():
         raise DipError(f"{what} file not found: {file}")
+    from dip.memory import check_image_fits  # here: dip.memory's own imports read images
+
     try:
-        with Image.open(file) as image:
+        with _any_size(), Image.open(file) as image:
+            check_image_fits(file, *image.size, len(image.getbands()))
             if (frames := getattr(image, "n_frames", 1)) > 1:  # a multi-page TIFF, an animated GIF
                 log.info(f"{what} file {file} holds {frames} frames: the first is read")
             low_bytes = _low_bytes(file, image)
             image.load()
             loaded = _from_pil(image, mode) if low_bytes is None else _from_sixteen_bit(image, low_bytes, mode)
+    except DipError:
+        raise
     except Exception as error:  # decoders raise anything on a malformed file: one line for all of them
         raise DipError(f"cannot read {what} file {file}: {one_line(error)}") from None
     if min(loaded.pixels.shape[-2:]) < 1:
         raise DipError(f"{what} file {file} has no pixels")
     return loaded
+
+
+@contextmanager
+def _any_size():
+    """Pillow's decompression-bomb limit lifted: the user names the file, and ``check_image_fits`` weighs
+    its size against this machine's memory instead (Pillow refuses 179 MP, a scan that ``data.size`` crops)."""
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
 
 
 def _from_tensor(image: torch.Tensor, what: str, mode: str = "auto") -> torch.Tensor:

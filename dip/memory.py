@@ -18,6 +18,7 @@ import os
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 GIB = 2**30
 PARAMETER_COPIES = 5  # weights, gradients, Adam's two moments, backtracking's last good weights
 HEADROOM = 0.9  # use at most this share of the free memory (allocator fragmentation, workspaces)
+DECODING_BYTES = 24  # per sample, at the peak of reading an image: Pillow's, numpy's float64 copies, the tensor
 
 
 @dataclass
@@ -211,6 +213,19 @@ def check_codes_fit(channels: int, height: int, width: int, count: int = 1, avai
     raise MemoryShortError(f"a {width}x{height} restoration's {codes} "
                            f"{need / GIB:.1f} GiB, but this machine has {free / GIB:.1f} GiB free: restore a crop "
                            f"(data.size=...), or a smaller observation")
+
+
+def check_image_fits(file: Path, width: int, height: int, bands: int, available: int | None = None) -> None:
+    """Raise ``MemoryShortError`` when reading the ``width`` x ``height`` image ``file`` of ``bands`` samples
+    per pixel would exceed the RAM the OS can give (``available`` overrides it). It stands in for Pillow's
+    decompression-bomb limit (about 179 MP), which refuses a large scan that ``data.size`` would crop."""
+    need = DECODING_BYTES * bands * width * height
+    free = available if available is not None else available_bytes(torch.device("cpu"))
+    if free is None or need <= HEADROOM * free:
+        return
+    raise MemoryShortError(f"image file {file} is {width}x{height} ({width * height / 1e6:.0f} MP): reading it needs "
+                           f"about {need / GIB:.1f} GiB, but this machine has {free / GIB:.1f} GiB free: crop or "
+                           f"shrink it with an image editor first")
 
 
 def check_fits(module, device: torch.device, precision: str = "32-true", kept: tuple[int, int] = (0, 0),

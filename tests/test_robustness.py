@@ -454,6 +454,21 @@ def test_a_code_larger_than_the_hosts_memory_is_refused_before_it_is_made(monkey
     assert prepare(compose_config(["data.size=32", "logger=none", "check_memory=false"]))[1].z.shape[1] == 32
 
 
+def test_an_image_is_weighed_against_the_memory_not_pillows_pixel_limit(tmp_path, monkeypatch):
+    """Pillow refuses images over 179 MP as decompression bombs, and warns over 89 MP: a large scan that
+    data.size would crop could not be read. The machine's free memory decides instead."""
+    path = make_png(tmp_path / "scan.png", 40, 30)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 1,200 pixels: past twice the limit, an error
+    assert read_image(path).pixels.shape == (3, 30, 40)
+    assert Image.MAX_IMAGE_PIXELS == 100  # the limit is lifted for dip's reads alone
+    monkeypatch.setattr(dip.memory, "available_bytes", lambda device: 200_000)  # 30 x 40 x 3 x 24 B = 86,400
+    assert read_image(path).pixels.shape == (3, 30, 40)
+    monkeypatch.setattr(dip.memory, "available_bytes", lambda device: 90_000)
+    with pytest.raises(DipError, match=re.escape(f"image file {path} is 40x30 (0 MP): reading it needs about 0.0 GiB, "
+                                                 "but this machine has 0.0 GiB free: crop or shrink it")):
+        read_image(path)
+
+
 def test_running_out_of_memory_mid_fit_is_one_line_with_the_options(tmp_path, monkeypatch):
     def exhausted(module, batch, batch_idx):  # what the allocator raises when a step does not fit
         if module.global_step == 2:
