@@ -1,11 +1,10 @@
 """Restore an image with Deep Image Prior: ``python run.py task=inpainting arch=skip_depth6``."""
 
-import signal
 
-from dip.errors import exit_interrupted, raise_interrupted  # light: torch and Hydra load below
+from dip.errors import exit_interrupted, interrupt_on_stop_signals  # light: torch and Hydra load below
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, raise_interrupted)  # a stop while the libraries load ends the command as Ctrl-C does
+    interrupt_on_stop_signals()  # a stop while the libraries load ends the command as Ctrl-C does
     try:
         from dip.cli import main
     except KeyboardInterrupt as interruption:  # nothing has started

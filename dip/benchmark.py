@@ -57,6 +57,7 @@ from dip.errors import (
     RunInterruptedError,
     kept_traceback,
     one_line,
+    stop_signals,
 )
 from dip.files import write_atomically
 from dip.gpus import pin_to_gpu, visible_gpus, worker_count
@@ -478,12 +479,39 @@ def _failure(error: Exception, folder: Path) -> str:
     return one_line(error, 600) if isinstance(error, DipError) else kept_traceback(error, folder / FAILURE_LOG, 300)
 
 
+_FITTING = threading.Event()  # set while a worker process fits
+
+
 def _start_worker(slots, gpus: list[str], cpu_threads: int) -> None:
     """Pool initialiser: take a worker slot and pin this process to its GPU before CUDA starts. SIGTERM
-    is the main process's to act on (it passes it on to the fits): an idle worker ignores it."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    and SIGHUP are the main process's to act on (it passes them on to the fits): an idle worker ignores
+    them. A worker outlives no main process (``_stop_when_orphaned``)."""
+    for signum in stop_signals()[1:]:
+        signal.signal(signum, signal.SIG_IGN)
+    threading.Thread(target=_stop_when_orphaned, args=(os.getppid(),), daemon=True).start()
     if pin_to_gpu(slots.get(), gpus) is None:
         torch.set_num_threads(cpu_threads)
+
+
+def _stop_when_orphaned(parent: int) -> None:
+    """Once the main process ``parent`` is gone (killed, its terminal closed), stop this worker: its fit
+    under way checkpoints at the end of its step, as on SIGTERM (sent until the fit listens), and the
+    process ends. It would otherwise wait for work for good, holding its memory (a GPU's too)."""
+    while os.getppid() == parent:
+        time.sleep(1)
+    while _FITTING.is_set():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(1)
+    os._exit(128 + signal.SIGTERM)
+
+
+def _restore_in_worker(pack: Pack) -> list[dict]:
+    """``restore_pack`` in a worker process, marked as fitting for ``_stop_when_orphaned``."""
+    _FITTING.set()
+    try:
+        return restore_pack(pack)
+    finally:
+        _FITTING.clear()
 
 
 def restore_all(packs: list[Pack], done_before: int, gpus: list[str], workers: int,
@@ -527,7 +555,7 @@ def restore_all(packs: list[Pack], done_before: int, gpus: list[str], workers: i
         return None
 
     def fail(pack: Pack, error: Exception) -> None:
-        if isinstance(error, (RunInterruptedError, BrokenProcessPool)):
+        if isinstance(error, (RunInterruptedError, Interrupted, BrokenProcessPool)):
             raise error
         # each image alone may fit, or find the one image at fault; a fit that finished is resumed as it was
         if len(pack.jobs) > 1 and not isinstance(error, OutputsNotWrittenError):
@@ -557,26 +585,26 @@ def restore_all(packs: list[Pack], done_before: int, gpus: list[str], workers: i
         pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
                                    initargs=(slots, gpus, cpu_threads))
 
-        def signal_workers(signum: int) -> None:  # each fit under way checkpoints and stops
+        def signal_workers() -> None:  # each fit under way checkpoints and stops
             for process in list(pool._processes.values()):  # the executor names its workers nowhere else
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(process.pid, signum)
+                with contextlib.suppress(ProcessLookupError):  # SIGTERM for SIGHUP too, which workers ignore
+                    os.kill(process.pid, signal.SIGTERM)
 
         def pass_on(signum, frame) -> None:  # no other fit starts
             interrupted.append(signum)
-            signal_workers(signum)
+            signal_workers()
 
         on_main_thread = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGTERM, pass_on) if on_main_thread else None
+        previous = {signum: signal.signal(signum, pass_on) for signum in stop_signals()[1:]} if on_main_thread else {}
         try:
             # one fit per free worker, so that each is started only when a worker can take it at once
             running: dict[Future, Pack] = {}
             while len(running) < workers and (pack := next_pack()) is not None:
-                running[pool.submit(restore_pack, pack)] = pack
+                running[pool.submit(_restore_in_worker, pack)] = pack
             while running:
                 done, _ = wait(running, timeout=1.0, return_when=FIRST_COMPLETED)
                 if interrupted:  # again: a worker that was starting up ignored it, and its fit listens now
-                    signal_workers(interrupted[0])
+                    signal_workers()
                 for future in done:
                     pack = running.pop(future)
                     if (error := future.exception()) is not None:
@@ -584,11 +612,11 @@ def restore_all(packs: list[Pack], done_before: int, gpus: list[str], workers: i
                     else:
                         report(pack, future.result())
                     if (pack := next_pack()) is not None:
-                        running[pool.submit(restore_pack, pack)] = pack
+                        running[pool.submit(_restore_in_worker, pack)] = pack
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
-            if on_main_thread:
-                signal.signal(signal.SIGTERM, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
     if interrupted and pending:  # and no fit was under way to raise its own interruption
         raise Interrupted(interrupted[0])
     return results, not_started, failed

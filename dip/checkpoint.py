@@ -21,7 +21,7 @@ from pytorch_lightning.loggers import WandbLogger
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from dip.config import setting_differences
-from dip.errors import DipError, load_fault
+from dip.errors import DipError, load_fault, one_line
 from dip.files import atomic_path
 from dip.outputs import CHECKPOINT_NAME
 from dip.signals import CaughtSignals, finished_first_on, forget_finished_first
@@ -122,6 +122,8 @@ class RunCheckpoint(pl.Callback):
         self.keep_final = keep_final
         self.final_path = self.path.with_name(self.path.name + ".final") if self.path is not None else None
         self.interrupted: int | None = None
+        self.saved_step: int | None = None  # the step the checkpoint at ``path`` holds (None: none there)
+        self.unwritten: str | None = None  # why the latest checkpoint could not be written
         self._signals = CaughtSignals()
         self._rng_to_restore: dict | None = None
 
@@ -134,6 +136,7 @@ class RunCheckpoint(pl.Callback):
         for stale in self.path.parent.glob(f".{self.path.name}.*.tmp") if self.path else ():  # killed mid-write
             stale.unlink(missing_ok=True)
         self.discard_final()  # of a run killed before its outputs were written
+        self.saved_step = trainer.global_step if self.path is not None and self.path.is_file() else None
         self._signals.install()  # after Lightning's own SIGTERM handler (installed when fit starts), which would raise
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
@@ -193,10 +196,22 @@ class RunCheckpoint(pl.Callback):
     def save(self, trainer: pl.Trainer, path: Path | None = None) -> None:
         """Write the checkpoint (to ``path``, default ``self.path``) next to its final name, then rename:
         a reader (or a resume after a crash mid-write) only ever sees a whole checkpoint. Nothing without
-        a path."""
+        a path. One that cannot be written (a full disk) is said once, in a line, and the fit goes on:
+        it is worth more than its checkpoint; ``unwritten`` says why."""
         if self.path is None:
             return
-        if trainer.logger is not None:  # the curve up to this step on disk too: a resume keeps its rows
-            trainer.logger.save()
-        with atomic_path(path or self.path) as tmp:
-            trainer.save_checkpoint(tmp, weights_only=False)  # the optimizer too (and no log line saying so)
+        target = path or self.path
+        try:
+            if trainer.logger is not None:  # the curve up to this step on disk too: a resume keeps its rows
+                trainer.logger.save()
+            with atomic_path(target) as tmp:
+                trainer.save_checkpoint(tmp, weights_only=False)  # the optimizer too (and no log line saying so)
+        except OSError as error:
+            reason = error.strerror or one_line(error, 100)
+            if self.unwritten is None:
+                print(f"\ncannot write checkpoint {target} at step {trainer.global_step} ({reason})", file=sys.stderr)
+            self.unwritten = f"its checkpoint could not be written: {reason}"
+            return
+        self.unwritten = None
+        if target == self.path:
+            self.saved_step = trainer.global_step

@@ -32,9 +32,10 @@ from dip.errors import (
     RunInterruptedError,
     exit_interrupted,
     fail,
+    interrupt_on_stop_signals,
     interruption_signal,
     kept_traceback,
-    raise_interrupted,
+    one_line,
 )
 from dip.files import unwritable
 from dip.outputs import OUTPUT_FILES, RESTART_OUTPUT, decibels, describe, finished_metrics
@@ -199,12 +200,14 @@ class EarlierRuns:
         self.written: dict[Path, int] = {}
         self.records: dict[Path, bytes] = {}
         self.folders: set[Path] | None = None  # the run folder's ancestors that existed, once noted
+        self.run_dir: Path | None = None  # hydra.run.dir, once noted
 
     def note_folders(self, run_dir: str | Path | None) -> None:
         """Note which ancestors of ``run_dir`` (``hydra.run.dir``, before Hydra makes it) and of the
         working directory exist: a failed job removes the empty ones that Hydra added, and only those."""
         if run_dir is None:
             return
+        self.run_dir = Path(run_dir)
         self.folders = {path for folder in (Path(run_dir).resolve(), Path.cwd().resolve())
                         for path in (folder, *folder.parents) if path.is_dir()}
 
@@ -404,7 +407,8 @@ def launch(app, config_name: str = "config") -> None:
     unless the user asked for Hydra's full tracebacks (``HYDRA_FULL_ERROR=1``)."""
     full_tracebacks = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises what it would print as a traceback, for the lines below
-    signal.signal(signal.SIGTERM, raise_interrupted)  # a scheduler's stop, outside a fit, ends a job as Ctrl-C does
+    interrupt_on_stop_signals()  # a scheduler's stop or a closed terminal, outside a fit, ends a job as Ctrl-C does
+    logging.raiseExceptions = False  # a log file on a full disk: its handler's tracebacks would bury the one line
     try:
         register_resolvers()
         check_run_folders(sys.argv[1:])
@@ -438,6 +442,12 @@ def launch(app, config_name: str = "config") -> None:
     except BrokenPipeError:  # the reader of the output left (run.py --help | head): not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit would fail too
         raise SystemExit(1) from None
+    except OSError as error:  # Hydra's own writes, its record of the run, on a full disk
+        if full_tracebacks or (run_dir := EARLIER_RUNS.run_dir) is None:  # a sweep's: not one run's to say
+            raise
+        if run_dir.exists():
+            EARLIER_RUNS.discard(run_dir)
+        fail(f"cannot write into {run_dir}: {error.strerror or one_line(error)}")
 
 
 def main() -> None:

@@ -62,8 +62,8 @@ class OutputsNotWrittenError(DipError):
 
 
 class Interrupted(KeyboardInterrupt):
-    """A signal stopped a run outside a fit (none under way to checkpoint): Ctrl-C, or a SIGTERM that
-    ``dip.cli.launch`` turns into one, or either after a fit finished before acting on it."""
+    """A signal stopped a run outside a fit (none under way to checkpoint): Ctrl-C, or a SIGTERM or SIGHUP
+    that ``dip.cli.launch`` turns into one, or any of them after a fit finished before acting on it."""
 
     def __init__(self, signum: int):
         self.signum = signum
@@ -76,8 +76,22 @@ def interruption_signal(interruption: BaseException) -> int:
 
 
 def raise_interrupted(signum: int, frame) -> NoReturn:
-    """A SIGTERM handler: the signal ends what runs as Ctrl-C does (a scheduler's stop, outside a fit)."""
+    """A SIGTERM (or SIGHUP) handler: the signal ends what runs as Ctrl-C does (a scheduler's stop, a closed
+    terminal, outside a fit)."""
     raise Interrupted(signum)
+
+
+def stop_signals() -> tuple[int, ...]:
+    """The signals that stop a run as Ctrl-C does: SIGINT, SIGTERM (a scheduler's, ``timeout``'s) and SIGHUP
+    (the terminal or SSH session closed), unless this process was started to ignore SIGHUP (``nohup``)."""
+    ignored = signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+    return (signal.SIGINT, signal.SIGTERM) if ignored else (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def interrupt_on_stop_signals() -> None:
+    """SIGTERM and SIGHUP (``stop_signals``) raise ``Interrupted``, as SIGINT raises KeyboardInterrupt."""
+    for signum in stop_signals()[1:]:
+        signal.signal(signum, raise_interrupted)
 
 
 def exit_interrupted(interruption: BaseException) -> NoReturn:
@@ -89,15 +103,22 @@ def exit_interrupted(interruption: BaseException) -> NoReturn:
 
 
 class RunInterruptedError(Exception):
-    """The run stopped on a signal after writing a checkpoint; re-running resumes it. ``advice`` says how
-    (default: the command line's way)."""
+    """The run stopped on a signal, its checkpoint kept; re-running resumes it. ``advice`` says how
+    (default: the command line's way). The checkpoint holds ``saved_step`` (default: ``step``, where the run
+    stopped); an earlier step when the stop's own could not be written, which ``why`` says."""
 
-    def __init__(self, signum: int, step: int, max_steps: int, checkpoint: Path, advice: str | None = None):
+    def __init__(self, signum: int, step: int, max_steps: int, checkpoint: Path, advice: str | None = None,
+                 saved_step: int | None = None, why: str = ""):
         self.signum, self.step, self.max_steps, self.checkpoint = signum, step, max_steps, checkpoint
+        self.saved_step, self.why = step if saved_step is None else saved_step, why
         self.advice = advice or (f"run the same command again with hydra.run.dir={checkpoint.parent} "
                                  f"(or resume={checkpoint})")
-        super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step} of {max_steps}; checkpoint "
-                         f"written to {checkpoint}: {self.advice} to continue")
+        stopped = f"interrupted by {signal.Signals(signum).name} at step {step} of {max_steps}"
+        if self.saved_step == step:
+            super().__init__(f"{stopped}; checkpoint written to {checkpoint}: {self.advice} to continue")
+        else:
+            super().__init__(f"{stopped} ({why}); the checkpoint of step {self.saved_step} is left in {checkpoint}: "
+                             f"{self.advice} to continue from it")
 
     def continue_in(self, run_dir: Path, key: str = "hydra.run.dir") -> str:
         """The message for a run continued from ``run_dir`` rather than the checkpoint's folder: an
@@ -106,7 +127,17 @@ class RunInterruptedError(Exception):
 
     def advised(self, advice: str) -> RunInterruptedError:
         """This interruption, saying ``advice`` for how to continue."""
-        return type(self)(self.signum, self.step, self.max_steps, self.checkpoint, advice)
+        return type(self)(self.signum, self.step, self.max_steps, self.checkpoint, advice, self.saved_step, self.why)
 
     def __reduce__(self):  # from a benchmark's worker process to the main one
-        return type(self), (self.signum, self.step, self.max_steps, self.checkpoint, self.advice)
+        return type(self), (self.signum, self.step, self.max_steps, self.checkpoint, self.advice, self.saved_step,
+                            self.why)
+
+
+class FitStoppedError(Exception):
+    """A signal that stops a fit while the Trainer sets it up or tears it down, or a second SIGINT during
+    it: not a KeyboardInterrupt, which Lightning's Trainer answers with its own message and exit status 1."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(signal.Signals(signum).name)

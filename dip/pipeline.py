@@ -35,7 +35,7 @@ from dip.checkpoint import (
     find_checkpoint,
 )
 from dip.config import check_whole_number, instantiate_settings, result_settings, settings_error
-from dip.errors import DipError, Interrupted, OutputsNotWrittenError, RunInterruptedError, one_line
+from dip.errors import DipError, FitStoppedError, Interrupted, OutputsNotWrittenError, RunInterruptedError, one_line
 from dip.inputs import padded_size
 from dip.loggers import ImageLogger, flat_config
 from dip.memory import check_codes_fit, check_fits, checked_estimate, meta_copy, out_of_memory, run_device
@@ -44,7 +44,7 @@ from dip.module import DeepImagePrior
 from dip.nets.packed import pack_state_dicts
 from dip.outputs import Result, write_outputs
 from dip.problem import Problem, problem_from_config, with_dataset_hint
-from dip.signals import held_signals
+from dip.signals import held_signals, signals_stop_the_fit
 from dip.speed import Speed
 
 log = logging.getLogger("dip")
@@ -382,9 +382,12 @@ def fit(cfg: DictConfig, module: DeepImagePrior, callbacks=(), ckpt_path: str | 
         # the metrics are logged every metrics_every steps, not at Lightning's logging interval
         warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
         try:
-            trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path)
+            with signals_stop_the_fit():
+                trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path)
         except Exception as error:
-            if (signum := _signal_during(callbacks)) is not None:  # it broke the step: the compiler's processes, say
+            # a signal outside the steps, or one that broke the step (the compiler's processes, say)
+            signum = error.signum if isinstance(error, FitStoppedError) else _signal_during(callbacks)
+            if signum is not None:
                 raise Interrupted(signum) from None
             if speed.compile and _raised_by_compiled_code(error):
                 raise DipError(f"the compiled step failed, torch.compile's fault at this image size "
@@ -398,7 +401,7 @@ def fit(cfg: DictConfig, module: DeepImagePrior, callbacks=(), ckpt_path: str | 
 
 
 def _signal_during(callbacks) -> int | None:
-    """The SIGINT or SIGTERM that the fit's ``RunCheckpoint`` noted, if any."""
+    """The SIGINT, SIGTERM or SIGHUP that the fit's ``RunCheckpoint`` noted, if any."""
     return next((callback.signal_received for callback in callbacks if isinstance(callback, RunCheckpoint)), None)
 
 
@@ -458,6 +461,12 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
         if need is None:  # the check was off: estimate now, for the options
             need = checked_estimate(module, cfg.trainer.precision, kept)
         raise out_of_memory(module, need, device, module.global_step, cfg.trainer.precision) from None
+    except Interrupted as interruption:  # outside the steps, or a second SIGINT: the last checkpoint written stays
+        if saver.saved_step is None:
+            raise
+        raise RunInterruptedError(interruption.signum, module.global_step, cfg.trainer.max_steps, saver.path,
+                                  saved_step=saver.saved_step,
+                                  why=saver.unwritten or "stopped before its checkpoint was written") from None
     # Lightning has put back the handlers it found: a signal now would lose the finished fit
     with held_signals() if not saver.interrupted else nullcontext():
         logger = trainer.logger
@@ -521,7 +530,10 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
 
             wandb.finish()
         if saver.interrupted and saver.path is not None:
-            raise RunInterruptedError(saver.interrupted, steps, trainer.max_steps, saver.path)
+            if saver.saved_step is None:  # its checkpoint could not be written, and none was before
+                raise Interrupted(saver.interrupted)
+            raise RunInterruptedError(saver.interrupted, steps, trainer.max_steps, saver.path,
+                                      saved_step=saver.saved_step, why=saver.unwritten or "")
         if write is None and output_dir is not None:
             write = functools.partial(write_outputs, output_dir=Path(output_dir))
         if write is not None:

@@ -1,4 +1,4 @@
-"""SIGINT and SIGTERM noted rather than acted on while a fit's state or outputs must be written whole,
+"""SIGINT, SIGTERM and SIGHUP noted rather than acted on while a fit's state or outputs must be written whole,
 and the signal a finished run was finished before acting on. Without Lightning: the benchmark's main
 process imports this before it knows there is anything to fit."""
 
@@ -9,6 +9,8 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+from dip.errors import FitStoppedError, stop_signals
 
 _finished_first: list[int] = []  # the signals the latest fit's run finished before acting on
 
@@ -33,8 +35,9 @@ def signal_finished_first() -> int | None:
 
 
 class CaughtSignals:
-    """SIGINT and SIGTERM noted (``received``: the latest) instead of acted on while installed; a second
-    SIGINT aborts at once. Only the main thread can handle signals: elsewhere it installs nothing."""
+    """SIGINT, SIGTERM and SIGHUP (``stop_signals``) noted (``received``: the latest) instead of acted on while
+    installed; a second SIGINT is acted on at once, by the handler it replaced. Only the main thread can
+    handle signals: elsewhere it installs nothing."""
 
     def __init__(self):
         self.received: int | None = None
@@ -42,10 +45,13 @@ class CaughtSignals:
 
     def install(self) -> None:
         if threading.current_thread() is threading.main_thread():
-            self._previous = {signum: signal.signal(signum, self._note) for signum in (signal.SIGINT, signal.SIGTERM)}
+            self._previous = {signum: signal.signal(signum, self._note) for signum in stop_signals()}
 
     def _note(self, signum, frame) -> None:
         if self.received is not None and signum == signal.SIGINT:
+            previous = self._previous.get(signum)
+            if callable(previous):
+                previous(signum, frame)
             raise KeyboardInterrupt
         self.received = signum
 
@@ -53,6 +59,27 @@ class CaughtSignals:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous = {}
+
+
+@contextmanager
+def signals_stop_the_fit() -> Iterator[None]:
+    """In the block (a Trainer's fit), SIGINT, SIGTERM and SIGHUP raise ``FitStoppedError``: Lightning would end
+    the process on a KeyboardInterrupt. Within the fit's steps, ``RunCheckpoint`` notes them instead."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame) -> None:
+        raise FitStoppedError(signum)
+
+    # one ignored stays so: a benchmark worker's, whose main process passes it on once the fit listens
+    previous = {signum: signal.signal(signum, stop) for signum in stop_signals()
+                if signal.getsignal(signum) != signal.SIG_IGN}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 @contextmanager

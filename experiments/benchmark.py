@@ -13,10 +13,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's dip, wherever it is installed
 
-from dip.errors import exit_interrupted, raise_interrupted  # noqa: E402  (light: torch and Hydra load below)
+from dip.errors import exit_interrupted, interrupt_on_stop_signals  # noqa: E402  (light: torch and Hydra load below)
 
 if __name__ == "__main__":  # a stop while the libraries load ends the command as Ctrl-C does
-    signal.signal(signal.SIGTERM, raise_interrupted)
+    interrupt_on_stop_signals()
 try:
     import hydra
     from hydra.core.hydra_config import HydraConfig

@@ -242,4 +242,5 @@ def test_resuming_from_a_torch_file_that_is_no_checkpoint_says_so(tmp_path):
     torch.save({"a": 1}, other)
     with pytest.raises(DipError) as refused:
         restore(torch.rand(3, 8, 8), overrides=["trainer.max_steps=1", f"resume={other}"])
-    assert str(refused.value) == f"{other} is not a dip checkpoint (it lacks the run's settings and step)"
+    assert str(refused.value) == (f"{other} is not a dip checkpoint (it lacks the run's settings and step): name "
+                                  f"another with resume=, or leave resume= out")

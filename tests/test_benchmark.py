@@ -1045,9 +1045,11 @@ def test_an_image_whose_fit_collapsed_is_named_under_the_table_with_its_ema_from
 
 
 @pytest.mark.slow
-def test_sigterm_to_the_main_process_alone_checkpoints_the_workers_fits_and_leaves_no_process(tmp_path):
-    """As `timeout` or a scheduler sends it: the main process passes it on to its workers' fits, each
-    writes its checkpoint, and nothing outlives the run; the same command then continues them."""
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGKILL])
+def test_a_stop_of_the_main_process_alone_checkpoints_the_workers_fits_and_leaves_no_process(tmp_path, signum):
+    """SIGTERM as `timeout` or a scheduler sends it, SIGHUP as a closed terminal: the main process passes
+    it on to its workers' fits (as SIGTERM, which they listen to), each writes its checkpoint, and nothing
+    outlives the run. SIGKILL: the workers, orphaned, do the same (they waited for work for good)."""
     root, run_dir = tmp_path / "data", tmp_path / "run"
     make_dataset(root, "Set5", ["baby.png", "bird.png", "woman.png"], size=32)
     command = [sys.executable, str(SCRIPT), "benchmark=set5_x4", f"data.root={root}", "data.size=32", "logger=none",
@@ -1058,11 +1060,14 @@ def test_sigterm_to_the_main_process_alone_checkpoints_the_workers_fits_and_leav
     while len(list(run_dir.glob("images/*/checkpoint.ckpt"))) < 2 and time.monotonic() < deadline:
         time.sleep(0.2)
     workers = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
-    assert f"run the same command again with hydra.run.dir={run_dir}" in stderr and "Traceback" not in stderr
-    assert stderr.count("SIGTERM: writing a checkpoint at step") == 2
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)  # its end: the workers' too, which hold the pipe
+    if signum == signal.SIGKILL:
+        assert process.returncode == -signal.SIGKILL
+    else:
+        assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+        assert f"run the same command again with hydra.run.dir={run_dir}" in stderr
+    assert "Traceback" not in stderr and stderr.count("SIGTERM: writing a checkpoint at step") == 2, stderr[-3000:]
     assert len(workers) >= 2
     def alive(pid: str) -> bool:
         try:

@@ -246,6 +246,28 @@ def test_sigterm_before_the_fit_is_one_line_and_leaves_nothing(tmp_path):
     assert "Traceback" not in done.stderr and not out.exists()
 
 
+FULL_DISK_DRIVER = """import errno, runpy, sys
+sys.path.insert(0, {root!r})
+import hydra.core.utils
+
+def full_disk(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+hydra.core.utils._save_config = full_disk
+sys.argv[0] = {script!r}
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_a_full_disk_before_the_job_is_one_line_and_leaves_nothing(tmp_path):
+    """Hydra writes its record of the run before the job starts: on a full disk, its traceback, and a folder."""
+    driver, out = tmp_path / "full_disk.py", tmp_path / "out"
+    driver.write_text(FULL_DISK_DRIVER.format(root=str(ROOT), script=str(ROOT / "run.py")))
+    done = run_cli("data.size=32", "trainer.max_steps=1", "logger=none", f"hydra.run.dir={out}", script=str(driver))
+    assert_one_line_error(done, f"cannot write into {out}: No space left on device")
+    assert not out.exists()
+
+
 def test_a_failed_run_removes_the_empty_folders_made_for_it_and_only_those(tmp_path):
     (tmp_path / "kept").mkdir()  # empty before the run: not the run's to remove
     out = tmp_path / "kept" / "new" / "deeper" / "out"

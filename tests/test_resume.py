@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
@@ -66,14 +67,15 @@ def test_same_seed_same_result_and_the_seed_is_recorded(image, reference, tmp_pa
     assert abs(other.metrics["psnr"] - reference.metrics["psnr"]) > 1e-3
 
 
-def press_ctrl_c_during_step(step: int, monkeypatch) -> None:
-    """Every fit from now on gets a Ctrl-C during its step ``step`` (counted from 1)."""
+def press_ctrl_c_during_step(step: int, monkeypatch, times: int = 1) -> None:
+    """Every fit from now on gets a Ctrl-C (``times`` over) during its step ``step`` (counted from 1)."""
     step_of_training = DeepImagePrior.training_step
 
     def press_ctrl_c(self, batch, batch_idx):
         if self.global_step == step - 1:
             time.sleep(0.5)  # a step long enough to see in the resumed fit's total time
-            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(times):
+                os.kill(os.getpid(), signal.SIGINT)
         return step_of_training(self, batch, batch_idx)
 
     monkeypatch.setattr(DeepImagePrior, "training_step", press_ctrl_c)
@@ -131,6 +133,79 @@ def test_a_step_broken_by_a_signal_is_an_interruption_not_its_error(image, tmp_p
         restore(image, tmp_path / "run", 8)
     assert interruption.value.signum == signal.SIGTERM
     assert signal.getsignal(signal.SIGTERM) == handler  # put back
+
+
+def test_ctrl_c_twice_stops_at_once_and_names_the_checkpoint_left(image, reference, tmp_path, monkeypatch):
+    """The second Ctrl-C raised a KeyboardInterrupt, which Lightning answered with its own message and exit
+    status 1: nothing said which checkpoint was left, or how to go on from it."""
+    press_ctrl_c_during_step(4, monkeypatch, times=2)
+    out = tmp_path / "run"
+    with pytest.raises(RunInterruptedError) as interruption:
+        restore(image, out, 8)
+    assert (interruption.value.step, interruption.value.saved_step) == (3, 2)  # every_n_steps=2
+    assert (f"interrupted by SIGINT at step 3 of 8 (stopped before its checkpoint was written); the checkpoint of "
+            f"step 2 is left in {out / CHECKPOINT_NAME}: run the same command again") in str(interruption.value)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # not Lightning's SIG_IGN
+    monkeypatch.undo()
+    assert_same_result(restore(image, out, 8), reference)
+
+
+def test_ctrl_c_while_the_trainer_sets_up_is_an_interruption_not_lightnings_exit(image, tmp_path, monkeypatch):
+    """Before the first step Lightning caught the KeyboardInterrupt, said so in its own words and exited with
+    status 1 (leaving Ctrl-C ignored)."""
+    configure = DeepImagePrior.configure_optimizers
+
+    def ctrl_c_first(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        return configure(self)
+
+    monkeypatch.setattr(DeepImagePrior, "configure_optimizers", ctrl_c_first)
+    with pytest.raises(Interrupted) as interruption:
+        restore(image, tmp_path / "run", 8)
+    assert interruption.value.signum == signal.SIGINT
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_checkpoint_the_disk_refuses_costs_the_checkpoint_not_the_fit(image, reference, tmp_path, monkeypatch,
+                                                                        capfd):
+    """A full disk failed the periodic checkpoint with a traceback, and with it a fit whose outputs fitted."""
+    import dip.checkpoint
+
+    atomic_path, calls = dip.checkpoint.atomic_path, []
+
+    def full_after(writes: int):
+        def full_disk(path):
+            calls.append(path)
+            if len(calls) > writes:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return atomic_path(path)
+        return full_disk
+
+    monkeypatch.setattr(dip.checkpoint, "atomic_path", full_after(0))
+    assert_same_result(restore(image, tmp_path / "full", 8), reference)
+    err = capfd.readouterr().err
+    assert err.count("cannot write checkpoint") == 1  # said once, not at every step it is tried
+    assert f"cannot write checkpoint {tmp_path / 'full' / CHECKPOINT_NAME} at step 2 (No space left on device)" in err
+
+    press_ctrl_c_during_step(3, monkeypatch)  # none written before: nothing to continue from
+    with pytest.raises(Interrupted):
+        restore(image, tmp_path / "none", 8)
+    calls.clear()
+    monkeypatch.setattr(dip.checkpoint, "atomic_path", full_after(1))  # step 2's written, step 3's not
+    with pytest.raises(RunInterruptedError, match=r"at step 3 of 8 \(its checkpoint could not be written: No space "
+                                                  r"left on device\); the checkpoint of step 2 is left in"):
+        restore(image, tmp_path / "earlier", 8)
+
+
+def test_sighup_stops_a_run_as_sigterm_does_unless_started_under_nohup():
+    """A closed terminal or SSH session (SIGHUP) ended the fit at once, its steps since the last checkpoint
+    lost; under nohup it must not stop the run at all."""
+    code = "from dip.errors import stop_signals; print(sorted(stop_signals()))"
+    plain = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert plain.stdout.strip() == str(sorted([signal.SIGHUP, signal.SIGINT, signal.SIGTERM]))
+    nohup = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    assert nohup.stdout.strip() == str(sorted([signal.SIGINT, signal.SIGTERM]))
 
 
 def test_ctrl_c_in_a_run_without_a_folder_returns_the_result_so_far(image, monkeypatch, capfd):
