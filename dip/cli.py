@@ -178,6 +178,14 @@ def check_run_folders(arguments: list[str]) -> None:
             fail(f"{key}={folder}: {problem}")
 
 
+def beside_the_overrides(arguments: list[str], added: list[str]) -> list[str]:
+    """``arguments`` with the overrides ``added`` before their first override: Hydra's parser takes the
+    overrides as one run of words, and refuses one after a flag's value (``arch=x --cfg job hydra.x=y``)."""
+    first = next((i for i, argument in enumerate(arguments) if "=" in argument and not argument.startswith("-")),
+                 len(arguments))
+    return [*arguments[:first], *added, *arguments[first:]]
+
+
 def check_launcher(arguments: list[str]) -> None:
     """Refuse in one line, before Hydra makes the sweep's folder, a launcher that cannot start here
     (its own error is a traceback); printing the config (``--cfg``) starts none."""
@@ -414,7 +422,7 @@ def launch(app, config_name: str = "config") -> None:
         check_run_folders(sys.argv[1:])
         check_launcher(sys.argv[1:])
         try:  # DIP_CONFIG_DIRS set by the user reaches Hydra as the search path the command line did not name
-            sys.argv += use_config_dirs(sys.argv[1:])
+            sys.argv[1:] = beside_the_overrides(sys.argv[1:], use_config_dirs(sys.argv[1:]))
         except DipError as error:
             fail(str(error))
         EARLIER_RUNS.record(sys.argv[1:])

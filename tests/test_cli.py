@@ -446,6 +446,9 @@ def test_a_config_of_ones_own_outside_the_checkout(tmp_path, where):
     assert json.loads((out / "metrics.json").read_text())["arch"] == "narrow"
     done = run_cli(*added, "arch=wide", "logger=none", f"hydra.run.dir={tmp_path / 'typo'}", env=env)
     assert_one_line_error(done, "unknown arch 'wide'", "narrow, pixels")
+    # a flag at the end: the environment's folder went after it, where Hydra's parser refused it
+    done = run_cli(*added, "arch=narrow", "--cfg", "job", env=env)
+    assert done.returncode == 0 and "channels_down:\n  - 8\n  - 8" in done.stdout, done.stderr[-2000:]
 
 
 @pytest.mark.parametrize("added", [["--config-dir", "no_such_conf"], ["hydra.searchpath=[file://no_such_conf]"], []])

@@ -22,7 +22,7 @@ from dip.errors import DipError
 from dip.experiments import run_experiment
 from dip.images import load_image
 from dip.outputs import CHECKPOINT_NAME
-from tests.conftest import run_cli, run_cli_signalled
+from tests.conftest import make_png, run_cli, run_cli_signalled
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["logger=none", "trainer.max_steps=2", "metrics_every=1"]
@@ -115,9 +115,10 @@ def test_fig9_inverts_each_layer_with_both_priors(tmp_path):
 
 
 def test_two_run_average_averages_runs_on_the_same_observation(tmp_path):
-    experiment("two_run_average", ["data.size=32", "arch=skip_depth2", *TINY], tmp_path)
+    said = experiment("two_run_average", ["data.size=32", "arch=skip_depth2", *TINY], tmp_path)
     summary = json.loads((tmp_path / "two_run_average.json").read_text())
     assert [run["seed"] for run in summary["runs"]] == [0, 1]
+    assert f"PSNR average {summary['psnr_average']:.2f} dB" in said
     runs = [load_image(tmp_path / f"run{i}" / "restored.png") for i in (0, 1)]
     assert not np.array_equal(runs[0], runs[1])  # independent runs
     observations = [load_image(tmp_path / f"run{i}" / "observation.png") for i in (0, 1)]
@@ -132,6 +133,13 @@ def test_two_run_average_averages_runs_on_the_same_observation(tmp_path):
                                        "directory$"):
         experiment("two_run_average", ["data.size=32", "arch=skip_depth2", *TINY], tmp_path)
     assert (tmp_path / "run1" / "metrics.json").is_file()
+
+
+def test_two_run_average_of_a_real_observation_says_it_has_no_ground_truth(tmp_path):
+    """It printed "PSNR average None dB"."""
+    noisy = make_png(tmp_path / "noisy.png", 24, 24)
+    said = experiment("two_run_average", [f"data.observation={noisy}", "arch=skip_depth2", *TINY], tmp_path / "out")
+    assert said.startswith("two_run_average: no ground truth to score against\n"), said
 
 
 @pytest.mark.parametrize("name, overrides, message", [

@@ -152,7 +152,8 @@ def test_file_mask_white_is_known_and_size_must_match(tmp_path):
     path = make_png(tmp_path / "mask.png", 20, 10, mode="L")
     mask = FileMask(path)(10, 20)
     assert mask.shape == (1, 1, 10, 20) and set(mask.unique().tolist()) <= {0.0, 1.0}
-    with pytest.raises(ValueError, match="mask.png is 20x10 but the image is 30x10$"):
+    with pytest.raises(ValueError, match="mask.png is 20x10 but the image is 30x10: give one of the image's size "
+                                         r"\(data.mask=FILE\), or data.mask=null for the mask group's$"):
         FileMask(path)(10, 30)
     # the size of the image before data.size cropped it: cropped the same way, centred
     assert torch.equal(FileMask(path, image_size=(10, 20))(6, 8), mask[..., 2:8, 6:14])
@@ -179,6 +180,22 @@ def test_a_mask_with_no_known_pixel_is_refused_whatever_made_it(tmp_path):
         Inpainting(RegionMask(0.99)).prepare(33, 17)  # each side rounds to the whole image
     with pytest.raises(ValueError, match=r"the Bernoulli mask \(mask.fraction=0.5\) marks no pixel known .* 1x1"):
         Inpainting(BernoulliMask(0.5)).prepare(1, 1, torch.Generator().manual_seed(0))  # its one pixel missing
+
+
+def test_a_mask_with_every_pixel_known_is_said(tmp_path, caplog):
+    """Holes painted grey (>= 128) count as known: nothing was inpainted, and nothing said so."""
+    path = tmp_path / "grey_holes.png"
+    pixels = np.full((8, 8), 255, np.uint8)
+    pixels[2:5, 2:5] = 128
+    Image.fromarray(pixels).save(path)
+    with caplog.at_level("WARNING", logger="dip"):
+        Inpainting(TextMask(), mask_file=str(path)).prepare(8, 8)
+    assert "grey_holes.png marks every pixel known (white, >= 128) on a 8x8 image: nothing is inpainted" in caplog.text
+    pixels[2:5, 2:5] = 127
+    Image.fromarray(pixels).save(path)
+    caplog.clear()
+    Inpainting(TextMask(), mask_file=str(path)).prepare(8, 8)
+    assert "every pixel known" not in caplog.text
 
 
 def test_gaussian_noise_has_the_right_std_and_is_clipped():

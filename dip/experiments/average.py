@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from dip.config import check_whole_number
 from dip.experiments.common import SubRun, image_grid, psnr_or_none, restore_each, titled
 from dip.images import save_image
-from dip.outputs import write_json
+from dip.outputs import decibels, write_json
 
 
 def run(cfg: DictConfig, output_dir: Path) -> str:
@@ -40,5 +40,6 @@ def run(cfg: DictConfig, output_dir: Path) -> str:
     cells += [(r.restored_ema, titled(f"seed {r.metrics['seed']} (EMA)", r.metrics["psnr_ema"])) for r in results]
     cells.append((average_ema, titled("average (EMA)", summary["psnr_ema_average"])))
     image_grid([cells], output_dir / f"{stem}.png", title=f"Average of {len(results)} runs")
-    return (f"{stem}: PSNR average {summary['psnr_average']} dB, of the EMAs "
-            f"{summary['psnr_ema_average']} dB\ngrid and numbers in {output_dir}")
+    scores = (f"PSNR average {decibels(summary['psnr_average'])}, of the EMAs "
+              f"{decibels(summary['psnr_ema_average'])}" if truth is not None else "no ground truth to score against")
+    return f"{stem}: {scores}\ngrid and numbers in {output_dir}"

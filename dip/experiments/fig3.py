@@ -32,7 +32,8 @@ def run(cfg: DictConfig, output_dir: Path) -> str:
     write_json({"psnr_observation": result.metrics["psnr_observation"], "snapshots": progress},
                output_dir / f"{stem}.json")
     cells = [(result.observation, titled("JPEG", result.metrics["psnr_observation"]))]
-    cells += [(snapshots.images[p["step"]], titled(f"{p['step']} steps", p["psnr"])) for p in progress]
+    cells += [(snapshots.images[p["step"]], titled(f"{p['step']} step{'s' if p['step'] != 1 else ''}", p["psnr"]))
+              for p in progress]
     if truth is not None:
         cells.append((truth, "ground truth"))
     image_grid([cells], output_dir / f"{stem}.png", title="JPEG restoration over the steps (Fig. 3)")

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from dip.physics.base import Degradation
 from dip.physics.masks import FileMask, MaskSource
+
+log = logging.getLogger("dip")
 
 
 class Inpainting(Degradation):
@@ -27,6 +31,9 @@ class Inpainting(Degradation):
         if not self.mask.any():
             raise ValueError(f"{self.source} marks no pixel known (white) on a {width}x{height} image: there is "
                              f"nothing to fit")
+        if self.mask.all():  # a mask with its holes grey (>= 128) or its colours swapped, most likely
+            log.warning(f"{self.source} marks every pixel known (white, >= 128) on a {width}x{height} image: nothing "
+                        f"is inpainted")
 
     def check_observed(self) -> None:
         if not isinstance(self.source, FileMask):  # a drawn mask would not be the holes the photo has

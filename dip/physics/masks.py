@@ -109,5 +109,6 @@ class FileMask(MaskSource):
         if size != (height, width) and size != self.image_size:
             image = self.image_size if self.image_size and self.image_size != (height, width) else None
             cropped = f" ({image[1]}x{image[0]} before data.size cropped it)" if image else ""
-            raise ValueError(f"mask {self.path} is {size[1]}x{size[0]} but the image is {width}x{height}{cropped}")
+            raise ValueError(f"mask {self.path} is {size[1]}x{size[0]} but the image is {width}x{height}{cropped}: "
+                             f"give one of the image's size (data.mask=FILE), or data.mask=null for the mask group's")
         return data_crop(known, height, width).float()[None]
