@@ -37,7 +37,7 @@ from dip.errors import (
     kept_traceback,
     one_line,
 )
-from dip.files import unwritable
+from dip.files import hold_folder, unwritable
 from dip.outputs import OUTPUT_FILES, RESTART_OUTPUT, decibels, describe, finished_metrics
 from dip.problem import problem_from_config
 from dip.signals import signal_finished_first
@@ -186,10 +186,15 @@ def beside_the_overrides(arguments: list[str], added: list[str]) -> list[str]:
     return [*arguments[:first], *added, *arguments[first:]]
 
 
+def prints_only(arguments: list[str]) -> bool:
+    """Whether the command line ``arguments`` ask Hydra to print the config (``--cfg``), running nothing."""
+    return any(argument in ("--cfg", "-c") or argument.startswith("--cfg=") for argument in arguments)
+
+
 def check_launcher(arguments: list[str]) -> None:
     """Refuse in one line, before Hydra makes the sweep's folder, a launcher that cannot start here
     (its own error is a traceback); printing the config (``--cfg``) starts none."""
-    if any(argument in ("--cfg", "-c") or argument.startswith("--cfg=") for argument in arguments):
+    if prints_only(arguments):
         return
     chosen = dict(argument.partition("=")[::2] for argument in arguments).get("hydra/launcher")
     if chosen == "ray_cluster" and importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is None:
@@ -432,6 +437,13 @@ def launch(app, config_name: str = "config") -> None:
             run_dir = dict(run_folders(sys.argv[1:])).get("hydra.run.dir")  # check_overrides leaves hydra.* out
             configured = OmegaConf.select(cfg, "hydra.run.dir", throw_on_resolution_failure=False)
             EARLIER_RUNS.note_folders(run_dir or configured)
+            multirun = "-m" in sys.argv or "--multirun" in sys.argv \
+                or str(OmegaConf.select(cfg, "hydra.mode")) == str(RunMode.MULTIRUN)
+            if run_dir is not None and not multirun and not prints_only(sys.argv[1:]):
+                try:
+                    hold_folder(run_dir)
+                except DipError as error:
+                    fail(str(error))
         app()
     except KeyboardInterrupt as interruption:  # outside a job (which says what it keeps): while starting or ending
         exit_interrupted(interruption)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from dip.errors import one_line
+from dip.errors import DipError, one_line
 
 
 def _process_umask() -> int:
@@ -63,3 +64,21 @@ def existing_ancestor(path: Path) -> Path:
     """``path`` (made absolute) if it exists, else the nearest folder above it that does: where making it
     would start, and what stands in its way if that is a file."""
     return next(folder for folder in [path.absolute(), *path.absolute().parents] if folder.exists())
+
+
+_HELD: list[int] = []  # the folders this process holds, open until it ends
+
+
+def hold_folder(folder: Path) -> None:
+    """Hold ``folder`` (made if missing) for this process until it ends; ``DipError`` when another process
+    holds it: two runs writing into one folder would leave outputs of one beside the other's record. The
+    lock is the kernel's (``flock``): a process that dies lets go of it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(descriptor)
+        raise DipError(f"{folder} is in use by another run that is still going: wait for it to end, or run into "
+                       f"another folder") from None
+    _HELD.append(descriptor)

@@ -246,6 +246,23 @@ def test_sigterm_before_the_fit_is_one_line_and_leaves_nothing(tmp_path):
     assert "Traceback" not in done.stderr and not out.exists()
 
 
+def test_a_folder_another_run_is_writing_into_is_refused_before_hydra_writes(tmp_path):
+    """Two runs into one folder at once ended with one run's outputs beside the other's record, and "already
+    finished" then described the wrong run."""
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", f"from pathlib import Path; from dip.files import hold_folder; "
+                               f"hold_folder(Path({str(out)!r})); print('held', flush=True); input()"],
+                              cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        run = ["data.size=32", "trainer.max_steps=1", "logger=none", f"hydra.run.dir={out}"]
+        assert_one_line_error(run_cli(*run), f"{out} is in use by another run that is still going")
+        assert list(out.iterdir()) == []  # Hydra wrote no record there
+    finally:
+        holder.communicate("\n", timeout=30)
+    assert run_cli(*run).returncode == 0 and (out / "metrics.json").is_file()  # its end let go of the folder
+
+
 FULL_DISK_DRIVER = """import errno, runpy, sys
 sys.path.insert(0, {root!r})
 import hydra.core.utils
