@@ -65,28 +65,27 @@ def restore_each(runs: Sequence[SubRun]) -> list[Result]:
     """Restore ``runs`` in order. Every sub-run's config is composed and checked before the first fit, so
     that a bad option, or a folder holding a run finished with other settings, costs no fit. A sub-run
     finished before with the same settings is reused (an experiment cut short continues where it
-    stopped), unless it records the fit with ``callbacks``; each ``config.yaml`` is written once its
-    fit has finished, beside its outputs. A signal that a sub-run finished first stops the others."""
+    stopped), its ``callbacks`` given what they recorded then (``_reusable``); each ``config.yaml`` is
+    written once its fit has finished, beside its outputs. A signal that a sub-run finished first stops the others."""
     configs = [sub_config(run.overrides, run.directory) for run in runs]
-    reused = []
-    for run, cfg in zip(runs, configs):
+    for cfg in configs:
         check_settings(cfg)
-        reused.append(_finished_before(cfg, run.directory) and not run.callbacks
-                      and (run.directory / OUTPUTS_FILE).is_file())
-    for run, cfg, reuse in zip(runs, configs, reused):
-        if not reuse:  # its input, network and packing too, built and let go: no fit before a later one fails
+    reused = [_reusable(run, cfg) for run, cfg in zip(runs, configs)]
+    for run, cfg, earlier in zip(runs, configs, reused):
+        if earlier is None:  # its input, network and packing too, built and let go: no fit before a later one fails
             prepare(cfg, problem_from_config(cfg, clean=run.clean, observation=run.observation))
             if (checkpoint := find_checkpoint(cfg.resume, run.directory)) is not None:
                 check_resumable(checkpoint, result_settings(cfg), cfg.trainer.max_steps, run.directory)
     results = []
-    for run, cfg, reuse in zip(runs, configs, reused):
-        if reuse:
+    for run, cfg, earlier in zip(runs, configs, reused):
+        if earlier is not None:
             log.info(f"reusing the run finished in {run.directory}")
-            results.append(_finished_result(run.directory))
+            results.append(earlier)
             continue
         problem = problem_from_config(cfg, clean=run.clean, observation=run.observation)
         results.append(restore(cfg, run.directory, problem, run.callbacks,
-                               write=functools.partial(_write_sub_run, cfg=cfg, directory=run.directory)))
+                               write=functools.partial(_write_sub_run, cfg=cfg, directory=run.directory,
+                                                       callbacks=run.callbacks)))
         if (signum := signal_finished_first()) is not None and len(results) < len(runs):
             raise Interrupted(signum)
     return results
@@ -95,13 +94,35 @@ def restore_each(runs: Sequence[SubRun]) -> list[Result]:
 REUSED_IMAGES = ("restored", "restored_ema", "observation", "ground_truth")  # what the runners read of a result
 
 
-def _write_sub_run(result: Result, cfg: DictConfig, directory: Path) -> None:
-    """The sub-run's outputs, with its config and the images a later run reuses, before the
-    ``metrics.json`` that marks it finished (a fit refused or failed leaves no config behind)."""
+def _write_sub_run(result: Result, cfg: DictConfig, directory: Path, callbacks: Sequence[pl.Callback] = ()) -> None:
+    """The sub-run's outputs, with its config, the images a later run reuses and what its ``callbacks``
+    recorded, before the ``metrics.json`` that marks it finished (a fit refused or failed leaves no config
+    behind)."""
     text = OmegaConf.to_yaml(cfg)
     images = {name: None if (image := getattr(result, name)) is None else image.cpu() for name in REUSED_IMAGES}
+    images["recorded"] = [{"recording": callback.recording, "state": callback.state_dict()} for callback in callbacks]
     write_outputs(result, directory, {"config.yaml": lambda handle: handle.write(text.encode()),
                                       OUTPUTS_FILE: lambda handle: torch.save(images, handle)})
+
+
+def _reusable(run: SubRun, cfg: DictConfig) -> Result | None:
+    """The result of ``run`` finished before in its folder with ``cfg``'s settings (as ``run.py`` decides;
+    ``DipError`` if with others), its recorders given what they recorded then; None to fit it: none
+    finished there, or it was given another observation, or recorded other steps (or nothing)."""
+    if not (_finished_before(cfg, run.directory) and (run.directory / OUTPUTS_FILE).is_file()):
+        return None
+    saved = _finished_outputs(run.directory)
+    if run.observation is not None:  # made by the experiment from settings of its own (fig. 2's noise level)
+        earlier = saved["observation"]
+        if earlier is None or not torch.equal(earlier.reshape(run.observation.shape), run.observation.float().cpu()):
+            return None
+    recorded = saved.get("recorded", [])
+    if [entry["recording"] for entry in recorded] != [callback.recording for callback in run.callbacks]:
+        return None
+    for callback, entry in zip(run.callbacks, recorded, strict=True):
+        callback.load_state_dict(entry["state"])
+    metrics = json.loads((run.directory / "metrics.json").read_text())
+    return Result(**{name: saved[name] for name in REUSED_IMAGES}, metrics=metrics, output_dir=run.directory)
 
 
 def _finished_before(cfg: DictConfig, directory: Path) -> bool:
@@ -111,14 +132,12 @@ def _finished_before(cfg: DictConfig, directory: Path) -> bool:
     return finished_metrics(directory, None if saved is None else OmegaConf.create(saved), cfg) is not None
 
 
-def _finished_result(directory: Path) -> Result:
+def _finished_outputs(directory: Path) -> dict:
     try:
-        images = torch.load(directory / OUTPUTS_FILE)
-        metrics = json.loads((directory / "metrics.json").read_text())
+        return torch.load(directory / OUTPUTS_FILE)
     except Exception as error:  # torch.load raises whatever unpickling a damaged file raises
         raise DipError(f"cannot read the run finished in {directory} ({one_line(error, 200)}): delete its "
                        f"metrics.json to run it again") from None
-    return Result(**{name: images[name] for name in REUSED_IMAGES}, metrics=metrics, output_dir=directory)
 
 
 def listed(cfg: DictConfig, key: str) -> list:
@@ -144,6 +163,11 @@ class LossRecorder(pl.Callback):
             self.steps.append(trainer.global_step)
             self._losses.append(outputs["loss"].detach())
 
+    @property
+    def recording(self) -> dict:
+        """What it records, for a finished sub-run's record to be reused only by a recorder of the same."""
+        return {"loss_every": self.every}
+
     def losses(self) -> list[float]:
         return self._earlier + (torch.stack(self._losses).cpu().tolist() if self._losses else [])
 
@@ -164,6 +188,11 @@ class Snapshots(pl.Callback):
     def __init__(self, steps: Iterable[int]):
         self.steps = set(int(step) for step in steps)
         self.images: dict[int, torch.Tensor] = {}
+
+    @property
+    def recording(self) -> dict:
+        """What it records, for a finished sub-run's record to be reused only by a recorder of the same."""
+        return {"snapshot_steps": sorted(self.steps)}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if trainer.global_step in self.steps:
