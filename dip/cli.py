@@ -212,6 +212,7 @@ class EarlierRuns:
     def __init__(self):
         self.written: dict[Path, int] = {}
         self.records: dict[Path, bytes] = {}
+        self.logs: dict[Path, set[str]] = {}  # what each run folder's wandb/ held (W&B's offline runs)
         self.folders: set[Path] | None = None  # the run folder's ancestors that existed, once noted
         self.run_dir: Path | None = None  # hydra.run.dir, once noted
 
@@ -233,6 +234,8 @@ class EarlierRuns:
                 for path in (run_dir / ".hydra").glob("*"):
                     if path.is_file():
                         self.records[path.resolve()] = path.read_bytes()
+                if (run_dir / WANDB_FOLDER).is_dir():
+                    self.logs[run_dir.resolve()] = {path.name for path in (run_dir / WANDB_FOLDER).iterdir()}
 
     def finished_config(self, output_dir: Path) -> DictConfig | None:
         """The config of the run that had finished in ``output_dir`` before Hydra started (its
@@ -281,7 +284,11 @@ class EarlierRuns:
                 path.write_bytes(earlier)
             elif path.is_file():
                 path.unlink()
-        for folder in (record_dir, output_dir):
+        logs, earlier_logs = output_dir / WANDB_FOLDER, self.logs.get(output_dir.resolve(), set())
+        for path in logs.iterdir() if logs.is_dir() else ():  # the W&B run this job started, if it got so far
+            if path.name not in earlier_logs:
+                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        for folder in (logs, record_dir, output_dir):
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
         if self.folders is not None and not output_dir.exists():
@@ -289,6 +296,9 @@ class EarlierRuns:
                 if folder in self.folders or any(folder.iterdir()):
                     break
                 folder.rmdir()
+
+
+WANDB_FOLDER = "wandb"  # where the W&B logger writes its offline runs, in the run folder
 
 
 def _run_dirs_in(folder: Path) -> set[Path]:

@@ -285,6 +285,21 @@ def test_a_full_disk_before_the_job_is_one_line_and_leaves_nothing(tmp_path):
     assert not out.exists()
 
 
+def test_sigterm_once_the_wandb_run_started_leaves_nothing_and_keeps_an_earlier_runs_logs(tmp_path):
+    """The offline W&B run (wandb/) that the job had started stayed behind, and with it the folder."""
+    out = tmp_path / "out"
+    run = ["data.size=32", "trainer.max_steps=1", "logger=wandb", f"hydra.run.dir={out}"]
+    done = run_cli_signalled(tmp_path, "dip.pipeline.instantiate_settings", "SIGTERM", *run)
+    assert done.returncode == 128 + signal.SIGTERM and done.stderr.rstrip().endswith("interrupted by SIGTERM")
+    assert not out.exists()
+    assert run_cli(*run, "checkpoint.keep=true").returncode == 0
+    earlier = sorted(path.name for path in (out / "wandb").iterdir())
+    done = run_cli_signalled(tmp_path, "dip.pipeline.instantiate_settings", "SIGTERM", *run[:-3], "trainer.max_steps=2",
+                             "logger=wandb", "checkpoint.keep=true", f"hydra.run.dir={out}")
+    assert done.returncode == 128 + signal.SIGTERM, done.stderr[-2000:]
+    assert sorted(path.name for path in (out / "wandb").iterdir()) == earlier  # the continuation's own run gone
+
+
 def test_a_failed_run_removes_the_empty_folders_made_for_it_and_only_those(tmp_path):
     (tmp_path / "kept").mkdir()  # empty before the run: not the run's to remove
     out = tmp_path / "kept" / "new" / "deeper" / "out"
