@@ -1055,7 +1055,8 @@ def test_a_stop_of_the_main_process_alone_checkpoints_the_workers_fits_and_leave
     command = [sys.executable, str(SCRIPT), "benchmark=set5_x4", f"data.root={root}", "data.size=32", "logger=none",
                "cpu_jobs=2", "benchmark.baselines=[]", "trainer.max_steps=100000", "checkpoint.every_n_steps=5",
                f"hydra.run.dir={run_dir}"]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))  # not nohup's
     deadline = time.monotonic() + 240
     while len(list(run_dir.glob("images/*/checkpoint.ckpt"))) < 2 and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -339,7 +339,7 @@ def test_dashboard_joins_the_wandb_runs_of_a_continued_run(tmp_path):
         cfg = compose_config(["logger=wandb", f"checkpoint.keep={keep}", *TINY, f"trainer.max_steps={steps}"],
                              output_dir=out)
         if keep == "false":  # the checkpoint names the W&B run to continue online (offline W&B cannot resume)
-            run_id = check_resumable(out / CHECKPOINT_NAME, result_settings(cfg), steps).wandb_run_id
+            run_id = check_resumable(out / CHECKPOINT_NAME, result_settings(cfg), steps, out).wandb_run_id
             assert [path.name for path in out.glob(f"wandb/offline-run-*-{run_id}")]
         run(cfg, out)
     assert len(list(out.glob("wandb/offline-run-*"))) == 2
