@@ -291,6 +291,20 @@ class EarlierRuns:
         for folder in (logs, record_dir, output_dir):
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
+        self._remove_folders_above(output_dir)
+
+    def remove_unused_run_folder(self) -> None:
+        """Remove ``hydra.run.dir`` if it is empty and was not there before (made to be held, then the
+        command refused before its job wrote anything), and the folders above it made for it."""
+        run_dir = self.run_dir
+        if run_dir is None or self.folders is None or run_dir.resolve() in self.folders or not run_dir.is_dir() \
+                or any(run_dir.iterdir()):
+            return
+        run_dir.rmdir()
+        self._remove_folders_above(run_dir)
+
+    def _remove_folders_above(self, output_dir: Path) -> None:
+        """The empty folders above the removed ``output_dir`` that were made for it."""
         if self.folders is not None and not output_dir.exists():
             for folder in output_dir.resolve().parents:
                 if folder in self.folders or any(folder.iterdir()):
@@ -478,6 +492,8 @@ def launch(app, config_name: str = "config") -> None:
         if run_dir.exists():
             EARLIER_RUNS.discard(run_dir)
         fail(f"cannot write into {run_dir}: {error.strerror or one_line(error)}")
+    finally:  # a folder held for the run, which Hydra then refused before the job started
+        EARLIER_RUNS.remove_unused_run_folder()
 
 
 def main() -> None:
