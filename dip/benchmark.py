@@ -36,6 +36,7 @@ import signal
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -505,11 +506,12 @@ def _stop_when_orphaned(parent: int) -> None:
     os._exit(128 + signal.SIGTERM)
 
 
-def _restore_in_worker(pack: Pack) -> list[dict]:
-    """``restore_pack`` in a worker process, marked as fitting for ``_stop_when_orphaned``."""
+def _restore_in_worker(restore: Callable[[Pack], list[dict]], pack: Pack) -> list[dict]:
+    """``restore(pack)`` (``restore_pack``, as the main process names it) in a worker process, marked as
+    fitting for ``_stop_when_orphaned``."""
     _FITTING.set()
     try:
-        return restore_pack(pack)
+        return restore(pack)
     finally:
         _FITTING.clear()
 
@@ -600,7 +602,7 @@ def restore_all(packs: list[Pack], done_before: int, gpus: list[str], workers: i
             # one fit per free worker, so that each is started only when a worker can take it at once
             running: dict[Future, Pack] = {}
             while len(running) < workers and (pack := next_pack()) is not None:
-                running[pool.submit(_restore_in_worker, pack)] = pack
+                running[pool.submit(_restore_in_worker, restore_pack, pack)] = pack
             while running:
                 done, _ = wait(running, timeout=1.0, return_when=FIRST_COMPLETED)
                 if interrupted:  # again: a worker that was starting up ignored it, and its fit listens now
@@ -612,7 +614,7 @@ def restore_all(packs: list[Pack], done_before: int, gpus: list[str], workers: i
                     else:
                         report(pack, future.result())
                     if (pack := next_pack()) is not None:
-                        running[pool.submit(_restore_in_worker, pack)] = pack
+                        running[pool.submit(_restore_in_worker, restore_pack, pack)] = pack
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
             for signum, handler in previous.items():
