@@ -21,7 +21,7 @@ from pytorch_lightning.loggers import WandbLogger
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from dip.config import setting_differences
-from dip.errors import DipError, load_fault, one_line
+from dip.errors import DipError, Interrupted, RunInterruptedError, load_fault, one_line
 from dip.files import atomic_path
 from dip.outputs import CHECKPOINT_NAME
 from dip.signals import CaughtSignals, finished_first_on, forget_finished_first
@@ -178,6 +178,15 @@ class RunCheckpoint(pl.Callback):
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         self._rng_to_restore = checkpoint["dip"]["rng"]
+
+    def interruption(self, signum: int, step: int, max_steps: int, why: str = "") -> BaseException:
+        """What ends the run that ``signum`` stopped at ``step``: ``RunInterruptedError`` naming the checkpoint
+        left (when of an earlier step: ``why``, or why this step's could not be written), or ``Interrupted``
+        when there is none."""
+        if self.saved_step is None:
+            return Interrupted(signum)
+        return RunInterruptedError(signum, step, max_steps, self.path, saved_step=self.saved_step,
+                                   why=self.unwritten or why)
 
     def finish(self) -> None:
         """The fit's outputs are written: its checkpoint is removed, or with ``keep_final`` replaced by

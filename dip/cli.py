@@ -123,8 +123,7 @@ def check_overrides(arguments: list[str], config_name: str = "config") -> DictCo
         if check is not fixed:
             continue
         fixed_cfg = cfg
-        multirun = bool(swept) or "-m" in arguments or "--multirun" in arguments \
-            or str(OmegaConf.select(cfg, "hydra.mode")) == str(RunMode.MULTIRUN)
+        multirun = bool(swept) or is_multirun(arguments, cfg)
         if config_name == "config" and multirun and _every_job_reads_this_input(cfg, arguments, swept):
             try:  # an input that every job shares and would fail on: once, not once per job or trial
                 problem_from_config(cfg)
@@ -184,6 +183,12 @@ def beside_the_overrides(arguments: list[str], added: list[str]) -> list[str]:
     first = next((i for i, argument in enumerate(arguments) if "=" in argument and not argument.startswith("-")),
                  len(arguments))
     return [*arguments[:first], *added, *arguments[first:]]
+
+
+def is_multirun(arguments: list[str], cfg: DictConfig) -> bool:
+    """Whether the command line ``arguments`` (composed as ``cfg``) ask for a sweep: ``-m``, or ``hydra.mode``."""
+    return "-m" in arguments or "--multirun" in arguments \
+        or str(OmegaConf.select(cfg, "hydra.mode")) == str(RunMode.MULTIRUN)
 
 
 def prints_only(arguments: list[str]) -> bool:
@@ -461,9 +466,7 @@ def launch(app, config_name: str = "config") -> None:
             run_dir = dict(run_folders(sys.argv[1:])).get("hydra.run.dir")  # check_overrides leaves hydra.* out
             configured = OmegaConf.select(cfg, "hydra.run.dir", throw_on_resolution_failure=False)
             EARLIER_RUNS.note_folders(run_dir or configured)
-            multirun = "-m" in sys.argv or "--multirun" in sys.argv \
-                or str(OmegaConf.select(cfg, "hydra.mode")) == str(RunMode.MULTIRUN)
-            if run_dir is not None and not multirun and not prints_only(sys.argv[1:]):
+            if run_dir is not None and not is_multirun(sys.argv[1:], cfg) and not prints_only(sys.argv[1:]):
                 try:
                     hold_folder(run_dir)
                 except DipError as error:

@@ -199,14 +199,20 @@ def describe_need(module, need: MemoryEstimate) -> str:
             f"(activations {need.activations / GIB:.1f}, parameters and optimiser {need.parameters / GIB:.2f})")
 
 
+def _ram_short_of(need: int, available: int | None = None) -> int | None:
+    """The RAM the OS can give (``available`` overrides it) when ``need`` bytes exceed ``HEADROOM`` of it,
+    else None (None too when unknown)."""
+    free = available if available is not None else available_bytes(torch.device("cpu"))
+    return None if free is None or need <= HEADROOM * free else free
+
+
 def check_codes_fit(channels: int, height: int, width: int, count: int = 1, available: int | None = None) -> None:
     """Raise ``MemoryShortError`` when ``count`` codes ``z`` of ``channels`` float32 maps of ``height`` x
     ``width`` exceed the RAM the OS can give (``available`` overrides it). They are made on the host
     before the module that ``check_fits`` estimates exists: a too large one would end in a traceback, or
     the OOM killer, instead (x4 super-resolution of a phone photo: a 32-channel code of 190 MP)."""
     need = 4 * channels * height * width * count
-    free = available if available is not None else available_bytes(torch.device("cpu"))
-    if free is None or need <= HEADROOM * free:
+    if (free := _ram_short_of(need, available)) is None:
         return
     codes = f"{count} codes z of {channels} channels alone need" if count > 1 else \
         f"code z of {channels} channels alone needs"
@@ -220,8 +226,7 @@ def check_image_fits(file: Path, width: int, height: int, bands: int, available:
     per pixel would exceed the RAM the OS can give (``available`` overrides it). It stands in for Pillow's
     decompression-bomb limit (about 179 MP), which refuses a large scan that ``data.size`` would crop."""
     need = DECODING_BYTES * bands * width * height
-    free = available if available is not None else available_bytes(torch.device("cpu"))
-    if free is None or need <= HEADROOM * free:
+    if (free := _ram_short_of(need, available)) is None:
         return
     raise MemoryShortError(f"image file {file} is {width}x{height} ({width * height / 1e6:.0f} MP): reading it needs "
                            f"about {need / GIB:.1f} GiB, but this machine has {free / GIB:.1f} GiB free: crop or "

@@ -35,7 +35,7 @@ from dip.checkpoint import (
     find_checkpoint,
 )
 from dip.config import check_whole_number, instantiate_settings, result_settings, settings_error
-from dip.errors import DipError, FitStoppedError, Interrupted, OutputsNotWrittenError, RunInterruptedError, one_line
+from dip.errors import DipError, FitStoppedError, Interrupted, OutputsNotWrittenError, one_line
 from dip.inputs import padded_size
 from dip.loggers import ImageLogger, flat_config
 from dip.memory import check_codes_fit, check_fits, checked_estimate, meta_copy, out_of_memory, run_device
@@ -462,11 +462,8 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
             need = checked_estimate(module, cfg.trainer.precision, kept)
         raise out_of_memory(module, need, device, module.global_step, cfg.trainer.precision) from None
     except Interrupted as interruption:  # outside the steps, or a second SIGINT: the last checkpoint written stays
-        if saver.saved_step is None:
-            raise
-        raise RunInterruptedError(interruption.signum, module.global_step, cfg.trainer.max_steps, saver.path,
-                                  saved_step=saver.saved_step,
-                                  why=saver.unwritten or "stopped before its checkpoint was written") from None
+        raise saver.interruption(interruption.signum, module.global_step, cfg.trainer.max_steps,
+                                 "stopped before its checkpoint was written") from None
     # Lightning has put back the handlers it found: a signal now would lose the finished fit
     with held_signals() if not saver.interrupted else nullcontext():
         logger = trainer.logger
@@ -530,10 +527,7 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
 
             wandb.finish()
         if saver.interrupted and saver.path is not None:
-            if saver.saved_step is None:  # its checkpoint could not be written, and none was before
-                raise Interrupted(saver.interrupted)
-            raise RunInterruptedError(saver.interrupted, steps, trainer.max_steps, saver.path,
-                                      saved_step=saver.saved_step, why=saver.unwritten or "")
+            raise saver.interruption(saver.interrupted, steps, trainer.max_steps)
         if write is None and output_dir is not None:
             write = functools.partial(write_outputs, output_dir=Path(output_dir))
         if write is not None:

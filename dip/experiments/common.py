@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import functools
 import io
-import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -109,7 +108,8 @@ def _reusable(run: SubRun, cfg: DictConfig) -> Result | None:
     """The result of ``run`` finished before in its folder with ``cfg``'s settings (as ``run.py`` decides;
     ``DipError`` if with others), its recorders given what they recorded then; None to fit it: none
     finished there, or it was given another observation, or recorded other steps (or nothing)."""
-    if not (_finished_before(cfg, run.directory) and (run.directory / OUTPUTS_FILE).is_file()):
+    metrics = _finished_metrics(cfg, run.directory)
+    if metrics is None or not (run.directory / OUTPUTS_FILE).is_file():
         return None
     saved = _finished_outputs(run.directory)
     if run.observation is not None:  # made by the experiment from settings of its own (fig. 2's noise level)
@@ -121,15 +121,14 @@ def _reusable(run: SubRun, cfg: DictConfig) -> Result | None:
         return None
     for callback, entry in zip(run.callbacks, recorded, strict=True):
         callback.load_state_dict(entry["state"])
-    metrics = json.loads((run.directory / "metrics.json").read_text())
     return Result(**{name: saved[name] for name in REUSED_IMAGES}, metrics=metrics, output_dir=run.directory)
 
 
-def _finished_before(cfg: DictConfig, directory: Path) -> bool:
-    """Whether ``directory`` holds a run finished with ``cfg``'s settings (as ``run.py`` decides); ``DipError``
-    if with others, unless a checkpoint kept there continues to ``cfg``'s steps."""
+def _finished_metrics(cfg: DictConfig, directory: Path) -> dict | None:
+    """The metrics of the run finished in ``directory`` with ``cfg``'s settings (as ``run.py`` decides), else
+    None; ``DipError`` if with others, unless a checkpoint kept there continues to ``cfg``'s steps."""
     saved = finished_config(directory)
-    return finished_metrics(directory, None if saved is None else OmegaConf.create(saved), cfg) is not None
+    return finished_metrics(directory, None if saved is None else OmegaConf.create(saved), cfg)
 
 
 def _finished_outputs(directory: Path) -> dict:
