@@ -48,7 +48,7 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from dip.baselines import BASELINES, BaselineUnavailableError
-from dip.config import RESULT_SETTINGS, check_whole_number, dotted, refuse_other_settings, without_implied_settings
+from dip.config import check_whole_number, dotted
 from dip.datasets import DatasetImage, open_dataset
 from dip.errors import (
     DipError,
@@ -75,6 +75,7 @@ from dip.outputs import (
     write_outputs,
 )
 from dip.problem import problem_from_config, stack_problems
+from dip.run_settings import RESULT_SETTINGS, refuse_other_settings, without_implied_settings
 from dip.signals import signal_finished_first
 
 log = logging.getLogger("dip.benchmark")
@@ -168,7 +169,7 @@ BENCHMARK_RESULT_KEYS = ("name", "dataset", "protocol", "shave", "runs")
 
 def _restoration_key(config: dict) -> dict:
     """What decides a sub-run's restoration in its ``config``: the settings a run's result depends on
-    (``dip.config.RESULT_SETTINGS``, but the ``speed`` switches, which change it only up to rounding),
+    (``dip.run_settings.RESULT_SETTINGS``, but the ``speed`` switches, which change it only up to rounding),
     its steps and ``BENCHMARK_RESULT_KEYS``. Paths under the sub-run's folder become relative to
     ``{output_dir}``, the data root drops out and the image is named by its dataset folder and file. So a
     restoration finished in another checkout or on another machine, with any device, process count, logger,
@@ -336,7 +337,7 @@ def _check_checkpoint(pack: Pack) -> None:
     (made with other settings, damaged): found in the fit, it failed that fit alone, after the others ran."""
     if (checkpoint := pack.directory / CHECKPOINT_NAME).is_file():
         from dip.checkpoint import check_resumable  # only here: Lightning takes seconds to load
-        from dip.config import result_settings
+        from dip.run_settings import result_settings
 
         config = OmegaConf.create(_fit_config(pack))
         check_resumable(checkpoint, result_settings(config), config.trainer.max_steps, pack.directory)

@@ -20,10 +20,10 @@ import torch
 from pytorch_lightning.loggers import WandbLogger
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from dip.config import setting_differences
 from dip.errors import DipError, Interrupted, RunInterruptedError, load_fault, one_line
 from dip.files import atomic_path
 from dip.outputs import CHECKPOINT_NAME
+from dip.run_settings import setting_differences
 from dip.signals import CaughtSignals, finished_first_on, forget_finished_first
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import inspect
 import itertools
@@ -23,7 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import Container, DictConfig, ListConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from dip.errors import DipError, invalid_yaml, one_line
@@ -89,74 +88,6 @@ def dotted(values: dict, prefix: str = "") -> dict:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
-
-
-# Top-level settings added after checkpoints and finished restorations were kept, with the value that a
-# config without them meant: at that value they drop out of every comparison, so those still match.
-IMPLIED_SETTINGS = {"backtrack_against": "last", "diverged_gradient": "keep", "metrics_every": 50}
-
-
-def without_implied_settings(settings: dict) -> dict:
-    """``settings`` (top-level keys as in a config, or flattened) less each of ``IMPLIED_SETTINGS`` at the
-    value its absence meant, and less ``metrics_every`` when ``backtrack_db`` is null: nothing reads it then."""
-    unread = {"metrics_every"} if settings.get("backtrack_db") is None else set()
-    return {key: value for key, value in settings.items()
-            if key not in unread and (key not in IMPLIED_SETTINGS or value != IMPLIED_SETTINGS[key])}
-
-
-# Settings that change the result; the others (steps, logging, paths, device) may differ on resume.
-RESULT_SETTINGS = ("seed", "observation_seed", "task", "arch", "input", "optim", "data", "regularizer", "ema_weight",
-                   "backtrack_db", "backtrack_against", "diverged_gradient", "max_rollbacks", "early_stop",
-                   "trainer.precision", "restarts",
-                   # the Trainer's own hands on the update (absent: null, as in a run from before they counted)
-                   "trainer.gradient_clip_val", "trainer.gradient_clip_algorithm", "trainer.accumulate_grad_batches",
-                   # how often a collapse is judged and max_rollbacks checked (nothing else when backtrack_db=null)
-                   "metrics_every",
-                   # not the result, but which weights and buffers the checkpoint holds
-                   "speed.conv_bias_before_norm", "speed.batchnorm_running_stats",
-                   # nor the result, but the optimizer's state: per weight, or of the one weight tensor
-                   "speed.one_weight_tensor")
-IGNORED_SETTINGS = ("data.root",)
-
-
-def result_settings(cfg: DictConfig) -> dict:
-    """The resolved settings that decide the result, flattened to ``{"optim.lr": 0.01, ...}``. A
-    benchmark's image is named as its dataset's (``Set5/bird.png``, under ``data.root``), so that its
-    checkpoint, carried to a machine whose datasets lie elsewhere, resumes there."""
-    nodes = {key: OmegaConf.select(cfg, key) for key in RESULT_SETTINGS}
-    selected = {key: OmegaConf.to_container(node, resolve=True) if isinstance(node, Container) else node
-                for key, node in nodes.items()}
-    settings = {key: value for key, value in dotted(selected).items() if key not in IGNORED_SETTINGS}
-    # run.py's data.path is the user's, named as given
-    if OmegaConf.select(cfg, "benchmark.dataset") and isinstance(settings.get("data.path"), str):
-        with contextlib.suppress(ValueError):  # an image given outside the data root
-            root = Path(cfg.data.root).expanduser().absolute()  # as the benchmark names its images
-            settings["data.path"] = Path(settings["data.path"]).relative_to(root).as_posix()
-    return without_implied_settings(settings)
-
-
-def setting_differences(saved: dict, settings: dict) -> str:
-    """The settings (as ``result_settings`` gives them) that differ between ``saved`` and ``settings``,
-    as ``"seed: 0 -> 1; ..."`` (at most four), or ``""``."""
-    differences = [  # a setting left out at its implied value is shown at that value
-        f"{key}: {saved.get(key, IMPLIED_SETTINGS.get(key))!r} -> {settings.get(key, IMPLIED_SETTINGS.get(key))!r}"
-        for key in sorted(set(saved) | set(settings))
-        if saved.get(key) != settings.get(key)
-    ]
-    return "; ".join(differences[:4]) + ("; ..." if len(differences) > 4 else "")
-
-
-def finished_run_settings(cfg: DictConfig) -> dict:
-    """What a finished run's outputs depend on: ``result_settings`` and the number of steps."""
-    return {**result_settings(cfg), "trainer.max_steps": cfg.trainer.max_steps}
-
-
-def refuse_other_settings(folder: Path, saved: dict, settings: dict) -> None:
-    """``DipError`` when the run finished in ``folder`` with the flat settings ``saved`` differs from
-    one with ``settings``: its outputs are kept, not replaced by those of another run."""
-    if differences := setting_differences(saved, settings):
-        raise DipError(f"{folder} holds a finished run with other settings ({differences}): run into another "
-                       f"folder, or delete its metrics.json to replace that run")
 
 
 def register_resolvers() -> None:

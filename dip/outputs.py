@@ -18,10 +18,10 @@ import torch
 import yaml
 from omegaconf import DictConfig
 
-from dip.config import finished_run_settings, refuse_other_settings, setting_differences
 from dip.errors import DipError, one_line
 from dip.files import write_atomically
 from dip.images import save_image
+from dip.run_settings import finished_run_settings, refuse_other_settings, setting_differences
 
 BEFORE_COLLAPSE_OUTPUT = "restored_ema_before_collapse.png"  # a fit that collapsed at its end: the EMA from before
 OUTPUT_FILES = ("observation.png", "restored.png", "restored_ema.png", "bicubic.png", "bilinear.png",
@@ -91,16 +91,20 @@ def finished_metrics(folder: Path, saved: DictConfig | None, cfg: DictConfig) ->
     for the fit to continue, or to refuse, unless the run finished exactly as asked."""
     if saved is None:
         return None
-    earlier, settings = finished_run_settings(saved), finished_run_settings(cfg)
-    kept_checkpoint = (folder / CHECKPOINT_NAME).is_file()
-    if kept_checkpoint and setting_differences(earlier, settings):
-        return None
-    refuse_other_settings(folder, earlier, settings)
     path = folder / "metrics.json"
     try:
         metrics = json.loads(path.read_text())
     except (OSError, ValueError):
         raise DipError(f"cannot read {path}: delete it to run again") from None
+    # its config names its files; what they held then, its metrics say
+    recorded = metrics.get("input_sha256") if isinstance(metrics, dict) else None
+    earlier = {**finished_run_settings(saved, digests=False),
+               **{f"sha256({name})": digest for name, digest in (recorded or {}).items()}}
+    settings = finished_run_settings(cfg)
+    kept_checkpoint = (folder / CHECKPOINT_NAME).is_file()
+    if kept_checkpoint and setting_differences(earlier, settings):
+        return None
+    refuse_other_settings(folder, earlier, settings)
     # a continuation interrupted there left the record of its settings beside the shorter run's metrics; a fit
     # that ended early (early stopping, divergence) finished short of them
     shorter = metrics.get("steps") != cfg.trainer.max_steps and not metrics.get("stop_reason")

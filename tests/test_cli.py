@@ -1,5 +1,6 @@
 """``run.py`` as a user runs it: files written, exit codes, one-line errors."""
 
+import hashlib
 import json
 import os
 import signal
@@ -377,6 +378,24 @@ def test_a_finished_runs_folder_is_kept_whatever_runs_into_it_again(tmp_path):
     assert {name: data for name, data in after.items() if name != "cli.log"} == \
         {name: data for name, data in before.items() if name != "cli.log"}
     assert after["cli.log"].startswith(before["cli.log"])
+
+
+def test_an_image_replaced_at_the_same_path_is_not_taken_for_the_finished_or_kept_run(tmp_path):
+    """The settings name the file; its contents, recorded in metrics.json and the checkpoint, tell a photo
+    edited (or another one saved under its name) from the one restored."""
+    photo = make_png(tmp_path / "photo.png", 24, 20, seed=1)
+    finished, kept = tmp_path / "finished", tmp_path / "kept"
+    run = [f"data.path={photo}", "logger=none"]
+    assert run_cli(*run, "trainer.max_steps=2", f"hydra.run.dir={finished}").returncode == 0
+    assert run_cli(*run, "trainer.max_steps=2", f"hydra.run.dir={kept}", "checkpoint.keep=true").returncode == 0
+    recorded = json.loads((finished / "metrics.json").read_text())["input_sha256"]
+    assert recorded == {"data.path": hashlib.sha256(photo.read_bytes()).hexdigest()}
+    make_png(photo, 24, 20, seed=2)
+    assert_one_line_error(run_cli(*run, "trainer.max_steps=2", f"hydra.run.dir={finished}"),
+                          f"{finished} holds a finished run with other settings (data.path: its file's contents "
+                          "changed, sha256")
+    assert_one_line_error(run_cli(*run, "trainer.max_steps=3", f"hydra.run.dir={kept}", "checkpoint.keep=true"),
+                          f"checkpoint {kept / 'checkpoint.ckpt'} was made with other settings (data.path: its file's")
 
 
 @pytest.mark.slow

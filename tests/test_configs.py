@@ -1,15 +1,17 @@
 """The real configs, composed with Hydra's compose API, run end to end at tiny size."""
 
+import hashlib
 import json
 import re
 
 import pytest
 import torch
 
-from dip.config import compose_config, config_groups, result_settings, setting_differences
+from dip.config import compose_config, config_groups
 from dip.memory import estimate
 from dip.metrics import psnr, ssim
 from dip.pipeline import prepare, run
+from dip.run_settings import result_settings, setting_differences
 from tests.conftest import make_png
 
 TASKS = config_groups()["task"]
@@ -177,6 +179,24 @@ def test_metrics_every_decides_the_result_only_with_rollbacks():
 
     assert differences() == "metrics_every: 50 -> 10"
     assert differences("backtrack_db=null") == ""
+
+
+def test_an_input_file_s_contents_decide_the_result_where_both_runs_recorded_them(tmp_path):
+    """A file replaced at the same path is another run; a checkpoint or run from before digests were kept
+    (none recorded) still matches, and a setting that names no file (the default image) has no digest."""
+    image = tmp_path / "photo.png"
+    image.write_bytes(b"first")
+    settings = result_settings(compose_config([f"data.path={image}"]))
+    assert settings["sha256(data.path)"] == hashlib.sha256(b"first").hexdigest()
+    assert "sha256(data.path)" not in result_settings(compose_config([]))
+    assert "sha256(data.path)" not in result_settings(compose_config([f"data.path={image}"]), digests=False)
+    image.write_bytes(b"second")
+    replaced = result_settings(compose_config([f"data.path={image}"]))
+    assert setting_differences(settings, replaced) == (
+        f"data.path: its file's contents changed, sha256 {hashlib.sha256(b'first').hexdigest()[:12]}... -> "
+        f"{hashlib.sha256(b'second').hexdigest()[:12]}...")
+    older = {key: value for key, value in settings.items() if key != "sha256(data.path)"}
+    assert setting_differences(older, replaced) == setting_differences(replaced, older) == ""
 
 
 def test_the_trainer_s_gradient_settings_decide_the_result_and_a_benchmark_s_image_is_named_by_its_dataset(

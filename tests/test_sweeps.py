@@ -25,9 +25,10 @@ from omegaconf import OmegaConf
 
 from dip import sweeps
 from dip.checkpoint import CHECKPOINT_NAME, Resumable, check_resumable
-from dip.config import compose_config, result_settings, sweep_name
+from dip.config import compose_config, sweep_name
 from dip.loggers import flat_config
 from dip.pipeline import make_logger, run
+from dip.run_settings import result_settings
 from dip.wandb_files import offline_run_file, offline_run_records
 from tests.conftest import make_png, run_cli, run_cli_signalled
 

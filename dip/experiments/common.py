@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from dip.checkpoint import check_resumable, find_checkpoint
-from dip.config import check_settings, checked_config, result_settings
+from dip.config import check_settings, checked_config
 from dip.errors import DipError, Interrupted, one_line
 from dip.figures import figure_png
 from dip.files import write_atomically
@@ -26,6 +26,7 @@ from dip.outputs import OUTPUTS_FILE, Result, finished_config, finished_metrics,
 from dip.pipeline import prepare
 from dip.pipeline import run as restore
 from dip.problem import problem_from_config
+from dip.run_settings import result_settings
 from dip.signals import signal_finished_first
 
 log = logging.getLogger("dip")

@@ -1,0 +1,101 @@
+"""When two runs are one: the settings that decide a run's result, compared before a checkpoint is resumed
+or a finished run is reported instead of run again. Logging, paths and the device may differ."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+from omegaconf import Container, DictConfig, OmegaConf
+
+from dip.config import dotted
+from dip.datasets import sha256_of
+from dip.errors import DipError
+
+# Top-level settings added after checkpoints and finished restorations were kept, with the value that a
+# config without them meant: at that value they drop out of every comparison, so those still match.
+IMPLIED_SETTINGS = {"backtrack_against": "last", "diverged_gradient": "keep", "metrics_every": 50}
+
+
+def without_implied_settings(settings: dict) -> dict:
+    """``settings`` (top-level keys as in a config, or flattened) less each of ``IMPLIED_SETTINGS`` at the
+    value its absence meant, and less ``metrics_every`` when ``backtrack_db`` is null: nothing reads it then."""
+    unread = {"metrics_every"} if settings.get("backtrack_db") is None else set()
+    return {key: value for key, value in settings.items()
+            if key not in unread and (key not in IMPLIED_SETTINGS or value != IMPLIED_SETTINGS[key])}
+
+
+# Settings that change the result; the others (steps, logging, paths, device) may differ on resume.
+RESULT_SETTINGS = ("seed", "observation_seed", "task", "arch", "input", "optim", "data", "regularizer", "ema_weight",
+                   "backtrack_db", "backtrack_against", "diverged_gradient", "max_rollbacks", "early_stop",
+                   "trainer.precision", "restarts",
+                   # the Trainer's own hands on the update (absent: null, as in a run from before they counted)
+                   "trainer.gradient_clip_val", "trainer.gradient_clip_algorithm", "trainer.accumulate_grad_batches",
+                   # how often a collapse is judged and max_rollbacks checked (nothing else when backtrack_db=null)
+                   "metrics_every",
+                   # not the result, but which weights and buffers the checkpoint holds
+                   "speed.conv_bias_before_norm", "speed.batchnorm_running_stats",
+                   # nor the result, but the optimizer's state: per weight, or of the one weight tensor
+                   "speed.one_weight_tensor")
+IGNORED_SETTINGS = ("data.root",)
+# Settings that name a file: its contents decide the result too, so a file replaced at the same path makes
+# another run. Its digest is a setting of its own, ``sha256(data.path)``.
+INPUT_FILES = ("data.path", "data.observation", "data.mask", "input.path")
+DIGEST_SETTINGS = {f"sha256({name})": name for name in INPUT_FILES}
+
+
+def input_digests(cfg: DictConfig) -> dict[str, str]:
+    """The sha256 of each file that one of ``INPUT_FILES`` names, by setting (``{"data.path": ...}``)."""
+    named = {name: OmegaConf.select(cfg, name, default=None) for name in INPUT_FILES}
+    return {name: sha256_of(Path(value).expanduser()) for name, value in named.items()
+            if isinstance(value, str) and Path(value).expanduser().is_file()}
+
+
+def result_settings(cfg: DictConfig, digests: bool = True) -> dict:
+    """The resolved settings that decide the result, flattened to ``{"optim.lr": 0.01, ...}``, and with
+    ``digests``, those of its input files (``input_digests``; a finished run's config names its files, but
+    what they held then is in its metrics). A benchmark's image is named as its dataset's (``Set5/bird.png``,
+    under ``data.root``), so that its checkpoint, carried to a machine whose datasets lie elsewhere, resumes
+    there."""
+    nodes = {key: OmegaConf.select(cfg, key) for key in RESULT_SETTINGS}
+    selected = {key: OmegaConf.to_container(node, resolve=True) if isinstance(node, Container) else node
+                for key, node in nodes.items()}
+    settings = {key: value for key, value in dotted(selected).items() if key not in IGNORED_SETTINGS}
+    # run.py's data.path is the user's, named as given
+    if OmegaConf.select(cfg, "benchmark.dataset") and isinstance(settings.get("data.path"), str):
+        with contextlib.suppress(ValueError):  # an image given outside the data root
+            root = Path(cfg.data.root).expanduser().absolute()  # as the benchmark names its images
+            settings["data.path"] = Path(settings["data.path"]).relative_to(root).as_posix()
+    if digests:
+        settings.update({f"sha256({name})": digest for name, digest in input_digests(cfg).items()})
+    return without_implied_settings(settings)
+
+
+def setting_differences(saved: dict, settings: dict) -> str:
+    """The settings (as ``result_settings`` gives them) that differ between ``saved`` and ``settings``,
+    as ``"seed: 0 -> 1; ..."`` (at most four), or ``""``. A file's digest counts where both have one: a
+    checkpoint or run from before digests were kept has none, and a file gone is said missing when read."""
+    def difference(key: str) -> str:
+        if key in DIGEST_SETTINGS:
+            return (f"{DIGEST_SETTINGS[key]}: its file's contents changed, sha256 {saved[key][:12]}... -> "
+                    f"{settings[key][:12]}...")
+        # a setting left out at its implied value is shown at that value
+        before, after = saved.get(key, IMPLIED_SETTINGS.get(key)), settings.get(key, IMPLIED_SETTINGS.get(key))
+        return f"{key}: {before!r} -> {after!r}"
+
+    differences = [difference(key) for key in sorted(set(saved) | set(settings)) if saved.get(key) != settings.get(key)
+                   and (key not in DIGEST_SETTINGS or (key in saved and key in settings))]
+    return "; ".join(differences[:4]) + ("; ..." if len(differences) > 4 else "")
+
+
+def finished_run_settings(cfg: DictConfig, digests: bool = True) -> dict:
+    """What a finished run's outputs depend on: ``result_settings`` and the number of steps."""
+    return {**result_settings(cfg, digests), "trainer.max_steps": cfg.trainer.max_steps}
+
+
+def refuse_other_settings(folder: Path, saved: dict, settings: dict) -> None:
+    """``DipError`` when the run finished in ``folder`` with the flat settings ``saved`` differs from
+    one with ``settings``: its outputs are kept, not replaced by those of another run."""
+    if differences := setting_differences(saved, settings):
+        raise DipError(f"{folder} holds a finished run with other settings ({differences}): run into another "
+                       f"folder, or delete its metrics.json to replace that run")
