@@ -14,7 +14,7 @@ from torch.func import functional_call
 from dip.errors import DipError
 from dip.images import centre_crop
 from dip.inputs import InputCode, padded_size
-from dip.metrics import per_image_psnr, psnr, psnr_from_mse, ssim
+from dip.metrics import per_image_psnr, psnr_from_mse, ssim
 from dip.nets.packed import unpack_images
 from dip.physics import Degradation
 
@@ -323,7 +323,7 @@ class DeepImagePrior(pl.LightningModule):
     def _quality(self, x: torch.Tensor, losses: torch.Tensor) -> dict[str, torch.Tensor]:
         restored, ema = self.combine(x.clamp(0, 1)), self.ema_output()
         metrics = {"psnr_fit": psnr_from_mse(losses.mean()),
-                   "psnr_fit_ema": psnr(self.physics.A(ema), self.observation)}
+                   "psnr_fit_ema": psnr_from_mse(self.physics.data_term(ema, self.observation).mean())}
         if self.ground_truth is not None:
             metrics["psnr"] = per_image_psnr(restored, self.ground_truth).mean()
             metrics["psnr_ema"] = per_image_psnr(ema, self.ground_truth).mean()

@@ -114,6 +114,10 @@ def test_inpainting_only_sees_known_pixels_and_is_self_adjoint():
     changed = x + (1 - op.mask) * 5.0  # change only the missing pixels
     assert op.data_term(changed, y).item() == 0.0
     assert torch.equal(op.A_adjoint(y, x.shape), y)
+    # a photo given with its holes (data.observation=): what they hold is not fitted either
+    photo = y + (1 - op.mask) * torch.rand(1, 3, 16, 16)
+    assert op.data_term(changed, photo).item() == 0.0
+    assert op.data_term(torch.zeros_like(x), photo) == pytest.approx(op.data_term(torch.zeros_like(x), y))
 
 
 def test_bernoulli_mask_fraction_and_seed():

@@ -42,3 +42,7 @@ class Inpainting(Degradation):
 
     def A(self, x: torch.Tensor) -> torch.Tensor:  # noqa: N802
         return x * self.mask
+
+    def data_term(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        # not (A(x) - y)^2: a photo given with its holes (data.observation) has pixels there that A(x) has not
+        return ((x - y) * self.mask).square().flatten(1).mean(1)
