@@ -1,7 +1,7 @@
 """Restore an image with Deep Image Prior: ``python run.py task=inpainting arch=skip_depth6``."""
 
 
-from dip.errors import exit_interrupted, interrupt_on_stop_signals  # light: torch and Hydra load below
+from dip.signals import exit_interrupted, interrupt_on_stop_signals  # light: torch and Hydra load below
 
 if __name__ == "__main__":
     interrupt_on_stop_signals()  # a stop while the libraries load ends the command as Ctrl-C does

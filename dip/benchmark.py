@@ -58,7 +58,6 @@ from dip.errors import (
     RunInterruptedError,
     kept_traceback,
     one_line,
-    stop_signals,
 )
 from dip.files import write_atomically
 from dip.gpus import pin_to_gpu, visible_gpus, worker_count
@@ -76,7 +75,7 @@ from dip.outputs import (
 )
 from dip.problem import problem_from_config, stack_problems
 from dip.run_settings import RESULT_SETTINGS, refuse_other_settings, without_implied_settings
-from dip.signals import signal_finished_first
+from dip.signals import signal_finished_first, stop_signals
 
 log = logging.getLogger("dip.benchmark")
 

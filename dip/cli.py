@@ -30,9 +30,7 @@ from dip.config import (
 from dip.errors import (
     DipError,
     RunInterruptedError,
-    exit_interrupted,
     fail,
-    interrupt_on_stop_signals,
     interruption_signal,
     kept_traceback,
     one_line,
@@ -40,7 +38,7 @@ from dip.errors import (
 from dip.files import hold_folder, unwritable
 from dip.outputs import OUTPUT_FILES, RESTART_OUTPUT, decibels, describe, finished_metrics
 from dip.problem import problem_from_config
-from dip.signals import signal_finished_first
+from dip.signals import exit_interrupted, interrupt_on_stop_signals, signal_finished_first
 from dip.sweeps import FAILED_JOBS, record_failure, sweep_folder
 
 log = logging.getLogger("dip")

@@ -75,33 +75,6 @@ def interruption_signal(interruption: BaseException) -> int:
     return getattr(interruption, "signum", signal.SIGINT)
 
 
-def raise_interrupted(signum: int, frame) -> NoReturn:
-    """A SIGTERM (or SIGHUP) handler: the signal ends what runs as Ctrl-C does (a scheduler's stop, a closed
-    terminal, outside a fit)."""
-    raise Interrupted(signum)
-
-
-def stop_signals() -> tuple[int, ...]:
-    """The signals that stop a run as Ctrl-C does: SIGINT, SIGTERM (a scheduler's, ``timeout``'s) and SIGHUP
-    (the terminal or SSH session closed), unless this process was started to ignore SIGHUP (``nohup``)."""
-    ignored = signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
-    return (signal.SIGINT, signal.SIGTERM) if ignored else (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-def interrupt_on_stop_signals() -> None:
-    """SIGTERM and SIGHUP (``stop_signals``) raise ``Interrupted``, as SIGINT raises KeyboardInterrupt."""
-    for signum in stop_signals()[1:]:
-        signal.signal(signum, raise_interrupted)
-
-
-def exit_interrupted(interruption: BaseException) -> NoReturn:
-    """End the command that ``interruption`` (Ctrl-C, or a signal ``raise_interrupted`` turned into one)
-    stopped before anything started: one line, and the shell's status for the signal."""
-    signum = interruption_signal(interruption)
-    print(f"interrupted by {signal.Signals(signum).name}", file=sys.stderr)
-    raise SystemExit(128 + signum) from None
-
-
 class RunInterruptedError(Exception):
     """The run stopped on a signal, its checkpoint kept; re-running resumes it. ``advice`` says how
     (default: the command line's way). The checkpoint holds ``saved_step`` (default: ``step``, where the run

@@ -1,8 +1,9 @@
 """Spreading independent restorations over the GPUs of one machine.
 
 DIP runs are independent single-image optimisations, so several GPUs are used by running several
-jobs, not by splitting one: job ``k`` goes to GPU ``k mod n``, and a pool of ``n * jobs_per_gpu``
-workers keeps at most ``jobs_per_gpu`` jobs on each GPU at a time.
+jobs, not by splitting one. A pool of ``n * jobs_per_gpu`` worker processes runs them, and worker slot
+``k`` holds GPU ``k mod n``: slots, not job numbers, so that a GPU never runs more than ``jobs_per_gpu``
+jobs at a time whichever jobs finish first.
 """
 
 from __future__ import annotations
@@ -20,11 +21,6 @@ def visible_gpus() -> list[str]:
     return [str(index) for index in range(torch.cuda.device_count())]
 
 
-def gpu_for_job(job: int, gpus: list[str]) -> str | None:
-    """Round-robin assignment of job number ``job``; None when there is no GPU."""
-    return gpus[job % len(gpus)] if gpus else None
-
-
 def worker_count(gpus: list[str], jobs_per_gpu: int = 1, cpu_jobs: int = 1) -> int:
     """How many jobs to run at once: ``jobs_per_gpu`` per GPU, or ``cpu_jobs`` without GPUs."""
     for name, value in (("jobs_per_gpu", jobs_per_gpu), ("cpu_jobs", cpu_jobs)):
@@ -33,9 +29,10 @@ def worker_count(gpus: list[str], jobs_per_gpu: int = 1, cpu_jobs: int = 1) -> i
     return len(gpus) * jobs_per_gpu if gpus else cpu_jobs
 
 
-def pin_to_gpu(job: int, gpus: list[str]) -> str | None:
-    """Make only job ``job``'s GPU visible to this process; call before CUDA is initialised."""
-    gpu = gpu_for_job(job, gpus)
+def pin_to_gpu(slot: int, gpus: list[str]) -> str | None:
+    """Make only worker slot ``slot``'s GPU (``gpus[slot mod n]``) visible to this process, and return it;
+    None, and nothing changed, without GPUs. Call before CUDA is initialised."""
+    gpu = gpus[slot % len(gpus)] if gpus else None
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     return gpu

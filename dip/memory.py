@@ -209,7 +209,7 @@ def _ram_short_of(need: int, available: int | None = None) -> int | None:
 def check_codes_fit(channels: int, height: int, width: int, count: int = 1, available: int | None = None) -> None:
     """Raise ``MemoryShortError`` when ``count`` codes ``z`` of ``channels`` float32 maps of ``height`` x
     ``width`` exceed the RAM the OS can give (``available`` overrides it). They are made on the host
-    before the module that ``check_fits`` estimates exists: a too large one would end in a traceback, or
+    before the module that ``check_memory_fits`` estimates exists: a too large one would end in a traceback, or
     the OOM killer, instead (x4 super-resolution of a phone photo: a 32-channel code of 190 MP)."""
     need = 4 * channels * height * width * count
     if (free := _ram_short_of(need, available)) is None:
@@ -233,7 +233,7 @@ def check_image_fits(file: Path, width: int, height: int, bands: int, available:
                            f"shrink it with an image editor first")
 
 
-def check_fits(module, device: torch.device, precision: str = "32-true", kept: tuple[int, int] = (0, 0),
+def check_memory_fits(module, device: torch.device, precision: str = "32-true", kept: tuple[int, int] = (0, 0),
                available: int | None = None) -> MemoryEstimate | None:
     """Raise ``MemoryShortError`` naming the size and the options that would fit when the run of ``module``
     needs more than ``HEADROOM`` of the free memory on ``device`` (``available`` overrides it)."""

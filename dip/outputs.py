@@ -139,10 +139,10 @@ def write_outputs(result: Result, output_dir: Path,
             path.unlink(missing_ok=True)
         if written:  # they replaced a finished run's (one continued), whose record no longer holds
             (output_dir / "metrics.json").unlink(missing_ok=True)
-        raise unwritable(error, output_dir) from None
+        raise write_error(error, output_dir) from None
 
 
-def unwritable(error: OSError, folder: Path) -> DipError:
+def write_error(error: OSError, folder: Path) -> DipError:
     """The one line for a file that could not be written in ``folder`` (a full disk, a folder in its place)."""
     return DipError(f"cannot write {error.filename2 or error.filename or folder}: {error.strerror or one_line(error)}")
 

@@ -38,7 +38,7 @@ from dip.config import check_whole_number, instantiate_settings, settings_error
 from dip.errors import DipError, FitStoppedError, Interrupted, OutputsNotWrittenError, one_line
 from dip.inputs import padded_size
 from dip.loggers import ImageLogger, flat_config
-from dip.memory import check_codes_fit, check_fits, checked_estimate, meta_copy, out_of_memory, run_device
+from dip.memory import check_codes_fit, check_memory_fits, checked_estimate, meta_copy, out_of_memory, run_device
 from dip.metrics import per_image_psnr, psnr, psnr_from_mse, rounded, ssim
 from dip.module import DeepImagePrior
 from dip.nets.packed import pack_state_dicts
@@ -445,7 +445,7 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
         if cfg.speed.compile_backend == "inductor":
             log.warning("speed.compile on a CPU: torch.compile takes minutes before the first step, and the step is "
                         "slower for it here (docs/speed.md); speed=default does not compile")
-    need = check_fits(module, device, cfg.trainer.precision, kept) if cfg.check_memory else None
+    need = check_memory_fits(module, device, cfg.trainer.precision, kept) if cfg.check_memory else None
     settings = result_settings(cfg)
     resume = find_checkpoint(cfg.resume, checkpoint_dir)
     resumable = Resumable(0, None) if resume is None else check_resumable(resume, settings, cfg.trainer.max_steps,

@@ -1,6 +1,7 @@
-"""SIGINT, SIGTERM and SIGHUP noted rather than acted on while a fit's state or outputs must be written whole,
-and the signal a finished run was finished before acting on. Without Lightning: the benchmark's main
-process imports this before it knows there is anything to fit."""
+"""The signals that stop a run (SIGINT, SIGTERM and SIGHUP): turned into ``Interrupted`` outside a fit, noted
+rather than acted on while a fit's state or outputs must be written whole, and the signal a finished run was
+finished before acting on. Light, without Lightning: ``run.py`` installs its handlers before the libraries
+load, and the benchmark's main process imports this before it knows there is anything to fit."""
 
 from __future__ import annotations
 
@@ -9,8 +10,37 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import NoReturn
 
-from dip.errors import FitStoppedError, stop_signals
+from dip.errors import FitStoppedError, Interrupted, interruption_signal
+
+
+def raise_interrupted(signum: int, frame) -> NoReturn:
+    """A SIGTERM (or SIGHUP) handler: the signal ends what runs as Ctrl-C does (a scheduler's stop, a closed
+    terminal, outside a fit)."""
+    raise Interrupted(signum)
+
+
+def stop_signals() -> tuple[int, ...]:
+    """The signals that stop a run as Ctrl-C does: SIGINT, SIGTERM (a scheduler's, ``timeout``'s) and SIGHUP
+    (the terminal or SSH session closed), unless this process was started to ignore SIGHUP (``nohup``)."""
+    ignored = signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+    return (signal.SIGINT, signal.SIGTERM) if ignored else (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def interrupt_on_stop_signals() -> None:
+    """SIGTERM and SIGHUP (``stop_signals``) raise ``Interrupted``, as SIGINT raises KeyboardInterrupt."""
+    for signum in stop_signals()[1:]:
+        signal.signal(signum, raise_interrupted)
+
+
+def exit_interrupted(interruption: BaseException) -> NoReturn:
+    """End the command that ``interruption`` (Ctrl-C, or a signal ``raise_interrupted`` turned into one)
+    stopped before anything started: one line, and the shell's status for the signal."""
+    signum = interruption_signal(interruption)
+    print(f"interrupted by {signal.Signals(signum).name}", file=sys.stderr)
+    raise SystemExit(128 + signum) from None
+
 
 _finished_first: list[int] = []  # the signals the latest fit's run finished before acting on
 
@@ -28,7 +58,7 @@ def forget_finished_first() -> None:
 
 
 def signal_finished_first() -> int | None:
-    """The SIGINT or SIGTERM that came during the latest fit's last step or while its outputs were written
+    """The SIGINT, SIGTERM or SIGHUP that came during the latest fit's last step or while its outputs were written
     (``None``: none), which that run finished first. A caller about to start another fit (a benchmark's
     next image, an experiment's next sub-run, a sweep's next job) stops instead: the user asked to stop."""
     return _finished_first[-1] if _finished_first else None
@@ -84,7 +114,7 @@ def signals_stop_the_fit() -> Iterator[None]:
 
 @contextmanager
 def held_signals() -> Iterator[None]:
-    """SIGINT and SIGTERM wait until the block ends, and are then left to ``signal_finished_first`` (a
+    """SIGINT, SIGTERM and SIGHUP wait until the block ends, and are then left to ``signal_finished_first`` (a
     second SIGINT aborts at once): a finished fit's outputs are computed and written whole, so the run
     is not lost."""
     signals = CaughtSignals()

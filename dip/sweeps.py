@@ -52,14 +52,6 @@ def claim_slot(directory: Path, slots: int) -> int:
     raise RuntimeError(f"all {slots} GPU slots in {directory} are held: more workers than slots")
 
 
-def release_slot() -> None:
-    """Give up this process's place (the next :func:`claim_slot` takes a fresh one)."""
-    global _held_slot
-    if _held_slot is not None:
-        _held_slot[1].close()
-        _held_slot = None
-
-
 class PinToGPU(Callback):
     """Runs each job of a multirun on one GPU, at most ``jobs_per_gpu`` jobs on a GPU at a time.
 

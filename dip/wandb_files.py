@@ -1,5 +1,5 @@
 """Reading offline W&B run files (``run-*.wandb``) without the W&B service: what a run logged, for
-the dashboard and for tests. Imports only W&B's protobuf messages, so it stays light."""
+the dashboard. Imports only W&B's protobuf messages, so it stays light."""
 
 from __future__ import annotations
 
@@ -53,27 +53,3 @@ def offline_history(run_file: Path) -> list[dict]:
             rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
                          for item in record.history.item})
     return rows
-
-
-def offline_run_file(run_dir: Path) -> Path:
-    """The run file of the single offline W&B run under ``run_dir/wandb``."""
-    (run_file,) = Path(run_dir).glob("wandb/offline-run-*/run-*.wandb")
-    return run_file
-
-
-def offline_summary(run_file: Path) -> dict:
-    """The run's final summary (the last value written for each key)."""
-    values: dict = {}
-    for record in offline_run_records(run_file):
-        if record.WhichOneof("record_type") == "summary":
-            for item in record.summary.update:
-                values[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
-    return values
-
-
-def offline_run_info(run_file: Path):
-    """The run's ``RunRecord``: group, job type, tags, config."""
-    for record in offline_run_records(run_file):
-        if record.WhichOneof("record_type") == "run":
-            return record.run
-    raise ValueError(f"no run record in {run_file}")

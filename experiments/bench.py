@@ -293,8 +293,9 @@ class StepProfiler(pl.Callback):
                 self.profile = kernel_profile(self.profiler.key_averages(), pl_module.device)
 
 
-def run_framework(cfg, warmup: int, steps: int, sync_check: bool = False, count_ops: bool = False,
+def run_framework(cfg, warmup: int, sync_check: bool = False, count_ops: bool = False,
                   profile_kernels: bool = False) -> Measurement:
+    """The framework's own fit (its steps are ``cfg``'s ``trainer.max_steps``), timed after ``warmup`` steps."""
     _, module = prepare(cfg, problem_from_config(cfg, clean_image(cfg)))
     need = checked_estimate(module, cfg.trainer.precision)
     device = target_device()
@@ -470,15 +471,14 @@ def bench_size(size, args, overrides, variants, report: Callable[[dict], None]) 
     print(f"{size}x{size}: {args.warmup} + {args.steps} steps x {args.repeats} repeats", flush=True)
     cfg = compose(size, args.warmup, args.steps, overrides)
     loops = {
-        "framework": lambda: run_framework(cfg, args.warmup, args.steps, args.sync_check, args.count_ops,
-                                           args.profile_kernels),
+        "framework": lambda: run_framework(cfg, args.warmup, args.sync_check, args.count_ops, args.profile_kernels),
         "eager": lambda: run_eager(cfg, args.warmup, args.steps),
     }
     if not args.no_official:
         loops["official"] = lambda: run_official(cfg, args.warmup, args.steps)
     for name, extra in variants.items():
         variant_cfg = compose(size, args.warmup, args.steps, overrides + extra)
-        loops[name] = lambda variant_cfg=variant_cfg: run_framework(variant_cfg, args.warmup, args.steps,
+        loops[name] = lambda variant_cfg=variant_cfg: run_framework(variant_cfg, args.warmup,
                                                                     count_ops=args.count_ops,
                                                                     profile_kernels=args.profile_kernels)
     steps = args.warmup + args.steps
@@ -516,11 +516,11 @@ def bench_packed(size, copies, args, overrides, variants, report: Callable[[dict
     loops = {
         "eager": lambda: run_eager(cfg, args.warmup, args.steps),
         "packed": lambda: run_eager(packed_cfg, args.warmup, args.steps),
-        "framework_packed": lambda: run_framework(packed_cfg, args.warmup, args.steps),
+        "framework_packed": lambda: run_framework(packed_cfg, args.warmup),
     }
     for name, extra in variants.items():
         variant_cfg = compose(size, args.warmup, args.steps, overrides + extra + [f"restarts={copies}"])
-        loops[f"{name}_packed"] = lambda variant_cfg=variant_cfg: run_framework(variant_cfg, args.warmup, args.steps)
+        loops[f"{name}_packed"] = lambda variant_cfg=variant_cfg: run_framework(variant_cfg, args.warmup)
     interleave(loops, args.repeats, lambda runs, errors: report(packed_row(runs, errors, size, copies)))
 
 

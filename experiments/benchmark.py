@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's dip, wherever it is installed
 
-from dip.errors import exit_interrupted, interrupt_on_stop_signals  # noqa: E402  (light: torch and Hydra load below)
+from dip.signals import exit_interrupted, interrupt_on_stop_signals  # noqa: E402  (light: torch and Hydra load below)
 
 if __name__ == "__main__":  # a stop while the libraries load ends the command as Ctrl-C does
     interrupt_on_stop_signals()

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dip.wandb_files import offline_run_records
+
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -183,3 +185,28 @@ def exit_status(main, argv: list[str]) -> int:
         return main(argv)
     except SystemExit as exited:
         return exited.code
+
+
+# What an offline W&B run recorded beside its history, which the dashboard reads (dip.wandb_files)
+def offline_run_file(run_dir: Path) -> Path:
+    """The run file of the single offline W&B run under ``run_dir/wandb``."""
+    (run_file,) = Path(run_dir).glob("wandb/offline-run-*/run-*.wandb")
+    return run_file
+
+
+def offline_summary(run_file: Path) -> dict:
+    """The run's final summary (the last value written for each key)."""
+    values: dict = {}
+    for record in offline_run_records(run_file):
+        if record.WhichOneof("record_type") == "summary":
+            for item in record.summary.update:
+                values[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+    return values
+
+
+def offline_run_info(run_file: Path):
+    """The run's ``RunRecord``: group, job type, tags, config."""
+    for record in offline_run_records(run_file):
+        if record.WhichOneof("record_type") == "run":
+            return record.run
+    raise ValueError(f"no run record in {run_file}")

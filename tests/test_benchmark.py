@@ -604,7 +604,7 @@ def room_for_one_image_and_a_half(module, device, precision="32-true", kept=(0, 
 
     per_image = dip.memory.checked_estimate(module, precision, kept).total / module.restarts
     available = int(1.5 * per_image / dip.memory.HEADROOM)
-    return dip.memory.check_fits(module, device, precision, kept, available=available)
+    return dip.memory.check_memory_fits(module, device, precision, kept, available=available)
 
 
 def restore_with_room_for_one_image_and_a_half(pack):
@@ -612,7 +612,7 @@ def restore_with_room_for_one_image_and_a_half(pack):
     import dip.benchmark
     import dip.pipeline
 
-    dip.pipeline.check_fits = room_for_one_image_and_a_half  # this worker's own module
+    dip.pipeline.check_memory_fits = room_for_one_image_and_a_half  # this worker's own module
     return dip.benchmark.restore_pack(pack)
 
 
@@ -631,7 +631,7 @@ def test_a_packed_fit_short_of_memory_gives_its_images_fits_of_their_own(tmp_pat
 
     root, run_dir = tmp_path / "data", tmp_path / "run"
     make_dataset(root, "Set5", ["baby.png", "bird.png"])
-    monkeypatch.setattr(dip.pipeline, "check_fits", room_for_one_image_and_a_half)
+    monkeypatch.setattr(dip.pipeline, "check_memory_fits", room_for_one_image_and_a_half)
     run_benchmark(compose("set5_x4", root, run_dir, "images_per_fit=2", "cpu_jobs=2"), run_dir)
     assert "the packed fit of baby.png, bird.png does not fit in memory (a 48x48 image" in caplog.text
     assert "restoring its images one at a time" in caplog.text

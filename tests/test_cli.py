@@ -17,8 +17,17 @@ from dip.config import checked_config, compose_config
 from dip.errors import DipError
 from dip.outputs import Result, write_outputs
 from dip.pipeline import prepare, run
-from dip.wandb_files import offline_run_file, offline_run_info, offline_summary
-from tests.conftest import ROOT, cli_environment, make_png, run_cli, run_cli_probing_lightning, run_cli_signalled
+from tests.conftest import (
+    ROOT,
+    cli_environment,
+    make_png,
+    offline_run_file,
+    offline_run_info,
+    offline_summary,
+    run_cli,
+    run_cli_probing_lightning,
+    run_cli_signalled,
+)
 
 TINY = ["trainer.max_steps=3", "data.size=64", "logger=csv"]
 

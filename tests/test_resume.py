@@ -200,7 +200,7 @@ def test_a_checkpoint_the_disk_refuses_costs_the_checkpoint_not_the_fit(image, r
 def test_sighup_stops_a_run_as_sigterm_does_unless_started_under_nohup():
     """A closed terminal or SSH session (SIGHUP) ended the fit at once, its steps since the last checkpoint
     lost; under nohup it must not stop the run at all."""
-    code = "from dip.errors import stop_signals; print(sorted(stop_signals()))"
+    code = "from dip.signals import stop_signals; print(sorted(stop_signals()))"
     plain = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))  # pytest's may be ignored
     assert plain.stdout.strip() == str(sorted([signal.SIGHUP, signal.SIGINT, signal.SIGTERM]))

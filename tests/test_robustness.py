@@ -22,7 +22,15 @@ import dip.memory
 from dip.config import compose_config
 from dip.errors import DipError
 from dip.images import read_image, save_image
-from dip.memory import LiveTensors, check_codes_fit, check_fits, estimate, run_device, simulated_step, step_tensors
+from dip.memory import (
+    LiveTensors,
+    check_codes_fit,
+    check_memory_fits,
+    estimate,
+    run_device,
+    simulated_step,
+    step_tensors,
+)
 from dip.module import DeepImagePrior
 from dip.outputs import OUTPUT_FILES, describe
 from dip.pipeline import check_shapes, prepare, run
@@ -436,14 +444,14 @@ def test_memory_estimate_grows_with_the_image_and_refuses_what_cannot_fit(tmp_pa
     assert 0.45 < estimate(large, "bf16-mixed").activations / estimate(large).activations < 0.55
     need = estimate(large).total
     with pytest.raises(DipError) as error:
-        check_fits(large, torch.device("cpu"), available=int(need * 0.5))
+        check_memory_fits(large, torch.device("cpu"), available=int(need * 0.5))
     message = str(error.value)
     assert "128x128" in message and "GiB" in message and "data.size=" in message and "\n" not in message
-    assert check_fits(large, torch.device("cpu"), available=need * 2).total == need
+    assert check_memory_fits(large, torch.device("cpu"), available=need * 2).total == need
 
 
 def test_a_code_larger_than_the_hosts_memory_is_refused_before_it_is_made(monkeypatch):
-    """z is made on the host before the module that check_fits estimates: x4 super-resolution of a large
+    """z is made on the host before the module that check_memory_fits estimates: x4 super-resolution of a large
     photo asked for a 46 GiB code and ended in the allocator's traceback."""
     with pytest.raises(DipError, match=r"^a 40x30 restoration's 2 codes z of 32 channels alone need 0.0 GiB, but "):
         check_codes_fit(32, 30, 40, count=2, available=100_000)  # 2 x 32 x 30 x 40 x 4 bytes = 307,200

@@ -29,8 +29,8 @@ from dip.config import compose_config, sweep_name
 from dip.loggers import flat_config
 from dip.pipeline import make_logger, run
 from dip.run_settings import result_settings
-from dip.wandb_files import offline_run_file, offline_run_records
-from tests.conftest import make_png, run_cli, run_cli_signalled
+from dip.wandb_files import offline_run_records
+from tests.conftest import make_png, offline_run_file, run_cli, run_cli_signalled
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["trainer.max_steps=3", "metrics_every=1", "data.size=32"]
@@ -93,7 +93,7 @@ def test_a_worker_keeps_its_slot_across_jobs(tmp_path, monkeypatch):
     try:
         assert sweeps.claim_slot(tmp_path, 4) == sweeps.claim_slot(tmp_path, 4) == 0
     finally:
-        sweeps.release_slot()
+        sweeps._held_slot[1].close()  # its lock, which the monkeypatch's undo would leave held
 
 
 def job_config(sweep_dir: Path, num: int, mode=RunMode.MULTIRUN):

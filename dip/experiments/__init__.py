@@ -14,7 +14,7 @@ from hydra.utils import get_method
 from omegaconf import DictConfig
 
 from dip.errors import DipError, one_line
-from dip.outputs import unwritable
+from dip.outputs import write_error
 
 
 def run_experiment(cfg: DictConfig, output_dir: str | Path) -> str:
@@ -29,4 +29,4 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path) -> str:
     except OSError as error:  # a figure or table that cannot be written; the sub-runs finished are kept
         if error.filename is None and error.filename2 is None:  # not a file's (a logger's connection, say)
             raise
-        raise unwritable(error, Path(output_dir)) from None
+        raise write_error(error, Path(output_dir)) from None

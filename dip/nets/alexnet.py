@@ -71,12 +71,16 @@ class AlexNet(nn.Module):
 
     def truncated(self, layer: str) -> nn.Sequential:
         """The network up to ``layer``'s output (sharing this network's modules)."""
-        if layer not in LAYERS:
-            raise ValueError(f"unknown AlexNet layer '{layer}' (choose from: {', '.join(LAYERS)})")
+        check_layer(layer)
         part, children = LAYERS[layer]
         if part == "features":
             return nn.Sequential(*self.features[:children])
         return nn.Sequential(self.features, self.avgpool, nn.Flatten(1), *self.classifier[:children])
+
+
+def check_layer(layer: str) -> None:
+    if layer not in LAYERS:
+        raise ValueError(f"unknown AlexNet layer '{layer}' (choose from: {', '.join(LAYERS)})")
 
 
 def default_weights_path() -> Path:

@@ -22,13 +22,14 @@ def double_conv(in_channels: int, out_channels: int, norm: str, pad: str, bias: 
 
 
 class UNet(nn.Module):
-    """U-Net: max-pool encoder, decoder of upsample + concatenate + two 3x3 convolutions.
+    """U-Net: max-pool encoder; decoder of a 2x up-convolution, concatenation with the encoder's features of
+    that resolution, and two 3x3 convolutions.
 
     ``channels`` lists the width at each resolution, finest first; ``len(channels) - 1`` poolings
     mean inputs must be multiples of ``size_multiple``. ``upsample_mode`` is ``deconv`` (a learnt
-    2x transposed convolution) or an interpolation mode. ``norm`` follows each encoder convolution and
-    ``decoder_norm`` each decoder one: the authors' U-Net (Fig. 8) normalises its encoder per instance
-    and leaves its decoder unnormalised.
+    2x transposed convolution) or an interpolation mode followed by a 3x3 convolution. ``norm``
+    follows each encoder convolution and ``decoder_norm`` each decoder one: the authors' U-Net
+    (Fig. 8) normalises its encoder per instance and leaves its decoder unnormalised.
     """
 
     def __init__(
@@ -58,7 +59,8 @@ class UNet(nn.Module):
         self.upconvs = nn.ModuleList()
         for coarse, fine in zip(reversed(channels[1:]), reversed(channels[:-1])):
             if upsample_mode == "deconv":
-                self.upconvs.append(nn.ConvTranspose2d(coarse, fine, 4, stride=2, padding=1))
+                self.upconvs.append(nn.ConvTranspose2d(coarse, fine, 4, stride=2, padding=1,
+                                                       bias=need_bias))
             else:
                 self.upconvs.append(conv(coarse, fine, 3, bias=need_bias, pad=pad))
             self.ups.append(double_conv(2 * fine, fine, decoder_norm, pad, need_bias))

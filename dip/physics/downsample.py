@@ -13,7 +13,7 @@ from dip.physics.base import Degradation
 def lanczos2_kernel(factor: int) -> torch.Tensor:
     """The authors' ``4t x 4t`` Lanczos-2 kernel for downsampling by ``t``, sampled at phase 1/2.
 
-    Tap ``i`` sits at ``d = (i + 1/2 - (4t + 1)/2) / t`` (so taps are symmetric about the centre)
+    Tap ``i = 0 ... 4t - 1`` sits at ``d = (i + 1/2 - 2t) / t`` (so taps are symmetric about the centre)
     and weighs ``L(d) = 2 sin(pi d) sin(pi d / 2) / (pi d)^2``; the 2-D kernel is the outer product,
     normalised to sum to 1 so that a constant image stays constant.
     """
@@ -21,7 +21,7 @@ def lanczos2_kernel(factor: int) -> torch.Tensor:
         raise ValueError(f"downsampling factor must be >= 1, got {factor}")
     support = 2
     width = 4 * factor
-    d = (torch.arange(1, width + 1, dtype=torch.float64) + 0.5 - (width + 2) / 2) / factor
+    d = (torch.arange(width, dtype=torch.float64) + 0.5 - 2 * factor) / factor
     taps = support * torch.sin(math.pi * d) * torch.sin(math.pi * d / support) / (math.pi * d) ** 2
     kernel = torch.outer(taps, taps)
     return (kernel / kernel.sum()).float()

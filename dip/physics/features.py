@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from dip.nets.alexnet import LAYERS, MIN_SIZE, load_alexnet
+from dip.nets.alexnet import MIN_SIZE, check_layer, load_alexnet
 from dip.physics.base import Degradation
 
 # Input normalisations: torchvision's (RGB in [0, 1], per-channel mean and std), which its weight file
@@ -29,8 +29,7 @@ class FeatureInversion(Degradation):
 
     def __init__(self, layer: str = "conv5", weights: str | None = None, normalization: str = "torchvision"):
         super().__init__()
-        if layer not in LAYERS:
-            raise ValueError(f"unknown AlexNet layer '{layer}' (choose from: {', '.join(LAYERS)})")
+        check_layer(layer)  # before the weights are looked for: a mistyped layer is the error to see
         if normalization not in NORMALIZATIONS:
             raise ValueError(f"unknown normalization '{normalization}' (choose from: {', '.join(NORMALIZATIONS)})")
         self.layer = layer
