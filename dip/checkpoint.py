@@ -24,7 +24,7 @@ from dip.errors import DipError, Interrupted, RunInterruptedError, load_fault, o
 from dip.files import atomic_path
 from dip.outputs import CHECKPOINT_NAME
 from dip.run_settings import setting_differences
-from dip.signals import CaughtSignals, finished_first_on, forget_finished_first
+from dip.signals import CaughtSignals, finished_first_on, fit_steps_done, forget_finished_first
 
 
 class _StepSampler(Sampler):
@@ -162,6 +162,7 @@ class RunCheckpoint(pl.Callback):
             self.save(trainer)
 
     def on_train_end(self, trainer, pl_module) -> None:
+        fit_steps_done()
         if self._signals.received is not None and self.interrupted is None:
             print(file=sys.stderr)  # past the progress bar's line
             finished_first_on(self._signals.received, "at the last step")
@@ -190,11 +191,14 @@ class RunCheckpoint(pl.Callback):
 
     def finish(self) -> None:
         """The fit's outputs are written: its checkpoint is removed, or with ``keep_final`` replaced by
-        the last step's."""
+        the last step's (kept, when that one could not be written)."""
         if self.path is None:
             return
         if self.keep_final and self.final_path.is_file():
             os.replace(self.final_path, self.path)
+        elif self.keep_final and self.saved_step is not None:  # the last step's could not be written
+            print(f"the checkpoint of step {self.saved_step} stays in {self.path} to be continued from "
+                  f"(trainer.max_steps larger)", file=sys.stderr)
         else:
             self.path.unlink(missing_ok=True)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import logging
 import os
 import shutil
@@ -22,6 +23,7 @@ from dip.config import (
     CONF_DIR,
     absolute_locations,
     checked_config,
+    compose_config,
     config_groups,
     config_message,
     register_resolvers,
@@ -160,7 +162,9 @@ def _run_folder_arguments(arguments: list[str]) -> list[tuple[str, str]]:
 
 def _unquoted(value: str) -> str:
     """An override's value as Hydra reads it (``''`` is empty)."""
-    return value[1:-1] if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"" else value
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        return value[1:-1].replace("\\" + value[0], value[0])
+    return value
 
 
 def check_run_folders(arguments: list[str]) -> None:
@@ -194,6 +198,50 @@ def prints_only(arguments: list[str]) -> bool:
     return any(argument in ("--cfg", "-c") or argument.startswith("--cfg=") for argument in arguments)
 
 
+def pinned_folder(arguments: list[str], multirun: bool, config_name: str = "config") -> list[str]:
+    """``arguments`` with the folder Hydra is to write into (``hydra.run.dir``, a sweep's ``hydra.sweep.dir``)
+    named there as composed and resolved now: the folder that is checked, held and cleaned up is then the one
+    Hydra uses, its ``${now:...}`` read once and ``${seed}`` or ``${task.name}`` in it as the run's. Unchanged
+    where the folder reads what only Hydra's job knows (``${hydra.job.name}``)."""
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    parser = OverridesParser.create()
+    try:
+        fixed = [text for text in _override_arguments(arguments, hydra=True)
+                 if not parser.parse_overrides([text])[0].is_sweep_override()]
+        cfg = compose_config(fixed, config_name=config_name)
+        given = OmegaConf.to_container(OmegaConf.select(cfg, key.rpartition(".")[0]), resolve=False)["dir"]
+        folder = None if "${hydra" in str(given) else OmegaConf.select(cfg, key)
+    except Exception:  # noqa: BLE001 (Hydra's and OmegaConf's many errors): Hydra says what it cannot compose
+        folder = None
+    return _with_folder(arguments, key, folder) if isinstance(folder, str) and folder else arguments
+
+
+def held_run_folder(arguments: list[str], named: bool) -> list[str]:
+    """Hold the run folder that ``arguments`` name (``dip.files.hold_folder``), refused in one line when another
+    run holds it, unless the user did not name it (``named``): the default ``outputs/TASK/<time>`` of a run
+    started in the same second gives way to ``<time>_2``, ``_3``, ..., named in the arguments returned."""
+    folder = dict(run_folders(arguments)).get("hydra.run.dir")
+    if folder is None:
+        return arguments
+    others = (folder.with_name(f"{folder.name}_{number}") for number in itertools.count(2))
+    for held in itertools.chain([folder], others):
+        try:
+            hold_folder(held)
+        except DipError as error:
+            if named:
+                fail(str(error))
+            continue
+        return arguments if held == folder else _with_folder(arguments, "hydra.run.dir", str(held))
+
+
+def _with_folder(arguments: list[str], key: str, folder: str) -> list[str]:
+    """``arguments`` with ``key`` (``hydra.run.dir``, ``hydra.sweep.dir``) set to ``folder``, quoted so that
+    Hydra reads it back as it is."""
+    others = [argument for argument in arguments if argument.partition("=")[0].lstrip("+") != key]
+    quoted = "'" + folder.replace("'", "\\'") + "'"
+    return beside_the_overrides(others, [f"{key}={quoted}"])
+
+
 def check_launcher(arguments: list[str]) -> None:
     """Refuse in one line, before Hydra makes the sweep's folder, a launcher that cannot start here
     (its own error is a traceback); printing the config (``--cfg``) starts none."""
@@ -215,18 +263,21 @@ class EarlierRuns:
     def __init__(self):
         self.written: dict[Path, int] = {}
         self.records: dict[Path, bytes] = {}
-        self.logs: dict[Path, set[str]] = {}  # what each run folder's wandb/ held (W&B's offline runs)
+        self.logs: dict[Path, dict[str, str | None]] = {}  # what each run folder's wandb/ held, links' targets
         self.folders: set[Path] | None = None  # the run folder's ancestors that existed, once noted
-        self.run_dir: Path | None = None  # hydra.run.dir, once noted
+        self.folder: Path | None = None  # the folder Hydra writes into (hydra.run.dir or hydra.sweep.dir), once noted
+        self.multirun = False
+        self.job_started = False  # Hydra's writes before it are its own; an error after it, the job's
 
-    def note_folders(self, run_dir: str | Path | None) -> None:
-        """Note which ancestors of ``run_dir`` (``hydra.run.dir``, before Hydra makes it) and of the
-        working directory exist: a failed job removes the empty ones that Hydra added, and only those."""
-        if run_dir is None:
+    def note_folders(self, folder: str | Path | None, multirun: bool = False) -> None:
+        """Note which ancestors of ``folder`` (``hydra.run.dir``, or a sweep's ``hydra.sweep.dir``, before Hydra
+        makes it) and of the working directory exist: a failed job removes the empty ones that Hydra added, and
+        only those."""
+        if folder is None:
             return
-        self.run_dir = Path(run_dir)
-        self.folders = {path for folder in (Path(run_dir).resolve(), Path.cwd().resolve())
-                        for path in (folder, *folder.parents) if path.is_dir()}
+        self.folder, self.multirun = Path(folder), multirun
+        self.folders = {path for place in (Path(folder).resolve(), Path.cwd().resolve())
+                        for path in (place, *place.parents) if path.is_dir()}
 
     def record(self, arguments: list[str]) -> None:
         """Note what the folders named in the command line ``arguments`` and their job folders hold."""
@@ -234,11 +285,12 @@ class EarlierRuns:
             for run_dir in _run_dirs_in(folder):
                 for path in _job_files(run_dir):
                     self.written[path.resolve()] = path.stat().st_mtime_ns
-                for path in (run_dir / ".hydra").glob("*"):
+                for path in [*(run_dir / ".hydra").glob("*"), run_dir / SWEEP_RECORD]:
                     if path.is_file():
                         self.records[path.resolve()] = path.read_bytes()
-                if (run_dir / WANDB_FOLDER).is_dir():
-                    self.logs[run_dir.resolve()] = {path.name for path in (run_dir / WANDB_FOLDER).iterdir()}
+                if (run_dir / WANDB_FOLDER).is_dir():  # W&B's links (latest-run, debug.log) with their targets
+                    self.logs[run_dir.resolve()] = {path.name: os.readlink(path) if path.is_symlink() else None
+                                                    for path in (run_dir / WANDB_FOLDER).iterdir()}
 
     def finished_config(self, output_dir: Path) -> DictConfig | None:
         """The config of the run that had finished in ``output_dir`` before Hydra started (its
@@ -275,22 +327,25 @@ class EarlierRuns:
 
     def discard(self, output_dir: Path) -> None:
         """Remove what this failed job left: the outputs it wrote, its log unless an earlier run's (which
-        it added to), Hydra's record (an earlier run's is put back), then the folder if empty, and the
-        folders above it that Hydra made for it (``outputs/TASK/``) if empty."""
+        it added to), Hydra's records (``.hydra/``, a sweep's ``multirun.yaml``; an earlier run's are put back),
+        then the folder if empty, and the folders above it that Hydra made for it (``outputs/TASK/``) if empty."""
         for path in _job_files(output_dir):
             earlier = self.written.get(path.resolve())
             if earlier is None or (earlier != path.stat().st_mtime_ns and path.suffix != ".log"):
                 path.unlink()
         record_dir = output_dir / ".hydra"
-        for path in record_dir.glob("*"):
+        for path in [*record_dir.glob("*"), output_dir / SWEEP_RECORD]:
             if (earlier := self.records.get(path.resolve())) is not None:
                 path.write_bytes(earlier)
             elif path.is_file():
                 path.unlink()
-        logs, earlier_logs = output_dir / WANDB_FOLDER, self.logs.get(output_dir.resolve(), set())
+        logs, earlier_logs = output_dir / WANDB_FOLDER, self.logs.get(output_dir.resolve(), {})
         for path in logs.iterdir() if logs.is_dir() else ():  # the W&B run this job started, if it got so far
             if path.name not in earlier_logs:
                 shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+            elif (target := earlier_logs[path.name]) is not None and path.is_symlink() and os.readlink(path) != target:
+                path.unlink()  # W&B pointed it at the run just removed: back to the earlier run's
+                path.symlink_to(target)
         for folder in (logs, record_dir, output_dir):
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
@@ -299,9 +354,9 @@ class EarlierRuns:
     def remove_unused_run_folder(self) -> None:
         """Remove ``hydra.run.dir`` if it is empty and was not there before (made to be held, then the
         command refused before its job wrote anything), and the folders above it made for it."""
-        run_dir = self.run_dir
-        if run_dir is None or self.folders is None or run_dir.resolve() in self.folders or not run_dir.is_dir() \
-                or any(run_dir.iterdir()):
+        run_dir = self.folder
+        if run_dir is None or self.multirun or self.folders is None or run_dir.resolve() in self.folders \
+                or not run_dir.is_dir() or any(run_dir.iterdir()):
             return
         run_dir.rmdir()
         self._remove_folders_above(run_dir)
@@ -316,6 +371,7 @@ class EarlierRuns:
 
 
 WANDB_FOLDER = "wandb"  # where the W&B logger writes its offline runs, in the run folder
+SWEEP_RECORD = "multirun.yaml"  # Hydra's record of a sweep, in its folder
 
 
 def _run_dirs_in(folder: Path) -> set[Path]:
@@ -359,6 +415,7 @@ def describe_finished(metrics: dict, output_dir: Path) -> str:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def hydra_main(cfg: DictConfig) -> float | None:
+    EARLIER_RUNS.job_started = True
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     # the job runs in output_dir: files named relative to where the command ran, in its config as in a finished run's
     launched_from = HydraConfig.get().runtime.cwd if HydraConfig.get().job.chdir else None
@@ -457,18 +514,19 @@ def launch(app, config_name: str = "config") -> None:
             sys.argv[1:] = beside_the_overrides(sys.argv[1:], use_config_dirs(sys.argv[1:]))
         except DipError as error:
             fail(str(error))
-        EARLIER_RUNS.record(sys.argv[1:])
         sys.argv[1:] = expanded_globs(sys.argv[1:])
         if not any(a in ("--help", "-h", "--hydra-help", "--info", "--shell-completion") for a in sys.argv[1:]):
             cfg = check_overrides(sys.argv[1:], config_name=config_name)
-            run_dir = dict(run_folders(sys.argv[1:])).get("hydra.run.dir")  # check_overrides leaves hydra.* out
-            configured = OmegaConf.select(cfg, "hydra.run.dir", throw_on_resolution_failure=False)
-            EARLIER_RUNS.note_folders(run_dir or configured)
-            if run_dir is not None and not is_multirun(sys.argv[1:], cfg) and not prints_only(sys.argv[1:]):
-                try:
-                    hold_folder(run_dir)
-                except DipError as error:
-                    fail(str(error))
+            multirun = is_multirun(sys.argv[1:], cfg)
+            if not prints_only(sys.argv[1:]):
+                named = "hydra.run.dir" in dict(run_folders(sys.argv[1:]))
+                sys.argv[1:] = pinned_folder(sys.argv[1:], multirun, config_name)
+                key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+                EARLIER_RUNS.note_folders(dict(run_folders(sys.argv[1:])).get(key), multirun)  # before one is made
+                if not multirun:
+                    sys.argv[1:] = held_run_folder(sys.argv[1:], named)
+                    EARLIER_RUNS.folder = dict(run_folders(sys.argv[1:])).get(key)
+        EARLIER_RUNS.record(sys.argv[1:])
         app()
     except KeyboardInterrupt as interruption:  # outside a job (which says what it keeps): while starting or ending
         exit_interrupted(interruption)
@@ -487,12 +545,12 @@ def launch(app, config_name: str = "config") -> None:
     except BrokenPipeError:  # the reader of the output left (run.py --help | head): not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit would fail too
         raise SystemExit(1) from None
-    except OSError as error:  # Hydra's own writes, its record of the run, on a full disk
-        if full_tracebacks or (run_dir := EARLIER_RUNS.run_dir) is None:  # a sweep's: not one run's to say
-            raise
-        if run_dir.exists():
-            EARLIER_RUNS.discard(run_dir)
-        fail(f"cannot write into {run_dir}: {error.strerror or one_line(error)}")
+    except OSError as error:  # Hydra's own writes (its record of a run, a sweep's multirun.yaml) on a full disk
+        if full_tracebacks or EARLIER_RUNS.job_started or (folder := EARLIER_RUNS.folder) is None:
+            raise  # one from inside the job is a bug's, of a generator of one's own say: Python's traceback
+        if folder.exists():  # a sweep's jobs finished before are kept, in folders of their own
+            EARLIER_RUNS.discard(folder)
+        fail(f"cannot write into {folder}: {error.strerror or one_line(error)}")
     finally:  # a folder held for the run, which Hydra then refused before the job started
         EARLIER_RUNS.remove_unused_run_folder()
 

@@ -179,7 +179,7 @@ def read_image(path: str | Path | torch.Tensor, mode: str = "auto", what: str = 
 
     try:
         with _any_size(), Image.open(file) as image:
-            check_image_fits(file, *image.size, len(image.getbands()))
+            check_image_fits(file, *image.size, _decoded_bands(image))
             if (frames := getattr(image, "n_frames", 1)) > 1:  # a multi-page TIFF, an animated GIF
                 log.info(f"{what} file {file} holds {frames} frames: the first is read")
             low_bytes = _low_bytes(file, image)
@@ -192,6 +192,13 @@ def read_image(path: str | Path | torch.Tensor, mode: str = "auto", what: str = 
     if min(loaded.pixels.shape[-2:]) < 1:
         raise DipError(f"{what} file {file} has no pixels")
     return loaded
+
+
+def _decoded_bands(image: Image.Image) -> int:
+    """Samples per pixel as the image is read: a palette image's colours, not its one index."""
+    if image.mode in ("P", "PA"):
+        return 4 if image.mode == "PA" or "transparency" in image.info else 3
+    return len(image.getbands())
 
 
 @contextmanager

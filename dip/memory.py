@@ -234,7 +234,7 @@ def check_image_fits(file: Path, width: int, height: int, bands: int, available:
 
 
 def check_memory_fits(module, device: torch.device, precision: str = "32-true", kept: tuple[int, int] = (0, 0),
-               available: int | None = None) -> MemoryEstimate | None:
+                      available: int | None = None) -> MemoryEstimate | None:
     """Raise ``MemoryShortError`` naming the size and the options that would fit when the run of ``module``
     needs more than ``HEADROOM`` of the free memory on ``device`` (``available`` overrides it)."""
     need = checked_estimate(module, precision, kept)

@@ -456,6 +456,8 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
     saver = RunCheckpoint(Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None,
                           cfg.checkpoint.every_n_steps, settings, keep_final=cfg.checkpoint.keep)
     callbacks.append(saver)
+    if resume is not None and saver.path is not None and Path(resume) == saver.path:
+        saver.saved_step = resumable.step  # a signal before its first step leaves it to be continued from
     try:
         trainer = fit(cfg, module, callbacks, ckpt_path=resume, resumed=resumable if resume else None)
     except torch.OutOfMemoryError:

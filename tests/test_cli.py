@@ -12,9 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from dip.cli import check_overrides, expanded_globs
+from dip.cli import EarlierRuns, check_overrides, expanded_globs, held_run_folder, pinned_folder
 from dip.config import checked_config, compose_config
 from dip.errors import DipError
+from dip.files import hold_folder
 from dip.outputs import Result, write_outputs
 from dip.pipeline import prepare, run
 from tests.conftest import (
@@ -273,6 +274,28 @@ def test_a_folder_another_run_is_writing_into_is_refused_before_hydra_writes(tmp
     assert run_cli(*run).returncode == 0 and (out / "metrics.json").is_file()  # its end let go of the folder
 
 
+def test_the_run_folder_is_the_one_hydra_resolves_and_a_default_one_in_use_gives_way(tmp_path):
+    """hydra.run.dir=DIR/seed${seed}: held, checked and cleaned up as written, it refused seed=2 while seed=1
+    ran there, let DIR/seed1 (the same folder) in, and a finished run there was fitted again or replaced.
+    The default folder (outputs/TASK/<time>) of a run started in the same second as another goes to <time>_2."""
+    pinned = pinned_folder(["seed=3", f"hydra.run.dir={tmp_path}/${{task.name}}/seed${{seed}}"], multirun=False)
+    assert pinned == [f"hydra.run.dir='{tmp_path}/denoising/seed3'", "seed=3"]
+    swept = pinned_folder(["-m", "seed=1,2", "hydra.sweep.dir=sweeps/${now:%Y}"], multirun=True)
+    assert swept == ["-m", f"hydra.sweep.dir='sweeps/{time.strftime('%Y')}'", "seed=1,2"]
+    job_named = ["hydra.run.dir=runs/${hydra.job.name}"]  # only Hydra's job knows it
+    assert pinned_folder(job_named, multirun=False) == job_named
+    hold_folder(tmp_path / "held")
+    arguments = [f"hydra.run.dir='{tmp_path / 'held'}'"]
+    assert held_run_folder(arguments, named=False) == [f"hydra.run.dir='{tmp_path / 'held_2'}'"]
+    with pytest.raises(SystemExit):
+        held_run_folder(arguments, named=True)
+    out = tmp_path / "runs"
+    run = ["data.size=32", "trainer.max_steps=1", "logger=none", f"hydra.run.dir={out}/${{task.name}}"]
+    assert run_cli(*run).returncode == 0 and (out / "denoising" / "metrics.json").is_file()
+    again = run_cli(*run)
+    assert again.returncode == 0 and f"already finished in {out / 'denoising'}" in again.stdout
+
+
 FULL_DISK_DRIVER = """import errno, runpy, sys
 sys.path.insert(0, {root!r})
 import hydra.core.utils
@@ -286,13 +309,37 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-def test_a_full_disk_before_the_job_is_one_line_and_leaves_nothing(tmp_path):
-    """Hydra writes its record of the run before the job starts: on a full disk, its traceback, and a folder."""
-    driver, out = tmp_path / "full_disk.py", tmp_path / "out"
+@pytest.mark.parametrize("folder", ["out", "${task.name}/seed${seed}"])
+def test_a_full_disk_before_the_job_is_one_line_and_leaves_nothing(tmp_path, folder):
+    """Hydra writes its record of the run before the job starts: on a full disk, its traceback, and a folder.
+    The line names the folder Hydra resolved, not the command line's text for it."""
+    driver = tmp_path / "full_disk.py"
     driver.write_text(FULL_DISK_DRIVER.format(root=str(ROOT), script=str(ROOT / "run.py")))
-    done = run_cli("data.size=32", "trainer.max_steps=1", "logger=none", f"hydra.run.dir={out}", script=str(driver))
-    assert_one_line_error(done, f"cannot write into {out}: No space left on device")
-    assert not out.exists()
+    done = run_cli("data.size=32", "trainer.max_steps=1", "logger=none", "seed=3",
+                   f"hydra.run.dir={tmp_path / 'runs' / folder}", script=str(driver))
+    resolved = tmp_path / "runs" / folder.replace("${task.name}", "denoising").replace("${seed}", "3")
+    assert_one_line_error(done, f"cannot write into {resolved}: No space left on device")
+    assert list(tmp_path.iterdir()) == [driver]
+
+
+def test_an_os_error_of_a_generator_of_one_s_own_is_its_traceback_not_a_full_disk(tmp_path):
+    """Any OSError out of the job was said to be Hydra's write failing ("cannot write into DIR"), and the
+    folder, with the job's log, was removed."""
+    (tmp_path / "mynets.py").write_text(
+        "import torch\n\n\nclass Broken(torch.nn.Module):\n"
+        "    def __init__(self, in_channels, out_channels, **kwargs):\n"
+        "        super().__init__()\n        self.conv = torch.nn.Conv2d(in_channels, out_channels, 1)\n\n"
+        "    def forward(self, z):\n        if z.device.type != 'meta':\n"
+        "            open('/nonexistent/weights.bin')\n        return self.conv(z)\n")
+    (tmp_path / "conf" / "arch").mkdir(parents=True)
+    (tmp_path / "conf" / "arch" / "broken.yaml").write_text("_target_: mynets.Broken\n_partial_: true\n")
+    out = tmp_path / "out"
+    done = run_cli("--config-dir", str(tmp_path / "conf"), "arch=broken", "data.size=32", "trainer.max_steps=1",
+                   "logger=none", f"hydra.run.dir={out}", env={"PYTHONPATH": str(tmp_path)})
+    assert done.returncode == 1 and "cannot write" not in done.stderr
+    assert "Traceback" in done.stderr and "FileNotFoundError: [Errno 2] No such file or directory: " \
+        "'/nonexistent/weights.bin'" in done.stderr
+    assert (out / "cli.log").is_file()
 
 
 def test_sigterm_once_the_wandb_run_started_leaves_nothing_and_keeps_an_earlier_runs_logs(tmp_path):
@@ -308,6 +355,26 @@ def test_sigterm_once_the_wandb_run_started_leaves_nothing_and_keeps_an_earlier_
                              "logger=wandb", "checkpoint.keep=true", f"hydra.run.dir={out}")
     assert done.returncode == 128 + signal.SIGTERM, done.stderr[-2000:]
     assert sorted(path.name for path in (out / "wandb").iterdir()) == earlier  # the continuation's own run gone
+
+
+def test_a_failed_job_points_w_and_b_s_links_back_at_the_earlier_run(tmp_path):
+    """W&B points latest-run and its debug logs at each new run: those of a job that failed were left pointing
+    at the run removed with it."""
+    out = tmp_path / "out"
+    logs = out / "wandb"
+    (logs / "offline-run-1" / "logs").mkdir(parents=True)
+    (logs / "latest-run").symlink_to("offline-run-1")
+    (logs / "debug.log").symlink_to("offline-run-1/logs/debug.log")
+    earlier = EarlierRuns()
+    earlier.record([f"hydra.run.dir={out}"])
+    (logs / "offline-run-2" / "logs").mkdir(parents=True)
+    for link, target in (("latest-run", "offline-run-2"), ("debug.log", "offline-run-2/logs/debug.log")):
+        (logs / link).unlink()
+        (logs / link).symlink_to(target)
+    earlier.discard(out)
+    assert sorted(path.name for path in logs.iterdir()) == ["debug.log", "latest-run", "offline-run-1"]
+    assert (os.readlink(logs / "latest-run"), os.readlink(logs / "debug.log")) == \
+        ("offline-run-1", "offline-run-1/logs/debug.log")
 
 
 def test_a_failed_run_removes_the_empty_folders_made_for_it_and_only_those(tmp_path):

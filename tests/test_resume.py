@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -164,6 +165,25 @@ def test_ctrl_c_while_the_trainer_sets_up_is_an_interruption_not_lightnings_exit
         restore(image, tmp_path / "run", 8)
     assert interruption.value.signum == signal.SIGINT
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    monkeypatch.undo()
+    # a resumed run's checkpoint is there before its Trainer starts: the line names it
+    interrupted_at_step_1(image, tmp_path / "resumed", monkeypatch)
+    monkeypatch.setattr(DeepImagePrior, "configure_optimizers", ctrl_c_first)
+    with pytest.raises(RunInterruptedError, match=f"the checkpoint of step 1 is left in "
+                                                  f"{re.escape(str(tmp_path / 'resumed' / CHECKPOINT_NAME))}"):
+        restore(image, tmp_path / "resumed", 8)
+
+
+def test_a_signal_while_the_trainer_ends_a_finished_fit_keeps_it(image, reference, tmp_path, monkeypatch, capfd):
+    """Between the last step's end and the Trainer's return, a signal threw the finished fit away."""
+    def ctrl_c_at_the_end(self):
+        os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(DeepImagePrior, "on_fit_end", ctrl_c_at_the_end, raising=False)
+    assert_same_result(restore(image, tmp_path / "run", 8), reference)
+    assert (tmp_path / "run" / "metrics.json").is_file()
+    assert "SIGINT after the last step: the run was finished first" in capfd.readouterr().err
+    assert signal_finished_first() == signal.SIGINT
 
 
 def test_a_checkpoint_the_disk_refuses_costs_the_checkpoint_not_the_fit(image, reference, tmp_path, monkeypatch,
@@ -195,6 +215,13 @@ def test_a_checkpoint_the_disk_refuses_costs_the_checkpoint_not_the_fit(image, r
     with pytest.raises(RunInterruptedError, match=r"at step 3 of 8 \(its checkpoint could not be written: No space "
                                                   r"left on device\); the checkpoint of step 2 is left in"):
         restore(image, tmp_path / "earlier", 8)
+    monkeypatch.undo()
+    calls.clear()
+    monkeypatch.setattr(dip.checkpoint, "atomic_path", full_after(3))  # steps 2, 4 and 6: the last one's is refused
+    restore(image, tmp_path / "kept", 8, "checkpoint.keep=true")
+    assert f"the checkpoint of step 6 stays in {tmp_path / 'kept' / CHECKPOINT_NAME}" in capfd.readouterr().err
+    monkeypatch.undo()  # it was deleted, and trainer.max_steps larger refused as another run
+    assert restore(image, tmp_path / "kept", 10, "checkpoint.keep=true").metrics["resumed_from_step"] == 6
 
 
 def test_sighup_stops_a_run_as_sigterm_does_unless_started_under_nohup():

@@ -466,6 +466,8 @@ def test_an_image_is_weighed_against_the_memory_not_pillows_pixel_limit(tmp_path
     """Pillow refuses images over 179 MP as decompression bombs, and warns over 89 MP: a large scan that
     data.size would crop could not be read. The machine's free memory decides instead."""
     path = make_png(tmp_path / "scan.png", 40, 30)
+    palette = tmp_path / "palette.png"  # one index a pixel on disk, three colours once read
+    Image.open(path).convert("P").save(palette)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 1,200 pixels: past twice the limit, an error
     assert read_image(path).pixels.shape == (3, 30, 40)
     assert Image.MAX_IMAGE_PIXELS == 100  # the limit is lifted for dip's reads alone
@@ -475,6 +477,8 @@ def test_an_image_is_weighed_against_the_memory_not_pillows_pixel_limit(tmp_path
     with pytest.raises(DipError, match=re.escape(f"image file {path} is 40x30 (0 MP): reading it needs about 0.0 GiB, "
                                                  "but this machine has 0.0 GiB free: crop or shrink it")):
         read_image(path)
+    with pytest.raises(DipError, match=f"image file {palette} is 40x30"):
+        read_image(palette)
 
 
 def test_running_out_of_memory_mid_fit_is_one_line_with_the_options(tmp_path, monkeypatch):
