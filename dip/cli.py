@@ -242,6 +242,21 @@ def _with_folder(arguments: list[str], key: str, folder: str) -> list[str]:
     return beside_the_overrides(others, [f"{key}={quoted}"])
 
 
+# Hydra's flags that each say what the command does, by their long and short names
+MODES = {"--run": "-r", "--multirun": "-m", "--cfg": "-c", "--info": "-i", "--shell-completion": "-sc"}
+
+
+def check_one_mode(arguments: list[str]) -> None:
+    """Refuse in one line two of Hydra's flags that each say what the command does (``-m --cfg job``): Hydra
+    does one per command, and says so in a traceback."""
+    given = [f"{name} ({short})" for name, short in MODES.items()
+             if any(argument in (name, short) or argument.startswith(f"{name}=") for argument in arguments)]
+    if len(given) > 1:
+        hint = ": to print a sweep's job config, give each swept setting one value, without -m" \
+            if {"--multirun (-m)", "--cfg (-c)"} <= set(given) else ""
+        fail(f"{' and '.join(given)} cannot go together: Hydra does one of them per command{hint}")
+
+
 def check_launcher(arguments: list[str]) -> None:
     """Refuse in one line, before Hydra makes the sweep's folder, a launcher that cannot start here
     (its own error is a traceback); printing the config (``--cfg``) starts none."""
@@ -509,6 +524,7 @@ def launch(app, config_name: str = "config") -> None:
     try:
         register_resolvers()
         check_run_folders(sys.argv[1:])
+        check_one_mode(sys.argv[1:])
         check_launcher(sys.argv[1:])
         try:  # DIP_CONFIG_DIRS set by the user reaches Hydra as the search path the command line did not name
             sys.argv[1:] = beside_the_overrides(sys.argv[1:], use_config_dirs(sys.argv[1:]))

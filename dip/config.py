@@ -301,6 +301,8 @@ def config_message(error: Exception) -> str:
     first, *rest = str(error).strip().splitlines() or [type(error).__name__]
     if rest and (rest[0].startswith("To append") or first.endswith(":")):  # the fix, or the reason (instantiate's)
         return f"{first} {rest[0]}"
+    if fixes := [line[3:] for line in rest if re.match(r"\d\. ", line)]:  # "Ambiguous value": its numbered ways out
+        return f"{first} ({'; '.join(fixes)})".replace("\\'", "'")
     listed = next((index for index, line in enumerate(rest) if line.startswith("Available options in")), None)
     if listed is not None:
         options = [line.strip() for line in itertools.takewhile(lambda line: line.startswith("\t"), rest[listed + 1:])]

@@ -133,6 +133,10 @@ def assert_one_line_error(done, *needles):
     "args, needles",
     [
         (["data.path=missing.png"], ["missing.png", "not found"]),
+        (["arch=skip,unet"], ["Ambiguous value for argument 'arch=skip,unet' (To use it as a list",
+                              "To sweep over it, add --multirun"]),  # Hydra's ways out were cut off
+        (["-m", "--cfg", "job", "arch=skip,unet"], ["--multirun (-m) and --cfg (-c) cannot go together",
+                                                    "give each swept setting one value, without -m"]),
         (["data.path=photo(1).png"], ["cannot parse overrides", "quote a value holding spaces, brackets"]),
         (["hydra.job.name=jöb"], ["cannot parse overrides: LexerNoViableAltException: hydra.job.name=jöb (quote"]),
         (["+arch.depht=4"], ["Skip takes no setting 'depht' (drop it with ~arch.depht"]),
