@@ -282,6 +282,7 @@ class EarlierRuns:
         self.folders: set[Path] | None = None  # the run folder's ancestors that existed, once noted
         self.folder: Path | None = None  # the folder Hydra writes into (hydra.run.dir or hydra.sweep.dir), once noted
         self.multirun = False
+        self.held = False  # this process holds the run folder (dip.files.hold_folder): none other writes there
         self.job_started = False  # Hydra's writes before it are its own; an error after it, the job's
 
     def note_folders(self, folder: str | Path | None, multirun: bool = False) -> None:
@@ -368,10 +369,11 @@ class EarlierRuns:
 
     def remove_unused_run_folder(self) -> None:
         """Remove ``hydra.run.dir`` if it is empty and was not there before (made to be held, then the
-        command refused before its job wrote anything), and the folders above it made for it."""
+        command refused before its job wrote anything), and the folders above it made for it. Only one this
+        process held: a folder another run holds is empty from its making until Hydra writes there."""
         run_dir = self.folder
-        if run_dir is None or self.multirun or self.folders is None or run_dir.resolve() in self.folders \
-                or not run_dir.is_dir() or any(run_dir.iterdir()):
+        if not self.held or self.folders is None or run_dir.resolve() in self.folders or not run_dir.is_dir() \
+                or any(run_dir.iterdir()):
             return
         run_dir.rmdir()
         self._remove_folders_above(run_dir)
@@ -542,6 +544,7 @@ def launch(app, config_name: str = "config") -> None:
                 if not multirun:
                     sys.argv[1:] = held_run_folder(sys.argv[1:], named)
                     EARLIER_RUNS.folder = dict(run_folders(sys.argv[1:])).get(key)
+                    EARLIER_RUNS.held = EARLIER_RUNS.folder is not None
         EARLIER_RUNS.record(sys.argv[1:])
         app()
     except KeyboardInterrupt as interruption:  # outside a job (which says what it keeps): while starting or ending

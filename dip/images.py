@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import struct
 import sys
+import threading
 import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -204,12 +205,25 @@ def _decoded_bands(image: Image.Image) -> int:
 @contextmanager
 def _any_size():
     """Pillow's decompression-bomb limit lifted: the user names the file, and ``check_image_fits`` weighs
-    its size against this machine's memory instead (Pillow refuses 179 MP, a scan that ``data.size`` crops)."""
-    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    its size against this machine's memory instead (Pillow refuses 179 MP, a scan that ``data.size`` crops).
+    Put back when the last of the reads under way ends: threads (the benchmark's baselines) read at once."""
+    global _reads_unlimited, _pillow_limit
+    with _LIMIT_LOCK:
+        if _reads_unlimited == 0:
+            _pillow_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        _reads_unlimited += 1
     try:
         yield
     finally:
-        Image.MAX_IMAGE_PIXELS = limit
+        with _LIMIT_LOCK:
+            _reads_unlimited -= 1
+            if _reads_unlimited == 0:
+                Image.MAX_IMAGE_PIXELS = _pillow_limit
+
+
+_LIMIT_LOCK = threading.Lock()
+_reads_unlimited = 0  # the reads under way with Pillow's limit lifted
+_pillow_limit: int | None = None  # the limit to put back after them
 
 
 def _from_tensor(image: torch.Tensor, what: str, mode: str = "auto") -> torch.Tensor:

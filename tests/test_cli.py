@@ -361,6 +361,19 @@ def test_sigterm_once_the_wandb_run_started_leaves_nothing_and_keeps_an_earlier_
     assert sorted(path.name for path in (out / "wandb").iterdir()) == earlier  # the continuation's own run gone
 
 
+def test_a_refused_command_removes_only_the_run_folder_it_made_to_hold(tmp_path):
+    """Refused because another run held the folder, a command removed that run's folder, still empty between
+    its making and Hydra's first write, when it had noted the folder absent just before."""
+    refused, run = EarlierRuns(), tmp_path / "run"
+    refused.note_folders(run)
+    run.mkdir()  # the other run's hold_folder
+    refused.remove_unused_run_folder()
+    assert run.is_dir()
+    refused.held = True  # its own, made to hold it
+    refused.remove_unused_run_folder()
+    assert not run.exists()
+
+
 def test_a_failed_job_points_w_and_b_s_links_back_at_the_earlier_run(tmp_path):
     """W&B points latest-run and its debug logs at each new run: those of a job that failed were left pointing
     at the run removed with it."""

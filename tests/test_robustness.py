@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from omegaconf import OmegaConf
 from PIL import Image
 
+import dip.images
 import dip.memory
 from dip.config import compose_config
 from dip.errors import DipError
@@ -479,6 +480,19 @@ def test_an_image_is_weighed_against_the_memory_not_pillows_pixel_limit(tmp_path
         read_image(path)
     with pytest.raises(DipError, match=f"image file {palette} is 40x30"):
         read_image(palette)
+
+
+def test_pillows_limit_stays_lifted_until_the_last_of_overlapping_reads_ends(monkeypatch):
+    """Two threads reading at once (the benchmark's baselines): the first to end put the limit back under the
+    other's read, or the second put back the first's lifted one, leaving it lifted for good."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    first, second = dip.images._any_size(), dip.images._any_size()
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert Image.MAX_IMAGE_PIXELS is None  # the second read still under way
+    second.__exit__(None, None, None)
+    assert Image.MAX_IMAGE_PIXELS == 100
 
 
 def test_running_out_of_memory_mid_fit_is_one_line_with_the_options(tmp_path, monkeypatch):
