@@ -242,6 +242,22 @@ def _with_folder(arguments: list[str], key: str, folder: str) -> list[str]:
     return beside_the_overrides(others, [f"{key}={quoted}"])
 
 
+def taken_folder(arguments: list[str], multirun: bool, config_name: str = "config") -> list[str]:
+    """``arguments`` naming the folder that Hydra is to write into as it resolves it (``pinned_folder``), held
+    when it is one run's (``held_run_folder``), and noted in ``EARLIER_RUNS`` with the folders above it that
+    existed: a failed or refused command then removes what it made, and only that."""
+    named = "hydra.run.dir" in dict(run_folders(arguments))
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    arguments = pinned_folder(arguments, multirun, config_name)
+    EARLIER_RUNS.note_folders(dict(run_folders(arguments)).get(key))  # before holding it makes it
+    if multirun:
+        return arguments
+    arguments = held_run_folder(arguments, named)
+    EARLIER_RUNS.folder = dict(run_folders(arguments)).get(key)
+    EARLIER_RUNS.held = EARLIER_RUNS.folder is not None
+    return arguments
+
+
 # Hydra's flags that each say what the command does, by their long and short names
 MODES = {"--run": "-r", "--multirun": "-m", "--cfg": "-c", "--info": "-i", "--shell-completion": "-sc"}
 
@@ -281,17 +297,16 @@ class EarlierRuns:
         self.logs: dict[Path, dict[str, str | None]] = {}  # what each run folder's wandb/ held, links' targets
         self.folders: set[Path] | None = None  # the run folder's ancestors that existed, once noted
         self.folder: Path | None = None  # the folder Hydra writes into (hydra.run.dir or hydra.sweep.dir), once noted
-        self.multirun = False
         self.held = False  # this process holds the run folder (dip.files.hold_folder): none other writes there
         self.job_started = False  # Hydra's writes before it are its own; an error after it, the job's
 
-    def note_folders(self, folder: str | Path | None, multirun: bool = False) -> None:
+    def note_folders(self, folder: str | Path | None) -> None:
         """Note which ancestors of ``folder`` (``hydra.run.dir``, or a sweep's ``hydra.sweep.dir``, before Hydra
         makes it) and of the working directory exist: a failed job removes the empty ones that Hydra added, and
         only those."""
         if folder is None:
             return
-        self.folder, self.multirun = Path(folder), multirun
+        self.folder = Path(folder)
         self.folders = {path for place in (Path(folder).resolve(), Path.cwd().resolve())
                         for path in (place, *place.parents) if path.is_dir()}
 
@@ -535,16 +550,8 @@ def launch(app, config_name: str = "config") -> None:
         sys.argv[1:] = expanded_globs(sys.argv[1:])
         if not any(a in ("--help", "-h", "--hydra-help", "--info", "--shell-completion") for a in sys.argv[1:]):
             cfg = check_overrides(sys.argv[1:], config_name=config_name)
-            multirun = is_multirun(sys.argv[1:], cfg)
             if not prints_only(sys.argv[1:]):
-                named = "hydra.run.dir" in dict(run_folders(sys.argv[1:]))
-                sys.argv[1:] = pinned_folder(sys.argv[1:], multirun, config_name)
-                key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
-                EARLIER_RUNS.note_folders(dict(run_folders(sys.argv[1:])).get(key), multirun)  # before one is made
-                if not multirun:
-                    sys.argv[1:] = held_run_folder(sys.argv[1:], named)
-                    EARLIER_RUNS.folder = dict(run_folders(sys.argv[1:])).get(key)
-                    EARLIER_RUNS.held = EARLIER_RUNS.folder is not None
+                sys.argv[1:] = taken_folder(sys.argv[1:], is_multirun(sys.argv[1:], cfg), config_name)
         EARLIER_RUNS.record(sys.argv[1:])
         app()
     except KeyboardInterrupt as interruption:  # outside a job (which says what it keeps): while starting or ending
