@@ -557,6 +557,8 @@ def restore_all(packs: list[Pack], done_before: int, gpus: list[str], workers: i
         return None
 
     def fail(pack: Pack, error: Exception) -> None:
+        if isinstance(error, (RunInterruptedError, Interrupted)) and interrupted:  # said as the user sent it:
+            raise error.sent_as(interrupted[0])  # workers get SIGTERM for a SIGHUP, which they ignore
         if isinstance(error, (RunInterruptedError, Interrupted, BrokenProcessPool)):
             raise error
         # each image alone may fit, or find the one image at fault; a fit that finished is resumed as it was

@@ -69,6 +69,10 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
         super().__init__(signal.Signals(signum).name)
 
+    def sent_as(self, signum: int) -> Interrupted:
+        """This interruption, by ``signum``: the one the user sent, passed on as another."""
+        return Interrupted(signum)
+
 
 def interruption_signal(interruption: BaseException) -> int:
     """The signal behind ``interruption``: an ``Interrupted``'s (or ``RunInterruptedError``'s), else SIGINT."""
@@ -98,6 +102,10 @@ class RunInterruptedError(Exception):
         experiment's (its sub-runs'), or a sweep's (``key`` hydra.sweep.dir) that the job was part of."""
         return str(self.advised(f"run the same command again with {key}={run_dir}"))
 
+    def sent_as(self, signum: int) -> RunInterruptedError:
+        """This interruption, by ``signum``: the one the user sent, passed on as another."""
+        return type(self)(signum, self.step, self.max_steps, self.checkpoint, self.advice, self.saved_step, self.why)
+
     def advised(self, advice: str) -> RunInterruptedError:
         """This interruption, saying ``advice`` for how to continue."""
         return type(self)(self.signum, self.step, self.max_steps, self.checkpoint, advice, self.saved_step, self.why)
@@ -114,3 +122,7 @@ class FitStoppedError(Exception):
     def __init__(self, signum: int):
         self.signum = signum
         super().__init__(signal.Signals(signum).name)
+
+    def sent_as(self, signum: int) -> Interrupted:
+        """This interruption, by ``signum``: the one the user sent, passed on as another."""
+        return Interrupted(signum)
