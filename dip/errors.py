@@ -82,7 +82,8 @@ def interruption_signal(interruption: BaseException) -> int:
 class RunInterruptedError(Exception):
     """The run stopped on a signal, its checkpoint kept; re-running resumes it. ``advice`` says how
     (default: the command line's way). The checkpoint holds ``saved_step`` (default: ``step``, where the run
-    stopped); an earlier step when the stop's own could not be written, which ``why`` says."""
+    stopped); an earlier step when the stop's own could not be written, which ``why`` says, or the step it
+    resumed from when it stopped before its first step."""
 
     def __init__(self, signum: int, step: int, max_steps: int, checkpoint: Path, advice: str | None = None,
                  saved_step: int | None = None, why: str = ""):
@@ -91,7 +92,7 @@ class RunInterruptedError(Exception):
         self.advice = advice or (f"run the same command again with hydra.run.dir={checkpoint.parent} "
                                  f"(or resume={checkpoint})")
         stopped = f"interrupted by {signal.Signals(signum).name} at step {step} of {max_steps}"
-        if self.saved_step == step:
+        if self.saved_step == step and not why:
             super().__init__(f"{stopped}; checkpoint written to {checkpoint}: {self.advice} to continue")
         else:
             super().__init__(f"{stopped} ({why}); the checkpoint of step {self.saved_step} is left in {checkpoint}: "

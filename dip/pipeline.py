@@ -465,8 +465,10 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
             need = checked_estimate(module, cfg.trainer.precision, kept)
         raise out_of_memory(module, need, device, module.global_step, cfg.trainer.precision) from None
     except Interrupted as interruption:  # outside the steps, or a second SIGINT: the last checkpoint written stays
-        raise saver.interruption(interruption.signum, module.global_step, cfg.trainer.max_steps,
-                                 "stopped before its checkpoint was written") from None
+        started = module.global_step > resumable.step  # else stopped while the Trainer set the fit up
+        raise saver.interruption(interruption.signum, max(module.global_step, resumable.step), cfg.trainer.max_steps,
+                                 "stopped before its checkpoint was written" if started else "while the fit started") \
+            from None
     # Lightning has put back the handlers it found: a signal now would lose the finished fit
     with held_signals() if not saver.interrupted else nullcontext():
         logger = trainer.logger

@@ -169,7 +169,8 @@ def test_ctrl_c_while_the_trainer_sets_up_is_an_interruption_not_lightnings_exit
     # a resumed run's checkpoint is there before its Trainer starts: the line names it
     interrupted_at_step_1(image, tmp_path / "resumed", monkeypatch)
     monkeypatch.setattr(DeepImagePrior, "configure_optimizers", ctrl_c_first)
-    with pytest.raises(RunInterruptedError, match=f"the checkpoint of step 1 is left in "
+    with pytest.raises(RunInterruptedError, match=r"interrupted by SIGINT at step 1 of 8 \(while the fit started\); "
+                                                  f"the checkpoint of step 1 is left in "
                                                   f"{re.escape(str(tmp_path / 'resumed' / CHECKPOINT_NAME))}"):
         restore(image, tmp_path / "resumed", 8)
 
