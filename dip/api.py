@@ -8,13 +8,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+import os
+import random
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import torch
 from omegaconf import OmegaConf, open_dict
 
-from dip.config import checked_config
+from dip.config import TENSOR_PREFIX, checked_config
 from dip.errors import DipError, RunInterruptedError
 from dip.files import unwritable
 from dip.outputs import CHECKPOINT_NAME, Result
@@ -61,6 +66,9 @@ def restore(
                        "python run.py +experiment=NAME, or dip.experiments.run_experiment(cfg, output_dir)")
     problem = problem_from_config(cfg, clean=image, observation=observation, physics=physics)
     with open_dict(cfg):
+        for key, given in (("path", image), ("observation", observation)):
+            if given is not None:  # in the run's settings: another image in output_dir is another run
+                cfg.data[key] = _named_input(given)
         if physics is not None:
             cfg.task.physics = {"_target_": _class_path(physics), "given": repr(physics)}
             cfg.task.name = type(physics).__name__  # not sr_x4's name for a x2 operator
@@ -69,7 +77,8 @@ def restore(
             cfg.arch = {"_target_": _class_path(generator), "given": f"{parameters} parameters"}
             cfg.arch_name = type(generator).__name__
     try:
-        return run(cfg, Path(output_dir) if output_dir is not None else None, problem, generator=generator)
+        with _session_random_state_kept():
+            return run(cfg, Path(output_dir) if output_dir is not None else None, problem, generator=generator)
     except RunInterruptedError as interruption:  # its own advice is the command line's
         raise interruption.advised(f"call restore() again with output_dir={output_dir}") from None
 
@@ -77,6 +86,34 @@ def restore(
 def _class_path(instance: object) -> str:
     kind = type(instance)
     return f"{kind.__module__}.{kind.__qualname__}"
+
+
+@contextmanager
+def _session_random_state_kept() -> Iterator[None]:
+    """The session's random state as the call found it: a fit seeds torch, ``random`` and numpy for its own
+    draws (Lightning's ``seed_everything``, which also notes the seed in the environment)."""
+    python, numpy = random.getstate(), np.random.get_state()
+    noted = {key: os.environ.get(key) for key in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")}
+    try:
+        with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
+            yield
+    finally:
+        random.setstate(python)
+        np.random.set_state(numpy)
+        for key, value in noted.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _named_input(given) -> str:
+    """An image given to ``restore`` as the run's settings name it: its file as given, or a tensor by the sha256
+    of its values (a file's contents are compared by ``dip.run_settings``)."""
+    if isinstance(given, torch.Tensor):
+        values = given.detach().float().cpu().contiguous().numpy().tobytes()
+        return f"{TENSOR_PREFIX}{hashlib.sha256(values).hexdigest()}"
+    return str(given)
 
 
 def _check_overrides(overrides) -> None:

@@ -70,6 +70,7 @@ from dip.outputs import (
     OUTPUTS_FILE,
     Result,
     finished_config,
+    write_error,
     write_json,
     write_outputs,
 )
@@ -734,8 +735,12 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> dict:
                                    for path, m in restored.items() if path not in finished)}
     if metrics or not failed:
         table = Table(cfg, metrics, [scores for _, _, scores in done], run_info)
-        write_atomically(run_dir / "table.csv", lambda handle: handle.write(table.csv().encode()))
-        write_atomically(run_dir / "table.md", lambda handle: handle.write(table.markdown().encode()))
+        try:
+            write_atomically(run_dir / "table.csv", lambda handle: handle.write(table.csv().encode()))
+            write_atomically(run_dir / "table.md", lambda handle: handle.write(table.markdown().encode()))
+        except OSError as error:  # a full disk, a folder in the way: the restorations stay, for the next run
+            raise IncompleteTableError(f"{write_error(error, run_dir)}; the restorations are in {run_dir / 'images'}, "
+                                       f"and the same command writes the table from them") from None
     if failed:
         name, reason = next(iter(run_info["failed"].items()))
         first = reason if len(failed) == 1 else f"the first, {name}: {reason}"

@@ -162,7 +162,8 @@ class RunCheckpoint(pl.Callback):
             self.save(trainer)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        fit_steps_done()
+        if self.interrupted is None:  # a fit stopped on a signal stays stoppable at once by a second Ctrl-C
+            fit_steps_done()
         if self._signals.received is not None and self.interrupted is None:
             print(file=sys.stderr)  # past the progress bar's line
             finished_first_on(self._signals.received, "at the last step")

@@ -198,28 +198,30 @@ def prints_only(arguments: list[str]) -> bool:
     return any(argument in ("--cfg", "-c") or argument.startswith("--cfg=") for argument in arguments)
 
 
-def pinned_folder(arguments: list[str], multirun: bool, config_name: str = "config") -> list[str]:
+def pinned_folder(arguments: list[str], multirun: bool, config_name: str = "config") -> tuple[list[str], str]:
     """``arguments`` with the folder Hydra is to write into (``hydra.run.dir``, a sweep's ``hydra.sweep.dir``)
     named there as composed and resolved now: the folder that is checked, held and cleaned up is then the one
     Hydra uses, its ``${now:...}`` read once and ``${seed}`` or ``${task.name}`` in it as the run's. Unchanged
-    where the folder reads what only Hydra's job knows (``${hydra.job.name}``)."""
+    where the folder reads what only Hydra's job knows (``${hydra.job.name}``). Beside them, the folder as
+    the config gave it, before resolving (``outputs/${task.name}/${now:...}``; empty if it was not read)."""
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     parser = OverridesParser.create()
     try:
         fixed = [text for text in _override_arguments(arguments, hydra=True)
                  if not parser.parse_overrides([text])[0].is_sweep_override()]
         cfg = compose_config(fixed, config_name=config_name)
-        given = OmegaConf.to_container(OmegaConf.select(cfg, key.rpartition(".")[0]), resolve=False)["dir"]
-        folder = None if "${hydra" in str(given) else OmegaConf.select(cfg, key)
+        given = str(OmegaConf.to_container(OmegaConf.select(cfg, key.rpartition(".")[0]), resolve=False)["dir"])
+        folder = None if "${hydra" in given else OmegaConf.select(cfg, key)
     except Exception:  # noqa: BLE001 (Hydra's and OmegaConf's many errors): Hydra says what it cannot compose
-        folder = None
-    return _with_folder(arguments, key, folder) if isinstance(folder, str) and folder else arguments
+        given, folder = "", None
+    return (_with_folder(arguments, key, folder) if isinstance(folder, str) and folder else arguments), given
 
 
-def held_run_folder(arguments: list[str], named: bool) -> list[str]:
+def held_run_folder(arguments: list[str], gives_way: bool) -> list[str]:
     """Hold the run folder that ``arguments`` name (``dip.files.hold_folder``), refused in one line when another
-    run holds it, unless the user did not name it (``named``): the default ``outputs/TASK/<time>`` of a run
-    started in the same second gives way to ``<time>_2``, ``_3``, ..., named in the arguments returned."""
+    run holds it, unless it ``gives_way``: a time-stamped one (``outputs/TASK/<time>``, the default) of a run
+    started in the same second as another gives way to ``<time>_2``, ``_3``, ..., named in the arguments
+    returned."""
     folder = dict(run_folders(arguments)).get("hydra.run.dir")
     if folder is None:
         return arguments
@@ -228,7 +230,7 @@ def held_run_folder(arguments: list[str], named: bool) -> list[str]:
         try:
             hold_folder(held)
         except DipError as error:
-            if named:
+            if not gives_way:
                 fail(str(error))
             continue
         return arguments if held == folder else _with_folder(arguments, "hydra.run.dir", str(held))
@@ -246,13 +248,12 @@ def taken_folder(arguments: list[str], multirun: bool, config_name: str = "confi
     """``arguments`` naming the folder that Hydra is to write into as it resolves it (``pinned_folder``), held
     when it is one run's (``held_run_folder``), and noted in ``EARLIER_RUNS`` with the folders above it that
     existed: a failed or refused command then removes what it made, and only that."""
-    named = "hydra.run.dir" in dict(run_folders(arguments))
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
-    arguments = pinned_folder(arguments, multirun, config_name)
+    arguments, given = pinned_folder(arguments, multirun, config_name)
     EARLIER_RUNS.note_folders(dict(run_folders(arguments)).get(key))  # before holding it makes it
     if multirun:
         return arguments
-    arguments = held_run_folder(arguments, named)
+    arguments = held_run_folder(arguments, gives_way="${now:" in given)
     EARLIER_RUNS.folder = dict(run_folders(arguments)).get(key)
     EARLIER_RUNS.held = EARLIER_RUNS.folder is not None
     return arguments
@@ -260,6 +261,14 @@ def taken_folder(arguments: list[str], multirun: bool, config_name: str = "confi
 
 # Hydra's flags that each say what the command does, by their long and short names
 MODES = {"--run": "-r", "--multirun": "-m", "--cfg": "-c", "--info": "-i", "--shell-completion": "-sc"}
+
+
+def runs_jobs(arguments: list[str]) -> bool:
+    """Whether the command line ``arguments`` run (or print) jobs, not only Hydra's help, information or
+    shell completion."""
+    asks = ("--help", "-h", "--hydra-help", "--version", "--info", "-i", "--shell-completion", "-sc")
+    return not any(argument in asks or argument.startswith(("--info=", "--shell-completion="))
+                   for argument in arguments)
 
 
 def check_one_mode(arguments: list[str]) -> None:
@@ -378,7 +387,7 @@ class EarlierRuns:
                 path.unlink()  # W&B pointed it at the run just removed: back to the earlier run's
                 path.symlink_to(target)
         for folder in (logs, record_dir, output_dir):
-            if folder.is_dir() and not any(folder.iterdir()):
+            if folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()):  # a link is the user's
                 folder.rmdir()
         self._remove_folders_above(output_dir)
 
@@ -388,7 +397,7 @@ class EarlierRuns:
         process held: a folder another run holds is empty from its making until Hydra writes there."""
         run_dir = self.folder
         if not self.held or self.folders is None or run_dir.resolve() in self.folders or not run_dir.is_dir() \
-                or any(run_dir.iterdir()):
+                or run_dir.is_symlink() or any(run_dir.iterdir()):
             return
         run_dir.rmdir()
         self._remove_folders_above(run_dir)
@@ -548,7 +557,7 @@ def launch(app, config_name: str = "config") -> None:
         except DipError as error:
             fail(str(error))
         sys.argv[1:] = expanded_globs(sys.argv[1:])
-        if not any(a in ("--help", "-h", "--hydra-help", "--info", "--shell-completion") for a in sys.argv[1:]):
+        if runs_jobs(sys.argv[1:]):
             cfg = check_overrides(sys.argv[1:], config_name=config_name)
             if not prints_only(sys.argv[1:]):
                 sys.argv[1:] = taken_folder(sys.argv[1:], is_multirun(sys.argv[1:], cfg), config_name)

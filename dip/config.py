@@ -45,9 +45,16 @@ def _profile(full, quick, *, _root_):
     return full if use_full_settings(_root_.get("profile", "auto")) else quick
 
 
+# how the settings name an image given to dip.api.restore as a tensor: by the sha256 of its values
+TENSOR_PREFIX = "tensor:sha256:"
+
+
 def image_name(path: str | None, observation: str | None, default_image: str) -> str:
-    """A short name for the image a run restores (a W&B tag, a dashboard row): the file's stem."""
+    """A short name for the image a run restores (a W&B tag, a dashboard row): the file's stem, or a
+    tensor's ``tensor-`` and the start of its digest."""
     source = str(observation or path or default_image)
+    if source.startswith(TENSOR_PREFIX):
+        return f"tensor-{source.removeprefix(TENSOR_PREFIX)[:8]}"
     return Path(source.removeprefix(BUILTIN_PREFIX)).stem
 
 

@@ -385,7 +385,13 @@ def fit(cfg: DictConfig, module: DeepImagePrior, callbacks=(), ckpt_path: str | 
         try:
             with signals_stop_the_fit():
                 trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path)
-        except Exception as error:
+        except BaseException as error:
+            if isinstance(logger, WandbLogger):  # else the next fit of this process (a sweep's next job, the
+                import wandb  # API's next call) would log into this failed one's run
+
+                wandb.finish(exit_code=1)
+            if not isinstance(error, Exception):
+                raise
             # a signal outside the steps, or one that broke the step (the compiler's processes, say)
             signum = error.signum if isinstance(error, FitStoppedError) else _signal_during(callbacks)
             if signum is not None:

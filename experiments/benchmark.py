@@ -32,6 +32,7 @@ except KeyboardInterrupt as interruption:  # nothing has started
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="benchmark")
 def benchmark(cfg: DictConfig) -> None:
+    EARLIER_RUNS.job_started = True
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         EARLIER_RUNS.refuse_other_kind(run_dir, cfg)

@@ -1,5 +1,6 @@
 """The Python API that run.py and notebooks share."""
 
+import hashlib
 import json
 import os
 import re
@@ -46,6 +47,35 @@ def test_an_interrupted_restore_into_a_folder_says_how_to_continue_in_python(tmp
         restore(image, **call)
     monkeypatch.undo()
     assert restore(image, **call).metrics["resumed_from_step"] == 1
+
+
+def test_another_image_into_a_folder_is_another_run_and_a_failed_fit_ends_its_w_and_b_run(tmp_path, monkeypatch):
+    """An image given to restore() stayed out of the run's settings: another one continued the first one's
+    checkpoint. A fit that raised left its W&B run open, and the next call logged into it."""
+    keep = ["trainer.max_steps=2", "arch=skip_depth2", "logger=none", "checkpoint.keep=true"]
+    photo = make_png(tmp_path / "photo.png", 16, 16)
+    first = restore(photo, output_dir=tmp_path / "file", overrides=keep)
+    assert first.metrics["input_sha256"] == {"data.path": hashlib.sha256(photo.read_bytes()).hexdigest()}
+    torch.manual_seed(1)
+    drawn = torch.rand(2, 3, 16, 16)  # the session's next two draws, if a call leaves its random state be
+    torch.manual_seed(1)
+    restore(torch.rand(3, 16, 16), output_dir=tmp_path / "tensor", overrides=keep)
+    assert torch.equal(torch.rand(3, 16, 16), drawn[1])
+    torch.manual_seed(1)
+    torch.rand(3, 16, 16)
+    more = [*keep[1:], "trainer.max_steps=3"]
+    with pytest.raises(DipError, match=r"data.path: 'tensor:sha256:\w+' -> 'tensor:sha256:\w+'"):
+        restore(torch.rand(3, 16, 16), output_dir=tmp_path / "tensor", overrides=more)  # the session's next draw
+
+    def broken(self, batch, batch_idx):
+        raise RuntimeError("a generator of one's own that breaks")
+
+    monkeypatch.setattr(DeepImagePrior, "training_step", broken)
+    with pytest.raises(RuntimeError, match="breaks"):
+        restore(torch.rand(3, 16, 16), output_dir=tmp_path / "failed", overrides=[*keep[:2], "logger=wandb"])
+    import wandb
+
+    assert wandb.run is None
 
 
 def test_restore_a_grey_file_into_a_directory(tmp_path, grey_png):

@@ -282,17 +282,18 @@ def test_the_run_folder_is_the_one_hydra_resolves_and_a_default_one_in_use_gives
     """hydra.run.dir=DIR/seed${seed}: held, checked and cleaned up as written, it refused seed=2 while seed=1
     ran there, let DIR/seed1 (the same folder) in, and a finished run there was fitted again or replaced.
     The default folder (outputs/TASK/<time>) of a run started in the same second as another goes to <time>_2."""
-    pinned = pinned_folder(["seed=3", f"hydra.run.dir={tmp_path}/${{task.name}}/seed${{seed}}"], multirun=False)
-    assert pinned == [f"hydra.run.dir='{tmp_path}/denoising/seed3'", "seed=3"]
+    folder = f"{tmp_path}/${{task.name}}/seed${{seed}}"
+    assert pinned_folder(["seed=3", f"hydra.run.dir={folder}"], multirun=False) == \
+        ([f"hydra.run.dir='{tmp_path}/denoising/seed3'", "seed=3"], folder)
     swept = pinned_folder(["-m", "seed=1,2", "hydra.sweep.dir=sweeps/${now:%Y}"], multirun=True)
-    assert swept == ["-m", f"hydra.sweep.dir='sweeps/{time.strftime('%Y')}'", "seed=1,2"]
+    assert swept[0] == ["-m", f"hydra.sweep.dir='sweeps/{time.strftime('%Y')}'", "seed=1,2"]
     job_named = ["hydra.run.dir=runs/${hydra.job.name}"]  # only Hydra's job knows it
-    assert pinned_folder(job_named, multirun=False) == job_named
+    assert pinned_folder(job_named, multirun=False)[0] == job_named
     hold_folder(tmp_path / "held")
     arguments = [f"hydra.run.dir='{tmp_path / 'held'}'"]
-    assert held_run_folder(arguments, named=False) == [f"hydra.run.dir='{tmp_path / 'held_2'}'"]
-    with pytest.raises(SystemExit):
-        held_run_folder(arguments, named=True)
+    assert held_run_folder(arguments, gives_way=True) == [f"hydra.run.dir='{tmp_path / 'held_2'}'"]
+    with pytest.raises(SystemExit):  # a folder of one's own, named on the command line or in a config
+        held_run_folder(arguments, gives_way=False)
     out = tmp_path / "runs"
     run = ["data.size=32", "trainer.max_steps=1", "logger=none", f"hydra.run.dir={out}/${{task.name}}"]
     assert run_cli(*run).returncode == 0 and (out / "denoising" / "metrics.json").is_file()
@@ -372,6 +373,23 @@ def test_a_refused_command_removes_only_the_run_folder_it_made_to_hold(tmp_path)
     refused.held = True  # its own, made to hold it
     refused.remove_unused_run_folder()
     assert not run.exists()
+
+
+def test_a_run_folder_that_is_a_link_is_left_to_its_owner_when_the_job_fails(tmp_path):
+    """The failed job's clean-up called rmdir on the link: a traceback instead of the input's one line."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to("real")
+    assert_one_line_error(run_cli(f"data.path={tmp_path / 'missing.png'}", "logger=none",
+                                  f"hydra.run.dir={tmp_path / 'link'}"), "missing.png", "not found")
+    assert (tmp_path / "link").is_symlink() and (tmp_path / "real").is_dir()
+
+
+def test_hydras_information_is_printed_with_no_folder_taken(tmp_path):
+    """-i took the run folder written after it as its value: "invalid choice" instead of the information."""
+    done = run_cli("-i", "searchpath")
+    assert done.returncode == 0 and "Config search path" in done.stdout, done.stderr
+    done = run_cli("-i")
+    assert done.returncode == 0 and "Config search path" in done.stdout, done.stderr
 
 
 def test_a_failed_job_points_w_and_b_s_links_back_at_the_earlier_run(tmp_path):
