@@ -25,6 +25,7 @@ from skimage import data as skdata
 from dip.baselines import BASELINES, BaselineUnavailableError, normalised_fill
 from dip.benchmark import (
     ImageJob,
+    IncompleteTableError,
     TimeBudget,
     _restoration_key,
     _some_names,
@@ -174,6 +175,12 @@ def test_sr_table_has_a_row_per_image_a_mean_row_and_resumes(tmp_path):
     with pytest.raises(DipError, match=r"images/baby holds a finished run with other settings"):
         run_benchmark(compose("set5_x4", root, run_dir, "seed=1", "benchmark.restore=[woman.png]"), run_dir)
     assert not (run_dir / "images" / "woman").exists()
+    (run_dir / "table.md").unlink()
+    (run_dir / "table.md").mkdir()  # a table that cannot be written: the restorations stay, said in one line
+    with pytest.raises(IncompleteTableError, match=r"cannot write .*table.md: Is a directory; the restorations are "
+                                                   r"in .*images, and the same command writes the table from them"):
+        run_benchmark(compose("set5_x4", root, run_dir), run_dir)
+    assert finished.stat().st_mtime_ns == before
     (run_dir / "images" / "bird" / "config.yaml").write_text("{damaged")
     with pytest.raises(DipError, match=r"cannot read .*bird/config.yaml: delete .*bird/metrics.json to restore"):
         run_benchmark(compose("set5_x4", root, run_dir), run_dir)
