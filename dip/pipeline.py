@@ -169,7 +169,9 @@ def prepare(
         check_codes_fit(code.channels, *problem.solution_size, max(copies, problem.images))
     z = None
     if generator is not None:
-        generator = copy.deepcopy(generator)  # the caller's network stays as it was
+        # the caller's network stays as it was; its copy in float32, as the code z and an arch's are (a double
+        # one passed the meta check, made in float32, and failed at the first step; precision=64 makes all double)
+        generator = copy.deepcopy(generator).float()
     elif problem.images > 1:
         generator, z = _seeded_copies(cfg, code, problem, seeds or [cfg.seed] * problem.images)
     else:

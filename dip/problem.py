@@ -183,6 +183,10 @@ def build_problem(
     if cropped != loaded_size:
         log.info(_cropped(source, loaded_size, cropped, size))
     height, width = physics.solution_size(*physics.observation_size(*cropped))
+    if height > cropped[0] or width > cropped[1]:  # a degradation of one's own that rounds up: no image to fit
+        raise DipError(f"{type(physics).__name__}: solution_size(observation_size({cropped[0]}, {cropped[1]})) is "
+                       f"{height}x{width}, larger than the {cropped[0]}x{cropped[1]} image ({source}): "
+                       f"observation_size must round down, to the observation of a whole solution")
     if (height, width) != cropped:
         log.info(f"{source}: {cropped[1]}x{cropped[0]} cropped from the top-left to {width}x{height}, "
                  f"the size the task's operator maps exactly")

@@ -206,6 +206,25 @@ class TwoConvolutions(torch.nn.Module):
         return self.layers(z)
 
 
+def test_a_double_generator_is_fitted_in_float_and_a_degradation_that_rounds_up_is_one_line():
+    """Both passed the checks before the fit, then failed at its first step, deep in Lightning."""
+    generator = torch.nn.Sequential(torch.nn.Conv2d(8, 3, 3, padding=1), torch.nn.Sigmoid()).double()
+    result = restore(torch.rand(3, 33, 47), generator=generator,
+                     overrides=["trainer.max_steps=2", "input.channels=8", "trainer.enable_progress_bar=false"])
+    assert result.metrics["steps"] == 2 and next(generator.parameters()).dtype == torch.float64  # the caller's
+
+    class EveryOther(LanczosDownsample):  # x[::2, ::2] keeps a 33rd row: its observation rounds up
+        def A(self, x):  # noqa: N802
+            return x[..., ::2, ::2]
+
+        def observation_size(self, height, width):
+            return (height + 1) // 2, (width + 1) // 2
+
+    with pytest.raises(DipError, match=r"EveryOther: solution_size\(observation_size\(33, 47\)\) is 34x48, larger "
+                                       r"than the 33x47 image .*: observation_size must round down"):
+        restore(torch.rand(3, 33, 47), physics=EveryOther(2), overrides=["trainer.max_steps=2"])
+
+
 def test_a_generator_built_in_python_replaces_the_arch(tmp_path):
     network = TwoConvolutions()
     before = [parameter.clone() for parameter in network.parameters()]
