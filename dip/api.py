@@ -56,6 +56,9 @@ def restore(
     if generator is not None and not isinstance(generator, torch.nn.Module):
         raise DipError(f"generator must be a torch.nn.Module, not of type {type(generator).__name__}")
     if output_dir is not None:
+        if not isinstance(output_dir, (str, os.PathLike)):
+            raise DipError(f"output_dir must be a folder's path (str or pathlib.Path), not of type "
+                           f"{type(output_dir).__name__}")
         _check_output_dir(Path(output_dir))
     options = [f"task={task}"] + ([f"arch={arch}"] if arch else [])
     if output_dir is None and not any(o.startswith("logger=") for o in overrides):

@@ -250,6 +250,11 @@ def test_overrides_must_be_a_list_of_strings(overrides, kind):
         restore(torch.rand(3, 8, 8), overrides=overrides)
 
 
+def test_an_output_dir_that_is_no_path_is_one_line():
+    with pytest.raises(DipError, match=r"output_dir must be a folder's path \(str or pathlib.Path\), not of type int"):
+        restore(torch.rand(3, 8, 8), output_dir=5)
+
+
 @pytest.mark.parametrize("logger", ["logger=none", "logger=wandb"])
 def test_an_output_dir_that_a_file_stands_in_is_refused_before_the_run(tmp_path, logger):
     taken = tmp_path / "taken"
