@@ -229,6 +229,8 @@ def problem_from_config(cfg: DictConfig, clean=None, observation=None, physics: 
         physics = instantiate_settings(cfg.task.physics, "task.physics")
     elif not isinstance(physics, Degradation):
         raise DipError(f"physics must be a dip.physics.Degradation, not of type {type(physics).__name__}")
+    elif type(physics).A is Degradation.A:
+        raise DipError(f"physics {type(physics).__name__} defines no A(x), the degradation it stands for")
     else:
         physics = copy.deepcopy(physics)
     data = cfg.data

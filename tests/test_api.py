@@ -16,7 +16,7 @@ from dip import restore
 from dip.errors import DipError, RunInterruptedError
 from dip.images import data_crop_offsets
 from dip.module import DeepImagePrior
-from dip.physics import BayerMosaic, Inpainting, LanczosDownsample, RegionMask
+from dip.physics import BayerMosaic, Degradation, Inpainting, LanczosDownsample, RegionMask
 from tests.conftest import make_png
 
 
@@ -250,9 +250,18 @@ def test_overrides_must_be_a_list_of_strings(overrides, kind):
         restore(torch.rand(3, 8, 8), overrides=overrides)
 
 
-def test_an_output_dir_that_is_no_path_is_one_line():
+def test_arguments_that_cannot_make_a_fit_are_one_line():
+    """A raw TypeError from pathlib, NotImplementedError from the operator, ValueError from the optimizer."""
     with pytest.raises(DipError, match=r"output_dir must be a folder's path \(str or pathlib.Path\), not of type int"):
         restore(torch.rand(3, 8, 8), output_dir=5)
+
+    class Unwritten(Degradation):  # without its A
+        pass
+
+    with pytest.raises(DipError, match=r"physics Unwritten defines no A\(x\), the degradation it stands for"):
+        restore(torch.rand(3, 8, 8), physics=Unwritten())
+    with pytest.raises(DipError, match="generator Sigmoid has no parameters: there is nothing to fit"):
+        restore(torch.rand(3, 8, 8), generator=torch.nn.Sigmoid(), overrides=["input.channels=3"])
 
 
 @pytest.mark.parametrize("logger", ["logger=none", "logger=wandb"])
