@@ -82,7 +82,10 @@ class CaughtSignals:
 
     def install(self) -> None:
         if threading.current_thread() is threading.main_thread():
-            self._previous = {signum: signal.signal(signum, self._note) for signum in stop_signals()}
+            # an ignored SIGINT (a job a script started in the background) stays ignored, as nohup's SIGHUP does;
+            # an ignored SIGTERM is a benchmark worker's, which its main process sends once the fit listens
+            self._previous = {signum: signal.signal(signum, self._note) for signum in stop_signals()
+                              if signum != signal.SIGINT or signal.getsignal(signum) != signal.SIG_IGN}
 
     def _note(self, signum, frame) -> None:
         if self.received is not None and signum == signal.SIGINT:

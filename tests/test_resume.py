@@ -24,7 +24,7 @@ from dip.config import compose_config
 from dip.errors import DipError, Interrupted, RunInterruptedError
 from dip.module import DeepImagePrior
 from dip.pipeline import StepDataset, run
-from dip.signals import signal_finished_first
+from dip.signals import CaughtSignals, signal_finished_first
 from tests.conftest import ROOT
 
 # Small and quick, with everything that carries state: reg-noise draws, EMA, early stopping, and
@@ -235,6 +235,16 @@ def test_sighup_stops_a_run_as_sigterm_does_unless_started_under_nohup():
     nohup = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
     assert nohup.stdout.strip() == str(sorted([signal.SIGINT, signal.SIGTERM]))
+
+
+def test_an_ignored_ctrl_c_stays_ignored_during_the_steps(monkeypatch):
+    """A job that a script started in the background has SIGINT ignored: it ignored Ctrl-C before and between
+    fits, and obeyed it during them. An ignored SIGTERM (a benchmark worker's) is still caught."""
+    monkeypatch.setattr(signal, "getsignal", lambda signum: signal.SIG_IGN)  # as the shell left them
+    installed = []
+    monkeypatch.setattr(signal, "signal", lambda signum, handler: installed.append(signum))
+    CaughtSignals().install()
+    assert signal.SIGINT not in installed and signal.SIGTERM in installed
 
 
 def test_ctrl_c_in_a_run_without_a_folder_returns_the_result_so_far(image, monkeypatch, capfd):
