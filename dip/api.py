@@ -115,9 +115,10 @@ def _session_random_state_kept() -> Iterator[None]:
 def _named_input(given) -> str:
     """An image given to ``restore`` as the run's settings name it: its file as given, or a tensor by the sha256
     of its values (a file's contents are compared by ``dip.run_settings``)."""
-    if isinstance(given, torch.Tensor):
+    if isinstance(given, torch.Tensor):  # its shape too (a batch of one aside): another picture may hold these values
+        shape = tuple(given.shape[1:] if given.dim() == 4 and given.shape[0] == 1 else given.shape)
         values = given.detach().float().cpu().contiguous().numpy().tobytes()
-        return f"{TENSOR_PREFIX}{hashlib.sha256(values).hexdigest()}"
+        return f"{TENSOR_PREFIX}{hashlib.sha256(repr(shape).encode() + values).hexdigest()}"
     return str(given)
 
 

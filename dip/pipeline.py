@@ -387,13 +387,7 @@ def fit(cfg: DictConfig, module: DeepImagePrior, callbacks=(), ckpt_path: str | 
         try:
             with signals_stop_the_fit():
                 trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path)
-        except BaseException as error:
-            if isinstance(logger, WandbLogger):  # else the next fit of this process (a sweep's next job, the
-                import wandb  # API's next call) would log into this failed one's run
-
-                wandb.finish(exit_code=1)
-            if not isinstance(error, Exception):
-                raise
+        except Exception as error:
             # a signal outside the steps, or one that broke the step (the compiler's processes, say)
             signum = error.signum if isinstance(error, FitStoppedError) else _signal_during(callbacks)
             if signum is not None:
@@ -421,6 +415,23 @@ def _raised_by_compiled_code(error: BaseException) -> bool:
     return any("torchinductor" in frame.filename or "/torch/_inductor/" in frame.filename for frame in frames)
 
 
+def ends_its_wandb_run_on_error(fit_and_write: Callable) -> Callable:
+    """``fit_and_write``, ending the W&B run it started (the one this process has open) when it fails, in the
+    fit's steps or after them: the next fit of the process (a sweep's next job, the API's next call) would
+    log into it, and into the failed run's folder."""
+    @functools.wraps(fit_and_write)
+    def ending(*args, **kwargs):
+        try:
+            return fit_and_write(*args, **kwargs)
+        except BaseException:
+            if (wandb := sys.modules.get("wandb")) is not None and wandb.run is not None:
+                wandb.finish(exit_code=1)
+            raise
+
+    return ending
+
+
+@ends_its_wandb_run_on_error
 def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None, callbacks=(),
         checkpoint_dir: Path | None = None, seeds: list[int] | None = None,
         generator: torch.nn.Module | None = None, write: Callable[[Result], object] | None = None) -> Result:

@@ -61,21 +61,23 @@ def test_another_image_into_a_folder_is_another_run_and_a_failed_fit_ends_its_w_
     torch.manual_seed(1)
     restore(torch.rand(3, 16, 16), output_dir=tmp_path / "tensor", overrides=keep)
     assert torch.equal(torch.rand(3, 16, 16), drawn[1])
-    torch.manual_seed(1)
-    torch.rand(3, 16, 16)
     more = [*keep[1:], "trainer.max_steps=3"]
     with pytest.raises(DipError, match=r"data.path: 'tensor:sha256:\w+' -> 'tensor:sha256:\w+'"):
-        restore(torch.rand(3, 16, 16), output_dir=tmp_path / "tensor", overrides=more)  # the session's next draw
+        restore(drawn[0].reshape(3, 8, 32), output_dir=tmp_path / "tensor", overrides=more)  # its values, reshaped
+    with pytest.raises(DipError, match=r"data.path: 'tensor:sha256:\w+' -> 'tensor:sha256:\w+'"):
+        restore(drawn[1], output_dir=tmp_path / "tensor", overrides=more)  # another tensor of its shape
 
-    def broken(self, batch, batch_idx):
+    def broken(self, *args):
         raise RuntimeError("a generator of one's own that breaks")
 
-    monkeypatch.setattr(DeepImagePrior, "training_step", broken)
-    with pytest.raises(RuntimeError, match="breaks"):
-        restore(torch.rand(3, 16, 16), output_dir=tmp_path / "failed", overrides=[*keep[:2], "logger=wandb"])
     import wandb
 
-    assert wandb.run is None
+    for failing in ("training_step", "restart_outputs"):  # in the fit's steps, or after them
+        monkeypatch.setattr(DeepImagePrior, failing, broken)
+        with pytest.raises(RuntimeError, match="breaks"):
+            restore(torch.rand(3, 16, 16), output_dir=tmp_path / failing, overrides=[*keep[:2], "logger=wandb"])
+        assert wandb.run is None
+        monkeypatch.undo()
 
 
 def test_restore_a_grey_file_into_a_directory(tmp_path, grey_png):
