@@ -198,13 +198,13 @@ def prints_only(arguments: list[str]) -> bool:
     return any(argument in ("--cfg", "-c") or argument.startswith("--cfg=") for argument in arguments)
 
 
-def pinned_folder(arguments: list[str], multirun: bool, config_name: str = "config") -> tuple[list[str], str]:
-    """``arguments`` with the folder Hydra is to write into (``hydra.run.dir``, a sweep's ``hydra.sweep.dir``)
-    named there as composed and resolved now: the folder that is checked, held and cleaned up is then the one
-    Hydra uses, its ``${now:...}`` read once and ``${seed}`` or ``${task.name}`` in it as the run's. Unchanged
-    where the folder reads what only Hydra's job knows (``${hydra.job.name}``). Beside them, the folder as
-    the config gave it, before resolving (``outputs/${task.name}/${now:...}``; empty if it was not read)."""
-    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+def pinned_folder(arguments: list[str], key: str, config_name: str = "config") -> tuple[list[str], str]:
+    """``arguments`` with the folder Hydra is to write into (``key``: ``hydra.run.dir``, a sweep's
+    ``hydra.sweep.dir``) named there as composed and resolved now: the folder that is checked, held and
+    cleaned up is then the one Hydra uses, its ``${now:...}`` read once and ``${seed}`` or ``${task.name}``
+    in it as the run's. Unchanged where the folder reads what only Hydra's job knows (``${hydra.job.name}``).
+    Beside them, the folder as the config gave it, before resolving (``outputs/${task.name}/${now:...}``;
+    empty if it was not read)."""
     parser = OverridesParser.create()
     try:
         fixed = [text for text in _override_arguments(arguments, hydra=True)
@@ -249,7 +249,7 @@ def taken_folder(arguments: list[str], multirun: bool, config_name: str = "confi
     when it is one run's (``held_run_folder``), and noted in ``EARLIER_RUNS`` with the folders above it that
     existed: a failed or refused command then removes what it made, and only that."""
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
-    arguments, given = pinned_folder(arguments, multirun, config_name)
+    arguments, given = pinned_folder(arguments, key, config_name)
     EARLIER_RUNS.note_folders(dict(run_folders(arguments)).get(key))  # before holding it makes it
     if multirun:
         return arguments

@@ -123,7 +123,3 @@ class FitStoppedError(Exception):
     def __init__(self, signum: int):
         self.signum = signum
         super().__init__(signal.Signals(signum).name)
-
-    def sent_as(self, signum: int) -> Interrupted:
-        """This interruption, by ``signum``: the one the user sent, passed on as another."""
-        return Interrupted(signum)

@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from dip.errors import DipError, one_line
 from dip.files import write_atomically
 from dip.images import save_image
-from dip.run_settings import finished_run_settings, refuse_other_settings, setting_differences
+from dip.run_settings import digest_settings, finished_run_settings, refuse_other_settings, setting_differences
 
 BEFORE_COLLAPSE_OUTPUT = "restored_ema_before_collapse.png"  # a fit that collapsed at its end: the EMA from before
 OUTPUT_FILES = ("observation.png", "restored.png", "restored_ema.png", "bicubic.png", "bilinear.png",
@@ -98,8 +98,7 @@ def finished_metrics(folder: Path, saved: DictConfig | None, cfg: DictConfig) ->
         raise DipError(f"cannot read {path}: delete it to run again") from None
     # its config names its files; what they held then, its metrics say
     recorded = metrics.get("input_sha256") if isinstance(metrics, dict) else None
-    earlier = {**finished_run_settings(saved, digests=False),
-               **{f"sha256({name})": digest for name, digest in (recorded or {}).items()}}
+    earlier = {**finished_run_settings(saved, digests=False), **digest_settings(recorded or {})}
     settings = finished_run_settings(cfg)
     kept_checkpoint = (folder / CHECKPOINT_NAME).is_file()
     if kept_checkpoint and setting_differences(earlier, settings):

@@ -44,7 +44,7 @@ from dip.module import DeepImagePrior
 from dip.nets.packed import pack_state_dicts
 from dip.outputs import Result, write_outputs
 from dip.problem import Problem, problem_from_config, with_dataset_hint
-from dip.run_settings import DIGEST_SETTINGS, result_settings
+from dip.run_settings import file_digests, result_settings
 from dip.signals import held_signals, signals_stop_the_fit
 from dip.speed import Speed
 
@@ -513,7 +513,7 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
             seed=cfg.seed,
             observation_seed=cfg.observation_seed,
             # a later run with these files named finds out whether they still hold what this one read
-            input_sha256={DIGEST_SETTINGS[key]: digest for key, digest in settings.items() if key in DIGEST_SETTINGS},
+            input_sha256=file_digests(settings),
             rollbacks=module.rollbacks.tolist() if module.separate_images else int(module.rollbacks.sum()),
             stop_reason=module.stop_reason
             or ("early stopping" if early_stopping and early_stopping.stopped_at else None)

@@ -44,6 +44,17 @@ INPUT_FILES = ("data.path", "data.observation", "data.mask", "input.path")
 DIGEST_SETTINGS = {f"sha256({name})": name for name in INPUT_FILES}
 
 
+def digest_settings(digests: dict[str, str]) -> dict[str, str]:
+    """``digests`` by the setting naming each file (``{"data.path": ...}``, as ``metrics.json`` keeps them)
+    as settings of their own (``{"sha256(data.path)": ...}``)."""
+    return {key: digests[name] for key, name in DIGEST_SETTINGS.items() if name in digests}
+
+
+def file_digests(settings: dict) -> dict[str, str]:
+    """The file digests among ``settings``, by the setting naming each file: ``digest_settings`` undone."""
+    return {DIGEST_SETTINGS[key]: digest for key, digest in settings.items() if key in DIGEST_SETTINGS}
+
+
 def input_digests(cfg: DictConfig) -> dict[str, str]:
     """The sha256 of each file that one of ``INPUT_FILES`` names, by setting (``{"data.path": ...}``)."""
     named = {name: OmegaConf.select(cfg, name, default=None) for name in INPUT_FILES}
@@ -67,7 +78,7 @@ def result_settings(cfg: DictConfig, digests: bool = True) -> dict:
             root = Path(cfg.data.root).expanduser().absolute()  # as the benchmark names its images
             settings["data.path"] = Path(settings["data.path"]).relative_to(root).as_posix()
     if digests:
-        settings.update({f"sha256({name})": digest for name, digest in input_digests(cfg).items()})
+        settings.update(digest_settings(input_digests(cfg)))
     return without_implied_settings(settings)
 
 

@@ -43,13 +43,13 @@ def exit_interrupted(interruption: BaseException) -> NoReturn:
 
 
 _finished_first: list[int] = []  # the signals the latest fit's run finished before acting on
-_steps_done: list[bool] = []  # the fit under way has done its steps: Lightning ends it
+_STEPS_DONE = threading.Event()  # set once the fit under way has done its steps: Lightning ends it
 
 
 def fit_steps_done() -> None:
     """The fit under way has done its steps (its last, or where it stopped): a stop signal while the Trainer
     ends it is ``finished_first_on``, as after the fit, not ``FitStoppedError``."""
-    _steps_done.append(True)
+    _STEPS_DONE.set()
 
 
 def finished_first_on(signum: int, when: str) -> None:
@@ -110,12 +110,12 @@ def signals_stop_the_fit() -> Iterator[None]:
         return
 
     def stop(signum, frame) -> None:
-        if _steps_done:  # the Trainer tears down a finished fit: it is kept, and the signal then acted on
+        if _STEPS_DONE.is_set():  # the Trainer tears down a finished fit: it is kept, and the signal then acted on
             finished_first_on(signum, "after the last step")
             return
         raise FitStoppedError(signum)
 
-    _steps_done.clear()
+    _STEPS_DONE.clear()
 
     # one ignored stays so: a benchmark worker's, whose main process passes it on once the fit listens
     previous = {signum: signal.signal(signum, stop) for signum in stop_signals()

@@ -283,12 +283,12 @@ def test_the_run_folder_is_the_one_hydra_resolves_and_a_default_one_in_use_gives
     ran there, let DIR/seed1 (the same folder) in, and a finished run there was fitted again or replaced.
     The default folder (outputs/TASK/<time>) of a run started in the same second as another goes to <time>_2."""
     folder = f"{tmp_path}/${{task.name}}/seed${{seed}}"
-    assert pinned_folder(["seed=3", f"hydra.run.dir={folder}"], multirun=False) == \
+    assert pinned_folder(["seed=3", f"hydra.run.dir={folder}"], "hydra.run.dir") == \
         ([f"hydra.run.dir='{tmp_path}/denoising/seed3'", "seed=3"], folder)
-    swept = pinned_folder(["-m", "seed=1,2", "hydra.sweep.dir=sweeps/${now:%Y}"], multirun=True)
+    swept = pinned_folder(["-m", "seed=1,2", "hydra.sweep.dir=sweeps/${now:%Y}"], "hydra.sweep.dir")
     assert swept[0] == ["-m", f"hydra.sweep.dir='sweeps/{time.strftime('%Y')}'", "seed=1,2"]
     job_named = ["hydra.run.dir=runs/${hydra.job.name}"]  # only Hydra's job knows it
-    assert pinned_folder(job_named, multirun=False)[0] == job_named
+    assert pinned_folder(job_named, "hydra.run.dir")[0] == job_named
     hold_folder(tmp_path / "held")
     arguments = [f"hydra.run.dir='{tmp_path / 'held'}'"]
     assert held_run_folder(arguments, gives_way=True) == [f"hydra.run.dir='{tmp_path / 'held_2'}'"]
