@@ -84,18 +84,25 @@ def result_settings(cfg: DictConfig, digests: bool = True) -> dict:
 
 def setting_differences(saved: dict, settings: dict) -> str:
     """The settings (as ``result_settings`` gives them) that differ between ``saved`` and ``settings``,
-    as ``"seed: 0 -> 1; ..."`` (at most four), or ``""``. A file's digest counts where both have one: a
-    checkpoint or run from before digests were kept has none, and a file gone is said missing when read."""
+    as ``"seed: 0 -> 1; ..."`` (at most four), or ``""``. A file's digest counts where both have one, and
+    then its name does not: the same photo moved, or named relative instead of absolute, is the same run.
+    A checkpoint or run from before digests were kept has none, and a file gone is said missing when read."""
+    def both_digested(key: str) -> bool:
+        return f"sha256({key})" in saved and f"sha256({key})" in settings
+
     def difference(key: str) -> str:
         if key in DIGEST_SETTINGS:
-            return (f"{DIGEST_SETTINGS[key]}: its file's contents changed, sha256 {saved[key][:12]}... -> "
-                    f"{settings[key][:12]}...")
+            name, change = DIGEST_SETTINGS[key], f"sha256 {saved[key][:12]}... -> {settings[key][:12]}..."
+            if saved.get(name) != settings.get(name):
+                return f"{name}: {saved.get(name)!r} -> {settings.get(name)!r}, another file's contents ({change})"
+            return f"{name}: its file's contents changed, {change}"
         # a setting left out at its implied value is shown at that value
         before, after = saved.get(key, IMPLIED_SETTINGS.get(key)), settings.get(key, IMPLIED_SETTINGS.get(key))
         return f"{key}: {before!r} -> {after!r}"
 
     differences = [difference(key) for key in sorted(set(saved) | set(settings)) if saved.get(key) != settings.get(key)
-                   and (key not in DIGEST_SETTINGS or (key in saved and key in settings))]
+                   and (key not in DIGEST_SETTINGS or (key in saved and key in settings))
+                   and not (key in INPUT_FILES and both_digested(key))]
     return "; ".join(differences[:4]) + ("; ..." if len(differences) > 4 else "")
 
 

@@ -199,6 +199,26 @@ def test_an_input_file_s_contents_decide_the_result_where_both_runs_recorded_the
     assert setting_differences(older, replaced) == setting_differences(replaced, older) == ""
 
 
+def test_a_file_with_a_digest_on_both_sides_is_compared_by_its_contents_not_its_name(tmp_path, monkeypatch):
+    """The same photo named relative instead of absolute, or moved, is the same run; another photo under
+    another name says both; without a digest on one side (an older run) the name still decides."""
+    image, moved = tmp_path / "photo.png", tmp_path / "moved" / "photo.png"
+    image.write_bytes(b"first")
+    moved.parent.mkdir()
+    moved.write_bytes(b"first")
+    monkeypatch.chdir(tmp_path)
+    absolute = result_settings(compose_config([f"data.path={image}"]))
+    assert setting_differences(absolute, result_settings(compose_config(["data.path=photo.png"]))) == ""
+    assert setting_differences(absolute, result_settings(compose_config([f"data.path={moved}"]))) == ""
+    moved.write_bytes(b"second")
+    assert setting_differences(absolute, result_settings(compose_config([f"data.path={moved}"]))) == (
+        f"data.path: '{image}' -> '{moved}', another file's contents (sha256 "
+        f"{hashlib.sha256(b'first').hexdigest()[:12]}... -> {hashlib.sha256(b'second').hexdigest()[:12]}...)")
+    older = {key: value for key, value in absolute.items() if key != "sha256(data.path)"}
+    assert setting_differences(older, result_settings(compose_config(["data.path=photo.png"]))) == (
+        f"data.path: '{image}' -> 'photo.png'")
+
+
 def test_the_trainer_s_gradient_settings_decide_the_result_and_a_benchmark_s_image_is_named_by_its_dataset(
         tmp_path):
     """Gradient clipping changes every update: a finished run or checkpoint without it is another result.
