@@ -52,6 +52,8 @@ def unwritable(folder: Path) -> str | None:
     above it), or a place where the file system refuses a new file (read-only, a name too long)."""
     try:
         existing = existing_ancestor(folder)
+        if not existing.exists():
+            return f"{existing} is a symbolic link to {os.readlink(existing)}, which does not exist"
         if not existing.is_dir():
             return f"{existing} is a file, not a folder"
         tempfile.TemporaryDirectory(dir=existing).cleanup()
@@ -62,8 +64,9 @@ def unwritable(folder: Path) -> str | None:
 
 def existing_ancestor(path: Path) -> Path:
     """``path`` (made absolute) if it exists, else the nearest folder above it that does: where making it
-    would start, and what stands in its way if that is a file."""
-    return next(folder for folder in [path.absolute(), *path.absolute().parents] if folder.exists())
+    would start, and what stands in its way if that is a file or a symbolic link to nothing."""
+    return next(folder for folder in [path.absolute(), *path.absolute().parents]
+                if folder.exists() or folder.is_symlink())
 
 
 _HELD: list[int] = []  # the folders this process holds, open until it ends

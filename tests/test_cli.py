@@ -450,13 +450,19 @@ def test_settings_torch_or_lightning_refuse_in_the_fit_are_refused_before_it(tmp
 
 
 @pytest.mark.parametrize("key, where", [("hydra.run.dir", "file"), ("hydra.run.dir", "file/run"),
-                                        ("hydra.sweep.dir", "file/sweep")])
+                                        ("hydra.sweep.dir", "file/sweep"), ("hydra.run.dir", "link"),
+                                        ("hydra.sweep.dir", "link/sweep")])
 def test_a_run_folder_that_cannot_be_made_is_one_line(tmp_path, key, where):
+    """A symbolic link to nothing said "File exists" of a folder that does not."""
     (tmp_path / "file").write_text("the user's")
+    (tmp_path / "link").symlink_to(tmp_path / "nowhere")
     done = run_cli("-m" if key == "hydra.sweep.dir" else "seed=0", "trainer.max_steps=1", "logger=none",
                    f"{key}={tmp_path / where}")
-    assert_one_line_error(done, f"{key}={tmp_path / where}: {tmp_path / 'file'} is a file, not a folder")
+    problem = (f"{tmp_path / 'file'} is a file, not a folder" if where.startswith("file") else
+               f"{tmp_path / 'link'} is a symbolic link to {tmp_path / 'nowhere'}, which does not exist")
+    assert_one_line_error(done, f"{key}={tmp_path / where}: {problem}")
     assert done.returncode == 2 and (tmp_path / "file").read_text() == "the user's"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["file", "link"]
 
 
 @pytest.mark.slow
