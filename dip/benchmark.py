@@ -59,7 +59,7 @@ from dip.errors import (
     kept_traceback,
     one_line,
 )
-from dip.files import write_atomically
+from dip.files import atomic_path
 from dip.gpus import pin_to_gpu, visible_gpus, worker_count
 from dip.images import save_image
 from dip.memory import activation_dtype
@@ -736,8 +736,10 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> dict:
     if metrics or not failed:
         table = Table(cfg, metrics, [scores for _, _, scores in done], run_info)
         try:
-            write_atomically(run_dir / "table.csv", lambda handle: handle.write(table.csv().encode()))
-            write_atomically(run_dir / "table.md", lambda handle: handle.write(table.markdown().encode()))
+            # both written before either replaces its earlier version: never one table beside another's
+            with atomic_path(run_dir / "table.csv") as csv_file, atomic_path(run_dir / "table.md") as markdown_file:
+                Path(csv_file).write_text(table.csv())
+                Path(markdown_file).write_text(table.markdown())
         except OSError as error:  # a full disk, a folder in the way: the restorations stay, for the next run
             raise IncompleteTableError(f"{write_error(error, run_dir)}; the restorations are in {run_dir / 'images'}, "
                                        f"and the same command writes the table from them") from None

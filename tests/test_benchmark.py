@@ -177,10 +177,13 @@ def test_sr_table_has_a_row_per_image_a_mean_row_and_resumes(tmp_path):
     assert not (run_dir / "images" / "woman").exists()
     (run_dir / "table.md").unlink()
     (run_dir / "table.md").mkdir()  # a table that cannot be written: the restorations stay, said in one line
+    csv_before = (run_dir / "table.csv").stat().st_mtime_ns
     with pytest.raises(IncompleteTableError, match=r"cannot write .*table.md: Is a directory; the restorations are "
                                                    r"in .*images, and the same command writes the table from them"):
         run_benchmark(compose("set5_x4", root, run_dir), run_dir)
     assert finished.stat().st_mtime_ns == before
+    # the csv stays the earlier run's, as the markdown does: never a table beside another run's
+    assert (run_dir / "table.csv").stat().st_mtime_ns == csv_before and not list(run_dir.glob(".table*"))
     (run_dir / "images" / "bird" / "config.yaml").write_text("{damaged")
     with pytest.raises(DipError, match=r"cannot read .*bird/config.yaml: delete .*bird/metrics.json to restore"):
         run_benchmark(compose("set5_x4", root, run_dir), run_dir)
