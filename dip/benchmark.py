@@ -445,8 +445,7 @@ def image_jobs(cfg: DictConfig, image: DatasetImage, directory: Path) -> list[Im
     """The restorations of one image: one into ``directory``, or ``benchmark.runs`` of them (seeds
     ``seed``, ``seed + 1``, ...; one observation) into ``directory/seed<S>``."""
     runs = cfg.benchmark.runs
-    if runs < 1:
-        raise DipError(f"benchmark.runs must be at least 1, got {runs}")
+    check_whole_number("benchmark.runs", runs)
     crop = cfg.data.size
     size = (image.height, image.width) if not crop else (min(crop, image.height), min(crop, image.width))
     if min(size) <= 2 * cfg.benchmark.shave:  # scored on an empty window, every PSNR would be nan
@@ -634,7 +633,7 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> dict:
     if spec.protocol not in ("rgb", "y"):
         raise DipError(f"unknown benchmark protocol '{spec.protocol}' (choose from: rgb, y)")
     check_whole_number("benchmark.shave", spec.shave, least=0)  # a negative border shaves the whole image away
-    for key in ("jobs_per_gpu", "cpu_jobs", "baseline_jobs"):  # before the dataset is read, and any fit
+    for key in ("jobs_per_gpu", "cpu_jobs", "baseline_jobs", "images_per_fit"):  # before the dataset is read
         check_whole_number(key, cfg[key])
     for key in ("images", "restore"):  # a name given without brackets would be read letter by letter
         if (names := spec.get(key)) is not None and not isinstance(names, ListConfig):
@@ -665,8 +664,6 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> dict:
     outside = {job.name: "they are outside benchmark.restore" for job in jobs
                if job.output_dir not in finished and restorable is not None and job.name not in restorable}
     to_restore = [job for job in jobs if job.output_dir not in finished and job.name not in outside]
-    if cfg.images_per_fit < 1:
-        raise DipError(f"images_per_fit must be at least 1, got {cfg.images_per_fit}")
     packs = pack_jobs(to_restore, cfg.images_per_fit, run_dir / "packs")
     pack_of = {job.output_dir: pack for pack in packs for job in pack.jobs}
     # before any fit: a restoration finished with other settings is kept, and one outside benchmark.restore

@@ -684,7 +684,8 @@ def test_in_worker_processes_a_packed_fit_short_of_memory_falls_back_too(tmp_pat
 @pytest.mark.parametrize("overrides, message", [
     (["images_per_fit=2", "restarts=2"], "restarts=2 does not combine with packing 2 images"),
     (["images_per_fit=2", "arch=unet"], "packing 2 images packs copies of the generator"),
-    (["images_per_fit=0"], "images_per_fit must be at least 1, got 0"),
+    (["images_per_fit=0"], "images_per_fit must be a whole number >= 1, got 0"),
+    (["images_per_fit=1.5"], "images_per_fit must be a whole number >= 1, got 1.5"),  # was a TypeError
 ])
 def test_impossible_packing_is_one_line_before_any_fit(tmp_path, overrides, message):
     root, run_dir = tmp_path / "data", tmp_path / "run"
@@ -700,6 +701,8 @@ def test_impossible_packing_is_one_line_before_any_fit(tmp_path, overrides, mess
     (["cpu_jobs=0"], "cpu_jobs must be a whole number >= 1, got 0"),  # was quietly read as 1
     (["baseline_jobs=-2"], "baseline_jobs must be a whole number >= 1, got -2"),
     (["cpu_jobs=1.5"], "cpu_jobs must be a whole number >= 1, got 1.5"),
+    (["benchmark.runs=2.5"], "benchmark.runs must be a whole number >= 1, got 2.5"),  # was a TypeError
+    (["benchmark.runs=true"], "benchmark.runs must be a whole number >= 1, got True"),  # was one run
     (["benchmark.shave=-1"], "benchmark.shave must be a whole number >= 0, got -1"),  # was a table of nan
     (["benchmark.shave=24"], r"benchmark.shave=24 leaves nothing of baby.png \(48x48\) to score"),  # nan too
     (["benchmark.images=[]"], r"benchmark.images=\[\] names no image to restore.*"),  # was an IndexError
