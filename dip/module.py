@@ -280,7 +280,7 @@ class DeepImagePrior(pl.LightningModule):
         self.latest_output = output
         step = self.global_step + 1
         if step % self.metrics_every == 0 or step == self.trainer.max_steps:
-            self._log_quality(self.quality(output, terms))
+            self._log_quality(self.quality(output))
         return self.objective(x, data_terms)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -312,18 +312,19 @@ class DeepImagePrior(pl.LightningModule):
             )
             self.trainer.should_stop = True
 
-    def quality(self, x: torch.Tensor, losses: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Device-side metrics of the restarts' outputs ``x`` whose data terms are ``losses``: those
-        of their average (the restoration), and with several restarts the mean of their own PSNRs.
-        Several images packed: the mean of each image's metrics. In float32 under mixed precision too:
-        SSIM's variances cancel to nonsense in bf16 (0.44 for 0.70)."""
+    def quality(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Device-side metrics of the restarts' outputs ``x``: those of their average (the restoration,
+        as ``metrics.json`` scores it), and with several restarts the mean of their own PSNRs. Several
+        images packed: the mean of each image's metrics. In float32 under mixed precision too: SSIM's
+        variances cancel to nonsense in bf16 (0.44 for 0.70)."""
         with full_precision(x):
-            return self._quality(x.float(), losses)
+            return self._quality(x.float())
 
-    def _quality(self, x: torch.Tensor, losses: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _quality(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         restored, ema = self.combine(x.clamp(0, 1)), self.ema_output()
-        metrics = {"psnr_fit": psnr_from_mse(losses.mean()),
-                   "psnr_fit_ema": psnr_from_mse(self.physics.data_term(ema, self.observation).mean())}
+        # the restoration's own fit, not the restarts' data terms: their average fits the observation otherwise
+        metrics = {"psnr_fit": psnr_from_mse(self.physics.data_term(restored, self.observation)).mean(),
+                   "psnr_fit_ema": psnr_from_mse(self.physics.data_term(ema, self.observation)).mean()}
         if self.ground_truth is not None:
             metrics["psnr"] = per_image_psnr(restored, self.ground_truth).mean()
             metrics["psnr_ema"] = per_image_psnr(ema, self.ground_truth).mean()

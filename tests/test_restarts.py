@@ -11,7 +11,7 @@ from dip.config import compose_config
 from dip.errors import DipError
 from dip.images import load_image
 from dip.metrics import per_image_psnr, psnr
-from dip.pipeline import prepare, run
+from dip.pipeline import final_metrics, prepare, run
 
 SMALL = ["task=denoising", "logger=none", "data.size=32", "arch.channels_down=[8,8,8,8,8]",
          "arch.channels_up=[8,8,8,8,8]", "checkpoint.every_n_steps=0"]
@@ -29,6 +29,17 @@ def test_each_restart_has_its_own_code_and_output():
     assert not torch.equal(outputs[0], outputs[1]) and not torch.equal(outputs[1], outputs[2])
     torch.testing.assert_close(module.restored(), outputs.mean(0, keepdim=True))
     assert module.physics.data_term(outputs, module.observation).shape == (3,)
+
+
+def test_the_curves_fit_is_the_average_s_as_metrics_json_scores_it():
+    """The curve's psnr_fit pooled the restarts' own data terms, so its last point was not the figure of the
+    restoration that metrics.json reports; the EMA's was the average's already."""
+    problem, module = prepare(small("restarts=3"))
+    outputs = module.restart_outputs()
+    curve, final = module.quality(outputs), final_metrics(module, problem, outputs, None)
+    assert float(curve["psnr_fit"]) == pytest.approx(final["psnr_fit"], abs=1e-3)
+    pooled = float(-10 * torch.log10(problem.physics.data_term(outputs, module.observation).mean()))
+    assert abs(pooled - final["psnr_fit"]) > 0.1  # the figure it was
 
 
 @pytest.mark.parametrize("against", ["last", "best"])
