@@ -70,6 +70,7 @@ from dip.outputs import (
     OUTPUTS_FILE,
     Result,
     finished_config,
+    read_metrics,
     write_error,
     write_json,
     write_outputs,
@@ -215,11 +216,7 @@ def _saved_metrics(job: ImageJob) -> dict:
     """The ``metrics.json`` of ``job``'s finished sub-run; ``DipError`` if it is unreadable, or if it
     restored the same file name with other pixels (a dataset replaced): that sub-run is kept, as one
     finished with other settings is."""
-    path = job.output_dir / "metrics.json"
-    try:
-        metrics = json.loads(path.read_text())
-    except (OSError, ValueError):
-        raise DipError(f"cannot read {path}: delete it to restore {job.name} again") from None
+    metrics = read_metrics(job.output_dir / "metrics.json", f"delete it to restore {job.name} again")
     if (recorded := metrics.get("image_sha256")) and job.sha256 and recorded != job.sha256:
         raise DipError(f"{job.output_dir} holds a restoration of another {job.name} (sha256 {recorded[:12]}..., the "
                        f"dataset's is {job.sha256[:12]}...): delete its metrics.json to restore the image again, or "

@@ -84,6 +84,18 @@ def finished_config(folder: Path) -> dict | None:
     return saved
 
 
+def read_metrics(path: Path, advice: str) -> dict:
+    """The figures in ``path`` (a finished run's ``metrics.json``); ``DipError`` naming it, with ``advice``, when
+    it cannot be read or holds no mapping."""
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, ValueError):  # ValueError: not UTF-8, not JSON
+        metrics = None
+    if not isinstance(metrics, dict):
+        raise DipError(f"cannot read {path}: {advice}")
+    return metrics
+
+
 def finished_metrics(folder: Path, saved: DictConfig | None, cfg: DictConfig) -> dict | None:
     """The metrics of the run with ``cfg``'s settings finished in ``folder``, whose config was ``saved``
     (None: no run finished there), else None; ``DipError`` if the run that finished there had other
@@ -91,13 +103,9 @@ def finished_metrics(folder: Path, saved: DictConfig | None, cfg: DictConfig) ->
     for the fit to continue, or to refuse, unless the run finished exactly as asked."""
     if saved is None:
         return None
-    path = folder / "metrics.json"
-    try:
-        metrics = json.loads(path.read_text())
-    except (OSError, ValueError):
-        raise DipError(f"cannot read {path}: delete it to run again") from None
+    metrics = read_metrics(folder / "metrics.json", "delete it to run again")
     # its config names its files; what they held then, its metrics say
-    recorded = metrics.get("input_sha256") if isinstance(metrics, dict) else None
+    recorded = metrics.get("input_sha256")
     earlier = {**finished_run_settings(saved, digests=False), **digest_settings(recorded or {})}
     settings = finished_run_settings(cfg)
     kept_checkpoint = (folder / CHECKPOINT_NAME).is_file()

@@ -247,9 +247,14 @@ def test_a_finished_run_whose_record_is_damaged_is_one_line_and_its_record_stays
     out = tmp_path / "out"
     command = ["data.size=32", "trainer.max_steps=1", "logger=none", "arch=skip_depth2", f"hydra.run.dir={out}"]
     assert run_cli(*command).returncode == 0
+    record = (out / ".hydra" / "config.yaml").read_text()
     (out / ".hydra" / "config.yaml").write_text("a: [\n")
     assert_one_line_error(run_cli(*command), f"{out / '.hydra' / 'config.yaml'}, the record of the finished run")
     assert (out / ".hydra" / "config.yaml").read_text() == "a: [\n"  # Hydra's rewrite of it is undone
+    (out / ".hydra" / "config.yaml").write_text(record)
+    (out / "metrics.json").write_text("[1]")  # JSON, but no figures: it was an AttributeError's traceback
+    assert_one_line_error(run_cli(*command), f"cannot read {out / 'metrics.json'}: delete it to run again")
+    assert (out / "metrics.json").read_text() == "[1]"
 
 
 def test_sigterm_before_the_fit_is_one_line_and_leaves_nothing(tmp_path):
