@@ -71,6 +71,7 @@ from dip.outputs import (
     Result,
     finished_config,
     read_metrics,
+    save_averages,
     write_error,
     write_json,
     write_outputs,
@@ -374,9 +375,8 @@ def average_runs(jobs: list[ImageJob], runs: list[dict], directory: Path) -> dic
     truth = problem_from_config(OmegaConf.create(jobs[0].config)).ground_truth
     outputs = [torch.load(job.output_dir / OUTPUTS_FILE) for job in jobs]
     metrics = dict(runs[0], seeds=[run["seed"] for run in runs])
-    for suffix, key in (("", "restored"), ("_ema", "restored_ema")):
-        average = torch.stack([output[key] for output in outputs]).mean(0)
-        save_image(average[0], directory / f"average{suffix}.png")
+    averages = save_averages(*([output[key] for output in outputs] for key in ("restored", "restored_ema")), directory)
+    for suffix, average in zip(("", "_ema"), averages, strict=True):
         metrics.update({f"{name}_average{suffix}": value for name, value in
                         score(average, truth, jobs[0].protocol, jobs[0].shave).items()})
     return metrics

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig
 
 from dip.config import check_whole_number
 from dip.experiments.common import SubRun, image_grid, psnr_or_none, restore_each, titled
-from dip.images import save_image
-from dip.outputs import decibels, write_json
+from dip.outputs import decibels, save_averages, write_json
 
 
 def run(cfg: DictConfig, output_dir: Path) -> str:
@@ -24,10 +22,7 @@ def run(cfg: DictConfig, output_dir: Path) -> str:
                             for index in range(runs)])
 
     truth = results[0].ground_truth
-    average = torch.stack([r.restored for r in results]).mean(0)
-    average_ema = torch.stack([r.restored_ema for r in results]).mean(0)
-    save_image(average[0], output_dir / "average.png")
-    save_image(average_ema[0], output_dir / "average_ema.png")
+    average, average_ema = save_averages([r.restored for r in results], [r.restored_ema for r in results], output_dir)
     summary = {
         "runs": [{"seed": r.metrics["seed"], "psnr": r.metrics["psnr"], "psnr_ema": r.metrics["psnr_ema"]}
                  for r in results],
