@@ -33,7 +33,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dip.config import image_name  # noqa: E402
+from dip.config import dotted, image_name  # noqa: E402
 from dip.errors import DipError, fail, invalid_yaml, one_line  # noqa: E402
 from dip.figures import figure_png  # noqa: E402
 from dip.sweeps import FAILED_JOBS, failed_jobs  # noqa: E402
@@ -87,15 +87,6 @@ class Run:
         if key == "image":
             return self.image
         return next((source[key] for source in self._sources() if key in source), None)
-
-
-def flatten(node, prefix: str = "") -> dict:
-    if not isinstance(node, dict):
-        return {prefix.rstrip("."): node}
-    flat: dict = {}
-    for key, value in node.items():
-        flat.update(flatten(value, f"{prefix}{key}."))
-    return flat
 
 
 def read_yaml(path: Path):
@@ -240,7 +231,7 @@ def read_run(run_dir: Path, name: str) -> Run:
         path=run_dir,
         name=name,
         overrides=[str(override) for override in overrides],
-        config=flatten(read_mapping(run_dir / ".hydra" / "config.yaml")),
+        config=dotted(read_mapping(run_dir / ".hydra" / "config.yaml")),
         choices=choices,
         metrics=metrics,
     )
