@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dip.images import array_to_tensor
 from dip.physics import BayerMosaic, Degradation, GaussianNoise, Inpainting, LanczosDownsample
 
 _BM3D_LOCK = threading.Lock()  # the bm3d library aborts the process when two threads call it at once
@@ -34,8 +35,7 @@ def _to_numpy(y: torch.Tensor) -> np.ndarray:
 
 
 def _from_numpy(array: np.ndarray, like: torch.Tensor) -> torch.Tensor:
-    array = array.reshape(*array.shape[:2], -1)
-    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))[None].to(like).clamp(0, 1)
+    return array_to_tensor(array)[None].to(like).clamp(0, 1)
 
 
 def non_local_means(y: torch.Tensor, physics: GaussianNoise) -> torch.Tensor:

@@ -37,6 +37,7 @@ SIXTEEN_BIT_MODES = {"I", "I;16", "I;16B", "I;16L"}
 SWAPPED_BYTE_ORDER = {"B": "L", "L": "B", "N": "B" if sys.byteorder == "little" else "L"}  # of a raw mode
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_COLOUR_TYPES = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> grey, grey + alpha, RGB, RGBA
+LUMA_601 = (0.299, 0.587, 0.114)  # ITU-R 601-2: Pillow's RGB -> L weights, which a grey run's colour input gets
 
 
 @dataclass
@@ -97,7 +98,7 @@ def _from_pil(image: Image.Image, mode: str) -> LoadedImage:
     if image.mode in SIXTEEN_BIT_MODES or image.mode == "F":
         samples = np.asarray(image, dtype=np.float64)
         if "transparency" in image.info:  # a transparent grey level (tRNS); Pillow's LA would clip to 8 bits
-            alpha = _to_tensor((samples != image.info["transparency"]).astype(np.float64))
+            alpha = array_to_tensor((samples != image.info["transparency"]).astype(np.float64))
         if image.mode == "F" and not (np.isfinite(samples).all() and samples.min() >= 0 and samples.max() <= 1):
             raise ValueError(f"its floating-point samples run from {samples.min():g} to {samples.max():g}, not "
                              f"within [0, 1]: scale them to [0, 1], or save it with 8 or 16 bits")
@@ -107,13 +108,13 @@ def _from_pil(image: Image.Image, mode: str) -> LoadedImage:
         array = samples / (1.0 if image.mode == "F" else 65535.0)
         if mode == "RGB":
             array = np.repeat(array[..., None], 3, axis=-1)
-        return LoadedImage(_to_tensor(array), alpha, bits=16, source_mode=source_mode)
+        return LoadedImage(array_to_tensor(array), alpha, bits=16, source_mode=source_mode)
     if _has_alpha(image):
         with_alpha = image.convert("LA" if grey else "RGBA")
-        alpha = _to_tensor(np.asarray(with_alpha.getchannel("A"), dtype=np.float64) / 255.0)
+        alpha = array_to_tensor(np.asarray(with_alpha.getchannel("A"), dtype=np.float64) / 255.0)
         image = with_alpha.convert("L" if grey else "RGB")
     array = np.asarray(image.convert(mode), dtype=np.float64) / 255.0
-    return LoadedImage(_to_tensor(array), alpha, bits=8, source_mode=source_mode)
+    return LoadedImage(array_to_tensor(array), alpha, bits=8, source_mode=source_mode)
 
 
 def _from_sixteen_bit(high_bytes: Image.Image, low_bytes: Image.Image, mode: str) -> LoadedImage:
@@ -126,18 +127,19 @@ def _from_sixteen_bit(high_bytes: Image.Image, low_bytes: Image.Image, mode: str
     if grey:  # Pillow widened grey + alpha to RGBA: (grey, grey, grey, alpha)
         high = high[..., [0, 3]]
     samples = (high * 256.0 + np.asarray(low_bytes, dtype=np.float64)) / 65535.0
-    alpha = _to_tensor(samples[..., -1]) if low_bytes.mode in ("RGBA", "LA") else None
+    alpha = array_to_tensor(samples[..., -1]) if low_bytes.mode in ("RGBA", "LA") else None
     if (key := high_bytes.info.get("transparency")) is not None and alpha is None:  # a transparent colour (tRNS)
-        alpha = _to_tensor((np.rint(samples * 65535.0) != np.asarray(key)).any(axis=-1).astype(np.float64))
+        alpha = array_to_tensor((np.rint(samples * 65535.0) != np.asarray(key)).any(axis=-1).astype(np.float64))
     values = samples[..., :1] if grey else samples[..., :3]
     if grey and mode == "RGB":
         values = np.repeat(values, 3, axis=-1)
-    elif not grey and mode == "L":  # ITU-R 601-2 luma, as Pillow's own RGB -> L conversion
-        values = values @ np.array([0.299, 0.587, 0.114])
-    return LoadedImage(_to_tensor(values), alpha, bits=16, source_mode=source_mode)
+    elif not grey and mode == "L":  # as Pillow's own RGB -> L conversion
+        values = values @ np.array(LUMA_601)
+    return LoadedImage(array_to_tensor(values), alpha, bits=16, source_mode=source_mode)
 
 
-def _to_tensor(array: np.ndarray) -> torch.Tensor:
+def array_to_tensor(array: np.ndarray) -> torch.Tensor:
+    """An ``H x W`` or ``H x W x C`` array as a float32 ``C x H x W`` tensor of its own memory."""
     return torch.from_numpy(np.atleast_3d(array).transpose(2, 0, 1).copy()).float()
 
 
@@ -248,7 +250,7 @@ def _from_tensor(image: torch.Tensor, what: str, mode: str = "auto") -> torch.Te
         raise DipError(f"{what} tensor holds values in [{low:.4g}, {high:.4g}], not in [0, 1] (8-bit values: divide "
                        f"them by 255; noise added without clipping: clamp it)")
     if mode == "L" and image.shape[0] == 3:  # Pillow's conversion to L, as a file read in mode L gets
-        return (torch.tensor([0.299, 0.587, 0.114])[:, None, None] * image).sum(0, keepdim=True)
+        return (torch.tensor(LUMA_601)[:, None, None] * image).sum(0, keepdim=True)
     if mode == "RGB" and image.shape[0] == 1:
         return image.expand(3, -1, -1).clone()
     return image

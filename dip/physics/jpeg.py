@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dip.images import to_pil
+from dip.images import array_to_tensor, to_pil
 from dip.physics.identity import Identity
 
 
@@ -22,7 +22,7 @@ def jpeg_round_trip(x: torch.Tensor, quality: int) -> torch.Tensor:
         buffer.seek(0)
         with Image.open(buffer) as jpeg:
             array = np.asarray(jpeg.convert(pil.mode), dtype=np.float32) / 255.0
-        decoded.append(torch.from_numpy(np.atleast_3d(array).transpose(2, 0, 1).copy()))
+        decoded.append(array_to_tensor(array))
     return torch.stack(decoded).to(device=x.device, dtype=x.dtype)
 
 
