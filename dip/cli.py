@@ -386,7 +386,8 @@ class EarlierRuns:
             elif (target := earlier_logs[path.name]) is not None and path.is_symlink() and os.readlink(path) != target:
                 path.unlink()  # W&B pointed it at the run just removed: back to the earlier run's
                 path.symlink_to(target)
-        for folder in (logs, record_dir, output_dir):
+        existed = self.folders is not None and output_dir.resolve() in self.folders  # the user's, if empty
+        for folder in (logs, record_dir) if existed else (logs, record_dir, output_dir):
             if folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()):  # a link is the user's
                 folder.rmdir()
         self._remove_folders_above(output_dir)

@@ -425,6 +425,17 @@ def test_a_failed_run_removes_the_empty_folders_made_for_it_and_only_those(tmp_p
     assert (tmp_path / "kept").is_dir() and not any((tmp_path / "kept").iterdir())
 
 
+def test_a_failed_job_keeps_the_empty_folder_it_was_given(tmp_path):
+    """A job that fails (a mask of another size) removed the folder it ran in when empty, even one there
+    before: the working directory itself with hydra.run.dir=., which then ended in a traceback."""
+    photo, mask = make_png(tmp_path / "photo.png", 24, 24), make_png(tmp_path / "mask.png", 16, 16, mode="L")
+    (tmp_path / "mine").mkdir()
+    done = run_cli("task=inpainting", f"data.path={photo}", f"data.mask={mask}", "logger=none",
+                   f"hydra.run.dir={tmp_path / 'mine'}")
+    assert_one_line_error(done, f"mask {mask} is 16x16 but the image is 24x24")
+    assert (tmp_path / "mine").is_dir() and not any((tmp_path / "mine").iterdir())
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["+optim.foo=1"], "invalid optim settings: torch.optim.Adam takes no setting 'foo'"),
     (["+trainer.foo=1"], "invalid trainer settings: pytorch_lightning.Trainer takes no setting 'foo'"),
