@@ -6,6 +6,7 @@ import importlib.util
 import itertools
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
@@ -18,6 +19,7 @@ from hydra.core.override_parser.types import Glob
 from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from dip.config import (
     CONF_DIR,
@@ -161,10 +163,25 @@ def _run_folder_arguments(arguments: list[str]) -> list[tuple[str, str]]:
 
 
 def _unquoted(value: str) -> str:
-    """An override's value as Hydra reads it (``''`` is empty)."""
-    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-        return value[1:-1].replace("\\" + value[0], value[0])
-    return value
+    """An override's value as Hydra reads it (``''`` is empty), with OmegaConf's escaped ``\\${`` read as the
+    text ``${``; the value as given where Hydra's parser refuses it (Hydra says so then)."""
+    try:
+        parsed = OverridesParser.create().parse_overrides([f"key={value}"])[0].value()
+    except HydraException:
+        return value
+    if not isinstance(parsed, (str, int, float)):
+        return value
+    # an odd run of backslashes before ${ is escaped backslashes and an escaped ${; an even one, a live ${
+    return re.sub(r"(\\+)(?=\$\{)", lambda run: "\\" * (len(run[1]) // 2) if len(run[1]) % 2 else run[1],
+                  str(parsed))
+
+
+def hydra_quoted(text: str) -> str:
+    """``text`` as a quoted override value that Hydra, then OmegaConf, read back as ``text``: ``${`` escaped
+    (not interpolated again), and the backslashes before it, before a quote or at the end, doubled."""
+    text = re.sub(r"(\\+)(?=\$\{)", lambda run: run[1] * 2, text).replace("${", "\\${")
+    text = re.sub(r"(\\+)(?='|$)", lambda run: run[1] * 2, text)
+    return "'" + text.replace("'", "\\'") + "'"
 
 
 def check_run_folders(arguments: list[str]) -> None:
@@ -202,19 +219,31 @@ def pinned_folder(arguments: list[str], key: str, config_name: str = "config") -
     """``arguments`` with the folder Hydra is to write into (``key``: ``hydra.run.dir``, a sweep's
     ``hydra.sweep.dir``) named there as composed and resolved now: the folder that is checked, held and
     cleaned up is then the one Hydra uses, its ``${now:...}`` read once and ``${seed}`` or ``${task.name}``
-    in it as the run's. Unchanged where the folder reads what only Hydra's job knows (``${hydra.job.name}``).
-    Beside them, the folder as the config gave it, before resolving (``outputs/${task.name}/${now:...}``;
-    empty if it was not read)."""
+    in it as the run's. Unchanged where the folder reads what only Hydra's job knows (``${hydra.job.name}``:
+    ``known_before_the_job``). Beside them, the folder as the config gave it, before resolving
+    (``outputs/${task.name}/${now:...}``; empty if it was not read). An interpolation that cannot be
+    resolved (a typo) is refused in one line."""
     parser = OverridesParser.create()
     try:
         fixed = [text for text in _override_arguments(arguments, hydra=True)
                  if not parser.parse_overrides([text])[0].is_sweep_override()]
         cfg = compose_config(fixed, config_name=config_name)
         given = str(OmegaConf.to_container(OmegaConf.select(cfg, key.rpartition(".")[0]), resolve=False)["dir"])
-        folder = None if "${hydra" in given else OmegaConf.select(cfg, key)
     except Exception:  # noqa: BLE001 (Hydra's and OmegaConf's many errors): Hydra says what it cannot compose
-        given, folder = "", None
-    return (_with_folder(arguments, key, folder) if isinstance(folder, str) and folder else arguments), given
+        return arguments, ""
+    if not known_before_the_job(given):
+        return arguments, given
+    try:
+        folder = OmegaConf.select(cfg, key)
+    except OmegaConfBaseException as error:
+        fail(f"{key}={given}: {str(error).splitlines()[0]}")  # not OmegaConf's full_key and object_type lines
+    return (_with_folder(arguments, key, str(folder)) if folder is not None and str(folder) else arguments), given
+
+
+def known_before_the_job(folder: str) -> bool:
+    """Whether the run folder ``folder`` (as given, unresolved) names only what is known before Hydra's job
+    starts: not its name or output folder (``${hydra.job.name}``), which composing alone gets wrong."""
+    return not any(name in folder for name in ("hydra.job.", "hydra:job.", "runtime.output_dir"))
 
 
 def held_run_folder(arguments: list[str], gives_way: bool) -> list[str]:
@@ -240,8 +269,7 @@ def _with_folder(arguments: list[str], key: str, folder: str) -> list[str]:
     """``arguments`` with ``key`` (``hydra.run.dir``, ``hydra.sweep.dir``) set to ``folder``, quoted so that
     Hydra reads it back as it is."""
     others = [argument for argument in arguments if argument.partition("=")[0].lstrip("+") != key]
-    quoted = "'" + folder.replace("'", "\\'") + "'"
-    return beside_the_overrides(others, [f"{key}={quoted}"])
+    return beside_the_overrides(others, [f"{key}={hydra_quoted(folder)}"])
 
 
 def taken_folder(arguments: list[str], multirun: bool, config_name: str = "config") -> list[str]:
@@ -251,7 +279,7 @@ def taken_folder(arguments: list[str], multirun: bool, config_name: str = "confi
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     arguments, given = pinned_folder(arguments, key, config_name)
     EARLIER_RUNS.note_folders(dict(run_folders(arguments)).get(key))  # before holding it makes it
-    if multirun:
+    if multirun or not known_before_the_job(given):  # a folder named by the job's name is not this text
         return arguments
     arguments = held_run_folder(arguments, gives_way="${now:" in given)
     EARLIER_RUNS.folder = dict(run_folders(arguments)).get(key)

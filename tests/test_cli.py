@@ -7,12 +7,22 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 
-from dip.cli import EarlierRuns, check_overrides, expanded_globs, held_run_folder, pinned_folder
+from dip.cli import (
+    EarlierRuns,
+    check_overrides,
+    expanded_globs,
+    held_run_folder,
+    hydra_quoted,
+    pinned_folder,
+    run_folders,
+)
 from dip.config import checked_config, compose_config
 from dip.errors import DipError
 from dip.files import hold_folder
@@ -227,7 +237,9 @@ def test_outputs_that_fail_over_a_finished_run_s_leave_it_unfinished(tmp_path):
 
 
 @pytest.mark.parametrize("folder, needle", [("''", "hydra.run.dir is empty"),
-                                            ("x" * 300, "cannot write there (File name too long)")])
+                                            ("x" * 300, "cannot write there (File name too long)"),
+                                            ("${nonexistent}", "/${nonexistent}: Interpolation key 'nonexistent' "
+                                                               "not found")])
 def test_a_run_folder_that_names_no_folder_is_one_line(tmp_path, folder, needle):
     """An empty name would write the run into the working directory; one too long for the file system
     failed with a traceback."""
@@ -294,6 +306,13 @@ def test_the_run_folder_is_the_one_hydra_resolves_and_a_default_one_in_use_gives
     assert swept[0] == ["-m", f"hydra.sweep.dir='sweeps/{time.strftime('%Y')}'", "seed=1,2"]
     job_named = ["hydra.run.dir=runs/${hydra.job.name}"]  # only Hydra's job knows it
     assert pinned_folder(job_named, "hydra.run.dir")[0] == job_named
+    # Hydra's and OmegaConf's escapes: a folder ending in a backslash was refused by Hydra's parser once quoted
+    for name in ["x\\", "it's", "a\\'b", "${not_interpolated}", "a\\${x}"]:
+        pinned = pinned_folder([f"hydra.run.dir={hydra_quoted(f'{tmp_path}/{name}')}"], "hydra.run.dir")[0]
+        assert run_folders(pinned) == [("hydra.run.dir", tmp_path / name)], name
+        assert OmegaConf.select(compose_config(pinned), "hydra.run.dir") == f"{tmp_path}/{name}", name
+    chosen = pinned_folder(["arch=skip_depth2", "hydra.run.dir=runs/${hydra:runtime.choices.arch}"], "hydra.run.dir")
+    assert run_folders(chosen[0]) == [("hydra.run.dir", Path("runs/skip_depth2"))]
     hold_folder(tmp_path / "held")
     arguments = [f"hydra.run.dir='{tmp_path / 'held'}'"]
     assert held_run_folder(arguments, gives_way=True) == [f"hydra.run.dir='{tmp_path / 'held_2'}'"]
@@ -304,6 +323,9 @@ def test_the_run_folder_is_the_one_hydra_resolves_and_a_default_one_in_use_gives
     assert run_cli(*run).returncode == 0 and (out / "denoising" / "metrics.json").is_file()
     again = run_cli(*run)
     assert again.returncode == 0 and f"already finished in {out / 'denoising'}" in again.stdout
+    # a folder named by the job (not known before it starts) is Hydra's to make: no folder of the text itself
+    assert run_cli(*run[:3], f"hydra.run.dir={tmp_path}/job/${{hydra.job.name}}").returncode == 0
+    assert [path.name for path in (tmp_path / "job").iterdir()] == ["cli"]
 
 
 FULL_DISK_DRIVER = """import errno, runpy, sys
