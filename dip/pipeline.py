@@ -418,13 +418,15 @@ def _raised_by_compiled_code(error: BaseException) -> bool:
 def ends_its_wandb_run_on_error(fit_and_write: Callable) -> Callable:
     """``fit_and_write``, ending the W&B run it started (the one this process has open) when it fails, in the
     fit's steps or after them: the next fit of the process (a sweep's next job, the API's next call) would
-    log into it, and into the failed run's folder."""
+    log into it, and into the failed run's folder. A run open before it (the user's own, in a notebook)
+    is not its to end."""
     @functools.wraps(fit_and_write)
     def ending(*args, **kwargs):
+        earlier = wandb.run if (wandb := sys.modules.get("wandb")) is not None else None
         try:
             return fit_and_write(*args, **kwargs)
         except BaseException:
-            if (wandb := sys.modules.get("wandb")) is not None and wandb.run is not None:
+            if (wandb := sys.modules.get("wandb")) is not None and wandb.run is not None and wandb.run is not earlier:
                 wandb.finish(exit_code=1)
             raise
 

@@ -78,6 +78,16 @@ def test_another_image_into_a_folder_is_another_run_and_a_failed_fit_ends_its_w_
             restore(torch.rand(3, 16, 16), output_dir=tmp_path / failing, overrides=[*keep[:2], "logger=wandb"])
         assert wandb.run is None
         monkeypatch.undo()
+    # a run of the user's own, open before the call, is not the failed fit's to end
+    own = wandb.init(project="mine", mode="offline", dir=tmp_path)
+    try:
+        monkeypatch.setattr(DeepImagePrior, "training_step", broken)
+        with pytest.raises(RuntimeError, match="breaks"):
+            restore(torch.rand(3, 16, 16), overrides=[*keep[:2], "logger=none"])
+        assert wandb.run is own
+        own.log({"after": 1.0})
+    finally:
+        own.finish()
 
 
 def test_restore_a_grey_file_into_a_directory(tmp_path, grey_png):
