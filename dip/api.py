@@ -64,8 +64,10 @@ def restore(
     if output_dir is None and not any(o.startswith("logger=") for o in overrides):
         options.append("logger=none")
     cfg = checked_config([*options, *overrides], output_dir=output_dir or Path.cwd())
-    if generator is not None and next(generator.parameters(), None) is None and not cfg.input.get("optimize"):
-        raise DipError(f"generator {type(generator).__name__} has no parameters: there is nothing to fit")
+    trainable = generator is not None and any(weight.requires_grad for weight in generator.parameters())
+    if generator is not None and not trainable and not cfg.input.get("optimize"):
+        frozen = " that require a gradient (requires_grad)" if next(generator.parameters(), None) is not None else ""
+        raise DipError(f"generator {type(generator).__name__} has no parameters{frozen}: there is nothing to fit")
     if OmegaConf.select(cfg, "experiment.runner"):
         raise DipError("restore() makes one restoration, and +experiment=NAME a figure of several: run it with "
                        "python run.py +experiment=NAME, or dip.experiments.run_experiment(cfg, output_dir)")

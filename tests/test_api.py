@@ -274,6 +274,9 @@ def test_arguments_that_cannot_make_a_fit_are_one_line():
         restore(torch.rand(3, 8, 8), physics=Unwritten())
     with pytest.raises(DipError, match="generator Sigmoid has no parameters: there is nothing to fit"):
         restore(torch.rand(3, 8, 8), generator=torch.nn.Sigmoid(), overrides=["input.channels=3"])
+    frozen = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1), torch.nn.Sigmoid()).requires_grad_(False)
+    with pytest.raises(DipError, match=r"generator Sequential has no parameters that require a gradient \("):
+        restore(torch.rand(3, 8, 8), generator=frozen, overrides=["input.channels=3"])  # was the optimizer's error
 
 
 @pytest.mark.parametrize("logger", ["logger=none", "logger=wandb"])
