@@ -5,6 +5,8 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -17,7 +19,7 @@ from dip.errors import DipError, RunInterruptedError
 from dip.images import data_crop_offsets
 from dip.module import DeepImagePrior
 from dip.physics import BayerMosaic, Degradation, Inpainting, LanczosDownsample, RegionMask
-from tests.conftest import make_png
+from tests.conftest import ROOT, make_png
 
 
 def test_restore_a_tensor_without_writing_anything(tmp_path, monkeypatch):
@@ -47,6 +49,16 @@ def test_an_interrupted_restore_into_a_folder_says_how_to_continue_in_python(tmp
         restore(image, **call)
     monkeypatch.undo()
     assert restore(image, **call).metrics["resumed_from_step"] == 1
+
+
+def test_the_first_call_of_a_session_leaves_python_s_random_state_as_it_was():
+    """Importing Lightning, on the first call, drew from Python's generator: later calls kept it, the first
+    did not."""
+    script = ("import random, torch; from dip import restore; random.seed(1); before = random.getstate(); "
+              "restore(torch.rand(3, 8, 8), arch='skip_depth2', overrides=['trainer.max_steps=1']); "
+              "print(random.getstate() == before)")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip().splitlines()[-1] == "True", done.stderr[-2000:]
 
 
 def test_another_image_into_a_folder_is_another_run_and_a_failed_fit_ends_its_w_and_b_run(tmp_path, monkeypatch):
