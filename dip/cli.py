@@ -246,12 +246,12 @@ def known_before_the_job(folder: str) -> bool:
     return not any(name in folder for name in ("hydra.job.", "hydra:job.", "runtime.output_dir"))
 
 
-def held_run_folder(arguments: list[str], gives_way: bool) -> list[str]:
-    """Hold the run folder that ``arguments`` name (``dip.files.hold_folder``), refused in one line when another
-    run holds it, unless it ``gives_way``: a time-stamped one (``outputs/TASK/<time>``, the default) of a run
-    started in the same second as another gives way to ``<time>_2``, ``_3``, ..., named in the arguments
-    returned."""
-    folder = dict(run_folders(arguments)).get("hydra.run.dir")
+def held_run_folder(arguments: list[str], gives_way: bool, key: str = "hydra.run.dir") -> list[str]:
+    """Hold the run folder that ``arguments`` name (``key``: a sweep's is ``hydra.sweep.dir``;
+    ``dip.files.hold_folder``), refused in one line when another run or sweep holds it, unless it
+    ``gives_way``: a time-stamped one (``outputs/TASK/<time>``, the default) of a run started in the same
+    second as another gives way to ``<time>_2``, ``_3``, ..., named in the arguments returned."""
+    folder = dict(run_folders(arguments)).get(key)
     if folder is None:
         return arguments
     others = (folder.with_name(f"{folder.name}_{number}") for number in itertools.count(2))
@@ -262,7 +262,7 @@ def held_run_folder(arguments: list[str], gives_way: bool) -> list[str]:
             if not gives_way:
                 fail(str(error))
             continue
-        return arguments if held == folder else _with_folder(arguments, "hydra.run.dir", str(held))
+        return arguments if held == folder else _with_folder(arguments, key, str(held))
 
 
 def _with_folder(arguments: list[str], key: str, folder: str) -> list[str]:
@@ -274,14 +274,15 @@ def _with_folder(arguments: list[str], key: str, folder: str) -> list[str]:
 
 def taken_folder(arguments: list[str], multirun: bool, config_name: str = "config") -> list[str]:
     """``arguments`` naming the folder that Hydra is to write into as it resolves it (``pinned_folder``), held
-    when it is one run's (``held_run_folder``), and noted in ``EARLIER_RUNS`` with the folders above it that
-    existed: a failed or refused command then removes what it made, and only that."""
+    (``held_run_folder``: a run's, or a sweep's, whose jobs' folders would be shared by two sweeps), and noted
+    in ``EARLIER_RUNS`` with the folders above it that existed: a failed or refused command then removes what
+    it made, and only that."""
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     arguments, given = pinned_folder(arguments, key, config_name)
     EARLIER_RUNS.note_folders(dict(run_folders(arguments)).get(key))  # before holding it makes it
-    if multirun or not known_before_the_job(given):  # a folder named by the job's name is not this text
+    if not known_before_the_job(given):  # a folder named by the job's name is not this text
         return arguments
-    arguments = held_run_folder(arguments, gives_way="${now:" in given)
+    arguments = held_run_folder(arguments, gives_way="${now:" in given, key=key)
     EARLIER_RUNS.folder = dict(run_folders(arguments)).get(key)
     EARLIER_RUNS.held = EARLIER_RUNS.folder is not None
     return arguments
@@ -421,7 +422,7 @@ class EarlierRuns:
         self._remove_folders_above(output_dir)
 
     def remove_unused_run_folder(self) -> None:
-        """Remove ``hydra.run.dir`` if it is empty and was not there before (made to be held, then the
+        """Remove the run folder (a sweep's too) if it is empty and was not there before (made to be held, then the
         command refused before its job wrote anything), and the folders above it made for it. Only one this
         process held: a folder another run holds is empty from its making until Hydra writes there."""
         run_dir = self.folder

@@ -328,6 +328,16 @@ def test_the_run_folder_is_the_one_hydra_resolves_and_a_default_one_in_use_gives
     assert [path.name for path in (tmp_path / "job").iterdir()] == ["cli"]
 
 
+def test_a_sweep_folder_another_sweep_is_writing_into_is_refused(tmp_path):
+    """Two sweeps into one folder both wrote job 0 there: one's result replaced the other's, their curves mixed,
+    and the second's start deleted the first's list of failed jobs."""
+    hold_folder(tmp_path / "sweep")  # as a sweep still going holds it
+    done = run_cli("-m", "seed=1,2", "data.size=32", "trainer.max_steps=1", "logger=none",
+                   f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert_one_line_error(done, f"{tmp_path / 'sweep'} is in use by another run that is still going")
+    assert list((tmp_path / "sweep").iterdir()) == []
+
+
 FULL_DISK_DRIVER = """import errno, runpy, sys
 sys.path.insert(0, {root!r})
 import hydra.core.utils
