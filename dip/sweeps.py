@@ -23,6 +23,7 @@ from dip.gpus import pin_to_gpu, visible_gpus
 
 log = logging.getLogger(__name__)
 FAILED_JOBS = "failed_jobs.txt"  # in the sweep folder: a line per job that stopped on a DipError
+SWEEP_JOBS = ".sweep_jobs"  # in the sweep folder: this sweep's job folders, a line each (earlier sweeps' left out)
 _held_slot: tuple[int, IO] | None = None  # (slot, its locked file): this process's place on a GPU
 
 
@@ -96,13 +97,24 @@ def sweep_folder(hydra_config: DictConfig) -> Path:
 
 
 def record_failure(sweep_dir: Path, line: str) -> Path:
-    """Append ``line`` (one job's error) to the sweep's list of failed jobs, and return the list's
-    path; jobs in several worker processes append under an exclusive lock."""
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    with open(sweep_dir / FAILED_JOBS, "a") as failures:
-        fcntl.flock(failures, fcntl.LOCK_EX)
-        failures.write(line.replace("\n", " ") + "\n")
-    return sweep_dir / FAILED_JOBS
+    """Append ``line`` (one job's error) to the sweep's list of failed jobs, and return the list's path."""
+    return _append_line(sweep_dir / FAILED_JOBS, line)
+
+
+def _append_line(path: Path, line: str) -> Path:
+    """``line`` appended to the list ``path``; jobs in several worker processes append under an exclusive lock."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as listed:
+        fcntl.flock(listed, fcntl.LOCK_EX)
+        listed.write(line.replace("\n", " ") + "\n")
+    return path
+
+
+def sweep_jobs(sweep_dir: Path) -> list[Path]:
+    """The folders of the jobs that the sweep last run in ``sweep_dir`` started, in the order they started."""
+    listed = sweep_dir / SWEEP_JOBS
+    lines = listed.read_text(encoding="utf-8", errors="replace").splitlines() if listed.is_file() else []
+    return [Path(line) for line in dict.fromkeys(lines)]
 
 
 def failed_jobs(sweep_dir: Path) -> list[str]:
@@ -118,12 +130,17 @@ class SweepSummary(Callback):
     2 if any did (the other jobs have run)."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        # a sweep run again into its folder (to finish it) starts a fresh list
-        (Path(config.hydra.sweep.dir) / FAILED_JOBS).unlink(missing_ok=True)
+        # a sweep run again into its folder (to finish it) starts fresh lists
+        for listed in (FAILED_JOBS, SWEEP_JOBS):
+            (Path(config.hydra.sweep.dir) / listed).unlink(missing_ok=True)
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.hydra.mode == RunMode.MULTIRUN:  # in the job's process, a launcher's worker too
+            _append_line(sweep_folder(config.hydra) / SWEEP_JOBS, config.hydra.runtime.output_dir)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        print(sweep_summary(sweep_dir))
+        print(sweep_summary(sweep_dir, sweep_jobs(sweep_dir)))
         if failed_jobs(sweep_dir):
             raise SystemExit(2)
 
@@ -132,10 +149,18 @@ class SweepSummary(Callback):
 COMPARE_SCRIPT = Path(__file__).resolve().parent.parent / "experiments" / "compare.py"
 
 
-def sweep_summary(sweep_dir: Path) -> str:
+def sweep_summary(sweep_dir: Path, jobs: list[Path]) -> str:
+    """What the sweep whose job folders are ``jobs`` left in ``sweep_dir``: how many of them finished (run now
+    or before), the runs of earlier sweeps there, the dashboard's command, the failed jobs, the offline
+    W&B runs to upload."""
+    jobs = [job.resolve() for job in jobs]
     runs = sorted(path.parent for path in sweep_dir.glob("**/metrics.json"))
+    finished = [job for job in jobs if (job / "metrics.json").is_file()]
+    # an experiment's sub-runs are inside its job's folder: not runs of their own
+    earlier = [run for run in runs if not any(run.resolve().is_relative_to(job) for job in jobs)]
     failures = failed_jobs(sweep_dir)
-    lines = [f"sweep: {len(runs)} finished run(s) in {sweep_dir}"]
+    lines = [f"sweep: {len(finished)} of {len(jobs)} job(s) finished in {sweep_dir}"
+             + (f"; {len(earlier)} run(s) of earlier sweeps there too" if earlier else "")]
     if any((run / ".hydra" / "config.yaml").is_file() for run in runs):  # with none, compare.py would only say so
         script = COMPARE_SCRIPT.relative_to(Path.cwd()) if COMPARE_SCRIPT.is_relative_to(Path.cwd()) else COMPARE_SCRIPT
         lines.append(f"dashboard: python {shlex.quote(str(script))} {shlex.quote(str(sweep_dir))}")

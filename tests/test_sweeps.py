@@ -202,7 +202,7 @@ def test_a_grid_sweep_runs_every_job_even_when_some_fail(tmp_path):
     finished = sorted(path.parent for path in sweep.glob("*/metrics.json"))
     assert len(finished) == 2 and len([path for path in sweep.iterdir() if path.name.isdigit()]) == 2
     assert sorted(metrics(run)["arch"] for run in finished) == ["resnet", "skip_depth2"]
-    assert "sweep: 2 finished run(s)" in result.stdout and "failed: 2 job(s)" in result.stdout
+    assert "sweep: 2 of 4 job(s) finished" in result.stdout and "failed: 2 job(s)" in result.stdout
     page = compare.write_dashboard(sweep, sweep).read_text()
     assert "2 job(s) failed" in page and "image file not found" in page
 
@@ -229,7 +229,7 @@ def test_a_job_that_raises_a_bug_fails_alone_with_one_line_and_keeps_its_traceba
     assert len(errors) == 1 and errors[0].startswith("error: job 1 (arch=resnet arch._target_=tests.test_sweeps.Fails")
     assert errors[0].endswith(f"): RuntimeError: a bug of one's own (its traceback: {sweep / '1' / 'cli.log'})")
     assert "Traceback" in (sweep / "1" / "cli.log").read_text() and (sweep / "0" / "metrics.json").is_file()
-    assert "sweep: 1 finished run(s)" in result.stdout and "failed: 1 job(s)" in result.stdout
+    assert "sweep: 1 of 2 job(s) finished" in result.stdout and "failed: 1 job(s)" in result.stdout
 
 
 def test_a_finished_run_in_a_nested_job_folder_is_kept_when_the_sweep_runs_again_otherwise(tmp_path):
@@ -265,7 +265,8 @@ def test_a_sweep_run_again_into_its_folder_runs_only_the_jobs_it_lacks(tmp_path)
     multirun(sweep, "seed=0,1", "logger=none")
     written = {job: (sweep / job / "metrics.json").stat().st_mtime_ns for job in ("0", "1")}
     result = multirun(sweep, "seed=0,1,2", "logger=none")
-    assert result.stdout.count("already finished in") == 2 and f"sweep: 3 finished run(s) in {sweep}" in result.stdout
+    assert result.stdout.count("already finished in") == 2
+    assert f"sweep: 3 of 3 job(s) finished in {sweep}\n" in result.stdout
     assert {job: (sweep / job / "metrics.json").stat().st_mtime_ns for job in ("0", "1")} == written
     assert [metrics(sweep / job)["seed"] for job in ("0", "1", "2")] == [0, 1, 2]
 
@@ -298,7 +299,10 @@ def test_a_sweep_run_again_in_worker_processes_keeps_its_finished_runs(tmp_path)
 def test_grid_multirun_then_dashboard(tmp_path):
     sweep = tmp_path / "grid"
     result = multirun(sweep, "arch=skip,unet,resnet", "logger=csv")
-    assert f"sweep: 3 finished run(s) in {sweep}" in result.stdout
+    assert f"sweep: 3 of 3 job(s) finished in {sweep}\n" in result.stdout
+    # a shorter sweep into the folder counts its own job, and the earlier sweep's others apart
+    again = multirun(sweep, "arch=skip", "logger=csv")
+    assert f"sweep: 1 of 1 job(s) finished in {sweep}; 2 run(s) of earlier sweeps there too" in again.stdout
     assert f"dashboard: python experiments/compare.py {sweep}" in result.stdout
     runs = {metrics(sweep / str(job))["arch"]: metrics(sweep / str(job)) for job in range(3)}
     assert set(runs) == {"skip", "unet", "resnet"}
