@@ -124,6 +124,12 @@ def failed_jobs(sweep_dir: Path) -> list[str]:
     return failures.read_text(encoding="utf-8", errors="replace").splitlines() if failures.is_file() else []
 
 
+def _not_optuna_s_note_of_a_failed_job(record: logging.LogRecord) -> bool:
+    """False for the Optuna sweeper's warning about a job that failed (it returned None), which the job has
+    reported in its own line already."""
+    return not record.getMessage().startswith("Failed experiment: Return value must be float-castable. Got 'None'")
+
+
 class SweepSummary(Callback):
     """At the end of a multirun, prints where the runs are, how to build the dashboard, the ``wandb
     sync`` command for the offline W&B runs it left, and the jobs that failed; then exits with status
@@ -133,6 +139,7 @@ class SweepSummary(Callback):
         # a sweep run again into its folder (to finish it) starts fresh lists
         for listed in (FAILED_JOBS, SWEEP_JOBS):
             (Path(config.hydra.sweep.dir) / listed).unlink(missing_ok=True)
+        logging.getLogger("hydra_plugins.hydra_optuna_sweeper._impl").addFilter(_not_optuna_s_note_of_a_failed_job)
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         if config.hydra.mode == RunMode.MULTIRUN:  # in the job's process, a launcher's worker too

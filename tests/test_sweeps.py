@@ -425,6 +425,7 @@ def test_a_search_whose_every_trial_fails_ends_in_one_line(tmp_path):
     listed = sweep / sweeps.FAILED_JOBS
     assert lines[-1] == f"error: no trial of the search finished, each one failed: {listed} lists them"
     assert len(sweeps.failed_jobs(sweep)) == 2 and not (sweep / "optimization_results.yaml").exists()
+    assert "float-castable" not in done.stderr + done.stdout and "max_failure_rate" not in done.stderr  # the sweeper's
 
     in_workers = tmp_path / "in_workers"  # the trials' failures are recorded by joblib's processes
     done = run_cli("+hparams_search=optuna_lr", "hydra.sweeper.n_trials=2", "hydra/launcher=gpus",
