@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 from collections.abc import Iterator, Sequence
@@ -19,13 +18,14 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf, open_dict
 
-from dip.config import TENSOR_PREFIX, checked_config
+from dip.config import checked_config
 from dip.errors import DipError, RunInterruptedError
 from dip.files import unwritable
 from dip.outputs import CHECKPOINT_NAME, Result
 from dip.physics import Degradation
 from dip.pipeline import run
 from dip.problem import problem_from_config
+from dip.run_settings import tensor_name
 
 
 def restore(
@@ -116,12 +116,8 @@ def _session_random_state_kept() -> Iterator[None]:
 
 def _named_input(given) -> str:
     """An image given to ``restore`` as the run's settings name it: its file as given, or a tensor by the sha256
-    of its values (a file's contents are compared by ``dip.run_settings``)."""
-    if isinstance(given, torch.Tensor):  # its shape too (a batch of one aside): another picture may hold these values
-        shape = tuple(given.shape[1:] if given.dim() == 4 and given.shape[0] == 1 else given.shape)
-        values = given.detach().float().cpu().contiguous().numpy().tobytes()
-        return f"{TENSOR_PREFIX}{hashlib.sha256(repr(shape).encode() + values).hexdigest()}"
-    return str(given)
+    of its shape and values (``tensor_name``; a file's contents are compared by ``dip.run_settings``)."""
+    return tensor_name(given) if isinstance(given, torch.Tensor) else str(given)
 
 
 def _check_overrides(overrides) -> None:

@@ -56,6 +56,11 @@ class MemoryShortError(DipError):
     during the fit. A smaller run can still fit, which is what a packed benchmark fit falls back to."""
 
 
+class CheckpointLacksError(DipError):
+    """A checkpoint lacks what the fit resuming it would record (an experiment's snapshot at a step it has
+    passed); raised by the recorder, as the checkpoint is loaded, which is not told its file: the fit names it."""
+
+
 class OutputsNotWrittenError(DipError):
     """A fit finished but its outputs could not be written; its last checkpoint is kept for a later run
     to finish from (which is why a packed benchmark fit that raises it is not split into fits of one)."""

@@ -35,7 +35,7 @@ from dip.checkpoint import (
     find_checkpoint,
 )
 from dip.config import check_whole_number, instantiate_settings, settings_error
-from dip.errors import DipError, FitStoppedError, Interrupted, OutputsNotWrittenError, one_line
+from dip.errors import CheckpointLacksError, DipError, FitStoppedError, Interrupted, OutputsNotWrittenError, one_line
 from dip.inputs import padded_size
 from dip.loggers import ImageLogger, flat_config
 from dip.memory import check_codes_fit, check_memory_fits, checked_estimate, meta_copy, out_of_memory, run_device
@@ -436,12 +436,15 @@ def ends_its_wandb_run_on_error(fit_and_write: Callable) -> Callable:
 @ends_its_wandb_run_on_error
 def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None, callbacks=(),
         checkpoint_dir: Path | None = None, seeds: list[int] | None = None,
-        generator: torch.nn.Module | None = None, write: Callable[[Result], object] | None = None) -> Result:
+        generator: torch.nn.Module | None = None, write: Callable[[Result], object] | None = None,
+        extra_settings: dict | None = None) -> Result:
     """Restore one image as ``cfg`` says (or ``problem``, built from it; one of several images, each
     with its seed in ``seeds``; with a network of one's own, ``generator``: see ``prepare``); write the
     outputs into ``output_dir`` unless it is None (or by ``write(result)``: a benchmark's files).
 
-    ``callbacks`` are extra Lightning callbacks (an experiment's recorders of curves or snapshots).
+    ``callbacks`` are extra Lightning callbacks (an experiment's recorders of curves or snapshots), and
+    ``extra_settings`` what else a checkpoint must have been made with to be resumed (an experiment's sub-run:
+    ``dip.run_settings.SUB_RUN_PREFIX``).
     In ``checkpoint_dir`` (default: ``output_dir``), a checkpoint is written every
     ``checkpoint.every_n_steps`` steps and on SIGINT / SIGTERM (then ``RunInterruptedError`` is
     raised); a checkpoint already there, or ``resume=PATH``, is resumed from. Without either folder
@@ -467,7 +470,7 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
             log.warning("speed.compile on a CPU: torch.compile takes minutes before the first step, and the step is "
                         "slower for it here (docs/speed.md); speed=default does not compile")
     need = check_memory_fits(module, device, cfg.trainer.precision, kept) if cfg.check_memory else None
-    settings = result_settings(cfg)
+    settings = {**result_settings(cfg), **(extra_settings or {})}
     resume = find_checkpoint(cfg.resume, checkpoint_dir)
     resumable = Resumable(0, None) if resume is None else check_resumable(resume, settings, cfg.trainer.max_steps,
                                                                           checkpoint_dir)
@@ -485,6 +488,8 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
         if need is None:  # the check was off: estimate now, for the options
             need = checked_estimate(module, cfg.trainer.precision, kept)
         raise out_of_memory(module, need, device, module.global_step, cfg.trainer.precision) from None
+    except CheckpointLacksError as lacking:
+        raise CheckpointLacksError(f"checkpoint {resume} {lacking}") from None
     except Interrupted as interruption:  # outside the steps, or a second SIGINT: the last checkpoint written stays
         started = module.global_step > resumable.step  # else stopped while the Trainer set the fit up
         raise saver.interruption(interruption.signum, max(module.global_step, resumable.step), cfg.trainer.max_steps,

@@ -4,11 +4,13 @@ or a finished run is reported instead of run again. Logging, paths and the devic
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from pathlib import Path
 
+import torch
 from omegaconf import Container, DictConfig, OmegaConf
 
-from dip.config import dotted
+from dip.config import TENSOR_PREFIX, dotted
 from dip.datasets import sha256_of
 from dip.errors import DipError
 
@@ -42,6 +44,19 @@ IGNORED_SETTINGS = ("data.root",)
 # another run. Its digest is a setting of its own, ``sha256(data.path)``.
 INPUT_FILES = ("data.path", "data.observation", "data.mask", "input.path")
 DIGEST_SETTINGS = {f"sha256({name})": name for name in INPUT_FILES}
+
+
+# An experiment's sub-run is more than its config: the image the experiment made for it to fit (fig. 2's noisy
+# image, of experiment.sigma) and what its recorders record; its checkpoint keeps them (dip.experiments.common).
+SUB_RUN_PREFIX = "sub_run."
+
+
+def tensor_name(tensor: torch.Tensor) -> str:
+    """A tensor as a setting: ``tensor:sha256:<digest of its shape and values>`` (a batch of one as its image:
+    another picture may hold the same values in another shape)."""
+    shape = tuple(tensor.shape[1:] if tensor.dim() == 4 and tensor.shape[0] == 1 else tensor.shape)
+    values = tensor.detach().float().cpu().contiguous().numpy().tobytes()
+    return f"{TENSOR_PREFIX}{hashlib.sha256(repr(shape).encode() + values).hexdigest()}"
 
 
 def digest_settings(digests: dict[str, str]) -> dict[str, str]:
@@ -84,9 +99,10 @@ def result_settings(cfg: DictConfig, digests: bool = True) -> dict:
 
 def setting_differences(saved: dict, settings: dict) -> str:
     """The settings (as ``result_settings`` gives them) that differ between ``saved`` and ``settings``,
-    as ``"seed: 0 -> 1; ..."`` (at most four), or ``""``. A file's digest counts where both have one, and
-    then its name does not: the same photo moved, or named relative instead of absolute, is the same run.
-    A checkpoint or run from before digests were kept has none, and a file gone is said missing when read."""
+    as ``"seed: 0 -> 1; ..."`` (at most four), or ``""``. A file's digest (and a sub-run's own settings,
+    ``SUB_RUN_PREFIX``) counts where both have one, and then the file's name does not: the same photo moved,
+    or named relative instead of absolute, is the same run. A checkpoint or run from before digests were
+    kept has none, and a file gone is said missing when read."""
     def both_digested(key: str) -> bool:
         return f"sha256({key})" in saved and f"sha256({key})" in settings
 
@@ -98,12 +114,21 @@ def setting_differences(saved: dict, settings: dict) -> str:
             return f"{name}: its file's contents changed, {change}"
         # a setting left out at its implied value is shown at that value
         before, after = saved.get(key, IMPLIED_SETTINGS.get(key)), settings.get(key, IMPLIED_SETTINGS.get(key))
-        return f"{key}: {before!r} -> {after!r}"
+        return f"{key}: {_shown(before)} -> {_shown(after)}"
 
+    # a file's digest and a sub-run's own settings count where both sides have them (older records lack them)
     differences = [difference(key) for key in sorted(set(saved) | set(settings)) if saved.get(key) != settings.get(key)
-                   and (key not in DIGEST_SETTINGS or (key in saved and key in settings))
+                   and ((key not in DIGEST_SETTINGS and not key.startswith(SUB_RUN_PREFIX))
+                        or (key in saved and key in settings))
                    and not (key in INPUT_FILES and both_digested(key))]
     return "; ".join(differences[:4]) + ("; ..." if len(differences) > 4 else "")
+
+
+def _shown(value) -> str:
+    """A setting's value as a difference shows it: a tensor's name by the start of its digest."""
+    if isinstance(value, str) and value.startswith(TENSOR_PREFIX):
+        return repr(value[:len(TENSOR_PREFIX) + 12] + "...")
+    return repr(value)
 
 
 def finished_run_settings(cfg: DictConfig, digests: bool = True) -> dict:

@@ -239,6 +239,21 @@ def test_recorded_sub_runs_continued_from_their_checkpoints_keep_what_they_recor
     experiment("fig2_noise_impedance", [*settings, "trainer.max_steps=4", "experiment.record_every=2"],
                tmp_path / "fig2")
     assert [int(row["step"]) for row in read_csv(tmp_path / "fig2" / "curves.csv")] == [2, 4]
+    # what the checkpoint did not record, or an image the experiment now makes otherwise, is refused: it went
+    # on with the old sigma's noisy image, left out snapshots and ended fig. 2 in an IndexError
+    kept = {sub: (tmp_path / "fig2" / sub / "checkpoint.ckpt").read_bytes() for sub in ("natural", "noisy")}
+    with pytest.raises(DipError, match=r"checkpoint .*noisy/checkpoint.ckpt was made with other settings "
+                                       r"\(sub_run.observation: 'tensor:sha256:\w{12}\.\.\.' -> "):
+        experiment("fig2_noise_impedance", [*settings, "trainer.max_steps=5", "experiment.record_every=2",
+                                            "experiment.sigma=50"], tmp_path / "fig2")
+    with pytest.raises(DipError, match=r"checkpoint .*natural/checkpoint.ckpt recorded no loss at step\(s\) 1, 3, "
+                                       r"where this run records one every 1 step\(s\)"):
+        experiment("fig2_noise_impedance", [*settings, "trainer.max_steps=5"], tmp_path / "fig2")
+    assert {sub: (tmp_path / "fig2" / sub / "checkpoint.ckpt").read_bytes() for sub in kept} == kept
+    with pytest.raises(DipError, match=r"checkpoint .*checkpoint.ckpt \(at step 4\) holds no snapshot of step\(s\) "
+                                       r"1: ask for those it took \(4\)"):
+        experiment("fig3_jpeg_progress", [*snapshots[:3], "experiment.snapshots=[1]", *snapshots[4:],
+                                          "trainer.max_steps=5"], tmp_path / "fig3")
 
 
 def test_recorded_sub_runs_finished_before_are_reused_with_their_records_unless_made_otherwise(tmp_path):

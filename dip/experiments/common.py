@@ -18,7 +18,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from dip.checkpoint import check_resumable, find_checkpoint
 from dip.config import check_settings, checked_config
-from dip.errors import DipError, Interrupted, one_line
+from dip.errors import CheckpointLacksError, DipError, Interrupted, one_line
 from dip.figures import figure_png
 from dip.files import write_atomically
 from dip.metrics import psnr
@@ -26,7 +26,7 @@ from dip.outputs import OUTPUTS_FILE, Result, finished_config, finished_metrics,
 from dip.pipeline import prepare
 from dip.pipeline import run as restore
 from dip.problem import problem_from_config
-from dip.run_settings import result_settings
+from dip.run_settings import SUB_RUN_PREFIX, result_settings, tensor_name
 from dip.signals import signal_finished_first
 
 log = logging.getLogger("dip")
@@ -75,7 +75,8 @@ def restore_each(runs: Sequence[SubRun]) -> list[Result]:
         if earlier is None:  # its input, network and packing too, built and let go: no fit before a later one fails
             prepare(cfg, problem_from_config(cfg, clean=run.clean, observation=run.observation))
             if (checkpoint := find_checkpoint(cfg.resume, run.directory)) is not None:
-                check_resumable(checkpoint, result_settings(cfg), cfg.trainer.max_steps, run.directory)
+                check_resumable(checkpoint, {**result_settings(cfg), **_sub_run_settings(run)}, cfg.trainer.max_steps,
+                                run.directory)
     results = []
     for run, cfg, earlier in zip(runs, configs, reused):
         if earlier is not None:
@@ -85,10 +86,18 @@ def restore_each(runs: Sequence[SubRun]) -> list[Result]:
         problem = problem_from_config(cfg, clean=run.clean, observation=run.observation)
         results.append(restore(cfg, run.directory, problem, run.callbacks,
                                write=functools.partial(_write_sub_run, cfg=cfg, directory=run.directory,
-                                                       callbacks=run.callbacks)))
+                                                       callbacks=run.callbacks), extra_settings=_sub_run_settings(run)))
         if (signum := signal_finished_first()) is not None and len(results) < len(runs):
             raise Interrupted(signum)
     return results
+
+
+def _sub_run_settings(run: SubRun) -> dict:
+    """What a checkpoint of ``run`` must have been made with, beyond its config: the images the experiment
+    made for it (fig. 2's noisy image depends on experiment.sigma). What its recorders ask for may change,
+    within what the checkpoint recorded (``LossRecorder``, ``Snapshots``)."""
+    return {f"{SUB_RUN_PREFIX}{name}": None if image is None else tensor_name(image)
+            for name, image in (("observation", run.observation), ("clean", run.clean))}
 
 
 REUSED_IMAGES = ("restored", "restored_ema", "observation", "ground_truth")  # what the runners read of a result
@@ -155,10 +164,12 @@ class LossRecorder(pl.Callback):
     def __init__(self, every: int = 1):
         self.every = max(1, int(every))
         self.steps: list[int] = []
+        self.last_step = 0
         self._earlier: list[float] = []  # recorded before the checkpoint this fit resumed
         self._losses: list[torch.Tensor] = []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.last_step = trainer.global_step
         if trainer.global_step % self.every == 0:
             self.steps.append(trainer.global_step)
             self._losses.append(outputs["loss"].detach())
@@ -172,10 +183,16 @@ class LossRecorder(pl.Callback):
         return self._earlier + (torch.stack(self._losses).cpu().tolist() if self._losses else [])
 
     def state_dict(self) -> dict:
-        return {"steps": list(self.steps), "losses": self.losses()}
+        return {"steps": list(self.steps), "losses": self.losses(), "step": self.last_step}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        # the points on this run's grid (every ``every`` steps), also when the interrupted run's was finer
+        # the points on this run's grid (every ``every`` steps), also when the interrupted run's was finer; one it
+        # did not record would be missing from the curve (a checkpoint from before "step" was kept: not checked)
+        reached = state_dict.get("step", 0)
+        if missing := sorted(set(range(self.every, reached + 1, self.every)) - set(state_dict["steps"])):
+            raise CheckpointLacksError(f"recorded no loss at step(s) {_listed(missing)}, where this run records one "
+                                       f"every {self.every} step(s): record a multiple of the interval it recorded "
+                                       f"at, or delete it to fit again")
         kept = [(step, loss) for step, loss in zip(state_dict["steps"], state_dict["losses"], strict=True)
                 if step % self.every == 0]
         self.steps, self._earlier, self._losses = [step for step, _ in kept], [loss for _, loss in kept], []
@@ -188,6 +205,7 @@ class Snapshots(pl.Callback):
     def __init__(self, steps: Iterable[int]):
         self.steps = set(int(step) for step in steps)
         self.images: dict[int, torch.Tensor] = {}
+        self.last_step = 0
 
     @property
     def recording(self) -> dict:
@@ -195,14 +213,25 @@ class Snapshots(pl.Callback):
         return {"snapshot_steps": sorted(self.steps)}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.last_step = trainer.global_step
         if trainer.global_step in self.steps:
             self.images[trainer.global_step] = pl_module.restored().detach().clone()
 
     def state_dict(self) -> dict:
-        return {"images": {step: image.cpu() for step, image in self.images.items()}}
+        return {"images": {step: image.cpu() for step, image in self.images.items()}, "step": self.last_step}
 
     def load_state_dict(self, state_dict: dict) -> None:
+        # a snapshot asked for at a step the checkpoint has passed, and not taken then, could not be taken now
+        reached = state_dict.get("step", 0)
+        if missing := sorted(step for step in self.steps if step <= reached and step not in state_dict["images"]):
+            raise CheckpointLacksError(f"(at step {reached}) holds no snapshot of step(s) {_listed(missing)}: ask for "
+                                       f"those it took ({_listed(sorted(state_dict['images']))}) and later ones, or "
+                                       f"delete it to fit again")
         self.images = {step: image for step, image in state_dict["images"].items() if step in self.steps}
+
+
+def _listed(steps: list[int], shown: int = 6) -> str:
+    return ", ".join(map(str, steps[:shown])) + (", ..." if len(steps) > shown else "") if steps else "none"
 
 
 def psnr_or_none(image: torch.Tensor, reference: torch.Tensor | None) -> float | None:

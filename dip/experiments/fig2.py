@@ -53,7 +53,7 @@ def run(cfg: DictConfig, output_dir: Path) -> str:
     write_csv([{"step": step, **{name: curves[name][1][i] for name in LABELS}} for i, step in enumerate(steps)],
               output_dir / "curves.csv")
     final = {name: curves[name][1][-1] if curves[name][1] else None for name in LABELS}
-    write_json({"final_mse": final, "steps": steps[-1] if steps else 0}, output_dir / f"{stem}.json")
+    write_json({"final_mse": final, "steps": steps[-1] if steps else 0, "sigma": sigma}, output_dir / f"{stem}.json")
     plot_curves({LABELS[name]: curve for name, curve in curves.items()}, output_dir / f"{stem}.png",
                 title="Fit of f(z) to each image (Fig. 2)", ylabel="MSE")
     finals = ", ".join(f"{name} {value:.4g}" for name, value in final.items() if value is not None)
