@@ -48,7 +48,7 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from dip.baselines import BASELINES, BaselineUnavailableError
-from dip.config import check_whole_number, dotted
+from dip.config import check_whole_number, dotted, instantiate_settings
 from dip.datasets import DatasetImage, open_dataset
 from dip.errors import (
     DipError,
@@ -445,9 +445,11 @@ def image_jobs(cfg: DictConfig, image: DatasetImage, directory: Path) -> list[Im
     check_whole_number("benchmark.runs", runs)
     crop = cfg.data.size
     size = (image.height, image.width) if not crop else (min(crop, image.height), min(crop, image.width))
-    if min(size) <= 2 * cfg.benchmark.shave:  # scored on an empty window, every PSNR would be nan
+    physics = instantiate_settings(cfg.task.physics, "task.physics")
+    scored = physics.solution_size(*physics.observation_size(*size))  # super-resolution's crop to the factor too
+    if min(scored) <= 2 * cfg.benchmark.shave:  # scored on an empty window, every PSNR would be nan
         raise DipError(f"benchmark.shave={cfg.benchmark.shave} leaves nothing of {image.name} "
-                       f"({size[1]}x{size[0]}) to score")
+                       f"({scored[1]}x{scored[0]}) to score")
     jobs = []
     for seed in range(cfg.seed, cfg.seed + runs):
         output_dir = directory if runs == 1 else directory / f"seed{seed}"
