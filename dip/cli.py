@@ -40,7 +40,7 @@ from dip.errors import (
     one_line,
 )
 from dip.files import hold_folder, unwritable
-from dip.outputs import OUTPUT_FILES, RESTART_OUTPUT, decibels, describe, finished_metrics
+from dip.outputs import OUTPUT_FILES, RESTART_OUTPUT, decibels, describe, finished_metrics, offline_wandb_line
 from dip.problem import problem_from_config
 from dip.signals import exit_interrupted, interrupt_on_stop_signals, signal_finished_first
 from dip.sweeps import FAILED_JOBS, record_failure, sweep_folder
@@ -548,6 +548,8 @@ def hydra_main(cfg: DictConfig) -> float | None:
         return _failed_job(kept_traceback(error, output_dir / f"{hydra_config.job.name}.log"))
     print(describe(result))
     hydra_config = HydraConfig.get()
+    if hydra_config.mode != RunMode.MULTIRUN and (upload := offline_wandb_line(output_dir)):  # a sweep's sums them up
+        print(upload)
     if hydra_config.mode == RunMode.MULTIRUN and (signum := signal_finished_first()) is not None:
         print(f"{signal.Signals(signum).name}: job {hydra_config.job.num} finished first; run the sweep again with "
               f"hydra.sweep.dir={hydra_config.sweep.dir} for any jobs left", file=sys.stderr)

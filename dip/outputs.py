@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -217,3 +218,12 @@ def describe(result: Result) -> str:
     if result.output_dir is not None:
         lines.append(f"outputs in {result.output_dir}")
     return "\n".join(lines)
+
+
+def offline_wandb_line(output_dir: Path) -> str | None:
+    """How to upload the offline W&B runs in ``output_dir`` (a run resumed writes one more), or None."""
+    runs = sorted((output_dir / "wandb").glob("offline-run-*"))
+    if not runs:
+        return None
+    folder = shlex.quote(str(output_dir / "wandb"))  # the shell expands the * of what is pasted
+    return f"W&B: {len(runs)} offline run(s); upload with wandb sync {folder}/offline-run-*"

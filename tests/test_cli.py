@@ -623,6 +623,8 @@ def test_wandb_offline_run_holds_the_psnr(tmp_path):
     done = run_cli("trainer.max_steps=2", "data.size=32", "logger=wandb", f"hydra.run.dir={out}")
     assert done.returncode == 0, done.stderr
     assert "wandb: WARNING" not in done.stderr  # offline without complaints
+    # how to upload it, as a sweep's summary says
+    assert done.stdout.rstrip().endswith(f"W&B: 1 offline run(s); upload with wandb sync {out}/wandb/offline-run-*")
     metrics = json.loads((out / "metrics.json").read_text())
     logged = offline_summary(offline_run_file(out))
     assert logged["psnr"] == pytest.approx(metrics["psnr"]) and logged["steps"] == 2
