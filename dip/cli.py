@@ -28,6 +28,7 @@ from dip.config import (
     compose_config,
     config_groups,
     config_message,
+    misspelt_setting,
     register_resolvers,
     use_config_dirs,
 )
@@ -131,7 +132,29 @@ def check_overrides(arguments: list[str], config_name: str = "config") -> DictCo
                 problem_from_config(cfg)
             except DipError as error:
                 fail(str(error))
+    _check_hydra_settings(arguments, config_name)
     return fixed_cfg
+
+
+def _check_hydra_settings(arguments: list[str], config_name: str) -> None:
+    """Refuse in one line a typo in the name of one of Hydra's settings: ``+hydra.run.dri=x`` was added where
+    nothing reads it (the run went to the default folder), and ``hydra.run.dri=x`` got Hydra's line without
+    the name meant."""
+    parser = OverridesParser.create()
+    given = [text for text in _override_arguments(arguments, hydra=True)
+             if text.lstrip("+~").startswith("hydra.") and not text.lstrip("+~").startswith(SEARCH_SPACE)]
+    if not given:
+        return
+    others = [text for text in _override_arguments(arguments, hydra=True)
+              if text not in given and not parser.parse_overrides([text])[0].is_sweep_override()]
+    try:
+        cfg = compose_config(others, config_name=config_name)
+    except Exception:  # noqa: BLE001 (Hydra's and OmegaConf's many errors): Hydra says what it cannot compose
+        return
+    for text in given:
+        key = text.lstrip("+~").partition("=")[0]
+        if hint := misspelt_setting(key, cfg):
+            fail(f"{text}: Hydra has no setting {key}{hint}")
 
 
 SEARCH_SPACE = "hydra.sweeper.params."  # an Optuna search's settings, each drawn per trial

@@ -280,6 +280,12 @@ def _unknown_setting(key: str, overrides: Sequence[str], config_name: str) -> st
     return f"{key}: no such setting{_close_setting(key, cfg)}{added}"
 
 
+def misspelt_setting(key: str, cfg: DictConfig) -> str | None:
+    """`` (did you mean hydra.run.dir?)`` when ``cfg`` lacks ``key`` and has a setting beside it of a name
+    close to its, else None (a setting it has, or one added of a name of its own: ``hydra.job.env_set.X``)."""
+    return None if _has_key(cfg, key) else _close_setting(key, cfg) or None
+
+
 def _close_setting(key: str, cfg: DictConfig) -> str:
     """`` (did you mean data.mask?)`` when ``cfg`` has a setting beside ``key`` of a name close to its, else ``""``."""
     node, parent, name = _parent_node(cfg, key)

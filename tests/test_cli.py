@@ -328,6 +328,16 @@ def test_the_run_folder_is_the_one_hydra_resolves_and_a_default_one_in_use_gives
     assert [path.name for path in (tmp_path / "job").iterdir()] == ["cli"]
 
 
+@pytest.mark.parametrize("override", ["+hydra.run.dri", "hydra.run.dri"])
+def test_a_typo_in_one_of_hydras_settings_is_one_line_with_the_name_meant(tmp_path, override):
+    """+hydra.run.dri=DIR, as Hydra's own line advised for hydra.run.dri=DIR, ran into the default folder."""
+    done = run_cli("data.size=32", "trainer.max_steps=1", "logger=none", f"{override}={tmp_path / 'x'}")
+    assert_one_line_error(done, f"{override}={tmp_path / 'x'}: Hydra has no setting hydra.run.dri (did you mean "
+                                "hydra.run.dir?)")
+    assert not (tmp_path / "x").exists()
+    check_overrides(["+hydra.job.env_set.MY_SETTING=1", "hydra.job.chdir=true"])  # a name of one's own, a right one
+
+
 def test_a_sweep_folder_another_sweep_is_writing_into_is_refused(tmp_path):
     """Two sweeps into one folder both wrote job 0 there: one's result replaced the other's, their curves mixed,
     and the second's start deleted the first's list of failed jobs."""
