@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from dip.errors import DipError
 from dip.images import load_image
 
 
@@ -77,8 +78,6 @@ class ImageCode(InputCode):
         self.channels = 3 if mode == "RGB" else 1
 
     def prepare(self, channels, height, width, loaded_size=None, offset=(0, 0)):
-        from dip.errors import DipError
-
         image = load_image(self.path, mode=self.mode, what="input image")
         size, wanted = tuple(image.shape[-2:]), loaded_size or (height, width)
         if size != wanted:

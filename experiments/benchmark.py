@@ -23,9 +23,9 @@ try:
     from omegaconf import DictConfig
 
     from dip.benchmark import IncompleteTableError, run_benchmark
-    from dip.cli import EARLIER_RUNS, fail, launch
+    from dip.cli import EARLIER_RUNS, launch
     from dip.config import CONF_DIR
-    from dip.errors import DipError, RunInterruptedError, interruption_signal
+    from dip.errors import DipError, RunInterruptedError, fail, interruption_signal
 except KeyboardInterrupt as interruption:  # nothing has started
     exit_interrupted(interruption)
 

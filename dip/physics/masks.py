@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from dip.images import data_crop, read_image
 from dip.physics.base import settings_text
 
 
@@ -99,8 +100,6 @@ class FileMask(MaskSource):
         return f"mask {self.path}"
 
     def __call__(self, height, width, generator=None):
-        from dip.images import data_crop, read_image
-
         loaded = read_image(self.path, mode="L", what="mask")
         known = loaded.pixels >= 0.5
         if loaded.alpha is not None:  # holes erased to transparency in an image editor are missing pixels too
