@@ -11,6 +11,11 @@ class DeviceStateCallback(pl.Callback):
     saved to a checkpoint on the CPU and restored from it when a fit resumes."""
 
     state: dict[str, torch.Tensor]
+    kept_copies: tuple[int, int]  # (weights, EMAs) it keeps copies of: what the memory check adds for it
+
+    def summary(self) -> dict:
+        """What it did, for ``metrics.json``."""
+        raise NotImplementedError
 
     def check_module(self, pl_module: pl.LightningModule) -> None:
         """Raise ``DipError`` when this callback cannot serve ``pl_module``'s fit: called before the fit
