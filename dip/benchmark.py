@@ -56,6 +56,7 @@ from dip.errors import (
     MemoryShortError,
     OutputsNotWrittenError,
     RunInterruptedError,
+    check_choice,
     kept_traceback,
     one_line,
 )
@@ -431,8 +432,7 @@ def check_baselines(names: list[str], jobs: list[ImageJob]) -> None:
     else:
         raise errors[0]
     for name in names:
-        if name not in BASELINES:
-            raise DipError(f"unknown baseline '{name}' (choose from: {', '.join(BASELINES)})")
+        check_choice("baseline", name, BASELINES, DipError)
         if not isinstance(physics, BASELINES[name].physics):
             raise DipError(f"baseline '{name}' undoes {BASELINES[name].physics.__name__}, "
                            f"not this benchmark's {type(physics).__name__}")
@@ -629,8 +629,7 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> dict:
     """Restore every image of ``cfg.benchmark``, write ``table.md`` and ``table.csv`` into
     ``run_dir``, and return the mean row."""
     spec = cfg.benchmark
-    if spec.protocol not in ("rgb", "y"):
-        raise DipError(f"unknown benchmark protocol '{spec.protocol}' (choose from: rgb, y)")
+    check_choice("benchmark protocol", spec.protocol, ("rgb", "y"), DipError)
     check_whole_number("benchmark.shave", spec.shave, least=0)  # a negative border shaves the whole image away
     for key in ("jobs_per_gpu", "cpu_jobs", "baseline_jobs", "images_per_fit"):  # before the dataset is read
         check_whole_number(key, cfg[key])

@@ -25,7 +25,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from dip.errors import DipError, invalid_yaml, one_line
+from dip.errors import DipError, check_choice, invalid_yaml, one_line
 from dip.gpus import visible_gpus, worker_count
 from dip.images import BUILTIN_PREFIX
 
@@ -36,8 +36,7 @@ KINDS = {bool: "true or false", int: "a whole number", float: "a finite number",
 
 
 def use_full_settings(profile: str) -> bool:
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile '{profile}' (choose from: {', '.join(PROFILES)})")
+    check_choice("profile", profile, PROFILES)
     return profile == "full" or (profile == "auto" and torch.cuda.is_available())
 
 
@@ -206,8 +205,8 @@ def checked_config(overrides: Sequence[str] = (), output_dir: str | Path | None 
             if key not in OPTIONAL_GROUPS:
                 raise DipError(f"~{key}: a run needs a config of the {key} group (choose from: "
                                f"{', '.join(groups[key])})")
-        elif key in groups and value not in groups[key]:
-            raise DipError(f"unknown {key} '{value}' (choose from: {', '.join(groups[key])})")
+        elif key in groups:
+            check_choice(key, value, groups[key], DipError)
     added_settings = _added_settings(overrides, groups, config_name)  # before: Hydra keeps the last config composed
     try:
         cfg = compose_config(overrides, output_dir, config_name)

@@ -51,6 +51,14 @@ class DipError(Exception):
     """A problem with the user's input or options; the message names it (and the file)."""
 
 
+def check_choice(name: str, value, choices, error: type[Exception] = ValueError):
+    """``value`` if it is one of ``choices``, else ``error`` naming them: ``unknown NAME 'x' (choose from: a, b)``
+    (``ValueError`` where a constructor refuses it, as Hydra then reports; ``DipError`` where dip does)."""
+    if value not in choices:
+        raise error(f"unknown {name} '{value}' (choose from: {', '.join(choices)})")
+    return value
+
+
 class MemoryShortError(DipError):
     """A run needs more memory than its device has free: refused before it starts, or out of memory
     during the fit. A smaller run can still fit, which is what a packed benchmark fit falls back to."""

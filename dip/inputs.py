@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from dip.errors import DipError
+from dip.errors import DipError, check_choice
 from dip.images import load_image
 
 
@@ -42,8 +42,7 @@ class NoiseCode(InputCode):
         super().__init__(**kwargs)
         if channels < 1:
             raise ValueError(f"channels must be >= 1, got {channels}")
-        if distribution not in ("uniform", "normal"):
-            raise ValueError(f"unknown noise distribution '{distribution}' (choose from: uniform, normal)")
+        check_choice("noise distribution", distribution, ("uniform", "normal"))
         self.channels, self.scale, self.distribution = channels, scale, distribution
 
     def make(self, height, width, generator=None):

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from dip.errors import check_choice
 from dip.nets.layers import Upsample
 from dip.nets.normalised import drop_cancelled_biases, drop_running_statistics
 
@@ -76,11 +77,8 @@ class Speed:
     one_weight_tensor: bool = False
 
     def __post_init__(self):
-        if self.compile_mode not in COMPILE_MODES:
-            raise ValueError(f"unknown compile mode '{self.compile_mode}' (choose from: {', '.join(COMPILE_MODES)})")
-        if self.compile_backend not in COMPILE_BACKENDS:
-            raise ValueError(f"unknown compile backend '{self.compile_backend}' "
-                             f"(choose from: {', '.join(COMPILE_BACKENDS)})")
+        check_choice("compile mode", self.compile_mode, COMPILE_MODES)
+        check_choice("compile backend", self.compile_backend, COMPILE_BACKENDS)
         if self.compile_backend != "inductor" and self.compile_mode != "default":  # torch would ignore it
             raise ValueError(f"compile mode '{self.compile_mode}' is inductor's: the {self.compile_backend} "
                              "backend takes only 'default'")

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dip.errors import DipError, load_fault
+from dip.errors import DipError, check_choice, load_fault
 
 WEIGHTS_FILE = "alexnet-owt-7be5be79.pth"
 WEIGHTS_URL = f"https://download.pytorch.org/models/{WEIGHTS_FILE}"
@@ -79,8 +79,7 @@ class AlexNet(nn.Module):
 
 
 def check_layer(layer: str) -> None:
-    if layer not in LAYERS:
-        raise ValueError(f"unknown AlexNet layer '{layer}' (choose from: {', '.join(LAYERS)})")
+    check_choice("AlexNet layer", layer, LAYERS)
 
 
 def default_weights_path() -> Path:

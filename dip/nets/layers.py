@@ -6,18 +6,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dip.errors import check_choice
 from dip.physics.downsample import LanczosDownsample
 
 PADDINGS = ("zero", "reflection")
 DOWNSAMPLERS = ("stride", "avg", "max", "lanczos2")
 UPSAMPLERS = ("nearest", "bilinear")
 ACTIVATIONS = ("LeakyReLU", "Swish", "ELU", "ReLU", "none")
-
-
-def check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ValueError(f"unknown {name} '{value}' (choose from: {', '.join(choices)})")
-    return value
 
 
 class ReflectionPad(nn.Module):

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dip.nets.layers import UPSAMPLERS, Upsample, check_choice, conv
+from dip.errors import check_choice
+from dip.nets.layers import UPSAMPLERS, Upsample, conv
 
 NORMS = {"batch": nn.BatchNorm2d, "instance": nn.InstanceNorm2d, "none": None}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from dip.errors import check_choice
 from dip.nets.alexnet import MIN_SIZE, check_layer, load_alexnet
 from dip.physics.base import Degradation
 
@@ -30,8 +31,7 @@ class FeatureInversion(Degradation):
     def __init__(self, layer: str = "conv5", weights: str | None = None, normalization: str = "torchvision"):
         super().__init__()
         check_layer(layer)  # before the weights are looked for: a mistyped layer is the error to see
-        if normalization not in NORMALIZATIONS:
-            raise ValueError(f"unknown normalization '{normalization}' (choose from: {', '.join(NORMALIZATIONS)})")
+        check_choice("normalization", normalization, NORMALIZATIONS)
         self.layer = layer
         mean, std, self.bgr = NORMALIZATIONS[normalization]
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
