@@ -168,7 +168,8 @@ def sweep_summary(sweep_dir: Path, jobs: list[Path]) -> str:
     failures = failed_jobs(sweep_dir)
     lines = [f"sweep: {len(finished)} of {len(jobs)} job(s) finished in {sweep_dir}"
              + (f"; {len(earlier)} run(s) of earlier sweeps there too" if earlier else "")]
-    if any((run / ".hydra" / "config.yaml").is_file() for run in runs):  # with none, compare.py would only say so
+    # with no run's record (Hydra's, or an experiment's sub-run's config.yaml), compare.py would only say so
+    if any((run / ".hydra" / "config.yaml").is_file() or (run / "config.yaml").is_file() for run in runs):
         script = COMPARE_SCRIPT.relative_to(Path.cwd()) if COMPARE_SCRIPT.is_relative_to(Path.cwd()) else COMPARE_SCRIPT
         lines.append(f"dashboard: python {shlex.quote(str(script))} {shlex.quote(str(sweep_dir))}")
     if failures:

@@ -1,8 +1,8 @@
 """Compare the runs of a sweep in a static dashboard: ``python experiments/compare.py SWEEP_DIR``.
 
-Reads what each run wrote (``metrics.json``, ``.hydra/``, the PSNR curve from the CSV logger's
-``csv/metrics.csv`` or else the W&B run files, one per start of a resumed run, ``restored.png``),
-wherever it ran, and writes into SWEEP_DIR (or ``--out``):
+Reads what each run wrote (``metrics.json``, ``.hydra/`` or an experiment's sub-run's ``config.yaml``,
+the PSNR curve from the CSV logger's ``csv/metrics.csv`` or else the W&B run files, one per start of a
+resumed run, ``restored.png``), wherever it ran, and writes into SWEEP_DIR (or ``--out``):
 
 - ``psnr_curves.png``: PSNR against the optimisation step per group (mean line, min-max band over
   the group's images and seeds);
@@ -50,8 +50,8 @@ class Run:
     path: Path
     name: str  # the folder, relative to the sweep
     overrides: list[str]
-    config: dict  # flat, as saved in .hydra/config.yaml (interpolations unresolved)
-    choices: dict  # the config-group options Hydra picked (arch, task, ...)
+    config: dict  # flat, as saved in .hydra/config.yaml (interpolations unresolved) or a sub-run's config.yaml
+    choices: dict  # the config-group options Hydra picked (arch, task, ...); a sub-run's: its arch
     metrics: dict | None  # metrics.json; None while unfinished
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # metric -> [(step, value)]
     curve_source: str = "none"
@@ -194,11 +194,17 @@ def read_curves(run_dir: Path) -> tuple[dict, str]:
 
 
 def find_runs(sweep_dir: Path) -> list[Run]:
-    """Every run folder under ``sweep_dir``; one whose files cannot be read (a damaged ``metrics.json``,
-    say) is listed as unreadable rather than stopping the dashboard."""
+    """Every run folder under ``sweep_dir``: Hydra's runs, and an experiment's sub-runs (its finished fits,
+    each with the ``config.yaml`` it was composed with beside its ``metrics.json``, and no ``.hydra/``) in
+    place of the experiment's own folder, which holds no result of its own. A folder whose files cannot be
+    read (a damaged ``metrics.json``, say) is listed as unreadable rather than stopping the dashboard."""
+    recorded = {path.parent.parent for path in sweep_dir.glob("**/.hydra/config.yaml")}
+    sub_runs = {path.parent for path in sweep_dir.glob("**/metrics.json")
+                if (path.parent / "config.yaml").is_file() and path.parent not in recorded}
+    experiments = {run_dir for run_dir in recorded if not (run_dir / "metrics.json").is_file()
+                   and any(sub_run.is_relative_to(run_dir) for sub_run in sub_runs)}
     runs = []
-    for config_file in sorted(sweep_dir.glob("**/.hydra/config.yaml")):
-        run_dir = config_file.parent.parent
+    for run_dir in sorted((recorded - experiments) | sub_runs):
         name = str(run_dir.relative_to(sweep_dir))
         try:
             runs.append(read_run(run_dir, name))
@@ -227,11 +233,17 @@ def read_run(run_dir: Path, name: str) -> Run:
     overrides = read_yaml(overrides_file) or []
     if not isinstance(overrides, list):
         raise ValueError(f"{overrides_file}: holds a {kind(overrides)}, not a list of overrides")
+    if (run_dir / ".hydra" / "config.yaml").is_file():
+        config = read_mapping(run_dir / ".hydra" / "config.yaml")
+    else:  # an experiment's sub-run: the config it was composed with (resolved), no overrides or choices of its own
+        config = read_mapping(run_dir / "config.yaml")
+        if isinstance(config.get("arch_name"), str):
+            choices = {"arch": config["arch_name"]}
     run = Run(
         path=run_dir,
         name=name,
         overrides=[str(override) for override in overrides],
-        config=dotted(read_mapping(run_dir / ".hydra" / "config.yaml")),
+        config=dotted(config),
         choices=choices,
         metrics=metrics,
     )

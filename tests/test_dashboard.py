@@ -221,6 +221,31 @@ def test_runs_without_hydras_record_are_named_not_said_missing(tmp_path, capsys)
                                              f"(hydra.output_subdir=null?), such as {sweep / '0'}")
 
 
+def test_an_experiments_sub_runs_are_read_from_their_config_yaml(tmp_path, capsys):
+    """An experiment (fig. 8's architectures, say) leaves Hydra's record in its own folder, which holds no
+    result, and each sub-run's composed config.yaml beside its metrics.json, with no .hydra/: the dashboard
+    refused it as runs "without .hydra/config.yaml (hydra.output_subdir=null?)"."""
+    experiment = make_run(tmp_path, "fig8")
+    (experiment / "metrics.json").unlink()  # the experiment's folder: Hydra's record, no result of its own
+    for index, (arch, lr) in enumerate([("skip_depth2", 0.01), ("unet", 0.001)]):
+        sub_run = experiment / arch
+        sub_run.mkdir()
+        config = {"arch_name": arch, "optim": {"lr": lr}, "seed": 0,
+                  "data": {"path": "/data/library.png", "observation": None, "default_image": "astronaut"}}
+        (sub_run / "config.yaml").write_text(yaml.safe_dump(config))
+        (sub_run / "metrics.json").write_text(json.dumps({**METRICS, "arch": arch, "psnr": 20.0 + index}))
+        make_png(sub_run / "restored.png", 16, 16, seed=index)
+    compare.main([str(experiment)])
+    assert capsys.readouterr().out == f"dashboard: {experiment / 'dashboard.html'}\n"
+    page = (experiment / "dashboard.html").read_text()
+    assert "2 finished run(s) in" in page and "class='unfinished'" not in page  # nor the experiment's folder
+    assert "<a href='skip_depth2/'>skip_depth2</a></td><td>skip_depth2</td><td>library</td>" in page
+    assert "<tr><td>unet</td><td>1</td><td>21.00</td>" in page
+    assert "<tr><td>0.001</td><td>1</td>" in compare.write_dashboard(experiment, experiment, by="optim.lr").read_text()
+    run = compare.read_run(experiment / "unet", "unet")
+    assert (run.choices, run.overrides, run.config["optim.lr"]) == ({"arch": "unet"}, [], 0.001)
+
+
 def test_images_that_share_a_file_stem_get_rows_of_their_own():
     """Two folders' photo.png (or one image under two tasks) were one row of the grid, showing the first
     one's observation, and one "best" run over both."""
