@@ -415,6 +415,11 @@ def _raised_by_compiled_code(error: BaseException) -> bool:
     return any("torchinductor" in frame.filename or "/torch/_inductor/" in frame.filename for frame in frames)
 
 
+def open_wandb_run():
+    """The W&B run this process has open (``wandb.run``), or None; W&B is not imported for it."""
+    return wandb.run if (wandb := sys.modules.get("wandb")) is not None else None
+
+
 def ends_its_wandb_run_on_error(fit_and_write: Callable) -> Callable:
     """``fit_and_write``, ending the W&B run it started (the one this process has open) when it fails, in the
     fit's steps or after them: the next fit of the process (a sweep's next job, the API's next call) would
@@ -422,12 +427,12 @@ def ends_its_wandb_run_on_error(fit_and_write: Callable) -> Callable:
     is not its to end."""
     @functools.wraps(fit_and_write)
     def ending(*args, **kwargs):
-        earlier = wandb.run if (wandb := sys.modules.get("wandb")) is not None else None
+        earlier = open_wandb_run()
         try:
             return fit_and_write(*args, **kwargs)
         except BaseException:
-            if (wandb := sys.modules.get("wandb")) is not None and wandb.run is not None and wandb.run is not earlier:
-                wandb.finish(exit_code=1)
+            if (ours := open_wandb_run()) is not None and ours is not earlier:
+                ours.finish(exit_code=1)
             raise
 
     return ending
@@ -454,6 +459,7 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
     written every N steps stays, and ``OutputsNotWrittenError`` says where.
     """
     checkpoint_dir = checkpoint_dir if checkpoint_dir is not None else output_dir
+    earlier_wandb_run = open_wandb_run()  # the user's own: the W&B logger logs into it, and leaves it open
     problem, module = prepare(cfg, problem, seeds, generator)
     early_stopping = early_stopping_of(cfg)
     # Early stopping already chooses the outputs; otherwise a fit that collapses at its end keeps an EMA from before
@@ -556,9 +562,8 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
         )
         if isinstance(logger, WandbLogger):
             logger.experiment.summary.update({k: v for k, v in metrics.items() if v is not None})
-            import wandb
-
-            wandb.finish()
+            if logger.experiment is not earlier_wandb_run:
+                logger.experiment.finish()
         if saver.interrupted and saver.path is not None:
             raise saver.interruption(saver.interrupted, steps, trainer.max_steps)
         if write is None and output_dir is not None:

@@ -97,6 +97,9 @@ def test_another_image_into_a_folder_is_another_run_and_a_failed_fit_ends_its_w_
         with pytest.raises(RuntimeError, match="breaks"):
             restore(torch.rand(3, 16, 16), overrides=[*keep[:2], "logger=none"])
         assert wandb.run is own
+        monkeypatch.undo()  # nor is a fit's that finished: the W&B logger logs into the open run, and leaves it open
+        restore(torch.rand(3, 16, 16), output_dir=tmp_path / "logged", overrides=[*keep[:2], "logger=wandb"])
+        assert wandb.run is own
         own.log({"after": 1.0})
     finally:
         own.finish()
