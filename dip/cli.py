@@ -586,7 +586,7 @@ def _failed_job(message: str) -> None:
     hydra_config = HydraConfig.get()
     line = f"job {hydra_config.job.num} ({' '.join(hydra_config.overrides.task)}): {message}"
     print(f"error: {line}", file=sys.stderr)
-    FAILURES_FILE.append(record_failure(sweep_folder(hydra_config), line))
+    FAILURES_FILE.append(record_failure(sweep_folder(hydra_config), line, hydra_config.runtime.output_dir))
 
 
 def search_value(metrics: dict) -> float | None:

@@ -14,6 +14,7 @@ import shlex
 from pathlib import Path
 from typing import IO, Any
 
+from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
@@ -23,7 +24,8 @@ from dip.gpus import pin_to_gpu, visible_gpus
 
 log = logging.getLogger(__name__)
 FAILED_JOBS = "failed_jobs.txt"  # in the sweep folder: a line per job that stopped on a DipError
-SWEEP_JOBS = ".sweep_jobs"  # in the sweep folder: this sweep's job folders, a line each (earlier sweeps' left out)
+SWEEP_JOBS = ".sweep_jobs"  # in the sweep folder: this sweep's job folders as each started and finished
+_failed_here: set[str] = set()  # the folders of the jobs that failed in this process (record_failure)
 _held_slot: tuple[int, IO] | None = None  # (slot, its locked file): this process's place on a GPU
 
 
@@ -96,8 +98,10 @@ def sweep_folder(hydra_config: DictConfig) -> Path:
     return Path(hydra_config.runtime.cwd, hydra_config.sweep.dir)
 
 
-def record_failure(sweep_dir: Path, line: str) -> Path:
-    """Append ``line`` (one job's error) to the sweep's list of failed jobs, and return the list's path."""
+def record_failure(sweep_dir: Path, line: str, job_dir: str) -> Path:
+    """Append ``line`` (the error of the job in ``job_dir``) to the sweep's list of failed jobs, and return the
+    list's path."""
+    _failed_here.add(job_dir)
     return _append_line(sweep_dir / FAILED_JOBS, line)
 
 
@@ -110,11 +114,16 @@ def _append_line(path: Path, line: str) -> Path:
     return path
 
 
-def sweep_jobs(sweep_dir: Path) -> list[Path]:
-    """The folders of the jobs that the sweep last run in ``sweep_dir`` started, in the order they started."""
+def sweep_jobs(sweep_dir: Path) -> dict[Path, bool]:
+    """The folders of the jobs that the sweep last run in ``sweep_dir`` started, in the order they started, each
+    with whether it finished (its run, experiment or benchmark done, or found done before)."""
     listed = sweep_dir / SWEEP_JOBS
     lines = listed.read_text(encoding="utf-8", errors="replace").splitlines() if listed.is_file() else []
-    return [Path(line) for line in dict.fromkeys(lines)]
+    jobs: dict[Path, bool] = {}
+    for line in lines:
+        status, _, folder = line.partition("\t")
+        jobs[Path(folder)] = jobs.get(Path(folder), False) or status == "finished"
+    return jobs
 
 
 def failed_jobs(sweep_dir: Path) -> list[str]:
@@ -143,7 +152,14 @@ class SweepSummary(Callback):
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         if config.hydra.mode == RunMode.MULTIRUN:  # in the job's process, a launcher's worker too
-            _append_line(sweep_folder(config.hydra) / SWEEP_JOBS, config.hydra.runtime.output_dir)
+            _append_line(sweep_folder(config.hydra) / SWEEP_JOBS, f"started\t{config.hydra.runtime.output_dir}")
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        # a job that failed on a DipError returned (None, its line said): the other jobs go on
+        folder = config.hydra.runtime.output_dir
+        if config.hydra.mode == RunMode.MULTIRUN and job_return.status == JobStatus.COMPLETED \
+                and folder not in _failed_here:
+            _append_line(sweep_folder(config.hydra) / SWEEP_JOBS, f"finished\t{folder}")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -156,17 +172,17 @@ class SweepSummary(Callback):
 COMPARE_SCRIPT = Path(__file__).resolve().parent.parent / "experiments" / "compare.py"
 
 
-def sweep_summary(sweep_dir: Path, jobs: list[Path]) -> str:
-    """What the sweep whose job folders are ``jobs`` left in ``sweep_dir``: how many of them finished (run now
-    or before), the runs of earlier sweeps there, the dashboard's command, the failed jobs, the offline
-    W&B runs to upload."""
-    jobs = [job.resolve() for job in jobs]
+def sweep_summary(sweep_dir: Path, jobs: dict[Path, bool]) -> str:
+    """What the sweep whose job folders are ``jobs`` (each with whether it finished) left in ``sweep_dir``: how
+    many of them finished (run now or before), the runs of earlier sweeps there, the dashboard's command, the
+    failed jobs, the offline W&B runs to upload."""
     runs = sorted(path.parent for path in sweep_dir.glob("**/metrics.json"))
-    finished = [job for job in jobs if (job / "metrics.json").is_file()]
-    # an experiment's sub-runs are inside its job's folder: not runs of their own
-    earlier = [run for run in runs if not any(run.resolve().is_relative_to(job) for job in jobs)]
+    # an experiment's or a benchmark's sub-runs are inside its job's folder: not runs of their own; a run in the
+    # folder of a job that failed (refused, as it held other settings) is an earlier sweep's
+    earlier = [run for run in runs if not any(run.resolve().is_relative_to(job.resolve()) and (done or run != job)
+                                              for job, done in jobs.items())]
     failures = failed_jobs(sweep_dir)
-    lines = [f"sweep: {len(finished)} of {len(jobs)} job(s) finished in {sweep_dir}"
+    lines = [f"sweep: {sum(jobs.values())} of {len(jobs)} job(s) finished in {sweep_dir}"
              + (f"; {len(earlier)} run(s) of earlier sweeps there too" if earlier else "")]
     # with no run's record (Hydra's, or an experiment's sub-run's config.yaml), compare.py would only say so
     if any((run / ".hydra" / "config.yaml").is_file() or (run / "config.yaml").is_file() for run in runs):

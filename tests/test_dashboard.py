@@ -160,7 +160,7 @@ def test_a_failed_jobs_list_that_is_not_utf8_is_read(tmp_path):
     sweep = make_sweep(tmp_path)
     (sweep / sweeps.FAILED_JOBS).write_bytes(b"job 1 (seed=1): \xff\xfe broken\n")
     assert sweeps.failed_jobs(sweep) == ["job 1 (seed=1): \ufffd\ufffd broken"]
-    assert "failed: 1 job(s)" in sweeps.sweep_summary(sweep, [])
+    assert "failed: 1 job(s)" in sweeps.sweep_summary(sweep, {})
     assert "1 job(s) failed" in compare.write_dashboard(sweep, sweep).read_text()
 
 
@@ -204,9 +204,10 @@ def test_the_commands_a_sweep_prints_can_be_pasted_into_a_shell(tmp_path, monkey
     sweep = tmp_path / "my sweep"
     (make_run(sweep, "0") / "wandb" / "offline-run-20261207_000000-a").mkdir(parents=True)
     monkeypatch.chdir(ROOT)
-    lines = {line.split(":")[0].strip(): line for line in sweeps.sweep_summary(sweep, [sweep / "0"]).splitlines()}
+    summary = sweeps.sweep_summary(sweep, {sweep / "0": True}).splitlines()
+    lines = {line.split(":")[0].strip(): line for line in summary}
     assert shlex.split(lines["dashboard"])[1:] == ["python", "experiments/compare.py", str(sweep)]
-    upload = next(line for line in sweeps.sweep_summary(sweep, [sweep / "0"]).splitlines() if "wandb sync" in line)
+    upload = next(line for line in summary if "wandb sync" in line)
     assert shlex.split(upload) == ["wandb", "sync", f"{sweep}/*/wandb/offline-run-*"]  # the shell expands the *
 
 
@@ -214,7 +215,7 @@ def test_runs_without_hydras_record_are_named_not_said_missing(tmp_path, capsys)
     """hydra.output_subdir=null: the summary offered the dashboard, which then found "no */metrics.json"."""
     sweep = tmp_path / "sweep"
     shutil.rmtree(make_run(sweep, "0") / ".hydra")
-    summary = sweeps.sweep_summary(sweep, [sweep / "0"])
+    summary = sweeps.sweep_summary(sweep, {sweep / "0": True})
     assert "sweep: 1 of 1 job(s) finished" in summary and "dashboard:" not in summary
     assert refused([str(sweep)], capsys) == (f"error: {sweep}: no run with Hydra's record of its settings, which the "
                                              f"dashboard compares: 1 finished run(s) without .hydra/config.yaml "
@@ -265,16 +266,16 @@ def test_images_that_share_a_file_stem_get_rows_of_their_own():
 def test_a_sweep_whose_jobs_all_failed_says_so(tmp_path, capsys, monkeypatch):
     sweep = tmp_path / "sweep"
     sweep.mkdir()
-    sweeps.record_failure(sweep, "job 0 (data.path=a.png): image file not found: a.png")
-    summary = sweeps.sweep_summary(sweep, [sweep / "0"])
+    sweeps.record_failure(sweep, "job 0 (data.path=a.png): image file not found: a.png", str(sweep / "0"))
+    summary = sweeps.sweep_summary(sweep, {sweep / "0": False})
     assert "sweep: 0 of 1 job(s) finished" in summary and "dashboard:" not in summary and "failed: 1 job(s)" in summary
     assert refused([str(sweep)], capsys) == (f"error: {sweep}: no finished run (no */metrics.json under it); "
                                              f"1 job(s) failed, listed in {sweep / sweeps.FAILED_JOBS}")
     make_run(sweep, "1")
     monkeypatch.chdir(ROOT)
-    assert "dashboard: python experiments/compare.py" in sweeps.sweep_summary(sweep, [sweep / "1"])
+    assert "dashboard: python experiments/compare.py" in sweeps.sweep_summary(sweep, {sweep / "1": True})
     monkeypatch.chdir(tmp_path)  # a sweep run from outside the checkout: a command that works there
-    assert f"dashboard: python {sweeps.COMPARE_SCRIPT} {sweep}" in sweeps.sweep_summary(sweep, [sweep / "1"])
+    assert f"dashboard: python {sweeps.COMPARE_SCRIPT} {sweep}" in sweeps.sweep_summary(sweep, {sweep / "1": True})
     assert sweeps.COMPARE_SCRIPT.is_file()
 
 

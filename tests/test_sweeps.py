@@ -178,7 +178,7 @@ def test_sweep_summary_lists_failed_jobs_and_a_rerun_starts_a_fresh_list(tmp_pat
     summary.on_multirun_start(config)
     summary.on_multirun_end(config)  # nothing failed: no exit
     assert "failed" not in capsys.readouterr().out
-    sweeps.record_failure(tmp_path, "job 1 (data.path=a.png): image file not found: a.png")
+    sweeps.record_failure(tmp_path, "job 1 (data.path=a.png): image file not found: a.png", str(tmp_path / "1"))
     with pytest.raises(SystemExit) as exited:
         summary.on_multirun_end(config)
     assert exited.value.code == 2
@@ -296,6 +296,12 @@ def test_a_sweep_run_again_in_worker_processes_keeps_its_finished_runs(tmp_path)
     assert {job: (sweep / job / ".hydra" / "config.yaml").read_bytes() for job in ("0", "1")} == records
 
 
+def test_a_sweep_of_experiments_counts_each_finished_job(tmp_path):
+    """An experiment's job writes no metrics.json of its own (its sub-runs do): the summary said 0 of 1."""
+    result = multirun(tmp_path / "sweep", "+experiment=two_run_average", "experiment.runs=1", "seed=0", "logger=none")
+    assert f"sweep: 1 of 1 job(s) finished in {tmp_path / 'sweep'}\n" in result.stdout
+
+
 def test_grid_multirun_then_dashboard(tmp_path):
     sweep = tmp_path / "grid"
     result = multirun(sweep, "arch=skip,unet,resnet", "logger=csv")
@@ -303,6 +309,9 @@ def test_grid_multirun_then_dashboard(tmp_path):
     # a shorter sweep into the folder counts its own job, and the earlier sweep's others apart
     again = multirun(sweep, "arch=skip", "logger=csv")
     assert f"sweep: 1 of 1 job(s) finished in {sweep}; 2 run(s) of earlier sweeps there too" in again.stdout
+    refused = run_cli("-m", "arch=skip", "seed=5", "logger=csv", *TINY, f"hydra.sweep.dir={sweep}")  # job 0 is taken
+    assert refused.returncode == 2
+    assert f"sweep: 0 of 1 job(s) finished in {sweep}; 3 run(s) of earlier" in refused.stdout
     assert f"dashboard: python experiments/compare.py {sweep}" in result.stdout
     runs = {metrics(sweep / str(job))["arch"]: metrics(sweep / str(job)) for job in range(3)}
     assert set(runs) == {"skip", "unet", "resnet"}
