@@ -280,9 +280,13 @@ def _unknown_setting(key: str, overrides: Sequence[str], config_name: str) -> st
 
 
 def misspelt_setting(key: str, cfg: DictConfig) -> str | None:
-    """`` (did you mean hydra.run.dir?)`` when ``cfg`` lacks ``key`` and has a setting beside it of a name
-    close to its, else None (a setting it has, or one added of a name of its own: ``hydra.job.env_set.X``)."""
-    return None if _has_key(cfg, key) else _close_setting(key, cfg) or None
+    """`` (did you mean hydra.run.dir?)`` when ``cfg`` lacks ``key`` in a node of a fixed schema (a structured
+    config, as Hydra's own are) that has a setting of a name close to its, else None: a setting it has, or
+    one added to an open mapping (``hydra.job.env_set.X``, ``hydra.callbacks.mine``)."""
+    node, _, _ = _parent_node(cfg, key)
+    if _has_key(cfg, key) or node is None or OmegaConf.get_type(node) is dict:
+        return None
+    return _close_setting(key, cfg) or None
 
 
 def _close_setting(key: str, cfg: DictConfig) -> str:

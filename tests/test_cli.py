@@ -335,7 +335,9 @@ def test_a_typo_in_one_of_hydras_settings_is_one_line_with_the_name_meant(tmp_pa
     assert_one_line_error(done, f"{override}={tmp_path / 'x'}: Hydra has no setting hydra.run.dri (did you mean "
                                 "hydra.run.dir?)")
     assert not (tmp_path / "x").exists()
-    check_overrides(["+hydra.job.env_set.MY_SETTING=1", "hydra.job.chdir=true"])  # a name of one's own, a right one
+    # a name of one's own in an open mapping (beside sweep_summary, a callback named summary), a right one
+    check_overrides(["+hydra.job.env_set.MY_SETTING=1", "hydra.job.chdir=true",
+                     "+hydra.callbacks.summary={_target_:dip.sweeps.SweepSummary}"])
 
 
 def test_a_sweep_folder_another_sweep_is_writing_into_is_refused(tmp_path):
