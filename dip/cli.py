@@ -126,6 +126,7 @@ def check_overrides(arguments: list[str], config_name: str = "config") -> DictCo
         if check is not fixed:
             continue
         fixed_cfg = cfg
+        _check_search_target(cfg, config_name)
         multirun = bool(swept) or is_multirun(arguments, cfg)
         if config_name == "config" and multirun and _every_job_reads_this_input(cfg, arguments, swept):
             try:  # an input that every job shares and would fail on: once, not once per job or trial
@@ -134,6 +135,17 @@ def check_overrides(arguments: list[str], config_name: str = "config") -> DictCo
                 fail(str(error))
     _check_hydra_settings(arguments, config_name)
     return fixed_cfg
+
+
+def _check_search_target(cfg: DictConfig, config_name: str) -> None:
+    """Refuse an Optuna search of what returns no PSNR to maximise: an experiment's figure, a benchmark's table
+    (every trial would fail, and the search end in "no trial finished")."""
+    if "optuna" not in str(OmegaConf.select(cfg, "hydra.sweeper._target_", default="")):
+        return
+    if OmegaConf.select(cfg, "experiment.runner") or config_name != "config":
+        what = "+experiment=NAME makes a figure" if config_name == "config" else "a benchmark makes a table"
+        fail(f"an Optuna search maximises one restoration's PSNR, and {what} of several: search over run.py's "
+             f"settings (python run.py +hparams_search=optuna_lr ...), or sweep with -m")
 
 
 def _check_hydra_settings(arguments: list[str], config_name: str) -> None:

@@ -55,6 +55,17 @@ def cli_environment(env: dict | None = None) -> dict:
     return environment
 
 
+def assert_one_line_error(done: subprocess.CompletedProcess, *needles: str) -> None:
+    """A command refused as the project promises: a non-zero exit, no traceback, one ``error:`` line, holding
+    each of ``needles``."""
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, done.stderr
+    for needle in needles:
+        assert needle in lines[0]
+
+
 def run_cli(*args: str, script: str = "run.py", env: dict | None = None, timeout: int = 600,
             fresh: bool = False) -> subprocess.CompletedProcess:
     """Run a script of the project as a user would, from the repository root: in a child forked from a

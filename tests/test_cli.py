@@ -30,6 +30,7 @@ from dip.outputs import Result, write_outputs
 from dip.pipeline import prepare, run
 from tests.conftest import (
     ROOT,
+    assert_one_line_error,
     cli_environment,
     make_png,
     offline_run_file,
@@ -128,15 +129,6 @@ def test_sr_on_a_grey_file_restores_the_full_size(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert (metrics["width"], metrics["height"]) == (60, 44)
     assert f"{clean}: 61x47 cropped from the top-left to 60x44" in done.stdout + done.stderr
-
-
-def assert_one_line_error(done, *needles):
-    assert done.returncode != 0
-    assert "Traceback" not in done.stderr
-    lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, done.stderr
-    for needle in needles:
-        assert needle in lines[0]
 
 
 @pytest.mark.parametrize(

@@ -30,7 +30,7 @@ from dip.loggers import flat_config
 from dip.pipeline import make_logger, run
 from dip.run_settings import result_settings
 from dip.wandb_files import offline_run_records
-from tests.conftest import make_png, offline_run_file, run_cli, run_cli_signalled
+from tests.conftest import assert_one_line_error, make_png, offline_run_file, run_cli, run_cli_signalled
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["trainer.max_steps=3", "metrics_every=1", "data.size=32"]
@@ -407,6 +407,19 @@ def test_an_optuna_search_chooses_among_a_globs_options(tmp_path):
     sweep = tmp_path / "optuna"
     multirun(sweep, "+hparams_search=optuna_lr", "hydra.sweeper.n_trials=1", "arch=glob(skip_depth2)", "logger=none")
     assert metrics(sweep / "0")["arch"] == "skip_depth2"
+
+
+@pytest.mark.parametrize("script, extra, what", [
+    ("run.py", ["+experiment=two_run_average"], "+experiment=NAME makes a figure of several"),
+    ("experiments/benchmark.py", ["benchmark=set5_x4"], "a benchmark makes a table of several"),
+])
+def test_an_optuna_search_of_what_returns_no_psnr_is_refused(tmp_path, script, extra, what):
+    """Each trial ran, returned nothing to maximise and counted as failed, and the search ended in "no trial
+    finished" without a reason."""
+    done = run_cli("+hparams_search=optuna_lr", "hydra.sweeper.n_trials=1", *extra, "logger=none", *TINY,
+                   f"hydra.sweep.dir={tmp_path / 'sweep'}", script=script)
+    assert_one_line_error(done, f"an Optuna search maximises one restoration's PSNR, and {what}")
+    assert not (tmp_path / "sweep").exists()
 
 
 @pytest.mark.parametrize("search", [["+hparams_search=optuna_lr", "hydra.sweeper.n_trials=2"], ["-m", "seed=0,1"]])
