@@ -314,9 +314,13 @@ def taken_folder(arguments: list[str], multirun: bool, config_name: str = "confi
     it made, and only that."""
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     arguments, given = pinned_folder(arguments, key, config_name)
-    EARLIER_RUNS.note_folders(dict(run_folders(arguments)).get(key))  # before holding it makes it
     if not known_before_the_job(given):  # a folder named by the job's name is not this text
+        EARLIER_RUNS.note_folders(dict(run_folders(arguments)).get(key))
         return arguments
+    folder = dict(run_folders(arguments)).get(key)
+    if folder is not None and "${" in str(folder):  # Hydra's job names its log file after it, and resolves that
+        fail(f"{key}={folder}: a folder whose name holds '${{' cannot be Hydra's: it would read it as an interpolation")
+    EARLIER_RUNS.note_folders(folder)  # before holding it makes it
     arguments = held_run_folder(arguments, gives_way="${now:" in given, key=key)
     EARLIER_RUNS.folder = dict(run_folders(arguments)).get(key)
     EARLIER_RUNS.held = EARLIER_RUNS.folder is not None

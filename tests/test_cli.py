@@ -231,7 +231,9 @@ def test_outputs_that_fail_over_a_finished_run_s_leave_it_unfinished(tmp_path):
 @pytest.mark.parametrize("folder, needle", [("''", "hydra.run.dir is empty"),
                                             ("x" * 300, "cannot write there (File name too long)"),
                                             ("${nonexistent}", "/${nonexistent}: Interpolation key 'nonexistent' "
-                                                               "not found")])
+                                                               "not found"),
+                                            # escaped, it is the folder's name, which Hydra's job then resolves
+                                            ("a\\${b}c", "/a${b}c: a folder whose name holds '${' cannot be Hydra's")])
 def test_a_run_folder_that_names_no_folder_is_one_line(tmp_path, folder, needle):
     """An empty name would write the run into the working directory; one too long for the file system
     failed with a traceback."""
