@@ -77,6 +77,7 @@ from dip.outputs import (
     write_json,
     write_outputs,
 )
+from dip.physics import Degradation
 from dip.problem import problem_from_config, stack_problems
 from dip.run_settings import RESULT_SETTINGS, refuse_other_settings, without_implied_settings
 from dip.signals import signal_finished_first, stop_signals
@@ -438,14 +439,14 @@ def check_baselines(names: list[str], jobs: list[ImageJob]) -> None:
                            f"not this benchmark's {type(physics).__name__}")
 
 
-def image_jobs(cfg: DictConfig, image: DatasetImage, directory: Path) -> list[ImageJob]:
+def image_jobs(cfg: DictConfig, image: DatasetImage, directory: Path, physics: Degradation) -> list[ImageJob]:
     """The restorations of one image: one into ``directory``, or ``benchmark.runs`` of them (seeds
-    ``seed``, ``seed + 1``, ...; one observation) into ``directory/seed<S>``."""
+    ``seed``, ``seed + 1``, ...; one observation) into ``directory/seed<S>``; ``physics`` is the task's
+    degradation (built once for the benchmark), which decides the size scored."""
     runs = cfg.benchmark.runs
     check_whole_number("benchmark.runs", runs)
     crop = cfg.data.size
     size = (image.height, image.width) if not crop else (min(crop, image.height), min(crop, image.width))
-    physics = instantiate_settings(cfg.task.physics, "task.physics")
     scored = physics.solution_size(*physics.observation_size(*size))  # super-resolution's crop to the factor too
     if min(scored) <= 2 * cfg.benchmark.shave:  # scored on an empty window, every PSNR would be nan
         raise DipError(f"benchmark.shave={cfg.benchmark.shave} leaves nothing of {image.name} "
@@ -653,7 +654,8 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> dict:
     if unknown := sorted((restorable or set()) - {image.name for image in images}):
         raise DipError(f"benchmark.restore names {', '.join(unknown)}, not among the images of this benchmark "
                        f"({Path(cfg.data.root) / spec.dataset}, benchmark.images)")
-    per_image = [(run_dir / "images" / image.stem, image_jobs(cfg, image, run_dir / "images" / image.stem))
+    physics = instantiate_settings(cfg.task.physics, "task.physics")
+    per_image = [(run_dir / "images" / image.stem, image_jobs(cfg, image, run_dir / "images" / image.stem, physics))
                  for image in images]
     jobs = [job for _, image_runs in per_image for job in image_runs]
     saved = {job.output_dir: finished_config(job.output_dir) for job in jobs}

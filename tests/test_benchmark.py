@@ -33,7 +33,7 @@ from dip.benchmark import (
     image_jobs,
     run_benchmark,
 )
-from dip.config import compose_config
+from dip.config import compose_config, instantiate_settings
 from dip.datasets import open_dataset
 from dip.errors import DipError, Interrupted
 from dip.images import load_image
@@ -482,7 +482,8 @@ def test_saved_baselines_count_for_the_same_image_observation_and_protocol_only(
     root = tmp_path / "data"
     make_dataset(root, "Set5", ["baby.png"])
     cfg = compose("set5_x4", root, tmp_path / "run")
-    (job,) = image_jobs(cfg, open_dataset(root, "Set5")[0], tmp_path / "run" / "images" / "baby")
+    (job,) = image_jobs(cfg, open_dataset(root, "Set5")[0], tmp_path / "run" / "images" / "baby",
+                        instantiate_settings(cfg.task.physics, "task.physics"))
     bicubic, calls = BASELINES["bicubic"], []
 
     def counted(y, physics):
