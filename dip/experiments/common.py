@@ -195,6 +195,7 @@ class LossRecorder(pl.Callback):
                                        f"at, or delete it to fit again")
         kept = [(step, loss) for step, loss in zip(state_dict["steps"], state_dict["losses"], strict=True)
                 if step % self.every == 0]
+        self.last_step = reached  # a checkpoint written again before this fit's first step is of that step
         self.steps, self._earlier, self._losses = [step for step, _ in kept], [loss for _, loss in kept], []
 
 
@@ -228,6 +229,7 @@ class Snapshots(pl.Callback):
                                        f"those it took ({_listed(sorted(state_dict['images']))}) and later ones, or "
                                        f"delete it to fit again")
         self.images = {step: image for step, image in state_dict["images"].items() if step in self.steps}
+        self.last_step = reached
 
 
 def _listed(steps: list[int], shown: int = 6) -> str:
