@@ -133,7 +133,7 @@ def check_overrides(arguments: list[str], config_name: str = "config") -> DictCo
                 problem_from_config(cfg)
             except DipError as error:
                 fail(str(error))
-    _check_hydra_settings(arguments, config_name)
+    _check_hydra_settings(arguments, fixed_cfg, config_name)
     return fixed_cfg
 
 
@@ -148,10 +148,11 @@ def _check_search_target(cfg: DictConfig, config_name: str) -> None:
              f"settings (python run.py +hparams_search=optuna_lr ...), or sweep with -m")
 
 
-def _check_hydra_settings(arguments: list[str], config_name: str) -> None:
+def _check_hydra_settings(arguments: list[str], cfg: DictConfig, config_name: str) -> None:
     """Refuse in one line a typo in the name of one of Hydra's settings: ``+hydra.run.dri=x`` was added where
     nothing reads it (the run went to the default folder), and ``hydra.run.dri=x`` got Hydra's line without
-    the name meant."""
+    the name meant. ``cfg``: the config of the other overrides, whose ``hydra`` node is the one they set
+    unless Hydra's config groups are chosen too (``hydra/launcher=joblib``) or one of Hydra's is added."""
     parser = OverridesParser.create()
     given = [text for text in _override_arguments(arguments, hydra=True)
              if text.lstrip("+~").startswith("hydra.") and not text.lstrip("+~").startswith(SEARCH_SPACE)]
@@ -159,10 +160,11 @@ def _check_hydra_settings(arguments: list[str], config_name: str) -> None:
         return
     others = [text for text in _override_arguments(arguments, hydra=True)
               if text not in given and not parser.parse_overrides([text])[0].is_sweep_override()]
-    try:
-        cfg = compose_config(others, config_name=config_name)
-    except Exception:  # noqa: BLE001 (Hydra's and OmegaConf's many errors): Hydra says what it cannot compose
-        return
+    if any(text.lstrip("+~").startswith("hydra/") for text in others) or any(text[0] == "+" for text in given):
+        try:
+            cfg = compose_config(others, config_name=config_name)
+        except Exception:  # noqa: BLE001 (Hydra's and OmegaConf's many errors): Hydra says what it cannot compose
+            return
     for text in given:
         key = text.lstrip("+~").partition("=")[0]
         if hint := misspelt_setting(key, cfg):
