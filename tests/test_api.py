@@ -61,6 +61,7 @@ def test_the_first_call_of_a_session_leaves_python_s_random_state_as_it_was():
     assert done.returncode == 0 and done.stdout.strip().splitlines()[-1] == "True", done.stderr[-2000:]
 
 
+@pytest.mark.filterwarnings("ignore:There is a wandb run already in progress")  # the user's own, logged into
 def test_another_image_into_a_folder_is_another_run_and_a_failed_fit_ends_its_w_and_b_run(tmp_path, monkeypatch):
     """An image given to restore() stayed out of the run's settings: another one continued the first one's
     checkpoint. A fit that raised left its W&B run open, and the next call logged into it."""
