@@ -59,6 +59,7 @@ from dip.errors import (
     check_choice,
     kept_traceback,
     one_line,
+    pasted_override,
 )
 from dip.files import atomic_path
 from dip.gpus import pin_to_gpu, visible_gpus, worker_count
@@ -723,7 +724,8 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> dict:
                for directory, image_runs, _ in done]
     waiting = dict(sorted(not_started.items()))
     if waiting:
-        log.info(f"{len(waiting)} image(s) left for a later run with hydra.run.dir={run_dir}: {', '.join(waiting)}")
+        log.info(f"{len(waiting)} image(s) left for a later run with {pasted_override('hydra.run.dir', run_dir)}: "
+                 f"{', '.join(waiting)}")
     run_info = {"wall_seconds": time.perf_counter() - start, "workers": workers, "gpus": len(gpus),
                 "date": datetime.now().strftime("%Y-%m-%d %H:%M"), "dataset": str(Path(cfg.data.root) / spec.dataset),
                 "all_images": spec.images is None and not waiting and not failed, "reused": len(finished),

@@ -36,9 +36,11 @@ from dip.errors import (
     DipError,
     RunInterruptedError,
     fail,
+    hydra_quoted,
     interruption_signal,
     kept_traceback,
     one_line,
+    pasted_override,
 )
 from dip.files import hold_folder, unwritable
 from dip.outputs import OUTPUT_FILES, RESTART_OUTPUT, decibels, describe, finished_metrics, offline_wandb_line
@@ -211,14 +213,6 @@ def _unquoted(value: str) -> str:
     # an odd run of backslashes before ${ is escaped backslashes and an escaped ${; an even one, a live ${
     return re.sub(r"(\\+)(?=\$\{)", lambda run: "\\" * (len(run[1]) // 2) if len(run[1]) % 2 else run[1],
                   str(parsed))
-
-
-def hydra_quoted(text: str) -> str:
-    """``text`` as a quoted override value that Hydra, then OmegaConf, read back as ``text``: ``${`` escaped
-    (not interpolated again), and the backslashes before it, before a quote or at the end, doubled."""
-    text = re.sub(r"(\\+)(?=\$\{)", lambda run: run[1] * 2, text).replace("${", "\\${")
-    text = re.sub(r"(\\+)(?='|$)", lambda run: run[1] * 2, text)
-    return "'" + text.replace("'", "\\'") + "'"
 
 
 def check_run_folders(arguments: list[str]) -> None:
@@ -572,9 +566,10 @@ def hydra_main(cfg: DictConfig) -> float | None:
         signum = interruption_signal(interruption)
         hydra_config = HydraConfig.get()
         if hydra_config.mode == RunMode.MULTIRUN:
-            again = f": run the sweep again with hydra.sweep.dir={hydra_config.sweep.dir} to continue"
+            sweep = pasted_override("hydra.sweep.dir", hydra_config.sweep.dir)
+            again = f": run the sweep again with {sweep} to continue"
         elif runner:  # the sub-runs finished are kept
-            again = f": run the same command again with hydra.run.dir={output_dir} to continue"
+            again = f": run the same command again with {pasted_override('hydra.run.dir', output_dir)} to continue"
         else:
             again = ""
         if not runner:  # nothing of this job worth keeping
@@ -593,7 +588,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
         print(upload)
     if hydra_config.mode == RunMode.MULTIRUN and (signum := signal_finished_first()) is not None:
         print(f"{signal.Signals(signum).name}: job {hydra_config.job.num} finished first; run the sweep again with "
-              f"hydra.sweep.dir={hydra_config.sweep.dir} for any jobs left", file=sys.stderr)
+              f"{pasted_override('hydra.sweep.dir', hydra_config.sweep.dir)} for any jobs left", file=sys.stderr)
         raise SystemExit(128 + signum)
     return search_value(result.metrics)
 

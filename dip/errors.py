@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import shlex
 import signal
 import sys
 import traceback
@@ -39,6 +41,23 @@ def load_fault(error: BaseException) -> str:
     if isinstance(error, RuntimeError):  # torch's own, reading a damaged archive
         return one_line(error, 80)
     return "not a PyTorch file of tensors"  # the unpickler's, on a file of another kind (KeyError, EOFError, ...)
+
+
+def hydra_quoted(text: str) -> str:
+    """``text`` as a quoted override value that Hydra, then OmegaConf, read back as ``text``: ``${`` escaped
+    (not interpolated again), and the backslashes before it, before a quote or at the end, doubled."""
+    text = re.sub(r"(\\+)(?=\$\{)", lambda run: run[1] * 2, text).replace("${", "\\${")
+    text = re.sub(r"(\\+)(?='|$)", lambda run: run[1] * 2, text)
+    return "'" + text.replace("'", "\\'") + "'"
+
+
+def pasted_override(key: str, value) -> str:
+    """``key=value`` as a line of advice can give it, to be pasted into a shell: as it is where nothing in it is
+    special to the shell or to Hydra, else quoted for both (``'hydra.run.dir='"'"'my runs'"'"''``)."""
+    text = str(value)
+    if re.fullmatch(r"[\w/.+:@%~-]+", text):
+        return f"{key}={text}"
+    return shlex.quote(f"{key}={hydra_quoted(text)}")
 
 
 def fail(message: str) -> NoReturn:
@@ -102,8 +121,9 @@ class RunInterruptedError(Exception):
                  saved_step: int | None = None, why: str = ""):
         self.signum, self.step, self.max_steps, self.checkpoint = signum, step, max_steps, checkpoint
         self.saved_step, self.why = step if saved_step is None else saved_step, why
-        self.advice = advice or (f"run the same command again with hydra.run.dir={checkpoint.parent} "
-                                 f"(or resume={checkpoint})")
+        self.advice = advice or (f"run the same command again with "
+                                 f"{pasted_override('hydra.run.dir', checkpoint.parent)} "
+                                 f"(or {pasted_override('resume', checkpoint)})")
         stopped = f"interrupted by {signal.Signals(signum).name} at step {step} of {max_steps}"
         if self.saved_step == step and not why:
             super().__init__(f"{stopped}; checkpoint written to {checkpoint}: {self.advice} to continue")

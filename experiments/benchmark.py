@@ -25,7 +25,7 @@ try:
     from dip.benchmark import IncompleteTableError, run_benchmark
     from dip.cli import EARLIER_RUNS, launch
     from dip.config import CONF_DIR
-    from dip.errors import DipError, RunInterruptedError, fail, interruption_signal
+    from dip.errors import DipError, RunInterruptedError, fail, interruption_signal, pasted_override
 except KeyboardInterrupt as interruption:  # nothing has started
     exit_interrupted(interruption)
 
@@ -45,7 +45,8 @@ def benchmark(cfg: DictConfig) -> None:
         signum = interruption_signal(interruption)
         print(f"interrupted by {signal.Signals(signum).name}: the finished images and the unfinished ones' "
               f"checkpoints are in {run_dir / 'images'} (those of fits of several images in {run_dir / 'packs'}); "
-              f"run the same command again with hydra.run.dir={run_dir} to continue", file=sys.stderr)
+              f"run the same command again with {pasted_override('hydra.run.dir', run_dir)} to continue",
+              file=sys.stderr)
         raise SystemExit(128 + signum) from None
     print((run_dir / "table.md").read_text(), end="")
     print(f"tables in {run_dir}")

@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -19,12 +20,11 @@ from dip.cli import (
     check_overrides,
     expanded_globs,
     held_run_folder,
-    hydra_quoted,
     pinned_folder,
     run_folders,
 )
 from dip.config import checked_config, compose_config
-from dip.errors import DipError
+from dip.errors import DipError, hydra_quoted, pasted_override
 from dip.files import hold_folder
 from dip.outputs import Result, write_outputs
 from dip.pipeline import prepare, run
@@ -304,6 +304,9 @@ def test_the_run_folder_is_the_one_hydra_resolves_and_a_default_one_in_use_gives
     for name in ["x\\", "it's", "a\\'b", "${not_interpolated}", "a\\${x}"]:
         pinned = pinned_folder([f"hydra.run.dir={hydra_quoted(f'{tmp_path}/{name}')}"], "hydra.run.dir")[0]
         assert run_folders(pinned) == [("hydra.run.dir", tmp_path / name)], name
+        # the advice to run again, pasted into a shell: one word, the same folder (a space split it in two)
+        assert run_folders(shlex.split(pasted_override("hydra.run.dir", tmp_path / f"my {name}"))) == \
+            [("hydra.run.dir", tmp_path / f"my {name}")], name
         assert OmegaConf.select(compose_config(pinned), "hydra.run.dir") == f"{tmp_path}/{name}", name
     chosen = pinned_folder(["arch=skip_depth2", "hydra.run.dir=runs/${hydra:runtime.choices.arch}"], "hydra.run.dir")
     assert run_folders(chosen[0]) == [("hydra.run.dir", Path("runs/skip_depth2"))]
