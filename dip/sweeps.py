@@ -179,8 +179,9 @@ def sweep_summary(sweep_dir: Path, jobs: dict[Path, bool]) -> str:
     runs = sorted(path.parent for path in sweep_dir.glob("**/metrics.json"))
     # an experiment's or a benchmark's sub-runs are inside its job's folder: not runs of their own; a run in the
     # folder of a job that failed (refused, as it held other settings) is an earlier sweep's
-    earlier = [run for run in runs if not any(run.resolve().is_relative_to(job.resolve()) and (done or run != job)
-                                              for job, done in jobs.items())]
+    folders = {job.resolve(): done for job, done in jobs.items()}  # the jobs' as Hydra named them: absolute
+    earlier = [run for run in map(Path.resolve, runs)
+               if not any(run.is_relative_to(job) and (done or run != job) for job, done in folders.items())]
     failures = failed_jobs(sweep_dir)
     lines = [f"sweep: {sum(jobs.values())} of {len(jobs)} job(s) finished in {sweep_dir}"
              + (f"; {len(earlier)} run(s) of earlier sweeps there too" if earlier else "")]

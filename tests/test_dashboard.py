@@ -263,6 +263,16 @@ def test_images_that_share_a_file_stem_get_rows_of_their_own():
     assert [r.image for r in by_task] == ["photo (task.name=denoising)", "photo (task.name=jpeg)"]
 
 
+def test_a_run_in_the_folder_of_a_job_that_failed_is_an_earlier_sweeps_also_in_a_relative_sweep_folder(
+        tmp_path, monkeypatch):
+    """The jobs' folders are absolute (Hydra's), a sweep's given relative: they were never equal."""
+    monkeypatch.chdir(tmp_path)
+    make_run(Path("sweep"), "0")
+    summary = sweeps.sweep_summary(Path("sweep"), {tmp_path / "sweep" / "0": False})
+    assert "sweep: 0 of 1 job(s) finished in sweep; 1 run(s) of earlier sweeps there too" in summary
+    assert "earlier" not in sweeps.sweep_summary(Path("sweep"), {tmp_path / "sweep" / "0": True})
+
+
 def test_a_sweep_whose_jobs_all_failed_says_so(tmp_path, capsys, monkeypatch):
     sweep = tmp_path / "sweep"
     sweep.mkdir()
