@@ -65,6 +65,14 @@ def _override_arguments(arguments: list[str], hydra: bool = False) -> list[str]:
     return overrides
 
 
+def _fixed_overrides(arguments: list[str]) -> list[str]:
+    """The overrides on the command line, Hydra's settings too, that are not sweeps: what one job's config is
+    composed with."""
+    parser = OverridesParser.create()
+    return [text for text in _override_arguments(arguments, hydra=True)
+            if not parser.parse_overrides([text])[0].is_sweep_override()]
+
+
 def expanded_globs(arguments: list[str]) -> list[str]:
     """``arguments`` with each ``GROUP=glob(...)`` written out as ``GROUP=choice(...)`` of the group's
     options that match: Hydra expands a glob only in a running app, and Optuna's sweeper never. One
@@ -155,13 +163,11 @@ def _check_hydra_settings(arguments: list[str], cfg: DictConfig, config_name: st
     nothing reads it (the run went to the default folder), and ``hydra.run.dri=x`` got Hydra's line without
     the name meant. ``cfg``: the config of the other overrides, whose ``hydra`` node is the one they set
     unless Hydra's config groups are chosen too (``hydra/launcher=joblib``) or one of Hydra's is added."""
-    parser = OverridesParser.create()
     given = [text for text in _override_arguments(arguments, hydra=True)
              if text.lstrip("+~").startswith("hydra.") and not text.lstrip("+~").startswith(SEARCH_SPACE)]
     if not given:
         return
-    others = [text for text in _override_arguments(arguments, hydra=True)
-              if text not in given and not parser.parse_overrides([text])[0].is_sweep_override()]
+    others = [text for text in _fixed_overrides(arguments) if text not in given]
     if any(text.lstrip("+~").startswith("hydra/") for text in others) or any(text[0] == "+" for text in given):
         try:
             cfg = compose_config(others, config_name=config_name)
@@ -254,11 +260,8 @@ def pinned_folder(arguments: list[str], key: str, config_name: str = "config") -
     ``known_before_the_job``). Beside them, the folder as the config gave it, before resolving
     (``outputs/${task.name}/${now:...}``; empty if it was not read). An interpolation that cannot be
     resolved (a typo) is refused in one line."""
-    parser = OverridesParser.create()
     try:
-        fixed = [text for text in _override_arguments(arguments, hydra=True)
-                 if not parser.parse_overrides([text])[0].is_sweep_override()]
-        cfg = compose_config(fixed, config_name=config_name)
+        cfg = compose_config(_fixed_overrides(arguments), config_name=config_name)
         given = str(OmegaConf.to_container(OmegaConf.select(cfg, key.rpartition(".")[0]), resolve=False)["dir"])
     except Exception:  # noqa: BLE001 (Hydra's and OmegaConf's many errors): Hydra says what it cannot compose
         return arguments, ""

@@ -71,14 +71,14 @@ def restore_each(runs: Sequence[SubRun]) -> list[Result]:
     for cfg in configs:
         check_settings(cfg)
     reused = [_reusable(run, cfg) for run, cfg in zip(runs, configs)]
-    for run, cfg, earlier in zip(runs, configs, reused):
+    extra = [_sub_run_settings(run) for run in runs]
+    for run, cfg, earlier, own in zip(runs, configs, reused, extra):
         if earlier is None:  # its input, network and packing too, built and let go: no fit before a later one fails
             prepare(cfg, problem_from_config(cfg, clean=run.clean, observation=run.observation))
             if (checkpoint := find_checkpoint(cfg.resume, run.directory)) is not None:
-                check_resumable(checkpoint, {**result_settings(cfg), **_sub_run_settings(run)}, cfg.trainer.max_steps,
-                                run.directory)
+                check_resumable(checkpoint, {**result_settings(cfg), **own}, cfg.trainer.max_steps, run.directory)
     results = []
-    for run, cfg, earlier in zip(runs, configs, reused):
+    for run, cfg, earlier, own in zip(runs, configs, reused, extra):
         if earlier is not None:
             log.info(f"reusing the run finished in {run.directory}")
             results.append(earlier)
@@ -86,7 +86,7 @@ def restore_each(runs: Sequence[SubRun]) -> list[Result]:
         problem = problem_from_config(cfg, clean=run.clean, observation=run.observation)
         results.append(restore(cfg, run.directory, problem, run.callbacks,
                                write=functools.partial(_write_sub_run, cfg=cfg, directory=run.directory,
-                                                       callbacks=run.callbacks), extra_settings=_sub_run_settings(run)))
+                                                       callbacks=run.callbacks), extra_settings=own))
         if (signum := signal_finished_first()) is not None and len(results) < len(runs):
             raise Interrupted(signum)
     return results
