@@ -81,7 +81,7 @@ from dip.outputs import (
 from dip.physics import Degradation
 from dip.problem import problem_from_config, stack_problems
 from dip.run_settings import RESULT_SETTINGS, refuse_other_settings, without_implied_settings
-from dip.signals import signal_finished_first, stop_signals
+from dip.signals import reset_handlers, set_handlers, signal_finished_first, stop_signals
 
 log = logging.getLogger("dip.benchmark")
 
@@ -488,8 +488,7 @@ def _start_worker(slots, gpus: list[str], cpu_threads: int) -> None:
     """Pool initialiser: take a worker slot and pin this process to its GPU before CUDA starts. SIGTERM
     and SIGHUP are the main process's to act on (it passes them on to the fits): an idle worker ignores
     them. A worker outlives no main process (``_stop_when_orphaned``)."""
-    for signum in stop_signals()[1:]:
-        signal.signal(signum, signal.SIG_IGN)
+    set_handlers(signal.SIG_IGN, stop_signals()[1:])
     threading.Thread(target=_stop_when_orphaned, args=(os.getppid(),), daemon=True).start()
     if pin_to_gpu(slots.get(), gpus) is None:
         torch.set_num_threads(cpu_threads)
@@ -599,8 +598,7 @@ def restore_all(packs: list[Pack], done_before: int, gpus: list[str], workers: i
             interrupted.append(signum)
             signal_workers()
 
-        on_main_thread = threading.current_thread() is threading.main_thread()
-        previous = {signum: signal.signal(signum, pass_on) for signum in stop_signals()[1:]} if on_main_thread else {}
+        previous = set_handlers(pass_on, stop_signals()[1:])
         try:
             # one fit per free worker, so that each is started only when a worker can take it at once
             running: dict[Future, Pack] = {}
@@ -620,8 +618,7 @@ def restore_all(packs: list[Pack], done_before: int, gpus: list[str], workers: i
                         running[pool.submit(_restore_in_worker, restore_pack, pack)] = pack
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
+            reset_handlers(previous)
     if interrupted and pending:  # and no fit was under way to raise its own interruption
         raise Interrupted(interrupted[0])
     return results, not_started, failed

@@ -43,7 +43,7 @@ from dip.errors import (
     pasted_override,
 )
 from dip.files import hold_folder, unwritable
-from dip.outputs import OUTPUT_FILES, RESTART_OUTPUT, decibels, describe, finished_metrics, offline_wandb_line
+from dip.outputs import OUTPUT_FILES, RESTART_OUTPUT, describe, finished_metrics, offline_wandb_line, psnr_summary
 from dip.problem import problem_from_config
 from dip.signals import exit_interrupted, interrupt_on_stop_signals, signal_finished_first
 from dip.sweeps import FAILED_JOBS, record_failure, sweep_folder
@@ -514,11 +514,7 @@ FAILURES_FILE: list[Path] = []  # where this process's failed sweep jobs were li
 
 def describe_finished(metrics: dict, output_dir: Path) -> str:
     """The line printed instead of running again what ``output_dir`` already holds."""
-    if metrics.get("psnr") is not None:
-        quality = f"PSNR {decibels(metrics['psnr'])} (EMA {decibels(metrics['psnr_ema'])})"
-    else:
-        quality = f"PSNR of the fit to the observation {decibels(metrics['psnr_fit'])}"
-    return (f"already finished in {output_dir}: {metrics['steps']} steps, {quality}; nothing to run "
+    return (f"already finished in {output_dir}: {metrics['steps']} steps, {psnr_summary(metrics)}; nothing to run "
             f"(delete its metrics.json to run it again)")
 
 

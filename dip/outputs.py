@@ -187,6 +187,14 @@ def decibels(value: float | None) -> str:
     return f"{value:.2f} dB" if value is not None and math.isfinite(value) else "not finite"
 
 
+def psnr_summary(metrics: dict) -> str:
+    """A finished run's PSNR as its summaries say it: the restoration's (and its EMA's) against the ground
+    truth, or without one, its fit to the observation."""
+    if metrics.get("psnr") is not None:
+        return f"PSNR {decibels(metrics['psnr'])} (EMA {decibels(metrics['psnr_ema'])})"
+    return f"PSNR of the fit to the observation {decibels(metrics['psnr_fit'])}"
+
+
 def describe(result: Result) -> str:
     """The one-paragraph summary printed at the end of a run."""
     m = result.metrics
@@ -198,9 +206,9 @@ def describe(result: Result) -> str:
         lines.append(f"PSNR observation {decibels(m['psnr_observation'])} -> restored {decibels(m['psnr'])} "
                      f"(EMA {decibels(m['psnr_ema'])}), gain {m['psnr'] - m['psnr_observation']:+.2f} dB")
     elif m["psnr"] is not None:
-        lines.append(f"PSNR restored {decibels(m['psnr'])} (EMA {decibels(m['psnr_ema'])})")
+        lines.append(psnr_summary(m))
     else:
-        lines.append(f"no ground truth: PSNR of the fit to the observation {decibels(m['psnr_fit'])}")
+        lines.append(f"no ground truth: {psnr_summary(m)}")
     chosen = m.get("early_stop_step")  # packed restarts: one each, null where one chose none (its last step)
     if isinstance(chosen, list) and any(step is not None for step in chosen):
         steps = ", ".join("-" if step is None else str(step) for step in chosen)

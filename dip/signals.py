@@ -8,7 +8,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import NoReturn
 
@@ -71,21 +71,44 @@ def signal_finished_first() -> int | None:
     return _finished_first[-1] if _finished_first else None
 
 
+def set_handlers(handler, signums: Iterable[int]) -> dict:
+    """Install ``handler`` for each of ``signums``, and return the handlers it replaced (for ``reset_handlers``).
+    Only the main thread can handle signals: elsewhere it installs nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {signum: signal.signal(signum, handler) for signum in signums}
+
+
+def reset_handlers(replaced: dict) -> None:
+    """Put back the handlers ``set_handlers`` replaced."""
+    for signum, handler in replaced.items():
+        signal.signal(signum, handler)
+
+
+@contextmanager
+def handled_by(handler, signums: Iterable[int]) -> Iterator[None]:
+    """``handler`` handles ``signums`` in the block (``set_handlers``), and the handlers before it after."""
+    replaced = set_handlers(handler, signums)
+    try:
+        yield
+    finally:
+        reset_handlers(replaced)
+
+
 class CaughtSignals:
     """SIGINT, SIGTERM and SIGHUP (``stop_signals``) noted (``received``: the latest) instead of acted on while
-    installed; a second SIGINT is acted on at once, by the handler it replaced. Only the main thread can
-    handle signals: elsewhere it installs nothing."""
+    installed; a second SIGINT is acted on at once, by the handler it replaced. Off the main thread it
+    installs nothing (``set_handlers``)."""
 
     def __init__(self):
         self.received: int | None = None
         self._previous: dict = {}
 
     def install(self) -> None:
-        if threading.current_thread() is threading.main_thread():
-            # an ignored SIGINT (a job a script started in the background) stays ignored, as nohup's SIGHUP does;
-            # an ignored SIGTERM is a benchmark worker's, which its main process sends once the fit listens
-            self._previous = {signum: signal.signal(signum, self._note) for signum in stop_signals()
-                              if signum != signal.SIGINT or signal.getsignal(signum) != signal.SIG_IGN}
+        # an ignored SIGINT (a job a script started in the background) stays ignored, as nohup's SIGHUP does;
+        # an ignored SIGTERM is a benchmark worker's, which its main process sends once the fit listens
+        self._previous = set_handlers(self._note, [signum for signum in stop_signals() if signum != signal.SIGINT
+                                                   or signal.getsignal(signum) != signal.SIG_IGN])
 
     def _note(self, signum, frame) -> None:
         if self.received is not None and signum == signal.SIGINT:
@@ -96,8 +119,7 @@ class CaughtSignals:
         self.received = signum
 
     def restore(self) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
+        reset_handlers(self._previous)
         self._previous = {}
 
 
@@ -105,9 +127,6 @@ class CaughtSignals:
 def signals_stop_the_fit() -> Iterator[None]:
     """In the block (a Trainer's fit), SIGINT, SIGTERM and SIGHUP raise ``FitStoppedError``: Lightning would end
     the process on a KeyboardInterrupt. Within the fit's steps, ``RunCheckpoint`` notes them instead."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
 
     def stop(signum, frame) -> None:
         if _STEPS_DONE.is_set():  # the Trainer tears down a finished fit: it is kept, and the signal then acted on
@@ -118,13 +137,8 @@ def signals_stop_the_fit() -> Iterator[None]:
     _STEPS_DONE.clear()
 
     # one ignored stays so: a benchmark worker's, whose main process passes it on once the fit listens
-    previous = {signum: signal.signal(signum, stop) for signum in stop_signals()
-                if signal.getsignal(signum) != signal.SIG_IGN}
-    try:
+    with handled_by(stop, [signum for signum in stop_signals() if signal.getsignal(signum) != signal.SIG_IGN]):
         yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 @contextmanager

@@ -157,21 +157,53 @@ def listed(cfg: DictConfig, key: str) -> list:
     return values
 
 
-class LossRecorder(pl.Callback):
+class StepRecorder(pl.Callback):
+    """Records something at some of a fit's steps (``record``), and its checkpointed state says the step it
+    reached: a fit resumed from it refuses in one line (``CheckpointLacksError``) what it would have had to
+    record at a step the checkpoint passed without recording it."""
+
+    def __init__(self):
+        self.last_step = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.last_step = trainer.global_step
+        self.record(trainer.global_step, pl_module, outputs)
+
+    def record(self, step: int, pl_module, outputs) -> None:
+        raise NotImplementedError
+
+    def recorded(self) -> dict:
+        """What it recorded so far, for a checkpoint."""
+        raise NotImplementedError
+
+    def load_recorded(self, recorded: dict, reached: int) -> None:
+        """Continue from what a checkpoint at step ``reached`` recorded, or raise ``CheckpointLacksError``."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return {**self.recorded(), "step": self.last_step}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        # a checkpoint from before "step" was kept: nothing checked; then a checkpoint written again before this
+        # fit's first step is of the step it reached
+        self.last_step = state_dict.get("step", 0)
+        self.load_recorded(state_dict, self.last_step)
+
+
+class LossRecorder(StepRecorder):
     """The training loss every ``every`` steps, kept on the device until the run ends (no host sync but
     at a checkpoint, which holds the curve so far: a resumed fit's curve starts at its first step)."""
 
     def __init__(self, every: int = 1):
+        super().__init__()
         self.every = max(1, int(every))
         self.steps: list[int] = []
-        self.last_step = 0
         self._earlier: list[float] = []  # recorded before the checkpoint this fit resumed
         self._losses: list[torch.Tensor] = []
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.last_step = trainer.global_step
-        if trainer.global_step % self.every == 0:
-            self.steps.append(trainer.global_step)
+    def record(self, step: int, pl_module, outputs) -> None:
+        if step % self.every == 0:
+            self.steps.append(step)
             self._losses.append(outputs["loss"].detach())
 
     @property
@@ -182,54 +214,48 @@ class LossRecorder(pl.Callback):
     def losses(self) -> list[float]:
         return self._earlier + (torch.stack(self._losses).cpu().tolist() if self._losses else [])
 
-    def state_dict(self) -> dict:
-        return {"steps": list(self.steps), "losses": self.losses(), "step": self.last_step}
+    def recorded(self) -> dict:
+        return {"steps": list(self.steps), "losses": self.losses()}
 
-    def load_state_dict(self, state_dict: dict) -> None:
-        # the points on this run's grid (every ``every`` steps), also when the interrupted run's was finer; one it
-        # did not record would be missing from the curve (a checkpoint from before "step" was kept: not checked)
-        reached = state_dict.get("step", 0)
-        if missing := sorted(set(range(self.every, reached + 1, self.every)) - set(state_dict["steps"])):
+    def load_recorded(self, recorded: dict, reached: int) -> None:
+        # the points on this run's grid (every ``every`` steps), also when the interrupted run's was finer
+        if missing := sorted(set(range(self.every, reached + 1, self.every)) - set(recorded["steps"])):
             raise CheckpointLacksError(f"recorded no loss at step(s) {_listed(missing)}, where this run records one "
                                        f"every {self.every} step(s): record a multiple of the interval it recorded "
                                        f"at, or delete it to fit again")
-        kept = [(step, loss) for step, loss in zip(state_dict["steps"], state_dict["losses"], strict=True)
+        kept = [(step, loss) for step, loss in zip(recorded["steps"], recorded["losses"], strict=True)
                 if step % self.every == 0]
-        self.last_step = reached  # a checkpoint written again before this fit's first step is of that step
         self.steps, self._earlier, self._losses = [step for step, _ in kept], [loss for _, loss in kept], []
 
 
-class Snapshots(pl.Callback):
+class Snapshots(StepRecorder):
     """The output ``f(z)`` after each of ``steps`` steps (those the run reaches), also those taken before
     the checkpoint a fit resumed (its checkpoints hold them)."""
 
     def __init__(self, steps: Iterable[int]):
+        super().__init__()
         self.steps = set(int(step) for step in steps)
         self.images: dict[int, torch.Tensor] = {}
-        self.last_step = 0
 
     @property
     def recording(self) -> dict:
         """What it records, for a finished sub-run's record to be reused only by a recorder of the same."""
         return {"snapshot_steps": sorted(self.steps)}
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.last_step = trainer.global_step
-        if trainer.global_step in self.steps:
-            self.images[trainer.global_step] = pl_module.restored().detach().clone()
+    def record(self, step: int, pl_module, outputs) -> None:
+        if step in self.steps:
+            self.images[step] = pl_module.restored().detach().clone()
 
-    def state_dict(self) -> dict:
-        return {"images": {step: image.cpu() for step, image in self.images.items()}, "step": self.last_step}
+    def recorded(self) -> dict:
+        return {"images": {step: image.cpu() for step, image in self.images.items()}}
 
-    def load_state_dict(self, state_dict: dict) -> None:
+    def load_recorded(self, recorded: dict, reached: int) -> None:
         # a snapshot asked for at a step the checkpoint has passed, and not taken then, could not be taken now
-        reached = state_dict.get("step", 0)
-        if missing := sorted(step for step in self.steps if step <= reached and step not in state_dict["images"]):
+        if missing := sorted(step for step in self.steps if step <= reached and step not in recorded["images"]):
             raise CheckpointLacksError(f"(at step {reached}) holds no snapshot of step(s) {_listed(missing)}: ask for "
-                                       f"those it took ({_listed(sorted(state_dict['images']))}) and later ones, or "
+                                       f"those it took ({_listed(sorted(recorded['images']))}) and later ones, or "
                                        f"delete it to fit again")
-        self.images = {step: image for step, image in state_dict["images"].items() if step in self.steps}
-        self.last_step = reached
+        self.images = {step: image for step, image in recorded["images"].items() if step in self.steps}
 
 
 def _listed(steps: list[int], shown: int = 6) -> str:
