@@ -6,7 +6,6 @@ import importlib.util
 import itertools
 import logging
 import os
-import re
 import shutil
 import signal
 import sys
@@ -32,18 +31,18 @@ from dip.config import (
     register_resolvers,
     use_config_dirs,
 )
+from dip.earlier_runs import EarlierRuns
 from dip.errors import (
     DipError,
     RunInterruptedError,
     fail,
-    hydra_quoted,
     interruption_signal,
     kept_traceback,
     one_line,
-    pasted_override,
 )
 from dip.files import hold_folder, unwritable
-from dip.outputs import OUTPUT_FILES, RESTART_OUTPUT, describe, finished_metrics, offline_wandb_line, psnr_summary
+from dip.outputs import describe, finished_metrics, offline_wandb_line, psnr_summary
+from dip.overrides import hydra_quoted, pasted_override, run_folder_arguments, run_folders, unquoted
 from dip.problem import problem_from_config
 from dip.signals import exit_interrupted, interrupt_on_stop_signals, signal_finished_first
 from dip.sweeps import FAILED_JOBS, record_failure, sweep_folder
@@ -193,40 +192,12 @@ def _every_job_reads_this_input(cfg: DictConfig, arguments: list[str], swept: se
     return not OmegaConf.select(cfg, "experiment.runner") and not varied & {"data", "task", "mask", "profile"}
 
 
-RUN_FOLDER_KEYS = ("hydra.run.dir", "hydra.sweep.dir")
-
-
-def run_folders(arguments: list[str]) -> list[tuple[str, Path]]:
-    """The run and sweep folders that the command line ``arguments`` name, with their keys."""
-    return [(key, Path(_unquoted(folder))) for key, folder in _run_folder_arguments(arguments) if _unquoted(folder)]
-
-
-def _run_folder_arguments(arguments: list[str]) -> list[tuple[str, str]]:
-    """``(key, value)`` of each argument that sets a run or sweep folder, with or without ``+``/``++``."""
-    named = [(key.lstrip("+"), value) for key, _, value in (argument.partition("=") for argument in arguments)]
-    return [(key, value) for key, value in named if key in RUN_FOLDER_KEYS]
-
-
-def _unquoted(value: str) -> str:
-    """An override's value as Hydra reads it (``''`` is empty), with OmegaConf's escaped ``\\${`` read as the
-    text ``${``; the value as given where Hydra's parser refuses it (Hydra says so then)."""
-    try:
-        parsed = OverridesParser.create().parse_overrides([f"key={value}"])[0].value()
-    except HydraException:
-        return value
-    if not isinstance(parsed, (str, int, float)):
-        return value
-    # an odd run of backslashes before ${ is escaped backslashes and an escaped ${; an even one, a live ${
-    return re.sub(r"(\\+)(?=\$\{)", lambda run: "\\" * (len(run[1]) // 2) if len(run[1]) % 2 else run[1],
-                  str(parsed))
-
-
 def check_run_folders(arguments: list[str]) -> None:
     """Refuse in one line, before Hydra tries to make them, the run folders it could not make: no name
     (Hydra would write into the working directory), a file in the way, a name the file system refuses, or
     a place where nothing can be written."""
-    for key, value in _run_folder_arguments(arguments):
-        if not _unquoted(value).strip():
+    for key, value in run_folder_arguments(arguments):
+        if not unquoted(value).strip():
             fail(f"{key} is empty: name the folder to write into ({key}=. for the working directory)")
     for key, folder in run_folders(arguments):
         if problem := unwritable(folder):
@@ -360,152 +331,6 @@ def check_launcher(arguments: list[str]) -> None:
     if chosen == "slurm" and shutil.which("srun") is None:
         fail("hydra/launcher=slurm submits the jobs to SLURM, but there is no srun here: run the sweep on the "
              "cluster (hydra/launcher=local runs them as processes on this machine)")
-
-
-class EarlierRuns:
-    """What the run folders named on the command line (``hydra.run.dir``, ``hydra.sweep.dir`` and the
-    job folders in it) held before Hydra started: the times their outputs and logs were written, and
-    Hydra's records, which Hydra rewrites before a job can fail. A failed job removes only what it wrote."""
-
-    def __init__(self):
-        self.written: dict[Path, int] = {}
-        self.records: dict[Path, bytes] = {}
-        self.logs: dict[Path, dict[str, str | None]] = {}  # what each run folder's wandb/ held, links' targets
-        self.folders: set[Path] | None = None  # the run folder's ancestors that existed, once noted
-        self.folder: Path | None = None  # the folder Hydra writes into (hydra.run.dir or hydra.sweep.dir), once noted
-        self.held = False  # this process holds the run folder (dip.files.hold_folder): none other writes there
-        self.job_started = False  # Hydra's writes before it are its own; an error after it, the job's
-
-    def note_folders(self, folder: str | Path | None) -> None:
-        """Note which ancestors of ``folder`` (``hydra.run.dir``, or a sweep's ``hydra.sweep.dir``, before Hydra
-        makes it) and of the working directory exist: a failed job removes the empty ones that Hydra added, and
-        only those."""
-        if folder is None:
-            return
-        self.folder = Path(folder)
-        self.folders = {path for place in (Path(folder).resolve(), Path.cwd().resolve())
-                        for path in (place, *place.parents) if path.is_dir()}
-
-    def record(self, arguments: list[str]) -> None:
-        """Note what the folders named in the command line ``arguments`` and their job folders hold."""
-        for _, folder in run_folders(arguments):
-            for run_dir in _run_dirs_in(folder):
-                for path in _job_files(run_dir):
-                    self.written[path.resolve()] = path.stat().st_mtime_ns
-                for path in [*(run_dir / ".hydra").glob("*"), run_dir / SWEEP_RECORD]:
-                    if path.is_file():
-                        self.records[path.resolve()] = path.read_bytes()
-                if (run_dir / WANDB_FOLDER).is_dir():  # W&B's links (latest-run, debug.log) with their targets
-                    self.logs[run_dir.resolve()] = {path.name: os.readlink(path) if path.is_symlink() else None
-                                                    for path in (run_dir / WANDB_FOLDER).iterdir()}
-
-    def finished_config(self, output_dir: Path) -> DictConfig | None:
-        """The config of the run that had finished in ``output_dir`` before Hydra started (its
-        ``metrics.json`` and Hydra's record of it were there), else None; ``DipError`` when the record
-        is missing (``hydra.output_subdir=null``): nothing says what the run there was."""
-        if (output_dir / "metrics.json").resolve() not in self.written:
-            return None
-        if (record := self._record(output_dir)) is None:
-            raise DipError(f"{output_dir} holds a finished run without Hydra's record of its settings "
-                           f"(.hydra/config.yaml; hydra.output_subdir=null?): run into another folder, or delete "
-                           f"its metrics.json to replace it")
-        return record
-
-    def refuse_other_kind(self, output_dir: Path, cfg: DictConfig) -> None:
-        """``DipError`` when ``output_dir`` held a run of another kind than ``cfg``'s (a benchmark, a figure
-        experiment, one restoration) before Hydra started: neither keeps the other's files and record."""
-        try:
-            record = self._record(output_dir)
-        except DipError:  # finished_config says so where it matters
-            return
-        if record is not None and (earlier := run_kind(record)) != run_kind(cfg):
-            raise DipError(f"{output_dir} holds {earlier}, not {run_kind(cfg)}: run into another folder")
-
-    def _record(self, output_dir: Path) -> DictConfig | None:
-        """Hydra's record of the run ``output_dir`` held before Hydra started (None: none); ``DipError``
-        when it cannot be read."""
-        if (record := self.records.get((output_dir / ".hydra" / "config.yaml").resolve())) is None:
-            return None
-        try:
-            return OmegaConf.create(record.decode())
-        except Exception:  # noqa: BLE001 (YAML's or OmegaConf's errors, or bytes that are not text)
-            raise DipError(f"{output_dir / '.hydra' / 'config.yaml'}, the record of the finished run there, cannot "
-                           f"be read: run into another folder, or delete its metrics.json to replace it") from None
-
-    def discard(self, output_dir: Path) -> None:
-        """Remove what this failed job left: the outputs it wrote, its log unless an earlier run's (which
-        it added to), Hydra's records (``.hydra/``, a sweep's ``multirun.yaml``; an earlier run's are put back),
-        then the folder if empty, and the folders above it that Hydra made for it (``outputs/TASK/``) if empty."""
-        for path in _job_files(output_dir):
-            earlier = self.written.get(path.resolve())
-            if earlier is None or (earlier != path.stat().st_mtime_ns and path.suffix != ".log"):
-                path.unlink()
-        record_dir = output_dir / ".hydra"
-        for path in [*record_dir.glob("*"), output_dir / SWEEP_RECORD]:
-            if (earlier := self.records.get(path.resolve())) is not None:
-                path.write_bytes(earlier)
-            elif path.is_file():
-                path.unlink()
-        logs, earlier_logs = output_dir / WANDB_FOLDER, self.logs.get(output_dir.resolve(), {})
-        for path in logs.iterdir() if logs.is_dir() else ():  # the W&B run this job started, if it got so far
-            if path.name not in earlier_logs:
-                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
-            elif (target := earlier_logs[path.name]) is not None and path.is_symlink() and os.readlink(path) != target:
-                path.unlink()  # W&B pointed it at the run just removed: back to the earlier run's
-                path.symlink_to(target)
-        existed = self.folders is not None and output_dir.resolve() in self.folders  # the user's, if empty
-        for folder in (logs, record_dir) if existed else (logs, record_dir, output_dir):
-            if folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()):  # a link is the user's
-                folder.rmdir()
-        self._remove_folders_above(output_dir)
-
-    def remove_unused_run_folder(self) -> None:
-        """Remove the run folder (a sweep's too) if it is empty and was not there before (made to be held, then the
-        command refused before its job wrote anything), and the folders above it made for it. Only one this
-        process held: a folder another run holds is empty from its making until Hydra writes there."""
-        run_dir = self.folder
-        if not self.held or self.folders is None or run_dir.resolve() in self.folders or not run_dir.is_dir() \
-                or run_dir.is_symlink() or any(run_dir.iterdir()):
-            return
-        run_dir.rmdir()
-        self._remove_folders_above(run_dir)
-
-    def _remove_folders_above(self, output_dir: Path) -> None:
-        """The empty folders above the removed ``output_dir`` that were made for it."""
-        if self.folders is not None and not output_dir.exists():
-            for folder in output_dir.resolve().parents:
-                if folder in self.folders or any(folder.iterdir()):
-                    break
-                folder.rmdir()
-
-
-WANDB_FOLDER = "wandb"  # where the W&B logger writes its offline runs, in the run folder
-SWEEP_RECORD = "multirun.yaml"  # Hydra's record of a sweep, in its folder
-
-
-def _run_dirs_in(folder: Path) -> set[Path]:
-    """``folder`` and the job folders in it, at any depth (``hydra.sweep.subdir=${arch}/${seed}``): those
-    holding Hydra's record or a finished run, and its direct subfolders (a job's log alone)."""
-    if not folder.is_dir():
-        return set()
-    nested = {path.parent for name in (".hydra", "metrics.json") for path in folder.glob(f"**/{name}")}
-    return {folder, *(sub for sub in folder.iterdir() if sub.is_dir()), *nested}
-
-
-def run_kind(cfg: DictConfig) -> str:
-    """What a run of ``cfg`` is, in words: a benchmark's table, a figure experiment or one restoration."""
-    if OmegaConf.select(cfg, "benchmark.name", default=None) is not None:
-        return "a benchmark's run (experiments/benchmark.py)"
-    if OmegaConf.select(cfg, "experiment.runner", default=None) is not None:
-        return "a figure experiment's run (+experiment=NAME)"
-    return "a single restoration (run.py)"
-
-
-def _job_files(run_dir: Path) -> list[Path]:
-    """The files a job writes directly in its run folder: the outputs and Hydra's log."""
-    names = [run_dir / name for name in OUTPUT_FILES]
-    return [path for path in [*names, *run_dir.glob(RESTART_OUTPUT.format("*")), *run_dir.glob("*.log")]
-            if path.is_file()]
 
 
 EARLIER_RUNS = EarlierRuns()  # filled by launch, before Hydra writes anything

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import re
-import shlex
 import signal
 import sys
 import traceback
 from pathlib import Path
 from typing import NoReturn
+
+from dip.overrides import pasted_override
 
 
 def one_line(error: BaseException, limit: int | None = None) -> str:
@@ -41,23 +41,6 @@ def load_fault(error: BaseException) -> str:
     if isinstance(error, RuntimeError):  # torch's own, reading a damaged archive
         return one_line(error, 80)
     return "not a PyTorch file of tensors"  # the unpickler's, on a file of another kind (KeyError, EOFError, ...)
-
-
-def hydra_quoted(text: str) -> str:
-    """``text`` as a quoted override value that Hydra, then OmegaConf, read back as ``text``: ``${`` escaped
-    (not interpolated again), and the backslashes before it, before a quote or at the end, doubled."""
-    text = re.sub(r"(\\+)(?=\$\{)", lambda run: run[1] * 2, text).replace("${", "\\${")
-    text = re.sub(r"(\\+)(?='|$)", lambda run: run[1] * 2, text)
-    return "'" + text.replace("'", "\\'") + "'"
-
-
-def pasted_override(key: str, value) -> str:
-    """``key=value`` as a line of advice can give it, to be pasted into a shell: as it is where nothing in it is
-    special to the shell or to Hydra, else quoted for both (``'hydra.run.dir='"'"'my runs'"'"''``)."""
-    text = str(value)
-    if re.fullmatch(r"[\w/.+:@%~-]+", text):
-        return f"{key}={text}"
-    return shlex.quote(f"{key}={hydra_quoted(text)}")
 
 
 def fail(message: str) -> NoReturn:

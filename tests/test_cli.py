@@ -16,17 +16,17 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from dip.cli import (
-    EarlierRuns,
     check_overrides,
     expanded_globs,
     held_run_folder,
     pinned_folder,
-    run_folders,
 )
 from dip.config import checked_config, compose_config
-from dip.errors import DipError, hydra_quoted, pasted_override
+from dip.earlier_runs import EarlierRuns
+from dip.errors import DipError
 from dip.files import hold_folder
 from dip.outputs import Result, write_outputs
+from dip.overrides import hydra_quoted, pasted_override, run_folders
 from dip.pipeline import prepare, run
 from tests.conftest import (
     ROOT,
@@ -110,11 +110,24 @@ def test_sigterm_while_the_libraries_load_is_one_line(tmp_path, script):
     Python's status for a killed process; it ends as one a moment later does."""
     started = subprocess.Popen([sys.executable, str(ROOT / script), f"hydra.run.dir={tmp_path / 'out'}"], cwd=ROOT,
                                env=cli_environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(0.5)
+    # not before the script's first lines: a signal while Python itself starts (seconds on a busy machine) kills it
+    _wait_until_caught(started.pid, signal.SIGTERM)
     started.send_signal(signal.SIGTERM)
     _, stderr = started.communicate(timeout=120)
     assert started.returncode == 128 + signal.SIGTERM and stderr.endswith("interrupted by SIGTERM\n"), stderr[-2000:]
     assert not (tmp_path / "out").exists()
+
+
+def _wait_until_caught(pid: int, signum: int, timeout: float = 60) -> None:
+    """Wait until process ``pid`` handles ``signum`` (Linux's /proc: its caught signals' mask)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = Path(f"/proc/{pid}/status").read_text().splitlines()
+        caught = next(int(line.split()[1], 16) for line in status if line.startswith("SigCgt:"))
+        if caught >> (signum - 1) & 1:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} did not handle signal {signum} within {timeout} s")
 
 
 def test_sr_on_a_grey_file_restores_the_full_size(tmp_path):
