@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf, open_dict
 
-from dip.config import checked_config
+from dip.config_checks import checked_config
 from dip.errors import DipError, RunInterruptedError
 from dip.files import unwritable
 from dip.outputs import CHECKPOINT_NAME, Result

@@ -48,7 +48,8 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from dip.baselines import BASELINES, BaselineUnavailableError
-from dip.config import check_whole_number, dotted, instantiate_settings
+from dip.config import dotted
+from dip.config_checks import check_whole_number, instantiate_settings
 from dip.datasets import DatasetImage, open_dataset
 from dip.errors import (
     DipError,

@@ -20,17 +20,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from dip.config import (
-    CONF_DIR,
-    absolute_locations,
-    checked_config,
-    compose_config,
-    config_groups,
-    config_message,
-    misspelt_setting,
-    register_resolvers,
-    use_config_dirs,
-)
+from dip.config import CONF_DIR, absolute_locations, compose_config, config_groups, register_resolvers, use_config_dirs
+from dip.config_checks import checked_config, config_message, misspelt_setting
 from dip.earlier_runs import EarlierRuns
 from dip.errors import (
     DipError,

@@ -34,7 +34,7 @@ from dip.checkpoint import (
     check_resumable,
     find_checkpoint,
 )
-from dip.config import check_whole_number, instantiate_settings, settings_error
+from dip.config_checks import check_whole_number, instantiate_settings, settings_error
 from dip.errors import CheckpointLacksError, DipError, FitStoppedError, Interrupted, OutputsNotWrittenError, one_line
 from dip.inputs import padded_size
 from dip.loggers import ImageLogger, flat_config

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from omegaconf import DictConfig
 
-from dip.config import check_settings, instantiate_settings
+from dip.config_checks import check_settings, instantiate_settings
 from dip.errors import DipError
 from dip.images import data_crop_offsets, load_image, read_image, resize_alpha
 from dip.physics import Degradation

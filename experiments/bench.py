@@ -55,7 +55,7 @@ from skimage.metrics import peak_signal_noise_ratio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dip.config import check_settings, checked_config, config_message  # noqa: E402
+from dip.config_checks import check_settings, checked_config, config_message  # noqa: E402
 from dip.errors import DipError, fail, one_line  # noqa: E402
 from dip.files import write_atomically  # noqa: E402
 from dip.images import load_image  # noqa: E402

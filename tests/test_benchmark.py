@@ -33,7 +33,8 @@ from dip.benchmark import (
     image_jobs,
     run_benchmark,
 )
-from dip.config import compose_config, instantiate_settings
+from dip.config import compose_config
+from dip.config_checks import instantiate_settings
 from dip.datasets import open_dataset
 from dip.errors import DipError, Interrupted
 from dip.images import load_image

@@ -21,7 +21,8 @@ from dip.cli import (
     held_run_folder,
     pinned_folder,
 )
-from dip.config import checked_config, compose_config
+from dip.config import compose_config
+from dip.config_checks import checked_config
 from dip.earlier_runs import EarlierRuns
 from dip.errors import DipError
 from dip.files import hold_folder

@@ -143,7 +143,7 @@ def test_impossible_settings_are_one_line_before_anything_is_built(overrides, ne
 
 
 def test_overrides_that_name_no_setting_say_what_would():
-    from dip.config import checked_config
+    from dip.config_checks import checked_config
     from dip.errors import DipError
 
     assert checked_config(["~early_stop"]).get("early_stop") is None  # a run can do without it
@@ -246,7 +246,7 @@ def test_settings_at_their_bounds_are_accepted():
 def test_a_hydra_message_keeps_the_line_that_gives_its_reason():
     from hydra.errors import InstantiationException
 
-    from dip.config import config_message
+    from dip.config_checks import config_message
 
     error = InstantiationException("Error in call to target 'dip.sweeps.PinToGPU':\n"
                                    "ValueError('jobs_per_gpu must be >= 1, got 0')\nfull_key: hydra.callbacks.x")

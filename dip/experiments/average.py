@@ -7,7 +7,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from dip.config import check_whole_number
+from dip.config_checks import check_whole_number
 from dip.experiments.common import SubRun, image_grid, psnr_or_none, restore_each, titled
 from dip.outputs import decibels, save_averages, write_json
 

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from dip.checkpoint import check_resumable, find_checkpoint
-from dip.config import check_settings, checked_config
+from dip.config_checks import check_settings, checked_config
 from dip.errors import CheckpointLacksError, DipError, Interrupted, one_line
 from dip.figures import figure_png
 from dip.files import write_atomically

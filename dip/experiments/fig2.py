@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from dip.config import check_whole_number
+from dip.config_checks import check_whole_number
 from dip.errors import DipError
 from dip.experiments.common import LossRecorder, SubRun, plot_curves, restore_each, write_csv
 from dip.outputs import write_json
