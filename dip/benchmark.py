@@ -51,6 +51,7 @@ from dip.baselines import BASELINES, BaselineUnavailableError
 from dip.config import dotted
 from dip.config_checks import check_whole_number, instantiate_settings
 from dip.datasets import DatasetImage, open_dataset
+from dip.earlier_runs import finished_config, read_metrics
 from dip.errors import (
     DipError,
     Interrupted,
@@ -72,8 +73,6 @@ from dip.outputs import (
     CHECKPOINT_NAME,
     OUTPUTS_FILE,
     Result,
-    finished_config,
-    read_metrics,
     save_averages,
     write_error,
     write_json,

@@ -22,7 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from dip.config import CONF_DIR, absolute_locations, compose_config, config_groups, register_resolvers, use_config_dirs
 from dip.config_checks import checked_config, config_message, misspelt_setting
-from dip.earlier_runs import EarlierRuns
+from dip.earlier_runs import EarlierRuns, finished_metrics
 from dip.errors import (
     DipError,
     RunInterruptedError,
@@ -32,7 +32,7 @@ from dip.errors import (
     one_line,
 )
 from dip.files import hold_folder, unwritable
-from dip.outputs import describe, finished_metrics, offline_wandb_line, psnr_summary
+from dip.outputs import describe, offline_wandb_line, psnr_summary
 from dip.overrides import hydra_quoted, pasted_override, run_folder_arguments, run_folders, unquoted
 from dip.problem import problem_from_config
 from dip.signals import exit_interrupted, interrupt_on_stop_signals, signal_finished_first

@@ -1,18 +1,71 @@
-"""What the run folders named on the command line held before Hydra started, so that a failed job removes
-only what it wrote, puts back the records Hydra rewrote, and a folder's earlier run is continued, reported
-or refused as the run it was."""
+"""Earlier runs in a run folder: a finished run's config and metrics, and whether it is the run asked for
+(then reported, not run again; of other settings, refused); and what the run folders named on the command
+line held before Hydra started, so that a failed job removes only what it wrote and puts back the records
+Hydra rewrote."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from dip.errors import DipError
-from dip.outputs import OUTPUT_FILES, RESTART_OUTPUT
+from dip.outputs import CHECKPOINT_NAME, OUTPUT_FILES, RESTART_OUTPUT
 from dip.overrides import run_folders
+from dip.run_settings import digest_settings, finished_run_settings, refuse_other_settings, setting_differences
+
+
+def finished_config(folder: Path) -> dict | None:
+    """The config (``config.yaml``) of the run that finished in ``folder`` (beside its ``metrics.json``),
+    else None; ``DipError`` when that config cannot be read."""
+    config_file = folder / "config.yaml"
+    if not (config_file.is_file() and (folder / "metrics.json").is_file()):
+        return None
+    try:
+        saved = yaml.safe_load(config_file.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        saved = None
+    if not isinstance(saved, dict):
+        raise DipError(f"cannot read {config_file}: delete {folder / 'metrics.json'} to restore it again")
+    return saved
+
+
+def read_metrics(path: Path, advice: str) -> dict:
+    """The figures in ``path`` (a finished run's ``metrics.json``); ``DipError`` naming it, with ``advice``, when
+    it cannot be read or holds no mapping."""
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, ValueError):  # ValueError: not UTF-8, not JSON
+        metrics = None
+    if not isinstance(metrics, dict):
+        raise DipError(f"cannot read {path}: {advice}")
+    return metrics
+
+
+def finished_metrics(folder: Path, saved: DictConfig | None, cfg: DictConfig) -> dict | None:
+    """The metrics of the run with ``cfg``'s settings finished in ``folder``, whose config was ``saved``
+    (None: no run finished there), else None; ``DipError`` if the run that finished there had other
+    settings, so that it is not replaced. A final checkpoint kept there (``checkpoint.keep=true``) is
+    for the fit to continue, or to refuse, unless the run finished exactly as asked."""
+    if saved is None:
+        return None
+    metrics = read_metrics(folder / "metrics.json", "delete it to run again")
+    # its config names its files; what they held then, its metrics say
+    recorded = metrics.get("input_sha256")
+    earlier = {**finished_run_settings(saved, digests=False), **digest_settings(recorded or {})}
+    settings = finished_run_settings(cfg)
+    kept_checkpoint = (folder / CHECKPOINT_NAME).is_file()
+    if kept_checkpoint and setting_differences(earlier, settings):
+        return None
+    refuse_other_settings(folder, earlier, settings)
+    # a continuation interrupted there left the record of its settings beside the shorter run's metrics; a fit
+    # that ended early (early stopping, divergence) finished short of them
+    shorter = metrics.get("steps") != cfg.trainer.max_steps and not metrics.get("stop_reason")
+    return None if kept_checkpoint and shorter else metrics
 
 
 class EarlierRuns:

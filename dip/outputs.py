@@ -16,13 +16,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 import torch
-import yaml
-from omegaconf import DictConfig
 
 from dip.errors import DipError, one_line
 from dip.files import write_atomically
 from dip.images import save_image
-from dip.run_settings import digest_settings, finished_run_settings, refuse_other_settings, setting_differences
 
 BEFORE_COLLAPSE_OUTPUT = "restored_ema_before_collapse.png"  # a fit that collapsed at its end: the EMA from before
 OUTPUT_FILES = ("observation.png", "restored.png", "restored_ema.png", "bicubic.png", "bilinear.png",
@@ -78,55 +75,6 @@ def save_averages(restored: list[torch.Tensor], restored_ema: list[torch.Tensor]
     for average, name in zip(averages, ("average.png", "average_ema.png"), strict=True):
         save_image(average[0], folder / name)
     return averages
-
-
-def finished_config(folder: Path) -> dict | None:
-    """The config (``config.yaml``) of the run that finished in ``folder`` (beside its ``metrics.json``),
-    else None; ``DipError`` when that config cannot be read."""
-    config_file = folder / "config.yaml"
-    if not (config_file.is_file() and (folder / "metrics.json").is_file()):
-        return None
-    try:
-        saved = yaml.safe_load(config_file.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        saved = None
-    if not isinstance(saved, dict):
-        raise DipError(f"cannot read {config_file}: delete {folder / 'metrics.json'} to restore it again")
-    return saved
-
-
-def read_metrics(path: Path, advice: str) -> dict:
-    """The figures in ``path`` (a finished run's ``metrics.json``); ``DipError`` naming it, with ``advice``, when
-    it cannot be read or holds no mapping."""
-    try:
-        metrics = json.loads(path.read_text())
-    except (OSError, ValueError):  # ValueError: not UTF-8, not JSON
-        metrics = None
-    if not isinstance(metrics, dict):
-        raise DipError(f"cannot read {path}: {advice}")
-    return metrics
-
-
-def finished_metrics(folder: Path, saved: DictConfig | None, cfg: DictConfig) -> dict | None:
-    """The metrics of the run with ``cfg``'s settings finished in ``folder``, whose config was ``saved``
-    (None: no run finished there), else None; ``DipError`` if the run that finished there had other
-    settings, so that it is not replaced. A final checkpoint kept there (``checkpoint.keep=true``) is
-    for the fit to continue, or to refuse, unless the run finished exactly as asked."""
-    if saved is None:
-        return None
-    metrics = read_metrics(folder / "metrics.json", "delete it to run again")
-    # its config names its files; what they held then, its metrics say
-    recorded = metrics.get("input_sha256")
-    earlier = {**finished_run_settings(saved, digests=False), **digest_settings(recorded or {})}
-    settings = finished_run_settings(cfg)
-    kept_checkpoint = (folder / CHECKPOINT_NAME).is_file()
-    if kept_checkpoint and setting_differences(earlier, settings):
-        return None
-    refuse_other_settings(folder, earlier, settings)
-    # a continuation interrupted there left the record of its settings beside the shorter run's metrics; a fit
-    # that ended early (early stopping, divergence) finished short of them
-    shorter = metrics.get("steps") != cfg.trainer.max_steps and not metrics.get("stop_reason")
-    return None if kept_checkpoint and shorter else metrics
 
 
 def write_outputs(result: Result, output_dir: Path,

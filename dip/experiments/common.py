@@ -18,11 +18,12 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from dip.checkpoint import check_resumable, find_checkpoint
 from dip.config_checks import check_settings, checked_config
+from dip.earlier_runs import finished_config, finished_metrics
 from dip.errors import CheckpointLacksError, DipError, Interrupted, one_line
 from dip.figures import figure_png
 from dip.files import write_atomically
 from dip.metrics import psnr
-from dip.outputs import OUTPUTS_FILE, Result, finished_config, finished_metrics, write_outputs
+from dip.outputs import OUTPUTS_FILE, Result, write_outputs
 from dip.pipeline import prepare
 from dip.pipeline import run as restore
 from dip.problem import problem_from_config
