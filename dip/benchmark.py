@@ -80,7 +80,7 @@ from dip.outputs import (
 )
 from dip.physics import Degradation
 from dip.problem import problem_from_config, stack_problems
-from dip.run_settings import RESULT_SETTINGS, refuse_other_settings, without_implied_settings
+from dip.run_settings import RESULT_SETTINGS, made_images_settings, refuse_other_settings, without_implied_settings
 from dip.signals import reset_handlers, set_handlers, signal_finished_first, stop_signals
 
 log = logging.getLogger("dip.benchmark")
@@ -318,7 +318,7 @@ def restore_pack(pack: Pack) -> list[dict]:
         problem = stack_problems([problem_from_config(OmegaConf.create(job.config)) for job in pack.jobs],
                                  [job.name for job in pack.jobs])
         run(config, None, problem, checkpoint_dir=pack.directory, seeds=[job.config["seed"] for job in pack.jobs],
-            write=write)
+            write=write, extra_settings=made_images_settings(problem.observation, problem.ground_truth))
     return written
 
 

@@ -59,6 +59,14 @@ def tensor_name(tensor: torch.Tensor) -> str:
     return f"{TENSOR_PREFIX}{hashlib.sha256(repr(shape).encode() + values).hexdigest()}"
 
 
+def made_images_settings(observation: torch.Tensor | None, clean: torch.Tensor | None) -> dict[str, str | None]:
+    """What a fit's checkpoint must have been made with beyond its config when its images are not one file's
+    each: those images by their values (``tensor_name``; ``SUB_RUN_PREFIX``). An experiment makes them (fig.
+    2's noise depends on experiment.sigma); a packed fit stacks several images, its config naming the first."""
+    return {f"{SUB_RUN_PREFIX}{name}": None if image is None else tensor_name(image)
+            for name, image in (("observation", observation), ("clean", clean))}
+
+
 def digest_settings(digests: dict[str, str]) -> dict[str, str]:
     """``digests`` by the setting naming each file (``{"data.path": ...}``, as ``metrics.json`` keeps them)
     as settings of their own (``{"sha256(data.path)": ...}``)."""

@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -245,6 +246,32 @@ def test_a_packed_fit_cut_mid_fit_continues_from_its_checkpoint(tmp_path):
         metrics = json.loads((run_dir / "images" / stem / "metrics.json").read_text())
         assert (metrics["resumed_from_step"], metrics["steps"]) == (2, 3)
     assert not (pack / "checkpoint.ckpt").exists()
+
+
+def test_a_packed_fit_is_not_continued_on_an_image_whose_file_changed(tmp_path, caplog):
+    """The pack's checkpoint kept only its first image's file digest: the second image replaced under its
+    name was fitted on by a network trained on the old one, reported as a continuation."""
+    root, run_dir = tmp_path / "data", tmp_path / "run"
+    dataset = make_dataset(root, "Set5", ["baby.png", "bird.png"])
+    settings = ["images_per_fit=2", "checkpoint.keep=true", "benchmark.baselines=[]"]
+    run_benchmark(compose("set5_x4", root, run_dir, *settings), run_dir)
+    for stem in ("baby", "bird"):  # as if the benchmark had been stopped after step 2
+        (run_dir / "images" / stem / "metrics.json").unlink()
+    bird = Image.open(dataset / "bird.png")
+    bird.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(dataset / "bird.png")
+    manifest = (dataset / "MANIFEST.tsv").read_text().splitlines()
+    digest = hashlib.sha256((dataset / "bird.png").read_bytes()).hexdigest()
+    (dataset / "MANIFEST.tsv").write_text("\n".join(
+        "\t".join([*row.split("\t")[:4], digest, *row.split("\t")[5:]]) if row.startswith("bird.png") else row
+        for row in manifest) + "\n")
+    with caplog.at_level(logging.WARNING, logger="dip"):
+        run_benchmark(compose("set5_x4", root, run_dir, *settings, "trainer.max_steps=3"), run_dir)
+    assert re.search(r"checkpoint\.ckpt was made with other settings \(sub_run\.clean: 'tensor:sha256:\w{12}\.\.\.' "
+                     r"-> 'tensor:sha256:\w{12}\.\.\.'; sub_run\.observation: .*restoring its images one at a time",
+                     caplog.text)
+    for stem in ("baby", "bird"):  # fitted anew, each on its own
+        metrics = json.loads((run_dir / "images" / stem / "metrics.json").read_text())
+        assert (metrics["steps"], "resumed_from_step" in metrics, "packed_with" in metrics) == (3, False, False)
 
 
 @pytest.mark.parametrize("images_per_fit, keep", [(1, False), (2, True)])

@@ -27,7 +27,7 @@ from dip.outputs import OUTPUTS_FILE, Result, write_outputs
 from dip.pipeline import prepare
 from dip.pipeline import run as restore
 from dip.problem import problem_from_config
-from dip.run_settings import SUB_RUN_PREFIX, result_settings, tensor_name
+from dip.run_settings import made_images_settings, result_settings
 from dip.signals import signal_finished_first
 
 log = logging.getLogger("dip")
@@ -72,7 +72,9 @@ def restore_each(runs: Sequence[SubRun]) -> list[Result]:
     for cfg in configs:
         check_settings(cfg)
     reused = [_reusable(run, cfg) for run, cfg in zip(runs, configs)]
-    extra = [_sub_run_settings(run) for run in runs]
+    # a checkpoint was made of the images the experiment made for it; what its recorders ask for may change,
+    # within what the checkpoint recorded (LossRecorder, Snapshots)
+    extra = [made_images_settings(run.observation, run.clean) for run in runs]
     for run, cfg, earlier, own in zip(runs, configs, reused, extra):
         if earlier is None:  # its input, network and packing too, built and let go: no fit before a later one fails
             prepare(cfg, problem_from_config(cfg, clean=run.clean, observation=run.observation))
@@ -91,14 +93,6 @@ def restore_each(runs: Sequence[SubRun]) -> list[Result]:
         if (signum := signal_finished_first()) is not None and len(results) < len(runs):
             raise Interrupted(signum)
     return results
-
-
-def _sub_run_settings(run: SubRun) -> dict:
-    """What a checkpoint of ``run`` must have been made with, beyond its config: the images the experiment
-    made for it (fig. 2's noisy image depends on experiment.sigma). What its recorders ask for may change,
-    within what the checkpoint recorded (``LossRecorder``, ``Snapshots``)."""
-    return {f"{SUB_RUN_PREFIX}{name}": None if image is None else tensor_name(image)
-            for name, image in (("observation", run.observation), ("clean", run.clean))}
 
 
 REUSED_IMAGES = ("restored", "restored_ema", "observation", "ground_truth")  # what the runners read of a result
