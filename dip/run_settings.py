@@ -42,7 +42,7 @@ RESULT_SETTINGS = ("seed", "observation_seed", "task", "arch", "input", "optim",
 IGNORED_SETTINGS = ("data.root",)
 # Settings that name a file: its contents decide the result too, so a file replaced at the same path makes
 # another run. Its digest is a setting of its own, ``sha256(data.path)``.
-INPUT_FILES = ("data.path", "data.observation", "data.mask", "input.path")
+INPUT_FILES = ("data.path", "data.observation", "data.mask", "input.path", "task.physics.weights")
 DIGEST_SETTINGS = {f"sha256({name})": name for name in INPUT_FILES}
 
 

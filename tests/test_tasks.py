@@ -266,6 +266,22 @@ def test_alexnet_weights_load_in_torchvisions_format_and_absent_weights_say_wher
         prepare(compose_config(["task=preimage", f"task.physics.weights={tmp_path / 'absent.pth'}", *TINY]))
 
 
+def test_a_checkpoint_is_not_continued_with_other_weights_at_the_same_path(tmp_path):
+    """Pre-images invert the features of the weights' network: other weights under the same file name, or a
+    moved file, were not told apart from the weights the fit started with."""
+    weights = tmp_path / "alexnet.pth"
+    state = load_alexnet("random").state_dict()
+    torch.save(state, weights)
+    settings = ["task=preimage", "task.physics.layer=conv1", "data.size=64", "checkpoint.keep=true", *TINY]
+    run(compose_config([*settings, f"task.physics.weights={weights}"]), tmp_path / "run")
+    moved = weights.rename(tmp_path / "moved.pth")  # the same weights elsewhere: the same run, continued
+    result = run(compose_config([*settings, f"task.physics.weights={moved}", "trainer.max_steps=3"]), tmp_path / "run")
+    assert result.metrics["resumed_from_step"] == 2
+    torch.save({**state, "features.0.bias": state["features.0.bias"] + 1}, moved)
+    with pytest.raises(DipError, match=r"task\.physics\.weights: its file's contents changed, sha256 \w{12}\.\.\. -> "):
+        run(compose_config([*settings, f"task.physics.weights={moved}", "trainer.max_steps=4"]), tmp_path / "run")
+
+
 def test_feature_inversion_is_frozen_in_eval_mode_and_zero_at_the_original():
     torch.manual_seed(0)
     physics = FeatureInversion(layer="fc6", weights="random", normalization="caffe")
