@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,7 @@ from omegaconf import OmegaConf, open_dict
 
 from dip.config_checks import checked_config
 from dip.errors import DipError, RunInterruptedError
-from dip.files import unwritable
+from dip.files import folder_held, unwritable
 from dip.outputs import CHECKPOINT_NAME, Result
 from dip.physics import Degradation
 from dip.pipeline import run
@@ -83,9 +83,10 @@ def restore(
             parameters = sum(parameter.numel() for parameter in generator.parameters())
             cfg.arch = {"_target_": _class_path(generator), "given": f"{parameters} parameters"}
             cfg.arch_name = type(generator).__name__
-    try:
-        with _session_random_state_kept():
-            return run(cfg, Path(output_dir) if output_dir is not None else None, problem, generator=generator)
+    folder = Path(output_dir) if output_dir is not None else None
+    try:  # a run another process is writing into the folder is not mixed with this one
+        with folder_held(folder) if folder is not None else nullcontext(), _session_random_state_kept():
+            return run(cfg, folder, problem, generator=generator)
     except RunInterruptedError as interruption:  # its own advice is the command line's
         raise interruption.advised(f"call restore() again with output_dir={output_dir}") from None
 

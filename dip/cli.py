@@ -31,7 +31,7 @@ from dip.errors import (
     kept_traceback,
     one_line,
 )
-from dip.files import hold_folder, unwritable
+from dip.files import hold_folder, let_go, unwritable
 from dip.outputs import describe, offline_wandb_line, psnr_summary
 from dip.overrides import hydra_quoted, pasted_override, run_folder_arguments, run_folders, unquoted
 from dip.problem import problem_from_config
@@ -343,6 +343,13 @@ def hydra_main(cfg: DictConfig) -> float | None:
     if launched_from:
         absolute_locations(cfg, launched_from)
     runner = OmegaConf.select(cfg, "experiment.runner")
+    try:  # a sweep's job folder, held while the job runs: a run started into it meanwhile is refused, as it is here
+        taken = hold_folder(output_dir)
+    except DipError as error:  # the run there goes on: its records, which Hydra has just rewritten, are put back
+        EARLIER_RUNS.put_back_records(output_dir)
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            fail(str(error))
+        return _failed_job(str(error))
     try:
         EARLIER_RUNS.refuse_other_kind(output_dir, cfg)
         if runner:  # +experiment=NAME: a figure made of several runs
@@ -397,6 +404,9 @@ def hydra_main(cfg: DictConfig) -> float | None:
             raise
         # the job's folder is kept, for its traceback
         return _failed_job(kept_traceback(error, output_dir / f"{hydra_config.job.name}.log"))
+    finally:
+        if taken:
+            let_go(output_dir)
     print(describe(result))
     hydra_config = HydraConfig.get()
     if hydra_config.mode != RunMode.MULTIRUN and (upload := offline_wandb_line(output_dir)):  # a sweep's sums them up

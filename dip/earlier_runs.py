@@ -146,12 +146,7 @@ class EarlierRuns:
             earlier = self.written.get(path.resolve())
             if earlier is None or (earlier != path.stat().st_mtime_ns and path.suffix != ".log"):
                 path.unlink()
-        record_dir = output_dir / ".hydra"
-        for path in [*record_dir.glob("*"), output_dir / SWEEP_RECORD]:
-            if (earlier := self.records.get(path.resolve())) is not None:
-                path.write_bytes(earlier)
-            elif path.is_file():
-                path.unlink()
+        record_dir = self.put_back_records(output_dir)
         logs, earlier_logs = output_dir / WANDB_FOLDER, self.logs.get(output_dir.resolve(), {})
         for path in logs.iterdir() if logs.is_dir() else ():  # the W&B run this job started, if it got so far
             if path.name not in earlier_logs:
@@ -164,6 +159,17 @@ class EarlierRuns:
             if folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()):  # a link is the user's
                 folder.rmdir()
         self._remove_folders_above(output_dir)
+
+    def put_back_records(self, output_dir: Path) -> Path:
+        """Put back the records of Hydra's (``.hydra/``, a sweep's ``multirun.yaml``) that ``output_dir`` held
+        before Hydra started and that its job rewrote; remove those it added. Returns the ``.hydra`` folder."""
+        record_dir = output_dir / ".hydra"
+        for path in [*record_dir.glob("*"), output_dir / SWEEP_RECORD]:
+            if (earlier := self.records.get(path.resolve())) is not None:
+                path.write_bytes(earlier)
+            elif path.is_file():
+                path.unlink()
+        return record_dir
 
     def remove_unused_run_folder(self) -> None:
         """Remove the run folder (a sweep's too) if it is empty and was not there before (made to be held, then the

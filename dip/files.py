@@ -69,14 +69,17 @@ def existing_ancestor(path: Path) -> Path:
                 if folder.exists() or folder.is_symlink())
 
 
-_HELD: list[int] = []  # the folders this process holds, open until it ends
+_HELD: dict[Path, int] = {}  # the folders this process holds (resolved), each open until let go of
 
 
-def hold_folder(folder: Path) -> None:
-    """Hold ``folder`` (made if missing) for this process until it ends; ``DipError`` when another process
-    holds it: two runs writing into one folder would leave outputs of one beside the other's record. The
-    lock is the kernel's (``flock``): a process that dies lets go of it."""
+def hold_folder(folder: Path) -> bool:
+    """Hold ``folder`` (made if missing) for this process until it ends or lets go of it (``let_go``); ``DipError``
+    when another process holds it: two runs writing into one folder would leave outputs of one beside the
+    other's record. The lock is the kernel's (``flock``): a process that dies lets go of it. False where this
+    process held it already."""
     folder.mkdir(parents=True, exist_ok=True)
+    if folder.resolve() in _HELD:
+        return False
     descriptor = os.open(folder, os.O_RDONLY)
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -84,4 +87,26 @@ def hold_folder(folder: Path) -> None:
         os.close(descriptor)
         raise DipError(f"{folder} is in use by another run that is still going: wait for it to end, or run into "
                        f"another folder") from None
-    _HELD.append(descriptor)
+    _HELD[folder.resolve()] = descriptor
+    return True
+
+
+def let_go(folder: Path) -> None:
+    """Let go of ``folder``, which ``hold_folder`` held: another process may write there now."""
+    if (descriptor := _HELD.pop(folder.resolve(), None)) is not None:
+        os.close(descriptor)
+
+
+@contextlib.contextmanager
+def folder_held(folder: Path) -> Iterator[None]:
+    """``folder`` held for the block (``hold_folder``) and let go of after it, unless this process held it before;
+    made for it if missing, and then removed after it if still empty (a run that failed before writing)."""
+    made = not folder.exists()
+    taken = hold_folder(folder)
+    try:
+        yield
+    finally:
+        if taken:
+            let_go(folder)
+        if made and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()

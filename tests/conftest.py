@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -221,3 +223,16 @@ def offline_run_info(run_file: Path):
         if record.WhichOneof("record_type") == "run":
             return record.run
     raise ValueError(f"no run record in {run_file}")
+
+
+@contextlib.contextmanager
+def held_elsewhere(folder: Path) -> Iterator[None]:
+    """``folder`` held by another process (``hold_folder``) for the block, as a run writing into it holds it."""
+    holder = subprocess.Popen([sys.executable, "-c", f"from pathlib import Path; from dip.files import hold_folder; "
+                               f"hold_folder(Path({str(folder)!r})); print('held', flush=True); input()"],
+                              cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        yield
+    finally:
+        holder.communicate("\n", timeout=30)

@@ -19,7 +19,7 @@ from dip.errors import DipError, RunInterruptedError
 from dip.images import data_crop_offsets
 from dip.module import DeepImagePrior
 from dip.physics import BayerMosaic, Degradation, Inpainting, LanczosDownsample, RegionMask
-from tests.conftest import ROOT, make_png
+from tests.conftest import ROOT, held_elsewhere, make_png
 
 
 def test_restore_a_tensor_without_writing_anything(tmp_path, monkeypatch):
@@ -338,3 +338,20 @@ def test_resuming_from_a_torch_file_that_is_no_checkpoint_says_so(tmp_path):
         restore(torch.rand(3, 8, 8), overrides=["trainer.max_steps=1", f"resume={other}"])
     assert str(refused.value) == (f"{other} is not a dip checkpoint (it lacks the run's settings and step): name "
                                   f"another with resume=, or leave resume= out")
+
+
+def test_an_output_dir_another_run_is_writing_into_is_refused_and_one_held_is_let_go(tmp_path):
+    """restore() held no folder: a command line run into its output_dir meanwhile wrote its metrics beside the
+    call's outputs. A folder the call made and left empty is removed; one it held is let go of after it."""
+    busy, tiny = tmp_path / "busy", ["trainer.max_steps=1", "logger=none"]
+    with held_elsewhere(busy), pytest.raises(DipError, match=f"^{re.escape(str(busy))} is in use by another run"):
+        restore(torch.rand(3, 16, 16), output_dir=busy, overrides=tiny)
+    assert list(busy.iterdir()) == []
+    with pytest.raises(DipError, match="the generator gives 1 x 1 x 16 x 16"):  # fails after holding the folder
+        restore(torch.rand(3, 16, 16), output_dir=tmp_path / "made", generator=torch.nn.Conv2d(32, 1, 1),
+                overrides=tiny)
+    assert not (tmp_path / "made").exists()
+    restore(torch.rand(3, 16, 16), output_dir=tmp_path / "done", overrides=tiny)
+    lock = "import fcntl, os, sys; fcntl.flock(os.open(sys.argv[1], os.O_RDONLY), fcntl.LOCK_EX | fcntl.LOCK_NB)"
+    done = subprocess.run([sys.executable, "-c", lock, str(tmp_path / "done")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -33,6 +33,7 @@ from tests.conftest import (
     ROOT,
     assert_one_line_error,
     cli_environment,
+    held_elsewhere,
     make_png,
     offline_run_file,
     offline_run_info,
@@ -286,20 +287,31 @@ def test_sigterm_before_the_fit_is_one_line_and_leaves_nothing(tmp_path):
     assert "Traceback" not in done.stderr and not out.exists()
 
 
+def test_a_sweep_job_whose_folder_another_run_is_writing_into_fails_and_leaves_it_alone(tmp_path):
+    """Only the sweep's folder was held: a run going on in its job folder 0 had its outputs and record replaced
+    by the job's, and both said they had finished."""
+    sweep, job = tmp_path / "sweep", tmp_path / "sweep" / "0"
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "config.yaml").write_text("seed: 1\n")  # the record of the run going on there
+    (job / "restored.png").write_bytes(b"its output")
+    with held_elsewhere(job):
+        done = run_cli("-m", "seed=5,6", "data.size=32", "trainer.max_steps=1", "logger=none",
+                       f"hydra.sweep.dir={sweep}")
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "sweep: 1 of 2 job(s) finished" in done.stdout and f"{job} is in use by another run" in done.stdout
+    assert (job / ".hydra" / "config.yaml").read_text() == "seed: 1\n"
+    assert (job / "restored.png").read_bytes() == b"its output" and not (job / "metrics.json").exists()
+    assert (sweep / "1" / "metrics.json").is_file()
+
+
 def test_a_folder_another_run_is_writing_into_is_refused_before_hydra_writes(tmp_path):
     """Two runs into one folder at once ended with one run's outputs beside the other's record, and "already
     finished" then described the wrong run."""
     out = tmp_path / "out"
-    holder = subprocess.Popen([sys.executable, "-c", f"from pathlib import Path; from dip.files import hold_folder; "
-                               f"hold_folder(Path({str(out)!r})); print('held', flush=True); input()"],
-                              cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline() == "held\n"
-        run = ["data.size=32", "trainer.max_steps=1", "logger=none", f"hydra.run.dir={out}"]
+    run = ["data.size=32", "trainer.max_steps=1", "logger=none", f"hydra.run.dir={out}"]
+    with held_elsewhere(out):
         assert_one_line_error(run_cli(*run), f"{out} is in use by another run that is still going")
         assert list(out.iterdir()) == []  # Hydra wrote no record there
-    finally:
-        holder.communicate("\n", timeout=30)
     assert run_cli(*run).returncode == 0 and (out / "metrics.json").is_file()  # its end let go of the folder
 
 
