@@ -48,7 +48,7 @@ def _override_arguments(arguments: list[str], hydra: bool = False) -> list[str]:
     if ``hydra``."""
     overrides, skip_next = [], False
     for argument in arguments:
-        if skip_next or (argument.startswith("hydra") and not hydra) or argument.startswith("-"):
+        if skip_next or (argument.lstrip("+~").startswith("hydra") and not hydra) or argument.startswith("-"):
             skip_next = argument in OPTIONS_WITH_VALUE
             continue
         overrides.append(argument)
@@ -126,7 +126,7 @@ def check_overrides(arguments: list[str], config_name: str = "config") -> DictCo
         if check is not fixed:
             continue
         fixed_cfg = cfg
-        _check_search_target(cfg, config_name)
+        _check_search(arguments, cfg, config_name)
         multirun = bool(swept) or is_multirun(arguments, cfg)
         if config_name == "config" and multirun and _every_job_reads_this_input(cfg, arguments, swept):
             try:  # an input that every job shares and would fail on: once, not once per job or trial
@@ -137,10 +137,27 @@ def check_overrides(arguments: list[str], config_name: str = "config") -> DictCo
     return fixed_cfg
 
 
-def _check_search_target(cfg: DictConfig, config_name: str) -> None:
+def _check_search(arguments: list[str], cfg: DictConfig, config_name: str) -> None:
     """Refuse an Optuna search of what returns no PSNR to maximise: an experiment's figure, a benchmark's table
-    (every trial would fail, and the search end in "no trial finished")."""
-    if "optuna" not in str(OmegaConf.select(cfg, "hydra.sweeper._target_", default="")):
+    (every trial would fail, and the search end in "no trial finished"); and a search space
+    (``+hydra.sweeper.params.X=...``) added where the sweeper has none (Hydra's assertion, as a traceback).
+    ``cfg``: the config of the overrides that are not Hydra's, composed again where Hydra's sweeper is chosen
+    on the command line (``hydra/sweeper=optuna``)."""
+    fixed = _fixed_overrides(arguments)
+    if any(text.lstrip("+~").startswith("hydra/") for text in fixed):
+        try:
+            cfg = compose_config([text for text in fixed if not text.lstrip("+~").startswith("hydra.")],
+                                 config_name=config_name)
+        except Exception:  # noqa: BLE001 (Hydra's and OmegaConf's many errors): Hydra says what it cannot compose
+            return
+    optuna = "optuna" in str(OmegaConf.select(cfg, "hydra.sweeper._target_", default=""))
+    searched = [text for text in _override_arguments(arguments, hydra=True)
+                if text.lstrip("+").startswith(SEARCH_SPACE)]
+    if searched and OmegaConf.select(cfg, "hydra.sweeper.params", default=None) is None:
+        fail(f"{searched[0]}: {SEARCH_SPACE[:-1]} is an Optuna search's space, and this command has none to add to: "
+             + ("start from +hparams_search=optuna_lr, which sets one" if optuna else
+                "search with +hparams_search=optuna_lr, or sweep values with -m KEY=A,B"))
+    if not optuna:
         return
     if OmegaConf.select(cfg, "experiment.runner") or config_name != "config":
         what = "+experiment=NAME makes a figure" if config_name == "config" else "a benchmark makes a table"

@@ -410,15 +410,32 @@ def test_an_optuna_search_chooses_among_a_globs_options(tmp_path):
 
 
 @pytest.mark.parametrize("script, extra, what", [
-    ("run.py", ["+experiment=two_run_average"], "+experiment=NAME makes a figure of several"),
-    ("experiments/benchmark.py", ["benchmark=set5_x4"], "a benchmark makes a table of several"),
+    ("run.py", ["+hparams_search=optuna_lr", "+experiment=two_run_average"], "+experiment=NAME makes a figure"),
+    ("experiments/benchmark.py", ["+hparams_search=optuna_lr", "benchmark=set5_x4"], "a benchmark makes a table"),
+    # Optuna chosen as Hydra's sweeper was not seen: the figure was made, then "no trial of the search finished"
+    ("run.py", ["hydra/sweeper=optuna", "optim.lr=interval(0.001,0.1)", "+experiment=two_run_average"],
+     "+experiment=NAME makes a figure"),
 ])
 def test_an_optuna_search_of_what_returns_no_psnr_is_refused(tmp_path, script, extra, what):
     """Each trial ran, returned nothing to maximise and counted as failed, and the search ended in "no trial
     finished" without a reason."""
-    done = run_cli("+hparams_search=optuna_lr", "hydra.sweeper.n_trials=1", *extra, "logger=none", *TINY,
+    done = run_cli("-m", "hydra.sweeper.n_trials=1", *extra, "logger=none", *TINY,
                    f"hydra.sweep.dir={tmp_path / 'sweep'}", script=script)
-    assert_one_line_error(done, f"an Optuna search maximises one restoration's PSNR, and {what}")
+    assert_one_line_error(done, f"an Optuna search maximises one restoration's PSNR, and {what} of several")
+    assert not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.parametrize("extra, advice", [
+    (["-m"], "search with +hparams_search=optuna_lr, or sweep values with -m KEY=A,B"),
+    (["--cfg", "job"], "search with +hparams_search=optuna_lr"),
+    (["-m", "hydra/sweeper=optuna"], "start from +hparams_search=optuna_lr, which sets one"),
+])
+def test_a_search_space_added_where_there_is_none_is_one_line(tmp_path, extra, advice):
+    """As the search config's comment writes it, but without +hparams_search: Hydra's assertion, as a traceback."""
+    added = "+hydra.sweeper.params.ema_weight='interval(0.9,0.999)'"
+    done = run_cli(*extra, added, "logger=none", *TINY, f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert_one_line_error(done, f"{added}: hydra.sweeper.params is an Optuna search's space, and this command has "
+                                f"none to add to: {advice}")
     assert not (tmp_path / "sweep").exists()
 
 
