@@ -117,7 +117,7 @@ class RunInterruptedError(Exception):
     def continue_in(self, run_dir: Path, key: str = "hydra.run.dir") -> str:
         """The message for a run continued from ``run_dir`` rather than the checkpoint's folder: an
         experiment's (its sub-runs'), or a sweep's (``key`` hydra.sweep.dir) that the job was part of."""
-        return str(self.advised(f"run the same command again with {key}={run_dir}"))
+        return str(self.advised(f"run the same command again with {pasted_override(key, run_dir)}"))
 
     def sent_as(self, signum: int) -> RunInterruptedError:
         """This interruption, by ``signum``: the one the user sent, passed on as another."""

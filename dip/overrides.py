@@ -21,7 +21,8 @@ def pasted_override(key: str, value) -> str:
     """``key=value`` as a line of advice can give it, to be pasted into a shell: as it is where nothing in it is
     special to the shell or to Hydra, else quoted for both (``'hydra.run.dir='"'"'my runs'"'"''``)."""
     text = str(value)
-    if re.fullmatch(r"[\w/.+:@%~-]+", text):
+    # Hydra reads letters beyond ASCII, a ~, or true, null and numbers otherwise: not a folder so named
+    if re.fullmatch(r"[\w/.+:@%-]+", text, re.ASCII) and _parsed(text) == text:
         return f"{key}={text}"
     return shlex.quote(f"{key}={hydra_quoted(text)}")
 
@@ -40,16 +41,22 @@ def run_folder_arguments(arguments: list[str]) -> list[tuple[str, str]]:
     return [(key, value) for key, value in named if key in RUN_FOLDER_KEYS]
 
 
-def unquoted(value: str) -> str:
-    """An override's value as Hydra reads it (``''`` is empty), with OmegaConf's escaped ``\\${`` read as the
-    text ``${``; the value as given where Hydra's parser refuses it (Hydra says so then)."""
+def _parsed(value: str):
+    """An override's value as Hydra's parser reads it (``None`` for null), or ``value`` itself where the parser
+    refuses it (Hydra says so then)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser  # Hydra's parser, loaded when asked
     from hydra.errors import HydraException
 
     try:
-        parsed = OverridesParser.create().parse_overrides([f"key={value}"])[0].value()
+        return OverridesParser.create().parse_overrides([f"key={value}"])[0].value()
     except HydraException:
         return value
+
+
+def unquoted(value: str) -> str:
+    """An override's value as Hydra reads it (``''`` is empty), with OmegaConf's escaped ``\\${`` read as the
+    text ``${``; the value as given where Hydra's parser refuses it (Hydra says so then)."""
+    parsed = _parsed(value)
     if not isinstance(parsed, (str, int, float)):
         return value
     # an odd run of backslashes before ${ is escaped backslashes and an escaped ${; an even one, a live ${

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 from PIL import Image
 
@@ -24,7 +25,7 @@ from dip.cli import (
 from dip.config import compose_config
 from dip.config_checks import checked_config
 from dip.earlier_runs import EarlierRuns
-from dip.errors import DipError
+from dip.errors import DipError, RunInterruptedError
 from dip.files import hold_folder
 from dip.outputs import Result, write_outputs
 from dip.overrides import hydra_quoted, pasted_override, run_folders
@@ -285,6 +286,19 @@ def test_sigterm_before_the_fit_is_one_line_and_leaves_nothing(tmp_path):
                              "logger=none", f"hydra.run.dir={out}")
     assert done.returncode == 128 + signal.SIGTERM and done.stderr.rstrip().endswith("interrupted by SIGTERM")
     assert "Traceback" not in done.stderr and not out.exists()
+
+
+def test_advice_to_run_again_reads_back_in_hydra_as_its_folder():
+    """Letters beyond ASCII and ~ were left unquoted, which Hydra's parser refuses; an experiment's or a sweep's
+    advice (continue_in) was not quoted at all: 'hydra.run.dir=/tmp/e sp' split in two in the shell."""
+    parser = OverridesParser.create()
+    for folder in ["runs/a", "résultats", "r~x", "null", "true", "12", "e sp", "a%b@c:d+e", "it's"]:
+        (word,) = shlex.split(pasted_override("hydra.run.dir", folder))
+        assert parser.parse_overrides([word])[0].value() == folder, folder
+    interrupted = RunInterruptedError(signal.SIGTERM, 2, 9, Path("/tmp/e sp/sub/checkpoint.ckpt"))
+    advice = interrupted.continue_in(Path("/tmp/e sp")).partition(" with ")[2].removesuffix(" to continue")
+    (word,) = shlex.split(advice)
+    assert parser.parse_overrides([word])[0].value() == "/tmp/e sp"
 
 
 def test_a_sweep_job_whose_folder_another_run_is_writing_into_fails_and_leaves_it_alone(tmp_path):
