@@ -172,16 +172,29 @@ class SweepSummary(Callback):
 COMPARE_SCRIPT = Path(__file__).resolve().parent.parent / "experiments" / "compare.py"
 
 
+def _job_of(run: Path, sweep_dir: Path) -> Path:
+    """The job folder in ``sweep_dir`` that ``run`` is part of: the nearest folder holding Hydra's record of a job
+    (``.hydra/``), from ``run`` up; ``run`` itself where none does (``hydra.output_subdir=null``)."""
+    return next((folder for folder in [run, *run.parents] if folder.is_relative_to(sweep_dir)
+                 and (folder / ".hydra").is_dir()), run)
+
+
 def sweep_summary(sweep_dir: Path, jobs: dict[Path, bool]) -> str:
     """What the sweep whose job folders are ``jobs`` (each with whether it finished) left in ``sweep_dir``: how
     many of them finished (run now or before), the runs of earlier sweeps there, the dashboard's command, the
     failed jobs, the offline W&B runs to upload."""
     runs = sorted(path.parent for path in sweep_dir.glob("**/metrics.json"))
-    # an experiment's or a benchmark's sub-runs are inside its job's folder: not runs of their own; a run in the
-    # folder of a job that failed (refused, as it held other settings) is an earlier sweep's
+    # an experiment's or a benchmark's sub-runs are part of their job: this sweep's that holds them, else the folder
+    # with Hydra's record above them, an earlier sweep's job; a run in the folder of this sweep's job that failed
+    # (refused, as it held other settings) is an earlier sweep's too
     folders = {job.resolve(): done for job, done in jobs.items()}  # the jobs' as Hydra named them: absolute
-    earlier = [run for run in map(Path.resolve, runs)
-               if not any(run.is_relative_to(job) and (done or run != job) for job, done in folders.items())]
+    earlier = set()
+    for run in map(Path.resolve, runs):
+        ours = next((job for job in folders if run.is_relative_to(job)), None)
+        if ours is None:
+            earlier.add(_job_of(run, sweep_dir.resolve()))
+        elif run == ours and not folders[ours]:
+            earlier.add(run)
     failures = failed_jobs(sweep_dir)
     lines = [f"sweep: {sum(jobs.values())} of {len(jobs)} job(s) finished in {sweep_dir}"
              + (f"; {len(earlier)} run(s) of earlier sweeps there too" if earlier else "")]

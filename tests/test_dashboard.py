@@ -273,6 +273,22 @@ def test_a_run_in_the_folder_of_a_job_that_failed_is_an_earlier_sweeps_also_in_a
     assert "earlier" not in sweeps.sweep_summary(Path("sweep"), {tmp_path / "sweep" / "0": True})
 
 
+def test_an_earlier_experiment_job_counts_once_and_its_sub_runs_not_as_runs_of_their_own(tmp_path):
+    """Two earlier jobs, one an experiment with two sub-runs, were counted as 4 runs of earlier sweeps."""
+    sweep = tmp_path / "sweep"
+    make_run(sweep, "0")
+    (sweep / "1" / ".hydra").mkdir(parents=True)  # an experiment's job: its runs are its sub-runs
+    for sub_run in ("run0", "run1"):
+        make_run(sweep / "1", sub_run)
+        shutil.rmtree(sweep / "1" / sub_run / ".hydra")
+    make_run(sweep, "x7")
+    summary = sweeps.sweep_summary(sweep, {sweep / "x7": True})
+    assert f"sweep: 1 of 1 job(s) finished in {sweep}; 2 run(s) of earlier sweeps there too" in summary
+    # this sweep's experiment job: its sub-runs are its own, whether it finished or failed part-way
+    assert "of earlier sweeps" not in sweeps.sweep_summary(sweep, {sweep / "0": True, sweep / "1": False,
+                                                                   sweep / "x7": True})
+
+
 def test_a_sweep_whose_jobs_all_failed_says_so(tmp_path, capsys, monkeypatch):
     sweep = tmp_path / "sweep"
     sweep.mkdir()
