@@ -49,7 +49,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from dip.baselines import BASELINES, BaselineUnavailableError
 from dip.config import dotted
-from dip.config_checks import check_whole_number, instantiate_settings
+from dip.config_checks import check_whole_number
 from dip.datasets import DatasetImage, open_dataset
 from dip.earlier_runs import finished_config, read_metrics
 from dip.errors import (
@@ -79,7 +79,7 @@ from dip.outputs import (
     write_outputs,
 )
 from dip.physics import Degradation
-from dip.problem import problem_from_config, stack_problems
+from dip.problem import built_physics, problem_from_config, stack_problems
 from dip.run_settings import RESULT_SETTINGS, made_images_settings, refuse_other_settings, without_implied_settings
 from dip.signals import reset_handlers, set_handlers, signal_finished_first, stop_signals
 
@@ -652,7 +652,7 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> dict:
     if unknown := sorted((restorable or set()) - {image.name for image in images}):
         raise DipError(f"benchmark.restore names {', '.join(unknown)}, not among the images of this benchmark "
                        f"({Path(cfg.data.root) / spec.dataset}, benchmark.images)")
-    physics = instantiate_settings(cfg.task.physics, "task.physics")
+    physics = built_physics(cfg)
     per_image = [(run_dir / "images" / image.stem, image_jobs(cfg, image, run_dir / "images" / image.stem, physics))
                  for image in images]
     jobs = [job for _, image_runs in per_image for job in image_runs]

@@ -71,6 +71,20 @@ DIVERGED_GRADIENT_RULES = ("keep", "drop", "damp")
 SECOND_MOMENT_OPTIMIZERS = (torch.optim.Adam, torch.optim.AdamW, torch.optim.NAdam, torch.optim.RAdam)
 
 
+def check_data_terms(physics, data_terms: torch.Tensor, x: torch.Tensor) -> None:
+    """``DipError`` unless ``physics.data_term(x, y)`` gave one value per image of ``x`` (a scalar would fit, then
+    fail when the outputs are scored) that carries the gradient back to ``x`` (an ``A`` computed in numpy, or
+    detached, leaves nothing to fit). Shapes and flags only: no sync with the device."""
+    name = f"{type(physics).__module__}.{type(physics).__qualname__}"
+    if tuple(data_terms.shape) != (x.shape[0],):
+        got = "a scalar" if data_terms.dim() == 0 else " x ".join(map(str, data_terms.shape))
+        raise DipError(f"physics {name}: data_term(x, y) gives {got}, not one value per image of x ({x.shape[0]}): "
+                       "reduce over all but the first dimension (.flatten(1).mean(1))")
+    if x.requires_grad and not data_terms.requires_grad:
+        raise DipError(f"physics {name}: data_term(x, y) carries no gradient back to x: A(x) must be computed with "
+                       "torch operations on x (not numpy, not detached)")
+
+
 class DeepImagePrior(pl.LightningModule):
     """Minimises ``E(f(z + reg_noise_std * n); y) [+ R(f(...))]`` over the generator's weights (and ``z``).
 
@@ -270,6 +284,7 @@ class DeepImagePrior(pl.LightningModule):
         # the float32 operator it was defined as, or a bf16 step would fit another downsampler.
         with full_precision(x):
             data_terms = self.physics.data_term(x.float(), self.observation)  # one per restart
+        check_data_terms(self.physics, data_terms, x)
         # Every operation here is a host dispatch per step, and a GPU step at 512 px is bound by the
         # host: one detach of each.
         output, terms = x.detach(), data_terms.detach()

@@ -40,7 +40,7 @@ from dip.inputs import padded_size
 from dip.loggers import ImageLogger, flat_config
 from dip.memory import check_codes_fit, check_memory_fits, checked_estimate, meta_copy, out_of_memory, run_device
 from dip.metrics import per_image_psnr, psnr, psnr_from_mse, rounded, ssim
-from dip.module import DeepImagePrior
+from dip.module import DeepImagePrior, check_data_terms
 from dip.nets.packed import pack_state_dicts
 from dip.outputs import Result, write_outputs
 from dip.problem import Problem, problem_from_config, with_dataset_hint
@@ -233,10 +233,13 @@ def check_shapes(module: DeepImagePrior, arch: str, task: str) -> None:
                 raise DipError(f"task {task}: A(x) maps the {shape_text(x)} restoration to {shape_text(observed)}, "
                                f"but the observation is {shape_text(meta.observation)} (an operator that changes the "
                                "size defines observation_size and solution_size)")
+            check_data_terms(meta.physics, meta.physics.data_term(x, meta.observation), x)
             baseline = meta.physics.baseline(meta.observation)
             if baseline is not None and tuple(baseline.shape[-3:]) != wanted[-3:]:
                 raise DipError(f"task {task}: baseline(y) gives {shape_text(baseline)}, not the {shape_text(x)} "
-                               "restoration's shape (define baseline() for this operator; None for no baseline)")
+                               "restoration's shape (baseline() maps y to the restoration's size, None for no "
+                               "baseline; an operator that changes the size defines solution_size too, which makes "
+                               "the image's size one it can map back)")
     except DipError:
         raise
     except NotImplementedError:

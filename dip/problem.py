@@ -215,6 +215,23 @@ def with_dataset_hint(error: DipError, root: str) -> DipError:
     return DipError(message)
 
 
+def checked_physics(physics, what: str) -> Degradation:
+    """``physics``, or ``DipError`` naming ``what`` gave it when it is no ``Degradation`` with an ``A(x)`` of its
+    own."""
+    module = type(physics).__module__
+    kind = type(physics).__qualname__ if module == "builtins" else f"{module}.{type(physics).__qualname__}"
+    if not isinstance(physics, Degradation):
+        raise DipError(f"{what} must be a dip.physics.Degradation (a subclass defining A(x)), not {kind}")
+    if type(physics).A is Degradation.A:
+        raise DipError(f"{what} {kind} defines no A(x), the degradation it stands for")
+    return physics
+
+
+def built_physics(cfg: DictConfig) -> Degradation:
+    """The degradation that ``cfg.task.physics`` describes, checked (``checked_physics``)."""
+    return checked_physics(instantiate_settings(cfg.task.physics, "task.physics"), "task.physics")
+
+
 def problem_from_config(cfg: DictConfig, clean=None, observation=None, physics: Degradation | None = None) -> Problem:
     """The task's degradation and the observation ``cfg`` describes (the same for the same
     ``observation_seed``); ``clean`` and ``observation`` (files or tensors) stand in for
@@ -225,14 +242,7 @@ def problem_from_config(cfg: DictConfig, clean=None, observation=None, physics: 
     # here, not in read_image: the config's data.path may be a number (data.path=5), which is a file's name
     _check_given(clean, "image")
     _check_given(observation, "observation")
-    if physics is None:
-        physics = instantiate_settings(cfg.task.physics, "task.physics")
-    elif not isinstance(physics, Degradation):
-        raise DipError(f"physics must be a dip.physics.Degradation, not of type {type(physics).__name__}")
-    elif type(physics).A is Degradation.A:
-        raise DipError(f"physics {type(physics).__name__} defines no A(x), the degradation it stands for")
-    else:
-        physics = copy.deepcopy(physics)
+    physics = built_physics(cfg) if physics is None else copy.deepcopy(checked_physics(physics, "physics"))
     data = cfg.data
     try:
         return build_problem(

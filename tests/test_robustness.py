@@ -34,6 +34,7 @@ from dip.memory import (
 )
 from dip.module import DeepImagePrior
 from dip.outputs import OUTPUT_FILES, describe
+from dip.physics import Degradation
 from dip.pipeline import check_shapes, prepare, run
 from tests.conftest import make_png, run_cli
 
@@ -557,6 +558,47 @@ def test_a_generator_or_operator_of_the_wrong_shape_is_refused_before_the_fit(ge
     module.physics = physics or module.physics
     with pytest.raises(DipError, match=re.escape(message)):
         check_shapes(module, "mine", "denoising")
+
+
+class _ScalarTerm(Degradation):
+    """A data term written as most would write it: one number for the batch."""
+
+    def A(self, x):  # noqa: N802
+        return x
+
+    def data_term(self, x, y):
+        return (self.A(x) - y).abs().mean()
+
+
+class _ThroughNumpy(Degradation):
+    def A(self, x):  # noqa: N802
+        return torch.from_numpy(x.detach().cpu().numpy())
+
+
+OWN_PHYSICS = ["~task.physics.sigma", "~task.physics.clip", "arch=skip_depth2", "data.size=32", "logger=none",
+               "trainer.max_steps=2"]
+
+
+def test_an_operator_whose_data_term_is_no_value_per_image_or_carries_no_gradient_is_one_line():
+    """A scalar data term fitted every step, then failed when the outputs were scored, and nothing was kept; an
+    A(x) through numpy failed at the first step with autograd's traceback."""
+    module = prepare(compose_config(["arch=skip_depth2", "data.size=32", "logger=none"]))[1]
+    module.physics = _ScalarTerm()
+    with pytest.raises(DipError, match=re.escape("physics tests.test_robustness._ScalarTerm: data_term(x, y) gives a "
+                                                 "scalar, not one value per image of x (1): reduce over all but the "
+                                                 "first dimension")):
+        check_shapes(module, "skip_depth2", "mine")
+    numpy = compose_config(["task.physics._target_=tests.test_robustness._ThroughNumpy", *OWN_PHYSICS])
+    with pytest.raises(DipError, match=re.escape("physics tests.test_robustness._ThroughNumpy: data_term(x, y) carries "
+                                                 "no gradient back to x: A(x) must be computed with torch operations")):
+        run(numpy, None)
+
+
+def test_a_task_whose_physics_is_no_degradation_is_one_line():
+    """It ended in "'Identity' object has no attribute 'check_fits'", as a traceback."""
+    with pytest.raises(DipError, match=re.escape("task.physics must be a dip.physics.Degradation (a subclass defining "
+                                                 "A(x)), not torch.nn.modules.linear.Identity")):
+        prepare(compose_config(["task.physics._target_=torch.nn.Identity", *OWN_PHYSICS]))
 
 
 def test_an_operator_whose_baseline_is_not_the_restorations_shape_is_refused_before_the_fit():
