@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -26,6 +27,7 @@ from dip.physics import Degradation
 from dip.pipeline import run
 from dip.problem import problem_from_config
 from dip.run_settings import tensor_name
+from dip.signals import signal_finished_first
 
 
 def restore(
@@ -86,9 +88,14 @@ def restore(
     folder = Path(output_dir) if output_dir is not None else None
     try:  # a run another process is writing into the folder is not mixed with this one
         with folder_held(folder) if folder is not None else nullcontext(), _session_random_state_kept():
-            return run(cfg, folder, problem, generator=generator)
+            result = run(cfg, folder, problem, generator=generator)
     except RunInterruptedError as interruption:  # its own advice is the command line's
         raise interruption.advised(f"call restore() again with output_dir={output_dir}") from None
+    # Ctrl-C returns the result so far; a scheduler's stop or a closed terminal, which the fit finished first, is
+    # then acted on as the handler before the fit would have (by default, the process ends)
+    if (signum := signal_finished_first()) in (signal.SIGTERM, signal.SIGHUP):
+        signal.raise_signal(signum)
+    return result
 
 
 def _class_path(instance: object) -> str:

@@ -45,7 +45,7 @@ from dip.nets.packed import pack_state_dicts
 from dip.outputs import Result, write_outputs
 from dip.problem import Problem, problem_from_config, with_dataset_hint
 from dip.run_settings import file_digests, result_settings
-from dip.signals import held_signals, signals_stop_the_fit
+from dip.signals import held_signals, signals_stop_the_fit, stopped_by
 from dip.speed import Speed
 
 log = logging.getLogger("dip")
@@ -569,6 +569,8 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
                 logger.experiment.finish()
         if saver.interrupted and saver.path is not None:
             raise saver.interruption(saver.interrupted, steps, trainer.max_steps)
+        if saver.interrupted:
+            stopped_by(saver.interrupted)
         if write is None and output_dir is not None:
             write = functools.partial(write_outputs, output_dir=Path(output_dir))
         if write is not None:

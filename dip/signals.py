@@ -59,6 +59,12 @@ def finished_first_on(signum: int, when: str) -> None:
     _finished_first.append(signum)
 
 
+def stopped_by(signum: int) -> None:
+    """The fit under way, which has no folder to checkpoint in, stopped on ``signum``: its result so far is
+    returned, and the signal kept for ``signal_finished_first``, to be acted on after it."""
+    _finished_first.append(signum)
+
+
 def forget_finished_first() -> None:
     """At the start of a fit: a signal an earlier fit of this process finished first is not this one's."""
     _finished_first.clear()

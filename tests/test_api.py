@@ -356,3 +356,39 @@ def test_an_output_dir_another_run_is_writing_into_is_refused_and_one_held_is_le
     lock = "import fcntl, os, sys; fcntl.flock(os.open(sys.argv[1], os.O_RDONLY), fcntl.LOCK_EX | fcntl.LOCK_NB)"
     done = subprocess.run([sys.executable, "-c", lock, str(tmp_path / "done")], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+STARTED_THEN_SLOW = """
+import sys, time, torch
+from dip import restore
+
+class Announced(torch.nn.Module):  # says when the fit has started, then takes its time over each step
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(32, 3, 1)
+
+    def forward(self, z):
+        if z.device.type != "meta":
+            print("fitting", flush=True)
+            time.sleep(0.2)
+        return torch.sigmoid(self.conv(z))
+
+result = restore(torch.rand(3, 16, 16), generator=Announced(), overrides=["trainer.max_steps=1000", "logger=none"])
+print("returned", result.metrics["stop_reason"], flush=True)
+"""
+
+
+@pytest.mark.parametrize("sent, ends", [(signal.SIGTERM, True), (signal.SIGINT, False)])
+def test_a_scheduler_stop_during_restore_without_a_folder_ends_the_script(sent, ends):
+    """SIGTERM (timeout, SLURM, kill) stopped the fit and restore() returned, so the script went on to its next
+    fit and exited 0. Ctrl-C still returns the result so far, as in a notebook."""
+    script = subprocess.Popen([sys.executable, "-c", STARTED_THEN_SLOW], cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    assert "fitting\n" in iter(script.stdout.readline, "")  # the fit has started
+    script.send_signal(sent)
+    stdout, stderr = script.communicate(timeout=120)
+    assert f"{signal.Signals(sent).name}: stopping at step" in stderr
+    if ends:
+        assert script.returncode == -sent and "returned" not in stdout
+    else:
+        assert script.returncode == 0 and f"returned interrupted by {signal.Signals(sent).name}" in stdout
