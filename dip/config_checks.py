@@ -190,6 +190,11 @@ def check_settings(cfg: DictConfig) -> None:
         if OmegaConf.select(cfg, key) is None:  # a config of one's own that replaced its group without it
             raise DipError(f"the composed config has no {key}: the {key.split('.')[0]} config chosen must set it "
                            f"(a file of one's own that sets keys of several groups starts with '# @package _global_')")
+    experiment = cfg.get("experiment")
+    if isinstance(experiment, DictConfig) and (nested := [key for key in experiment if key in cfg]):
+        raise DipError(f"the experiment's file sets {', '.join(f'experiment.{key}' for key in nested)}, which nothing "
+                       "reads: a file in conf/experiment/ that sets the run's settings starts with "
+                       "'# @package _global_' (its own settings then go under experiment:)")
     if OmegaConf.select(cfg, "input.path") and _builds(cfg.input, "dip.inputs.PixelCode"):
         raise DipError(f"input {cfg.input._target_} (prior=tv, input=pixels) fits the pixels themselves, so task "
                        f"{cfg.task.name}'s input image (input.path) would be ignored: it is the code z of prior=dip")

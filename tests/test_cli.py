@@ -742,6 +742,10 @@ def test_help_into_a_reader_that_has_left_says_nothing(tmp_path):
      "arch dip.nets.ResNet: its config needs _partial_: true"),
     ("arch/other.yaml", "_target_: torch.nn.Tanh\n_partial_: true\n", "arch=other",
      "arch torch.nn.Tanh takes no argument 'in_channels', which the framework passes"),
+    # without its header, an experiment's settings went under experiment: and the default run ran, with no word
+    ("experiment/short.yaml", "trainer:\n  max_steps: 2\noptim:\n  lr: 0.123\n", "+experiment=short",
+     "the experiment's file sets experiment.trainer, experiment.optim, which nothing reads: a file in "
+     "conf/experiment/ that sets the run's settings starts with '# @package _global_'"),
 ])
 def test_mistakes_in_a_config_of_ones_own_are_one_line(tmp_path, path, text, override, message):
     mine = tmp_path / "my_conf"
