@@ -8,7 +8,9 @@ import inspect
 import logging
 import resource
 import signal
+import site
 import sys
+import sysconfig
 import time
 import traceback
 import warnings
@@ -248,7 +250,16 @@ def check_shapes(module: DeepImagePrior, arch: str, task: str) -> None:
         if "meta" in str(error).lower():  # a layer the meta device cannot run
             return
         raise DipError(f"arch {arch} / task {task}: the step fails on a {shape_text(meta.z)} code (its channels: "
-                       f"input.channels): {one_line(error, 200)}") from None
+                       f"input.channels): {one_line(error, 200)}{_raised_at(error)}") from None
+
+
+def _raised_at(error: BaseException) -> str:
+    """Where ``error`` was raised in code outside Python's and the installed libraries' (a generator or operator
+    of one's own), as `` (at FILE:LINE in FUNCTION)``; ``""`` if nowhere."""
+    installed = tuple(str(Path(path).resolve()) for path in [*site.getsitepackages(), sysconfig.get_paths()["stdlib"]])
+    own = [frame for frame in traceback.extract_tb(error.__traceback__)
+           if not str(Path(frame.filename).resolve()).startswith(installed)]
+    return f" (at {own[-1].filename}:{own[-1].lineno} in {own[-1].name})" if own else ""
 
 
 def shape_text(tensor: torch.Tensor) -> str:
@@ -293,7 +304,8 @@ def check_copies(cfg: DictConfig, images: int = 1) -> int:
     if copies > 1:
         if "copies" not in inspect.signature(get_class(cfg.arch._target_)).parameters:
             raise DipError(f"{packed} packs copies of the generator into one network, which arch "
-                           f"'{cfg.arch_name}' ({cfg.arch._target_}) cannot do: use a skip architecture")
+                           f"'{cfg.arch_name}' ({cfg.arch._target_}) cannot do: use a skip architecture, or give "
+                           f"the class a copies=N argument that packs N independent networks, as dip.nets.Skip does")
         stopping = get_class(cfg.early_stop._target_) if cfg.get("early_stop") else None
         if stopping is not None and not stopping.handles_copies:
             raise DipError(f"{packed} does not combine with early stopping by {stopping.__name__} (early_stop=none, "

@@ -530,6 +530,11 @@ class _Pair(torch.nn.Module):
         return z[:, :3], z[:, 3:]
 
 
+class _Buggy(torch.nn.Module):
+    def forward(self, z):
+        return z.view(1, 16, -1, 7)  # a typo of one's own: its message said where only with a traceback
+
+
 class _Shrinks(torch.nn.Module):
     """An operator of one's own that loses a pixel at each border but keeps the observation's size."""
 
@@ -549,6 +554,7 @@ class _HalvesWithoutBaseline(_Shrinks):
     (_HalfSize(), None, "the generator gives 1 x 3 x 16 x 16 for a 1 x 32 x 32 x 32 code, but task denoising restores "
                         "1 x 3 x 32 x 32"),
     (_Pair(), None, "the generator returns a tuple, not one N x C x H x W tensor"),
+    (_Buggy(), None, f"is invalid for input of size 32768 (at {__file__}:"),
     (None, _Shrinks(), "A(x) maps the 1 x 3 x 32 x 32 restoration to 1 x 3 x 30 x 30, but the observation is"),
     (None, _HalvesWithoutBaseline(), "A(x) maps the 1 x 3 x 32 x 32 restoration to 1 x 3 x 16 x 16"),
 ])

@@ -49,7 +49,8 @@ class DiscrepancyStopping(DeviceStateCallback):
         physics = pl_module.physics
         if physics.expected_residual(pl_module.observation[:1]) is None:
             raise DipError(f"early_stop=discrepancy needs a known noise level, which {type(physics).__name__} "
-                           "does not have: use it with task=denoising, or early_stop=wmv")
+                           "does not have (expected_residual(y) gives None): use it with task=denoising or an "
+                           "operator whose expected_residual gives the noise's, or early_stop=wmv")
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         self.check_module(pl_module)
