@@ -235,7 +235,8 @@ def check_shapes(module: DeepImagePrior, arch: str, task: str) -> None:
                 raise DipError(f"task {task}: A(x) maps the {shape_text(x)} restoration to {shape_text(observed)}, "
                                f"but the observation is {shape_text(meta.observation)} (an operator that changes the "
                                "size defines observation_size and solution_size)")
-            check_data_terms(meta.physics, meta.physics.data_term(x, meta.observation), x)
+            # its shape: no gradient under no_grad (a fit of the pixels, prior=tv, has x a parameter that asks for one)
+            check_data_terms(meta.physics, meta.physics.data_term(x, meta.observation), x.detach())
             baseline = meta.physics.baseline(meta.observation)
             if baseline is not None and tuple(baseline.shape[-3:]) != wanted[-3:]:
                 raise DipError(f"task {task}: baseline(y) gives {shape_text(baseline)}, not the {shape_text(x)} "

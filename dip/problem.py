@@ -218,8 +218,7 @@ def with_dataset_hint(error: DipError, root: str) -> DipError:
 def checked_physics(physics, what: str) -> Degradation:
     """``physics``, or ``DipError`` naming ``what`` gave it when it is no ``Degradation`` with an ``A(x)`` of its
     own."""
-    module = type(physics).__module__
-    kind = type(physics).__qualname__ if module == "builtins" else f"{module}.{type(physics).__qualname__}"
+    kind = type(physics).__name__
     if not isinstance(physics, Degradation):
         raise DipError(f"{what} must be a dip.physics.Degradation (a subclass defining A(x)), not {kind}")
     if type(physics).A is Degradation.A:

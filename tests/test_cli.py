@@ -350,11 +350,13 @@ def test_the_run_folder_is_the_one_hydra_resolves_and_a_default_one_in_use_gives
         assert OmegaConf.select(compose_config(pinned), "hydra.run.dir") == f"{tmp_path}/{name}", name
     chosen = pinned_folder(["arch=skip_depth2", "hydra.run.dir=runs/${hydra:runtime.choices.arch}"], "hydra.run.dir")
     assert run_folders(chosen[0]) == [("hydra.run.dir", Path("runs/skip_depth2"))]
-    hold_folder(tmp_path / "held")
     arguments = [f"hydra.run.dir='{tmp_path / 'held'}'"]
-    assert held_run_folder(arguments, gives_way=True) == [f"hydra.run.dir='{tmp_path / 'held_2'}'"]
-    with pytest.raises(SystemExit):  # a folder of one's own, named on the command line or in a config
-        held_run_folder(arguments, gives_way=False)
+    with held_elsewhere(tmp_path / "held"):
+        assert held_run_folder(arguments, gives_way=True) == [f"hydra.run.dir='{tmp_path / 'held_2'}'"]
+        with pytest.raises(SystemExit):  # a folder of one's own, named on the command line or in a config
+            held_run_folder(arguments, gives_way=False)
+    assert held_run_folder(arguments, gives_way=False) == arguments  # let go of: this process holds it now
+    assert held_run_folder(arguments, gives_way=False) == arguments  # and holding it again is no conflict
     out = tmp_path / "runs"
     run = ["data.size=32", "trainer.max_steps=1", "logger=none", f"hydra.run.dir={out}/${{task.name}}"]
     assert run_cli(*run).returncode == 0 and (out / "denoising" / "metrics.json").is_file()

@@ -603,7 +603,7 @@ def test_an_operator_whose_data_term_is_no_value_per_image_or_carries_no_gradien
 def test_a_task_whose_physics_is_no_degradation_is_one_line():
     """It ended in "'Identity' object has no attribute 'check_fits'", as a traceback."""
     with pytest.raises(DipError, match=re.escape("task.physics must be a dip.physics.Degradation (a subclass defining "
-                                                 "A(x)), not torch.nn.modules.linear.Identity")):
+                                                 "A(x)), not Identity")):
         prepare(compose_config(["task.physics._target_=torch.nn.Identity", *OWN_PHYSICS]))
 
 
