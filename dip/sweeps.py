@@ -102,6 +102,7 @@ def record_failure(sweep_dir: Path, line: str, job_dir: str) -> Path:
     """Append ``line`` (the error of the job in ``job_dir``) to the sweep's list of failed jobs, and return the
     list's path."""
     _failed_here.add(job_dir)
+    _append_line(sweep_dir / SWEEP_JOBS, f"failed\t{job_dir}")
     return _append_line(sweep_dir / FAILED_JOBS, line)
 
 
@@ -117,13 +118,23 @@ def _append_line(path: Path, line: str) -> Path:
 def sweep_jobs(sweep_dir: Path) -> dict[Path, bool]:
     """The folders of the jobs that the sweep last run in ``sweep_dir`` started, in the order they started, each
     with whether it finished (its run, experiment or benchmark done, or found done before)."""
+    jobs: dict[Path, bool] = {}
+    for status, folder in _job_records(sweep_dir):
+        jobs[folder] = jobs.get(folder, False) or status == "finished"
+    return jobs
+
+
+def failed_job_folders(sweep_dir: Path) -> set[Path]:
+    """The folders of the jobs of the sweep last run in ``sweep_dir`` that failed (``record_failure``), resolved:
+    a failed job's folder kept for its traceback is a failure, listed as one, not a run still to finish."""
+    return {folder.resolve() for status, folder in _job_records(sweep_dir) if status == "failed"}
+
+
+def _job_records(sweep_dir: Path) -> list[tuple[str, Path]]:
+    """``(status, job folder)`` as ``.sweep_jobs`` lists them: started, finished or failed."""
     listed = sweep_dir / SWEEP_JOBS
     lines = listed.read_text(encoding="utf-8", errors="replace").splitlines() if listed.is_file() else []
-    jobs: dict[Path, bool] = {}
-    for line in lines:
-        status, _, folder = line.partition("\t")
-        jobs[Path(folder)] = jobs.get(Path(folder), False) or status == "finished"
-    return jobs
+    return [(status, Path(folder)) for status, _, folder in (line.partition("\t") for line in lines)]
 
 
 def failed_jobs(sweep_dir: Path) -> list[str]:

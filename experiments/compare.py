@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 from dip.config import dotted, image_name  # noqa: E402
 from dip.errors import DipError, fail, invalid_yaml, one_line  # noqa: E402
 from dip.figures import figure_png  # noqa: E402
-from dip.sweeps import FAILED_JOBS, failed_jobs  # noqa: E402
+from dip.sweeps import FAILED_JOBS, failed_job_folders, failed_jobs  # noqa: E402
 from dip.wandb_files import offline_history  # noqa: E402
 from experiments.cli_args import ArgumentParser  # noqa: E402
 
@@ -474,7 +474,8 @@ def write_dashboard(sweep_dir: Path, out: Path, by: str = "arch") -> Path:
     check_out(out)
     everything = find_runs(sweep_dir)
     runs = [run for run in everything if run.finished]
-    unfinished = [run for run in everything if not run.finished]
+    failed = failed_job_folders(sweep_dir)  # noted as failures below
+    unfinished = [run for run in everything if not run.finished and run.path.resolve() not in failed]
     failures = read_failures(sweep_dir)
     if not runs:
         raise no_finished_run(sweep_dir, [run for run in unfinished if run.unreadable], failures)

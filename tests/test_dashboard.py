@@ -156,6 +156,17 @@ def test_a_damaged_image_in_a_run_folder_is_a_cell_naming_it(tmp_path, capsys):
     assert any(text.startswith("unreadable:\nrestored.png\n") for text in texts), texts
 
 
+def test_a_failed_job_kept_for_its_traceback_is_a_failure_not_an_unfinished_run(tmp_path):
+    """It was counted twice: "1 unfinished or unreadable" and "1 job(s) failed"."""
+    sweep = make_sweep(tmp_path)
+    (sweep / "1" / "metrics.json").unlink()  # the job failed on a bug: its folder stays, for its traceback
+    sweeps.record_failure(sweep, f"job 1 (seed=1): RuntimeError: boom (its traceback: {sweep / '1' / 'cli.log'})",
+                          str(sweep / "1"))
+    page = compare.write_dashboard(sweep, sweep).read_text()
+    assert "1 finished run(s) in" in page and "unfinished" not in page.split("<style>")[0] + page.split("</style>")[1]
+    assert "1 job(s) failed" in page and sweeps.sweep_jobs(sweep) == {sweep / "1": False}
+
+
 def test_a_failed_jobs_list_that_is_not_utf8_is_read(tmp_path):
     sweep = make_sweep(tmp_path)
     (sweep / sweeps.FAILED_JOBS).write_bytes(b"job 1 (seed=1): \xff\xfe broken\n")
