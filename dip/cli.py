@@ -22,7 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from dip.config import CONF_DIR, absolute_locations, compose_config, config_groups, register_resolvers, use_config_dirs
 from dip.config_checks import checked_config, config_message, misspelt_setting
-from dip.earlier_runs import EarlierRuns, finished_metrics
+from dip.earlier_runs import EarlierRuns, finished_metrics, job_records, rewrite_records
 from dip.errors import (
     DipError,
     RunInterruptedError,
@@ -360,10 +360,15 @@ def hydra_main(cfg: DictConfig) -> float | None:
     if launched_from:
         absolute_locations(cfg, launched_from)
     runner = OmegaConf.select(cfg, "experiment.runner")
-    try:  # a sweep's job folder, held while the job runs: a run started into it meanwhile is refused, as it is here
-        taken = hold_folder(output_dir)
-    except DipError as error:  # the run there goes on: its records, which Hydra has just rewritten, are put back
-        EARLIER_RUNS.put_back_records(output_dir)
+    hydra_config = HydraConfig.get()
+    own_records = job_records(output_dir)  # as Hydra has just written them: another job's start may replace them
+    # a sweep's job folder, held while the job runs: a run started into it meanwhile is refused, as it is here; the
+    # sweep's own folder (hydra.sweep.subdir='') is its main process's to hold
+    in_sweep_folder = output_dir.resolve() == Path(hydra_config.sweep.dir).resolve()
+    try:
+        taken = not (hydra_config.mode == RunMode.MULTIRUN and in_sweep_folder) and hold_folder(output_dir)
+    except DipError as error:  # the run there goes on, and writes its record again when it ends (rewrite_records)
+        EARLIER_RUNS.put_back_records(output_dir, remove_added=False)
         if HydraConfig.get().mode != RunMode.MULTIRUN:
             fail(str(error))
         return _failed_job(str(error))
@@ -373,6 +378,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
             from dip.experiments import run_experiment
 
             print(run_experiment(cfg, output_dir))
+            rewrite_records(own_records)
             return None
         problem = problem_from_config(cfg)  # before importing Lightning: a bad input fails in seconds
         # hydra_main's own EARLIER_RUNS: a launcher with worker processes (joblib, submitit) pickles this
@@ -388,6 +394,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
         from dip.pipeline import run
 
         result = run(cfg, output_dir, problem)
+        rewrite_records(own_records)
     except DipError as error:
         EARLIER_RUNS.discard(output_dir)
         if HydraConfig.get().mode != RunMode.MULTIRUN:

@@ -68,6 +68,20 @@ def finished_metrics(folder: Path, saved: DictConfig | None, cfg: DictConfig) ->
     return None if kept_checkpoint and shorter else metrics
 
 
+def job_records(output_dir: Path) -> dict[Path, bytes]:
+    """Hydra's record of the job in ``output_dir`` (``.hydra/*``) as it is now: at the job's start, its own."""
+    return {path: path.read_bytes() for path in (output_dir / ".hydra").glob("*") if path.is_file()}
+
+
+def rewrite_records(records: dict[Path, bytes]) -> None:
+    """Write ``records`` (``job_records``) again where they changed: a job refused in this folder while this one
+    ran had Hydra write its own over them before it could be refused."""
+    for path, data in records.items():
+        if not path.is_file() or path.read_bytes() != data:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+
+
 class EarlierRuns:
     """What the run folders named on the command line (``hydra.run.dir``, ``hydra.sweep.dir`` and the
     job folders in it) held before Hydra started: the times their outputs and logs were written, and
@@ -160,14 +174,15 @@ class EarlierRuns:
                 folder.rmdir()
         self._remove_folders_above(output_dir)
 
-    def put_back_records(self, output_dir: Path) -> Path:
+    def put_back_records(self, output_dir: Path, remove_added: bool = True) -> Path:
         """Put back the records of Hydra's (``.hydra/``, a sweep's ``multirun.yaml``) that ``output_dir`` held
-        before Hydra started and that its job rewrote; remove those it added. Returns the ``.hydra`` folder."""
+        before Hydra started and that its job rewrote; remove those it added, unless they may be another run's
+        (``remove_added`` false: a run that started since). Returns the ``.hydra`` folder."""
         record_dir = output_dir / ".hydra"
         for path in [*record_dir.glob("*"), output_dir / SWEEP_RECORD]:
             if (earlier := self.records.get(path.resolve())) is not None:
                 path.write_bytes(earlier)
-            elif path.is_file():
+            elif remove_added and path.is_file():
                 path.unlink()
         return record_dir
 

@@ -100,13 +100,16 @@ def let_go(folder: Path) -> None:
 @contextlib.contextmanager
 def folder_held(folder: Path) -> Iterator[None]:
     """``folder`` held for the block (``hold_folder``) and let go of after it, unless this process held it before;
-    made for it if missing, and then removed after it if still empty (a run that failed before writing)."""
-    made = not folder.exists()
+    made for it if missing (with the folders above it), and those removed after it if still empty (a run that
+    failed before writing)."""
+    made = [path for path in [folder, *folder.parents] if not path.exists()]  # the deepest first
     taken = hold_folder(folder)
     try:
         yield
     finally:
         if taken:
             let_go(folder)
-        if made and folder.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()
+        for path in made:
+            if not path.is_dir() or any(path.iterdir()):
+                break
+            path.rmdir()

@@ -349,7 +349,7 @@ def test_an_output_dir_another_run_is_writing_into_is_refused_and_one_held_is_le
         restore(torch.rand(3, 16, 16), output_dir=busy, overrides=tiny)
     assert list(busy.iterdir()) == []
     with pytest.raises(DipError, match="the generator gives 1 x 1 x 16 x 16"):  # fails after holding the folder
-        restore(torch.rand(3, 16, 16), output_dir=tmp_path / "made", generator=torch.nn.Conv2d(32, 1, 1),
+        restore(torch.rand(3, 16, 16), output_dir=tmp_path / "made" / "below", generator=torch.nn.Conv2d(32, 1, 1),
                 overrides=tiny)
     assert not (tmp_path / "made").exists()
     restore(torch.rand(3, 16, 16), output_dir=tmp_path / "done", overrides=tiny)

@@ -514,6 +514,22 @@ def test_submitit_local_launcher_two_jobs(tmp_path):
     assert len([path for path in (sweep / ".submitit").iterdir() if path.name.isdigit()]) == 2  # one process each
 
 
+@pytest.mark.slow  # submitit's local executor, whose jobs run at once in processes of their own
+def test_jobs_of_one_folder_at_once_leave_the_finished_ones_record_and_the_sweeps_folder_is_its_own(tmp_path):
+    """Jobs sharing hydra.sweep.subdir: the refused one deleted the record of the one going on there. With
+    hydra.sweep.subdir='', every job in a worker process was refused, as the sweep's main process held it."""
+    shared = tmp_path / "shared"
+    done = run_cli("-m", "seed=1,2", "arch=skip_depth2", "logger=none", *TINY, "hydra/launcher=local",
+                   f"hydra.sweep.dir={shared}", "hydra.sweep.subdir=same")
+    assert done.returncode == 2 and "is in use by another run that is still going" in done.stdout
+    seed = metrics(shared / "same")["seed"]
+    assert f"seed={seed}" in (shared / "same" / ".hydra" / "overrides.yaml").read_text()
+    assert OmegaConf.load(shared / "same" / ".hydra" / "config.yaml").seed == seed
+    itself = tmp_path / "itself"
+    multirun(itself, "seed=1", "arch=skip_depth2", "logger=none", "hydra/launcher=local", "hydra.sweep.subdir=''")
+    assert metrics(itself)["seed"] == 1 and (itself / "multirun.yaml").is_file()
+
+
 @pytest.mark.slow
 def test_an_interrupted_sweep_says_to_run_it_again_into_its_folder(tmp_path):
     """The job's message names the sweep's folder (hydra.run.dir would start a single run); the sweep
