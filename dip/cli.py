@@ -152,11 +152,11 @@ def _check_search(arguments: list[str], cfg: DictConfig, config_name: str) -> No
             return
     optuna = "optuna" in str(OmegaConf.select(cfg, "hydra.sweeper._target_", default=""))
     searched = [text for text in _override_arguments(arguments, hydra=True)
-                if text.lstrip("+").startswith(SEARCH_SPACE)]
+                if text.lstrip("+").startswith((SEARCH_SPACE, f"{SEARCH_SPACE[:-1]}="))]
     if searched and OmegaConf.select(cfg, "hydra.sweeper.params", default=None) is None:
-        fail(f"{searched[0]}: {SEARCH_SPACE[:-1]} is an Optuna search's space, and this command has none to add to: "
-             + ("start from +hparams_search=optuna_lr, which sets one" if optuna else
-                "search with +hparams_search=optuna_lr, or sweep values with -m KEY=A,B"))
+        fail(f"{searched[0]}: this sweeper's {SEARCH_SPACE[:-1]} is null, which Hydra cannot set or add to: "
+             + ("start from +hparams_search=optuna_lr, which sets a search space" if optuna else
+                "sweep values with -m KEY=A,B, or search with +hparams_search=optuna_lr"))
     if not optuna:
         return
     if OmegaConf.select(cfg, "experiment.runner") or config_name != "config":

@@ -426,16 +426,18 @@ def test_an_optuna_search_of_what_returns_no_psnr_is_refused(tmp_path, script, e
 
 
 @pytest.mark.parametrize("extra, advice", [
-    (["-m"], "search with +hparams_search=optuna_lr, or sweep values with -m KEY=A,B"),
-    (["--cfg", "job"], "search with +hparams_search=optuna_lr"),
-    (["-m", "hydra/sweeper=optuna"], "start from +hparams_search=optuna_lr, which sets one"),
+    (["-m", "+hydra.sweeper.params.ema_weight='interval(0.9,0.999)'"],
+     "sweep values with -m KEY=A,B, or search with +hparams_search=optuna_lr"),
+    (["--cfg", "job", "+hydra.sweeper.params.ema_weight='interval(0.9,0.999)'"], "sweep values with -m KEY=A,B"),
+    (["-m", "hydra/sweeper=optuna", "+hydra.sweeper.params.ema_weight='interval(0.9,0.999)'"],
+     "start from +hparams_search=optuna_lr, which sets a search space"),
+    (["-m", "hydra.sweeper.params={seed:'1,2'}"], "sweep values with -m KEY=A,B"),  # OmegaConf's AttributeError
 ])
 def test_a_search_space_added_where_there_is_none_is_one_line(tmp_path, extra, advice):
     """As the search config's comment writes it, but without +hparams_search: Hydra's assertion, as a traceback."""
-    added = "+hydra.sweeper.params.ema_weight='interval(0.9,0.999)'"
-    done = run_cli(*extra, added, "logger=none", *TINY, f"hydra.sweep.dir={tmp_path / 'sweep'}")
-    assert_one_line_error(done, f"{added}: hydra.sweeper.params is an Optuna search's space, and this command has "
-                                f"none to add to: {advice}")
+    done = run_cli(*extra, "logger=none", *TINY, f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert_one_line_error(done, f"{extra[-1]}: this sweeper's hydra.sweeper.params is null, which Hydra cannot set "
+                                f"or add to: {advice}")
     assert not (tmp_path / "sweep").exists()
 
 
