@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import yaml
 from hydra._internal.utils import _locate
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -192,9 +193,12 @@ def check_settings(cfg: DictConfig) -> None:
                            f"(a file of one's own that sets keys of several groups starts with '# @package _global_')")
     experiment = cfg.get("experiment")
     if isinstance(experiment, DictConfig) and (nested := [key for key in experiment if key in cfg]):
-        raise DipError(f"the experiment's file sets {', '.join(f'experiment.{key}' for key in nested)}, which nothing "
-                       "reads: a file in conf/experiment/ that sets the run's settings starts with "
-                       "'# @package _global_' (its own settings then go under experiment:)")
+        chosen = OmegaConf.select(cfg, "hydra.runtime.choices.experiment", default=None) or (
+            HydraConfig.get().runtime.choices.get("experiment") if HydraConfig.initialized() else None)
+        where = f"experiment/{chosen}.yaml" if chosen else "the experiment's file"
+        raise DipError(f"{where} sets {', '.join(f'experiment.{key}' for key in nested)}, which nothing reads: a "
+                       "file in conf/experiment/ that sets the run's settings starts with '# @package _global_' (its "
+                       "own settings then go under experiment:)")
     if OmegaConf.select(cfg, "input.path") and _builds(cfg.input, "dip.inputs.PixelCode"):
         raise DipError(f"input {cfg.input._target_} (prior=tv, input=pixels) fits the pixels themselves, so task "
                        f"{cfg.task.name}'s input image (input.path) would be ignored: it is the code z of prior=dip")

@@ -127,8 +127,8 @@ class EarlierRuns:
             return None
         if (record := self._record(output_dir)) is None:
             raise DipError(f"{output_dir} holds a finished run without Hydra's record of its settings "
-                           f"(.hydra/config.yaml; hydra.output_subdir=null?): run into another folder, or delete "
-                           f"its metrics.json to replace it")
+                           f"(.hydra/config.yaml: a run of dip.restore(), or with hydra.output_subdir=null): run into "
+                           f"another folder, or delete its metrics.json to replace it")
         return record
 
     def refuse_other_kind(self, output_dir: Path, cfg: DictConfig) -> None:

@@ -746,7 +746,7 @@ def test_help_into_a_reader_that_has_left_says_nothing(tmp_path):
      "arch torch.nn.Tanh takes no argument 'in_channels', which the framework passes"),
     # without its header, an experiment's settings went under experiment: and the default run ran, with no word
     ("experiment/short.yaml", "trainer:\n  max_steps: 2\noptim:\n  lr: 0.123\n", "+experiment=short",
-     "the experiment's file sets experiment.trainer, experiment.optim, which nothing reads: a file in "
+     "experiment/short.yaml sets experiment.trainer, experiment.optim, which nothing reads: a file in "
      "conf/experiment/ that sets the run's settings starts with '# @package _global_'"),
 ])
 def test_mistakes_in_a_config_of_ones_own_are_one_line(tmp_path, path, text, override, message):
