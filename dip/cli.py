@@ -369,8 +369,13 @@ def hydra_main(cfg: DictConfig) -> float | None:
         taken = not (hydra_config.mode == RunMode.MULTIRUN and in_sweep_folder) and hold_folder(output_dir)
     except DipError as error:  # the run there goes on, and writes its record again when it ends (rewrite_records)
         EARLIER_RUNS.put_back_records(output_dir, remove_added=False)
-        if HydraConfig.get().mode != RunMode.MULTIRUN:
-            fail(str(error))
+        return _failed_job(str(error))
+    try:
+        EARLIER_RUNS.refuse_unknown_run(output_dir)
+    except DipError as error:  # kept; Hydra's record of this job, just written beside it, is removed
+        EARLIER_RUNS.put_back_records(output_dir)
+        if taken:
+            let_go(output_dir)
         return _failed_job(str(error))
     try:
         EARLIER_RUNS.refuse_other_kind(output_dir, cfg)
@@ -397,8 +402,6 @@ def hydra_main(cfg: DictConfig) -> float | None:
         rewrite_records(own_records)
     except DipError as error:
         EARLIER_RUNS.discard(output_dir)
-        if HydraConfig.get().mode != RunMode.MULTIRUN:
-            fail(str(error))
         return _failed_job(str(error))
     except RunInterruptedError as interruption:  # the checkpoint stays, for the next run to resume
         hydra_config = HydraConfig.get()
@@ -444,8 +447,10 @@ def hydra_main(cfg: DictConfig) -> float | None:
 
 def _failed_job(message: str) -> None:
     """Say and list a sweep job's failure; one bad job (a missing image, a size that does not fit) must not
-    cost the others. None, to the Optuna sweeper: a failed trial."""
+    cost the others. None, to the Optuna sweeper: a failed trial. A single run's is refused (``fail``)."""
     hydra_config = HydraConfig.get()
+    if hydra_config.mode != RunMode.MULTIRUN:
+        fail(message)
     line = f"job {hydra_config.job.num} ({' '.join(hydra_config.overrides.task)}): {message}"
     print(f"error: {line}", file=sys.stderr)
     FAILURES_FILE.append(record_failure(sweep_folder(hydra_config), line, hydra_config.runtime.output_dir))

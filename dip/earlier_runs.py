@@ -131,6 +131,16 @@ class EarlierRuns:
                            f"another folder, or delete its metrics.json to replace it")
         return record
 
+    def refuse_unknown_run(self, output_dir: Path) -> None:
+        """``DipError`` when ``output_dir`` holds a finished run (its ``metrics.json``) that was not there when the
+        command started: in a folder named by the job (``${hydra.job.name}``), or shared by jobs of one sweep.
+        Hydra has replaced its record with this job's: it could be neither compared nor replaced."""
+        if (output_dir / "metrics.json").is_file() and (output_dir / "metrics.json").resolve() not in self.written:
+            raise DipError(f"{output_dir} holds a finished run that was not there when this command started (in a "
+                           "folder named by the job, or shared by jobs of one sweep: give each job its own, as "
+                           "hydra.sweep.subdir does by default); run into another folder, or delete its metrics.json "
+                           "to replace it")
+
     def refuse_other_kind(self, output_dir: Path, cfg: DictConfig) -> None:
         """``DipError`` when ``output_dir`` held a run of another kind than ``cfg``'s (a benchmark, a figure
         experiment, one restoration) before Hydra started: neither keeps the other's files and record."""

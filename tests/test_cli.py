@@ -363,8 +363,14 @@ def test_the_run_folder_is_the_one_hydra_resolves_and_a_default_one_in_use_gives
     again = run_cli(*run)
     assert again.returncode == 0 and f"already finished in {out / 'denoising'}" in again.stdout
     # a folder named by the job (not known before it starts) is Hydra's to make: no folder of the text itself
-    assert run_cli(*run[:3], f"hydra.run.dir={tmp_path}/job/${{hydra.job.name}}").returncode == 0
+    job_named = [*run[:3], f"hydra.run.dir={tmp_path}/job/${{hydra.job.name}}"]
+    assert run_cli(*job_named).returncode == 0
     assert [path.name for path in (tmp_path / "job").iterdir()] == ["cli"]
+    # run into again, it fitted anew over the finished run, whose record Hydra had already replaced
+    finished = (tmp_path / "job" / "cli" / "metrics.json").read_bytes()
+    assert_one_line_error(run_cli(*job_named, "seed=5"), f"{tmp_path / 'job' / 'cli'} holds a finished run that was "
+                                                         "not there when this command started")
+    assert (tmp_path / "job" / "cli" / "metrics.json").read_bytes() == finished
 
 
 @pytest.mark.parametrize("override", ["+hydra.run.dri", "hydra.run.dri"])

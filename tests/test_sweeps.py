@@ -516,6 +516,16 @@ def test_submitit_local_launcher_two_jobs(tmp_path):
     assert len([path for path in (sweep / ".submitit").iterdir() if path.name.isdigit()]) == 2  # one process each
 
 
+def test_jobs_of_one_sweep_into_one_folder_one_after_another_keep_the_first(tmp_path):
+    """The second job replaced the first's outputs and record without a word, and the sweep said 1 of 1 finished."""
+    shared = tmp_path / "shared"
+    done = run_cli("-m", "seed=1,2", "arch=skip_depth2", "logger=none", *TINY, f"hydra.sweep.dir={shared}",
+                   "hydra.sweep.subdir=same")
+    assert done.returncode == 2 and "holds a finished run that was not there when this command started" in done.stdout
+    assert metrics(shared / "same")["seed"] == 1  # the first job's, kept; the second's record is not left beside it
+    assert not (shared / "same" / ".hydra" / "config.yaml").exists()
+
+
 @pytest.mark.slow  # submitit's local executor, whose jobs run at once in processes of their own
 def test_jobs_of_one_folder_at_once_leave_the_finished_ones_record_and_the_sweeps_folder_is_its_own(tmp_path):
     """Jobs sharing hydra.sweep.subdir: the refused one deleted the record of the one going on there. With
