@@ -81,7 +81,7 @@ from dip.outputs import (
 from dip.physics import Degradation
 from dip.problem import built_physics, problem_from_config, stack_problems
 from dip.run_settings import RESULT_SETTINGS, made_images_settings, refuse_other_settings, without_implied_settings
-from dip.signals import reset_handlers, set_handlers, signal_finished_first, stop_signals
+from dip.signals import reset_handlers, set_handlers, signal_finished_first, stop_signals, until_the_fit_listens
 
 log = logging.getLogger("dip.benchmark")
 
@@ -488,7 +488,7 @@ def _start_worker(slots, gpus: list[str], cpu_threads: int) -> None:
     """Pool initialiser: take a worker slot and pin this process to its GPU before CUDA starts. SIGTERM
     and SIGHUP are the main process's to act on (it passes them on to the fits): an idle worker ignores
     them. A worker outlives no main process (``_stop_when_orphaned``)."""
-    set_handlers(signal.SIG_IGN, stop_signals()[1:])
+    set_handlers(until_the_fit_listens, stop_signals()[1:])
     threading.Thread(target=_stop_when_orphaned, args=(os.getppid(),), daemon=True).start()
     if pin_to_gpu(slots.get(), gpus) is None:
         torch.set_num_threads(cpu_threads)

@@ -21,6 +21,11 @@ def raise_interrupted(signum: int, frame) -> NoReturn:
     raise Interrupted(signum)
 
 
+def until_the_fit_listens(signum: int, frame) -> None:
+    """A benchmark worker's SIGTERM (or SIGHUP) while no fit of its listens: ignored, as its main process sends
+    it again until one does (``CaughtSignals`` replaces this handler, but not a script's own ``SIG_IGN``)."""
+
+
 def stop_signals() -> tuple[int, ...]:
     """The signals that stop a run as Ctrl-C does: SIGINT, SIGTERM (a scheduler's, ``timeout``'s) and SIGHUP
     (the terminal or SSH session closed), unless this process was started to ignore SIGHUP (``nohup``)."""
@@ -109,12 +114,15 @@ class CaughtSignals:
     def __init__(self):
         self.received: int | None = None
         self._previous: dict = {}
+        # ignored now, before a fit: stays ignored, as SIGINT in a job a script started in the background, nohup's
+        # SIGHUP, a script's own SIG_IGN (a benchmark worker's until_the_fit_listens is the fit's to note)
+        self._ignored = [signum for signum in stop_signals() if signal.getsignal(signum) == signal.SIG_IGN]
 
     def install(self) -> None:
-        # an ignored SIGINT (a job a script started in the background) stays ignored, as nohup's SIGHUP does;
-        # an ignored SIGTERM is a benchmark worker's, which its main process sends once the fit listens
-        self._previous = set_handlers(self._note, [signum for signum in stop_signals() if signum != signal.SIGINT
-                                                   or signal.getsignal(signum) != signal.SIG_IGN])
+        noted = [signum for signum in stop_signals() if signum not in self._ignored]
+        # ignored again over Lightning's SIGTERM handler, which stops the fit (and calls SIG_IGN's number, 1, as a
+        # signal's: SIGHUP's handler)
+        self._previous = {**set_handlers(self._note, noted), **set_handlers(signal.SIG_IGN, self._ignored)}
 
     def _note(self, signum, frame) -> None:
         if self.received is not None and signum == signal.SIGINT:
@@ -142,8 +150,9 @@ def signals_stop_the_fit() -> Iterator[None]:
 
     _STEPS_DONE.clear()
 
-    # one ignored stays so: a benchmark worker's, whose main process passes it on once the fit listens
-    with handled_by(stop, [signum for signum in stop_signals() if signal.getsignal(signum) != signal.SIG_IGN]):
+    # one ignored stays so, also a benchmark worker's, whose main process passes it on once the fit listens
+    with handled_by(stop, [signum for signum in stop_signals()
+                           if signal.getsignal(signum) not in (signal.SIG_IGN, until_the_fit_listens)]):
         yield
 
 

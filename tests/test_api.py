@@ -359,8 +359,11 @@ def test_an_output_dir_another_run_is_writing_into_is_refused_and_one_held_is_le
 
 
 STARTED_THEN_SLOW = """
-import sys, time, torch
+import signal, sys, time, torch
 from dip import restore
+
+if sys.argv[2] == "ignore":
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 class Announced(torch.nn.Module):  # says when the fit has started, then takes its time over each step
     def __init__(self):
@@ -373,22 +376,29 @@ class Announced(torch.nn.Module):  # says when the fit has started, then takes i
             time.sleep(0.2)
         return torch.sigmoid(self.conv(z))
 
-result = restore(torch.rand(3, 16, 16), generator=Announced(), overrides=["trainer.max_steps=1000", "logger=none"])
-print("returned", result.metrics["stop_reason"], flush=True)
+steps = sys.argv[1]
+result = restore(torch.rand(3, 16, 16), generator=Announced(), overrides=[f"trainer.max_steps={steps}", "logger=none"])
+print("returned", result.metrics["stop_reason"], result.metrics["steps"], flush=True)
 """
 
 
-@pytest.mark.parametrize("sent, ends", [(signal.SIGTERM, True), (signal.SIGINT, False)])
-def test_a_scheduler_stop_during_restore_without_a_folder_ends_the_script(sent, ends):
+@pytest.mark.parametrize("sent, steps, handler, ends", [
+    (signal.SIGTERM, 1000, "default", "the script"),
+    (signal.SIGINT, 1000, "default", "the fit"),
+    (signal.SIGTERM, 12, "ignore", "nothing"),  # the script's own SIG_IGN: the fit stopped all the same
+])
+def test_a_scheduler_stop_during_restore_without_a_folder_ends_the_script(sent, steps, handler, ends):
     """SIGTERM (timeout, SLURM, kill) stopped the fit and restore() returned, so the script went on to its next
     fit and exited 0. Ctrl-C still returns the result so far, as in a notebook."""
-    script = subprocess.Popen([sys.executable, "-c", STARTED_THEN_SLOW], cwd=ROOT, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+    script = subprocess.Popen([sys.executable, "-c", STARTED_THEN_SLOW, str(steps), handler], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert "fitting\n" in iter(script.stdout.readline, "")  # the fit has started
     script.send_signal(sent)
     stdout, stderr = script.communicate(timeout=120)
-    assert f"{signal.Signals(sent).name}: stopping at step" in stderr
-    if ends:
+    assert (f"{signal.Signals(sent).name}: stopping at step" in stderr) is (ends != "nothing"), stderr[-2000:]
+    if ends == "the script":
         assert script.returncode == -sent and "returned" not in stdout
-    else:
+    elif ends == "the fit":
         assert script.returncode == 0 and f"returned interrupted by {signal.Signals(sent).name}" in stdout
+    else:
+        assert script.returncode == 0 and f"returned None {steps}" in stdout
