@@ -22,6 +22,7 @@ from omegaconf import OmegaConf, open_dict
 from dip.config_checks import checked_config
 from dip.errors import DipError, RunInterruptedError
 from dip.files import folder_held, unwritable
+from dip.module import class_path
 from dip.outputs import CHECKPOINT_NAME, Result
 from dip.physics import Degradation
 from dip.pipeline import run
@@ -79,11 +80,11 @@ def restore(
             if given is not None:  # in the run's settings: another image in output_dir is another run
                 cfg.data[key] = _named_input(given)
         if physics is not None:
-            cfg.task.physics = {"_target_": _class_path(physics), "given": repr(physics)}
+            cfg.task.physics = {"_target_": class_path(physics), "given": repr(physics)}
             cfg.task.name = type(physics).__name__  # not sr_x4's name for a x2 operator
         if generator is not None:
             parameters = sum(parameter.numel() for parameter in generator.parameters())
-            cfg.arch = {"_target_": _class_path(generator), "given": f"{parameters} parameters"}
+            cfg.arch = {"_target_": class_path(generator), "given": f"{parameters} parameters"}
             cfg.arch_name = type(generator).__name__
     folder = Path(output_dir) if output_dir is not None else None
     try:  # a run another process is writing into the folder is not mixed with this one
@@ -96,11 +97,6 @@ def restore(
     if (signum := signal_finished_first()) in (signal.SIGTERM, signal.SIGHUP):
         signal.raise_signal(signum)
     return result
-
-
-def _class_path(instance: object) -> str:
-    kind = type(instance)
-    return f"{kind.__module__}.{kind.__qualname__}"
 
 
 @contextmanager

@@ -125,31 +125,40 @@ def check_overrides(arguments: list[str], config_name: str = "config") -> DictCo
             fail(str(error))
         if check is not fixed:
             continue
-        fixed_cfg = cfg
-        _check_search(arguments, cfg, config_name)
+        fixed_cfg, hydra_cfg = cfg, _with_hydra_choices(arguments, cfg, config_name)
+        _check_search(arguments, hydra_cfg, config_name)
         multirun = bool(swept) or is_multirun(arguments, cfg)
         if config_name == "config" and multirun and _every_job_reads_this_input(cfg, arguments, swept):
             try:  # an input that every job shares and would fail on: once, not once per job or trial
                 problem_from_config(cfg)
             except DipError as error:
                 fail(str(error))
-    _check_hydra_settings(arguments, fixed_cfg, config_name)
+    _check_hydra_settings(arguments, hydra_cfg)
     return fixed_cfg
 
 
-def _check_search(arguments: list[str], cfg: DictConfig, config_name: str) -> None:
+def _with_hydra_choices(arguments: list[str], cfg: DictConfig, config_name: str) -> DictConfig | None:
+    """``cfg``, the config of the overrides that are not Hydra's, with Hydra's own config groups chosen on the
+    command line too (``hydra/sweeper=optuna``, ``hydra/launcher=joblib``): composed again where there are any,
+    without Hydra's settings (``hydra.*``, which the checks look at); None where that cannot be composed
+    (Hydra says why when it starts)."""
+    fixed = _fixed_overrides(arguments)
+    if not any(text.lstrip("+~").startswith("hydra/") for text in fixed):
+        return cfg
+    try:
+        return compose_config([text for text in fixed if not text.lstrip("+~").startswith("hydra.")],
+                              config_name=config_name)
+    except Exception:  # noqa: BLE001 (Hydra's and OmegaConf's many errors)
+        return None
+
+
+def _check_search(arguments: list[str], cfg: DictConfig | None, config_name: str) -> None:
     """Refuse an Optuna search of what returns no PSNR to maximise: an experiment's figure, a benchmark's table
     (every trial would fail, and the search end in "no trial finished"); and a search space
     (``+hydra.sweeper.params.X=...``) added where the sweeper has none (Hydra's assertion, as a traceback).
-    ``cfg``: the config of the overrides that are not Hydra's, composed again where Hydra's sweeper is chosen
-    on the command line (``hydra/sweeper=optuna``)."""
-    fixed = _fixed_overrides(arguments)
-    if any(text.lstrip("+~").startswith("hydra/") for text in fixed):
-        try:
-            cfg = compose_config([text for text in fixed if not text.lstrip("+~").startswith("hydra.")],
-                                 config_name=config_name)
-        except Exception:  # noqa: BLE001 (Hydra's and OmegaConf's many errors): Hydra says what it cannot compose
-            return
+    ``cfg``: ``_with_hydra_choices``'s (None: nothing to check)."""
+    if cfg is None:
+        return
     optuna = "optuna" in str(OmegaConf.select(cfg, "hydra.sweeper._target_", default=""))
     searched = [text for text in _override_arguments(arguments, hydra=True)
                 if text.lstrip("+").startswith((SEARCH_SPACE, f"{SEARCH_SPACE[:-1]}="))]
@@ -165,21 +174,14 @@ def _check_search(arguments: list[str], cfg: DictConfig, config_name: str) -> No
              f"settings (python run.py +hparams_search=optuna_lr ...), or sweep with -m")
 
 
-def _check_hydra_settings(arguments: list[str], cfg: DictConfig, config_name: str) -> None:
+def _check_hydra_settings(arguments: list[str], cfg: DictConfig | None) -> None:
     """Refuse in one line a typo in the name of one of Hydra's settings: ``+hydra.run.dri=x`` was added where
     nothing reads it (the run went to the default folder), and ``hydra.run.dri=x`` got Hydra's line without
-    the name meant. ``cfg``: the config of the other overrides, whose ``hydra`` node is the one they set
-    unless Hydra's config groups are chosen too (``hydra/launcher=joblib``) or one of Hydra's is added."""
+    the name meant. ``cfg``: ``_with_hydra_choices``'s, without the settings checked (None: nothing to check)."""
     given = [text for text in _override_arguments(arguments, hydra=True)
              if text.lstrip("+~").startswith("hydra.") and not text.lstrip("+~").startswith(SEARCH_SPACE)]
-    if not given:
+    if not given or cfg is None:
         return
-    others = [text for text in _fixed_overrides(arguments) if text not in given]
-    if any(text.lstrip("+~").startswith("hydra/") for text in others) or any(text[0] == "+" for text in given):
-        try:
-            cfg = compose_config(others, config_name=config_name)
-        except Exception:  # noqa: BLE001 (Hydra's and OmegaConf's many errors): Hydra says what it cannot compose
-            return
     for text in given:
         key = text.lstrip("+~").partition("=")[0]
         if hint := misspelt_setting(key, cfg):
@@ -354,13 +356,13 @@ def describe_finished(metrics: dict, output_dir: Path) -> str:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def hydra_main(cfg: DictConfig) -> float | None:
     EARLIER_RUNS.job_started = True
-    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_config = HydraConfig.get()
+    output_dir = Path(hydra_config.runtime.output_dir)
     # the job runs in output_dir: files named relative to where the command ran, in its config as in a finished run's
-    launched_from = HydraConfig.get().runtime.cwd if HydraConfig.get().job.chdir else None
+    launched_from = hydra_config.runtime.cwd if hydra_config.job.chdir else None
     if launched_from:
         absolute_locations(cfg, launched_from)
     runner = OmegaConf.select(cfg, "experiment.runner")
-    hydra_config = HydraConfig.get()
     own_records = job_records(output_dir)  # as Hydra has just written them: another job's start may replace them
     # a sweep's job folder, held while the job runs: a run started into it meanwhile is refused, as it is here; the
     # sweep's own folder (hydra.sweep.subdir='') is its main process's to hold
@@ -404,7 +406,6 @@ def hydra_main(cfg: DictConfig) -> float | None:
         EARLIER_RUNS.discard(output_dir)
         return _failed_job(str(error))
     except RunInterruptedError as interruption:  # the checkpoint stays, for the next run to resume
-        hydra_config = HydraConfig.get()
         if hydra_config.mode == RunMode.MULTIRUN:  # the sweep run again runs its unfinished jobs
             message = interruption.continue_in(Path(hydra_config.sweep.dir), "hydra.sweep.dir")
         else:
@@ -413,7 +414,6 @@ def hydra_main(cfg: DictConfig) -> float | None:
         raise SystemExit(128 + interruption.signum) from None
     except KeyboardInterrupt as interruption:  # outside a fit (Ctrl-C, or SIGTERM: launch makes it one)
         signum = interruption_signal(interruption)
-        hydra_config = HydraConfig.get()
         if hydra_config.mode == RunMode.MULTIRUN:
             sweep = pasted_override("hydra.sweep.dir", hydra_config.sweep.dir)
             again = f": run the sweep again with {sweep} to continue"
@@ -426,7 +426,6 @@ def hydra_main(cfg: DictConfig) -> float | None:
         print(f"interrupted by {signal.Signals(signum).name}{again}", file=sys.stderr)
         raise SystemExit(128 + signum) from None
     except Exception as error:  # a bug, ours or of a generator or operator of one's own: Python's traceback
-        hydra_config = HydraConfig.get()
         if hydra_config.mode != RunMode.MULTIRUN:
             raise
         # the job's folder is kept, for its traceback
@@ -435,7 +434,6 @@ def hydra_main(cfg: DictConfig) -> float | None:
         if taken:
             let_go(output_dir)
     print(describe(result))
-    hydra_config = HydraConfig.get()
     if hydra_config.mode != RunMode.MULTIRUN and (upload := offline_wandb_line(output_dir)):  # a sweep's sums them up
         print(upload)
     if hydra_config.mode == RunMode.MULTIRUN and (signum := signal_finished_first()) is not None:

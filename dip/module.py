@@ -75,14 +75,18 @@ def check_data_terms(physics, data_terms: torch.Tensor, x: torch.Tensor) -> None
     """``DipError`` unless ``physics.data_term(x, y)`` gave one value per image of ``x`` (a scalar would fit, then
     fail when the outputs are scored) that carries the gradient back to ``x`` (an ``A`` computed in numpy, or
     detached, leaves nothing to fit). Shapes and flags only: no sync with the device."""
-    name = f"{type(physics).__module__}.{type(physics).__qualname__}"
     if tuple(data_terms.shape) != (x.shape[0],):
         got = "a scalar" if data_terms.dim() == 0 else " x ".join(map(str, data_terms.shape))
-        raise DipError(f"physics {name}: data_term(x, y) gives {got}, not one value per image of x ({x.shape[0]}): "
-                       "reduce over all but the first dimension (.flatten(1).mean(1))")
+        raise DipError(f"physics {class_path(physics)}: data_term(x, y) gives {got}, not one value per image of x "
+                       f"({x.shape[0]}): reduce over all but the first dimension (.flatten(1).mean(1))")
     if x.requires_grad and not data_terms.requires_grad:
-        raise DipError(f"physics {name}: data_term(x, y) carries no gradient back to x: A(x) must be computed with "
-                       "torch operations on x (not numpy, not detached)")
+        raise DipError(f"physics {class_path(physics)}: data_term(x, y) carries no gradient back to x: A(x) must be "
+                       "computed with torch operations on x (not numpy, not detached)")
+
+
+def class_path(instance: object) -> str:
+    """The dotted path of ``instance``'s class, as a config's ``_target_`` names it."""
+    return f"{type(instance).__module__}.{type(instance).__qualname__}"
 
 
 class DeepImagePrior(pl.LightningModule):
