@@ -308,7 +308,7 @@ def check_copies(cfg: DictConfig, images: int = 1) -> int:
                            f"'{cfg.arch_name}' ({cfg.arch._target_}) cannot do: use a skip architecture, or give "
                            f"the class a copies=N argument that packs N independent networks, as dip.nets.Skip does")
         stopping = get_class(cfg.early_stop._target_) if cfg.get("early_stop") else None
-        if stopping is not None and not stopping.handles_copies:
+        if stopping is not None and not getattr(stopping, "handles_copies", False):
             raise DipError(f"{packed} does not combine with early stopping by {stopping.__name__} (early_stop=none, "
                            "or early_stop=discrepancy for denoising)")
     return copies

@@ -106,6 +106,9 @@ def test_a_packed_fit_reports_the_average_and_each_restart(tmp_path):
 @pytest.mark.parametrize("overrides, message", [
     (["restarts=2", "arch=unet"], "cannot do: use a skip architecture"),
     (["restarts=2", "early_stop=wmv"], "does not combine with early stopping"),
+    # a callback of one's own that says nothing of copies is taken not to handle them
+    (["restarts=2", "early_stop=wmv", "early_stop._target_=dip.callbacks.CollapseGuard", "~early_stop.window",
+      "~early_stop.patience", "~early_stop.check_every"], "does not combine with early stopping by CollapseGuard"),
     (["restarts=0"], "restarts must be a whole number >= 1, got 0"),
 ])
 def test_impossible_restarts_are_one_clear_line(overrides, message):
