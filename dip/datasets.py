@@ -8,6 +8,7 @@ the folder), ``width``, ``height``, ``mode`` and ``sha256``. The data root is ``
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,16 @@ class DatasetImage:
 
 
 def sha256_of(path: Path) -> str:
+    """The sha256 of the file at ``path``, read once per version of the file: each fit of a sweep or experiment
+    digests its inputs, the pre-images' AlexNet weights (some 233 MB) among them. Writing, replacing or moving
+    another file into its place changes the times or the inode that the version is known by."""
+    status = path.stat()
+    return _sha256(path.resolve(), status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns,
+                   status.st_ctime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _sha256(path: Path, *version: int) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

@@ -36,13 +36,15 @@ from dip.benchmark import (
 )
 from dip.config import compose_config
 from dip.config_checks import instantiate_settings
-from dip.datasets import open_dataset
+from dip.datasets import open_dataset, sha256_of
 from dip.errors import DipError, Interrupted
 from dip.images import load_image
 from dip.metrics import psnr, psnr_y
 from dip.outputs import BEFORE_COLLAPSE_OUTPUT
 from dip.physics import BernoulliMask, GaussianNoise, Inpainting, RegionMask
 from tests.conftest import run_cli, run_cli_probing_lightning
+
+sha256_hash = hashlib.sha256  # before a test counts the digests begun
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "experiments" / "benchmark.py"
@@ -112,6 +114,24 @@ def test_dataset_checks_name_what_is_missing_or_wrong(tmp_path):
     (folder / "MANIFEST.tsv").write_text("name\tsize\nx.png\t3\n")
     with pytest.raises(DipError, match="bad dataset manifest .*no column file"):
         open_dataset(tmp_path, "Set5")
+
+
+def test_a_file_is_digested_once_per_version_of_it(tmp_path, monkeypatch):
+    weights = tmp_path / "weights.pth"
+    weights.write_bytes(b"a" * 64)
+    reads = []
+    monkeypatch.setattr(hashlib, "sha256", lambda: reads.append(1) or sha256_hash())
+    assert sha256_of(weights) == sha256_of(tmp_path / "." / "weights.pth") == sha256_hash(b"a" * 64).hexdigest()
+    assert len(reads) == 1
+    written = weights.stat().st_mtime_ns
+    time.sleep(0.02)  # past the file system's clock tick
+    weights.write_bytes(b"b" * 64)  # the same size at the same time: what the digest is known by still changes
+    os.utime(weights, ns=(written, written))
+    assert sha256_of(weights) == sha256_hash(b"b" * 64).hexdigest()
+    (tmp_path / "other.pth").write_bytes(b"c" * 64)
+    (tmp_path / "other.pth").replace(weights)
+    assert sha256_of(weights) == sha256_hash(b"c" * 64).hexdigest()
+    assert len(reads) == 3
 
 
 # --- baselines ------------------------------------------------------------------------------------
