@@ -50,8 +50,6 @@ from dip.run_settings import file_digests, result_settings
 from dip.signals import held_signals, signals_stop_the_fit, stopped_by
 from dip.speed import Speed
 
-log = logging.getLogger("dip")
-
 # Lightning advertises its cloud logger at every Trainer's start: a line in each run's log, no information
 logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
     lambda record: "litlogger" not in record.getMessage())
@@ -146,11 +144,14 @@ class MetricsProgressBar(TQDMProgressBar):
 
 def prepare(
     cfg: DictConfig, problem: Problem | None = None, seeds: list[int] | None = None,
-    generator: torch.nn.Module | None = None,
+    generator: torch.nn.Module | None = None, speed: Speed | None = None,
+    early_stopping: DeviceStateCallback | None = None,
 ) -> tuple[Problem, DeepImagePrior]:
     """Everything that can fail on the user's input, before any file is written: the problem (unless
     given, built by ``problem_from_config(cfg)``) and the module that solves it, with ``cfg.arch``'s
-    generator, or a copy of ``generator`` (a network built in Python, its weights as they are).
+    generator, or a copy of ``generator`` (a network built in Python, its weights as they are). ``speed``
+    and the fit's ``early_stopping`` callback, checked against the module, are those ``cfg`` names unless
+    given (the fit's own, built once).
 
     A problem of several images (``dip.problem.stack_problems``) gets one generator copy per image,
     copy ``k`` initialised, with its code, as a fit of image ``k`` alone with seed ``seeds[k]``
@@ -162,7 +163,7 @@ def prepare(
         code.prepare(problem.channels, *problem.solution_size, problem.loaded_size, problem.offset)
     except DipError as error:
         raise with_dataset_hint(error, cfg.data.root) from None
-    speed: Speed = instantiate_settings(cfg.speed, "speed")
+    speed = speed if speed is not None else instantiate_settings(cfg.speed, "speed")
     if generator is not None and max(cfg.restarts, problem.images) > 1:
         raise DipError(f"a generator given in Python is one network: restarts={cfg.restarts} packs copies of one "
                        "built from a config (arch=...)")
@@ -202,7 +203,7 @@ def prepare(
         z=z,
     )
     check_shapes(module, OmegaConf.select(cfg, "arch._target_"), cfg.task.name)
-    if (stopping := early_stopping_of(cfg)) is not None:  # refused now, not once the logger has written files
+    if (stopping := early_stopping or early_stopping_of(cfg)) is not None:  # now, before the logger writes files
         stopping.check_module(module)
     return problem, module
 
@@ -375,9 +376,10 @@ def make_logger(cfg: DictConfig, resumed: Resumable | None = None):
 
 
 def fit(cfg: DictConfig, module: DeepImagePrior, callbacks=(), ckpt_path: str | None = None,
-        resumed: Resumable | None = None) -> pl.Trainer:
+        resumed: Resumable | None = None, speed: Speed | None = None) -> pl.Trainer:
     """Optimise ``module`` with the Trainer and logger ``cfg`` describes (and extra ``callbacks``),
-    from the checkpoint ``ckpt_path`` if given (``resumed``: what it holds, for the logger)."""
+    from the checkpoint ``ckpt_path`` if given (``resumed``: what it holds, for the logger), with the
+    ``speed`` switches that prepared it (default: ``cfg.speed``'s)."""
     logger = make_logger(cfg, resumed)
     callbacks = [*callbacks, ImageLogger(cfg.image_log_every)]
     if cfg.trainer.get("enable_progress_bar", True):
@@ -391,7 +393,7 @@ def fit(cfg: DictConfig, module: DeepImagePrior, callbacks=(), ckpt_path: str | 
     loader = StepLoader(StepDataset(trainer.max_steps))
     if isinstance(logger, WandbLogger):
         _ = logger.experiment  # start the W&B run now, not inside the timed loop at its first log
-    speed: Speed = instantiate_settings(cfg.speed, "speed")
+    speed = speed if speed is not None else instantiate_settings(cfg.speed, "speed")
     with warnings.catch_warnings(), speed.backends():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         # a frozen feature extractor (pre-images) stays in eval mode on purpose
@@ -476,21 +478,15 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
     """
     checkpoint_dir = checkpoint_dir if checkpoint_dir is not None else output_dir
     earlier_wandb_run = open_wandb_run()  # the user's own: the W&B logger logs into it, and leaves it open
-    problem, module = prepare(cfg, problem, seeds, generator)
+    speed: Speed = instantiate_settings(cfg.speed, "speed")
     early_stopping = early_stopping_of(cfg)
+    problem, module = prepare(cfg, problem, seeds, generator, speed, early_stopping)
     # Early stopping already chooses the outputs; otherwise a fit that collapses at its end keeps an EMA from before
     guard = CollapseGuard(cfg.backtrack_db, cfg.metrics_every) if not early_stopping and cfg.backtrack_db else None
     chooser = early_stopping or guard
     kept = chooser.kept_copies if chooser else (0, 0)
     device = run_device(cfg.trainer.accelerator, cfg.trainer.devices)
-    if cfg.speed.compile and device.type == "cpu":
-        if cfg.speed.compile_backend == "cudagraphs":
-            raise DipError("speed.compile_backend=cudagraphs replays CUDA graphs, and this run is on the CPU: leave "
-                           "speed.compile false here, or use compile_backend=inductor (or aot_eager: the same "
-                           "trace, run as it is)")
-        if cfg.speed.compile_backend == "inductor":
-            log.warning("speed.compile on a CPU: torch.compile takes minutes before the first step, and the step is "
-                        "slower for it here (docs/speed.md); speed=default does not compile")
+    speed.check_device(device)
     need = check_memory_fits(module, device, cfg.trainer.precision, kept) if cfg.check_memory else None
     settings = {**result_settings(cfg), **(extra_settings or {})}
     resume = find_checkpoint(cfg.resume, checkpoint_dir)
@@ -505,7 +501,7 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
     if resume is not None and saver.path is not None and Path(resume) == saver.path:
         saver.saved_step = resumable.step  # a signal before its first step leaves it to be continued from
     try:
-        trainer = fit(cfg, module, callbacks, ckpt_path=resume, resumed=resumable if resume else None)
+        trainer = fit(cfg, module, callbacks, ckpt_path=resume, resumed=resumable if resume else None, speed=speed)
     except torch.OutOfMemoryError:
         if need is None:  # the check was off: estimate now, for the options
             need = checked_estimate(module, cfg.trainer.precision, kept)
@@ -519,12 +515,9 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
             from None
     # Lightning has put back the handlers it found: a signal now would lose the finished fit
     with held_signals() if not saver.interrupted else nullcontext():
-        logger = trainer.logger
-
         steps = trainer.global_step
-        physics = problem.physics
         outputs = module.restart_outputs()  # with early stopping, the module is at the chosen step
-        baseline = physics.baseline(module.observation)
+        baseline = problem.physics.baseline(module.observation)
         metrics = final_metrics(module, problem, outputs, baseline)
         metrics.update(
             steps=steps,
@@ -571,15 +564,15 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
             ground_truth=problem.ground_truth,
             metrics=metrics,
             output_dir=output_dir,
-            baseline=baseline.cpu() if physics.baseline_name is not None else None,
-            baseline_name=physics.baseline_name,
+            baseline=baseline.cpu() if problem.physics.baseline_name is not None else None,
+            baseline_name=problem.physics.baseline_name,
             alpha=problem.alpha,
             bits=problem.bits,
         )
-        if isinstance(logger, WandbLogger):
-            logger.experiment.summary.update({k: v for k, v in metrics.items() if v is not None})
-            if logger.experiment is not earlier_wandb_run:
-                logger.experiment.finish()
+        if isinstance(trainer.logger, WandbLogger):
+            trainer.logger.experiment.summary.update({k: v for k, v in metrics.items() if v is not None})
+            if trainer.logger.experiment is not earlier_wandb_run:
+                trainer.logger.experiment.finish()
         if saver.interrupted and saver.path is not None:
             raise saver.interruption(saver.interrupted, steps, trainer.max_steps)
         if saver.interrupted:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from dip.errors import check_choice
+from dip.errors import DipError, check_choice
 from dip.nets.layers import Upsample
 from dip.nets.normalised import drop_cancelled_biases, drop_running_statistics
 
@@ -24,6 +25,8 @@ FUSED_DEVICES = ("cuda", "cpu")  # where torch's fused Adam, AdamW and SGD kerne
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 COMPILE_BACKENDS = ("inductor", "cudagraphs", "aot_eager")
 GRAPHS_PER_FUNCTION = 64  # image sizes one process may compile a fit for (Set14 has eleven)
+
+log = logging.getLogger("dip")
 
 
 @dataclass
@@ -82,6 +85,19 @@ class Speed:
         if self.compile_backend != "inductor" and self.compile_mode != "default":  # torch would ignore it
             raise ValueError(f"compile mode '{self.compile_mode}' is inductor's: the {self.compile_backend} "
                              "backend takes only 'default'")
+
+    def check_device(self, device: torch.device) -> None:
+        """``DipError`` for switches that cannot run on ``device``, and a warning for those that only slow it:
+        compiling on a CPU."""
+        if not self.compile or device.type != "cpu":
+            return
+        if self.compile_backend == "cudagraphs":
+            raise DipError("speed.compile_backend=cudagraphs replays CUDA graphs, and this run is on the CPU: leave "
+                           "speed.compile false here, or use compile_backend=inductor (or aot_eager: the same "
+                           "trace, run as it is)")
+        if self.compile_backend == "inductor":
+            log.warning("speed.compile on a CPU: torch.compile takes minutes before the first step, and the step is "
+                        "slower for it here (docs/speed.md); speed=default does not compile")
 
     def prepare_generator(self, generator: nn.Module) -> nn.Module:
         """The generator in the chosen memory layout, compiled if asked (in place: the state dict's
