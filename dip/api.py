@@ -19,16 +19,21 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf, open_dict
 
-from dip.config_checks import checked_config
-from dip.errors import DipError, RunInterruptedError
-from dip.files import folder_held, unwritable
-from dip.module import class_path
-from dip.outputs import CHECKPOINT_NAME, Result
-from dip.physics import Degradation
-from dip.pipeline import run
-from dip.problem import problem_from_config
-from dip.run_settings import tensor_name
-from dip.signals import signal_finished_first
+# Importing Lightning draws from Python's generator (rich's style ids): the API leaves a session's random state
+# as it was, from its import on
+_random_state = random.getstate()
+from dip.config_checks import checked_config  # noqa: E402
+from dip.errors import DipError, RunInterruptedError  # noqa: E402
+from dip.files import folder_held, unwritable  # noqa: E402
+from dip.module import class_path  # noqa: E402
+from dip.outputs import CHECKPOINT_NAME, Result  # noqa: E402
+from dip.physics import Degradation  # noqa: E402
+from dip.pipeline import run  # noqa: E402
+from dip.problem import problem_from_config  # noqa: E402
+from dip.run_settings import tensor_name  # noqa: E402
+from dip.signals import signal_finished_first  # noqa: E402
+
+random.setstate(_random_state)
 
 
 def restore(

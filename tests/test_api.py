@@ -51,10 +51,11 @@ def test_an_interrupted_restore_into_a_folder_says_how_to_continue_in_python(tmp
     assert restore(image, **call).metrics["resumed_from_step"] == 1
 
 
-def test_the_first_call_of_a_session_leaves_python_s_random_state_as_it_was():
-    """Importing Lightning, on the first call, drew from Python's generator: later calls kept it, the first
-    did not."""
-    script = ("import random, torch; from dip import restore; random.seed(1); before = random.getstate(); "
+@pytest.mark.parametrize("imported", ["from dip import restore", "from dip.api import restore"])
+def test_the_first_call_of_a_session_leaves_python_s_random_state_as_it_was(imported):
+    """Importing Lightning, on the first call or with dip.api, drew from Python's generator: later calls kept
+    it, the first did not."""
+    script = (f"import random, torch; random.seed(1); before = random.getstate(); {imported}; "
               "restore(torch.rand(3, 8, 8), arch='skip_depth2', overrides=['trainer.max_steps=1']); "
               "print(random.getstate() == before)")
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
