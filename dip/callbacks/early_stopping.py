@@ -82,7 +82,7 @@ class VarianceEarlyStopping(DeviceStateCallback):
         s["best_variance"].copy_(torch.where(lower, variance, s["best_variance"]))
         s["best_step"].copy_(torch.where(lower, step, s["best_step"]))
         torch.where(lower, pl_module.flat_weights, s["best_weights"], out=s["best_weights"])
-        s["best_ema"].copy_(torch.where(lower, pl_module.ema, s["best_ema"]))
+        torch.where(lower, pl_module.ema, s["best_ema"], out=s["best_ema"])
         if "max_psnr" in s:
             s["psnr_at_best"].copy_(torch.where(lower, quality, s["psnr_at_best"]))
 
