@@ -336,12 +336,10 @@ def _fit_config(pack: Pack) -> dict:
 def _check_checkpoint(pack: Pack) -> None:
     """``DipError`` before any fit when the checkpoint in ``pack``'s folder cannot be continued by its fit
     (made with other settings, damaged): found in the fit, it failed that fit alone, after the others ran."""
-    if (checkpoint := pack.directory / CHECKPOINT_NAME).is_file():
-        from dip.checkpoint import check_resumable  # only here: Lightning takes seconds to load
-        from dip.run_settings import result_settings
+    if (pack.directory / CHECKPOINT_NAME).is_file():
+        from dip.checkpoint import checked_resume  # only here: Lightning takes seconds to load
 
-        config = OmegaConf.create(_fit_config(pack))
-        check_resumable(checkpoint, result_settings(config), config.trainer.max_steps, pack.directory)
+        checked_resume(OmegaConf.create(_fit_config(pack)), pack.directory)
 
 
 def _score_and_write(job: ImageJob, result: Result, pack: Pack) -> dict:

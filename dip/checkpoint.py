@@ -17,13 +17,14 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from omegaconf import DictConfig
 from pytorch_lightning.loggers import WandbLogger
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from dip.errors import DipError, Interrupted, RunInterruptedError, load_fault, one_line
 from dip.files import atomic_path
 from dip.outputs import CHECKPOINT_NAME
-from dip.run_settings import setting_differences
+from dip.run_settings import result_settings, setting_differences
 from dip.signals import CaughtSignals, finished_first_on, fit_steps_done, forget_finished_first
 
 
@@ -71,6 +72,18 @@ def find_checkpoint(resume: str | None, output_dir: Path | None) -> Path | None:
             raise DipError(f"checkpoint not found: {path}")
         return own if own is not None and own.is_file() else path
     return own if own is not None and own.is_file() else None
+
+
+def checked_resume(cfg: DictConfig, directory: Path | None,
+                   extra_settings: dict | None = None) -> tuple[Path | None, Resumable, dict]:
+    """The checkpoint a fit of ``cfg`` into ``directory`` continues (``find_checkpoint``; None: it starts
+    afresh), what it holds (``check_resumable``: refused when it cannot be continued), and the settings the
+    fit's own checkpoints are to hold: ``cfg``'s, with ``extra_settings`` (``dip.pipeline.run``'s)."""
+    settings = {**result_settings(cfg), **(extra_settings or {})}
+    resume = find_checkpoint(cfg.resume, directory)
+    if resume is None:
+        return None, Resumable(0, None), settings
+    return resume, check_resumable(resume, settings, cfg.trainer.max_steps, directory), settings
 
 
 @dataclass

@@ -33,8 +33,7 @@ from dip.checkpoint import (
     Resumable,
     RunCheckpoint,
     StepLoader,
-    check_resumable,
-    find_checkpoint,
+    checked_resume,
 )
 from dip.config_checks import check_whole_number, instantiate_settings, settings_error
 from dip.errors import CheckpointLacksError, DipError, FitStoppedError, Interrupted, OutputsNotWrittenError, one_line
@@ -46,7 +45,7 @@ from dip.module import DeepImagePrior, check_data_terms
 from dip.nets.packed import pack_state_dicts
 from dip.outputs import Result, write_outputs
 from dip.problem import Problem, problem_from_config, with_dataset_hint
-from dip.run_settings import file_digests, result_settings
+from dip.run_settings import file_digests
 from dip.signals import held_signals, signals_stop_the_fit, stopped_by
 from dip.speed import Speed
 
@@ -488,10 +487,7 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
     device = run_device(cfg.trainer.accelerator, cfg.trainer.devices)
     speed.check_device(device)
     need = check_memory_fits(module, device, cfg.trainer.precision, kept) if cfg.check_memory else None
-    settings = {**result_settings(cfg), **(extra_settings or {})}
-    resume = find_checkpoint(cfg.resume, checkpoint_dir)
-    resumable = Resumable(0, None) if resume is None else check_resumable(resume, settings, cfg.trainer.max_steps,
-                                                                          checkpoint_dir)
+    resume, resumable, settings = checked_resume(cfg, checkpoint_dir, extra_settings)
     timer, memory = FitTimer(resumed=resume is not None), PeakMemory()
     callbacks = [timer, memory, *callbacks] + ([chooser] if chooser else [])
     # after the others: it saves their state once their step is done; without a folder it only stops

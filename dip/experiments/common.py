@@ -16,7 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from matplotlib.figure import Figure
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from dip.checkpoint import check_resumable, find_checkpoint
+from dip.checkpoint import checked_resume
 from dip.config_checks import check_settings, checked_config
 from dip.earlier_runs import finished_config, finished_metrics
 from dip.errors import CheckpointLacksError, DipError, Interrupted, one_line
@@ -27,7 +27,7 @@ from dip.outputs import OUTPUTS_FILE, Result, write_outputs
 from dip.pipeline import prepare
 from dip.pipeline import run as restore
 from dip.problem import problem_from_config
-from dip.run_settings import made_images_settings, result_settings
+from dip.run_settings import made_images_settings
 from dip.signals import signal_finished_first
 
 log = logging.getLogger("dip")
@@ -78,8 +78,7 @@ def restore_each(runs: Sequence[SubRun]) -> list[Result]:
     for run, cfg, earlier, own in zip(runs, configs, reused, extra):
         if earlier is None:  # its input, network and packing too, built and let go: no fit before a later one fails
             prepare(cfg, problem_from_config(cfg, clean=run.clean, observation=run.observation))
-            if (checkpoint := find_checkpoint(cfg.resume, run.directory)) is not None:
-                check_resumable(checkpoint, {**result_settings(cfg), **own}, cfg.trainer.max_steps, run.directory)
+            checked_resume(cfg, run.directory, own)
     results = []
     for run, cfg, earlier, own in zip(runs, configs, reused, extra):
         if earlier is not None:
