@@ -26,7 +26,7 @@ from dip.config_checks import checked_config  # noqa: E402
 from dip.errors import DipError, RunInterruptedError  # noqa: E402
 from dip.files import folder_held, unwritable  # noqa: E402
 from dip.module import class_path  # noqa: E402
-from dip.outputs import CHECKPOINT_NAME, Result  # noqa: E402
+from dip.outputs import CHECKPOINT_NAME, METRICS_FILE, Result  # noqa: E402
 from dip.physics import Degradation  # noqa: E402
 from dip.pipeline import run  # noqa: E402
 from dip.problem import problem_from_config  # noqa: E402
@@ -143,6 +143,6 @@ def _check_output_dir(output_dir: Path) -> None:
     a finished run (unless a checkpoint kept there is to continue it): a call run again would replace it."""
     if problem := unwritable(output_dir):
         raise DipError(f"output_dir {output_dir}: {problem}")
-    if (output_dir / "metrics.json").is_file() and not (output_dir / CHECKPOINT_NAME).is_file():
+    if (output_dir / METRICS_FILE).is_file() and not (output_dir / CHECKPOINT_NAME).is_file():
         raise DipError(f"output_dir {output_dir} holds a finished run (its metrics.json), which restore() does not "
                        f"replace: choose another output_dir, or delete that metrics.json to run again")

@@ -51,7 +51,7 @@ from dip.baselines import BASELINES, BaselineUnavailableError
 from dip.config import dotted
 from dip.config_checks import check_whole_number
 from dip.datasets import DatasetImage, open_dataset
-from dip.earlier_runs import finished_config, read_metrics
+from dip.earlier_runs import read_metrics, saved_sub_run_config
 from dip.errors import (
     DipError,
     Interrupted,
@@ -71,6 +71,7 @@ from dip.metrics import psnr, psnr_y
 from dip.outputs import (
     BEFORE_COLLAPSE_OUTPUT,
     CHECKPOINT_NAME,
+    METRICS_FILE,
     OUTPUTS_FILE,
     Result,
     save_averages,
@@ -103,6 +104,10 @@ class ImageJob:
     @property
     def pixels(self) -> int:
         return self.size[0] * self.size[1]
+
+    def score(self, x: torch.Tensor, truth: torch.Tensor, suffix: str = "") -> dict[str, float]:
+        """The PSNRs of ``x`` by this job's protocol (``score``), each named with ``suffix`` (``psnr_ema``)."""
+        return {key + suffix: value for key, value in score(x, truth, self.protocol, self.shave).items()}
 
     @property
     def step_pixels(self) -> int:
@@ -156,6 +161,11 @@ def score(x: torch.Tensor, truth: torch.Tensor, protocol: str, shave: int) -> di
         return {"psnr_y": float(psnr_y(x, truth, shave)), "psnr": float(psnr(x, truth))}
     window = (..., slice(shave, -shave or None), slice(shave, -shave or None))
     return {"psnr": float(psnr(x[window], truth[window]))}
+
+
+def headline_metric(protocol: str) -> str:
+    """The PSNR a table reports by ``protocol`` (``score``): luma's for ``y``, else over all channels."""
+    return "psnr_y" if protocol == "y" else "psnr"
 
 
 class IncompleteTableError(DipError):
@@ -220,7 +230,7 @@ def _saved_metrics(job: ImageJob) -> dict:
     """The ``metrics.json`` of ``job``'s finished sub-run; ``DipError`` if it is unreadable, or if it
     restored the same file name with other pixels (a dataset replaced): that sub-run is kept, as one
     finished with other settings is."""
-    metrics = read_metrics(job.output_dir / "metrics.json", f"delete it to restore {job.name} again")
+    metrics = read_metrics(job.output_dir / METRICS_FILE, f"delete it to restore {job.name} again")
     if (recorded := metrics.get("image_sha256")) and job.sha256 and recorded != job.sha256:
         raise DipError(f"{job.output_dir} holds a restoration of another {job.name} (sha256 {recorded[:12]}..., the "
                        f"dataset's is {job.sha256[:12]}...): delete its metrics.json to restore the image again, or "
@@ -307,7 +317,7 @@ def restore_pack(pack: Pack) -> list[dict]:
         except BaseException:
             if (pack.directory / CHECKPOINT_NAME).is_file():  # the fit resumes from it, for all its images
                 for job in pack.jobs[:len(written)]:
-                    (job.output_dir / "metrics.json").unlink(missing_ok=True)
+                    (job.output_dir / METRICS_FILE).unlink(missing_ok=True)
             raise
 
     # the checkpoint in the sub-run (or the pack's folder): an interrupted benchmark, run again, continues it
@@ -345,16 +355,14 @@ def _check_checkpoint(pack: Pack) -> None:
 def _score_and_write(job: ImageJob, result: Result, pack: Pack) -> dict:
     metrics = result.metrics
     for suffix, image in (("", result.restored), ("_ema", result.restored_ema)):
-        metrics.update({key + suffix: value for key, value in
-                        score(image, result.ground_truth, job.protocol, job.shave).items()})
+        metrics.update(job.score(image, result.ground_truth, suffix))
     if result.restarts is not None:  # packed restarts: the mean of what each one, a run of its own, scores
         for suffix, images in (("", result.restarts), ("_ema", result.restarts_ema)):
-            scores = [score(image[None], result.ground_truth, job.protocol, job.shave) for image in images]
+            scores = [job.score(image[None], result.ground_truth) for image in images]
             metrics.update({f"{key}{suffix}_restart_mean": statistics.fmean(s[key] for s in scores)
                             for key in scores[0]})
     if result.ema_before_collapse is not None:  # scored as the table's columns are, for its note
-        metrics.update({f"{key}_ema_before_collapse": value for key, value in
-                        score(result.ema_before_collapse, result.ground_truth, job.protocol, job.shave).items()})
+        metrics.update(job.score(result.ema_before_collapse, result.ground_truth, "_ema_before_collapse"))
     metrics.update(image=job.name, image_sha256=job.sha256, seed=job.config["seed"],
                    gpus_visible=os.environ.get("CUDA_VISIBLE_DEVICES"),
                    device_name=torch.cuda.get_device_name() if metrics["device"].startswith("cuda") else "CPU")
@@ -378,8 +386,7 @@ def average_runs(jobs: list[ImageJob], runs: list[dict], directory: Path) -> dic
     metrics = dict(runs[0], seeds=[run["seed"] for run in runs])
     averages = save_averages(*([output[key] for output in outputs] for key in ("restored", "restored_ema")), directory)
     for suffix, average in zip(("", "_ema"), averages, strict=True):
-        metrics.update({f"{name}_average{suffix}": value for name, value in
-                        score(average, truth, jobs[0].protocol, jobs[0].shave).items()})
+        metrics.update(jobs[0].score(average, truth, f"_average{suffix}"))
     return metrics
 
 
@@ -411,7 +418,7 @@ def compute_baselines(job: ImageJob, names: list[str]) -> dict:
             log.error(f"baseline {name} failed on {job.name}: {scores[name]['failed']}")
             continue
         save_image(estimate[0], job.output_dir / f"baseline_{name}.png")
-        scores[name] = score(estimate, problem.ground_truth, job.protocol, job.shave)
+        scores[name] = job.score(estimate, problem.ground_truth)
     # one that failed, or whose package is missing, is tried again by the next run
     kept = {name: value for name, value in scores.items() if not {"failed", "unavailable"} & value.keys()}
     write_json({"observation": key, "scores": kept}, saved_file)
@@ -535,7 +542,7 @@ def restore_all(packs: list[Pack], done_before: int, gpus: list[str], workers: i
         budget.record(pack, pack_metrics[0])  # the fit's steps and seconds, the same for each of its images
         for job, metrics in zip(pack.jobs, pack_metrics, strict=True):
             results[job.output_dir] = metrics
-            key = "psnr_y" if "psnr_y" in metrics else "psnr"
+            key = headline_metric(job.protocol)
             packed = f", packed with {len(pack.jobs) - 1} more" if len(pack.jobs) > 1 else ""
             log.info(f"[{done_before + len(results)}/{total}] {metrics['image']} (seed {metrics['seed']}): {key} "
                      f"{metrics[key]:.2f} dB (EMA {metrics[key + '_ema']:.2f}) in {metrics['seconds']:.1f} s "
@@ -654,7 +661,7 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> dict:
     per_image = [(run_dir / "images" / image.stem, image_jobs(cfg, image, run_dir / "images" / image.stem, physics))
                  for image in images]
     jobs = [job for _, image_runs in per_image for job in image_runs]
-    saved = {job.output_dir: finished_config(job.output_dir) for job in jobs}
+    saved = {job.output_dir: saved_sub_run_config(job.output_dir) for job in jobs}
     finished = {job.output_dir: metrics for job in jobs
                 if (metrics := _finished(job, saved[job.output_dir])) is not None}
     outside = {job.name: "they are outside benchmark.restore" for job in jobs
@@ -758,7 +765,7 @@ class Table:
     def __init__(self, cfg: DictConfig, metrics: list[dict], baselines: list[dict], run_info: dict):
         spec = cfg.benchmark
         self.cfg, self.spec, self.info = cfg, spec, run_info
-        key = "psnr_y" if spec.protocol == "y" else "psnr"
+        key = headline_metric(spec.protocol)
         self.unavailable = {name: reason for scores in baselines for name, value in scores.items()
                             if (reason := value.get("unavailable"))}
         usable = [name for name in spec.baselines if name not in self.unavailable]
@@ -893,7 +900,7 @@ class Table:
 
     def _collapses(self) -> str:
         """Each image whose fit collapsed: its EMA's PSNR before the collapse against the table's."""
-        column = "psnr_y" if self.spec.protocol == "y" else "psnr"
+        column = headline_metric(self.spec.protocol)
         before, end = column + "_ema_before_collapse", column + "_ema"
         return "; ".join(f"{m['image']}, EMA {table_cell(m[before])} dB at step "
                          f"{table_cell(m['ema_before_collapse_step'])} against {table_cell(m[end])} at the end"

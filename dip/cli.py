@@ -33,7 +33,7 @@ from dip.errors import (
 )
 from dip.files import hold_folder, let_go, unwritable
 from dip.outputs import describe, offline_wandb_line, psnr_summary
-from dip.overrides import hydra_quoted, pasted_override, run_folder_arguments, run_folders, unquoted
+from dip.overrides import hydra_quoted, pasted_override, run_folder_arguments, run_folders, setting_name, unquoted
 from dip.problem import problem_from_config
 from dip.signals import exit_interrupted, interrupt_on_stop_signals, signal_finished_first
 from dip.sweeps import FAILED_JOBS, record_failure, sweep_folder
@@ -48,7 +48,7 @@ def _override_arguments(arguments: list[str], hydra: bool = False) -> list[str]:
     if ``hydra``."""
     overrides, skip_next = [], False
     for argument in arguments:
-        if skip_next or (argument.lstrip("+~").startswith("hydra") and not hydra) or argument.startswith("-"):
+        if skip_next or (setting_name(argument).startswith("hydra") and not hydra) or argument.startswith("-"):
             skip_next = argument in OPTIONS_WITH_VALUE
             continue
         overrides.append(argument)
@@ -143,10 +143,10 @@ def _with_hydra_choices(arguments: list[str], cfg: DictConfig, config_name: str)
     without Hydra's settings (``hydra.*``, which the checks look at); None where that cannot be composed
     (Hydra says why when it starts)."""
     fixed = _fixed_overrides(arguments)
-    if not any(text.lstrip("+~").startswith("hydra/") for text in fixed):
+    if not any(setting_name(text).startswith("hydra/") for text in fixed):
         return cfg
     try:
-        return compose_config([text for text in fixed if not text.lstrip("+~").startswith("hydra.")],
+        return compose_config([text for text in fixed if not setting_name(text).startswith("hydra.")],
                               config_name=config_name)
     except Exception:  # noqa: BLE001 (Hydra's and OmegaConf's many errors)
         return None
@@ -179,11 +179,11 @@ def _check_hydra_settings(arguments: list[str], cfg: DictConfig | None) -> None:
     nothing reads it (the run went to the default folder), and ``hydra.run.dri=x`` got Hydra's line without
     the name meant. ``cfg``: ``_with_hydra_choices``'s, without the settings checked (None: nothing to check)."""
     given = [text for text in _override_arguments(arguments, hydra=True)
-             if text.lstrip("+~").startswith("hydra.") and not text.lstrip("+~").startswith(SEARCH_SPACE)]
+             if setting_name(text).startswith("hydra.") and not setting_name(text).startswith(SEARCH_SPACE)]
     if not given or cfg is None:
         return
     for text in given:
-        key = text.lstrip("+~").partition("=")[0]
+        key = setting_name(text)
         if hint := misspelt_setting(key, cfg):
             fail(f"{text}: Hydra has no setting {key}{hint}")
 
@@ -196,8 +196,7 @@ def _every_job_reads_this_input(cfg: DictConfig, arguments: list[str], swept: se
     input: no sweep over the data, task or mask (``swept``, or an Optuna search's), and no experiment
     (which reads its own)."""
     searched = [*(OmegaConf.select(cfg, SEARCH_SPACE.rstrip(".")) or {}),
-                *(argument.lstrip("+~").partition("=")[0] for argument in arguments
-                  if argument.lstrip("+~").startswith(SEARCH_SPACE))]
+                *(setting_name(argument) for argument in arguments if setting_name(argument).startswith(SEARCH_SPACE))]
     varied = {key.lstrip("+~").removeprefix(SEARCH_SPACE).partition(".")[0] for key in [*swept, *searched]}
     return not OmegaConf.select(cfg, "experiment.runner") and not varied & {"data", "task", "mask", "profile"}
 
@@ -283,7 +282,7 @@ def held_run_folder(arguments: list[str], gives_way: bool, key: str = "hydra.run
 def _with_folder(arguments: list[str], key: str, folder: str) -> list[str]:
     """``arguments`` with ``key`` (``hydra.run.dir``, ``hydra.sweep.dir``) set to ``folder``, quoted so that
     Hydra reads it back as it is."""
-    others = [argument for argument in arguments if argument.partition("=")[0].lstrip("+") != key]
+    others = [argument for argument in arguments if setting_name(argument) != key]
     return beside_the_overrides(others, [f"{key}={hydra_quoted(folder)}"])
 
 
@@ -366,9 +365,10 @@ def hydra_main(cfg: DictConfig) -> float | None:
     own_records = job_records(output_dir)  # as Hydra has just written them: another job's start may replace them
     # a sweep's job folder, held while the job runs: a run started into it meanwhile is refused, as it is here; the
     # sweep's own folder (hydra.sweep.subdir='') is its main process's to hold
+    multirun = hydra_config.mode == RunMode.MULTIRUN
     in_sweep_folder = output_dir.resolve() == Path(hydra_config.sweep.dir).resolve()
     try:
-        taken = not (hydra_config.mode == RunMode.MULTIRUN and in_sweep_folder) and hold_folder(output_dir)
+        taken = not (multirun and in_sweep_folder) and hold_folder(output_dir)
     except DipError as error:  # the run there goes on, and writes its record again when it ends (rewrite_records)
         EARLIER_RUNS.put_back_records(output_dir, remove_added=False)
         return _failed_job(str(error))
@@ -406,7 +406,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
         EARLIER_RUNS.discard(output_dir)
         return _failed_job(str(error))
     except RunInterruptedError as interruption:  # the checkpoint stays, for the next run to resume
-        if hydra_config.mode == RunMode.MULTIRUN:  # the sweep run again runs its unfinished jobs
+        if multirun:  # the sweep run again runs its unfinished jobs
             message = interruption.continue_in(Path(hydra_config.sweep.dir), "hydra.sweep.dir")
         else:
             message = interruption.continue_in(output_dir) if runner else str(interruption)
@@ -414,7 +414,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
         raise SystemExit(128 + interruption.signum) from None
     except KeyboardInterrupt as interruption:  # outside a fit (Ctrl-C, or SIGTERM: launch makes it one)
         signum = interruption_signal(interruption)
-        if hydra_config.mode == RunMode.MULTIRUN:
+        if multirun:
             sweep = pasted_override("hydra.sweep.dir", hydra_config.sweep.dir)
             again = f": run the sweep again with {sweep} to continue"
         elif runner:  # the sub-runs finished are kept
@@ -426,7 +426,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
         print(f"interrupted by {signal.Signals(signum).name}{again}", file=sys.stderr)
         raise SystemExit(128 + signum) from None
     except Exception as error:  # a bug, ours or of a generator or operator of one's own: Python's traceback
-        if hydra_config.mode != RunMode.MULTIRUN:
+        if not multirun:
             raise
         # the job's folder is kept, for its traceback
         return _failed_job(kept_traceback(error, output_dir / f"{hydra_config.job.name}.log"))
@@ -434,9 +434,9 @@ def hydra_main(cfg: DictConfig) -> float | None:
         if taken:
             let_go(output_dir)
     print(describe(result))
-    if hydra_config.mode != RunMode.MULTIRUN and (upload := offline_wandb_line(output_dir)):  # a sweep's sums them up
+    if not multirun and (upload := offline_wandb_line(output_dir)):  # a sweep's sums them up
         print(upload)
-    if hydra_config.mode == RunMode.MULTIRUN and (signum := signal_finished_first()) is not None:
+    if multirun and (signum := signal_finished_first()) is not None:
         print(f"{signal.Signals(signum).name}: job {hydra_config.job.num} finished first; run the sweep again with "
               f"{pasted_override('hydra.sweep.dir', hydra_config.sweep.dir)} for any jobs left", file=sys.stderr)
         raise SystemExit(128 + signum)

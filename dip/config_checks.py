@@ -25,6 +25,7 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from dip.config import compose_config, config_groups, register_resolvers, use_full_settings
 from dip.errors import DipError, check_choice, invalid_yaml, one_line
+from dip.overrides import setting_name
 
 # What a constructor's annotation asks of a setting, as a config can give it, and how a message says it
 KINDS = {bool: "true or false", int: "a whole number", float: "a finite number", str: "text"}
@@ -110,7 +111,7 @@ def _interpolated(key: str, cfg: DictConfig) -> bool:
 def _unknown_setting(key: str, overrides: Sequence[str], config_name: str) -> str:
     """The line for an override of a setting that the config lacks, with the nearest name it has, and for
     a class's settings, how to add one that it takes."""
-    others = [option for option in overrides if option.lstrip("+~").partition("=")[0] != key]
+    others = [option for option in overrides if setting_name(option) != key]
     try:
         cfg = compose_config(others, config_name=config_name)
     except Exception:  # noqa: BLE001 (the other overrides fail on their own: the line still names this one)

@@ -14,23 +14,23 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from dip.errors import DipError
-from dip.outputs import CHECKPOINT_NAME, OUTPUT_FILES, RESTART_OUTPUT
+from dip.outputs import CHECKPOINT_NAME, METRICS_FILE, OUTPUT_FILES, RESTART_OUTPUT
 from dip.overrides import run_folders
 from dip.run_settings import digest_settings, finished_run_settings, refuse_other_settings, setting_differences
 
 
-def finished_config(folder: Path) -> dict | None:
+def saved_sub_run_config(folder: Path) -> dict | None:
     """The config (``config.yaml``) of the run that finished in ``folder`` (beside its ``metrics.json``),
     else None; ``DipError`` when that config cannot be read."""
     config_file = folder / "config.yaml"
-    if not (config_file.is_file() and (folder / "metrics.json").is_file()):
+    if not (config_file.is_file() and (folder / METRICS_FILE).is_file()):
         return None
     try:
         saved = yaml.safe_load(config_file.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         saved = None
     if not isinstance(saved, dict):
-        raise DipError(f"cannot read {config_file}: delete {folder / 'metrics.json'} to restore it again")
+        raise DipError(f"cannot read {config_file}: delete {folder / METRICS_FILE} to restore it again")
     return saved
 
 
@@ -53,7 +53,7 @@ def finished_metrics(folder: Path, saved: DictConfig | None, cfg: DictConfig) ->
     for the fit to continue, or to refuse, unless the run finished exactly as asked."""
     if saved is None:
         return None
-    metrics = read_metrics(folder / "metrics.json", "delete it to run again")
+    metrics = read_metrics(folder / METRICS_FILE, "delete it to run again")
     # its config names its files; what they held then, its metrics say
     recorded = metrics.get("input_sha256")
     earlier = {**finished_run_settings(saved, digests=False), **digest_settings(recorded or {})}
@@ -123,7 +123,7 @@ class EarlierRuns:
         """The config of the run that had finished in ``output_dir`` before Hydra started (its
         ``metrics.json`` and Hydra's record of it were there), else None; ``DipError`` when the record
         is missing (``hydra.output_subdir=null``): nothing says what the run there was."""
-        if (output_dir / "metrics.json").resolve() not in self.written:
+        if (output_dir / METRICS_FILE).resolve() not in self.written:
             return None
         if (record := self._record(output_dir)) is None:
             raise DipError(f"{output_dir} holds a finished run without Hydra's record of its settings "
@@ -135,7 +135,7 @@ class EarlierRuns:
         """``DipError`` when ``output_dir`` holds a finished run (its ``metrics.json``) that was not there when the
         command started: in a folder named by the job (``${hydra.job.name}``), or shared by jobs of one sweep.
         Hydra has replaced its record with this job's: it could be neither compared nor replaced."""
-        if (output_dir / "metrics.json").is_file() and (output_dir / "metrics.json").resolve() not in self.written:
+        if (output_dir / METRICS_FILE).is_file() and (output_dir / METRICS_FILE).resolve() not in self.written:
             raise DipError(f"{output_dir} holds a finished run that was not there when this command started (in a "
                            "folder named by the job, or shared by jobs of one sweep: give each job its own, as "
                            "hydra.sweep.subdir does by default); run into another folder, or delete its metrics.json "
@@ -225,7 +225,7 @@ def _run_dirs_in(folder: Path) -> set[Path]:
     holding Hydra's record or a finished run, and its direct subfolders (a job's log alone)."""
     if not folder.is_dir():
         return set()
-    nested = {path.parent for name in (".hydra", "metrics.json") for path in folder.glob(f"**/{name}")}
+    nested = {path.parent for name in (".hydra", METRICS_FILE) for path in folder.glob(f"**/{name}")}
     return {folder, *(sub for sub in folder.iterdir() if sub.is_dir()), *nested}
 
 

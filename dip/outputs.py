@@ -22,8 +22,9 @@ from dip.files import write_atomically
 from dip.images import save_image
 
 BEFORE_COLLAPSE_OUTPUT = "restored_ema_before_collapse.png"  # a fit that collapsed at its end: the EMA from before
+METRICS_FILE = "metrics.json"  # a finished run's figures: written last, so it is what marks a run finished
 OUTPUT_FILES = ("observation.png", "restored.png", "restored_ema.png", "bicubic.png", "bilinear.png",
-                BEFORE_COLLAPSE_OUTPUT, "metrics.json")
+                BEFORE_COLLAPSE_OUTPUT, METRICS_FILE)
 CHECKPOINT_NAME = "checkpoint.ckpt"  # a run's training state, until it finishes (checkpoint.keep: after)
 RESTART_OUTPUT = "restored_restart{}.png"  # with restarts=N, restart k's own output
 OUTPUTS_FILE = "outputs.pt"  # a finished run's images at full precision, for what is computed from them later
@@ -99,12 +100,12 @@ def write_outputs(result: Result, output_dir: Path,
         for name, write in (files or {}).items():
             write_atomically(output_dir / name, write)
             written.append(output_dir / name)
-        write_json(result.metrics, output_dir / "metrics.json")
+        write_json(result.metrics, output_dir / METRICS_FILE)
     except OSError as error:
         for path in written:
             path.unlink(missing_ok=True)
         if written:  # they replaced a finished run's (one continued), whose record no longer holds
-            (output_dir / "metrics.json").unlink(missing_ok=True)
+            (output_dir / METRICS_FILE).unlink(missing_ok=True)
         raise write_error(error, output_dir) from None
 
 

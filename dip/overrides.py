@@ -30,6 +30,12 @@ def pasted_override(key: str, value) -> str:
 RUN_FOLDER_KEYS = ("hydra.run.dir", "hydra.sweep.dir")
 
 
+def setting_name(override: str) -> str:
+    """The setting or config group an override names, without Hydra's ``+``, ``++`` or ``~``: ``a.b`` for
+    ``++a.b=1``."""
+    return override.lstrip("+~").partition("=")[0]
+
+
 def run_folders(arguments: list[str]) -> list[tuple[str, Path]]:
     """The run and sweep folders that the command line ``arguments`` name, with their keys."""
     return [(key, Path(unquoted(folder))) for key, folder in run_folder_arguments(arguments) if unquoted(folder)]

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from dip.checkpoint import checked_resume
 from dip.config_checks import check_settings, checked_config
-from dip.earlier_runs import finished_config, finished_metrics
+from dip.earlier_runs import finished_metrics, saved_sub_run_config
 from dip.errors import CheckpointLacksError, DipError, Interrupted, one_line
 from dip.figures import figure_png
 from dip.files import write_atomically
@@ -131,7 +131,7 @@ def _reusable(run: SubRun, cfg: DictConfig) -> Result | None:
 def _finished_metrics(cfg: DictConfig, directory: Path) -> dict | None:
     """The metrics of the run finished in ``directory`` with ``cfg``'s settings (as ``run.py`` decides), else
     None; ``DipError`` if with others, unless a checkpoint kept there continues to ``cfg``'s steps."""
-    saved = finished_config(directory)
+    saved = saved_sub_run_config(directory)
     return finished_metrics(directory, None if saved is None else OmegaConf.create(saved), cfg)
 
 
