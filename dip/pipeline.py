@@ -565,24 +565,32 @@ def run(cfg: DictConfig, output_dir: Path | None, problem: Problem | None = None
             alpha=problem.alpha,
             bits=problem.bits,
         )
-        if isinstance(trainer.logger, WandbLogger):
-            trainer.logger.experiment.summary.update({k: v for k, v in metrics.items() if v is not None})
-            if trainer.logger.experiment is not earlier_wandb_run:
-                trainer.logger.experiment.finish()
         if saver.interrupted and saver.path is not None:
+            end_wandb_run(trainer.logger, metrics, earlier_wandb_run)
             raise saver.interruption(saver.interrupted, steps, trainer.max_steps)
         if saver.interrupted:
             stopped_by(saver.interrupted)
         if write is None and output_dir is not None:
             write = functools.partial(write_outputs, output_dir=Path(output_dir))
-        if write is not None:
-            try:
+        try:
+            if write is not None:
                 write(result)
-            except DipError as error:
-                saver.discard_final()
-                if saver.path is None or not saver.path.is_file():
-                    raise
-                raise OutputsNotWrittenError(f"{error}; the checkpoint {saver.path} is kept: the same command, once "
-                                             f"the outputs can be written, resumes from it") from None
+        except DipError as error:
+            saver.discard_final()
+            if saver.path is None or not saver.path.is_file():
+                raise
+            raise OutputsNotWrittenError(f"{error}; the checkpoint {saver.path} is kept: the same command, once "
+                                         f"the outputs can be written, resumes from it") from None
+        finally:  # after the writing, which may add to the metrics: a benchmark's protocol's PSNRs
+            end_wandb_run(trainer.logger, metrics, earlier_wandb_run)
         saver.finish()
         return result
+
+
+def end_wandb_run(logger, metrics: dict, earlier_wandb_run) -> None:
+    """Put the fit's ``metrics`` in its W&B run's summary and finish the run, unless it is the user's own
+    (``earlier_wandb_run``), which stays open; nothing for another ``logger``."""
+    if isinstance(logger, WandbLogger):
+        logger.experiment.summary.update({key: value for key, value in metrics.items() if value is not None})
+        if logger.experiment is not earlier_wandb_run:
+            logger.experiment.finish()

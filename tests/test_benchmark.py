@@ -42,7 +42,7 @@ from dip.images import load_image
 from dip.metrics import psnr, psnr_y
 from dip.outputs import BEFORE_COLLAPSE_OUTPUT
 from dip.physics import BernoulliMask, GaussianNoise, Inpainting, RegionMask
-from tests.conftest import run_cli, run_cli_probing_lightning
+from tests.conftest import offline_run_file, offline_summary, run_cli, run_cli_probing_lightning
 
 sha256_hash = hashlib.sha256  # before a test counts the digests begun
 
@@ -958,6 +958,19 @@ def test_cli_set5_x4_on_the_shared_dataset(tmp_path):
     assert "| 29.90 |" in rows[-1]
     assert len(list(out.glob("images/*/metrics.json"))) == 5
     assert len(list(out.glob("images/*/wandb/offline-run-*"))) == 5  # one W&B run per image
+
+
+def test_an_image_s_w_and_b_summary_has_the_table_s_psnr(tmp_path):
+    """The protocol's PSNRs (super-resolution's psnr_y) were added to metrics.json after the W&B run had ended."""
+    make_dataset(tmp_path / "data", "Set5", ["bird.png"])
+    out = tmp_path / "out"
+    done = run_script("benchmark=set5_x4", "trainer.max_steps=2", "data.size=48", "benchmark.baselines=[]",
+                      "logger=wandb", f"hydra.run.dir={out}", data=tmp_path / "data")
+    assert done.returncode == 0, done.stderr[-2000:]
+    metrics = json.loads((out / "images" / "bird" / "metrics.json").read_text())
+    summary = offline_summary(offline_run_file(out / "images" / "bird"))
+    assert {key: summary[key] for key in ("psnr_y", "psnr_y_ema", "psnr")} == {
+        key: pytest.approx(metrics[key]) for key in ("psnr_y", "psnr_y_ema", "psnr")}
 
 
 def file_results(*args, **env) -> subprocess.CompletedProcess:
