@@ -28,12 +28,13 @@ from pathlib import Path
 
 import yaml
 from matplotlib.figure import Figure
+from omegaconf import Container, OmegaConf
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dip.config import dotted, image_name  # noqa: E402
+from dip.config import dotted, image_name, register_resolvers  # noqa: E402
 from dip.errors import DipError, fail, invalid_yaml, one_line  # noqa: E402
 from dip.figures import figure_png  # noqa: E402
 from dip.sweeps import FAILED_JOBS, failed_job_folders, failed_jobs  # noqa: E402
@@ -234,21 +235,44 @@ def read_run(run_dir: Path, name: str) -> Run:
     if not isinstance(overrides, list):
         raise ValueError(f"{overrides_file}: holds a {kind(overrides)}, not a list of overrides")
     if (run_dir / ".hydra" / "config.yaml").is_file():
-        config = read_mapping(run_dir / ".hydra" / "config.yaml")
+        settings = as_the_job_read_it(read_mapping(run_dir / ".hydra" / "config.yaml"), metrics)
     else:  # an experiment's sub-run: the config it was composed with (resolved), no overrides or choices of its own
-        config = read_mapping(run_dir / "config.yaml")
-        if isinstance(config.get("arch_name"), str):
-            choices = {"arch": config["arch_name"]}
+        settings = dotted(read_mapping(run_dir / "config.yaml"))
+        if isinstance(settings.get("arch_name"), str):
+            choices = {"arch": settings["arch_name"]}
     run = Run(
         path=run_dir,
         name=name,
         overrides=[str(override) for override in overrides],
-        config=dotted(config),
+        config=settings,
         choices=choices,
         metrics=metrics,
     )
     run.curves, run.curve_source = read_curves(run_dir)
     return run
+
+
+def as_the_job_read_it(config: dict, metrics: dict | None) -> dict:
+    """Hydra's record of a job's config, kept as composed (``task.name: sr_x${task.physics.factor}``), as dotted
+    settings with their interpolations resolved; ``profile=auto`` as the job chose it, by the device its
+    ``metrics`` name (full on a GPU). A value only Hydra's job could resolve (``${hydra:job.name}``), or one of an
+    unfinished job that reads the profile, stays as written."""
+    settings = dotted(config)
+    register_resolvers()
+    try:
+        node = OmegaConf.create(config)
+    except Exception:  # noqa: BLE001 (OmegaConf's errors on what YAML allows and it does not: shown as written)
+        return settings
+    if node.get("profile") == "auto":
+        device = (metrics or {}).get("device")
+        node.profile = None if device is None else "full" if str(device).startswith("cuda") else "quick"
+    for key, written in settings.items():
+        try:
+            value = OmegaConf.select(node, key, throw_on_resolution_failure=True)
+            settings[key] = OmegaConf.to_container(value, resolve=True) if isinstance(value, Container) else value
+        except Exception:  # noqa: BLE001 (a resolver's own errors: Hydra's outside its job, the profile's)
+            settings[key] = written
+    return settings
 
 
 def quality_key(runs: list[Run]) -> str:

@@ -258,6 +258,23 @@ def test_an_experiments_sub_runs_are_read_from_their_config_yaml(tmp_path, capsy
     assert (run.choices, run.overrides, run.config["optim.lr"]) == ({"arch": "unet"}, [], 0.001)
 
 
+@pytest.mark.parametrize("device, steps", [("cuda:0", 3000), ("cpu", 500), (None, "${profile:3000,500}")])
+def test_a_jobs_settings_are_read_as_it_resolved_them(tmp_path, device, steps):
+    """Hydra records a job's config as composed: sr_x4's and sr_x8's runs were one group, "sr_x${task.physics.factor}".
+    profile=auto is resolved as the job chose it, by its device; an unfinished job's, not at all."""
+    run_dir = make_run(tmp_path, "job", {"device": device} if device else None)
+    if device is None:
+        (run_dir / "metrics.json").unlink()
+    config = {"profile": "auto", "task": {"name": "sr_x${task.physics.factor}", "physics": {"factor": 8}},
+              "trainer": {"max_steps": "${profile:3000,500}"}, "log_name": "${hydra:job.name}",
+              "optim": {"betas": ["${optim.beta}", 0.999], "beta": 0.9, "named": "${optim.chosen}", "chosen": {"a": 1}}}
+    (run_dir / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    settings = compare.read_run(run_dir, "job").config
+    assert settings["task.name"] == "sr_x8" and settings["optim.betas"] == [0.9, 0.999]
+    assert settings["optim.named"] == {"a": 1}
+    assert settings["trainer.max_steps"] == steps and settings["log_name"] == "${hydra:job.name}"
+
+
 def test_images_that_share_a_file_stem_get_rows_of_their_own():
     """Two folders' photo.png (or one image under two tasks) were one row of the grid, showing the first
     one's observation, and one "best" run over both."""
