@@ -57,4 +57,6 @@ def run(cfg: DictConfig, output_dir: Path) -> str:
     plot_curves({LABELS[name]: curve for name, curve in curves.items()}, output_dir / f"{stem}.png",
                 title="Fit of f(z) to each image (Fig. 2)", ylabel="MSE")
     finals = ", ".join(f"{name} {value:.4g}" for name, value in final.items() if value is not None)
-    return f"{stem}: final MSE {finals}\nplot and curves in {output_dir}"
+    # the loss of the last step, as the curves have it: the output before that step's update, with the code's
+    # perturbation if any; each sub-run's metrics.json scores the output after it (psnr_fit)
+    return f"{stem}: MSE at step {steps[-1] if steps else 0} {finals}\nplot and curves in {output_dir}"
