@@ -20,7 +20,7 @@ from hydra._internal.utils import _locate
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import Container, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from dip.config import compose_config, config_groups, register_resolvers, use_full_settings
@@ -74,7 +74,20 @@ def checked_config(overrides: Sequence[str] = (), output_dir: str | Path | None 
         if "." in key and key.partition(".")[0] in SETTINGS_READ_BY_NAME:
             raise DipError(f"{added}: nothing reads a setting named '{key}'{_close_setting(key, cfg)}; settings are "
                            f"changed without '+'")
+    check_interpolations(cfg)
     return cfg
+
+
+def check_interpolations(cfg: DictConfig) -> None:
+    """``DipError`` naming the setting whose interpolation cannot be resolved (``${oc.env:PHOTOS}`` with PHOTOS
+    unset, ``${nosuch}``): OmegaConf's traceback came where the setting was first read, once Hydra had made the
+    run's folder. Hydra's own settings are its job's to resolve."""
+    try:
+        for key in cfg:
+            if key != "hydra" and isinstance(node := cfg[key], Container):
+                OmegaConf.to_container(node, resolve=True)
+    except OmegaConfBaseException as error:
+        raise DipError(f"{error.full_key or 'the config'}: {config_message(error)}") from None
 
 
 def _added_settings(overrides: Sequence[str], groups: dict, config_name: str) -> list[tuple[str, str, bool]]:

@@ -24,13 +24,23 @@ log = logging.getLogger("dip")
 GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 
 
-def _builtin(name: str) -> np.ndarray:
+def _builtin(name: str) -> Image.Image:
+    """scikit-image's image ``name`` (``skimage.data.NAME()``); ``DipError`` for a name that is none, one whose
+    loader fails (it downloads, with ``pooch``), or a volume, stack or file name rather than one picture."""
     from skimage import data
 
     loader = getattr(data, name, None)
-    if loader is None or name.startswith("_"):
+    if not callable(loader) or name.startswith("_"):
         raise DipError(f"unknown built-in image '{BUILTIN_PREFIX}{name}' (try skimage:astronaut or skimage:camera)")
-    return loader()
+    try:
+        array = loader()
+        if not (isinstance(array, np.ndarray) and (array.ndim == 2 or array.ndim == 3 and array.shape[2] in (3, 4))):
+            given = f"an array of shape {array.shape}" if isinstance(array, np.ndarray) else f"a {type(array).__name__}"
+            raise TypeError(f"it gives {given}, not one H x W or H x W x 3 picture")
+        return Image.fromarray(array)
+    except Exception as error:  # noqa: BLE001 (each loader's own: a missing downloader, arguments it needs)
+        raise DipError(f"built-in image '{BUILTIN_PREFIX}{name}' cannot be read as an image: {one_line(error, 200)} "
+                       "(try skimage:astronaut or skimage:camera)") from None
 
 
 SIXTEEN_BIT_MODES = {"I", "I;16", "I;16B", "I;16L"}
@@ -169,8 +179,7 @@ def read_image(path: str | Path | torch.Tensor, mode: str = "auto", what: str = 
         return LoadedImage(_from_tensor(path, what, mode))
     path_text = str(path)
     if path_text.startswith(BUILTIN_PREFIX):
-        array = _builtin(path_text[len(BUILTIN_PREFIX):])
-        return _from_pil(Image.fromarray(array), mode)
+        return _from_pil(_builtin(path_text[len(BUILTIN_PREFIX):]), mode)
     file = Path(path_text).expanduser()
     if file.is_dir():
         raise DipError(f"{what} file {file} is a directory")

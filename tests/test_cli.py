@@ -162,6 +162,13 @@ def test_sr_on_a_grey_file_restores_the_full_size(tmp_path):
         (["+lrr=0.01"], ["+lrr: nothing reads a setting named 'lrr' (a typo?)"]),
         (["trainer.max_step=2"], ["trainer.max_step: no such setting (did you mean trainer.max_steps?)"]),
         (["+benchmark=set5_x4"], ["+benchmark=set5_x4: the benchmarks are experiments/benchmark.py's"]),
+        # OmegaConf's traceback came where the setting was first read, in the job's folder
+        (["data.path=${oc.env:DIP_TEST_UNSET}/a.png"], ["data.path: ", "Environment variable 'DIP_TEST_UNSET'"]),
+        (["task=inpainting", "data.mask=${nosuch}"], ["data.mask: Interpolation key 'nosuch' not found"]),
+        # scikit-image's names that are no picture: a stack of faces, a stereo pair
+        (["data.path=skimage:lfw_subset"], ["built-in image 'skimage:lfw_subset' cannot be read as an image: it gives "
+                                            "an array of shape (200, 25, 25)"]),
+        (["data.path=skimage:stereo_motorcycle"], ["'skimage:stereo_motorcycle' cannot be read", "gives a tuple"]),
         # refused by Hydra once started (check_overrides leaves hydra.* to it)
         (["hydra.foo=1"], ["Could not override 'hydra.foo'. To append to your config use +hydra.foo=1"]),
         (["hydra/launcher=nope"], ["Could not find 'hydra/launcher/nope' (choose from: basic, gpus, joblib"]),
