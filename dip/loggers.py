@@ -35,6 +35,9 @@ def wandb_credentials_present() -> bool:
         return False
 
 
+TAG_LENGTH = 64  # W&B refuses a longer tag (an image's file name, say), and an empty one, when the run starts
+
+
 def wandb_logger(
     save_dir: str,
     project: str = "dip",
@@ -63,7 +66,7 @@ def wandb_logger(
         mode=mode,
         group=group,
         job_type=job_type,
-        tags=[str(tag) for tag in tags or []],
+        tags=[str(tag)[:TAG_LENGTH] for tag in tags or [] if str(tag)],
         name=name,
         settings={"console": "off", "silent": True},
         **continued,
