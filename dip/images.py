@@ -240,6 +240,8 @@ _pillow_limit: int | None = None  # the limit to put back after them
 def _from_tensor(image: torch.Tensor, what: str, mode: str = "auto") -> torch.Tensor:
     if image.is_meta:
         raise DipError(f"{what} tensor is on the meta device: it has a shape but no values")
+    if image.layout != torch.strided:  # most of torch's operations have no sparse kernels
+        raise DipError(f"{what} tensor is {str(image.layout).removeprefix('torch.')}: pass a dense one (.to_dense())")
     if image.is_complex():  # converting it to float would keep its real part only
         raise DipError(f"{what} tensor is {image.dtype}, not real: an image's values are real numbers in [0, 1]")
     image = image.detach().float().cpu()

@@ -126,6 +126,7 @@ def test_restore_a_grey_file_into_a_directory(tmp_path, grey_png):
     ({"image": torch.rand(3, 0, 8)}, "image tensor is empty (3x0x8)"),
     ({"image": torch.rand(3, 8, 8, device="meta")}, "image tensor is on the meta device: it has a shape but no values"),
     ({"image": torch.rand(3, 8, 8, dtype=torch.complex64)}, "image tensor is torch.complex64, not real"),
+    ({"image": torch.rand(3, 8, 8).to_sparse()}, "image tensor is sparse_coo: pass a dense one (.to_dense())"),
     ({"image": torch.rand(3, 8, 8).index_fill(2, torch.tensor([3]), float("nan"))},
      "image tensor holds 24 NaN value(s) of 192"),  # not "values in [nan, nan]": as if all were NaN
     ({"image": np.random.rand(8, 8, 3)}, "image must be a file path or a torch.Tensor (C x H x W in [0, 1]), not of "
