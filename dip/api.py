@@ -67,7 +67,8 @@ def restore(
         if not isinstance(output_dir, (str, os.PathLike)):
             raise DipError(f"output_dir must be a folder's path (str or pathlib.Path), not of type "
                            f"{type(output_dir).__name__}")
-        _check_output_dir(Path(output_dir))
+        output_dir = Path(output_dir).expanduser()  # as an input file's path is: not a folder named ~ here
+        _check_output_dir(output_dir)
     options = [f"task={task}"] + ([f"arch={arch}"] if arch else [])
     if output_dir is None and not any(o.startswith("logger=") for o in overrides):
         options.append("logger=none")

@@ -98,7 +98,7 @@ def check_overrides(arguments: list[str], config_name: str = "config") -> DictCo
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as error:
         fail(f"cannot parse overrides: {str(error).splitlines()[0]} (quote a value holding spaces, brackets, =, "
-             f"commas or letters beyond ASCII: data.path=\"'my photo (1).png'\")")
+             f"commas, a leading ~ or letters beyond ASCII: data.path=\"'my photo (1).png'\")")
     for override in parsed:
         if override.key_or_group == "benchmark" and config_name == "config":  # run.py would restore its default image
             fail(f"{override.input_line}: the benchmarks are experiments/benchmark.py's "
@@ -251,7 +251,10 @@ def pinned_folder(arguments: list[str], key: str, config_name: str = "config") -
         folder = OmegaConf.select(cfg, key)
     except OmegaConfBaseException as error:
         fail(f"{key}={given}: {str(error).splitlines()[0]}")  # not OmegaConf's full_key and object_type lines
-    return (_with_folder(arguments, key, str(folder)) if folder is not None and str(folder) else arguments), given
+    if folder is None or not str(folder):
+        return arguments, given
+    # as an input file's path is: Hydra would make a folder named ~ in the working directory
+    return _with_folder(arguments, key, str(Path(str(folder)).expanduser())), given
 
 
 def known_before_the_job(folder: str) -> bool:

@@ -143,6 +143,15 @@ def test_bad_input_is_one_line_as_on_the_command_line(arguments, message):
     assert message in str(refused.value) and "\n" not in str(refused.value)
 
 
+def test_an_output_dir_under_the_home_folder_is_there(tmp_path, monkeypatch):
+    """As an input file's path: output_dir='~/restored' made a folder named ~ in the working directory."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    result = restore(torch.rand(3, 8, 8), output_dir="~/restored", overrides=["trainer.max_steps=1"])
+    assert result.output_dir == tmp_path / "restored" and (tmp_path / "restored" / "metrics.json").is_file()
+    assert not (tmp_path / "~").exists()
+
+
 def test_a_result_image_can_be_restored_again():
     """A result's images are 1 x C x H x W: they go back in as they are (as a restored image, observed)."""
     first = restore(torch.rand(3, 16, 16), overrides=["trainer.max_steps=1"])

@@ -697,6 +697,14 @@ def test_wandb_offline_run_holds_the_psnr(tmp_path):
     assert info.run_group == "denoising" and list(info.tags) == ["skip", ("photo" * 16)[:64]]
 
 
+def test_a_run_folder_under_the_home_folder_is_there_not_in_a_folder_named_tilde(tmp_path):
+    """An input file's ~ was the home folder; a run folder's made a folder named ~ in the working directory."""
+    done = run_cli("trainer.max_steps=1", "data.size=16", "logger=none", "hydra.run.dir='~/runs/one'",
+                   env={"HOME": str(tmp_path)})
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "runs" / "one" / "metrics.json").is_file() and not (ROOT / "~").exists()
+
+
 def test_print_config():
     done = run_cli("--cfg", "job", "task=sr_x4")
     assert done.returncode == 0 and "LanczosDownsample" in done.stdout
