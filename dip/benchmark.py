@@ -633,30 +633,9 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> dict:
     """Restore every image of ``cfg.benchmark``, write ``table.md`` and ``table.csv`` into
     ``run_dir``, and return the mean row."""
     spec = cfg.benchmark
-    check_choice("benchmark protocol", spec.protocol, ("rgb", "y"), DipError)
-    check_whole_number("benchmark.shave", spec.shave, least=0)  # a negative border shaves the whole image away
-    for key in ("jobs_per_gpu", "cpu_jobs", "baseline_jobs", "images_per_fit"):  # before the dataset is read
-        check_whole_number(key, cfg[key])
-    for key in ("images", "restore"):  # a name given without brackets would be read letter by letter
-        if (names := spec.get(key)) is not None and not isinstance(names, ListConfig):
-            raise DipError(f"benchmark.{key} must be a list of file names ('benchmark.{key}=[bird.png]') or null, "
-                           f"got {names!r}")
-    if spec.images is not None and not spec.images:
-        raise DipError("benchmark.images=[] names no image to restore: leave it null for the whole dataset, or "
-                       "name some ('benchmark.images=[bird.png]')")
+    _check_benchmark_settings(cfg)
     budget = TimeBudget(cfg.time_budget_s)  # the whole run counts, checking the dataset included
-    images = open_dataset(cfg.data.root, spec.dataset, list(spec.images) if spec.images is not None else None,
-                          spec.verify_checksums)
-    by_stem: dict[str, list[str]] = {}
-    for image in images:  # each image's sub-run is named by its stem
-        by_stem.setdefault(image.stem, []).append(image.name)
-    if shared := next(((stem, names) for stem, names in by_stem.items() if len(names) > 1), None):
-        raise DipError(f"{' and '.join(shared[1])} in {Path(cfg.data.root) / spec.dataset} would share the sub-run "
-                       f"images/{shared[0]}: rename one, or leave one out with benchmark.images")
-    restorable = None if spec.restore is None else set(spec.restore)
-    if unknown := sorted((restorable or set()) - {image.name for image in images}):
-        raise DipError(f"benchmark.restore names {', '.join(unknown)}, not among the images of this benchmark "
-                       f"({Path(cfg.data.root) / spec.dataset}, benchmark.images)")
+    images, restorable = _selected_images(cfg)
     physics = built_physics(cfg)
     per_image = [(run_dir / "images" / image.stem, image_jobs(cfg, image, run_dir / "images" / image.stem, physics))
                  for image in images]
@@ -736,14 +715,7 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> dict:
                                    for path, m in restored.items() if path not in finished)}
     if metrics or not failed:
         table = Table(cfg, metrics, [scores for _, _, scores in done], run_info)
-        try:
-            # both written before either replaces its earlier version: never one table beside another's
-            with atomic_path(run_dir / "table.csv") as csv_file, atomic_path(run_dir / "table.md") as markdown_file:
-                Path(csv_file).write_text(table.csv())
-                Path(markdown_file).write_text(table.markdown())
-        except OSError as error:  # a full disk, a folder in the way: the restorations stay, for the next run
-            raise IncompleteTableError(f"{write_error(error, run_dir)}; the restorations are in {run_dir / 'images'}, "
-                                       f"and the same command writes the table from them") from None
+        _write_table(table, run_dir)
     if failed:
         name, reason = next(iter(run_info["failed"].items()))
         first = reason if len(failed) == 1 else f"the first, {name}: {reason}"
@@ -756,6 +728,55 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> dict:
                                    f"({_some_names(list(failures))}): {next(iter(failures.values()))}; the table in "
                                    f"{run_dir} leaves its cells empty, and the same command retries it")
     return table.mean
+
+
+def _check_benchmark_settings(cfg: DictConfig) -> None:
+    """``DipError`` for a benchmark's settings that no run could follow, before its dataset is read."""
+    spec = cfg.benchmark
+    check_choice("benchmark protocol", spec.protocol, ("rgb", "y"), DipError)
+    check_whole_number("benchmark.shave", spec.shave, least=0)  # a negative border shaves the whole image away
+    for key in ("jobs_per_gpu", "cpu_jobs", "baseline_jobs", "images_per_fit"):
+        check_whole_number(key, cfg[key])
+    for key in ("images", "restore"):  # a name given without brackets would be read letter by letter
+        if (names := spec.get(key)) is not None and not isinstance(names, ListConfig):
+            raise DipError(f"benchmark.{key} must be a list of file names ('benchmark.{key}=[bird.png]') or null, "
+                           f"got {names!r}")
+    if spec.images is not None and not spec.images:
+        raise DipError("benchmark.images=[] names no image to restore: leave it null for the whole dataset, or "
+                       "name some ('benchmark.images=[bird.png]')")
+
+
+def _selected_images(cfg: DictConfig) -> tuple[list[DatasetImage], set[str] | None]:
+    """The dataset's images that ``benchmark.images`` selects (all by default), and those of them that
+    ``benchmark.restore`` lets this run restore (None: all); ``DipError`` for two images that would share a
+    sub-run's folder, or a name to restore that is not among them."""
+    spec = cfg.benchmark
+    folder = Path(cfg.data.root) / spec.dataset
+    images = open_dataset(cfg.data.root, spec.dataset, list(spec.images) if spec.images is not None else None,
+                          spec.verify_checksums)
+    by_stem: dict[str, list[str]] = {}
+    for image in images:  # each image's sub-run is named by its stem
+        by_stem.setdefault(image.stem, []).append(image.name)
+    if shared := next(((stem, names) for stem, names in by_stem.items() if len(names) > 1), None):
+        raise DipError(f"{' and '.join(shared[1])} in {folder} would share the sub-run images/{shared[0]}: rename "
+                       f"one, or leave one out with benchmark.images")
+    restorable = None if spec.restore is None else set(spec.restore)
+    if unknown := sorted((restorable or set()) - {image.name for image in images}):
+        raise DipError(f"benchmark.restore names {', '.join(unknown)}, not among the images of this benchmark "
+                       f"({folder}, benchmark.images)")
+    return images, restorable
+
+
+def _write_table(table: Table, run_dir: Path) -> None:
+    """``table.csv`` and ``table.md`` in ``run_dir``, both written before either replaces its earlier version
+    (never one table beside another's); ``IncompleteTableError`` when they cannot be."""
+    try:
+        with atomic_path(run_dir / "table.csv") as csv_file, atomic_path(run_dir / "table.md") as markdown_file:
+            Path(csv_file).write_text(table.csv())
+            Path(markdown_file).write_text(table.markdown())
+    except OSError as error:  # a full disk, a folder in the way: the restorations stay, for the next run
+        raise IncompleteTableError(f"{write_error(error, run_dir)}; the restorations are in {run_dir / 'images'}, "
+                                   f"and the same command writes the table from them") from None
 
 
 class Table:
