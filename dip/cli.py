@@ -117,24 +117,29 @@ def check_overrides(arguments: list[str], config_name: str = "config") -> DictCo
         elif override.is_range_sweep():
             values = list(override.sweep_string_iterator())
             checked += list(dict.fromkeys(f"{key}={value}" for value in values[:1] + values[-1:]))
-    for check in [fixed] + [fixed + [choice] for choice in checked]:
-        try:
-            cfg = checked_config(check, config_name=config_name)
-            OmegaConf.to_container(cfg, resolve=False)
+    cfg = _composed_or_fail(fixed, config_name)
+    hydra_cfg = _with_hydra_choices(arguments, cfg, config_name)
+    _check_search(arguments, hydra_cfg, config_name)
+    multirun = bool(swept) or is_multirun(arguments, cfg)
+    if config_name == "config" and multirun and _every_job_reads_this_input(cfg, arguments, swept):
+        try:  # an input that every job shares and would fail on: once, not once per job or trial
+            problem_from_config(cfg)
         except DipError as error:
             fail(str(error))
-        if check is not fixed:
-            continue
-        fixed_cfg, hydra_cfg = cfg, _with_hydra_choices(arguments, cfg, config_name)
-        _check_search(arguments, hydra_cfg, config_name)
-        multirun = bool(swept) or is_multirun(arguments, cfg)
-        if config_name == "config" and multirun and _every_job_reads_this_input(cfg, arguments, swept):
-            try:  # an input that every job shares and would fail on: once, not once per job or trial
-                problem_from_config(cfg)
-            except DipError as error:
-                fail(str(error))
+    for choice in checked:
+        _composed_or_fail([*fixed, choice], config_name)
     _check_hydra_settings(arguments, hydra_cfg)
-    return fixed_cfg
+    return cfg
+
+
+def _composed_or_fail(overrides: list[str], config_name: str) -> DictConfig:
+    """``checked_config(overrides)``, its structure readable; what it refuses ends the command in one line."""
+    try:
+        cfg = checked_config(overrides, config_name=config_name)
+        OmegaConf.to_container(cfg, resolve=False)
+    except DipError as error:
+        fail(str(error))
+    return cfg
 
 
 def _with_hydra_choices(arguments: list[str], cfg: DictConfig, config_name: str) -> DictConfig | None:
