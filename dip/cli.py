@@ -26,6 +26,7 @@ from dip.earlier_runs import EarlierRuns, finished_metrics, job_records, rewrite
 from dip.errors import (
     DipError,
     RunInterruptedError,
+    UnresolvedSettingError,
     fail,
     interruption_signal,
     kept_traceback,
@@ -124,6 +125,8 @@ def check_overrides(arguments: list[str], config_name: str = "config") -> DictCo
     if config_name == "config" and multirun and _every_job_reads_this_input(cfg, arguments, swept):
         try:  # an input that every job shares and would fail on: once, not once per job or trial
             problem_from_config(cfg)
+        except UnresolvedSettingError:  # each job resolves it in its own environment, and says so if it cannot
+            pass
         except DipError as error:
             fail(str(error))
     for choice in checked:

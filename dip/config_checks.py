@@ -21,10 +21,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from hydra.utils import instantiate
 from omegaconf import Container, DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+from omegaconf.errors import InterpolationKeyError, MissingMandatoryValue, OmegaConfBaseException
 
 from dip.config import compose_config, config_groups, register_resolvers, use_full_settings
-from dip.errors import DipError, check_choice, invalid_yaml, one_line
+from dip.errors import DipError, UnresolvedSettingError, check_choice, invalid_yaml, one_line
 from dip.overrides import setting_name
 
 # What a constructor's annotation asks of a setting, as a config can give it, and how a message says it
@@ -79,15 +79,17 @@ def checked_config(overrides: Sequence[str] = (), output_dir: str | Path | None 
 
 
 def check_interpolations(cfg: DictConfig) -> None:
-    """``DipError`` naming the setting whose interpolation cannot be resolved (``${oc.env:PHOTOS}`` with PHOTOS
-    unset, ``${nosuch}``): OmegaConf's traceback came where the setting was first read, once Hydra had made the
-    run's folder. Hydra's own settings are its job's to resolve."""
-    try:
-        for key in cfg:
+    """``DipError`` naming a setting whose interpolation names a key the config lacks (``${nosuch}``): OmegaConf's
+    traceback came where the setting was first read, once Hydra had made the run's folder. What only the job can
+    resolve (``${oc.env:X}`` with X set by ``hydra.job.env_set``, ``${hydra:job.num}``) is left to it."""
+    for key in cfg:
+        try:
             if key != "hydra" and isinstance(node := cfg[key], Container):
                 OmegaConf.to_container(node, resolve=True)
-    except OmegaConfBaseException as error:
-        raise DipError(f"{error.full_key or 'the config'}: {config_message(error)}") from None
+        except InterpolationKeyError as error:
+            raise DipError(f"{error.full_key}: {config_message(error)}") from None
+        except OmegaConfBaseException:  # the job's to resolve, or to say it cannot (check_settings: the input's)
+            continue
 
 
 def _added_settings(overrides: Sequence[str], groups: dict, config_name: str) -> list[tuple[str, str, bool]]:
@@ -238,6 +240,10 @@ def check_settings(cfg: DictConfig) -> None:
     for key in ("checkpoint.keep", "check_memory"):  # read as truth values: any text would count as true
         if not isinstance(value := OmegaConf.select(cfg, key), bool):
             raise DipError(f"{key} must be true or false, got {value!r}")
+    try:  # the input's settings, read next: ${oc.env:PHOTOS} with PHOTOS unset was OmegaConf's traceback
+        OmegaConf.to_container(cfg.data, resolve=True)
+    except OmegaConfBaseException as error:
+        raise UnresolvedSettingError(f"{error.full_key}: {config_message(error)}") from None
     for key in ("path", "observation", "mask"):  # Path("") is the working directory, or no mask at all
         if isinstance(value := cfg.data.get(key), str) and not value.strip():
             raise DipError(f"data.{key} is empty: name a file, or leave data.{key} out")

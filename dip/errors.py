@@ -66,6 +66,12 @@ class MemoryShortError(DipError):
     during the fit. A smaller run can still fit, which is what a packed benchmark fit falls back to."""
 
 
+class UnresolvedSettingError(DipError):
+    """A setting's interpolation does not resolve here (``${oc.env:PHOTOS}``, PHOTOS unset): one line in a job;
+    before a sweep's jobs start, left to them, as their environment may set it (``hydra.job.env_set``, a
+    launcher's)."""
+
+
 class CheckpointLacksError(DipError):
     """A checkpoint lacks what the fit resuming it would record (an experiment's snapshot at a step it has
     passed); raised by the recorder, as the checkpoint is loaded, which is not told its file: the fit names it."""

@@ -705,6 +705,18 @@ def test_a_run_folder_under_the_home_folder_is_there_not_in_a_folder_named_tilde
     assert (tmp_path / "runs" / "one" / "metrics.json").is_file() and not (ROOT / "~").exists()
 
 
+def test_an_input_that_only_the_jobs_environment_names_is_read_there(tmp_path):
+    """Resolving every interpolation before the jobs refused what only they resolve: a variable that
+    hydra.job.env_set (or a launcher) sets, and Hydra's own job values."""
+    photo, sweep = make_png(tmp_path / "photo.png", 16, 16), tmp_path / "sweep"
+    done = run_cli("-m", "trainer.max_steps=1", "logger=csv", f"+hydra.job.env_set.PHOTO={photo}",
+                   "data.path=${oc.env:PHOTO}", "logger.name=log${hydra:job.num}", "seed=0,1", f"hydra.sweep.dir={sweep}")
+    assert done.returncode == 0, done.stderr
+    assert [path.relative_to(sweep).parts for path in sorted(sweep.glob("*/log*"))] == [("0", "log0"), ("1", "log1")]
+    assert all(json.loads((sweep / job / "metrics.json").read_text())["input_sha256"]["data.path"] ==
+               hashlib.sha256(photo.read_bytes()).hexdigest() for job in ("0", "1"))
+
+
 def test_print_config():
     done = run_cli("--cfg", "job", "task=sr_x4")
     assert done.returncode == 0 and "LanczosDownsample" in done.stdout
