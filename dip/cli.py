@@ -34,7 +34,15 @@ from dip.errors import (
 )
 from dip.files import hold_folder, let_go, unwritable
 from dip.outputs import describe, offline_wandb_line, psnr_summary
-from dip.overrides import hydra_quoted, pasted_override, run_folder_arguments, run_folders, setting_name, unquoted
+from dip.overrides import (
+    home_expanded,
+    hydra_quoted,
+    pasted_override,
+    run_folder_arguments,
+    run_folders,
+    setting_name,
+    unquoted,
+)
 from dip.problem import problem_from_config
 from dip.signals import exit_interrupted, interrupt_on_stop_signals, signal_finished_first
 from dip.sweeps import FAILED_JOBS, record_failure, sweep_folder
@@ -259,10 +267,7 @@ def pinned_folder(arguments: list[str], key: str, config_name: str = "config") -
         folder = OmegaConf.select(cfg, key)
     except OmegaConfBaseException as error:
         fail(f"{key}={given}: {str(error).splitlines()[0]}")  # not OmegaConf's full_key and object_type lines
-    if folder is None or not str(folder):
-        return arguments, given
-    # as an input file's path is: Hydra would make a folder named ~ in the working directory
-    return _with_folder(arguments, key, str(Path(str(folder)).expanduser())), given
+    return (_with_folder(arguments, key, str(folder)) if folder is not None and str(folder) else arguments), given
 
 
 def known_before_the_job(folder: str) -> bool:
@@ -480,6 +485,7 @@ def launch(app, config_name: str = "config") -> None:
     logging.raiseExceptions = False  # a log file on a full disk: its handler's tracebacks would bury the one line
     try:
         register_resolvers()
+        sys.argv[1:] = home_expanded(sys.argv[1:])
         check_run_folders(sys.argv[1:])
         check_one_mode(sys.argv[1:])
         check_launcher(sys.argv[1:])

@@ -4,6 +4,7 @@ folders a command line names. Light: ``dip.errors`` quotes its advice with it be
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 from pathlib import Path
@@ -39,6 +40,24 @@ def setting_name(override: str) -> str:
 def run_folders(arguments: list[str]) -> list[tuple[str, Path]]:
     """The run and sweep folders that the command line ``arguments`` name, with their keys."""
     return [(key, Path(unquoted(folder))) for key, folder in run_folder_arguments(arguments) if unquoted(folder)]
+
+
+def home_expanded(arguments: list[str]) -> list[str]:
+    """``arguments`` with a run or sweep folder under ``~`` (``hydra.run.dir='~/runs'``) named from the home folder
+    on, as an input file's path is read: Hydra would make a folder named ~ in the working directory. The rest of
+    the value stays as written, its interpolations too (``~/runs/${hydra:job.name}``)."""
+    return [_home_expanded(argument) if setting_name(argument) in RUN_FOLDER_KEYS else argument
+            for argument in arguments]
+
+
+def _home_expanded(argument: str) -> str:
+    key, _, value = argument.partition("=")
+    quote = value[:1] if value[:1] in ("'", '"') else ""
+    user, slash, rest = value[len(quote):].partition("/")
+    home = os.path.expanduser(user) if user.startswith("~") else user
+    if home == user or any(special in home for special in ("'", '"', "\\", "${")):  # an unknown user, a name to quote
+        return argument
+    return f"{key}={quote}{home}{slash}{rest}"
 
 
 def run_folder_arguments(arguments: list[str]) -> list[tuple[str, str]]:

@@ -697,12 +697,13 @@ def test_wandb_offline_run_holds_the_psnr(tmp_path):
     assert info.run_group == "denoising" and list(info.tags) == ["skip", ("photo" * 16)[:64]]
 
 
-def test_a_run_folder_under_the_home_folder_is_there_not_in_a_folder_named_tilde(tmp_path):
+@pytest.mark.parametrize("folder, made", [("~/runs/one", "runs/one"), ("~/runs/${hydra:job.name}", "runs/cli")])
+def test_a_run_folder_under_the_home_folder_is_there_not_in_a_folder_named_tilde(tmp_path, folder, made):
     """An input file's ~ was the home folder; a run folder's made a folder named ~ in the working directory."""
-    done = run_cli("trainer.max_steps=1", "data.size=16", "logger=none", "hydra.run.dir='~/runs/one'",
+    done = run_cli("trainer.max_steps=1", "data.size=16", "logger=none", f"hydra.run.dir='{folder}'",
                    env={"HOME": str(tmp_path)})
     assert done.returncode == 0, done.stderr
-    assert (tmp_path / "runs" / "one" / "metrics.json").is_file() and not (ROOT / "~").exists()
+    assert (tmp_path / made / "metrics.json").is_file() and not (ROOT / "~").exists()
 
 
 def test_an_input_that_only_the_jobs_environment_names_is_read_there(tmp_path):
@@ -710,7 +711,8 @@ def test_an_input_that_only_the_jobs_environment_names_is_read_there(tmp_path):
     hydra.job.env_set (or a launcher) sets, and Hydra's own job values."""
     photo, sweep = make_png(tmp_path / "photo.png", 16, 16), tmp_path / "sweep"
     done = run_cli("-m", "trainer.max_steps=1", "logger=csv", f"+hydra.job.env_set.PHOTO={photo}",
-                   "data.path=${oc.env:PHOTO}", "logger.name=log${hydra:job.num}", "seed=0,1", f"hydra.sweep.dir={sweep}")
+                   "data.path=${oc.env:PHOTO}", "logger.name=log${hydra:job.num}", "seed=0,1",
+                   f"hydra.sweep.dir={sweep}")
     assert done.returncode == 0, done.stderr
     assert [path.relative_to(sweep).parts for path in sorted(sweep.glob("*/log*"))] == [("0", "log0"), ("1", "log1")]
     assert all(json.loads((sweep / job / "metrics.json").read_text())["input_sha256"]["data.path"] ==
