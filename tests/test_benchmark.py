@@ -960,17 +960,28 @@ def test_cli_set5_x4_on_the_shared_dataset(tmp_path):
     assert len(list(out.glob("images/*/wandb/offline-run-*"))) == 5  # one W&B run per image
 
 
-def test_an_image_s_w_and_b_summary_has_the_table_s_psnr(tmp_path):
-    """The protocol's PSNRs (super-resolution's psnr_y) were added to metrics.json after the W&B run had ended."""
-    make_dataset(tmp_path / "data", "Set5", ["bird.png"])
+@pytest.mark.parametrize("images_per_fit", [1, 2])
+def test_an_image_s_w_and_b_summary_has_the_table_s_psnr(tmp_path, images_per_fit):
+    """The protocol's PSNRs (super-resolution's psnr_y) were added to metrics.json after the W&B run had ended; a
+    packed fit's run has each image's."""
+    names = ["baby.png", "bird.png"][:images_per_fit]
+    make_dataset(tmp_path / "data", "Set5", names)
     out = tmp_path / "out"
     done = run_script("benchmark=set5_x4", "trainer.max_steps=2", "data.size=48", "benchmark.baselines=[]",
-                      "logger=wandb", f"hydra.run.dir={out}", data=tmp_path / "data")
+                      "logger=wandb", f"images_per_fit={images_per_fit}", f"hydra.run.dir={out}",
+                      data=tmp_path / "data")
     assert done.returncode == 0, done.stderr[-2000:]
-    metrics = json.loads((out / "images" / "bird" / "metrics.json").read_text())
-    summary = offline_summary(offline_run_file(out / "images" / "bird"))
-    assert {key: summary[key] for key in ("psnr_y", "psnr_y_ema", "psnr")} == {
-        key: pytest.approx(metrics[key]) for key in ("psnr_y", "psnr_y_ema", "psnr")}
+    (fit_folder,) = {path.parent.parent for path in out.glob("**/wandb/offline-run-*")}
+    summary = offline_summary(offline_run_file(fit_folder))
+    metrics = [json.loads((out / "images" / Path(name).stem / "metrics.json").read_text()) for name in names]
+    keys = ("psnr_y", "psnr_y_ema", "psnr")
+    if images_per_fit == 1:
+        assert {key: summary[key] for key in keys} == {key: pytest.approx(metrics[0][key]) for key in keys}
+    else:
+        assert summary["image"] == names
+        # the fit's own psnr is rounded as metrics.json keeps it; the image's, the protocol's score
+        assert {key: summary[key] for key in keys} == {key: pytest.approx([m[key] for m in metrics], abs=1e-3)
+                                                      for key in keys}
 
 
 def file_results(*args, **env) -> subprocess.CompletedProcess:
