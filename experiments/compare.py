@@ -21,6 +21,7 @@ import html
 import json
 import math
 import os
+import re
 import statistics
 import sys
 from dataclasses import dataclass, field
@@ -255,8 +256,8 @@ def read_run(run_dir: Path, name: str) -> Run:
 def as_the_job_read_it(config: dict, metrics: dict | None) -> dict:
     """Hydra's record of a job's config, kept as composed (``task.name: sr_x${task.physics.factor}``), as dotted
     settings with their interpolations resolved; ``profile=auto`` as the job chose it, by the device its
-    ``metrics`` name (full on a GPU). A value only Hydra's job could resolve (``${hydra:job.name}``), or one of an
-    unfinished job that reads the profile, stays as written."""
+    ``metrics`` name (full on a GPU). A value that reads what only the job knew stays as written: its environment
+    (``${oc.env:DIP_DATA}``), Hydra's (``${sweep_name:...}``, ``${hydra:job.name}``), an unfinished job's profile."""
     settings = dotted(config)
     register_resolvers()
     try:
@@ -266,13 +267,39 @@ def as_the_job_read_it(config: dict, metrics: dict | None) -> dict:
     if node.get("profile") == "auto":
         device = (metrics or {}).get("device")
         node.profile = None if device is None else "full" if str(device).startswith("cuda") else "quick"
+    known = _known_here(settings)
     for key, written in settings.items():
+        if key not in known:
+            continue
         try:
             value = OmegaConf.select(node, key, throw_on_resolution_failure=True)
             settings[key] = OmegaConf.to_container(value, resolve=True) if isinstance(value, Container) else value
-        except Exception:  # noqa: BLE001 (a resolver's own errors: Hydra's outside its job, the profile's)
+        except Exception:  # noqa: BLE001 (the profile's own error, unknown for an unfinished job)
             settings[key] = written
     return settings
+
+
+RESOLVER_CALL = re.compile(r"\$\{(?!profile:)[\w.]*:")  # ${oc.env:...}, ${sweep_name:...}; not the profile's
+REFERENCE = re.compile(r"\$\{([\w.]+)\}")  # ${task.physics.factor}
+
+
+def _known_here(settings: dict) -> set[str]:
+    """The dotted ``settings`` whose interpolations resolve here as they did in the job: none calls a resolver
+    but the profile's, and each setting they refer to is known here too (one outside the record, ``hydra.*``,
+    is not)."""
+    known: dict[str, bool] = {}
+
+    def resolves(key: str) -> bool:
+        if key not in known:
+            known[key] = False  # a cycle resolves nowhere
+            text = str(settings[key])
+            referred = [[name for name in settings if name == ref or name.startswith(f"{ref}.")]
+                        for ref in REFERENCE.findall(text)]
+            known[key] = not RESOLVER_CALL.search(text) and all(
+                names and all(resolves(name) for name in names) for names in referred)
+        return known[key]
+
+    return {key for key in settings if resolves(key)}
 
 
 def quality_key(runs: list[Run]) -> str:

@@ -267,11 +267,16 @@ def test_a_jobs_settings_are_read_as_it_resolved_them(tmp_path, device, steps):
         (run_dir / "metrics.json").unlink()
     config = {"profile": "auto", "task": {"name": "sr_x${task.physics.factor}", "physics": {"factor": 8}},
               "trainer": {"max_steps": "${profile:3000,500}"}, "log_name": "${hydra:job.name}",
-              "optim": {"betas": ["${optim.beta}", 0.999], "beta": 0.9, "named": "${optim.chosen}", "chosen": {"a": 1}}}
+              "optim": {"betas": ["${optim.beta}", 0.999], "beta": 0.9, "named": "${optim.chosen}", "chosen": {"a": 1}},
+              # what the job's environment and Hydra gave: not the dashboard's
+              "logger": {"group": "${sweep_name:${task.name}}", "job_type": "${task.name}"},
+              "data": {"root": "${oc.env:HOME,data}", "under": "${data.root}/x"}}
     (run_dir / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
     settings = compare.read_run(run_dir, "job").config
     assert settings["task.name"] == "sr_x8" and settings["optim.betas"] == [0.9, 0.999]
-    assert settings["optim.named"] == {"a": 1}
+    assert settings["optim.named"] == {"a": 1} and settings["logger.job_type"] == "sr_x8"
+    assert [settings[key] for key in ("logger.group", "data.root", "data.under")] == [
+        "${sweep_name:${task.name}}", "${oc.env:HOME,data}", "${data.root}/x"]
     assert settings["trainer.max_steps"] == steps and settings["log_name"] == "${hydra:job.name}"
 
 
