@@ -22,7 +22,7 @@ from omegaconf import OmegaConf, open_dict
 # Importing Lightning draws from Python's generator (rich's style ids): the API leaves a session's random state
 # as it was, from its import on
 _random_state = random.getstate()
-from dip.config_checks import checked_config  # noqa: E402
+from dip.config_checks import check_resolvable, checked_config  # noqa: E402
 from dip.errors import DipError, RunInterruptedError  # noqa: E402
 from dip.files import folder_held, unwritable  # noqa: E402
 from dip.module import class_path  # noqa: E402
@@ -73,6 +73,7 @@ def restore(
     if output_dir is None and not any(o.startswith("logger=") for o in overrides):
         options.append("logger=none")
     cfg = checked_config([*options, *overrides], output_dir=output_dir or Path.cwd())
+    check_resolvable(cfg)  # this process is the job: its environment is the run's
     trainable = generator is not None and any(weight.requires_grad for weight in generator.parameters())
     if generator is not None and not trainable and not cfg.input.get("optimize"):
         frozen = " that require a gradient (requires_grad)" if next(generator.parameters(), None) is not None else ""

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from dip.config import CONF_DIR, absolute_locations, compose_config, config_groups, register_resolvers, use_config_dirs
-from dip.config_checks import checked_config, config_message, misspelt_setting
+from dip.config_checks import check_resolvable, checked_config, config_message, misspelt_setting
 from dip.earlier_runs import EarlierRuns, finished_metrics, job_records, rewrite_records
 from dip.errors import (
     DipError,
@@ -397,6 +397,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
         return _failed_job(str(error))
     try:
         EARLIER_RUNS.refuse_other_kind(output_dir, cfg)
+        check_resolvable(cfg)  # in the job's own environment
         if runner:  # +experiment=NAME: a figure made of several runs
             from dip.experiments import run_experiment
 

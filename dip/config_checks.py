@@ -21,9 +21,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from hydra.utils import instantiate
 from omegaconf import Container, DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import InterpolationKeyError, MissingMandatoryValue, OmegaConfBaseException
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from dip.config import compose_config, config_groups, register_resolvers, use_full_settings
+from dip.config import compose_config, config_groups, dotted, register_resolvers, use_full_settings
 from dip.errors import DipError, UnresolvedSettingError, check_choice, invalid_yaml, one_line
 from dip.overrides import setting_name
 
@@ -79,17 +79,46 @@ def checked_config(overrides: Sequence[str] = (), output_dir: str | Path | None 
 
 
 def check_interpolations(cfg: DictConfig) -> None:
-    """``DipError`` naming a setting whose interpolation names a key the config lacks (``${nosuch}``): OmegaConf's
-    traceback came where the setting was first read, once Hydra had made the run's folder. What only the job can
-    resolve (``${oc.env:X}`` with X set by ``hydra.job.env_set``, ``${hydra:job.num}``) is left to it."""
-    for key in cfg:
+    """``DipError`` naming a setting whose interpolation cannot be resolved (``${nosuch}``, ``${oc.env:PHOTOS}``
+    with PHOTOS unset), before Hydra makes the run's folder: OmegaConf's traceback came where the setting was first
+    read. One whose value reads the environment or Hydra is left to the job, whose environment may set it
+    (``hydra.job.env_set``, a launcher's) and where ``check_resolvable`` says so if it cannot."""
+    written = dotted(OmegaConf.to_container(cfg, resolve=False))
+    left_to_the_job: set[str] = set()  # the errors of those settings: a setting reading one of them fails alike
+    for key in _settings_first(cfg):
         try:
-            if key != "hydra" and isinstance(node := cfg[key], Container):
-                OmegaConf.to_container(node, resolve=True)
-        except InterpolationKeyError as error:
-            raise DipError(f"{error.full_key}: {config_message(error)}") from None
-        except OmegaConfBaseException:  # the job's to resolve, or to say it cannot (check_settings: the input's)
-            continue
+            _resolved(cfg, key)
+        except OmegaConfBaseException as error:
+            message = config_message(error)
+            if JOB_VALUE.search(str(written.get(str(error.full_key).partition("[")[0], ""))):
+                left_to_the_job.add(message)
+            elif message not in left_to_the_job:
+                raise DipError(f"{error.full_key or key}: {message}") from None
+
+
+JOB_VALUE = re.compile(r"oc\.env|hydra[:.]")  # what only the job resolves: its environment, Hydra's job values
+
+
+def check_resolvable(cfg: DictConfig) -> None:
+    """``UnresolvedSettingError`` naming a setting whose interpolation does not resolve here: in a job, where the
+    run's first read of it would end in OmegaConf's traceback."""
+    for key in _settings_first(cfg):
+        try:
+            _resolved(cfg, key)
+        except OmegaConfBaseException as error:
+            raise UnresolvedSettingError(f"{error.full_key or key}: {config_message(error)}") from None
+
+
+def _settings_first(cfg: DictConfig) -> list[str]:
+    """``cfg``'s top-level keys, those that only refer to others (``image_name: ${image_name:${data.path},...}``)
+    last: an error is named by the setting the user wrote, not by one reading it."""
+    return sorted(cfg, key=lambda key: OmegaConf.is_interpolation(cfg, key))
+
+
+def _resolved(cfg: DictConfig, key: str) -> None:
+    """Resolve ``cfg``'s top-level ``key`` (Hydra's own settings are Hydra's), raising what OmegaConf raises."""
+    if key != "hydra" and isinstance(node := cfg[key], Container):
+        OmegaConf.to_container(node, resolve=True)
 
 
 def _added_settings(overrides: Sequence[str], groups: dict, config_name: str) -> list[tuple[str, str, bool]]:
@@ -240,10 +269,7 @@ def check_settings(cfg: DictConfig) -> None:
     for key in ("checkpoint.keep", "check_memory"):  # read as truth values: any text would count as true
         if not isinstance(value := OmegaConf.select(cfg, key), bool):
             raise DipError(f"{key} must be true or false, got {value!r}")
-    try:  # the input's settings, read next: ${oc.env:PHOTOS} with PHOTOS unset was OmegaConf's traceback
-        OmegaConf.to_container(cfg.data, resolve=True)
-    except OmegaConfBaseException as error:
-        raise UnresolvedSettingError(f"{error.full_key}: {config_message(error)}") from None
+    check_resolvable(cfg)  # what is read next: ${oc.env:PHOTOS} with PHOTOS unset was OmegaConf's traceback
     for key in ("path", "observation", "mask"):  # Path("") is the working directory, or no mask at all
         if isinstance(value := cfg.data.get(key), str) and not value.strip():
             raise DipError(f"data.{key} is empty: name a file, or leave data.{key} out")

@@ -25,6 +25,7 @@ try:
     from dip.benchmark import IncompleteTableError, run_benchmark
     from dip.cli import EARLIER_RUNS, launch
     from dip.config import CONF_DIR
+    from dip.config_checks import check_resolvable
     from dip.errors import DipError, RunInterruptedError, fail, interruption_signal, pasted_override
 except KeyboardInterrupt as interruption:  # nothing has started
     exit_interrupted(interruption)
@@ -36,6 +37,7 @@ def benchmark(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         EARLIER_RUNS.refuse_other_kind(run_dir, cfg)
+        check_resolvable(cfg)  # in the job's own environment
         run_benchmark(cfg, run_dir)
     except DipError as error:
         if not isinstance(error, IncompleteTableError):  # once fits ran, the log (and any table) is this run's

@@ -877,6 +877,14 @@ def run_script(*arguments: str, data: Path) -> subprocess.CompletedProcess:
     return run_cli(*arguments, script="experiments/benchmark.py", env={"DIP_DATA": str(data), "WANDB_MODE": "offline"})
 
 
+def test_a_data_root_the_environment_does_not_give_is_one_line_and_leaves_nothing(tmp_path):
+    """Left to the job, which may have the variable (hydra.job.env_set): its traceback left the run's folder."""
+    out = tmp_path / "out"
+    done = run_script("benchmark=set5_x4", "data.root=${oc.env:DIP_TEST_UNSET}", f"hydra.run.dir={out}", data=tmp_path)
+    assert done.returncode == 2 and done.stderr.startswith("error: data.root: ") and "DIP_TEST_UNSET" in done.stderr
+    assert len(done.stderr.splitlines()) == 1 and not out.exists()
+
+
 def test_missing_dataset_is_one_line_naming_the_folder(tmp_path):
     with pytest.raises(DipError) as error:
         run_benchmark(compose("set14_x8", tmp_path / "nowhere", tmp_path / "run"), tmp_path / "run")

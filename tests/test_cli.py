@@ -165,6 +165,10 @@ def test_sr_on_a_grey_file_restores_the_full_size(tmp_path):
         # OmegaConf's traceback came where the setting was first read, in the job's folder
         (["data.path=${oc.env:DIP_TEST_UNSET}/a.png"], ["data.path: ", "Environment variable 'DIP_TEST_UNSET'"]),
         (["task=inpainting", "data.mask=${nosuch}"], ["data.mask: Interpolation key 'nosuch' not found"]),
+        (["optim.lr=${seed.x}"], ["optim.lr: ConfigTypeError raised while resolving interpolation"]),
+        # left to the job, whose environment may set it, which refuses it and removes its folder
+        (["optim.lr=${oc.env:DIP_TEST_UNSET}"], ["optim.lr: ", "Environment variable 'DIP_TEST_UNSET'"]),
+        (["+experiment=two_run_average", "data.path=${oc.env:DIP_TEST_UNSET}"], ["data.path: ", "'DIP_TEST_UNSET'"]),
         # scikit-image's names that are no picture: a stack of faces, a stereo pair
         (["data.path=skimage:lfw_subset"], ["built-in image 'skimage:lfw_subset' cannot be read as an image: it gives "
                                             "an array of shape (200, 25, 25)"]),
