@@ -267,7 +267,10 @@ def pinned_folder(arguments: list[str], key: str, config_name: str = "config") -
         folder = OmegaConf.select(cfg, key)
     except OmegaConfBaseException as error:
         fail(f"{key}={given}: {str(error).splitlines()[0]}")  # not OmegaConf's full_key and object_type lines
-    return (_with_folder(arguments, key, str(folder)) if folder is not None and str(folder) else arguments), given
+    if folder is None or not str(folder):
+        return arguments, given
+    # a config file's folder under ~ too (the command line's is expanded as it starts: home_expanded)
+    return _with_folder(arguments, key, str(Path(str(folder)).expanduser())), given
 
 
 def known_before_the_job(folder: str) -> bool:

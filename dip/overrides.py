@@ -52,12 +52,13 @@ def home_expanded(arguments: list[str]) -> list[str]:
 
 def _home_expanded(argument: str) -> str:
     key, _, value = argument.partition("=")
-    quote = value[:1] if value[:1] in ("'", '"') else ""
-    user, slash, rest = value[len(quote):].partition("/")
+    quote = value[0] if len(value) > 1 and value[0] in ("'", '"') and value.endswith(value[0]) else ""
+    user, slash, rest = value[len(quote):len(value) - len(quote)].partition("/")
     home = os.path.expanduser(user) if user.startswith("~") else user
     if home == user or any(special in home for special in ("'", '"', "\\", "${")):  # an unknown user, a name to quote
         return argument
-    return f"{key}={quote}{home}{slash}{rest}"
+    quote = quote or "'"  # the home folder's name may hold what Hydra reads otherwise unquoted (a comma: a sweep)
+    return f"{key}={quote}{home}{slash}{rest}{quote}"
 
 
 def run_folder_arguments(arguments: list[str]) -> list[tuple[str, str]]:

@@ -28,7 +28,7 @@ from dip.earlier_runs import EarlierRuns
 from dip.errors import DipError, RunInterruptedError
 from dip.files import hold_folder
 from dip.outputs import Result, write_outputs
-from dip.overrides import hydra_quoted, pasted_override, run_folders
+from dip.overrides import home_expanded, hydra_quoted, pasted_override, run_folders
 from dip.pipeline import prepare, run
 from tests.conftest import (
     ROOT,
@@ -701,11 +701,27 @@ def test_wandb_offline_run_holds_the_psnr(tmp_path):
     assert info.run_group == "denoising" and list(info.tags) == ["skip", ("photo" * 16)[:64]]
 
 
-@pytest.mark.parametrize("folder, made", [("~/runs/one", "runs/one"), ("~/runs/${hydra:job.name}", "runs/cli")])
+def test_a_home_folder_is_put_in_quoted_and_the_rest_kept_as_written(monkeypatch):
+    """Unquoted, a home folder holding a comma made the run folder a sweep's values; '~' alone kept its quote in
+    the user's name, and was not expanded."""
+    monkeypatch.setenv("HOME", "/tmp/a,b")
+    assert home_expanded(["-m", "hydra.run.dir=~/r", "hydra.run.dir='~'", 'hydra.sweep.dir="~/s/${hydra:job.name}"',
+                          "hydra.run.dir=~nosuchuser/r", "data.path='~/x.png'"]) == [
+        "-m", "hydra.run.dir='/tmp/a,b/r'", "hydra.run.dir='/tmp/a,b'",
+        'hydra.sweep.dir="/tmp/a,b/s/${hydra:job.name}"', "hydra.run.dir=~nosuchuser/r", "data.path='~/x.png'"]
+
+
+@pytest.mark.parametrize("folder, made", [("~/runs/one", "runs/one"), ("~/runs/${hydra:job.name}", "runs/cli"),
+                                          ("~", "."), (None, "runs/mine")])
 def test_a_run_folder_under_the_home_folder_is_there_not_in_a_folder_named_tilde(tmp_path, folder, made):
-    """An input file's ~ was the home folder; a run folder's made a folder named ~ in the working directory."""
-    done = run_cli("trainer.max_steps=1", "data.size=16", "logger=none", f"hydra.run.dir='{folder}'",
-                   env={"HOME": str(tmp_path)})
+    """An input file's ~ was the home folder; a run folder's made a folder named ~ in the working directory.
+    None: a config file of one's own names it."""
+    (tmp_path / "conf" / "experiment").mkdir(parents=True)
+    (tmp_path / "conf" / "experiment" / "home.yaml").write_text("# @package _global_\nhydra:\n  run:\n"
+                                                                "    dir: ~/runs/mine\n")
+    where = [f"hydra.run.dir='{folder}'"] if folder else ["+experiment=home"]
+    done = run_cli("trainer.max_steps=1", "data.size=16", "logger=none", *where,
+                   env={"HOME": str(tmp_path), "DIP_CONFIG_DIRS": str(tmp_path / "conf")})
     assert done.returncode == 0, done.stderr
     assert (tmp_path / made / "metrics.json").is_file() and not (ROOT / "~").exists()
 
