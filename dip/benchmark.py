@@ -319,9 +319,10 @@ def restore_pack(pack: Pack) -> list[dict]:
                 for job in pack.jobs[:len(written)]:
                     (job.output_dir / METRICS_FILE).unlink(missing_ok=True)
             raise
-        if len(pack.jobs) > 1:  # for the fit's W&B summary, beside its figures of each image: what scoring added
-            result.metrics.update({key: [metrics.get(key) for metrics in written]
-                                   for key in written[0].keys() - result.metrics.keys()})
+        if len(pack.jobs) > 1:  # the fit's W&B summary: each image's figures as the table has them, where they differ
+            for key in written[0]:
+                if (values := [metrics.get(key) for metrics in written]) != [result.metrics.get(key)] * len(values):
+                    result.metrics[key] = values
 
     # the checkpoint in the sub-run (or the pack's folder): an interrupted benchmark, run again, continues it
     config = OmegaConf.create(_fit_config(pack))

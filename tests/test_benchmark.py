@@ -987,9 +987,7 @@ def test_an_image_s_w_and_b_summary_has_the_table_s_psnr(tmp_path, images_per_fi
         assert {key: summary[key] for key in keys} == {key: pytest.approx(metrics[0][key]) for key in keys}
     else:
         assert summary["image"] == names
-        # the fit's own psnr is rounded as metrics.json keeps it; the image's, the protocol's score
-        assert {key: summary[key] for key in keys} == {key: pytest.approx([m[key] for m in metrics], abs=1e-3)
-                                                      for key in keys}
+        assert {key: summary[key] for key in keys} == {key: pytest.approx([m[key] for m in metrics]) for key in keys}
 
 
 def file_results(*args, **env) -> subprocess.CompletedProcess:
