@@ -279,14 +279,15 @@ def as_the_job_read_it(config: dict, metrics: dict | None) -> dict:
     return settings
 
 
-RESOLVER_CALL = re.compile(r"\$\{(?!profile:)[\w.]*:")  # ${oc.env:...}, ${sweep_name:...}; not the profile's
-REFERENCE = re.compile(r"\$\{([\w.]+)\}")  # ${task.physics.factor}
+# a resolver call: ${oc.env:...}, ${sweep_name:...}; those that read only the config are known here too
+RESOLVER_CALL = re.compile(r"\$\{\s*(?!(?:profile|image_name)\s*:)[^${}:]*:")
+REFERENCE = re.compile(r"\$\{\s*([^${}:\s]+)\s*\}")  # ${task.physics.factor}, ${data[root]}, ${.beta}
 
 
 def _known_here(settings: dict) -> set[str]:
     """The dotted ``settings`` whose interpolations resolve here as they did in the job: none calls a resolver
-    but the profile's, and each setting they refer to is known here too (one outside the record, ``hydra.*``,
-    is not)."""
+    that reads more than the config, and each setting they refer to is known here too (one outside the record,
+    ``hydra.*``, is not)."""
     known: dict[str, bool] = {}
 
     def resolves(key: str) -> bool:
@@ -294,12 +295,23 @@ def _known_here(settings: dict) -> set[str]:
             known[key] = False  # a cycle resolves nowhere
             text = str(settings[key])
             referred = [[name for name in settings if name == ref or name.startswith(f"{ref}.")]
-                        for ref in REFERENCE.findall(text)]
+                        for ref in (_absolute(ref, key) for ref in REFERENCE.findall(text))]
             known[key] = not RESOLVER_CALL.search(text) and all(
                 names and all(resolves(name) for name in names) for names in referred)
         return known[key]
 
     return {key for key in settings if resolves(key)}
+
+
+def _absolute(reference: str, key: str) -> str:
+    """An interpolation's ``reference`` as a dotted key: ``data[root]`` is ``data.root``, and ``.beta`` in
+    ``optim.b2`` is ``optim.beta`` (each further dot one level up)."""
+    reference = re.sub(r"\[([^\]]*)\]", r".\1", reference)
+    if not reference.startswith("."):
+        return reference
+    levels = len(reference) - len(reference.lstrip("."))
+    parent = key.split(".")[:-levels]
+    return ".".join([*parent, reference.lstrip(".")])
 
 
 def quality_key(runs: list[Run]) -> str:

@@ -270,13 +270,19 @@ def test_a_jobs_settings_are_read_as_it_resolved_them(tmp_path, device, steps):
               "optim": {"betas": ["${optim.beta}", 0.999], "beta": 0.9, "named": "${optim.chosen}", "chosen": {"a": 1}},
               # what the job's environment and Hydra gave: not the dashboard's
               "logger": {"group": "${sweep_name:${task.name}}", "job_type": "${task.name}"},
-              "data": {"root": "${oc.env:HOME,data}", "under": "${data.root}/x"}}
+              "data": {"root": "${oc.env:HOME,data}", "under": "${data.root}/x", "bracketed": "${data[root]}/y",
+                       "dashed": "${my-dir}/z", "path": "a/bird.png"},
+              "my-dir": "${oc.env:HOME}", "spaced": "${ oc.env:HOME }",
+              "image_name": "${image_name:${data.path},null,y}",
+              "model": {"beta": 0.5, "relative": "${.beta}"}}
     (run_dir / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
     settings = compare.read_run(run_dir, "job").config
     assert settings["task.name"] == "sr_x8" and settings["optim.betas"] == [0.9, 0.999]
     assert settings["optim.named"] == {"a": 1} and settings["logger.job_type"] == "sr_x8"
-    assert [settings[key] for key in ("logger.group", "data.root", "data.under")] == [
-        "${sweep_name:${task.name}}", "${oc.env:HOME,data}", "${data.root}/x"]
+    assert [settings[key] for key in ("logger.group", "data.root", "data.under", "data.bracketed", "data.dashed",
+                                      "spaced")] == [config["logger"]["group"], *list(config["data"].values())[:4],
+                                                     config["spaced"]]
+    assert (settings["image_name"], settings["model.relative"]) == ("bird", 0.5)
     assert settings["trainer.max_steps"] == steps and settings["log_name"] == "${hydra:job.name}"
 
 
