@@ -231,7 +231,7 @@ def check_settings(cfg: DictConfig) -> None:
         use_full_settings(cfg.get("profile"))
     except ValueError as error:
         raise DipError(str(error)) from None
-
+    check_resolvable(cfg)  # what is read next: ${oc.env:PHOTOS} with PHOTOS unset was OmegaConf's traceback
     for key in ("task.name", "task.physics._target_", "arch._target_", "input._target_", "optim._target_"):
         if OmegaConf.select(cfg, key) is None:  # a config of one's own that replaced its group without it
             raise DipError(f"the composed config has no {key}: the {key.split('.')[0]} config chosen must set it "
@@ -269,7 +269,6 @@ def check_settings(cfg: DictConfig) -> None:
     for key in ("checkpoint.keep", "check_memory"):  # read as truth values: any text would count as true
         if not isinstance(value := OmegaConf.select(cfg, key), bool):
             raise DipError(f"{key} must be true or false, got {value!r}")
-    check_resolvable(cfg)  # what is read next: ${oc.env:PHOTOS} with PHOTOS unset was OmegaConf's traceback
     for key in ("path", "observation", "mask"):  # Path("") is the working directory, or no mask at all
         if isinstance(value := cfg.data.get(key), str) and not value.strip():
             raise DipError(f"data.{key} is empty: name a file, or leave data.{key} out")
