@@ -711,6 +711,15 @@ def test_a_home_folder_is_put_in_quoted_and_the_rest_kept_as_written(monkeypatch
         'hydra.sweep.dir="/tmp/a,b/s/${hydra:job.name}"', "hydra.run.dir=~nosuchuser/r", "data.path='~/x.png'"]
 
 
+def test_a_setting_the_jobs_environment_lacks_fails_each_job_in_one_line(tmp_path):
+    """Left to the jobs, as their environment may set it: the shared-input check before them read it raw, a
+    traceback."""
+    done = run_cli("-m", "logger=none", "trainer.max_steps=${oc.env:DIP_TEST_UNSET}", "seed=0,1",
+                   f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.count("trainer.max_steps: KeyError raised while resolving interpolation") == 2
+
+
 @pytest.mark.parametrize("folder, made", [("~/runs/one", "runs/one"), ("~/runs/${hydra:job.name}", "runs/cli"),
                                           ("~", "."), (None, "runs/mine")])
 def test_a_run_folder_under_the_home_folder_is_there_not_in_a_folder_named_tilde(tmp_path, folder, made):
